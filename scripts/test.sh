@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, with every service it needs: PostgreSQL (installed from
+# Debian's packages when missing) and a real Apache Kafka broker (fetched with
+# Maven and started by the test run itself, unless KAFKA_BOOTSTRAP_SERVERS is set).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${CERTRAIL_TEST_POSTGRES_URL:-}" ]; then
+  url=$(bash scripts/postgres.sh | tail -n 1)
+  export CERTRAIL_TEST_POSTGRES_URL="$url"
+fi
+echo "PostgreSQL for tests: ${CERTRAIL_TEST_POSTGRES_URL%%:*}://…@${CERTRAIL_TEST_POSTGRES_URL##*@}"
+
+# Fetch the broker once up front so that a fetch failure is reported as such.
+.venv/bin/certrail kafka fetch
+
+.venv/bin/ruff check .
+.venv/bin/certrail schemas check
+
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,29 @@
+"""The `certrail` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from services.cli import db_cmd, kafka_cmd, schemas_cmd, serve_cmd, stack_cmd, topics_cmd
+
+app = typer.Typer(
+    name="certrail",
+    help="certrail: event-driven certificate lifecycle orchestration for emCA.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets (database URL, passwords)
+)
+app.add_typer(kafka_cmd.app, name="kafka", help="The local single-node Apache Kafka broker (KRaft).")
+app.add_typer(topics_cmd.app, name="topics", help="certrail's Kafka topics.")
+app.add_typer(schemas_cmd.app, name="schemas", help="JSON Schema and AsyncAPI documents of the messages.")
+app.add_typer(db_cmd.app, name="db", help="The SQL database (migrations).")
+serve_cmd.register(app)
+stack_cmd.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""`certrail up` / `certrail down`: the embedded stack (local Kafka, topics,
+SQLite, the four services)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.common.contracts.topics import Topics
+from services.common.kafka_local import LocalKafka, LocalKafkaError
+from services.common.migrate import upgrade
+from services.common.settings import DatabaseSettings, KafkaSettings
+from services.common.stack import DEFAULT_PORTS, Stack, StackError
+from services.common.topics_admin import ensure_topics
+
+_ENV = "CERTRAIL_UP_"
+VarDir = Annotated[Path, typer.Option(envvar=f"{_ENV}VAR_DIR", help="Where data, logs and pid files go.")]
+CacheDir = Annotated[Path, typer.Option(envvar=f"{_ENV}CACHE_DIR", help="Where the Kafka jars are cached.")]
+KafkaPort = Annotated[int, typer.Option(envvar=f"{_ENV}KAFKA_PORT", help="Local Kafka client port.")]
+ControllerPort = Annotated[int, typer.Option(envvar=f"{_ENV}KAFKA_CONTROLLER_PORT", help="Local Kafka controller port.")]
+
+
+def _port_option(service: str) -> object:
+    return typer.Option(envvar=f"{_ENV}{service.upper()}_PORT", help=f"The {service}'s health/metrics port.")
+
+
+def _kafka(var_dir: Path, cache_dir: Path, kafka_port: int, controller_port: int) -> LocalKafka:
+    return LocalKafka(cache_dir=cache_dir, data_dir=var_dir / "kafka", port=kafka_port, controller_port=controller_port)
+
+
+def up(
+    detach: Annotated[bool, typer.Option("--detach", help="Return once everything is ready; `certrail down` stops it.")] = False,
+    var_dir: VarDir = Path("var"),
+    cache_dir: CacheDir = Path(".cache"),
+    kafka_port: KafkaPort = 9092,
+    kafka_controller_port: ControllerPort = 9093,
+    gateway_port: Annotated[int, _port_option("gateway")] = DEFAULT_PORTS["gateway"],
+    issuer_port: Annotated[int, _port_option("issuer")] = DEFAULT_PORTS["issuer"],
+    deployer_port: Annotated[int, _port_option("deployer")] = DEFAULT_PORTS["deployer"],
+    auditor_port: Annotated[int, _port_option("auditor")] = DEFAULT_PORTS["auditor"],
+) -> None:
+    """Start the embedded stack: local Kafka, topics, SQLite, the four services."""
+    console = Console()
+    var_dir = var_dir.absolute()
+    ports = {"gateway": gateway_port, "issuer": issuer_port, "deployer": deployer_port, "auditor": auditor_port}
+    kafka = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port)
+    kafka_settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)
+    db_settings = DatabaseSettings(url=f"sqlite:///{var_dir / 'certrail.db'}")
+    env = {
+        "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "CERTRAIL_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "CERTRAIL_DB_URL": db_settings.url,
+    }
+    stack = Stack(var_dir=var_dir, ports=ports, env=env)
+    running = stack.running_pids()
+    if running:
+        console.print(f"certrail is already running ({', '.join(f'{n} pid {p}' for n, p in running.items())}).")
+        _print_endpoints(console, stack, kafka)
+        if not detach:
+            console.print("Use `certrail down` to stop it.")
+        return
+    try:
+        with console.status("Starting Apache Kafka (the first run fetches it with Maven) ...", spinner="dots"):
+            status = kafka.start(wait_timeout=120)
+        console.print(f"[green]✓[/] Kafka {'was already running' if status.already_running else 'started'} on {status.bootstrap_servers}")
+        with console.status("Creating topics ...", spinner="dots"):
+            report = asyncio.run(ensure_topics(kafka_settings, Topics(kafka_settings.topic_prefix).fixed()))
+        console.print(f"[green]✓[/] topics: {report.summary()}")
+        with console.status("Migrating the database ...", spinner="dots"):
+            upgrade(db_settings)
+        console.print(f"[green]✓[/] database {var_dir / 'certrail.db'} at the latest schema")
+        with console.status("Starting gateway, issuer, deployer, auditor ...", spinner="dots"):
+            stack.start(timeout_s=120)
+        console.print("[green]✓[/] services healthy")
+    except (LocalKafkaError, StackError) as exc:
+        stack.stop()
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _print_endpoints(console, stack, kafka)
+    if detach:
+        console.print("Running in the background; `certrail down` stops it.")
+        return
+    console.print("Press Ctrl-C to stop.")
+    try:
+        while True:
+            for name in stack.supervise_once():
+                console.print(f"[yellow]restarted {name}[/] (it had exited; see {var_dir / 'log' / (name + '.log')})")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("Stopping ...")
+    except StackError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        stack.stop()
+        kafka.stop()
+        console.print("Stopped.")
+
+
+def down(
+    var_dir: VarDir = Path("var"),
+    cache_dir: CacheDir = Path(".cache"),
+    kafka_port: KafkaPort = 9092,
+    kafka_controller_port: ControllerPort = 9093,
+) -> None:
+    """Stop everything `certrail up` started (harmless when nothing runs)."""
+    var_dir = var_dir.absolute()
+    stack = Stack(var_dir=var_dir)
+    stopped = stack.stop()
+    kafka_stopped = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port).stop()
+    parts = [f"stopped {', '.join(stopped)}" if stopped else "no service was running"]
+    parts.append("Kafka stopped" if kafka_stopped else "Kafka was not running")
+    typer.echo("; ".join(parts) + ".")
+
+
+def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
+    table = Table(title="certrail endpoints")
+    table.add_column("service")
+    table.add_column("health")
+    table.add_column("metrics")
+    for svc in stack.services:
+        table.add_row(svc.name, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
+    console.print(table)
+    console.print(f"Kafka: {kafka.bootstrap_servers}   logs: {stack.var_dir / 'log'}/")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("down")(down)

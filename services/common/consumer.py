@@ -1,0 +1,198 @@
+"""Consumer plumbing every service shares, free of any broker library.
+
+A record becomes an `InboundRecord`; `Dispatcher.dispatch` decodes it and:
+
+- hands a message of a type the service handles to its handler and publishes
+  what the handler returns (`Outbound` messages) — HANDLED;
+- ignores a well-formed message of a known type the service does not handle
+  — IGNORED;
+- sends anything undecodable or invalid (not JSON, not a CloudEvent, unknown
+  type, schema violation, oversize, a private key inside), and anything a
+  handler refuses with `InvalidMessage`, to the dead-letter topic with the
+  reason, the source coordinates and the original bytes (private-key blocks
+  replaced by their hash) — DEAD_LETTERED. Nothing is dropped silently.
+
+Any other exception from a handler propagates: the edge (FastStream or the
+service's own loop) leaves the record uncommitted so it is retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol
+
+from services.common.contracts.deadletter import DeadLetter, SourceRecord
+from services.common.contracts.envelope import (
+    CONTENT_TYPE,
+    CONTENT_TYPE_HEADER,
+    MAX_MESSAGE_BYTES,
+    Catalog,
+    DecodeError,
+    Envelope,
+    Message,
+    decode,
+    encode,
+    make_event,
+)
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.identity import message_id
+from services.common.contracts.redaction import redact_private_keys
+from services.common.contracts.topics import Topics
+
+#: the largest original payload copied into a dead-letter record (base64 grows it by 4/3)
+MAX_DEAD_LETTER_ORIGINAL = MAX_MESSAGE_BYTES // 2
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One Kafka record as the consumer received it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message to publish: where, under which key, and the event."""
+
+    topic: str
+    event: Envelope
+    key: str | None = None
+
+    def value(self) -> bytes:
+        return encode(self.event)
+
+    def headers(self) -> dict[str, str]:
+        return {CONTENT_TYPE_HEADER: CONTENT_TYPE}
+
+
+class Publisher(Protocol):
+    """Publishes messages idempotently (acks=all); returns once all are acknowledged."""
+
+    async def publish(self, messages: Sequence[Outbound]) -> None: ...
+
+
+class InvalidMessage(Exception):
+    """Raised by a handler for a message that can never be processed: it is
+    dead-lettered with this code and reason instead of being retried."""
+
+    def __init__(self, reason: str, code: ErrorCode = ErrorCode.HANDLER_REJECTED) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+Handler = Callable[[Envelope], Awaitable[Sequence[Outbound]]]
+
+
+class Outcome(StrEnum):
+    HANDLED = "handled"
+    IGNORED = "ignored"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class DispatchObserver(Protocol):
+    """Receives one call per dispatched record (metrics)."""
+
+    def observed(self, record: InboundRecord, message_type: str, outcome: Outcome, code: ErrorCode | None) -> None: ...
+
+
+@dataclass
+class Dispatcher:
+    """Decodes records and routes them to handlers or the dead-letter topic."""
+
+    service: str
+    catalog: Catalog
+    topics: Topics
+    publisher: Publisher
+    handlers: Mapping[type[Message], Handler] = field(default_factory=dict)
+    observer: DispatchObserver | None = None
+    clock: Clock = utc_now
+
+    async def dispatch(self, record: InboundRecord) -> Outcome:
+        try:
+            envelope = decode(record.value, self.catalog)
+        except DecodeError as exc:
+            await self._dead_letter(record, exc.code, exc.reason)
+            self._observe(record, "invalid", Outcome.DEAD_LETTERED, exc.code)
+            return Outcome.DEAD_LETTERED
+        handler = self.handlers.get(type(envelope.data))
+        if handler is None:
+            self._observe(record, envelope.type, Outcome.IGNORED, None)
+            return Outcome.IGNORED
+        try:
+            outbound = await handler(envelope)
+        except InvalidMessage as exc:
+            await self._dead_letter(record, exc.code, exc.reason)
+            self._observe(record, envelope.type, Outcome.DEAD_LETTERED, exc.code)
+            return Outcome.DEAD_LETTERED
+        if outbound:
+            await self.publisher.publish(outbound)
+        self._observe(record, envelope.type, Outcome.HANDLED, None)
+        return Outcome.HANDLED
+
+    def _observe(self, record: InboundRecord, message_type: str, outcome: Outcome, code: ErrorCode | None) -> None:
+        if self.observer is not None:
+            self.observer.observed(record, message_type, outcome, code)
+
+    async def _dead_letter(self, record: InboundRecord, code: ErrorCode, reason: str) -> None:
+        await self.publisher.publish([dead_letter_for(record, code, reason, self.service, self.topics, self.clock())])
+
+
+def dead_letter_for(
+    record: InboundRecord, code: ErrorCode, reason: str, consumer: str, topics: Topics, now: datetime
+) -> Outbound:
+    """The dead-letter message for ``record``. Its id is derived from the
+    record's coordinates and the consumer, so a redelivered poison record
+    yields the same dead-letter id."""
+    original = record.value or b""
+    redacted, removed = redact_private_keys(original)
+    truncated = len(redacted) > MAX_DEAD_LETTER_ORIGINAL
+    if truncated:
+        redacted = redacted[:MAX_DEAD_LETTER_ORIGINAL]
+    key_text = None
+    if record.key is not None:
+        key_bytes, _ = redact_private_keys(record.key)
+        key_text = key_bytes.decode("utf-8", errors="replace")[:1024]
+    data = DeadLetter(
+        code=code,
+        reason=reason[:2000] or str(code),
+        consumer=consumer,
+        source=SourceRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp_ms,
+            key=key_text,
+        ),
+        original_size=len(original),
+        original_sha256=hashlib.sha256(original).hexdigest(),
+        original_b64=base64.b64encode(redacted).decode("ascii"),
+        private_keys_removed=removed,
+        truncated=truncated,
+    )
+    coordinates = f"{record.topic}/{record.partition}/{record.offset}"
+    event = make_event(
+        data,
+        id=message_id(coordinates, DeadLetter.TYPE, consumer),
+        source=f"/certrail/{consumer}",
+        time=now,
+        subject=key_text[:256] if key_text else None,
+    )
+    return Outbound(topic=topics.deadletter, event=event, key=key_text)

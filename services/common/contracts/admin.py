@@ -1,0 +1,118 @@
+"""Admin events: who changed the configuration, what changed (secrets
+redacted) and the outcome. Published to ``certrail.events`` so the audit log
+holds every configuration change."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar
+
+from pydantic import Field, JsonValue
+
+from services.common.contracts.envelope import Message
+from services.common.contracts.fields import ErrorInfo
+from services.common.contracts.identity import ConnectorName, Identity, ProfileName
+
+REDACTED = "***"
+
+
+class AdminOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    REFUSED = "refused"  # validation failed or the action is not allowed now
+
+
+Change = Annotated[dict[str, JsonValue], Field(max_length=64)]
+TokenId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,64}$")]
+
+
+class _AdminEvent(Message):
+    actor: Identity
+    outcome: AdminOutcome
+    change: Change = Field(default_factory=dict)  # field -> new value; secrets as "***"
+    error: ErrorInfo | None = None
+
+
+class _ConnectorEvent(_AdminEvent):
+    connector: ConnectorName
+
+
+class _ProfileEvent(_AdminEvent):
+    profile: ProfileName
+
+
+class _TokenEvent(_AdminEvent):
+    token_id: TokenId
+
+
+class ConnectorCreated(_ConnectorEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.connector_created.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "An emCA connector was created (or its creation refused)."
+
+
+class ConnectorUpdated(_ConnectorEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.connector_updated.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "An emCA connector was edited."
+
+
+class ConnectorActivated(_ConnectorEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.connector_activated.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "An emCA connector was activated."
+
+
+class ConnectorDeactivated(_ConnectorEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.connector_deactivated.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "An emCA connector was deactivated."
+
+
+class ConnectorDeleted(_ConnectorEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.connector_deleted.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "An emCA connector was deleted (or its deletion refused)."
+
+
+class ProfileCreated(_ProfileEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.profile_created.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "A provisioning profile was created."
+
+
+class ProfileUpdated(_ProfileEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.profile_updated.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "A provisioning profile was edited."
+
+
+class ProfileDeleted(_ProfileEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.profile_deleted.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "A provisioning profile was deleted."
+
+
+class TokenCreated(_TokenEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.token_created.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "An API token was created (the token itself is never published)."
+
+
+class TokenRevoked(_TokenEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.token_revoked.v1"
+    CHANNEL: ClassVar[str] = "events"
+    SUMMARY: ClassVar[str] = "An API token was revoked."
+
+
+ADMIN_TYPES: list[type[Message]] = [
+    ConnectorCreated,
+    ConnectorUpdated,
+    ConnectorActivated,
+    ConnectorDeactivated,
+    ConnectorDeleted,
+    ProfileCreated,
+    ProfileUpdated,
+    ProfileDeleted,
+    TokenCreated,
+    TokenRevoked,
+]

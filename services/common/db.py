@@ -1,0 +1,255 @@
+"""The SQL database shared by the four services: engine and transactions.
+
+One database holds the state the services keep: a SQLite file by default (the
+embedded run), PostgreSQL in production. Build the engine once per process with
+:func:`make_engine` and open every transaction through one of two context
+managers, which say whether the transaction writes:
+
+``write_session(engine)``
+    A transaction that may write. On SQLite it begins with ``BEGIN IMMEDIATE``:
+    the write lock is taken by the first statement (or waited for, up to the
+    busy timeout) instead of at the first INSERT/UPDATE, so two processes can
+    never both hold a read snapshot and then both try to upgrade it to a write
+    lock -- the case in which SQLite answers "database is locked" at once,
+    without waiting. Commits when the block ends normally, rolls back when it
+    raises.
+
+``read_session(engine)``
+    A read-only transaction. On SQLite a plain (deferred) ``BEGIN``, so it never
+    waits for writers (WAL readers see the last committed snapshot), and the
+    connection is put in ``PRAGMA query_only`` mode so that an accidental write
+    fails loudly instead of racing for the lock. On PostgreSQL the transaction
+    is ``READ ONLY``. Always rolled back at the end (there is nothing to commit).
+
+Both take the lock lazily: the BEGIN is emitted by the first statement of the
+block, so keep non-database work (network calls, Kafka) outside a write block.
+Write many rows as several short transactions rather than one long one, e.g.
+with :func:`write_in_batches`.
+
+Under the hood the choice is the execution option :data:`READ_ONLY_OPTION`,
+which :func:`read_session` sets; Core users can do the same::
+
+    with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn: ...
+
+Anything that does not set it (``engine.begin()``, Alembic) writes, i.e. gets
+``BEGIN IMMEDIATE``.
+
+SQLite is written by four processes at once (see DESIGN.md "One database,
+several processes"). Every new SQLite connection gets ``busy_timeout`` (from
+settings), ``journal_mode=WAL``, ``synchronous=NORMAL`` and
+``foreign_keys=ON``, and SQLAlchemy, not the ``sqlite3`` driver, decides when a
+transaction begins (the "BEGIN in lieu of SQLite's transaction control" recipe
+of SQLAlchemy's SQLite dialect documentation): the driver's ``isolation_level``
+is set to ``None`` and the ``begin`` event emits the BEGIN.
+
+There is deliberately no automatic retry of transactions on "database is
+locked": with WAL, ``BEGIN IMMEDIATE`` and a busy timeout, SQLite waits for the
+lock rather than failing, so the error only appears when a writer held the lock
+longer than the busy timeout -- a bug or an overloaded disk that a retry would
+hide. The one exception is the switch of a new file to WAL, which SQLite does
+not cover with its busy handler; it is retried for at most the busy timeout
+(see ``_enable_wal``).
+
+Passwords never reach logs or reprs: use :func:`safe_url` to show a URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from services.common.settings import DatabaseSettings
+
+__all__ = [
+    "READ_ONLY_OPTION",
+    "is_sqlite",
+    "make_engine",
+    "normalise_url",
+    "read_session",
+    "safe_url",
+    "write_in_batches",
+    "write_session",
+]
+
+logger = logging.getLogger(__name__)
+
+READ_ONLY_OPTION = "certrail_read_only"
+"""Execution option: ``True`` marks a connection's transactions as read-only."""
+
+_PSYCOPG_DRIVER = "postgresql+psycopg"
+_BARE_POSTGRES_DRIVERS = frozenset({"postgres", "postgresql"})
+_QUERY_ONLY_KEY = "certrail_sqlite_query_only"
+
+T = TypeVar("T")
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Parse a database URL; ``postgres://`` and ``postgresql://`` get the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in _BARE_POSTGRES_DRIVERS:
+        parsed = parsed.set(drivername=_PSYCOPG_DRIVER)
+    return parsed
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as a string fit for logs and error messages (password hidden)."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(settings: DatabaseSettings) -> Engine:
+    """The engine for ``settings.url``: one per process, shared by its threads."""
+    url = normalise_url(settings.url)
+    if url.get_backend_name() == "sqlite":
+        engine = _make_sqlite_engine(url, settings)
+    elif url.get_backend_name() == "postgresql":
+        engine = create_engine(
+            url,
+            echo=settings.echo,
+            pool_pre_ping=True,
+            pool_size=settings.pool_size,
+        )
+    else:
+        engine = create_engine(url, echo=settings.echo, pool_pre_ping=True)
+    logger.info("database engine created for %s", safe_url(url))
+    return engine
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose transaction may write; commits on success, rolls back on error.
+
+    On SQLite the transaction is ``BEGIN IMMEDIATE`` (see the module docstring).
+    """
+    with Session(engine) as session, session.begin():
+        yield session
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for a read-only transaction; never commits.
+
+    SQLite: deferred ``BEGIN`` plus ``PRAGMA query_only``; PostgreSQL: ``READ ONLY``.
+    Writing through it raises an error on both.
+    """
+    options: dict[str, Any] = {READ_ONLY_OPTION: True}
+    if engine.dialect.name == "postgresql":
+        options["postgresql_readonly"] = True
+    with Session(engine.execution_options(**options)) as session:
+        try:
+            yield session
+        finally:
+            session.rollback()
+
+
+def write_in_batches(
+    engine: Engine,
+    items: Iterable[T],
+    write: Callable[[Session, Sequence[T]], None],
+    *,
+    batch_size: int = 500,
+) -> int:
+    """Write ``items`` in transactions of at most ``batch_size`` items each.
+
+    ``write(session, batch)`` is called once per batch inside its own
+    :func:`write_session`, so the write lock is released between batches and
+    other processes get their turn. A batch that fails is rolled back and the
+    error propagates; the batches before it stay committed. Returns the number
+    of items written.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    written = 0
+    iterator = iter(items)
+    while batch := list(islice(iterator, batch_size)):
+        with write_session(engine) as session:
+            write(session, batch)
+        written += len(batch)
+    return written
+
+
+def _make_sqlite_engine(url: URL, settings: DatabaseSettings) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    # The busy timeout is also set by PRAGMA below; `timeout` makes the driver
+    # agree with it (its default of 5 s would otherwise apply until then).
+    engine = create_engine(
+        url,
+        echo=settings.echo,
+        connect_args={"timeout": settings.busy_timeout_ms / 1000},
+    )
+    busy_timeout_ms = settings.busy_timeout_ms
+    in_memory = not database or database == ":memory:" or url.query.get("mode") == "memory"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control away from the sqlite3 driver: it neither
+        # emits BEGIN nor commits implicitly; the "begin" listener below does.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if not in_memory:
+                _enable_wal(cursor, busy_timeout_ms)
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = bool(conn.get_execution_options().get(READ_ONLY_OPTION, False))
+        info = conn.connection.info  # lives as long as the DBAPI connection
+        if info.get(_QUERY_ONLY_KEY, False) != read_only:
+            conn.exec_driver_sql(f"PRAGMA query_only = {int(read_only)}")
+            info[_QUERY_ONLY_KEY] = read_only
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _enable_wal(cursor: sqlite3.Cursor, busy_timeout_ms: int) -> None:
+    """Put the database file in WAL mode (persistent: once done, every later call only reads it).
+
+    Switching a new file from the rollback journal to WAL needs an exclusive
+    lock, and SQLite reports "database is locked" at once, without calling the
+    busy handler, when another process holds any lock on the file then -- as
+    happens when several services start together on a fresh database. So the
+    switch is retried here, with short growing sleeps, for at most the busy
+    timeout: the wait the busy handler would otherwise have done.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            mode = None
+        if mode == "wal":
+            return
+        if time.monotonic() + delay > deadline:
+            raise sqlite3.OperationalError(
+                f"database is locked: could not switch to WAL journal mode within {busy_timeout_ms} ms"
+                + (f" (journal_mode is {mode!r})" if mode else "")
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

@@ -1,0 +1,769 @@
+"""A local single-node Apache Kafka (KRaft) for development and tests.
+
+The broker's classes are fetched once as Maven artifacts (``tools/kafka/pom.xml``)
+into ``<cache_dir>/kafka/<version>/libs`` and run with the machine's Java 17+:
+
+    kafka = LocalKafka(cache_dir=Path(".cache"), data_dir=Path("var/kafka"))
+    kafka.fetch()
+    kafka.start(wait_timeout=60)   # returns once the broker answers a metadata request
+    ...
+    kafka.stop()
+
+Everything the broker writes lives in ``data_dir``: ``server.properties``,
+``log4j2.xml``, ``kafka.pid``, ``kafka.out`` (the JVM's stdout/stderr),
+``logs/server.log`` (the broker's log), ``kraft/`` (the log dirs, formatted once)
+and, for the optional SASL_SSL listener, ``tls/`` (a throwaway CA and the
+server's PEM key store) and ``credentials.json`` (the one SASL user).
+
+Nothing here reads settings from the environment: the caller passes every
+value (the CLI and the test fixtures do the reading). The only environment
+lookups are the ones a shell does to find programs: ``PATH`` for ``java`` and
+``mvn``, and ``JAVA_HOME`` when no ``java_home`` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from services.common.proc import pid_exists, port_free
+
+DEFAULT_KAFKA_VERSION = "4.1.1"
+MIN_JAVA_MAJOR = 17
+SASL_USERNAME = "certrail"
+BROKER_MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
+
+_POM_RELATIVE = Path("tools") / "kafka" / "pom.xml"
+_MARKER_NAME = ".complete"
+
+
+class LocalKafkaError(RuntimeError):
+    """The local broker could not be fetched, started or stopped; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaslCredentials:
+    """The SASL user of the local broker's SASL_SSL listener (PLAIN and SCRAM-SHA-256)."""
+
+    username: str
+    password: SecretStr
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaStatus:
+    """What `LocalKafka.status()` (and `start()`) report."""
+
+    running: bool
+    pid: int | None
+    bootstrap_servers: str
+    sasl_ssl_bootstrap_servers: str | None
+    data_dir: Path
+    log_file: Path
+    listeners: tuple[str, ...] = ()  # the running broker's listeners, from its server.properties
+    already_running: bool = False  # start() found a broker that was running before it
+
+
+class LocalKafka:
+    """One local single-node Kafka broker (``process.roles=broker,controller``)."""
+
+    def __init__(
+        self,
+        *,
+        version: str = DEFAULT_KAFKA_VERSION,
+        cache_dir: Path,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 9092,
+        controller_port: int = 9093,
+        sasl_ssl_port: int | None = None,
+        pom_path: Path | None = None,
+        java_home: Path | None = None,
+        heap_max: str = "1g",
+    ) -> None:
+        if not re.fullmatch(r"[0-9A-Za-z.\-]+", version):
+            raise ValueError(f"invalid Kafka version {version!r}")
+        ports = [p for p in (port, controller_port, sasl_ssl_port) if p is not None]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"the broker's ports must differ, got {ports}")
+        if any(not 0 < p < 65536 for p in ports):
+            raise ValueError(f"ports must be between 1 and 65535, got {ports}")
+        self.version = version
+        self.cache_dir = Path(cache_dir).absolute()
+        self.data_dir = Path(data_dir).absolute()
+        self.host = host
+        self.port = port
+        self.controller_port = controller_port
+        self.sasl_ssl_port = sasl_ssl_port
+        self._pom_path = Path(pom_path).absolute() if pom_path is not None else None
+        self._java_home = java_home
+        self._heap_max = heap_max
+        self._java: str | None = None
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def version_dir(self) -> Path:
+        return self.cache_dir / "kafka" / self.version
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.version_dir / "libs"
+
+    @property
+    def server_properties(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "kafka.pid"
+
+    @property
+    def stdout_file(self) -> Path:
+        return self.data_dir / "kafka.out"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "server.log"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "kraft"
+
+    @property
+    def ssl_cafile(self) -> Path:
+        """The CA certificate (PEM) that signed the SASL_SSL listener's certificate."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def _keystore_file(self) -> Path:
+        return self.data_dir / "tls" / "server.pem"
+
+    @property
+    def _credentials_file(self) -> Path:
+        return self.data_dir / "credentials.json"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return _hostport(_advertised_host(self.host), self.port)
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str | None:
+        if self.sasl_ssl_port is None:
+            return None
+        return _hostport(_advertised_host(self.host), self.sasl_ssl_port)
+
+    def pom_path(self) -> Path:
+        """The pom that lists the broker's artifacts: the override, else the repo's."""
+        if self._pom_path is not None:
+            return self._pom_path
+        # services/common/kafka_local.py -> repo root (the package is installed editable)
+        return Path(__file__).resolve().parents[2] / _POM_RELATIVE
+
+    # ------------------------------------------------------------------ fetch
+    def fetch(self) -> Path:
+        """Fetch the broker's jars with Maven once; return the libs directory."""
+        if self.is_fetched():
+            return self.libs_dir
+        pom = self.pom_path()
+        if not pom.is_file():
+            raise LocalKafkaError(
+                f"cannot find the Kafka pom at {pom}; pass pom_path= (CLI: --pom) "
+                "pointing at tools/kafka/pom.xml of a certrail checkout"
+            )
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise LocalKafkaError(
+                "Maven ('mvn') is not on PATH; it is needed once to fetch the Kafka broker "
+                f"{self.version} (install Maven, e.g. 'apt-get install maven')"
+            )
+        self.version_dir.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.version_dir / ".fetch.lock"):
+            if self.is_fetched():  # another process fetched it meanwhile
+                return self.libs_dir
+            partial = self.version_dir / "libs.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            command = [
+                mvn, "-B", "-q", "-f", str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={partial}",
+                f"-Dkafka.version={self.version}",
+            ]  # fmt: skip
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+            except subprocess.TimeoutExpired as exc:
+                raise LocalKafkaError(f"Maven did not finish fetching Kafka {self.version} in 15 minutes") from exc
+            if done.returncode != 0:
+                output = _tail_text((done.stdout or "") + (done.stderr or ""), 40)
+                raise LocalKafkaError(
+                    f"Maven failed (exit {done.returncode}) to fetch Kafka {self.version}:\n{output}"
+                )
+            jars = sorted(p.name for p in partial.glob("*.jar"))
+            if f"kafka_2.13-{self.version}.jar" not in jars:
+                raise LocalKafkaError(f"Maven ran but {partial} has no kafka_2.13-{self.version}.jar")
+            shutil.rmtree(self.libs_dir, ignore_errors=True)
+            partial.rename(self.libs_dir)
+            (self.version_dir / _MARKER_NAME).write_text("\n".join(jars) + "\n")
+        return self.libs_dir
+
+    def is_fetched(self) -> bool:
+        """True when every jar of the last successful fetch is in the libs dir."""
+        marker = self.version_dir / _MARKER_NAME
+        if not marker.is_file():
+            return False
+        names = [n for n in marker.read_text().splitlines() if n]
+        return bool(names) and all((self.libs_dir / n).is_file() for n in names)
+
+    # ------------------------------------------------------------------ start
+    def start(self, wait_timeout: float = 60.0) -> KafkaStatus:
+        """Start the broker (fetching and formatting first if needed) and wait until it answers.
+
+        Harmless when the broker already runs: then it only waits for it to answer
+        and reports ``already_running=True``.
+        """
+        pid = self._running_pid()
+        if pid is not None:
+            self._check_same_listeners(pid)
+            self._wait_ready(pid, time.monotonic() + wait_timeout)
+            return self._status(pid, already_running=True)
+        self.pid_file.unlink(missing_ok=True)
+        self._check_ports_free()
+        java = self._find_java()
+        self.fetch()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        credentials = self._ensure_credentials()
+        if self.sasl_ssl_port is not None:
+            self._ensure_tls_material()
+        self._write_log4j_config()
+        self._write_server_properties(credentials)
+        self._format_storage_once(java, credentials)
+        process = self._launch(java)
+        try:
+            self._wait_ready(process.pid, time.monotonic() + wait_timeout)
+        except BaseException:
+            self._terminate(process.pid, timeout=10.0)
+            self.pid_file.unlink(missing_ok=True)
+            raise
+        return self._status(process.pid)
+
+    def _launch(self, java: str) -> subprocess.Popen[bytes]:
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        command = [
+            java,
+            "-Xms256m",
+            f"-Xmx{self._heap_max}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true",
+            *self._log4j_jvm_args(),
+            "-cp",
+            str(self.libs_dir / "*"),
+            BROKER_MAIN_CLASS,
+            str(self.server_properties),
+        ]
+        with self.stdout_file.open("ab") as out:
+            out.write(f"--- {dt.datetime.now(dt.UTC).isoformat()} starting Kafka {self.version}\n".encode())
+            out.flush()
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+                close_fds=True,
+            )
+        _CHILDREN[process.pid] = process
+        self.pid_file.write_text(f"{process.pid}\n")
+        return process
+
+    def _log4j_jvm_args(self) -> list[str]:
+        return [
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
+            f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
+        ]
+
+    def _wait_ready(self, pid: int, deadline: float) -> None:
+        """Poll until the broker answers a metadata request; raise if it dies or the deadline passes."""
+        result: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self._await_ready(pid, deadline))
+                result.append(None)
+            except BaseException as exc:  # handed to the calling thread
+                result.append(exc)
+
+        # A thread of its own: works whether or not the caller runs an event loop.
+        worker = threading.Thread(target=run, name="local-kafka-ready", daemon=True)
+        worker.start()
+        worker.join()
+        if result and result[0] is not None:
+            raise result[0]
+
+    async def _await_ready(self, pid: int, deadline: float) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        last_error = "no answer yet"
+        while True:
+            if not self._is_alive(pid):
+                raise LocalKafkaError(
+                    f"the Kafka broker (pid {pid}) exited while starting; "
+                    f"its log ({self.log_file}, {self.stdout_file}) ends with:\n{self._log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LocalKafkaError(
+                    f"the Kafka broker (pid {pid}) did not answer on {self.bootstrap_servers} in time "
+                    f"({last_error}); its log ends with:\n{self._log_tail()}"
+                )
+            if _accepts_tcp(_advertised_host(self.host), self.port):
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.bootstrap_servers,
+                    client_id="certrail-local-kafka-probe",
+                    request_timeout_ms=int(max(1.0, min(remaining, 5.0)) * 1000),
+                )
+                try:
+                    await admin.start()
+                    cluster = await admin.describe_cluster()
+                    if cluster.get("brokers"):
+                        return
+                    last_error = "metadata has no brokers yet"
+                except Exception as exc:  # noqa: BLE001 - any failure here means "not ready yet"
+                    last_error = f"{type(exc).__name__}: {exc}"
+                finally:
+                    await admin.close()
+            else:
+                last_error = "port not accepting connections"
+            await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------------ stop
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the broker: SIGTERM, wait for a clean shutdown, SIGKILL as a last resort.
+
+        Returns True when a running broker was stopped, False when none ran.
+        """
+        pid = self._running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        self._terminate(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _terminate(self, pid: int, timeout: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if self._wait_exit(pid, time.monotonic() + timeout):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not self._wait_exit(pid, time.monotonic() + 10.0):
+            raise LocalKafkaError(f"the Kafka broker (pid {pid}) survived SIGKILL")
+
+    def _wait_exit(self, pid: int, deadline: float) -> bool:
+        while self._is_alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        _CHILDREN.pop(pid, None)
+        return True
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> KafkaStatus:
+        return self._status(self._running_pid())
+
+    def _status(self, pid: int | None, *, already_running: bool = False) -> KafkaStatus:
+        return KafkaStatus(
+            running=pid is not None,
+            pid=pid,
+            bootstrap_servers=self.bootstrap_servers,
+            sasl_ssl_bootstrap_servers=self.sasl_ssl_bootstrap_servers,
+            data_dir=self.data_dir,
+            log_file=self.log_file,
+            listeners=tuple(_read_properties(self.server_properties).get("listeners", "").split(",")) if pid else (),
+            already_running=already_running,
+        )
+
+    def sasl_credentials(self) -> SaslCredentials:
+        """The SASL user of the SASL_SSL listener (created with the data dir)."""
+        return self._ensure_credentials()
+
+    def _running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if self._is_alive(pid) else None
+
+    def _is_alive(self, pid: int) -> bool:
+        """True while ``pid`` is this data dir's broker (not a zombie, not a reused pid)."""
+        child = _CHILDREN.get(pid)
+        if child is not None:
+            return child.poll() is None
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            return False
+        except OSError:  # no /proc: fall back to a signal probe
+            return pid_exists(pid)
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):  # a zombie: reap it if it is ours
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+        return BROKER_MAIN_CLASS.encode() in cmdline and str(self.server_properties).encode() in cmdline
+
+    # ------------------------------------------------------------------ config
+    def _check_ports_free(self) -> None:
+        for name, port in (
+            ("port", self.port),
+            ("controller port", self.controller_port),
+            ("SASL_SSL port", self.sasl_ssl_port),
+        ):
+            if port is not None and not _port_free(self.host, port):
+                raise LocalKafkaError(
+                    f"cannot start Kafka: {self.host}:{port} (the {name}) is already in use "
+                    "by another process; pick another port or stop that process"
+                )
+
+    def _check_same_listeners(self, pid: int) -> None:
+        """A broker already runs from this data dir: it must be the one asked for."""
+        running = _read_properties(self.server_properties).get("listeners", "")
+        wanted = ",".join(self._listeners()[0])
+        if running != wanted:
+            raise LocalKafkaError(
+                f"a Kafka broker (pid {pid}) already runs from {self.data_dir} with listeners "
+                f"{running or '(unknown)'}, not {wanted}; stop it first to change them"
+            )
+
+    def _listeners(self) -> tuple[list[str], list[str], list[str]]:
+        """(listeners, advertised.listeners, listener.security.protocol.map) entries."""
+        named = [("PLAINTEXT", self.port), ("CONTROLLER", self.controller_port)]
+        if self.sasl_ssl_port is not None:
+            named.append(("SASL_SSL", self.sasl_ssl_port))
+        adv = _advertised_host(self.host)
+        listeners = [f"{name}://{_hostport(self.host, port)}" for name, port in named]
+        advertised = [f"{name}://{_hostport(adv, port)}" for name, port in named]
+        protocol_map = [f"{name}:{'PLAINTEXT' if name == 'CONTROLLER' else name}" for name, _ in named]
+        return listeners, advertised, protocol_map
+
+    def _find_java(self) -> str:
+        if self._java is None:
+            self._java = find_java(self._java_home)
+        return self._java
+
+    def _write_server_properties(self, credentials: SaslCredentials) -> None:
+        listeners, advertised, protocol_map = self._listeners()
+        adv = _advertised_host(self.host)
+        lines = [
+            "# Written by certrail (services/common/kafka_local.py) on every start; edits are overwritten.",
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={_hostport(adv, self.controller_port)}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={self.log_dirs}",
+            "num.partitions=1",
+            "default.replication.factor=1",
+            "min.insync.replicas=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=10",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=10",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "group.min.session.timeout.ms=1000",
+            "auto.create.topics.enable=false",
+            "delete.topic.enable=true",
+            "num.network.threads=2",
+            "num.io.threads=4",
+            "background.threads=4",
+            "num.recovery.threads.per.data.dir=1",
+            "log.cleaner.threads=1",
+            "log.cleaner.dedupe.buffer.size=16777216",
+        ]
+        if self.sasl_ssl_port is not None:
+            user, password = credentials.username, credentials.password.get_secret_value()
+            prefix = "listener.name.sasl_ssl."
+            lines += [
+                f"{prefix}ssl.keystore.type=PEM",
+                f"{prefix}ssl.keystore.location={self._keystore_file}",
+                f"{prefix}ssl.client.auth=none",
+                f"{prefix}sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256",
+                f"{prefix}plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
+                f'required user_{user}="{password}";',
+                f"{prefix}scram-sha-256.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ]
+        lines += [
+            f"listeners={','.join(listeners)}",
+            f"advertised.listeners={','.join(advertised)}",
+            f"listener.security.protocol.map={','.join(protocol_map)}",
+        ]
+        _write_private(self.server_properties, "\n".join(lines) + "\n")
+
+    def _write_log4j_config(self) -> None:
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "log4j2.xml").write_text(_LOG4J2_XML.format(log_file=self.log_file))
+
+    def _format_storage_once(self, java: str, credentials: SaslCredentials) -> None:
+        if (self.log_dirs / "meta.properties").is_file():
+            return
+        self.log_dirs.mkdir(parents=True, exist_ok=True)
+        password = credentials.password.get_secret_value()
+        command = [
+            java,
+            "-Xmx256m",
+            *self._log4j_jvm_args(),
+            "-cp",
+            str(self.libs_dir / "*"),
+            STORAGE_TOOL_CLASS,
+            "format",
+            "--standalone",
+            "-t",
+            kafka_random_uuid(),
+            "-c",
+            str(self.server_properties),
+            "--add-scram",
+            f"SCRAM-SHA-256=[name={credentials.username},password={password}]",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            output = _tail_text((done.stdout or "") + (done.stderr or ""), 30).replace(password, "***")
+            raise LocalKafkaError(f"formatting the Kafka storage in {self.log_dirs} failed:\n{output}")
+
+    def _ensure_credentials(self) -> SaslCredentials:
+        path = self._credentials_file
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return SaslCredentials(username=data["username"], password=SecretStr(data["password"]))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(18)
+        _write_private(path, json.dumps({"username": SASL_USERNAME, "password": password}) + "\n")
+        return SaslCredentials(username=SASL_USERNAME, password=SecretStr(password))
+
+    def _ensure_tls_material(self) -> None:
+        if self.ssl_cafile.is_file() and self._keystore_file.is_file():
+            return
+        self.ssl_cafile.parent.mkdir(parents=True, exist_ok=True)
+        ca_pem, keystore_pem = make_throwaway_tls({"127.0.0.1", "::1", "localhost", self.host})
+        _write_private(self._keystore_file, keystore_pem)
+        self.ssl_cafile.write_text(ca_pem)
+
+    def _log_tail(self, lines: int = 30) -> str:
+        parts = []
+        for path in (self.stdout_file, self.log_file):
+            if path.is_file():
+                text = _tail_text(path.read_text(errors="replace"), lines)
+                if text.strip():
+                    parts.append(f"--- {path}\n{text}")
+        return "\n".join(parts) or "(no log output)"
+
+
+# ---------------------------------------------------------------------- helpers
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # brokers started by this process, to poll and reap
+
+_LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by certrail on every start of the local broker. -->
+<Configuration status="WARN" shutdownHook="disable">
+  <Appenders>
+    <RollingFile name="server" fileName="{log_file}" filePattern="{log_file}.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="10 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="server"/></Root>
+    <Logger name="org.apache.kafka.controller" level="INFO"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.request.logger" level="WARN"/>
+  </Loggers>
+</Configuration>
+"""
+
+
+def find_java(java_home: Path | None = None) -> str:
+    """The `java` to run the broker with: ``java_home``, else $JAVA_HOME, else PATH; must be 17+."""
+    home = java_home
+    if home is None and os.environ.get("JAVA_HOME"):
+        home = Path(os.environ["JAVA_HOME"])
+    if home is not None:
+        java = home / "bin" / "java"
+        if not java.is_file():
+            raise LocalKafkaError(f"no java at {java} (from JAVA_HOME / java_home)")
+        candidate = str(java)
+    else:
+        found = shutil.which("java")
+        if found is None:
+            raise LocalKafkaError(
+                f"Java {MIN_JAVA_MAJOR}+ is needed to run Kafka and 'java' is not on PATH "
+                "(install e.g. openjdk-17-jre-headless or set JAVA_HOME)"
+            )
+        candidate = found
+    major = java_major_version(candidate)
+    if major < MIN_JAVA_MAJOR:
+        raise LocalKafkaError(f"Kafka needs Java {MIN_JAVA_MAJOR}+, but {candidate} is Java {major}")
+    return candidate
+
+
+def java_major_version(java: str) -> int:
+    done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60, check=False)
+    text = (done.stderr or "") + (done.stdout or "")
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if match is None:
+        raise LocalKafkaError(f"cannot tell the version of {java}: {text.strip()[:200]}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_392" style
+        major = int(match.group(2))
+    return major
+
+
+def kafka_random_uuid() -> str:
+    """A cluster id like Kafka's ``Uuid.randomUuid()``: 16 random bytes, url-safe base64, no padding."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-") and text != "AAAAAAAAAAAAAAAAAAAAAA":
+            return text
+
+
+def make_throwaway_tls(hosts: set[str]) -> tuple[str, str]:
+    """A fresh CA and a server certificate for ``hosts``: (CA cert PEM, key + chain PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certrail local Kafka test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    names: list[x509.GeneralName] = []
+    for host in sorted(h for h in hosts if h and h not in ("0.0.0.0", "::")):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    ca_pem = ca_cert.public_bytes(pem).decode()
+    key_pem = server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return ca_pem, key_pem + server_cert.public_bytes(pem).decode() + ca_pem
+
+
+def _advertised_host(host: str) -> str:
+    """The address clients connect to for a listen address (wildcards mean loopback)."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _port_free(host: str, port: int) -> bool:
+    try:
+        return port_free(host, port)
+    except OSError as exc:
+        raise LocalKafkaError(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
+def _accepts_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    """The key=value lines of a (simple, self-written) Java properties file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _tail_text(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds a password or a key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

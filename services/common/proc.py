@@ -1,0 +1,36 @@
+"""Small process and port checks shared by the local broker, the embedded
+stack and the tests."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on ``host:port`` (TIME_WAIT leftovers do not count,
+    as for servers that set SO_REUSEADDR). Raises OSError for other bind errors."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(1)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def pid_exists(pid: int) -> bool:
+    """True when a process with this pid exists (possibly owned by someone else,
+    possibly a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

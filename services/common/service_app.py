@@ -1,0 +1,185 @@
+"""One bootstrap shape for the four services.
+
+`build_service` wires a FastStream Kafka broker, the shared Dispatcher, the
+service's handlers, a Prometheus registry and the SQL engine into an
+`AsgiFastStream` app served by uvicorn, with:
+
+- ``GET /health``: 200 when the broker answers and the database accepts a
+  query, 503 otherwise, with a JSON body naming each check;
+- ``GET /metrics``: the service's Prometheus registry (certrail_* and
+  FastStream's certrail_faststream_* metrics).
+
+Nothing happens at import time: `create_app(settings)` in each service calls
+this; `main()` reads the settings from the environment and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, make_asgi_app
+from pydantic import Field
+from pydantic_settings import BaseSettings
+from sqlalchemy import Engine, text
+
+from services.common.consumer import Dispatcher, Handler
+from services.common.contracts.catalog import CATALOG
+from services.common.contracts.envelope import Message
+from services.common.contracts.topics import Topics
+from services.common.db import make_engine, read_session, write_session
+from services.common.db_schema import record_heartbeat
+from services.common.kafka_edge import FastStreamPublisher, make_broker, subscribe
+from services.common.metrics import ConsumerMetrics, PublisherMetrics, service_info
+from services.common.settings import DatabaseSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def certrail_version() -> str:
+    try:
+        return version("certrail")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has; each service subclasses it with its own
+    env prefix (``CERTRAIL_GATEWAY_``, ...) and default port."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    group_id: str = Field(default="certrail", min_length=1, max_length=200)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    log_level: str = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+
+@dataclass
+class Subscription:
+    """What a service consumes: fixed topics or a pattern, in one consumer group."""
+
+    topics: Sequence[str] = ()
+    pattern: str | None = None
+
+
+@dataclass
+class ServiceRuntime:
+    """The wired parts of a running service, for tests and for the service's own code."""
+
+    name: str
+    instance_id: str
+    topics: Topics
+    registry: CollectorRegistry
+    broker: KafkaBroker
+    publisher: FastStreamPublisher
+    dispatcher: Dispatcher
+    engine: Engine
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def build_service(
+    name: str,
+    settings: ServiceSettings,
+    subscriptions: Sequence[Subscription],
+    handlers: Mapping[type[Message], Handler] | None = None,
+) -> tuple[AsgiFastStream, ServiceRuntime]:
+    topics = Topics(settings.kafka.topic_prefix)
+    registry = CollectorRegistry(auto_describe=True)
+    instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    service_info(registry, name, certrail_version(), instance_id)
+    broker = make_broker(settings.kafka, registry, name)
+    publisher = FastStreamPublisher(broker, PublisherMetrics(registry, name))
+    dispatcher = Dispatcher(
+        service=name,
+        catalog=CATALOG,
+        topics=topics,
+        publisher=publisher,
+        handlers=dict(handlers or {}),
+        observer=ConsumerMetrics(registry, name, topics),
+    )
+    for sub in subscriptions:
+        subscribe(
+            broker,
+            dispatcher,
+            group_id=settings.group_id,
+            settings=settings.kafka,
+            topics=sub.topics,
+            pattern=sub.pattern,
+        )
+    engine = make_engine(settings.db)
+    runtime = ServiceRuntime(name, instance_id, topics, registry, broker, publisher, dispatcher, engine)
+    started_at = datetime.now(UTC)
+
+    def _db_ok() -> bool:
+        try:
+            with read_session(engine) as session:
+                session.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"; the reason is logged
+            log.warning("database health check failed", exc_info=True)
+            return False
+
+    @get(include_in_schema=False)
+    async def health(scope: object) -> AsgiResponse:  # noqa: ARG001
+        kafka_ok = await broker.ping(timeout=3.0)
+        db_ok = await asyncio.to_thread(_db_ok)
+        body = {
+            "service": name,
+            "instance_id": instance_id,
+            "status": "ok" if kafka_ok and db_ok else "degraded",
+            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing"},
+        }
+        return AsgiResponse(
+            json.dumps(body).encode(), 200 if kafka_ok and db_ok else 503, headers={"content-type": "application/json"}
+        )
+
+    def _heartbeat() -> None:
+        with write_session(engine) as session:
+            record_heartbeat(
+                session,
+                service=name,
+                instance_id=instance_id,
+                pid=os.getpid(),
+                hostname=socket.gethostname(),
+                version=certrail_version(),
+                started_at=started_at,
+                now=datetime.now(UTC),
+            )
+
+    async def _heartbeat_loop() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(_heartbeat)
+            except Exception:  # noqa: BLE001 - a failed heartbeat must not stop the service
+                log.warning("heartbeat write failed", exc_info=True)
+            await asyncio.sleep(settings.heartbeat_interval_s)
+
+    async def _start_background() -> None:
+        runtime.tasks.append(asyncio.create_task(_heartbeat_loop(), name=f"{name}-heartbeat"))
+
+    async def _stop_background() -> None:
+        for task in runtime.tasks:
+            task.cancel()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        runtime.tasks.clear()
+        engine.dispose()
+
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[("/health", health), ("/metrics", make_asgi_app(registry))],
+        after_startup=[_start_background],
+        on_shutdown=[_stop_background],
+    )
+    return app, runtime

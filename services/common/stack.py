@@ -1,0 +1,198 @@
+"""The embedded stack: the four services as supervised child processes.
+
+Used by `certrail up` / `certrail down`. Each service runs as
+``python -m services.cli.main serve <service>`` with its settings in the
+environment, its output in ``<var>/log/<service>.log`` and its pid in
+``<var>/run/<service>.pid``, so that `down` (from another shell) finds it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.common.proc import pid_exists, port_free
+
+SERVICES = ("gateway", "issuer", "deployer", "auditor")
+DEFAULT_PORTS = {"gateway": 8080, "issuer": 8081, "deployer": 8082, "auditor": 8083}
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or stopped; the message says why."""
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    host: str
+    var_dir: Path
+    env: Mapping[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.var_dir / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.var_dir / "log" / f"{self.name}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f"CERTRAIL_{self.name.upper()}_"
+        env = {**os.environ, **self.env, f"{prefix}HTTP_HOST": self.host, f"{prefix}HTTP_PORT": str(self.port)}
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "services.cli.main", "serve", self.name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(self.process.pid))
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.base_url + "/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@dataclass
+class Stack:
+    var_dir: Path
+    host: str = "127.0.0.1"
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    env: Mapping[str, str] = field(default_factory=dict)
+    services: list[ServiceProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.services = [ServiceProcess(n, self.ports[n], self.host, self.var_dir, self.env) for n in SERVICES]
+
+    def running_pids(self) -> dict[str, int]:
+        """Services recorded in pid files whose process is still alive."""
+        alive = {}
+        for svc in self.services:
+            pid = _read_pid(svc.pid_file)
+            if pid is not None and _alive(pid):
+                alive[svc.name] = pid
+        return alive
+
+    def check_ports(self) -> None:
+        busy = [f"{s.name} port {s.port}" for s in self.services if not port_free(self.host, s.port)]
+        if busy:
+            raise StackError(
+                f"port(s) already in use on {self.host}: {', '.join(busy)}; "
+                "stop what holds them or choose others (e.g. --gateway-port, CERTRAIL_UP_GATEWAY_PORT)"
+            )
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        self.check_ports()
+        for svc in self.services:
+            svc.start()
+        self.wait_healthy(timeout_s)
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.services)
+        while pending:
+            for svc in list(pending):
+                code = svc.exited()
+                if code is not None:
+                    raise StackError(f"{svc.name} exited with status {code} while starting:\n{tail(svc.log_file)}")
+                if svc.healthy():
+                    pending.remove(svc)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise StackError(f"not healthy after {timeout_s:.0f}s: {names}\n{tail(pending[0].log_file)}")
+            if pending:
+                time.sleep(0.25)
+
+    def supervise_once(self, max_restarts: int = 5) -> list[str]:
+        """Restart services that died; returns what was restarted."""
+        restarted = []
+        for svc in self.services:
+            if svc.process is not None and svc.exited() is not None:
+                if svc.restarts >= max_restarts:
+                    raise StackError(f"{svc.name} keeps exiting (restarted {svc.restarts} times):\n{tail(svc.log_file)}")
+                svc.restarts += 1
+                svc.start()
+                restarted.append(svc.name)
+        return restarted
+
+    def stop(self, timeout_s: float = 20.0) -> list[str]:
+        """Stop every service recorded in a pid file (ours or a detached run's)."""
+        stopped = []
+        for svc in self.services:
+            pid = _read_pid(svc.pid_file)
+            if pid is not None and _alive(pid):
+                _terminate(pid, timeout_s)
+                stopped.append(svc.name)
+            if svc.process is not None:
+                svc.process.poll()
+            svc.pid_file.unlink(missing_ok=True)
+        return stopped
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if not pid_exists(pid):
+        return False
+    # a zombie child of ours counts as gone
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -1,0 +1,156 @@
+"""One valid example of every message type, built from real keys, CSRs and
+certificates (made with `cryptography`), for the contract tests."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from services.common.contracts import admin, audit, commands, deadletter, events, requests
+from services.common.contracts.envelope import Message
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.fields import ErrorInfo, KeyAlgorithm, KeyGeneration, RequestAuth, RequestKind, RevocationReason
+from services.common.contracts.identity import issuance_id
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+CERT_ID = "web-frontend.example.com"
+SERIAL = "5f2a9c0e11d4b7a3"
+
+
+@functools.cache
+def key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.com")]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.example.com")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def private_key_pem() -> str:
+    key, _ = key_and_csr()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+@functools.cache
+def certificate_pem() -> str:
+    key, _ = key_and_csr()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.com")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(int(SERIAL, 16))
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=90))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def examples() -> dict[type[Message], Message]:
+    _, csr = key_and_csr()
+    cert = certificate_pem()
+    iid = issuance_id(CERT_ID, 1)
+    err = ErrorInfo(code=ErrorCode.CA_REJECTED, message="emCA: Invalid Certificate Profile name")
+    auth = RequestAuth(scheme="hmac-sha256", key_id="ci-pipeline-1", signature="c2lnbmF0dXJlLWJ5dGVzLWhlcmU=")
+    target = events.TargetRef(name="web-nginx", kind="nginx")
+    admin_common = dict(actor="admin@example.com", outcome=admin.AdminOutcome.SUCCEEDED)
+    items: list[Message] = [
+        requests.IssueRequested(
+            request_id="req-1", requester="ci-pipeline", profile="web", certificate_id=CERT_ID, csr=csr,
+            sans=["dns:www.example.com"], auth=auth,
+        ),
+        requests.RenewRequested(request_id="req-2", requester="ci-pipeline", certificate_id=CERT_ID, csr=csr, auth=auth),
+        requests.RevokeRequested(
+            request_id="req-3", requester="ci-pipeline", certificate_id=CERT_ID, reason=RevocationReason.KEY_COMPROMISE,
+            replace=True, auth=auth,
+        ),
+        commands.IssueCertificate(
+            issuance_id=iid, certificate_id=CERT_ID, revision=1, request_id="req-1", connector="emca-prod",
+            profile="web", ca_profile="TLS Server", csr=csr, sans=["dns:www.example.com"],
+        ),
+        commands.RenewCertificate(
+            issuance_id=issuance_id(CERT_ID, 2), certificate_id=CERT_ID, revision=2, request_id="req-2",
+            connector="emca-prod", profile="web", ca_profile="TLS Server", csr=csr, sans=["dns:www.example.com"],
+            replaces_serial=SERIAL,
+        ),
+        commands.RevokeCertificate(
+            certificate_id=CERT_ID, serial=SERIAL, request_id="req-3", connector="emca-prod",
+            reason=RevocationReason.SUPERSEDED,
+        ),
+        commands.ProvisionCertificate(
+            certificate_id=CERT_ID, request_id="req-4", profile="web-bot", connector="emca-prod",
+            key_algorithm=KeyAlgorithm.EC_P256, common_name="www.example.com", sans=["dns:www.example.com"],
+        ),
+        events.RequestAccepted(
+            request_id="req-1", requester="ci-pipeline", kind=RequestKind.ISSUE, certificate_id=CERT_ID,
+            profile="web", connector="emca-prod", issuance_id=iid,
+        ),
+        events.RequestRejected(
+            request_id="req-9", requester="ci-pipeline", kind=RequestKind.ISSUE,
+            error=ErrorInfo(code=ErrorCode.KEY_POLICY_VIOLATION, message="RSA-1024 is below the profile's minimum of 2048 bits"),
+        ),
+        events.IssuancePending(issuance_id=iid, certificate_id=CERT_ID, request_id="req-1", connector="emca-prod", ca_request_id="REQ-77"),
+        events.CertificateIssued(
+            issuance_id=iid, certificate_id=CERT_ID, request_id="req-1", connector="emca-prod", profile="web",
+            serial=SERIAL, certificate=cert, chain=[cert], subject="CN=www.example.com", issuer="CN=Issuing CA 1",
+            sans=["dns:www.example.com"], not_before=NOW, not_after=NOW + timedelta(days=90),
+            public_key_sha256=hashlib.sha256(b"spki").hexdigest(),
+        ),
+        events.IssuanceFailed(issuance_id=iid, certificate_id=CERT_ID, request_id="req-1", connector="emca-prod", error=err),
+        events.CertificateRevoked(
+            certificate_id=CERT_ID, serial=SERIAL, request_id="req-3", connector="emca-prod",
+            reason=RevocationReason.KEY_COMPROMISE, revoked_at=NOW, replace=True,
+        ),
+        events.RevocationFailed(certificate_id=CERT_ID, serial=SERIAL, request_id="req-3", connector="emca-prod", error=err),
+        events.CertificateDeployed(certificate_id=CERT_ID, serial=SERIAL, target=target, verified_serial=SERIAL, deployed_at=NOW),
+        events.DeploymentFailed(
+            certificate_id=CERT_ID, serial=SERIAL, target=target, rolled_back=True,
+            error=ErrorInfo(code=ErrorCode.VERIFY_FAILED, message="nginx still serves serial 01"),
+        ),
+        events.RenewalDue(
+            certificate_id=CERT_ID, serial=SERIAL, profile="web", connector="emca-prod",
+            key_generation=KeyGeneration.REQUESTER, renew_at=NOW, not_after=NOW + timedelta(days=30), requester="ci-pipeline",
+        ),
+        events.CertificateExpiring(certificate_id=CERT_ID, serial=SERIAL, not_after=NOW + timedelta(days=7), threshold_days=7),
+        events.ConnectorStatusChanged(
+            connector="emca-prod", status=events.ConnectorStatus.MISCONFIGURED, previous=events.ConnectorStatus.UP,
+            error=ErrorInfo(code=ErrorCode.CA_AUTH_FAILED, message="emCA: Invalid request details found"), changed_at=NOW,
+        ),
+        admin.ConnectorCreated(connector="emca-prod", change={"base_url": "https://emca.example.com", "password": "***"}, **admin_common),
+        admin.ConnectorUpdated(connector="emca-prod", change={"password": "***"}, **admin_common),
+        admin.ConnectorActivated(connector="emca-prod", **admin_common),
+        admin.ConnectorDeactivated(connector="emca-prod", **admin_common),
+        admin.ConnectorDeleted(
+            connector="emca-prod", actor="admin@example.com", outcome=admin.AdminOutcome.REFUSED,
+            error=ErrorInfo(code=ErrorCode.CONNECTOR_DISABLED, message="profile 'web' uses this connector"),
+        ),
+        admin.ProfileCreated(profile="web", change={"connector": "emca-prod", "allowed_requesters": ["ci-pipeline"]}, **admin_common),
+        admin.ProfileUpdated(profile="web", change={"validity_days": 90}, **admin_common),
+        admin.ProfileDeleted(profile="web", **admin_common),
+        admin.TokenCreated(token_id="tok_12345", change={"role": "requester", "profiles": ["web"]}, **admin_common),
+        admin.TokenRevoked(token_id="tok_12345", **admin_common),
+        deadletter.DeadLetter(
+            code=ErrorCode.UNDECODABLE, reason="value is not JSON", consumer="gateway",
+            source=deadletter.SourceRecord(topic="certrail.requests", partition=0, offset=7),
+            original_size=3, original_sha256=hashlib.sha256(b"abc").hexdigest(), original_b64="YWJj",
+        ),
+        audit.AuditCheckpoint(
+            auditor="auditor-1", signed_at=NOW,
+            heads=[audit.ChainHead(topic="certrail.events", partition=0, offset=41, hash=hashlib.sha256(b"x").hexdigest())],
+            key_id=hashlib.sha256(b"k").hexdigest(), algorithm="ed25519", signature="c2ln",
+        ),
+    ]
+    return {type(item): item for item in items}
