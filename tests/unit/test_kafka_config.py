@@ -25,8 +25,8 @@ from services.common.kafka_config import (
     faststream_security,
     producer_kwargs,
 )
-from services.common.kafka_local import make_throwaway_tls
 from services.common.settings import KafkaSettings
+from services.common.throwaway_tls import make_throwaway_tls
 
 PASSWORD = "pa55-w0rd-that-must-not-leak"
 
