@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import db_cmd, kafka_cmd, schemas_cmd, serve_cmd, stack_cmd, topics_cmd
+from services.cli import db_cmd, emca_sim_cmd, kafka_cmd, schemas_cmd, serve_cmd, stack_cmd, topics_cmd
 
 app = typer.Typer(
     name="certrail",
@@ -17,6 +17,9 @@ app.add_typer(kafka_cmd.app, name="kafka", help="The local single-node Apache Ka
 app.add_typer(topics_cmd.app, name="topics", help="certrail's Kafka topics.")
 app.add_typer(schemas_cmd.app, name="schemas", help="JSON Schema and AsyncAPI documents of the messages.")
 app.add_typer(db_cmd.app, name="db", help="The SQL database (migrations).")
+app.add_typer(
+    emca_sim_cmd.app, name="emca-sim", help="The emCA simulator (a real CA over HTTPS, for trials and tests) and its faults."
+)
 serve_cmd.register(app)
 stack_cmd.register(app)
 

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     CA_SIGNATURE_FAILED = "CA_SIGNATURE_FAILED"
     CA_TLS_UNTRUSTED = "CA_TLS_UNTRUSTED"
     CA_UNREACHABLE = "CA_UNREACHABLE"
+    CA_PROTOCOL_ERROR = "CA_PROTOCOL_ERROR"  # emCA's answer does not fit the dialect's wire format (a connector fault)
     ISSUING_CA_NOT_FOUND = "ISSUING_CA_NOT_FOUND"
     SUBSCRIBER_INVALID = "SUBSCRIBER_INVALID"
     CERTIFICATE_MISMATCH = "CERTIFICATE_MISMATCH"  # returned certificate failed verification
