@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.service_app import ServiceSettings
@@ -13,3 +16,26 @@ class AuditorSettings(ServiceSettings):
 
     http_port: int = Field(default=8083, ge=0, le=65535)
     group_id: str = Field(default="certrail-auditor", min_length=1, max_length=200)
+    signing_key_file: Path = Field(
+        default=Path("var/auditor/checkpoint-signing-key.pem"),
+        description="Ed25519 key that signs the checkpoints (PKCS#8 PEM); generated with mode 0600 when missing, "
+        "its public key written beside it as <name>.pub.pem.",
+    )
+    signing_key_passphrase: SecretStr | None = Field(default=None, description="Encrypts the signing key file when set.")
+    checkpoint_interval_s: float = Field(default=60.0, gt=0, description="Publish a checkpoint this often when a chain moved.")
+    max_batch_records: int = Field(default=2000, ge=1, le=100_000, description="Records per fetched batch (one transaction).")
+    poll_timeout_ms: int = Field(default=500, ge=1)
+    topic_refresh_interval_ms: int = Field(
+        default=30_000, ge=1_000, description="How soon a new topic (a new connector's commands) is picked up."
+    )
+    retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    prepare_processes: int | None = Field(
+        default=None, ge=0, le=16,
+        description="Worker processes that decode, validate and hash the next batch while one is written; "
+        "0 prepares in the writer thread; default: 1 on a machine with 2 or more CPUs, else 0 (docs/benchmarks.md).",
+    )
+
+    def effective_prepare_processes(self) -> int:
+        if self.prepare_processes is not None:
+            return self.prepare_processes
+        return 1 if (os.cpu_count() or 1) >= 2 else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import db_cmd, emca_sim_cmd, kafka_cmd, schemas_cmd, serve_cmd, stack_cmd, topics_cmd
+from services.cli import audit_cmd, connectors_cmd, db_cmd, emca_sim_cmd, kafka_cmd, schemas_cmd, serve_cmd, stack_cmd, topics_cmd
 
 app = typer.Typer(
     name="certrail",
@@ -20,6 +20,8 @@ app.add_typer(db_cmd.app, name="db", help="The SQL database (migrations).")
 app.add_typer(
     emca_sim_cmd.app, name="emca-sim", help="The emCA simulator (a real CA over HTTPS, for trials and tests) and its faults."
 )
+app.add_typer(connectors_cmd.app, name="connectors", help="emCA connectors: create (validated), list, show, test, enable, disable, delete.")
+app.add_typer(audit_cmd.app, name="audit", help="The audit log: timelines, verification, replay, export.")
 serve_cmd.register(app)
 stack_cmd.register(app)
 

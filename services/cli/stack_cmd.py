@@ -56,6 +56,7 @@ def up(
         "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "CERTRAIL_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
         "CERTRAIL_DB_URL": db_settings.url,
+        "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(var_dir / "auditor" / "checkpoint-signing-key.pem"),
     }
     stack = Stack(var_dir=var_dir, ports=ports, env=env)
     running = stack.running_pids()

@@ -19,6 +19,12 @@ Conventions for tables:
 Tables so far:
 - ``service_heartbeats``: one row per running service instance, upserted
   periodically (:func:`record_heartbeat`), listed by :func:`list_heartbeats`.
+- the auditor's (written only by ``services/auditor``; see docs/audit.md):
+  ``audit_records`` (every Kafka record of every certrail topic, once per
+  topic/partition/offset, in a hash chain per partition), ``audit_chain_heads``
+  (the last stored row of each chain), ``audit_verify_runs`` (results of
+  ``certrail audit verify``), and the certificate inventory read model:
+  ``certificate_inventory``, ``certificate_serials``, ``certificate_deployments``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, MetaData, String, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -35,7 +53,13 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "NAMING_CONVENTION",
+    "AuditChainHead",
+    "AuditRecord",
+    "AuditVerifyRun",
     "Base",
+    "CertificateDeployment",
+    "CertificateInventory",
+    "CertificateSerial",
     "Heartbeat",
     "ServiceHeartbeat",
     "UTCDateTime",
@@ -180,3 +204,196 @@ def list_heartbeats(session: Session) -> list[Heartbeat]:
         )
         for row in rows
     ]
+
+
+# -- the auditor's tables (services/auditor; docs/audit.md) -------------------
+
+#: a 64-bit row id that is SQLite's rowid there (INTEGER PRIMARY KEY) and a BIGINT elsewhere
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AuditRecord(Base):
+    """One Kafka record of a certrail topic, stored once per (topic, partition, offset).
+
+    The content columns (coordinates, timestamp, key, value, headers and the
+    redaction facts) are covered by ``row_hash`` = SHA-256(prev_hash || the
+    canonical encoding of the content) (services/auditor/chain.py); the
+    envelope columns are derived from ``value`` and checked by verify.
+    ``value`` holds the bytes as received except that each private-key block
+    is replaced by its hash (then ``original_sha256``/``original_size``
+    describe the bytes as received). A record whose event id was stored
+    before, at another offset, points to that first occurrence (``first_*``).
+    """
+
+    __tablename__ = "audit_records"
+    __table_args__ = (
+        UniqueConstraint("topic", "partition", "offset"),
+        Index("ix_audit_records_event_id", "event_id"),
+        Index("ix_audit_records_certificate_id", "certificate_id"),
+        Index("ix_audit_records_request_id", "request_id"),
+        Index("ix_audit_records_timestamp_ms", "timestamp_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(249))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    timestamp_ms: Mapped[int | None] = mapped_column(BigInteger)
+    timestamp_type: Mapped[int | None] = mapped_column(Integer)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    headers: Mapped[str | None] = mapped_column(Text)  # JSON [[name, base64 value], ...]; NULL when none
+    private_keys_removed: Mapped[int] = mapped_column(Integer)
+    original_sha256: Mapped[str | None] = mapped_column(String(64))  # set when something was redacted
+    original_size: Mapped[int | None] = mapped_column(Integer)
+    decode_error: Mapped[str | None] = mapped_column(String(64))  # ErrorCode; NULL for a valid message
+    decode_reason: Mapped[str | None] = mapped_column(String(2000))
+    event_id: Mapped[str | None] = mapped_column(String(128))
+    event_type: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(256))
+    subject: Mapped[str | None] = mapped_column(String(256))
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    causation_id: Mapped[str | None] = mapped_column(String(128))
+    event_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    certificate_id: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    first_topic: Mapped[str | None] = mapped_column(String(249))
+    first_partition: Mapped[int | None] = mapped_column(Integer)
+    first_offset: Mapped[int | None] = mapped_column(BigInteger)
+    prev_offset: Mapped[int | None] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+    stored_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditChainHead(Base):
+    """The last stored row of one partition's hash chain (offset -1: none yet).
+    Read and locked inside each write transaction (SELECT ... FOR UPDATE)."""
+
+    __tablename__ = "audit_chain_heads"
+
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    row_hash: Mapped[str] = mapped_column(String(64))
+    records: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditVerifyRun(Base):
+    """One run of ``certrail audit verify`` (the auditor exports the latest as metrics)."""
+
+    __tablename__ = "audit_verify_runs"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ok: Mapped[bool] = mapped_column(Boolean)
+    rows_checked: Mapped[int] = mapped_column(BigInteger)
+    problems: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[str] = mapped_column(Text)
+
+
+class CertificateInventory(Base):
+    """The certificate inventory (read model), one row per managed certificate,
+    built by the auditor from the events on ``certrail.events``. ``status`` is
+    pending, active, revoked or failed as stored; "expired" is derived when read
+    (an active certificate past ``not_after``: services/auditor/inventory.py)."""
+
+    __tablename__ = "certificate_inventory"
+    __table_args__ = (Index("ix_certificate_inventory_not_after", "not_after"),)
+
+    certificate_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    serial: Mapped[str | None] = mapped_column(String(40))
+    subject: Mapped[str | None] = mapped_column(String(1024))
+    sans: Mapped[str | None] = mapped_column(Text)  # JSON list
+    issuer: Mapped[str | None] = mapped_column(String(1024))  # the issuing CA
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    connector: Mapped[str | None] = mapped_column(String(63))
+    profile: Mapped[str | None] = mapped_column(String(128))
+    requester: Mapped[str | None] = mapped_column(String(128))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    issuance_id: Mapped[str | None] = mapped_column(String(36))
+    public_key_sha256: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+    last_event_id: Mapped[str] = mapped_column(String(128))
+    last_event_type: Mapped[str] = mapped_column(String(200))
+    last_event_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CertificateSerial(Base):
+    """Every serial a managed certificate had: current (active), superseded or revoked."""
+
+    __tablename__ = "certificate_serials"
+    __table_args__ = (Index("ix_certificate_serials_serial", "serial"),)
+
+    certificate_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    issuer: Mapped[str | None] = mapped_column(String(1024))
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    issuance_id: Mapped[str | None] = mapped_column(String(36))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class CertificateDeployment(Base):
+    """Where a managed certificate is deployed, as the deployer last reported."""
+
+    __tablename__ = "certificate_deployments"
+
+    certificate_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    target_kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    target_name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # deployed | failed
+    serial: Mapped[str] = mapped_column(String(40))
+    verified_serial: Mapped[str | None] = mapped_column(String(40))
+    rolled_back: Mapped[bool | None] = mapped_column(Boolean)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# -- the emCA connector registry (services/common/connectors; docs/connectors.md) ----------------
+
+
+class EmcaConnectorRow(Base):
+    """One emCA connector. Written only through ``services.common.connectors`` (gateway, CLI);
+    ``status`` is also set by the issuer (misconfigured). ``secrets`` is one Fernet token over the
+    JSON of every secret (password, ClientID, AES key, PFX, PFX password), encrypted under the
+    key ``secrets_key_id`` names; nothing else here is secret."""
+
+    __tablename__ = "emca_connectors"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[str] = mapped_column(String(16))
+    base_url: Mapped[str] = mapped_column(String(2048))
+    username: Mapped[str] = mapped_column(String(256))
+    issuing_ca: Mapped[str] = mapped_column(String(256))
+    subscriber_id: Mapped[str] = mapped_column(String(256))
+    default_profile: Mapped[str] = mapped_column(String(256))
+    concurrency: Mapped[int] = mapped_column(Integer)
+    ca_bundle_pem: Mapped[str | None] = mapped_column(Text)
+    pinned_ca_sha256: Mapped[str] = mapped_column(String(64))
+    pinned_chain_pem: Mapped[str] = mapped_column(Text)  # the issuing CA first, PEM concatenated
+    secrets: Mapped[bytes] = mapped_column(LargeBinary)
+    secrets_key_id: Mapped[str] = mapped_column(String(16))
+    secret_fields: Mapped[str] = mapped_column(String(128))  # comma-separated names of the secrets set
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(String(2000))
+    last_test_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_test_code: Mapped[str | None] = mapped_column(String(64))
+    last_test_message: Mapped[str | None] = mapped_column(String(2000))
+    last_tested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,6 +1,7 @@
 """Each service's app, on FastStream's in-memory test broker: a poison record
 on each topic it consumes is dead-lettered with its reason; a valid message of
-a type the service does not handle is ignored; the consumer goes on.
+a type the service does not handle is ignored; the consumer goes on. (The
+auditor stores every record instead: tests/integration/test_audit_*.py.)
 (The same behaviour against a real broker: tests/integration/test_services_live.py.)"""
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Any
 import pytest
 from faststream.kafka import TestKafkaBroker
 
-from services.auditor.app import create_app as auditor_app
-from services.auditor.settings import AuditorSettings
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.deadletter import DeadLetter
 from services.common.contracts.envelope import decode, encode, make_event
@@ -35,7 +34,6 @@ CASES: list[tuple[str, Callable[..., Any], type, str]] = [
     ("issuer", issuer_app, IssuerSettings, "certrail.commands.emca-prod"),
     ("deployer", deployer_app, DeployerSettings, "certrail.provisioning"),
     ("deployer", deployer_app, DeployerSettings, "certrail.events"),
-    ("auditor", auditor_app, AuditorSettings, "certrail.events"),
 ]
 
 

@@ -35,7 +35,7 @@ def test_upgrade_downgrade_upgrade(db_settings: DatabaseSettings, engine: Engine
     assert not migrate.check_at_head(db_settings)
 
     migrate.upgrade(db_settings)
-    assert migrate.current(db_settings) == migrate.head() == "0001"
+    assert migrate.current(db_settings) == migrate.head() is not None
     assert migrate.check_at_head(db_settings)
     assert {"service_heartbeats", "alembic_version"} <= _tables(engine)
 
@@ -52,7 +52,7 @@ def test_upgrade_downgrade_upgrade(db_settings: DatabaseSettings, engine: Engine
 def test_upgrade_twice_is_a_no_op(db_settings: DatabaseSettings) -> None:
     migrate.upgrade(db_settings)
     migrate.upgrade(db_settings)
-    assert migrate.current(db_settings) == "0001"
+    assert migrate.current(db_settings) == migrate.head()
 
 
 def test_concurrent_upgrades_are_serialised(db_settings: DatabaseSettings) -> None:

@@ -1,0 +1,107 @@
+"""Bulk statements on the auditor's hot path, run with the driver's executemany.
+
+SQLAlchemy's per-row parameter handling costs more than SQLite's own insert
+for the auditor's batches, so the batch INSERT and the inventory upserts are
+plain ``INSERT ... [ON CONFLICT (key) DO UPDATE SET c = excluded.c]``
+statements (the same text on SQLite >= 3.24 and PostgreSQL), with identifiers
+quoted by the dialect and each value passed through its column type's own
+bind processing (e.g. UTCDateTime), exactly as an ORM insert would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import LargeBinary, Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+
+from services.common.db_schema import UTCDateTime
+
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+_SQLITE_UTC_CACHE: dict[datetime, str] = {}
+
+
+def sqlite_utc(value: datetime | None) -> str | None:
+    """UTCDateTime's value on SQLite, as SQLAlchemy stores it (naive UTC text with
+    microseconds), without its per-value processor chain. The same instants
+    recur (a batch's stored_at, an event's time in several inventory columns):
+    they are formatted once."""
+    if value is None:
+        return None
+    cached = _SQLITE_UTC_CACHE.get(value)
+    if cached is not None:
+        return cached
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError("naive datetime: pass a timezone-aware (UTC) datetime")
+    utc = value.astimezone(UTC) if offset else value
+    text = (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}"
+    )
+    if len(_SQLITE_UTC_CACHE) >= 4096:
+        _SQLITE_UTC_CACHE.clear()
+    _SQLITE_UTC_CACHE[value] = text
+    return text
+
+
+def _processors(table: Table, columns: Sequence[str], dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
+    result: list[tuple[int, Callable[[Any], Any]]] = []
+    for index, name in enumerate(columns):
+        column_type = table.c[name].type
+        if isinstance(column_type, LargeBinary):
+            continue  # both drivers take bytes as they are
+        if isinstance(column_type, UTCDateTime) and dialect.name == "sqlite":
+            result.append((index, sqlite_utc))
+            continue
+        processor = column_type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            result.append((index, processor))
+    return result
+
+
+def executemany(
+    session: Session,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    upsert_key: Sequence[str] | None = None,
+) -> None:
+    """INSERT ``rows`` (values in ``columns`` order); with ``upsert_key``, a row
+    whose key exists replaces that row's other columns. The rows must not repeat a key.
+
+    One prepared statement and the driver's executemany (psycopg 3 pipelines
+    it: no round trip per row; measured faster here than multi-row VALUES)."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    placeholder = _PLACEHOLDERS.get(dialect.paramstyle)
+    if placeholder is None or dialect.name not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"audit store: unsupported database {dialect.name} ({dialect.paramstyle})")
+    preparer = dialect.identifier_preparer
+    head = f"INSERT INTO {preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)}) VALUES "
+    tail = ""
+    if upsert_key:
+        updated = [c for c in columns if c not in upsert_key]
+        tail = (
+            f" ON CONFLICT ({', '.join(preparer.quote(c) for c in upsert_key)}) DO UPDATE SET "
+            + ", ".join(f"{preparer.quote(c)} = excluded.{preparer.quote(c)}" for c in updated)
+        )
+    values = "(" + ", ".join([placeholder] * len(columns)) + ")"
+    processors = _processors(table, columns, dialect)
+    if processors:
+        bound = []
+        for row in rows:
+            items = list(row)
+            for index, processor in processors:
+                items[index] = processor(items[index])
+            bound.append(tuple(items))
+        rows = bound
+    connection.exec_driver_sql(head + values + tail, list(rows))  # type: ignore[arg-type]

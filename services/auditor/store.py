@@ -1,0 +1,247 @@
+"""Writing a batch of records to the audit log, in one transaction.
+
+`write_batch` is called inside ``write_session`` (BEGIN IMMEDIATE on SQLite)
+with the records of one fetched batch:
+
+1. it reads the chain head of every (topic, partition) in the batch, locking
+   it (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write lock is already
+   held), so that two auditor instances overlapping during a rebalance can
+   never fork a chain;
+2. records at or below the head's offset are already stored (a redelivery
+   after a rebalance or a crash between the database commit and the offset
+   commit): they are skipped, so each (topic, partition, offset) is stored
+   once;
+3. a record whose event id was stored before at another offset is stored
+   again and linked to that first occurrence (``first_topic/partition/offset``);
+4. each new row gets ``prev_offset``, ``prev_hash`` and ``row_hash`` (chain.py)
+   and the heads move forward;
+5. the inventory (inventory.py) folds the new, valid, first-occurrence events
+   of the events topic.
+
+The caller commits the Kafka offsets only after the transaction committed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.auditor.chain import GENESIS, row_hash
+from services.auditor.inventory import InventoryEvent, apply_events
+from services.auditor.records import AuditEntry, RawRecord, headers_to_json, prepare
+from services.auditor.sql import executemany
+from services.common.contracts.catalog import CATALOG
+from services.common.db import write_session
+from services.common.db_schema import AuditChainHead, AuditRecord
+
+_CHUNK = 500
+
+PartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last stored row of one partition's chain (offset -1: nothing stored yet)."""
+
+    topic: str
+    partition: int
+    offset: int
+    row_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Offsets that Kafka did not deliver between two stored rows (transaction
+    markers, compaction, or records deleted by retention before the auditor
+    read them). ``verify`` checks them against Kafka."""
+
+    topic: str
+    partition: int
+    first_missing: int
+    last_missing: int
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    redelivered: int = 0  # same (topic, partition, offset) again: skipped
+    duplicates: Counter[str] = field(default_factory=Counter)  # by topic: event ids stored before at another offset
+    inventory_events: int = 0
+    heads: dict[PartitionKey, Head] = field(default_factory=dict)  # heads this batch wrote
+    gaps: list[Gap] = field(default_factory=list)
+    stored_by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, type or "invalid")
+    invalid_by_code: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, error code)
+
+
+def _dialect_insert(session: Session) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"audit store: unsupported database {name!r}")
+
+
+def lock_heads(session: Session, keys: Iterable[PartitionKey], now: datetime) -> dict[PartitionKey, Head]:
+    """Create missing heads (offset -1) and read all of ``keys``, locked for this transaction."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}
+    table = AuditChainHead.__table__
+    session.execute(
+        _dialect_insert(session)(table).on_conflict_do_nothing(index_elements=["topic", "partition"]),
+        [{"topic": t, "partition": p, "offset": -1, "row_hash": GENESIS, "records": 0, "updated_at": now} for t, p in ordered],
+    )
+    heads: dict[PartitionKey, Head] = {}
+    for start in range(0, len(ordered), _CHUNK):
+        chunk = ordered[start : start + _CHUNK]
+        condition = or_(*(and_(table.c.topic == t, table.c.partition == p) for t, p in chunk))
+        rows = session.execute(
+            select(table.c.topic, table.c.partition, table.c.offset, table.c.row_hash)
+            .where(condition)
+            .order_by(table.c.topic, table.c.partition)
+            .with_for_update()
+        )
+        for row in rows:
+            heads[(row.topic, row.partition)] = Head(row.topic, row.partition, row.offset, row.row_hash)
+    return heads
+
+
+_PG_FIRST_OCCURRENCES = text(
+    # a nested loop over the wanted ids with index lookups, whatever the table's statistics say
+    # (with a long IN list, PostgreSQL may prefer a sequential scan of the whole audit log)
+    "SELECT r.event_id, r.topic, r.partition, r.\"offset\" "
+    "FROM unnest(CAST(:ids AS VARCHAR[])) AS wanted(id) "
+    "JOIN audit_records AS r ON r.event_id = wanted.id "
+    "WHERE r.first_offset IS NULL ORDER BY r.id"
+)
+
+
+def _first_occurrences(session: Session, event_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
+    """For each event id already stored: the coordinates of its first occurrence."""
+    found: dict[str, tuple[str, int, int]] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        for row in session.execute(_PG_FIRST_OCCURRENCES, {"ids": list(event_ids)}):
+            found.setdefault(row[0], (row[1], row[2], row[3]))
+        return found
+    table = AuditRecord.__table__
+    for start in range(0, len(event_ids), _CHUNK):
+        chunk = event_ids[start : start + _CHUNK]
+        rows = session.execute(
+            select(table.c.event_id, table.c.topic, table.c.partition, table.c.offset)
+            .where(table.c.event_id.in_(chunk), table.c.first_offset.is_(None))
+            .order_by(table.c.id)
+        )
+        for row in rows:
+            found.setdefault(row.event_id, (row.topic, row.partition, row.offset))
+    return found
+
+
+#: the columns of an inserted row, in order (every column but the row id)
+INSERT_COLUMNS = tuple(c.name for c in AuditRecord.__table__.columns if c.name != "id")
+_ROW_HASH = INSERT_COLUMNS.index("row_hash")
+
+
+def _row(
+    entry: AuditEntry, prev_offset: int | None, prev_hash: str, first: tuple[str, int, int] | None, stored_at: Any
+) -> tuple[Any, ...]:
+    """One row's values in INSERT_COLUMNS order."""
+    attrs = entry.attributes
+    return (
+        entry.topic, entry.partition, entry.offset, entry.timestamp_ms, entry.timestamp_type, entry.key, entry.value,
+        headers_to_json(entry.headers), entry.private_keys_removed, entry.original_sha256, entry.original_size,
+        entry.decode_error, entry.decode_reason, attrs.event_id, attrs.event_type, attrs.source, attrs.subject,
+        attrs.correlation_id, attrs.causation_id, attrs.event_time, attrs.certificate_id, attrs.request_id,
+        first[0] if first else None, first[1] if first else None, first[2] if first else None,
+        prev_offset, prev_hash, row_hash(prev_hash, prev_offset, entry.content_hash), stored_at,
+    )
+
+
+def write_batch(
+    session: Session, entries: Sequence[AuditEntry], *, now: datetime, inventory_topic: str | None
+) -> BatchResult:
+    """Store ``entries`` (one fetched batch) in the caller's transaction; see the module docstring."""
+    result = BatchResult()
+    by_partition: dict[PartitionKey, dict[int, AuditEntry]] = defaultdict(dict)
+    for entry in entries:
+        by_partition[(entry.topic, entry.partition)].setdefault(entry.offset, entry)
+    result.redelivered += len(entries) - sum(len(v) for v in by_partition.values())
+    heads = lock_heads(session, by_partition, now)
+
+    new: list[tuple[PartitionKey, list[AuditEntry]]] = []
+    for key in sorted(by_partition):
+        head = heads[key]
+        ordered = [by_partition[key][o] for o in sorted(by_partition[key]) if o > head.offset]
+        result.redelivered += len(by_partition[key]) - len(ordered)
+        if ordered:
+            new.append((key, ordered))
+
+    event_ids = sorted({e.attributes.event_id for _, group in new for e in group if e.attributes.event_id})
+    firsts = _first_occurrences(session, event_ids) if event_ids else {}
+
+    rows: list[tuple[Any, ...]] = []
+    head_updates: list[dict[str, Any]] = []
+    inventory: list[InventoryEvent] = []
+    for key, group in new:
+        head = heads[key]
+        prev_offset: int | None = head.offset if head.offset >= 0 else None
+        prev_hash = head.row_hash
+        for entry in group:
+            if prev_offset is not None and entry.offset > prev_offset + 1:
+                result.gaps.append(Gap(entry.topic, entry.partition, prev_offset + 1, entry.offset - 1))
+            event_id = entry.attributes.event_id
+            first = firsts.get(event_id) if event_id else None
+            if event_id and first is None:
+                firsts[event_id] = (entry.topic, entry.partition, entry.offset)
+            row = _row(entry, prev_offset, prev_hash, first, now)
+            rows.append(row)
+            prev_offset, prev_hash = entry.offset, row[_ROW_HASH]
+            if first is not None:
+                result.duplicates[entry.topic] += 1
+            result.stored_by_type[(entry.topic, entry.type_label)] += 1
+            if entry.decode_error is not None:
+                result.invalid_by_code[(entry.topic, entry.decode_error)] += 1
+            elif first is None and entry.inventory is not None and entry.topic == inventory_topic:
+                inventory.append(entry.inventory)
+        assert prev_offset is not None
+        result.heads[key] = Head(key[0], key[1], prev_offset, prev_hash)
+        head_updates.append(
+            {"b_topic": key[0], "b_partition": key[1], "offset": prev_offset, "row_hash": prev_hash, "added": len(group)}
+        )
+
+    if rows:
+        executemany(session, AuditRecord.__table__, INSERT_COLUMNS, rows)
+        table = AuditChainHead.__table__
+        session.execute(
+            update(table)
+            .where(table.c.topic == bindparam("b_topic"), table.c.partition == bindparam("b_partition"))
+            .values(
+                offset=bindparam("offset"),
+                row_hash=bindparam("row_hash"),
+                records=table.c.records + bindparam("added"),
+                updated_at=now,
+            ),
+            head_updates,
+        )
+        result.stored = len(rows)
+    if inventory:
+        result.inventory_events = apply_events(session, inventory)
+    return result
+
+
+def store_entries(engine: Engine, entries: Sequence[AuditEntry], *, inventory_topic: str | None, now: datetime) -> BatchResult:
+    """Store prepared entries in one write transaction (what the live consumer, replay and the benchmark call)."""
+    with write_session(engine) as session:
+        return write_batch(session, entries, now=now, inventory_topic=inventory_topic)
+
+
+def store_records(engine: Engine, records: Sequence[RawRecord], *, inventory_topic: str | None, now: datetime) -> BatchResult:
+    """`prepare` the records (in this thread) and store them in one write transaction."""
+    return store_entries(engine, [prepare(r, CATALOG) for r in records], inventory_topic=inventory_topic, now=now)
