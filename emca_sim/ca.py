@@ -416,7 +416,8 @@ def validate_csr(csr_text: str, profile: ProfileConfig) -> ValidatedCsr:
     if key_type not in profile.key_types:
         raise _reject(f"key type {key_type} is not allowed by profile {profile.name!r} (allowed: {', '.join(profile.key_types)})")
     sans = [_check_san(name, profile) for name in requested]
-    common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    subject = csr.subject  # parsed anew on each access
+    common_names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if common_names:
         cn_san = _cn_as_san(str(common_names[0].value))
         if cn_san is not None:
@@ -427,19 +428,24 @@ def validate_csr(csr_text: str, profile: ProfileConfig) -> ValidatedCsr:
     if len(unique) > profile.san.max_sans:
         raise _reject(f"{len(unique)} subject alternative names, profile {profile.name!r} allows {profile.san.max_sans}")
     spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return ValidatedCsr(csr.subject, public_key, key_type, unique, hashlib.sha256(spki).hexdigest())
+    return ValidatedCsr(subject, public_key, key_type, unique, hashlib.sha256(spki).hexdigest())
 
 
 @dataclass(frozen=True)
 class LeafTemplate:
-    """A profile's extensions, built once."""
+    """A profile's leaf certificate, as far as it does not depend on the CSR, built once.
+
+    ``bases`` holds, per kind of subject key (``rsa``, ``ec``, ``other``: keyUsage differs), a
+    `x509.CertificateBuilder` with the issuer name and the static extensions (basicConstraints, keyUsage,
+    AKI, CRL distribution point, AIA, extendedKeyUsage) already added: builders are immutable, so each
+    leaf starts from one and adds only what the CSR decides.
+    """
 
     profile: ProfileConfig
     ca: CaMaterial
-    key_usage_rsa: x509.KeyUsage
-    key_usage_ec: x509.KeyUsage
-    key_usage_other: x509.KeyUsage
-    eku: x509.ExtendedKeyUsage | None
+    validity: timedelta
+    ca_not_after: datetime
+    bases: dict[str, x509.CertificateBuilder]
 
     @classmethod
     def build(cls, profile: ProfileConfig, ca: CaMaterial) -> LeafTemplate:
@@ -452,41 +458,45 @@ class LeafTemplate:
                 encipher_only=False, decipher_only=False)
 
         eku = x509.ExtendedKeyUsage([_EKU_OIDS[n] for n in profile.extended_key_usages]) if profile.extended_key_usages else None
-        return cls(profile=profile, ca=ca, key_usage_rsa=usage({"keyAgreement"}),
-                   key_usage_ec=usage({"keyEncipherment", "dataEncipherment"}),
-                   key_usage_other=usage({"keyEncipherment", "dataEncipherment", "keyAgreement"}), eku=eku)
+        usages = {"rsa": usage({"keyAgreement"}), "ec": usage({"keyEncipherment", "dataEncipherment"}),
+                  "other": usage({"keyEncipherment", "dataEncipherment", "keyAgreement"})}
 
-    def key_usage(self, public_key: object) -> x509.KeyUsage:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            return self.key_usage_rsa
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            return self.key_usage_ec
-        return self.key_usage_other
+        def base(key_usage: x509.KeyUsage) -> x509.CertificateBuilder:
+            builder = (
+                x509.CertificateBuilder()
+                .issuer_name(ca.certificate.subject)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(key_usage, critical=True)
+                .add_extension(ca.aki, critical=False)
+                .add_extension(ca.cdp, critical=False)
+                .add_extension(ca.aia, critical=False)
+            )
+            return builder if eku is None else builder.add_extension(eku, critical=False)
+
+        return cls(profile=profile, ca=ca, validity=timedelta(days=profile.validity_days),
+                   ca_not_after=ca.certificate.not_valid_after_utc,
+                   bases={kind: base(key_usage) for kind, key_usage in usages.items()})
+
+    @staticmethod
+    def key_kind(key_type: str) -> str:
+        """``rsa``, ``ec`` or ``other`` for a `key_type_of` name."""
+        return "rsa" if key_type.startswith("RSA-") else "ec" if key_type.startswith("EC-") else "other"
 
 
 def sign_leaf(template: LeafTemplate, csr: ValidatedCsr, serial: int, now: datetime) -> x509.Certificate:
-    ca = template.ca
-    not_after = min(now + timedelta(days=template.profile.validity_days), ca.certificate.not_valid_after_utc)
+    """The leaf for a checked CSR: the template's base, then subject, key, serial, validity, SKI and SANs."""
     builder = (
-        x509.CertificateBuilder()
+        template.bases[template.key_kind(csr.key_type)]
         .subject_name(csr.subject)
-        .issuer_name(ca.certificate.subject)
         .public_key(csr.public_key)  # type: ignore[arg-type]
         .serial_number(serial)
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(template.key_usage(csr.public_key), critical=True)
+        .not_valid_after(min(now + template.validity, template.ca_not_after))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key), critical=False)  # type: ignore[arg-type]
-        .add_extension(ca.aki, critical=False)
-        .add_extension(ca.cdp, critical=False)
-        .add_extension(ca.aia, critical=False)
     )
-    if template.eku is not None:
-        builder = builder.add_extension(template.eku, critical=False)
     if csr.sans:  # RFC 5280: critical when the subject is empty
         builder = builder.add_extension(x509.SubjectAlternativeName(list(csr.sans)), critical=len(csr.subject) == 0)
-    return builder.sign(ca.key, ca.hash)
+    return builder.sign(template.ca.key, template.ca.hash)
 
 
 def build_crl(ca: CaMaterial, revoked: list[tuple[int, datetime, str]], number: int, now: datetime,

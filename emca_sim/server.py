@@ -1,6 +1,7 @@
 """The simulator's servers: the emCA API (HTTPS), the admin API (HTTPS) and CRLs/AIA (plain HTTP).
 
-Three uvicorn servers share one asyncio loop in one process:
+Three uvicorn servers share one asyncio loop in one process (HTTP/1.1 parsed by httptools, a
+dependency for this: uvicorn's "auto" picks it; h11 otherwise):
 
 - the emCA API on ``port``: the routes of every dialect module in
   ``emca_sim.dialects`` (``routes(backend)``), behind `FaultMiddleware`;
@@ -12,6 +13,10 @@ Three uvicorn servers share one asyncio loop in one process:
 The listening sockets are bound before anything starts, so port 0 works and
 the CRL URL put into certificates carries the real port. `serve` runs until
 SIGINT/SIGTERM; `SimServer` is the same thing to embed (tests: `start_in_thread`).
+
+Requests are handled on the loop, CA work included: signing is CPU-bound and `cryptography` holds the GIL
+in ``CertificateBuilder.sign`` and CSR verification, so a thread pool would add hand-offs without
+adding parallelism (measured: docs/benchmarks.md, "emCA simulator issuance rate").
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -178,10 +179,29 @@ def verify_signature(signature_b64: str, registered_certificate_pem: str) -> byt
         raise SignatureError(f"unreadable or invalid signature: {exc}") from None
 
 
-def _verify_signed_data(signed_data: cms.SignedData, registered_certificate_pem: str) -> bytes:
+@dataclass(frozen=True)
+class _Signer:
+    """What verifying a signature needs of a registered signer certificate, parsed once per certificate."""
+
+    der: bytes
+    issuer_der: bytes
+    serial_number: int
+    key_identifier: bytes | None
+    public_key: object
+
+
+@functools.lru_cache(maxsize=64)
+def _signer(registered_certificate_pem: str) -> _Signer:
     registered = x509.load_pem_x509_certificate(registered_certificate_pem.encode("ascii"))
-    registered_der = registered.public_bytes(serialization.Encoding.DER)
-    registered_asn1 = asn1_x509.Certificate.load(registered_der)
+    der = registered.public_bytes(serialization.Encoding.DER)
+    asn1 = asn1_x509.Certificate.load(der)
+    return _Signer(der=der, issuer_der=asn1.issuer.dump(), serial_number=asn1.serial_number,
+                   key_identifier=asn1.key_identifier, public_key=registered.public_key())
+
+
+def _verify_signed_data(signed_data: cms.SignedData, registered_certificate_pem: str) -> bytes:
+    signer = _signer(registered_certificate_pem)
+    registered_der = signer.der
     encap = signed_data["encap_content_info"]
     if encap["content_type"].native != "data" or encap["content"].native is None:
         raise SignatureError("no encapsulated data (a detached signature?)")
@@ -190,7 +210,7 @@ def _verify_signed_data(signed_data: cms.SignedData, registered_certificate_pem:
     if len(signer_infos) != 1:
         raise SignatureError("exactly one signer expected")
     signer_info = signer_infos[0]
-    if not _identifies(signer_info["sid"], registered_asn1):
+    if not _identifies(signer_info["sid"], signer):
         raise SignatureError("the signer is not the registered application")
     embedded = [c.chosen.dump() for c in (signed_data["certificates"] or []) if c.name == "certificate"]
     if registered_der not in embedded:
@@ -228,15 +248,15 @@ def _verify_signed_data(signed_data: cms.SignedData, registered_certificate_pem:
         signed_bytes = b"\x31" + signed_attrs.dump()[1:]  # [0] IMPLICIT -> the DER SET OF
     else:
         signed_bytes = payload
-    _check_signature(registered.public_key(), signer_info, signed_bytes, hash_algorithm)
+    _check_signature(signer.public_key, signer_info, signed_bytes, hash_algorithm)
     return payload
 
 
-def _identifies(sid: cms.SignerIdentifier, cert: asn1_x509.Certificate) -> bool:
+def _identifies(sid: cms.SignerIdentifier, signer: _Signer) -> bool:
     if sid.name == "issuer_and_serial_number":
-        return sid.chosen["issuer"].dump() == cert.issuer.dump() and sid.chosen["serial_number"].native == cert.serial_number
+        return sid.chosen["issuer"].dump() == signer.issuer_der and sid.chosen["serial_number"].native == signer.serial_number
     if sid.name == "subject_key_identifier":
-        return cert.key_identifier is not None and sid.chosen.native == cert.key_identifier
+        return signer.key_identifier is not None and sid.chosen.native == signer.key_identifier
     return False
 
 
@@ -258,24 +278,33 @@ def _check_signature(
         raise SignatureError(f"signature algorithm {sig_name} not accepted for this key")
 
 
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=256)
+def _allowed_networks(allowed: tuple[str, ...]) -> tuple[tuple[_Network, ...], frozenset[str]]:
+    """Registered source entries parsed once per list: (networks, entries that are not addresses, matched as text)."""
+    networks, names = [], set()
+    for entry in allowed:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            names.add(entry)
+    return tuple(networks), frozenset(names)
+
+
 def source_allowed(client_host: str | None, allowed: tuple[str, ...]) -> bool:
     """Is the caller's address one of the registered addresses (or networks)?"""
     if not client_host:
         return False
+    networks, names = _allowed_networks(allowed)
     try:
         address = ipaddress.ip_address(client_host)
     except ValueError:
         return client_host in allowed
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    for entry in allowed:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            if entry == client_host:
-                return True
-    return False
+    return any(address in network for network in networks) or client_host in names
 
 
 # ---------------------------------------------------------------- request handling
@@ -398,8 +427,11 @@ def _json_object(data: bytes) -> dict | None:
 
 
 def _b64_der(pem: str) -> str:
-    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+    """Base64 of a certificate's DER: the body of the PEM the CA wrote, its 64-character lines joined."""
+    lines = pem.strip().splitlines()
+    if len(lines) < 3 or lines[0] != "-----BEGIN CERTIFICATE-----" or lines[-1] != "-----END CERTIFICATE-----":
+        raise ValueError("not one PEM certificate")
+    return "".join(lines[1:-1])
 
 
 def _serial(text: str) -> str:

@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -306,6 +307,18 @@ def revocation_reason(value: object) -> str:
     raise _Refused("INVALID_PARAMETER", "reason")
 
 
+@functools.lru_cache(maxsize=256)
+def _networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """An application's source addresses as networks, parsed once per list (unparseable entries match nothing)."""
+    networks = []
+    for entry in allowed:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue
+    return tuple(networks)
+
+
 def _address_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
     if host is None:
         return False
@@ -315,13 +328,7 @@ def _address_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    for entry in allowed:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return any(address in network for network in _networks(allowed))
 
 
 @dataclass

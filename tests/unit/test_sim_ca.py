@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from emca_sim.backend import Dialect, Issued, Pending, SimBackend, SimError, SimErrorKind
+from emca_sim.backend import Counters, Dialect, Issued, Pending, SimBackend, SimError, SimErrorKind
 from emca_sim.config import ProfileConfig, SanRules, SimConfig, load_config, slugify
 from emca_sim.state import RequestSettled, SimEmca
 
@@ -405,6 +405,28 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         crl = _crl(second, P256_CA)
         assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number > number
         assert len(list(crl)) == 1
+
+
+def test_issuance_counters_survive_a_restart_and_a_reset(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key_hash = hashlib.sha256(spki).hexdigest()
+    with SimEmca(tmp_path, _config(), public_base_url=BASE) as first:
+        for _ in range(2):
+            issued(first, make_csr("count.example.com", key=key), application_id="count-1")
+    with SimEmca(tmp_path, _config(), public_base_url=BASE) as second:
+        counters = second.counters()
+        assert counters.issued_by_application_id == {"count-1": 2}
+        assert counters.issued_by_public_key_sha256 == {key_hash: 2}
+        second.count_request("createCertificates")
+        second.reset_counters()
+        assert second.counters() == Counters()
+        issued(second, make_csr("count.example.com", key=key), application_id="count-2")
+    with SimEmca(tmp_path, _config(), public_base_url=BASE) as third:
+        counters = third.counters()
+        assert counters.issued_by_application_id == {"count-2": 1}
+        assert counters.issued_by_public_key_sha256 == {key_hash: 1}
+        assert counters.requests_by_method == {}
 
 
 def test_crl_is_refreshed_before_next_update(tmp_path: Path) -> None:
