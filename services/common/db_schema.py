@@ -397,3 +397,46 @@ class EmcaConnectorRow(Base):
     revision: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# -- the issuer's state (services/issuer/state.py; docs/issuer.md) ---------------------------------
+
+
+class IssuerOperation(Base):
+    """One operation of the issuer against emCA: an issuance (keyed by its issuance_id, emCA's
+    applicationId) or a revocation (keyed by ``revoke:`` + the command's event id).
+
+    The intent is written before emCA is called (``state`` submitting, ``uncertain`` set while a
+    call may have reached emCA without an answer), the outcome before anything is published:
+    ``outcome`` holds the exact records to publish (JSON list of topic, key and value), so a
+    redelivered command re-emits byte-identical events. ``pending`` rows are manual approvals,
+    polled by the instance that holds ``topic``/``partition``."""
+
+    __tablename__ = "issuer_operations"
+    __table_args__ = (
+        Index("ix_issuer_operations_pending", "state", "topic", "partition"),
+        Index("ix_issuer_operations_certificate", "certificate_id"),
+    )
+
+    op_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # issue | renew | revoke
+    command_id: Mapped[str] = mapped_column(String(128))
+    certificate_id: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str] = mapped_column(String(128))
+    connector: Mapped[str] = mapped_column(String(63))
+    topic: Mapped[str] = mapped_column(String(249))
+    partition: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(24))
+    uncertain: Mapped[bool] = mapped_column(Boolean)
+    attempts: Mapped[int] = mapped_column(Integer)
+    command: Mapped[str] = mapped_column(Text)  # the command event (JSON): CSR and SANs, no secrets
+    ca_request_id: Mapped[str | None] = mapped_column(String(256))
+    serial: Mapped[str | None] = mapped_column(String(64))
+    possible_duplicate: Mapped[bool] = mapped_column(Boolean)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str | None] = mapped_column(Text)
+    next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    poll_attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,20 +1,213 @@
-"""The issuer: consumes every connector's command topic (certrail.commands.*, by pattern) and talks to emCA. For now it consumes through the shared plumbing (invalid records are dead-lettered). Its own aiokafka loop with per-partition commit tracking comes with the connector."""
+"""The issuer: consumes every connector's command topic (``certrail.commands.*``, by pattern)
+with its own aiokafka loop (consumer_loop.py), talks to emCA through the connector registry's
+connectors (connectors.py), records intents and outcomes (state.py) and publishes
+IssuancePending, CertificateIssued, IssuanceFailed, CertificateRevoked, RevocationFailed and
+ConnectorStatusChanged to ``certrail.events``. FastStream serves ``/health`` and ``/metrics``
+and its idempotent producer (acks=all) publishes. docs/issuer.md explains it all.
+"""
 
 from __future__ import annotations
 
-from faststream.asgi import AsgiFastStream
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, make_asgi_app
+from sqlalchemy import Engine, text
+
+from services.common.connectors.registry import ConnectorRegistry
+from services.common.connectors.secretbox import load_secret_box
+from services.common.consumer import Outbound
+from services.common.contracts.envelope import CONTENT_TYPE, CONTENT_TYPE_HEADER, make_event
+from services.common.contracts.events import ConnectorStatus, ConnectorStatusChanged
+from services.common.contracts.fields import ErrorInfo
+from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
+from services.common.db import make_engine, read_session, write_session
+from services.common.db_schema import record_heartbeat
+from services.common.kafka_edge import make_broker
+from services.common.metrics import service_info
 from services.common.runner import run_service
-from services.common.service_app import ServiceRuntime, Subscription, build_service
+from services.common.service_app import certrail_version
+from services.issuer.connectors import ConnectorPool, RuntimeSettings
+from services.issuer.consumer_loop import IssuerConsumer, LoopSettings
+from services.issuer.metrics import IssuerMetrics
+from services.issuer.processor import SOURCE, ApprovalSettings, CrashPoints, Processor
 from services.issuer.settings import IssuerSettings
+from services.issuer.state import StoredRecord
 
 SERVICE = "issuer"
+STOP_TIMEOUT_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
-def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, ServiceRuntime]:
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _NoTopics:
+    """The issuer never creates connectors (the gateway and the CLI do)."""
+
+    async def ensure_command_topic(self, connector: str) -> str:
+        raise RuntimeError("the issuer does not create connectors")
+
+
+@dataclass
+class IssuerRuntime:
+    name: str
+    instance_id: str
+    settings: IssuerSettings
+    topics: Topics
+    registry: CollectorRegistry
+    broker: KafkaBroker
+    engine: Engine
+    metrics: IssuerMetrics
+    pool: ConnectorPool
+    consumer: IssuerConsumer
+    started_at: datetime = field(default_factory=utc_now)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    consumer_task: asyncio.Task[None] | None = None
+
+    def consumer_alive(self) -> bool:
+        return self.consumer_task is not None and not self.consumer_task.done()
+
+    def db_ok(self) -> bool:
+        try:
+            with read_session(self.engine) as session:
+                session.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"; the reason is logged
+            log.warning("database health check failed", exc_info=True)
+            return False
+
+    def _heartbeat(self) -> None:
+        with write_session(self.engine) as session:
+            record_heartbeat(
+                session, service=self.name, instance_id=self.instance_id, pid=os.getpid(), hostname=socket.gethostname(),
+                version=certrail_version(), started_at=self.started_at, now=utc_now(),
+            )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._heartbeat)
+            except Exception:  # noqa: BLE001 - a failed heartbeat must not stop the service
+                log.warning("heartbeat write failed", exc_info=True)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def start(self) -> None:
+        self.consumer_task = asyncio.create_task(self.consumer.run(), name="issuer-consumer")
+        self.tasks.append(asyncio.create_task(self._heartbeat_loop(), name="issuer-heartbeat"))
+        self.tasks.append(asyncio.create_task(self.pool.refresh_forever(), name="issuer-connectors"))
+
+    async def stop(self) -> None:
+        """Let commands at emCA finish, commit what is finished, leave the group."""
+        self.consumer.stop()
+        if self.consumer_task is not None:
+            try:
+                await asyncio.wait_for(self.consumer_task, STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("the consumer did not stop within %.0fs", STOP_TIMEOUT_S)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        await self.pool.close()
+        self.engine.dispose()
+        log.info("issuer stopped: %d commands finished by this instance", self.consumer.finished)
+
+
+def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]:
     topics = Topics(settings.kafka.topic_prefix)
-    return build_service(SERVICE, settings, [Subscription(pattern=topics.commands_pattern)])
+    registry = CollectorRegistry(auto_describe=True)
+    instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    service_info(registry, SERVICE, certrail_version(), instance_id)
+    broker = make_broker(settings.kafka, registry, SERVICE)
+    engine = make_engine(settings.db)
+    metrics = IssuerMetrics(registry)
+    crash = CrashPoints(settings.test_crash_point)
+    if settings.test_crash_point:
+        log.warning("TEST CRASH POINT %s is set: this issuer will exit abruptly there", settings.test_crash_point)
+
+    async def publish_raw(records: Sequence[StoredRecord]) -> None:
+        for record in records:
+            await broker.publish(
+                record.value, topic=record.topic, key=record.key.encode("utf-8") if record.key is not None else None,
+                headers={CONTENT_TYPE_HEADER: CONTENT_TYPE},
+            )
+
+    async def on_status(name: str, status: ConnectorStatus, previous: ConnectorStatus | None, error: ErrorInfo | None) -> None:
+        now = utc_now()
+        data = ConnectorStatusChanged(connector=name, status=status, previous=previous, error=error, changed_at=now)
+        event = make_event(data, id=message_id(f"connector:{name}:{instance_id}", data.TYPE, now.isoformat()),
+                           source=SOURCE, time=now, subject=f"connector:{name}")
+        await publish_raw([StoredRecord.of(Outbound(topics.events, event, key=f"connector:{name}"))])
+
+    # create=True: on the embedded default, whoever needs the key file first creates it (the CLI does the same)
+    connector_registry = ConnectorRegistry(engine, load_secret_box(settings.secrets, create=True), connect=_unused_connect,
+                                           topics=_NoTopics(), usage_checks=[])
+    pool = ConnectorPool(
+        connector_registry, metrics,
+        RuntimeSettings(probe_initial_s=settings.probe_initial_s, probe_max_s=settings.probe_max_s,
+                        retry_after_max_s=settings.retry_after_max_s, registry_poll_s=settings.registry_poll_s,
+                        rate_per_s=settings.drain_rate_per_s),
+        on_status,
+    )
+    processor = Processor(
+        engine=engine, pool=pool, publish=publish_raw, topics=topics, metrics=metrics, clock=utc_now, crash=crash,
+        approvals=ApprovalSettings(poll_initial_s=settings.approval_poll_initial_s, poll_max_s=settings.approval_poll_max_s,
+                                   timeout=timedelta(seconds=settings.approval_timeout_s)),
+    )
+    consumer = IssuerConsumer(
+        kafka=settings.kafka,
+        settings=LoopSettings(
+            group_id=settings.group_id, poll_timeout_ms=settings.poll_timeout_ms, max_poll_records=settings.max_poll_records,
+            topic_refresh_interval_ms=settings.topic_refresh_interval_ms,
+            max_in_flight_per_partition=settings.max_in_flight_per_partition, revoke_grace_s=settings.revoke_grace_s,
+            poison_attempts=settings.poison_attempts, pending_poll_interval_s=settings.pending_poll_interval_s,
+        ),
+        topics=topics, processor=processor, pool=pool, metrics=metrics, publish_raw=publish_raw, clock=utc_now,
+        engine=engine,
+    )
+    runtime = IssuerRuntime(SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, pool, consumer)
+
+    @get(include_in_schema=False)
+    async def health(scope: object) -> AsgiResponse:  # noqa: ARG001
+        kafka_ok = await broker.ping(timeout=3.0) and runtime.consumer_alive()
+        db_ok = await asyncio.to_thread(runtime.db_ok)
+        body = {
+            "service": SERVICE,
+            "instance_id": instance_id,
+            "status": "ok" if kafka_ok and db_ok else "degraded",
+            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing"},
+            "consumer": {"running": consumer.running, "assigned_partitions": len(consumer.assigned),
+                         "commands_finished": consumer.finished},
+            "connectors": {r.name: {"status": r.status.value, "circuit": r.circuit} for r in pool.runtimes()},
+        }
+        return AsgiResponse(
+            json.dumps(body).encode(), 200 if kafka_ok and db_ok else 503, headers={"content-type": "application/json"}
+        )
+
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[("/health", health), ("/metrics", make_asgi_app(registry))],
+        after_startup=[runtime.start],
+        on_shutdown=[runtime.stop],
+    )
+    return app, runtime
+
+
+def _unused_connect(endpoint: object) -> object:
+    raise RuntimeError("the issuer validates no connectors")
 
 
 def main() -> None:

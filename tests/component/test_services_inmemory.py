@@ -1,7 +1,8 @@
 """Each service's app, on FastStream's in-memory test broker: a poison record
 on each topic it consumes is dead-lettered with its reason; a valid message of
 a type the service does not handle is ignored; the consumer goes on. (The
-auditor stores every record instead: tests/integration/test_audit_*.py.)
+auditor stores every record instead: tests/integration/test_audit_*.py; the issuer
+runs its own aiokafka loop: tests/integration/test_issuer_sim.py.)
 (The same behaviour against a real broker: tests/integration/test_services_live.py.)"""
 
 from __future__ import annotations
@@ -25,13 +26,10 @@ from services.deployer.app import create_app as deployer_app
 from services.deployer.settings import DeployerSettings
 from services.gateway.app import create_app as gateway_app
 from services.gateway.settings import GatewaySettings
-from services.issuer.app import create_app as issuer_app
-from services.issuer.settings import IssuerSettings
 from tests.unit.examples import CERT_ID, NOW, examples
 
 CASES: list[tuple[str, Callable[..., Any], type, str]] = [
     ("gateway", gateway_app, GatewaySettings, "certrail.requests"),
-    ("issuer", issuer_app, IssuerSettings, "certrail.commands.emca-prod"),
     ("deployer", deployer_app, DeployerSettings, "certrail.provisioning"),
     ("deployer", deployer_app, DeployerSettings, "certrail.events"),
 ]

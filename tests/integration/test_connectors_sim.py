@@ -16,14 +16,13 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import SecretBytes, SecretStr
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from emca_sim.server import SimServer, start_in_thread
 from services.cli.connectors_cmd import app as connectors_cli
 from services.common import migrate
-from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorSecrets, ConnectorSpec, ConnectorStatus
+from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorStatus
 from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.errors import ErrorCode
@@ -34,13 +33,10 @@ from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics
 from services.issuer.emca.client import connect
 from services.issuer.emca.support import certificate_sha256
-from services.issuer.emca.types import EmcaConnection, EmcaEndpoint, EmcaVersion, HttpOptions, TransientError
+from services.issuer.emca.types import EmcaConnection, EmcaVersion, HttpOptions, TransientError
 from tests.conftest import free_ports
 from tests.emca_contract import EmcaConnectionContract
-
-USERS = {EmcaVersion.V4_0_17: "certrail-v4017", EmcaVersion.V4_2_3: "certrail-v423", EmcaVersion.V4_2_4: "certrail-v424"}
-ISSUING_CA = "certrail Sim Issuing CA P-256"
-VERSIONS = pytest.mark.parametrize("version", list(EmcaVersion), ids=str)
+from tests.emca_sim_helpers import USERS, VERSIONS, SimDriver, sim_credentials, sim_endpoint, sim_spec
 
 
 @pytest.fixture(scope="module")
@@ -55,74 +51,6 @@ def admin(sim: SimServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sim.endpoints.admin_url, verify=trust, timeout=10,
                       headers={"Authorization": f"Bearer {sim.admin_token}"}) as client:
         yield client
-
-
-def sim_credentials(sim: SimServer, version: EmcaVersion) -> dict[str, Any]:
-    app_dir = sim.data_dir / "applications" / USERS[version]
-    creds = json.loads((app_dir / "credentials.json").read_text())
-    creds["dir"] = app_dir
-    return creds
-
-
-def sim_endpoint(sim: SimServer, version: EmcaVersion) -> EmcaEndpoint:
-    """The endpoint as credentials.json says now (a rotation rewrites it)."""
-    creds = sim_credentials(sim, version)
-    extra: dict[str, Any] = {"client_id": creds.get("client_id")}
-    if version is EmcaVersion.V4_0_17:
-        extra = {"aes_key": (creds["dir"] / creds["aes_key_file"]).read_text().strip(),
-                 "pfx": (creds["dir"] / creds["pfx_file"]).read_bytes(), "pfx_password": creds["pfx_password"]}
-    return EmcaEndpoint(version=version, base_url=sim.endpoints.api_url, username=creds["username"], password=creds["password"],
-                        ca_bundle_pem=(sim.data_dir / "tls-ca.pem").read_text(), **extra)
-
-
-def sim_spec(sim: SimServer, version: EmcaVersion, name: str, **overrides: Any) -> ConnectorSpec:
-    endpoint = sim_endpoint(sim, version)
-    secrets: dict[str, Any] = {"password": SecretStr(overrides.pop("password", endpoint.password))}
-    if version is EmcaVersion.V4_0_17:
-        assert endpoint.pfx is not None and isinstance(endpoint.aes_key, str)
-        secrets |= {"aes_key": SecretStr(endpoint.aes_key), "pfx": SecretBytes(endpoint.pfx),
-                    "pfx_password": SecretStr(endpoint.pfx_password or "")}
-    else:
-        secrets["client_id"] = SecretStr(endpoint.client_id or "")
-    values: dict[str, Any] = {"name": name, "version": version, "base_url": endpoint.base_url, "username": endpoint.username,
-                              "issuing_ca": ISSUING_CA, "subscriber_id": "SUB-0001", "default_profile": "TLS Server",
-                              "ca_bundle_pem": endpoint.ca_bundle_pem}
-    values.update(overrides)
-    return ConnectorSpec.model_validate({**values, "secrets": ConnectorSecrets.model_validate(secrets)})
-
-
-class SimDriver:
-    issuing_ca = ISSUING_CA
-    profile = "TLS Server"
-    manual_profile = "TLS Server Manual"
-    subscriber_id = "SUB-0001"
-
-    def __init__(self, admin: httpx.Client, username: str) -> None:
-        self.admin, self.username = admin, username
-
-    def _post(self, path: str, body: dict[str, Any] | None = None) -> None:
-        self.admin.post(path, json=body or {}).raise_for_status()
-
-    def approve(self, request_id: str) -> None:
-        self._post(f"/admin/pending/{request_id}/approve")
-
-    def reject(self, request_id: str, reason: str) -> None:
-        self._post(f"/admin/pending/{request_id}/reject", {"reason": reason})
-
-    def set_down(self, down: bool) -> None:
-        self._post("/admin/faults", {"down": down})
-
-    def rate_limit(self, retry_after_s: int) -> None:
-        self._post("/admin/faults", {"rate_limit": {"rate": 1.0, "retry_after_s": retry_after_s}})
-
-    def server_errors(self, status: int) -> None:
-        self._post("/admin/faults", {"error_rate": 1.0, "error_status": status})
-
-    def clear_faults(self) -> None:
-        self.admin.delete("/admin/faults").raise_for_status()
-
-    def rotate_credentials(self) -> None:
-        self._post(f"/admin/applications/{self.username}/rotate-credentials")
 
 
 class TestSimEmcaConnection(EmcaConnectionContract):

@@ -60,7 +60,8 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 def classify_transport_error(exc: httpx.HTTPError, where: str) -> EmcaError:
     """The `EmcaError` for an httpx failure talking to ``where`` (a URL without secrets)."""
     if isinstance(exc, httpx.TimeoutException):  # checked first: a timed-out TLS read carries an SSLWantReadError
-        return TransientError(f"{where} timed out ({type(exc).__name__})", detail="timeout")
+        unsent = isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
+        return TransientError(f"{where} timed out ({type(exc).__name__})", detail="timeout", unsent=unsent)
     tls = _ssl_cause(exc) if isinstance(exc, httpx.ConnectError) else None  # TLS handshakes happen while connecting
     if isinstance(tls, ssl.SSLCertVerificationError):
         reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
@@ -79,7 +80,7 @@ def classify_transport_error(exc: httpx.HTTPError, where: str) -> EmcaError:
         exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
     ):
         message = first_line(str(exc)) or type(exc).__name__
-        return TransientError(f"{where} unreachable: {message}", detail="unreachable")
+        return TransientError(f"{where} unreachable: {message}", detail="unreachable", unsent=isinstance(exc, httpx.ConnectError))
     return ConnectorFaultError(
         ErrorCode.CA_PROTOCOL_ERROR, f"cannot call {where}: {first_line(str(exc)) or type(exc).__name__}", detail="http_error"
     )

@@ -107,8 +107,16 @@ class ConnectorFaultError(EmcaError):
 class TransientError(EmcaError):
     kind = FailureKind.TRANSIENT
 
-    def __init__(self, message: str, **kwargs: object) -> None:
+    def __init__(self, message: str, *, unsent: bool = False, **kwargs: object) -> None:
         super().__init__(ErrorCode.CA_UNREACHABLE, message, **kwargs)  # type: ignore[arg-type]
+        #: the request certainly never reached emCA (no connection, no free pooled connection)
+        self.unsent = unsent
+
+    @property
+    def may_have_reached_ca(self) -> bool:
+        """Whether emCA may have acted on the request although no answer came back (a timeout
+        after sending, a reset connection, a 5xx). 429 and 408 say it was not processed."""
+        return not self.unsent and self.http_status not in (408, 429)
 
 
 class UnsupportedOperation(Exception):

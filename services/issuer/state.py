@@ -1,0 +1,259 @@
+"""The issuer's durable state: one `IssuerOperation` row per issuance or revocation.
+
+The exactly-once protocol (DESIGN.md "Exactly-once effect", docs/issuer.md):
+
+1. `begin_attempt` writes the intent before emCA is called: the row exists, ``attempts`` + 1,
+   ``uncertain`` set (this call may reach emCA). It returns whether an earlier attempt was left
+   uncertain (a crash, a timeout after sending): on a dialect without applicationId dedupe,
+   that is the POSSIBLE_DUPLICATE case.
+2. `attempt_unsent` clears ``uncertain`` when emCA certainly did not act (connection refused,
+   429, an answered refusal).
+3. `record_outcome` stores the exact records to publish (and the new state) in one transaction,
+   before anything is published; a redelivered command finds them with `load` and re-publishes
+   the same bytes.
+
+Every function opens its own short transaction (``write_session`` begins immediately on SQLite).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Engine, select, update
+
+from services.common.consumer import Outbound
+from services.common.db import read_session, write_session
+from services.common.db_schema import IssuerOperation
+
+
+class OpState(StrEnum):
+    SUBMITTING = "submitting"  # intent recorded, no outcome yet
+    PENDING = "pending"  # emCA holds it for manual approval; polled
+    ISSUED = "issued"
+    FAILED = "failed"
+    REVOKED = "revoked"
+    REVOCATION_FAILED = "revocation_failed"
+
+
+FINAL_STATES = frozenset({OpState.ISSUED, OpState.FAILED, OpState.REVOKED, OpState.REVOCATION_FAILED})
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record to publish, exactly as first published (value = the encoded CloudEvent)."""
+
+    topic: str
+    key: str | None
+    value: bytes
+
+    @classmethod
+    def of(cls, outbound: Outbound) -> StoredRecord:
+        return cls(outbound.topic, outbound.key, outbound.value())
+
+
+@dataclass(frozen=True)
+class Operation:
+    op_key: str
+    kind: str
+    command_id: str
+    certificate_id: str
+    request_id: str
+    connector: str
+    topic: str
+    partition: int
+    state: OpState
+    uncertain: bool
+    attempts: int
+    command: str
+    ca_request_id: str | None
+    serial: str | None
+    possible_duplicate: bool
+    error_code: str | None
+    outcome: tuple[StoredRecord, ...]
+    next_poll_at: datetime | None
+    poll_attempts: int
+    created_at: datetime
+    outcome_at: datetime | None
+
+    @property
+    def settled(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _encode_outcome(records: Sequence[StoredRecord]) -> str:
+    return json.dumps([{"topic": r.topic, "key": r.key, "value": r.value.decode("utf-8")} for r in records])
+
+
+def _decode_outcome(text: str | None) -> tuple[StoredRecord, ...]:
+    if not text:
+        return ()
+    return tuple(StoredRecord(item["topic"], item["key"], item["value"].encode("utf-8")) for item in json.loads(text))
+
+
+def _operation(row: IssuerOperation) -> Operation:
+    return Operation(
+        op_key=row.op_key, kind=row.kind, command_id=row.command_id, certificate_id=row.certificate_id,
+        request_id=row.request_id, connector=row.connector, topic=row.topic, partition=row.partition,
+        state=OpState(row.state), uncertain=row.uncertain, attempts=row.attempts, command=row.command,
+        ca_request_id=row.ca_request_id, serial=row.serial, possible_duplicate=row.possible_duplicate,
+        error_code=row.error_code, outcome=_decode_outcome(row.outcome), next_poll_at=row.next_poll_at,
+        poll_attempts=row.poll_attempts, created_at=row.created_at, outcome_at=row.outcome_at,
+    )
+
+
+@dataclass(frozen=True)
+class NewOperation:
+    """What `begin_attempt` needs to create the row on the first attempt."""
+
+    op_key: str
+    kind: str
+    command_id: str
+    certificate_id: str
+    request_id: str
+    connector: str
+    topic: str
+    partition: int
+    command: str
+
+
+def load(engine: Engine, op_key: str) -> Operation | None:
+    with read_session(engine) as session:
+        row = session.get(IssuerOperation, op_key)
+        return None if row is None else _operation(row)
+
+
+def begin_attempt(engine: Engine, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
+    """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
+    earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
+    with write_session(engine) as session:
+        row = session.get(IssuerOperation, new.op_key)
+        if row is None:
+            row = IssuerOperation(
+                op_key=new.op_key, kind=new.kind, command_id=new.command_id, certificate_id=new.certificate_id,
+                request_id=new.request_id, connector=new.connector, topic=new.topic, partition=new.partition,
+                state=OpState.SUBMITTING.value, uncertain=True, attempts=1, command=new.command, ca_request_id=None,
+                serial=None, possible_duplicate=False, error_code=None, outcome=None, next_poll_at=None, poll_attempts=0,
+                created_at=now, updated_at=now, outcome_at=None,
+            )
+            session.add(row)
+            session.flush()
+            return _operation(row), False
+        if row.state != OpState.SUBMITTING.value:
+            return _operation(row), False
+        earlier_uncertain = row.uncertain
+        row.uncertain = True
+        row.attempts += 1
+        row.topic, row.partition = new.topic, new.partition
+        row.updated_at = now
+        session.flush()
+        return _operation(row), earlier_uncertain
+
+
+def attempt_unsent(engine: Engine, op_key: str, now: datetime) -> None:
+    """emCA certainly did not act on the last attempt: it is no longer uncertain."""
+    with write_session(engine) as session:
+        session.execute(
+            update(IssuerOperation)
+            .where(IssuerOperation.op_key == op_key, IssuerOperation.state == OpState.SUBMITTING.value)
+            .values(uncertain=False, updated_at=now)
+        )
+
+
+def record_outcome(
+    engine: Engine,
+    op_key: str,
+    state: OpState,
+    records: Sequence[StoredRecord],
+    now: datetime,
+    *,
+    serial: str | None = None,
+    error_code: str | None = None,
+    possible_duplicate: bool = False,
+    ca_request_id: str | None = None,
+    next_poll_at: datetime | None = None,
+    append: bool = False,
+) -> Operation:
+    """Store the outcome (and the records to publish) before they are published. ``append`` keeps
+    the records stored before (a pending approval's IssuancePending, then its final event)."""
+    with write_session(engine) as session:
+        row = session.get(IssuerOperation, op_key, with_for_update=True)
+        if row is None:
+            raise LookupError(f"no issuer operation {op_key!r}")
+        stored = list(_decode_outcome(row.outcome)) if append else []
+        stored.extend(records)
+        row.state = state.value
+        row.outcome = _encode_outcome(stored)
+        row.uncertain = False
+        row.serial = serial if serial is not None else row.serial
+        row.error_code = error_code
+        row.possible_duplicate = possible_duplicate or row.possible_duplicate
+        row.ca_request_id = ca_request_id if ca_request_id is not None else row.ca_request_id
+        row.next_poll_at = next_poll_at
+        row.updated_at = now
+        row.outcome_at = now
+        session.flush()
+        return _operation(row)
+
+
+def record_settled_without_attempt(
+    engine: Engine, new: NewOperation, state: OpState, records: Sequence[StoredRecord], now: datetime, *, error_code: str
+) -> Operation:
+    """An outcome reached without calling emCA (deadline passed, unknown connector): row and outcome at once."""
+    with write_session(engine) as session:
+        row = session.get(IssuerOperation, new.op_key)
+        if row is not None and row.state != OpState.SUBMITTING.value:
+            return _operation(row)
+        if row is None:
+            row = IssuerOperation(
+                op_key=new.op_key, kind=new.kind, command_id=new.command_id, certificate_id=new.certificate_id,
+                request_id=new.request_id, connector=new.connector, topic=new.topic, partition=new.partition,
+                state=state.value, uncertain=False, attempts=0, command=new.command, ca_request_id=None, serial=None,
+                possible_duplicate=False, error_code=error_code, outcome=_encode_outcome(records), next_poll_at=None,
+                poll_attempts=0, created_at=now, updated_at=now, outcome_at=now,
+            )
+            session.add(row)
+        else:
+            row.state, row.error_code, row.outcome = state.value, error_code, _encode_outcome(records)
+            row.uncertain, row.updated_at, row.outcome_at = False, now, now
+        session.flush()
+        return _operation(row)
+
+
+def due_pending(engine: Engine, partitions: Iterable[tuple[str, int]], now: datetime, limit: int = 100) -> list[Operation]:
+    """Pending approvals on these partitions whose next poll is due, oldest first."""
+    wanted = set(partitions)
+    if not wanted:
+        return []
+    topics = sorted({topic for topic, _ in wanted})
+    with read_session(engine) as session:
+        rows = session.scalars(
+            select(IssuerOperation)
+            .where(
+                IssuerOperation.state == OpState.PENDING.value,
+                IssuerOperation.topic.in_(topics),
+                IssuerOperation.next_poll_at <= now,
+            )
+            .order_by(IssuerOperation.next_poll_at)
+            .limit(limit * 4)
+        ).all()
+        return [_operation(r) for r in rows if (r.topic, r.partition) in wanted][:limit]
+
+
+def schedule_poll(engine: Engine, op_key: str, next_poll_at: datetime, now: datetime) -> None:
+    with write_session(engine) as session:
+        session.execute(
+            update(IssuerOperation)
+            .where(IssuerOperation.op_key == op_key, IssuerOperation.state == OpState.PENDING.value)
+            .values(next_poll_at=next_poll_at, poll_attempts=IssuerOperation.poll_attempts + 1, updated_at=now)
+        )
+
+
+def count_by_state(engine: Engine) -> dict[str, int]:
+    from sqlalchemy import func
+
+    with read_session(engine) as session:
+        return {state: n for state, n in session.execute(select(IssuerOperation.state, func.count()).group_by(IssuerOperation.state))}

@@ -1,0 +1,123 @@
+"""The issuer's pure parts: the per-partition commit point, crash point parsing, the critical
+section a revoked partition respects, transient-error certainty, and the durable state."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from services.common.db import make_engine
+from services.common.migrate import upgrade
+from services.common.settings import DatabaseSettings
+from services.issuer import state
+from services.issuer.consumer_loop import _InFlight, _Partition
+from services.issuer.emca.types import TransientError
+from services.issuer.processor import CrashPoints, Revoked, Work
+from services.issuer.state import NewOperation, OpState, StoredRecord
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def _entry() -> _InFlight:
+    return _InFlight(Work(), None, 0)  # type: ignore[arg-type]
+
+
+def test_commit_point_is_the_lowest_unfinished_offset() -> None:
+    partition = _Partition()
+    for offset in (10, 11, 12, 13):
+        partition.add(offset, _entry())
+    partition.finish(11)
+    partition.finish(13)
+    assert partition.commit_point() is None  # 10 is unfinished: nothing past it
+    partition.finish(10)
+    assert partition.commit_point() == 12  # 10 and 11 done, 12 waits
+    partition.committed = 12
+    assert partition.commit_point() is None
+    partition.finish(12)
+    assert partition.commit_point() == 14
+    assert partition.in_flight == {}
+
+
+def test_commit_point_handles_gaps_in_offsets() -> None:
+    partition = _Partition()
+    for offset in (5, 9):  # transaction markers or compaction leave gaps
+        partition.add(offset, _entry())
+    partition.finish(9)
+    partition.finish(5)
+    assert partition.commit_point() == 10
+
+
+def test_crash_points_parse_and_refuse_unknown() -> None:
+    assert CrashPoints(None).point is None
+    points = CrashPoints("after_db_commit:3")
+    assert (points.point, points.remaining) == ("after_db_commit", 3)
+    points.reached("after_publish")
+    points.reached("after_db_commit")
+    assert points.remaining == 2
+    with pytest.raises(ValueError, match="unknown crash point 'after_lunch'"):
+        CrashPoints("after_lunch")
+
+
+async def test_a_revoked_command_stops_before_its_critical_section_but_not_inside() -> None:
+    work = Work()
+    async with work.critical_section():
+        work.revoked = True  # revoked while at emCA: it finishes
+        assert not work.idle.is_set()
+    assert work.idle.is_set()
+    with pytest.raises(Revoked):
+        async with work.critical_section():
+            pass
+    await asyncio.sleep(0)
+
+
+def test_transient_errors_say_whether_emca_may_have_acted() -> None:
+    assert not TransientError("refused", unsent=True).may_have_reached_ca
+    assert not TransientError("slow down", http_status=429).may_have_reached_ca
+    assert TransientError("read timed out").may_have_reached_ca
+    assert TransientError("bad gateway", http_status=502).may_have_reached_ca
+
+
+@pytest.fixture
+def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
+    db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'issuer.db'}")
+    upgrade(db)
+    engine = make_engine(db)
+    yield engine
+    engine.dispose()
+
+
+def _new(op_key: str = "iss-1") -> NewOperation:
+    return NewOperation(op_key, "issue", "cmd-1", "cert-1", "req-1", "emca", "certrail.commands.emca", 0, "{}")
+
+
+def test_intent_then_outcome_and_uncertain_attempts(engine) -> None:  # type: ignore[no-untyped-def]
+    op, earlier = state.begin_attempt(engine, _new(), NOW)
+    assert (op.state, op.attempts, op.uncertain, earlier) == (OpState.SUBMITTING, 1, True, False)
+    op, earlier = state.begin_attempt(engine, _new(), NOW)  # a crash left the first attempt uncertain
+    assert (op.attempts, earlier) == (2, True)
+    state.attempt_unsent(engine, "iss-1", NOW)  # connection refused: certainly not sent
+    _, earlier = state.begin_attempt(engine, _new(), NOW)
+    assert earlier is False
+    records = [StoredRecord("certrail.events", "cert-1", b'{"id":"e1"}')]
+    settled = state.record_outcome(engine, "iss-1", OpState.ISSUED, records, NOW, serial="1f", possible_duplicate=True)
+    assert settled.settled and settled.outcome == tuple(records) and settled.possible_duplicate and not settled.uncertain
+    again, earlier = state.begin_attempt(engine, _new(), NOW)  # a settled operation is never attempted again
+    assert again.attempts == 3 and again.state is OpState.ISSUED and earlier is False
+
+
+def test_pending_approvals_are_found_by_partition_and_due_time(engine) -> None:  # type: ignore[no-untyped-def]
+    state.begin_attempt(engine, _new("a"), NOW)
+    state.begin_attempt(engine, _new("b"), NOW)
+    pending = [StoredRecord("certrail.events", "cert-1", b"{}")]
+    state.record_outcome(engine, "a", OpState.PENDING, pending, NOW, ca_request_id="R1", next_poll_at=NOW)
+    state.record_outcome(engine, "b", OpState.PENDING, pending, NOW, ca_request_id="R2", next_poll_at=NOW + timedelta(hours=1))
+    assert [op.op_key for op in state.due_pending(engine, {("certrail.commands.emca", 0)}, NOW)] == ["a"]
+    assert state.due_pending(engine, {("certrail.commands.emca", 1)}, NOW) == []
+    state.schedule_poll(engine, "a", NOW + timedelta(minutes=5), NOW)
+    assert state.due_pending(engine, {("certrail.commands.emca", 0)}, NOW) == []
+    final = [StoredRecord("certrail.events", "cert-1", b'{"final":1}')]
+    done = state.record_outcome(engine, "a", OpState.ISSUED, final, NOW, append=True)
+    assert done.outcome == (pending[0], final[0])
