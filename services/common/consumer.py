@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -100,6 +101,10 @@ class InvalidMessage(Exception):
 
 Handler = Callable[[Envelope], Awaitable[Sequence[Outbound]]]
 
+#: the record being handled, for a handler that needs its raw bytes (the gateway verifies a
+#: requester's signature over the ``data`` object exactly as it was sent)
+CURRENT_RECORD: ContextVar[InboundRecord | None] = ContextVar("certrail_current_record", default=None)
+
 
 class Outcome(StrEnum):
     HANDLED = "handled"
@@ -136,12 +141,15 @@ class Dispatcher:
         if handler is None:
             self._observe(record, envelope.type, Outcome.IGNORED, None)
             return Outcome.IGNORED
+        token = CURRENT_RECORD.set(record)
         try:
             outbound = await handler(envelope)
         except InvalidMessage as exc:
             await self._dead_letter(record, exc.code, exc.reason)
             self._observe(record, envelope.type, Outcome.DEAD_LETTERED, exc.code)
             return Outcome.DEAD_LETTERED
+        finally:
+            CURRENT_RECORD.reset(token)
         if outbound:
             await self.publisher.publish(outbound)
         self._observe(record, envelope.type, Outcome.HANDLED, None)

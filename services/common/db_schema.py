@@ -440,3 +440,111 @@ class IssuerOperation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# -- the gateway (services/gateway/store.py; docs/gateway.md) ------------------------------------------
+
+
+class GatewayProfile(Base):
+    """A provisioning profile: ``spec`` is the JSON of services.gateway.policy.ProvisioningProfile."""
+
+    __tablename__ = "gateway_profiles"
+    __table_args__ = (Index("ix_gateway_profiles_connector", "connector"),)
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    connector: Mapped[str] = mapped_column(String(63))
+    spec: Mapped[str] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayToken(Base):
+    """An API token: only its SHA-256 is stored (services/gateway/policy/tokens.py)."""
+
+    __tablename__ = "gateway_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    identity: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    profiles: Mapped[str | None] = mapped_column(Text)  # JSON list; NULL: every profile
+    description: Mapped[str | None] = mapped_column(String(256))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class GatewayRequesterKey(Base):
+    """A key a requester signs Kafka requests with: an HMAC secret (encrypted like connector
+    secrets) or a public key (PEM)."""
+
+    __tablename__ = "gateway_requester_keys"
+
+    requester: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    secrets_key_id: Mapped[str | None] = mapped_column(String(16))
+    public_key_pem: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class GatewayRequest(Base):
+    """One request id as first answered (the dedupe key): the answer and the exact records
+    published for it, so a redelivered request re-publishes the same bytes."""
+
+    __tablename__ = "gateway_requests"
+    __table_args__ = (Index("ix_gateway_requests_certificate", "certificate_id"),)
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    requester: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    certificate_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
+    answer: Mapped[str] = mapped_column(Text)  # JSON
+    outbound: Mapped[str] = mapped_column(Text)  # JSON list of {topic, key, value}
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayCertificate(Base):
+    """A managed certificate as the gateway knows it: its profile, connector, requester and the
+    revision of its latest issuance (the issuance id derives from the id and the revision)."""
+
+    __tablename__ = "gateway_certificates"
+    __table_args__ = (Index("ix_gateway_certificates_profile", "profile"),)
+
+    certificate_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    profile: Mapped[str] = mapped_column(String(128))
+    connector: Mapped[str] = mapped_column(String(63))
+    requester: Mapped[str] = mapped_column(String(128))
+    key_generation: Mapped[str] = mapped_column(String(16))
+    revision: Mapped[int] = mapped_column(Integer)
+    sans: Mapped[str] = mapped_column(Text)  # JSON list, as last requested
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayNotice(Base):
+    """A notice the renewal scheduler sent once: RenewalDue (``kind`` renewal_due) or
+    CertificateExpiring (``kind`` expiring:<days>), per certificate and serial."""
+
+    __tablename__ = "gateway_notices"
+
+    certificate_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayLease(Base):
+    """A named lease (the renewal scheduler's): one holder at a time until ``expires_at``."""
+
+    __tablename__ = "gateway_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

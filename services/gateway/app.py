@@ -1,20 +1,140 @@
-"""The gateway: validates requests from certrail.requests and the HTTP API and publishes commands. For now it consumes certrail.requests through the shared plumbing (invalid records are dead-lettered; valid ones are not handled yet)."""
+"""The gateway: the front door. Requests arrive on ``certrail.requests`` (signed by their
+requester; consumed through the shared Dispatcher, so undecodable records are dead-lettered)
+and through the HTTP API under ``/v1`` (bearer tokens; services/gateway/api.py). Both go
+through one validation path (services/gateway/intake.py) and become commands on the
+connector's topic (or ProvisionCertificate for bot-key profiles) plus RequestAccepted, or a
+RequestRejected with a stable code. The renewal scheduler runs beside them (one active
+instance per database: services/gateway/scheduler.py). docs/gateway.md explains it all.
+"""
 
 from __future__ import annotations
 
-from faststream.asgi import AsgiFastStream
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
+from services.common.connectors.secretbox import SecretBox, load_secret_box
+from services.common.consumer import CURRENT_RECORD, Outbound
+from services.common.contracts.envelope import CONTENT_TYPE, CONTENT_TYPE_HEADER, Envelope
+from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.topics import Topics
 from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
+from services.gateway.intake import Intake, Outcome, stored_records
 from services.gateway.settings import GatewaySettings
+from services.gateway.store import SqlRequesterKeys
 
 SERVICE = "gateway"
+API_PREFIXES = ("/v1", "/docs", "/openapi.json", "/redoc")
+
+log = logging.getLogger(__name__)
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
-def create_app(settings: GatewaySettings) -> tuple[AsgiFastStream, ServiceRuntime]:
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class GatewayRuntime:
+    service: ServiceRuntime
+    settings: GatewaySettings
+    intake: Intake
+    box: SecretBox
+    publish_records: Callable[[Sequence[Outbound | dict[str, Any]]], Awaitable[None]]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def engine(self) -> Any:
+        return self.service.engine
+
+    @property
+    def topics(self) -> Topics:
+        return self.service.topics
+
+    @property
+    def broker(self) -> Any:
+        return self.service.broker
+
+    @property
+    def registry(self) -> Any:
+        return self.service.registry
+
+
+class PrefixRouter:
+    """Sends ``/v1``, the OpenAPI document and the docs to the HTTP API; everything else
+    (``/health``, ``/metrics``, the lifespan that starts the broker) to the FastStream app."""
+
+    def __init__(self, service_app: ASGIApp, api_app: ASGIApp | None) -> None:
+        self.service_app = service_app
+        self.api_app = api_app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.api_app is not None and scope["type"] in ("http", "websocket") and scope["path"].startswith(API_PREFIXES):
+            await self.api_app(scope, receive, send)
+        else:
+            await self.service_app(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
     topics = Topics(settings.kafka.topic_prefix)
-    return build_service(SERVICE, settings, [Subscription(topics=[topics.requests])])
+    holder: dict[str, Any] = {}
+
+    async def on_request(envelope: Envelope) -> list[Outbound]:
+        record = CURRENT_RECORD.get()
+        outcome: Outcome = await holder["intake"].from_kafka(envelope.id, envelope.data, record.value if record else None)
+        await holder["publish"](outcome.outbound)
+        return []  # published above (stored records are re-published byte for byte)
+
+    handlers = {IssueRequested: on_request, RenewRequested: on_request, RevokeRequested: on_request}
+    service_app, service = build_service(SERVICE, settings, [Subscription(topics=[topics.requests])], handlers)
+    box = load_secret_box(settings.secrets, create=True)
+    intake = Intake(engine=service.engine, topics=topics, keys=SqlRequesterKeys(service.engine, box), clock=utc_now,
+                    deployer_identity=settings.deployer_identity)
+
+    async def publish(outbound: Sequence[Outbound | dict[str, Any]]) -> None:
+        for topic, key, value in stored_records(outbound):
+            await service.broker.publish(value, topic=topic, key=key.encode("utf-8") if key is not None else None,
+                                         headers={CONTENT_TYPE_HEADER: CONTENT_TYPE})
+
+    holder["intake"], holder["publish"] = intake, publish
+    runtime = GatewayRuntime(service, settings, intake, box, publish)
+    api = None
+    try:
+        from services.gateway.api import create_api
+    except ImportError:  # the HTTP API module is optional while it is being built
+        create_api = None  # type: ignore[assignment]
+    if create_api is not None:
+        api = create_api(runtime)
+    _start_scheduler(service_app, runtime)
+    return PrefixRouter(service_app, api), runtime
+
+
+def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
+    """Run the renewal scheduler beside the consumer, when this gateway schedules."""
+    if not runtime.settings.scheduler_enabled or not hasattr(runtime.settings, "scheduler"):
+        return
+    try:
+        from services.gateway.scheduler import Scheduler
+    except ImportError:
+        return
+
+    async def start() -> None:
+        scheduler = Scheduler(runtime.engine, runtime.topics, runtime.publish_records, utc_now, runtime.settings.scheduler,
+                              registry=runtime.service.registry)
+        runtime.tasks.append(asyncio.create_task(scheduler.run_forever(), name="gateway-scheduler"))
+
+    async def stop() -> None:
+        for task in runtime.tasks:
+            task.cancel()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+
+    service_app.after_startup(start)
+    service_app.on_shutdown(stop)
 
 
 def main() -> None:

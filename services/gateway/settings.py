@@ -1,10 +1,12 @@
-"""Settings of the gateway (env prefix ``CERTRAIL_GATEWAY_``)."""
+"""Settings of the gateway (env prefix ``CERTRAIL_GATEWAY_``; Kafka, database and secrets keys
+come from ``CERTRAIL_KAFKA_*``, ``CERTRAIL_DB_*``, ``CERTRAIL_SECRETS_*``)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.connectors.secretbox import SecretsSettings
 from services.common.service_app import ServiceSettings
 
 
@@ -13,3 +15,8 @@ class GatewaySettings(ServiceSettings):
 
     http_port: int = Field(default=8080, ge=0, le=65535)
     group_id: str = Field(default="certrail-gateway", min_length=1, max_length=200)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings,
+                                     description="The keys that encrypt connector secrets and requesters' HMAC keys.")
+    deployer_identity: str = Field(default="certrail-deployer", min_length=1, max_length=128,
+                                   description="The requester identity of the deployer bot (sends CSRs for bot-key profiles).")
+    scheduler_enabled: bool = Field(default=True, description="Run the renewal scheduler (one instance is active at a time).")

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     CONNECTOR_NOT_FOUND = "CONNECTOR_NOT_FOUND"
     CONNECTOR_DISABLED = "CONNECTOR_DISABLED"
     DUPLICATE_REQUEST_CONFLICT = "DUPLICATE_REQUEST_CONFLICT"
+    CERTIFICATE_PROFILE_MISMATCH = "CERTIFICATE_PROFILE_MISMATCH"  # the certificate id is managed under another profile
     # -- emCA and the connector (issuer) --------------------------------------
     CA_REJECTED = "CA_REJECTED"  # request-permanent: emCA refused this request
     CA_PROFILE_NOT_FOUND = "CA_PROFILE_NOT_FOUND"

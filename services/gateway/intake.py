@@ -1,0 +1,355 @@
+"""One validation path for both doors: a request from ``certrail.requests`` (signed by its
+requester) or from the HTTP API (authenticated by a bearer token) becomes a command and a
+RequestAccepted event, or a RequestRejected event with a stable code.
+
+Order (services/gateway/policy/__init__.py): authenticate (Kafka signature / token) ->
+dedupe on the request id (same content: the same answer and the same records again;
+different content: DUPLICATE_REQUEST_CONFLICT) -> profile -> authorisation -> CSR, key
+policy, SAN and subject rules -> connector exists and is not disabled -> command.
+
+Everything after authentication is answered once per request id and stored with the exact
+records published (``gateway_requests``), in the same transaction as the certificate's new
+revision; the records are published after the commit and re-published as they are when the
+same request arrives again (a redelivery, a client retry). A request that fails
+authentication is answered but not stored, so nobody can squat another requester's ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from services.auditor import inventory
+from services.common.connectors import repository as connectors_repo
+from services.common.connectors.models import ConnectorStatus
+from services.common.consumer import Outbound
+from services.common.contracts.commands import IssueCertificate, ProvisionCertificate, RenewCertificate, RevokeCertificate
+from services.common.contracts.envelope import Message, decode, make_event
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.events import RequestAccepted, RequestRejected
+from services.common.contracts.fields import KeyGeneration, RequestKind
+from services.common.contracts.identity import issuance_id, message_id, root_message_id
+from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
+from services.common.contracts.topics import Topics
+from services.common.db import write_session
+from services.common.db_schema import CertificateInventory
+from services.gateway import store
+from services.gateway.policy import (
+    PolicyViolation,
+    ProvisioningProfile,
+    authorise_requester,
+    decide_dedupe,
+    request_content_hash,
+    validate_csr,
+    verify_request_auth,
+)
+from services.gateway.policy.dedupe import DedupeOutcome, StoredRequest
+from services.gateway.policy.domains import check_sans_allowed
+from services.gateway.policy.names import parse_san
+from services.gateway.policy.request_auth import RequesterKeys
+from services.gateway.policy.tokens import Action, TokenClaims, authorise
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/certrail/gateway"
+Request = IssueRequested | RenewRequested | RevokeRequested
+KINDS = {IssueRequested: RequestKind.ISSUE, RenewRequested: RequestKind.RENEW, RevokeRequested: RequestKind.REVOKE}
+ACTIONS = {RequestKind.ISSUE: Action.CERTIFICATE_ISSUE, RequestKind.RENEW: Action.CERTIFICATE_RENEW,
+           RequestKind.REVOKE: Action.CERTIFICATE_REVOKE}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a requester is told: accepted (with the command) or rejected (with the error)."""
+
+    request_id: str
+    status: str  # accepted | rejected
+    kind: str
+    certificate_id: str | None = None
+    issuance_id: str | None = None
+    command_id: str | None = None
+    event_id: str | None = None
+    error: dict[str, str] | None = None
+    replayed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "status": self.status, "kind": self.kind, "certificate_id": self.certificate_id,
+                "issuance_id": self.issuance_id, "command_id": self.command_id, "event_id": self.event_id, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any], *, replayed: bool = False) -> Answer:
+        return cls(**value, replayed=replayed)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    answer: Answer
+    outbound: list[Outbound | dict[str, Any]]  # Outbound, or a stored record {topic, key, value} to re-publish
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, and how authorisation is decided: a verified Kafka requester (the profile's
+    allowed requesters) or an HTTP token (roles and scopes, then the profile's requesters)."""
+
+    identity: str
+    claims: TokenClaims | None = None  # HTTP
+    deployer: bool = False  # the deployer's bot identity (may send CSRs for bot-key profiles)
+
+    def authorise(self, kind: RequestKind, profile: ProvisioningProfile) -> None:
+        if self.claims is not None:
+            authorise(self.claims, ACTIONS[kind], profile).raise_if_denied()
+        elif not self.deployer:
+            authorise_requester(self.identity, profile)
+
+
+class Intake:
+    def __init__(self, *, engine: Engine, topics: Topics, keys: RequesterKeys, clock: Callable[[], datetime],
+                 deployer_identity: str = "certrail-deployer") -> None:
+        self._engine = engine
+        self._topics = topics
+        self._keys = keys
+        self._clock = clock
+        self.deployer_identity = deployer_identity
+
+    # -- the doors -------------------------------------------------------------------------------------
+
+    async def from_kafka(self, event_id: str, request: Request, raw_value: bytes | None) -> Outcome:
+        """A request from ``certrail.requests``: its signature is checked over the data object as sent."""
+        kind = KINDS[type(request)]
+        try:
+            data: Any = request
+            if raw_value is not None:
+                try:
+                    data = json.loads(raw_value)["data"]
+                except (ValueError, KeyError, TypeError):
+                    data = request
+            key = await asyncio.to_thread(verify_request_auth, data, self._keys)
+            if key.requester != request.requester:
+                raise PolicyViolation(ErrorCode.REQUEST_SIGNATURE_INVALID,
+                                      f"the request names requester {request.requester!r} but is signed by {key.requester!r}")
+        except PolicyViolation as violation:
+            return self._unauthenticated(event_id, request, kind, violation)
+        caller = Caller(request.requester, deployer=request.requester == self.deployer_identity)
+        return await asyncio.to_thread(self._process, event_id, request, kind, caller)
+
+    async def from_http(self, request: Request, claims: TokenClaims) -> Outcome:
+        """A request from the HTTP API; the token already authenticated ``claims``."""
+        kind = KINDS[type(request)]
+        event_id = root_message_id("http", request.request_id, request.TYPE)
+        caller = Caller(claims.identity, claims=claims)
+        return await asyncio.to_thread(self._process, event_id, request, kind, caller)
+
+    # -- the path ------------------------------------------------------------------------------------------
+
+    def _event(self, cause_id: str, data: Message, subject: str | None, correlation: str, now: datetime) -> Any:
+        return make_event(data, id=message_id(cause_id, data.TYPE), source=SOURCE, time=now, subject=subject,
+                          correlationid=correlation, causationid=cause_id)
+
+    def _rejected(self, event_id: str, request: Request, kind: RequestKind, violation: PolicyViolation,
+                  now: datetime) -> tuple[Answer, list[Outbound]]:
+        rejected = RequestRejected(request_id=request.request_id, requester=request.requester, kind=kind,
+                                   certificate_id=request.certificate_id, error=violation.error_info())
+        event = self._event(event_id, rejected, request.certificate_id, request.request_id, now)
+        answer = Answer(request.request_id, "rejected", kind.value, request.certificate_id, event_id=event.id,
+                        error={"code": violation.code.value, "message": violation.message})
+        return answer, [Outbound(self._topics.events, event, key=request.certificate_id or request.request_id)]
+
+    def _unauthenticated(self, event_id: str, request: Request, kind: RequestKind, violation: PolicyViolation) -> Outcome:
+        # not stored under the request id: an unauthenticated sender must not own it
+        answer, outbound = self._rejected(event_id, request, kind, violation, self._clock())
+        log.warning("request %s refused: %s", request.request_id, violation)
+        return Outcome(answer, list(outbound))
+
+    def _process(self, event_id: str, request: Request, kind: RequestKind, caller: Caller) -> Outcome:
+        now = self._clock()
+        content_hash = request_content_hash(request)
+        with write_session(self._engine) as session:
+            stored = store.get_request(session, request.request_id)
+            decision = decide_dedupe(
+                None if stored is None else StoredRequest(stored.request_id, stored.content_hash, stored),
+                request.request_id, content_hash)
+            if decision.outcome is DedupeOutcome.SAME:
+                assert stored is not None
+                return Outcome(Answer.from_dict(stored.answer, replayed=True), list(stored.outbound))
+            if decision.outcome is DedupeOutcome.CONFLICT:
+                assert decision.violation is not None
+                answer, outbound = self._rejected(event_id, request, kind, decision.violation, now)
+                return Outcome(answer, list(outbound))
+            try:
+                answer, outbound = self._accept(session, event_id, request, kind, caller, now)
+                status = "accepted"
+            except PolicyViolation as violation:
+                answer, outbound = self._rejected(event_id, request, kind, violation, now)
+                status = "rejected"
+            records = [{"topic": o.topic, "key": o.key, "value": o.value().decode("utf-8")} for o in outbound]
+            store.add_request(session, store.StoredAnswer(
+                request.request_id, content_hash, caller.identity, kind.value, answer.certificate_id, status,
+                answer.as_dict(), records, now))
+        return Outcome(answer, list(outbound))
+
+    def _profile(self, session: Session, name: str | None) -> ProvisioningProfile:
+        stored = store.get_profile(session, name) if name else None
+        if stored is None:
+            raise PolicyViolation(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {name!r}")
+        return stored.profile
+
+    def _connector(self, session: Session, name: str) -> None:
+        connector = connectors_repo.get_connector(session, name)
+        if connector is None:
+            raise PolicyViolation(ErrorCode.CONNECTOR_NOT_FOUND, f"the profile's connector {name!r} does not exist")
+        if connector.status is ConnectorStatus.DISABLED:
+            raise PolicyViolation(ErrorCode.CONNECTOR_DISABLED, f"connector {name!r} is disabled")
+        # a misconfigured connector still takes requests: they wait in its queue until it is fixed
+
+    def _accept(self, session: Session, event_id: str, request: Request, kind: RequestKind, caller: Caller,
+                now: datetime) -> tuple[Answer, list[Outbound]]:
+        if isinstance(request, IssueRequested):
+            return self._issue(session, event_id, request, caller, now)
+        if isinstance(request, RenewRequested):
+            return self._renew(session, event_id, request, caller, now)
+        return self._revoke(session, event_id, request, caller, now)
+
+    def _csr(self, request: IssueRequested | RenewRequested, profile: ProvisioningProfile, caller: Caller,
+             sans: Sequence[str] | None) -> tuple[str | None, list[str] | None]:
+        """The validated CSR and SANs, or (None, None) when the deployer bot must make the key."""
+        bot = profile.key_generation is KeyGeneration.BOT
+        if request.csr is None:
+            if not bot:
+                raise PolicyViolation(ErrorCode.CSR_INVALID, f"profile {profile.name!r} needs a CSR (the requester holds the key)")
+            return None, None
+        if bot and not caller.deployer:
+            raise PolicyViolation(ErrorCode.CSR_INVALID, f"profile {profile.name!r} has its keys generated by the deployer "
+                                  "bot: send no CSR")
+        validated = validate_csr(request.csr, profile, sans)
+        return validated.csr_pem, list(validated.sans)
+
+    def _issue(self, session: Session, event_id: str, request: IssueRequested, caller: Caller,
+               now: datetime) -> tuple[Answer, list[Outbound]]:
+        profile = self._profile(session, request.profile)
+        caller.authorise(RequestKind.ISSUE, profile)
+        existing = store.get_certificate(session, request.certificate_id)
+        if existing is not None and existing.profile != profile.name:
+            raise PolicyViolation(ErrorCode.CERTIFICATE_PROFILE_MISMATCH,
+                                  f"certificate {request.certificate_id!r} is managed under profile {existing.profile!r}, "
+                                  f"not {profile.name!r}")
+        csr, sans = self._csr(request, profile, caller, request.sans)
+        self._connector(session, profile.connector)
+        if csr is None:
+            if not request.sans:
+                raise PolicyViolation(ErrorCode.SAN_INVALID, "a bot-key request must name its SANs")
+            parsed = [parse_san(s) for s in request.sans]
+            check_sans_allowed(parsed, profile)
+            command: Message = ProvisionCertificate(
+                certificate_id=request.certificate_id, request_id=request.request_id, profile=profile.name,
+                connector=profile.connector, key_algorithm=profile.bot_key_algorithm, sans=[str(s) for s in parsed],
+                deadline=request.deadline)
+            topic = self._topics.provisioning
+            issuance = None
+            store.ensure_certificate(session, certificate_id=request.certificate_id, profile=profile.name,
+                                     connector=profile.connector, requester=caller.identity,
+                                     key_generation=profile.key_generation.value, sans=command.sans, now=now)
+        else:
+            assert sans is not None
+            revision = store.next_revision(session, certificate_id=request.certificate_id, profile=profile.name,
+                                           connector=profile.connector, requester=caller.identity,
+                                           key_generation=profile.key_generation.value, sans=sans, now=now)
+            issuance = issuance_id(request.certificate_id, revision)
+            command = IssueCertificate(
+                issuance_id=issuance, certificate_id=request.certificate_id, revision=revision, request_id=request.request_id,
+                connector=profile.connector, profile=profile.name, ca_profile=profile.ca_profile, csr=csr, sans=sans,
+                validity_days=profile.validity_days, deadline=request.deadline)
+            topic = self._topics.commands(profile.connector)
+        return self._accepted(event_id, request, RequestKind.ISSUE, caller, profile, command, topic, issuance, now)
+
+    def _accepted(self, event_id: str, request: Request, kind: RequestKind, caller: Caller, profile: ProvisioningProfile,
+                  command: Message, topic: str, issuance: str | None, now: datetime) -> tuple[Answer, list[Outbound]]:
+        certificate_id = command.certificate_id
+        command_event = self._event(event_id, command, certificate_id, request.request_id, now)
+        accepted = RequestAccepted(request_id=request.request_id, requester=caller.identity, kind=kind,
+                                   certificate_id=certificate_id, profile=profile.name, connector=profile.connector,
+                                   issuance_id=issuance, command_id=command_event.id)
+        accepted_event = self._event(event_id, accepted, certificate_id, request.request_id, now)
+        answer = Answer(request.request_id, "accepted", kind.value, certificate_id, issuance, command_event.id, accepted_event.id)
+        return answer, [Outbound(topic, command_event, key=certificate_id),
+                        Outbound(self._topics.events, accepted_event, key=certificate_id)]
+
+    def _managed(self, session: Session, certificate_id: str | None) -> tuple[ProvisioningProfile, Any, Any]:
+        row = store.get_certificate(session, certificate_id) if certificate_id else None
+        if row is None:
+            raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate {certificate_id!r}")
+        view = inventory.get_certificate(session, row.certificate_id, self._clock())
+        return self._profile(session, row.profile), row, view
+
+    def _renew(self, session: Session, event_id: str, request: RenewRequested, caller: Caller,
+               now: datetime) -> tuple[Answer, list[Outbound]]:
+        profile, row, view = self._managed(session, request.certificate_id)
+        caller.authorise(RequestKind.RENEW, profile)
+        replaces = request.replaces_serial or (view.serial if view is not None else None)
+        if replaces is None:
+            raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND,
+                                  f"certificate {request.certificate_id!r} has no issued serial to renew yet")
+        csr, sans = self._csr(request, profile, caller, None)
+        self._connector(session, profile.connector)
+        if csr is None:
+            command: Message = ProvisionCertificate(
+                certificate_id=request.certificate_id, request_id=request.request_id, profile=profile.name,
+                connector=profile.connector, key_algorithm=profile.bot_key_algorithm, sans=json.loads(row.sans),
+                replaces_serial=replaces, deadline=request.deadline)
+            return self._accepted(event_id, request, RequestKind.RENEW, caller, profile, command, self._topics.provisioning,
+                                  None, now)
+        assert sans is not None
+        revision = store.next_revision(session, certificate_id=request.certificate_id, profile=profile.name,
+                                       connector=profile.connector, requester=row.requester,
+                                       key_generation=profile.key_generation.value, sans=sans, now=now)
+        issuance = issuance_id(request.certificate_id, revision)
+        command = RenewCertificate(
+            issuance_id=issuance, certificate_id=request.certificate_id, revision=revision, request_id=request.request_id,
+            connector=profile.connector, profile=profile.name, ca_profile=profile.ca_profile, csr=csr, sans=sans,
+            replaces_serial=replaces, validity_days=profile.validity_days, deadline=request.deadline)
+        return self._accepted(event_id, request, RequestKind.RENEW, caller, profile, command,
+                              self._topics.commands(profile.connector), issuance, now)
+
+    def _revoke(self, session: Session, event_id: str, request: RevokeRequested, caller: Caller,
+                now: datetime) -> tuple[Answer, list[Outbound]]:
+        certificate_id = request.certificate_id
+        if certificate_id is None and request.serial is not None:
+            owners = inventory.certificates_with_serial(session, request.serial) or list(session.scalars(
+                select(CertificateInventory.certificate_id).where(CertificateInventory.serial == request.serial)))
+            certificate_id = owners[0] if owners else None
+            if certificate_id is None:
+                raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate has serial {request.serial}")
+        profile, row, view = self._managed(session, certificate_id)
+        caller.authorise(RequestKind.REVOKE, profile)
+        serial = request.serial or (view.serial if view is not None else None)
+        if serial is None:
+            raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"certificate {certificate_id!r} has no issued serial to revoke")
+        if view is not None and serial != view.serial and serial not in view.past_serials:
+            raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"serial {serial} does not belong to certificate {certificate_id!r}")
+        self._connector(session, profile.connector)
+        command = RevokeCertificate(certificate_id=row.certificate_id, serial=serial, request_id=request.request_id,
+                                    connector=profile.connector, reason=request.reason, replace=request.replace)
+        return self._accepted(event_id, request, RequestKind.REVOKE, caller, profile, command,
+                              self._topics.commands(profile.connector), None, now)
+
+
+def stored_records(outbound: Sequence[Outbound | dict[str, Any]]) -> list[tuple[str, str | None, bytes]]:
+    """(topic, key, value) for each record to publish, whether new or stored."""
+    result = []
+    for item in outbound:
+        if isinstance(item, Outbound):
+            result.append((item.topic, item.key, item.value()))
+        else:
+            result.append((item["topic"], item["key"], item["value"].encode("utf-8")))
+    return result
+
+
+__all__ = ["Answer", "Caller", "Intake", "Outcome", "decode", "stored_records"]

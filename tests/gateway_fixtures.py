@@ -1,0 +1,70 @@
+"""Seed data for gateway tests: connectors, profiles, requester keys and CSRs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy import Engine
+
+from services.common.connectors.secretbox import SecretBox, generate_key
+from services.common.contracts.fields import KeyAlgorithm, KeyGeneration
+from services.common.contracts.topics import Topics
+from services.common.db import write_session
+from services.common.db_schema import EmcaConnectorRow
+from services.gateway import store
+from services.gateway.policy import DomainRules, ProvisioningProfile
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+TOPICS = Topics("certrail")
+HMAC_KEY = b"k" * 32
+SECRETS_KEY = generate_key()
+BOX = SecretBox([SECRETS_KEY])
+
+
+def _csr(name: str = "www.example.com", key: object | None = None) -> str:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _connector(engine: Engine, name: str, status: str = "enabled") -> None:
+    with write_session(engine) as session:
+        session.add(EmcaConnectorRow(
+            name=name, version="V4.2.4+", base_url="https://emca.example", username="u", issuing_ca="CA",
+            subscriber_id="SUB", default_profile="TLS Server", concurrency=4, ca_bundle_pem=None, pinned_ca_sha256="0" * 64,
+            pinned_chain_pem="", secrets=b"x", secrets_key_id="k", secret_fields="password", status=status,
+            status_reason=None, last_test_ok=True, last_test_code=None, last_test_message=None, last_tested_at=NOW,
+            revision=1, created_at=NOW, updated_at=NOW))
+
+
+def _profile(name: str, connector: str, **overrides: object) -> ProvisioningProfile:
+    values: dict[str, object] = dict(
+        name=name, connector=connector, ca_profile="TLS Server", key_generation=KeyGeneration.REQUESTER,
+        allowed_requesters=["ci-pipeline"], domain_rules=DomainRules(dns_suffixes=["example.com"]), validity_days=90)
+    values.update(overrides)
+    return ProvisioningProfile.model_validate(values)
+
+
+
+def seed(engine: Engine) -> None:
+    """Two connectors (one disabled), three profiles (requester keys, bot keys, on the disabled
+    connector) and HMAC keys for the requesters ci-pipeline and ops."""
+    _connector(engine, "emca")
+    _connector(engine, "off", status="disabled")
+    with write_session(engine) as session:
+        store.put_profile(session, _profile("web", "emca"), NOW)
+        store.put_profile(session, _profile("bots", "emca", key_generation=KeyGeneration.BOT,
+                                            bot_key_algorithm=KeyAlgorithm.EC_P256, deployment_target="nginx-1",
+                                            allowed_requesters=["ops"]), NOW)
+        store.put_profile(session, _profile("offline", "off"), NOW)
+        store.add_requester_key(session, BOX, requester="ci-pipeline", key_id="k1", secret=HMAC_KEY, public_key_pem=None, now=NOW)
+        store.add_requester_key(session, BOX, requester="ops", key_id="k1", secret=HMAC_KEY, public_key_pem=None, now=NOW)
