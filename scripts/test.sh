@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, with every service it needs: PostgreSQL (installed from
-# Debian's packages when missing) and a real Apache Kafka broker (fetched with
+# The whole test suite, with every service it needs: PostgreSQL, nginx and sshd (installed
+# from Debian's packages when missing) and a real Apache Kafka broker (fetched with
 # Maven and started by the test run itself, unless KAFKA_BOOTSTRAP_SERVERS is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,9 @@ if [ -z "${CERTRAIL_TEST_POSTGRES_URL:-}" ]; then
   export CERTRAIL_TEST_POSTGRES_URL="$url"
 fi
 echo "PostgreSQL for tests: ${CERTRAIL_TEST_POSTGRES_URL%%:*}://…@${CERTRAIL_TEST_POSTGRES_URL##*@}"
+
+# nginx and sshd for the deployer's integration tests (Debian's packages; started by the tests)
+bash scripts/deployer_deps.sh
 
 # Fetch the broker once up front so that a fetch failure is reported as such.
 .venv/bin/certrail kafka fetch

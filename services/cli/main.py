@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import audit_cmd, connectors_cmd, db_cmd, emca_sim_cmd, kafka_cmd, schemas_cmd, serve_cmd, stack_cmd, topics_cmd
+from services.cli import (
+    audit_cmd,
+    connectors_cmd,
+    db_cmd,
+    emca_sim_cmd,
+    kafka_cmd,
+    schemas_cmd,
+    serve_cmd,
+    stack_cmd,
+    targets_cmd,
+    topics_cmd,
+)
 
 app = typer.Typer(
     name="certrail",
@@ -22,6 +33,7 @@ app.add_typer(
 )
 app.add_typer(connectors_cmd.app, name="connectors", help="emCA connectors: create (validated), list, show, test, enable, disable, delete.")
 app.add_typer(audit_cmd.app, name="audit", help="The audit log: timelines, verification, replay, export.")
+app.add_typer(targets_cmd.app, name="targets", help="Deployment targets of the deployer and their profile bindings.")
 serve_cmd.register(app)
 stack_cmd.register(app)
 

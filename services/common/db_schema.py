@@ -548,3 +548,88 @@ class GatewayLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# -- the deployer's tables (services/deployer; docs/deployer.md) -------------------------------------
+# Written only by services/deployer and `certrail targets`. Secrets (target secrets, bot-held
+# private keys) are Fernet tokens under the deployer's own key (CERTRAIL_DEPLOYER_KEYS).
+
+
+class DeployerTargetRow(Base):
+    """One deployment target: its kind, its non-secret configuration (JSON) and its
+    secrets (one Fernet token over a JSON object; NULL when the kind has none)."""
+
+    __tablename__ = "deployer_targets"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    config: Mapped[str] = mapped_column(Text)
+    secrets: Mapped[bytes | None] = mapped_column(LargeBinary)
+    secrets_key_id: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeployerBindingRow(Base):
+    """A provisioning profile's certificates are deployed to this target."""
+
+    __tablename__ = "deployer_bindings"
+
+    profile: Mapped[str] = mapped_column(String(128), primary_key=True)
+    target_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeployerDeploymentRow(Base):
+    """One certificate (serial) on one target: attempts, outcome, and the event published
+    (``outcome``, re-published byte for byte on redelivery)."""
+
+    __tablename__ = "deployer_deployments"
+    __table_args__ = (Index("ix_deployer_deployments_target", "target_name", "status"),)
+
+    certificate_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    target_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    target_kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # in_progress | deployed | failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    rolled_back: Mapped[bool | None] = mapped_column(Boolean)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(String(2000))
+    cause_id: Mapped[str] = mapped_column(String(128))
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    chain_pem: Mapped[str] = mapped_column(Text)  # JSON list
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeployerBotKeyRow(Base):
+    """A private key the deployer generated for a bot-held certificate, encrypted under the
+    deployer's key, matched to its certificate by the public-key hash. ``cause_id`` is the
+    message that made it (ProvisionCertificate, RenewalDue, CertificateRevoked), so a
+    redelivery reuses the key and re-publishes the same request (``request_event``)."""
+
+    __tablename__ = "deployer_bot_keys"
+    __table_args__ = (
+        UniqueConstraint("certificate_id", "public_key_sha256"),
+        Index("ix_deployer_bot_keys_serial", "certificate_id", "serial"),
+    )
+
+    cause_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    certificate_id: Mapped[str] = mapped_column(String(200))
+    profile: Mapped[str] = mapped_column(String(128))
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    key_algorithm: Mapped[str] = mapped_column(String(16))
+    private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    private_key_key_id: Mapped[str] = mapped_column(String(16))
+    csr_pem: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str] = mapped_column(String(128))
+    request_event: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # requested | issued
+    serial: Mapped[str | None] = mapped_column(String(40))
+    replaces_serial: Mapped[str | None] = mapped_column(String(40))
+    certificate_pem: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

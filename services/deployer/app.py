@@ -1,20 +1,57 @@
-"""The deployer: consumes certrail.provisioning and certrail.events and installs certificates on targets. For now it consumes through the shared plumbing (invalid records are dead-lettered)."""
+"""The deployer: consumes certrail.provisioning and certrail.events through the shared
+Dispatcher (invalid records are dead-lettered) and
+
+- CertificateIssued -> installs the certificate on every target bound to its profile
+  (handlers/deploy.py): CertificateDeployed or DeploymentFailed per target;
+- ProvisionCertificate, RenewalDue (bot-held keys), CertificateRevoked with replace ->
+  a fresh key, stored encrypted, and its CSR as a signed request (handlers/bot.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
+
 from faststream.asgi import AsgiFastStream
 
+from services.common.consumer import Handler, Outbound
+from services.common.contracts.commands import ProvisionCertificate
+from services.common.contracts.envelope import Envelope, Message
+from services.common.contracts.events import CertificateIssued, CertificateRevoked, RenewalDue
 from services.common.contracts.topics import Topics
 from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
+from services.deployer.context import DeployerContext
+from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
+from services.deployer.handlers.deploy import on_certificate_issued
+from services.deployer.keys import deployer_box, request_signing_key
+from services.deployer.metrics import DeployerMetrics
+from services.deployer.runner import RetryPolicy
 from services.deployer.settings import DeployerSettings
 
 SERVICE = "deployer"
 
 
+def handlers(ctx: DeployerContext) -> dict[type[Message], Handler]:
+    table: dict[type[Message], Callable[[DeployerContext, Envelope], Awaitable[list[Outbound]]]] = {
+        CertificateIssued: on_certificate_issued,
+        ProvisionCertificate: on_provision,
+        RenewalDue: on_renewal_due,
+        CertificateRevoked: on_revoked,
+    }
+    return {cls: partial(handler, ctx) for cls, handler in table.items()}
+
+
 def create_app(settings: DeployerSettings) -> tuple[AsgiFastStream, ServiceRuntime]:
     topics = Topics(settings.kafka.topic_prefix)
-    return build_service(SERVICE, settings, [Subscription(topics=[topics.provisioning, topics.events])])
+    app, runtime = build_service(SERVICE, settings, [Subscription(topics=[topics.provisioning, topics.events])])
+    ctx = DeployerContext(
+        engine=runtime.engine, box=deployer_box(settings), topics=topics, metrics=DeployerMetrics(runtime.registry),
+        requester=settings.requester, request_key_id=settings.request_key_id, request_key=request_signing_key(settings),
+        retry=RetryPolicy(settings.attempts, settings.backoff_initial_s, settings.backoff_max_s),
+    )
+    runtime.dispatcher.handlers = handlers(ctx)
+    return app, runtime
 
 
 def main() -> None:

@@ -1,10 +1,14 @@
-"""Settings of the deployer (env prefix ``CERTRAIL_DEPLOYER_``)."""
+"""Settings of the deployer (env prefix ``CERTRAIL_DEPLOYER_``; Kafka and the database come
+from ``CERTRAIL_KAFKA_*`` and ``CERTRAIL_DB_*``)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.common.contracts.identity import IDENTITY_PATTERN
 from services.common.service_app import ServiceSettings
 
 
@@ -13,3 +17,19 @@ class DeployerSettings(ServiceSettings):
 
     http_port: int = Field(default=8082, ge=0, le=65535)
     group_id: str = Field(default="certrail-deployer", min_length=1, max_length=200)
+
+    keys: SecretStr | None = Field(
+        default=None, description="Comma-separated Fernet keys (first encrypts) for bot-held keys and target secrets."
+    )
+    keys_file: Path = Field(default=Path("var/deployer.keys"), description="Used when `keys` is unset; created on first use.")
+
+    requester: str = Field(default="certrail-deployer", pattern=IDENTITY_PATTERN,
+                           description="The identity the deployer signs its bot requests with (profiles must allow it).")
+    request_key_id: str = Field(default="deployer-1", min_length=1, max_length=128)
+    request_key: SecretStr | None = Field(default=None, description="HMAC-SHA256 key (>= 32 bytes) that signs bot requests.")
+    request_key_file: Path = Field(default=Path("var/deployer-request.key"),
+                                   description="Used when `request_key` is unset; created on first use (register it at the gateway).")
+
+    attempts: int = Field(default=3, ge=1, le=20, description="Attempts per target when a target is unreachable.")
+    backoff_initial_s: float = Field(default=1.0, gt=0, le=300)
+    backoff_max_s: float = Field(default=15.0, gt=0, le=3600)

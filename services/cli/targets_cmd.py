@@ -1,0 +1,159 @@
+"""`certrail targets ...`: the deployer's deployment targets and which profiles deploy to them.
+
+Settings come from the environment: ``CERTRAIL_DB_*`` (the database) and
+``CERTRAIL_DEPLOYER_KEYS`` / ``CERTRAIL_DEPLOYER_KEYS_FILE`` (the deployer's key, which
+encrypts target secrets). Secrets are read from files or environment variables, never
+from the command line, and are never shown.
+
+    certrail targets add edge --kind nginx --config-file edge.json
+    certrail targets add hook --kind webhook --config '{"url": "https://..."}' --secret-file hmac_secret=/run/hook.secret
+    certrail targets bind web-servers edge
+    certrail targets list | show edge | unbind web-servers edge | remove edge
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.common import migrate
+from services.common.connectors.secretbox import SecretBoxError
+from services.common.db import make_engine, read_session, safe_url, write_session
+from services.common.settings import DatabaseSettings
+from services.deployer import store
+from services.deployer.keys import deployer_box
+from services.deployer.settings import DeployerSettings
+from services.deployer.targets.config import TargetKind
+
+app = typer.Typer(no_args_is_help=True, help=__doc__)
+
+
+def _fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
+    typer.echo(f"error: {code}: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+@contextmanager
+def _engine() -> Iterator[Engine]:
+    settings = DatabaseSettings()
+    if not migrate.check_at_head(settings):
+        _fail("DATABASE_NOT_MIGRATED", f"{safe_url(settings.url)} is not at the newest schema: run `certrail db upgrade`")
+    engine = make_engine(settings)
+    try:
+        yield engine
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors(include_url=False))
+        _fail("INVALID_INPUT", problems, 2)
+    except store.TargetNotFound as exc:
+        _fail("TARGET_NOT_FOUND", str(exc))
+    except ValueError as exc:
+        _fail("INVALID_INPUT", str(exc), 2)
+    except SecretBoxError as exc:
+        _fail("SECRETS_UNAVAILABLE", str(exc))
+    except SQLAlchemyError as exc:
+        _fail("DATABASE_ERROR", str(getattr(exc, "orig", None) or exc).splitlines()[0])
+    finally:
+        engine.dispose()
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            _fail("INVALID_INPUT", f"{what} takes NAME=VALUE, not {value!r}", 2)
+        out[name] = rest
+    return out
+
+
+@app.command()
+def add(
+    name: str,
+    kind: Annotated[TargetKind, typer.Option(help="file, nginx, webhook (ssh: not yet)")],
+    config: Annotated[str | None, typer.Option(help="The configuration as a JSON object.")] = None,
+    config_file: Annotated[Path | None, typer.Option(help="A file holding the JSON configuration.")] = None,
+    secret_file: Annotated[list[str], typer.Option(help="NAME=PATH: a secret read from a file (e.g. hmac_secret=...).")] = [],  # noqa: B006
+    secret_env: Annotated[list[str], typer.Option(help="NAME=VARIABLE: a secret read from an environment variable.")] = [],  # noqa: B006
+    replace: Annotated[bool, typer.Option(help="Replace an existing target of that name.")] = False,
+) -> None:
+    """Add (validated) a deployment target."""
+    if (config is None) == (config_file is None):
+        _fail("INVALID_INPUT", "give --config or --config-file", 2)
+    try:
+        parsed = json.loads(config if config is not None else config_file.read_text())  # type: ignore[union-attr]
+    except (OSError, ValueError) as exc:
+        _fail("INVALID_INPUT", f"the configuration is not a JSON object: {exc}", 2)
+    if not isinstance(parsed, dict):
+        _fail("INVALID_INPUT", "the configuration must be a JSON object", 2)
+    secrets: dict[str, str] = {}
+    for secret_name, path in _pairs(secret_file, "--secret-file").items():
+        try:
+            secrets[secret_name] = Path(path).read_text().strip()
+        except OSError as exc:
+            _fail("INVALID_INPUT", f"cannot read the secret {secret_name} from {path}: {exc.strerror}", 2)
+    for secret_name, variable in _pairs(secret_env, "--secret-env").items():
+        if not os.environ.get(variable):
+            _fail("INVALID_INPUT", f"the environment variable {variable} (secret {secret_name}) is not set", 2)
+        secrets[secret_name] = os.environ[variable]
+    with _engine() as engine, write_session(engine) as session:
+        spec = store.add_target(session, deployer_box(DeployerSettings()), name, kind, parsed, secrets, datetime.now(UTC),
+                                replace=replace)
+    typer.echo(f"target {spec.name} ({spec.kind}) stored" + (f"; secrets: {', '.join(spec.secret_names)}" if secrets else ""))
+
+
+@app.command("list")
+def list_() -> None:
+    """The targets and the profiles bound to them."""
+    with _engine() as engine, read_session(engine) as session:
+        targets = store.list_targets(session)
+        bound: dict[str, list[str]] = {}
+        for profile, target in store.bindings(session):
+            bound.setdefault(target, []).append(profile)
+    for spec in targets:
+        typer.echo(f"{spec.name}\t{spec.kind}\tprofiles: {', '.join(bound.get(spec.name, [])) or '-'}")
+
+
+@app.command()
+def show(name: str) -> None:
+    """One target's configuration (secrets are never shown) and bindings."""
+    with _engine() as engine, read_session(engine) as session:
+        spec = store.get_target(session, name)
+        profiles = [p for p, t in store.bindings(session) if t == name]
+    typer.echo(json.dumps({"name": spec.name, "kind": spec.kind.value, "config": spec.config.model_dump(mode="json"),
+                           "secrets": list(spec.secret_names), "profiles": profiles}, indent=2))
+
+
+@app.command()
+def remove(name: str) -> None:
+    """Remove a target (refused while a profile is bound to it)."""
+    with _engine() as engine, write_session(engine) as session:
+        store.remove_target(session, name)
+    typer.echo(f"target {name} removed")
+
+
+@app.command()
+def bind(profile: str, target: str) -> None:
+    """Deploy the certificates of PROFILE to TARGET (a profile may have several targets)."""
+    with _engine() as engine, write_session(engine) as session:
+        store.bind(session, profile, target, datetime.now(UTC))
+    typer.echo(f"profile {profile} -> target {target}")
+
+
+@app.command()
+def unbind(profile: str, target: str) -> None:
+    """Stop deploying PROFILE's certificates to TARGET."""
+    with _engine() as engine, write_session(engine) as session:
+        removed = store.unbind(session, profile, target)
+    if not removed:
+        _fail("BINDING_NOT_FOUND", f"profile {profile} is not bound to target {target}")
+    typer.echo(f"profile {profile} no longer deploys to {target}")

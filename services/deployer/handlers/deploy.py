@@ -1,0 +1,139 @@
+"""CertificateIssued -> deploy to every target bound to the certificate's profile.
+
+One deployment per (certificate, serial, target): its outcome event is stored
+and re-published byte for byte on redelivery, so the same certificate is
+deployed once. Targets run concurrently, each with its own retries, so a
+failing target never blocks the others. Bot-held certificates are installed
+with the key whose public-key hash matches the certificate (KEY_NOT_FOUND
+when none does)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.common.consumer import Outbound
+from services.common.contracts.catalog import CATALOG
+from services.common.contracts.envelope import Envelope, decode, encode, make_event
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.events import CertificateDeployed, CertificateIssued, DeploymentFailed, TargetRef
+from services.common.contracts.fields import ErrorInfo
+from services.common.contracts.identity import message_id
+from services.deployer import store
+from services.deployer.context import DeployerContext
+from services.deployer.runner import deploy_with_rollback
+from services.deployer.targets.base import Bundle, TargetError
+
+log = logging.getLogger(__name__)
+SOURCE = "/certrail/deployer"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    specs: list[store.TargetSpec]
+    key_pem: bytes | None
+    key_missing: bool
+    done: dict[str, str]  # target name -> stored outcome (already deployed or failed)
+    previous: dict[str, Bundle]
+
+
+def _event(ctx: DeployerContext, envelope: Envelope, data: CertificateDeployed | DeploymentFailed, target: str,
+           now: datetime) -> Outbound:
+    issued = envelope.data
+    assert isinstance(issued, CertificateIssued)
+    event = make_event(data, id=message_id(envelope.id, data.TYPE, target), source=SOURCE, time=now,
+                       subject=issued.certificate_id, correlationid=envelope.correlationid or issued.request_id,
+                       causationid=envelope.id)
+    return Outbound(topic=ctx.topics.events, event=event, key=issued.certificate_id)
+
+
+def _plan(ctx: DeployerContext, issued: CertificateIssued) -> _Plan:
+    with ctx.read() as session:
+        specs = store.targets_for_profile(session, issued.profile, ctx.box)
+        key = store.bot_key_by_public_key(session, issued.certificate_id, issued.public_key_sha256)
+        bot_held = key is not None or store.has_bot_keys(session, issued.certificate_id)
+        done: dict[str, str] = {}
+        previous: dict[str, Bundle] = {}
+        for spec in specs:
+            existing = store.get_deployment(session, issued.certificate_id, issued.serial, spec.name)
+            if existing is not None and existing.status != "in_progress" and existing.outcome:
+                done[spec.name] = existing.outcome
+            last = [d for d in store.list_deployments(session, issued.certificate_id)
+                    if d.target_name == spec.name and d.status == "deployed" and d.serial != issued.serial]
+            if last:
+                prior = last[-1]
+                prior_key = store.bot_key_by_serial(session, issued.certificate_id, prior.serial)
+                previous[spec.name] = Bundle(issued.certificate_id, prior.serial, prior.certificate_pem, prior.chain_pem,
+                                             ctx.box.decrypt(prior_key.encrypted_key) if prior_key else None)
+    key_pem = ctx.box.decrypt(key.encrypted_key) if key is not None else None
+    if key is not None:
+        with ctx.write() as session:
+            store.mark_issued(session, key.cause_id, issued.serial, issued.certificate, ctx.clock())
+    return _Plan(specs, key_pem, bot_held and key is None, done, previous)
+
+
+async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec, bundle: Bundle, plan: _Plan) -> Outbound:
+    issued = envelope.data
+    assert isinstance(issued, CertificateIssued)
+    ref = TargetRef(name=spec.name, kind=spec.kind.value)
+    if spec.name in plan.done:
+        ctx.metrics.deployments.labels(spec.kind.value, "replayed").inc()
+        event = decode(plan.done[spec.name].encode(), CATALOG)
+        return Outbound(topic=ctx.topics.events, event=event, key=issued.certificate_id)
+
+    async def on_attempt(attempt: int) -> None:
+        def record() -> None:
+            with ctx.write() as session:
+                store.start_attempt(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
+                                    target_kind=spec.kind.value, cause_id=envelope.id, certificate_pem=issued.certificate,
+                                    chain_pem=tuple(issued.chain), public_key_sha256=issued.public_key_sha256, now=ctx.clock())
+        await asyncio.to_thread(record)
+
+    if plan.key_missing:
+        await on_attempt(1)
+        ctx.metrics.deployments.labels(spec.kind.value, "failed").inc()
+        result_error: TargetError | None = TargetError(
+            ErrorCode.KEY_NOT_FOUND, f"no bot-held key of certificate {issued.certificate_id} matches public key "
+            f"{issued.public_key_sha256[:16]}...: nothing was installed")
+        verified, rolled_back = None, False
+    else:
+        target = ctx.build_target(spec, previous=plan.previous.get(spec.name))
+        result = await deploy_with_rollback(target, bundle, ctx.retry, metrics=ctx.metrics, on_attempt=on_attempt,
+                                            sleep=ctx.sleep)
+        result_error, verified, rolled_back = result.error, result.verified_serial, result.rolled_back
+    now = ctx.clock()
+    if verified is not None:
+        data: CertificateDeployed | DeploymentFailed = CertificateDeployed(
+            certificate_id=issued.certificate_id, serial=issued.serial, target=ref, verified_serial=verified, deployed_at=now)
+        status = "deployed"
+    else:
+        assert result_error is not None
+        log.warning("deployment of %s serial %s to %s failed: %s", issued.certificate_id, issued.serial, spec.name,
+                    result_error.message)
+        data = DeploymentFailed(certificate_id=issued.certificate_id, serial=issued.serial, target=ref, rolled_back=rolled_back,
+                                error=ErrorInfo(code=result_error.code, message=result_error.message))
+        status = "failed"
+    outbound = _event(ctx, envelope, data, spec.name, now)
+
+    def finish() -> None:
+        with ctx.write() as session:
+            store.finish(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
+                         status=status, rolled_back=None if verified else rolled_back,
+                         error_code=None if result_error is None else result_error.code.value,
+                         error_message=None if result_error is None else result_error.message,
+                         outcome=encode(outbound.event).decode(), now=now)
+    await asyncio.to_thread(finish)
+    return outbound
+
+
+async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+    issued = envelope.data
+    assert isinstance(issued, CertificateIssued)
+    plan = await asyncio.to_thread(_plan, ctx, issued)
+    if not plan.specs:
+        log.info("certificate %s (profile %s) has no bound deployment target", issued.certificate_id, issued.profile)
+        return []
+    bundle = Bundle(issued.certificate_id, issued.serial, issued.certificate, tuple(issued.chain), plan.key_pem)
+    return list(await asyncio.gather(*(_one(ctx, envelope, spec, bundle, plan) for spec in plan.specs)))

@@ -1,0 +1,33 @@
+"""The deployer's Prometheus metrics (served at /metrics with the shared ones)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class DeployerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deployments = Counter(
+            "certrail_deployer_deployments_total", "Deployments by target kind and outcome (deployed, failed, replayed).",
+            ["kind", "outcome"], registry=registry,
+        )
+        self.duration = Histogram(
+            "certrail_deployer_deployment_duration_seconds", "Time to deploy and verify on one target (all attempts).",
+            ["kind"], registry=registry, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.rollbacks = Counter(
+            "certrail_deployer_rollbacks_total", "Rollbacks after a failed install or verify (restored, nothing, failed).",
+            ["kind", "outcome"], registry=registry,
+        )
+        self.attempts = Counter(
+            "certrail_deployer_target_attempts_total", "Attempts on a target (ok, retry, failed).", ["kind", "result"],
+            registry=registry,
+        )
+        self.keys_generated = Counter(
+            "certrail_deployer_keys_generated_total", "Bot-held private keys generated, by algorithm.", ["algorithm"],
+            registry=registry,
+        )
+        self.bot_requests = Counter(
+            "certrail_deployer_bot_requests_total", "Requests published for bot-held keys (issue, renew, replayed).", ["kind"],
+            registry=registry,
+        )

@@ -1,0 +1,20 @@
+"""A `DeploymentTarget` from a stored `TargetSpec`."""
+
+from __future__ import annotations
+
+from services.deployer.store import TargetSpec
+from services.deployer.targets.base import Bundle, DeploymentTarget
+from services.deployer.targets.config import TargetKind
+from services.deployer.targets.files import FileTarget
+from services.deployer.targets.nginx import NginxTarget
+from services.deployer.targets.webhook import WebhookTarget
+
+
+def build_target(spec: TargetSpec, *, previous: Bundle | None = None) -> DeploymentTarget:
+    if spec.kind is TargetKind.FILE:
+        return FileTarget(spec.name, spec.config)
+    if spec.kind is TargetKind.NGINX:
+        return NginxTarget(spec.name, spec.config)
+    if spec.kind is TargetKind.WEBHOOK:
+        return WebhookTarget(spec.name, spec.config, spec.secrets["hmac_secret"], previous=previous)
+    raise ValueError(f"unknown target kind {spec.kind}")

@@ -1,0 +1,74 @@
+"""`FileSystem` on the local disk: atomic writes (temporary file, fsync, rename, fsync of the directory)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import uuid
+
+
+def _fsync_dir(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class LocalFileSystem:
+    async def makedirs(self, path: str, mode: int) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        os.chmod(path, mode)  # makedirs' mode is filtered by the umask
+
+    async def write_file(self, path: str, data: bytes, mode: int) -> None:
+        directory = os.path.dirname(path)
+        temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        # created with its final mode (never world-readable, even for a moment, when mode says so)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.fchmod(descriptor, mode)  # the umask may have narrowed it
+            view = memoryview(data)
+            while view:
+                written = os.write(descriptor, view)
+                view = view[written:]
+            os.fsync(descriptor)
+        except BaseException:
+            os.close(descriptor)
+            os.unlink(temporary)
+            raise
+        os.close(descriptor)
+        os.replace(temporary, path)
+        _fsync_dir(directory)
+
+    async def read_file(self, path: str) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    async def readlink(self, path: str) -> str | None:
+        try:
+            return os.readlink(path)
+        except FileNotFoundError:
+            return None
+
+    async def replace_symlink(self, path: str, target: str) -> None:
+        temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        os.symlink(target, temporary)
+        try:
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        _fsync_dir(os.path.dirname(path) or ".")
+
+    async def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    async def remove_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=False)
+
+    async def file_mode(self, path: str) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)

@@ -1,0 +1,127 @@
+"""Versioned certificate directories, swapped atomically by a symlink.
+
+Layout of a target directory (local for file/nginx targets, remote for ssh)::
+
+    <dir>/versions/<serial>-<token>/cert.pem        the leaf       (cert_mode, default 0644)
+                                   /chain.pem       the CA chain   (cert_mode)
+                                   /fullchain.pem   leaf + chain   (cert_mode)
+                                   /privkey.pem     bot-held key   (key_mode, default 0600)
+    <dir>/current  -> versions/<...>    what the service reads (configure it to read current/...)
+    <dir>/previous -> versions/<...>    what rollback puts back
+
+Installing writes a new version directory (each file written to a temporary
+name, synced, then renamed), then points ``previous`` at the old ``current``
+and swaps ``current`` with one rename of a new symlink over it: a reader sees
+the old set of files or the new set, never a mix. Rollback swaps ``current``
+back to ``previous``. Versions other than current and previous are pruned
+after a successful install. The file operations go through `FileSystem`, so
+the same logic runs locally and over SFTP.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from typing import Protocol
+
+from services.common.contracts.errors import ErrorCode
+from services.deployer.targets.base import Bundle, TargetError
+
+CERT_FILE = "cert.pem"
+CHAIN_FILE = "chain.pem"
+FULLCHAIN_FILE = "fullchain.pem"
+KEY_FILE = "privkey.pem"
+VERSIONS = "versions"
+CURRENT = "current"
+PREVIOUS = "previous"
+
+
+class FileSystem(Protocol):
+    """The few file operations a versioned directory needs (paths are POSIX strings)."""
+
+    async def makedirs(self, path: str, mode: int) -> None: ...
+
+    async def write_file(self, path: str, data: bytes, mode: int) -> None:
+        """Atomically: the file is either absent/old or complete with ``mode``."""
+        ...
+
+    async def read_file(self, path: str) -> bytes: ...
+
+    async def readlink(self, path: str) -> str | None:
+        """The symlink's target, or None when ``path`` does not exist."""
+        ...
+
+    async def replace_symlink(self, path: str, target: str) -> None:
+        """Atomically make ``path`` a symlink to ``target`` (replacing what is there)."""
+        ...
+
+    async def listdir(self, path: str) -> list[str]: ...
+
+    async def remove_tree(self, path: str) -> None: ...
+
+    async def file_mode(self, path: str) -> int: ...
+
+
+class VersionedDirectory:
+    """A target directory holding versions of one certificate (see the module docstring)."""
+
+    def __init__(self, fs: FileSystem, root: str, *, cert_mode: int = 0o644, key_mode: int = 0o600,
+                 dir_mode: int = 0o755) -> None:
+        self.fs = fs
+        self.root = root
+        self.cert_mode = cert_mode
+        self.key_mode = key_mode
+        self.dir_mode = dir_mode
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    async def current_version(self) -> str | None:
+        return await self.fs.readlink(self.path(CURRENT))
+
+    async def previous_version(self) -> str | None:
+        return await self.fs.readlink(self.path(PREVIOUS))
+
+    async def install(self, bundle: Bundle) -> str:
+        """Write ``bundle`` as a new version and make it current. Returns the version's relative path."""
+        version = posixpath.join(VERSIONS, f"{bundle.serial}-{uuid.uuid4().hex[:8]}")
+        directory = self.path(version)
+        try:
+            await self.fs.makedirs(directory, self.dir_mode)
+            await self.fs.write_file(posixpath.join(directory, CERT_FILE), bundle.certificate_pem.encode(), self.cert_mode)
+            await self.fs.write_file(posixpath.join(directory, CHAIN_FILE), bundle.chain_text.encode(), self.cert_mode)
+            await self.fs.write_file(posixpath.join(directory, FULLCHAIN_FILE), bundle.fullchain_pem.encode(), self.cert_mode)
+            if bundle.private_key_pem is not None:
+                await self.fs.write_file(posixpath.join(directory, KEY_FILE), bundle.private_key_pem, self.key_mode)
+            old = await self.current_version()
+            if old is not None:
+                await self.fs.replace_symlink(self.path(PREVIOUS), old)
+            await self.fs.replace_symlink(self.path(CURRENT), version)
+        except OSError as exc:
+            raise TargetError(ErrorCode.INSTALL_FAILED, f"writing {directory} failed: {exc.strerror or exc}") from None
+        return version
+
+    async def roll_back(self) -> str | None:
+        """Point ``current`` back at ``previous``; None when there is no previous version."""
+        previous = await self.previous_version()
+        if previous is None:
+            return None
+        try:
+            await self.fs.replace_symlink(self.path(CURRENT), previous)
+        except OSError as exc:
+            raise TargetError(ErrorCode.ROLLBACK_FAILED, f"restoring {self.path(previous)} failed: {exc.strerror or exc}") from None
+        return previous
+
+    async def read_current(self, name: str = CERT_FILE) -> bytes:
+        return await self.fs.read_file(self.path(CURRENT, name))
+
+    async def prune(self) -> list[str]:
+        """Remove versions that are neither current nor previous. Returns what was removed."""
+        keep = {await self.current_version(), await self.previous_version()}
+        removed = []
+        for entry in await self.fs.listdir(self.path(VERSIONS)):
+            relative = posixpath.join(VERSIONS, entry)
+            if relative not in keep:
+                await self.fs.remove_tree(self.path(relative))
+                removed.append(relative)
+        return removed

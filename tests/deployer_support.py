@@ -1,0 +1,204 @@
+"""Test helpers for the deployer: a small two-level CA (cryptography), and real nginx and
+OpenSSH servers started on free loopback ports from temporary configs (non-daemon
+processes, stopped by the tests). nginx and sshd come from Debian's packages
+(scripts/deployer_deps.sh); without them a test is skipped, except under CI, where
+it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from services.deployer.targets.base import Bundle
+from tests.conftest import free_ports
+
+NGINX = "/usr/sbin/nginx"
+SSHD = "/usr/sbin/sshd"
+
+
+def require_binary(path: str, package: str) -> str:
+    found = path if os.access(path, os.X_OK) else shutil.which(os.path.basename(path))
+    if found:
+        return found
+    message = f"{path} is missing: run `sudo bash scripts/deployer_deps.sh` (installs {package} from Debian's packages)"
+    if os.environ.get("CI"):
+        pytest.fail(message + " -- CI must run these tests")
+    pytest.skip(message)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class MiniCA:
+    """A root and an issuing CA; issues leaf certificates with chosen serials."""
+
+    root_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    issuing_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+
+    def __post_init__(self) -> None:
+        now = datetime.now(UTC) - timedelta(minutes=5)
+        root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certrail test root")])
+        self.root = (
+            x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+            .public_key(self.root_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(self.root_key, hashes.SHA256())
+        )
+        issuing_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certrail test issuing CA")])
+        self.issuing = (
+            x509.CertificateBuilder().subject_name(issuing_name).issuer_name(root_name)
+            .public_key(self.issuing_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(self.root_key, hashes.SHA256())
+        )
+        self._next_serial = 0x1000
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return (pem(self.issuing),)
+
+    def leaf(self, names: list[str], key: ec.EllipticCurvePrivateKey | None = None, serial: int | None = None,
+             ips: tuple[str, ...] = ()) -> tuple[str, ec.EllipticCurvePrivateKey]:
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        if serial is None:
+            self._next_serial += 1
+            serial = self._next_serial
+        now = datetime.now(UTC) - timedelta(minutes=5)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.issuing.subject).public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(now).not_valid_after(now + timedelta(days=10))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self.issuing_key, hashes.SHA256())
+        )
+        return pem(cert), key
+
+    def bundle(self, certificate_id: str, names: list[str], *, with_key: bool = True,
+               key: ec.EllipticCurvePrivateKey | None = None) -> Bundle:
+        certificate, key = self.leaf(names, key)
+        serial = format(x509.load_pem_x509_certificate(certificate.encode()).serial_number, "x")
+        return Bundle(certificate_id, serial, certificate, self.chain, key_pem(key) if with_key else None)
+
+    def write_root(self, path: Path) -> Path:
+        path.write_text(pem(self.root))
+        return path
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not listen on {port} within {timeout_s}s") from None
+            time.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(15)
+
+
+@dataclass
+class NginxServer:
+    """A real nginx (foreground master) serving TLS on a free loopback port with the
+    certificate from ``<cert_dir>/current/fullchain.pem``."""
+
+    tmp: Path
+    cert_dir: Path
+    server_name: str
+    key_path: str | None = None  # None: <cert_dir>/current/privkey.pem (bot-held)
+    port: int = field(default_factory=lambda: free_ports(1)[0])
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.binary = require_binary(NGINX, "nginx-light")
+        self.prefix = self.tmp / "nginx"
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        self.config = self.prefix / "nginx.conf"
+        self.log = self.prefix / "error.log"
+        key = self.key_path or f"{self.cert_dir}/current/privkey.pem"
+        temp_paths = "\n".join(f"    {name}_temp_path {self.prefix}/{name};" for name in
+                               ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        self.config.write_text(f"""
+worker_processes 1;
+pid {self.prefix}/nginx.pid;
+error_log {self.log} info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+{temp_paths}
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        server_name {self.server_name};
+        ssl_certificate {self.cert_dir}/current/fullchain.pem;
+        ssl_certificate_key {key};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""")
+
+    @property
+    def args(self) -> list[str]:
+        return ["-p", str(self.prefix), "-e", str(self.log)]
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - the test's own nginx and config
+                [self.binary, *self.args, "-c", str(self.config), "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_port(self.port, self.process, "nginx", self.log)
+
+    def stop(self) -> None:
+        stop_process(self.process, signal.SIGQUIT)
+
+
+async def eventually(predicate, what: str, timeout_s: float = 30.0, interval_s: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(interval_s)
