@@ -27,6 +27,7 @@ from services.common import migrate
 from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorSecrets, ConnectorSpec, EmcaVersion
 from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator, input_error
 from services.common.connectors.secretbox import SecretBoxError, SecretsSettings, generate_key, load_secret_box
+from services.common.connectors.usage import default_usage_checks
 from services.common.db import make_engine, safe_url
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.issuer.emca.client import connect
@@ -82,7 +83,10 @@ def _registry(*, create_key: bool = False) -> Iterator[ConnectorRegistry]:
     box = load_secret_box(SecretsSettings(), create=create_key)
     engine = make_engine(settings)
     try:
-        yield ConnectorRegistry(engine, box, connect=connect, topics=KafkaTopicCreator(KafkaSettings()))
+        from services.gateway.api_connectors import ProfileUsage  # the gateway owns profiles; imported lazily
+
+        checks = [ProfileUsage(), *default_usage_checks()]
+        yield ConnectorRegistry(engine, box, connect=connect, topics=KafkaTopicCreator(KafkaSettings()), usage_checks=checks)
     finally:
         engine.dispose()
 

@@ -10,10 +10,12 @@ from services.cli import (
     db_cmd,
     emca_sim_cmd,
     kafka_cmd,
+    request_cmd,
     schemas_cmd,
     serve_cmd,
     stack_cmd,
     targets_cmd,
+    tokens_cmd,
     topics_cmd,
 )
 
@@ -34,6 +36,8 @@ app.add_typer(
 app.add_typer(connectors_cmd.app, name="connectors", help="emCA connectors: create (validated), list, show, test, enable, disable, delete.")
 app.add_typer(audit_cmd.app, name="audit", help="The audit log: timelines, verification, replay, export.")
 app.add_typer(targets_cmd.app, name="targets", help="Deployment targets of the deployer and their profile bindings.")
+app.add_typer(tokens_cmd.app, name="tokens", help="HTTP API tokens: create (printed once), list, revoke.")
+app.add_typer(request_cmd.app, name="request", help="Ask the gateway's HTTP API for certificates: issue, renew, revoke, status.")
 serve_cmd.register(app)
 stack_cmd.register(app)
 

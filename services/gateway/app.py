@@ -24,6 +24,7 @@ from services.common.contracts.topics import Topics
 from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
 from services.gateway.intake import Intake, Outcome, stored_records
+from services.gateway.scheduler import Scheduler
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
 
@@ -116,22 +117,21 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
 
 def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
     """Run the renewal scheduler beside the consumer, when this gateway schedules."""
-    if not runtime.settings.scheduler_enabled or not hasattr(runtime.settings, "scheduler"):
+    if not runtime.settings.scheduler_enabled or not runtime.settings.scheduler.enabled:
         return
-    try:
-        from services.gateway.scheduler import Scheduler
-    except ImportError:
-        return
+    scheduler = Scheduler(runtime.engine, runtime.topics, runtime.publish_records, utc_now, runtime.settings.scheduler,
+                          registry=runtime.service.registry, holder=runtime.service.instance_id)
 
     async def start() -> None:
-        scheduler = Scheduler(runtime.engine, runtime.topics, runtime.publish_records, utc_now, runtime.settings.scheduler,
-                              registry=runtime.service.registry)
         runtime.tasks.append(asyncio.create_task(scheduler.run_forever(), name="gateway-scheduler"))
 
     async def stop() -> None:
-        for task in runtime.tasks:
-            task.cancel()
-        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        scheduler.stop()
+        try:
+            await asyncio.wait_for(asyncio.gather(*runtime.tasks, return_exceptions=True), 10)
+        except TimeoutError:
+            for task in runtime.tasks:
+                task.cancel()
 
     service_app.after_startup(start)
     service_app.on_shutdown(stop)

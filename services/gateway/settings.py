@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.connectors.secretbox import SecretsSettings
 from services.common.service_app import ServiceSettings
+from services.gateway.scheduler import SchedulerSettings
 
 
 class GatewaySettings(ServiceSettings):
@@ -20,3 +21,5 @@ class GatewaySettings(ServiceSettings):
     deployer_identity: str = Field(default="certrail-deployer", min_length=1, max_length=128,
                                    description="The requester identity of the deployer bot (sends CSRs for bot-key profiles).")
     scheduler_enabled: bool = Field(default=True, description="Run the renewal scheduler (one instance is active at a time).")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings,
+                                         description="Renewal times, jitter, per-connector limits, expiry thresholds.")

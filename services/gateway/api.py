@@ -1,0 +1,129 @@
+"""The gateway's HTTP API under ``/v1`` (FastAPI; OpenAPI at ``/openapi.json``, docs at ``/docs``).
+
+``create_api(runtime)`` builds it from a `GatewayRuntime` (services/gateway/app.py routes ``/v1``,
+``/docs``, ``/openapi.json`` and ``/redoc`` here). Every ``/v1`` request is authenticated first
+by its bearer token (401 before anything is parsed); routes then authorise by role and profile
+scope (403). Every refusal is a problem ``{"code", "message", ...}`` with a precise 4xx status
+(services/gateway/api_common.py); FastAPI's own validation errors are re-shaped to
+SCHEMA_VIOLATION with the field path, and input values are never echoed (they may be secrets).
+
+Routes: api_connectors.py (connectors), api_profiles.py (provisioning profiles),
+api_certificates.py (certificates and requests), api_tokens.py (tokens and requester keys).
+docs/gateway.md describes the API with curl examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
+from services.common.connectors.usage import LiveCertificateUsage
+from services.common.contracts.errors import ErrorCode
+from services.gateway import api_certificates, api_connectors, api_profiles, api_tokens
+from services.gateway.api_common import AdminPublisher, ApiCode, Problem, authenticate, bearer, validation_problem
+from services.gateway.policy import PolicyViolation, ProvisioningProfile
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+#: models of bodies the routes parse themselves (documented through openapi_extra)
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    api_connectors.ConnectorCreateBody,
+    api_connectors.ConnectorEditBody,
+    api_connectors.ConnectorMultipart,
+    ProvisioningProfile,
+    api_certificates.IssueBody,
+    api_certificates.RenewBody,
+    api_certificates.RevokeBody,
+    api_tokens.TokenBody,
+    api_tokens.RequesterKeyBody,
+)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_api(
+    runtime: Any,
+    *,
+    registry: ConnectorRegistry | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+) -> FastAPI:
+    """The HTTP API over ``runtime`` (a GatewayRuntime: engine, topics, intake, box, publish_records,
+    settings). ``registry`` defaults to the real one (emCA client, Kafka topic creation, usage checks:
+    provisioning profiles and live certificates)."""
+    if registry is None:
+        from services.issuer.emca.client import connect
+
+        registry = ConnectorRegistry(runtime.engine, runtime.box, connect=connect, topics=KafkaTopicCreator(runtime.settings.kafka),
+                                     usage_checks=[api_connectors.ProfileUsage(), LiveCertificateUsage(clock)], clock=clock)
+    app = FastAPI(title="certrail gateway", version=API_VERSION, dependencies=[Depends(bearer)],
+                  description="Certificate requests, emCA connectors, provisioning profiles and API tokens. "
+                              "Authenticate with `Authorization: Bearer ctr_...`. Errors are `{code, message}`.")
+    admin = AdminPublisher(runtime.publish_records, runtime.topics.events, clock)
+
+    app.include_router(api_connectors.router(registry, admin))
+    app.include_router(api_profiles.router(runtime.engine, admin, clock))
+    app.include_router(api_certificates.router(runtime, clock))
+    app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
+    app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock))
+
+    @app.middleware("http")
+    async def authenticate_v1(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith("/v1"):
+            try:
+                request.state.claims = await asyncio.to_thread(
+                    authenticate, runtime.engine, request.headers.get("authorization"), clock())
+            except PolicyViolation as violation:
+                return Problem.of(violation).response()
+        return await call_next(request)
+
+    @app.exception_handler(Problem)
+    async def on_problem(_: Request, problem: Problem) -> JSONResponse:
+        return problem.response()
+
+    @app.exception_handler(PolicyViolation)
+    async def on_violation(_: Request, violation: PolicyViolation) -> JSONResponse:
+        return Problem.of(violation).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        return validation_problem(error.errors()).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: ApiCode.NOT_FOUND, 405: ApiCode.METHOD_NOT_ALLOWED, 401: ErrorCode.UNAUTHENTICATED,
+                 403: ErrorCode.REQUESTER_NOT_AUTHORISED}
+        code = codes.get(error.status_code, f"HTTP_{error.status_code}")
+        return Problem(code, str(error.detail), status=error.status_code).response()
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error in the HTTP API")
+        return Problem(ApiCode.INTERNAL_ERROR, f"unexpected {type(error).__name__}; see the gateway's log").response()
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in BODY_MODELS:
+                document = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(document.pop("$defs", {}))
+                components[model.__name__] = document
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,262 @@
+"""What every HTTP route shares: the problem format, bearer-token authentication, body parsing
+(strict models, no input echoed back), and publishing admin events.
+
+A problem is ``{"code": <stable code>, "message": <human text>}`` (plus context such as
+``request_id`` or ``errors``). Codes are ``ErrorCode`` values, the connector registry's
+``RegistryCode`` values, or the API's own for things no message carries (`ApiCode`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse
+
+from services.common.connectors.models import RegistryCode
+from services.common.consumer import Outbound
+from services.common.contracts.admin import AdminOutcome
+from services.common.contracts.envelope import Message, make_event
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.fields import ErrorInfo
+from services.common.contracts.identity import root_message_id
+from services.common.db import read_session
+from services.gateway import store
+from services.gateway.policy import PolicyViolation
+from services.gateway.policy.tokens import Action, TokenClaims, authenticate_token, authorise, token_id_of
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/certrail/gateway/api"
+#: the largest request body the API reads (a connector with a PFX and a CA bundle fits easily)
+MAX_BODY_BYTES = 2 * 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiCode(StrEnum):
+    """Refusals of the HTTP API that no message carries (so they are not in ErrorCode)."""
+
+    NOT_FOUND = "NOT_FOUND"  # no such route
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    REQUEST_NOT_FOUND = "REQUEST_NOT_FOUND"
+    TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
+    REQUESTER_KEY_NOT_FOUND = "REQUESTER_KEY_NOT_FOUND"
+    PROFILE_EXISTS = "PROFILE_EXISTS"
+    PROFILE_IN_USE = "PROFILE_IN_USE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+_STATUS: dict[str, int] = {
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.REQUESTER_NOT_AUTHORISED: 403,
+    ErrorCode.DUPLICATE_REQUEST_CONFLICT: 409,
+    ErrorCode.CONNECTOR_DISABLED: 409,
+    ErrorCode.CERTIFICATE_PROFILE_MISMATCH: 409,
+    ErrorCode.MESSAGE_TOO_LARGE: 413,
+    RegistryCode.CONNECTOR_EXISTS: 409,
+    RegistryCode.CONNECTOR_IN_USE: 409,
+    RegistryCode.CHANGED_MEANWHILE: 409,
+    RegistryCode.SECRETS_UNAVAILABLE: 503,
+    RegistryCode.TOPIC_NOT_CREATED: 503,
+    ApiCode.NOT_FOUND: 404,
+    ApiCode.METHOD_NOT_ALLOWED: 405,
+    ApiCode.BODY_TOO_LARGE: 413,
+    ApiCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ApiCode.PROFILE_EXISTS: 409,
+    ApiCode.PROFILE_IN_USE: 409,
+    ApiCode.INTERNAL_ERROR: 500,
+}
+
+
+def status_of(code: str) -> int:
+    """The HTTP status of a problem code: 404 for ``*_NOT_FOUND``, 422 for everything about the
+    input (schema, CSR, emCA refusing the connector's settings) unless listed otherwise."""
+    if code in _STATUS:
+        return _STATUS[code]
+    if code.endswith("_NOT_FOUND") and code not in (ErrorCode.ISSUING_CA_NOT_FOUND, ErrorCode.CA_PROFILE_NOT_FOUND):
+        return 404
+    return 422
+
+
+class Problem(Exception):
+    """An HTTP refusal: answered as ``{"code", "message", **extra}`` with the code's status."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, **extra: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = str(code)
+        self.message = message
+        self.status = status or status_of(self.code)
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse({"code": self.code, "message": self.message, **self.extra}, status_code=self.status, headers=headers)
+
+    @classmethod
+    def of(cls, violation: PolicyViolation) -> Problem:
+        return cls(violation.code.value, violation.message)
+
+
+def validation_problem(errors: Iterable[Any], prefix: tuple[str | int, ...] = ()) -> Problem:
+    """Pydantic/FastAPI errors as one SCHEMA_VIOLATION problem; input values are never echoed
+    (they may be secrets)."""
+    listed = []
+    for error in errors:
+        loc = [str(p) for p in (*prefix, *error.get("loc", ()))]
+        listed.append({"field": ".".join(loc) or "body", "message": str(error.get("msg", "invalid"))})
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in listed[:10]) or "invalid input"
+    return Problem(ErrorCode.SCHEMA_VIOLATION, summary, errors=listed[:50])
+
+
+# -- bodies ------------------------------------------------------------------------------------------
+
+
+async def read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Problem(ApiCode.BODY_TOO_LARGE, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Problem(ApiCode.BODY_TOO_LARGE, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a SCHEMA_VIOLATION problem."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(ErrorCode.SCHEMA_VIOLATION, f"the body is not JSON: {type(exc).__name__}",
+                      errors=[{"field": "body", "message": "not JSON"}]) from None
+    if not isinstance(value, dict):
+        raise Problem(ErrorCode.SCHEMA_VIOLATION, "the body must be a JSON object",
+                      errors=[{"field": "body", "message": "not a JSON object"}])
+    return value
+
+
+def parse_model(model: type[M], value: Any, *, json_mode: bool = True) -> M:
+    """``value`` as ``model`` (JSON semantics for strict models), or a SCHEMA_VIOLATION problem."""
+    try:
+        if json_mode:
+            return model.model_validate_json(json.dumps(value))
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise validation_problem(exc.errors(include_input=False, include_url=False), ("body",)) from None
+
+
+async def json_values(request: Request) -> tuple[bytes, dict[str, Any]]:
+    """The raw body and its JSON object (application/json only)."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type not in ("application/json", ""):
+        raise Problem(ApiCode.UNSUPPORTED_MEDIA_TYPE, f"send application/json, not {content_type}")
+    raw = await read_body(request)
+    return raw, json_object(raw)
+
+
+async def body_as(request: Request, model: type[M]) -> M:
+    return parse_model(model, (await json_values(request))[1])
+
+
+def json_body_doc(model: type[BaseModel], *, multipart: type[BaseModel] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the route parses itself (see `create_api`'s
+    schema hook, which moves the models' ``$defs`` into the components)."""
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    if multipart is not None:
+        content["multipart/form-data"] = {"schema": {"$ref": f"#/components/schemas/{multipart.__name__}"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+# -- authentication --------------------------------------------------------------------------------
+
+bearer = HTTPBearer(auto_error=False, description="A certrail API token: `Authorization: Bearer ctr_...`")
+
+
+def authenticate(engine: Any, authorization: str | None, now: datetime) -> TokenClaims:
+    """The claims of the request's bearer token (PolicyViolation UNAUTHENTICATED otherwise)."""
+    if not authorization:
+        raise PolicyViolation(ErrorCode.UNAUTHENTICATED, "no bearer token: send Authorization: Bearer ctr_...")
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise PolicyViolation(ErrorCode.UNAUTHENTICATED, "the Authorization header must be 'Bearer <token>'")
+    presented = presented.strip()
+    token_id = token_id_of(presented)
+    with read_session(engine) as session:
+        stored = store.get_token(session, token_id)
+    return authenticate_token(presented, stored, now)
+
+
+async def claims_of(request: Request) -> TokenClaims:
+    """A dependency: the claims the authentication middleware put on the request."""
+    claims = getattr(request.state, "claims", None)
+    if claims is None:  # the middleware authenticates every /v1 request; this is a safety net
+        raise Problem(ErrorCode.UNAUTHENTICATED, "not authenticated")
+    return claims
+
+
+def require(claims: TokenClaims, action: Action) -> None:
+    """A global (not per-profile) permission, or a 403 problem."""
+    decision = authorise(claims, action)
+    if not decision.allowed:
+        raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED, decision.reason)
+
+
+# -- admin events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminPublisher:
+    """Publishes admin events (ConnectorCreated, ProfileDeleted, TokenRevoked, ...) to ``certrail.events``,
+    succeeded or refused, naming the acting identity. Each action gets its own id."""
+
+    publish_records: Callable[..., Any]
+    events_topic: str
+    clock: Callable[[], datetime]
+
+    async def publish(self, cls: type[Message], *, actor: str, subject_field: str, subject: str, outcome: AdminOutcome,
+                      change: dict[str, Any] | None = None, code: str | None = None, message: str | None = None) -> None:
+        error = None
+        if outcome is AdminOutcome.REFUSED:
+            error = event_error(code or ErrorCode.HANDLER_REJECTED, message or "refused")
+        try:
+            data = cls.model_validate({subject_field: subject, "actor": actor, "outcome": outcome,
+                                       "change": dict(list((change or {}).items())[:64]), "error": error}, strict=False)
+        except ValidationError as exc:  # e.g. a refused create whose name is not even a valid name
+            log.info("admin event %s about %r not published: %s", cls.__name__, subject[:80],
+                     exc.errors(include_input=False)[0]["msg"])
+            return
+        action = uuid.uuid4().hex
+        event = make_event(data, id=root_message_id("http", f"{cls.TYPE}:{subject}:{action}", cls.TYPE), source=SOURCE,
+                           time=self.clock(), subject=None, correlationid=action)
+        await self.publish_records([Outbound(self.events_topic, event, key=f"{subject_field}:{subject}")])
+
+
+def event_error(code: str, message: str) -> ErrorInfo:
+    """An admin event's error. Codes outside ErrorCode (the registry's and the API's) travel as
+    HANDLER_REJECTED (INVALID_INPUT as SCHEMA_VIOLATION) with the precise code leading the message."""
+    try:
+        error_code = ErrorCode(code)
+        text = message
+    except ValueError:
+        error_code = ErrorCode.SCHEMA_VIOLATION if code == RegistryCode.INVALID_INPUT else ErrorCode.HANDLER_REJECTED
+        text = f"{code}: {message}"
+    text = text.strip() or str(code)
+    return ErrorInfo(code=error_code, message=text if len(text) <= 2000 else text[:1999] + "…")
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)

@@ -1,0 +1,372 @@
+"""``/v1/connectors``: the emCA connector registry over HTTP (admins write; admins and auditors
+read). Create and edit take JSON (files base64: ``pfx_base64``, ``ca_bundle_base64``, or the bundle
+as ``ca_bundle_pem`` text) or ``multipart/form-data`` (the same fields, the PFX and the CA bundle
+as file parts ``pfx`` and ``ca_bundle``). Every change, refused ones too, is published as an
+admin event; secrets are never answered (``***``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.parser
+import email.policy
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError
+from sqlalchemy.orm import Session
+
+from services.common.connectors.models import (
+    SECRET_FIELDS,
+    ChangeAction,
+    ConnectorChange,
+    ConnectorEdit,
+    ConnectorError,
+    ConnectorSecrets,
+    ConnectorSpec,
+    EmcaVersion,
+)
+from services.common.connectors.registry import ConnectorRegistry, input_error
+from services.common.contracts.admin import (
+    REDACTED,
+    AdminOutcome,
+    ConnectorActivated,
+    ConnectorCreated,
+    ConnectorDeactivated,
+    ConnectorDeleted,
+    ConnectorUpdated,
+)
+from services.common.contracts.envelope import Message
+from services.common.contracts.errors import ErrorCode
+from services.gateway import store
+from services.gateway.api_common import (
+    AdminPublisher,
+    ApiCode,
+    Problem,
+    claims_of,
+    in_thread,
+    json_body_doc,
+    json_object,
+    read_body,
+    require,
+    validation_problem,
+)
+from services.gateway.policy.tokens import Action, TokenClaims
+
+EVENTS: dict[ChangeAction, type[Message]] = {
+    ChangeAction.CREATED: ConnectorCreated,
+    ChangeAction.UPDATED: ConnectorUpdated,
+    ChangeAction.ACTIVATED: ConnectorActivated,
+    ChangeAction.DEACTIVATED: ConnectorDeactivated,
+    ChangeAction.DELETED: ConnectorDeleted,
+}
+FILE_FIELDS = {"pfx": "pfx_base64", "ca_bundle": "ca_bundle_base64"}
+
+
+class ProfileUsage:
+    """A `UsageCheck`: provisioning profiles that name the connector refuse its deletion."""
+
+    name = "provisioning profiles"
+
+    def usages(self, session: Session, connector: str) -> list[str]:
+        names = store.profiles_using_connector(session, connector)
+        return [f"{len(names)} profile(s): {', '.join(sorted(names)[:10])}"] if names else []
+
+
+# -- bodies --------------------------------------------------------------------------------------
+
+
+class ConnectorCreateBody(BaseModel):
+    """A new connector: the fields of the CERTInext emCA screen and the chosen version's secrets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: EmcaVersion
+    base_url: str
+    username: str
+    issuing_ca: str
+    subscriber_id: str
+    default_profile: str
+    concurrency: int = 8
+    ca_bundle_pem: str | None = Field(default=None, description="emCA's TLS CA bundle as PEM text")
+    ca_bundle_base64: str | None = Field(default=None, description="the same, base64 of the file")
+    password: SecretStr
+    client_id: SecretStr | None = Field(default=None, description="4.2.x")
+    aes_key: SecretStr | None = Field(default=None, description="V4.0.17")
+    pfx_base64: SecretStr | None = Field(default=None, description="V4.0.17: base64 of the PFX emCA issued")
+    pfx_password: SecretStr | None = Field(default=None, description="V4.0.17")
+
+
+class ConnectorEditBody(BaseModel):
+    """An edit: only the fields to change. ``repin`` accepts a changed issuing CA certificate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: EmcaVersion | None = None
+    base_url: str | None = None
+    username: str | None = None
+    issuing_ca: str | None = None
+    subscriber_id: str | None = None
+    default_profile: str | None = None
+    concurrency: int | None = None
+    ca_bundle_pem: str | None = None
+    ca_bundle_base64: str | None = None
+    remove_ca_bundle: bool = False
+    password: SecretStr | None = None
+    client_id: SecretStr | None = None
+    aes_key: SecretStr | None = None
+    pfx_base64: SecretStr | None = None
+    pfx_password: SecretStr | None = None
+    repin: bool = False
+
+
+class ConnectorMultipart(BaseModel):
+    """``multipart/form-data``: the JSON fields as form fields; ``pfx`` and ``ca_bundle`` as files."""
+
+    name: str
+    version: EmcaVersion
+    base_url: str
+    username: str
+    issuing_ca: str
+    subscriber_id: str
+    default_profile: str
+    concurrency: int = 8
+    password: str
+    client_id: str | None = None
+    aes_key: str | None = None
+    pfx_password: str | None = None
+    pfx: bytes | None = Field(default=None, json_schema_extra={"format": "binary"})
+    ca_bundle: bytes | None = Field(default=None, json_schema_extra={"format": "binary"})
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, Any]:
+    """Form fields (text) and files (as base64 under ``pfx_base64`` / ``ca_bundle_base64``)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + raw)
+    if not message.is_multipart():
+        raise Problem(ErrorCode.SCHEMA_VIOLATION, "the multipart body could not be parsed (boundary?)")
+    values: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise Problem(ErrorCode.SCHEMA_VIOLATION, "a multipart part has no name")
+        payload = part.get_payload(decode=True) or b""
+        assert isinstance(payload, bytes)
+        if name in FILE_FIELDS:
+            values[FILE_FIELDS[name]] = base64.b64encode(payload).decode("ascii")
+        else:
+            try:
+                values[name] = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Problem(ErrorCode.SCHEMA_VIOLATION, f"form field {name!r} is not UTF-8 text",
+                              errors=[{"field": f"body.{name}", "message": "not UTF-8"}]) from None
+    return values
+
+
+async def _fields(request: Request) -> dict[str, Any]:
+    raw = await read_body(request)
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        return _multipart(content_type, raw)
+    if media in ("application/json", ""):
+        return json_object(raw)
+    raise Problem(ApiCode.UNSUPPORTED_MEDIA_TYPE, f"send application/json or multipart/form-data, not {media}")
+
+
+def _decoded(value: str | None, field: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Problem(ErrorCode.SCHEMA_VIOLATION, f"{field} is not base64", errors=[{"field": f"body.{field}",
+                                                                                        "message": "not base64"}]) from None
+
+
+def _bundle(pem: str | None, b64: str | None) -> str | None:
+    if pem is not None and b64 is not None:
+        raise Problem(ErrorCode.SCHEMA_VIOLATION, "give ca_bundle_pem or ca_bundle_base64 (or a ca_bundle file), not both")
+    if b64 is not None:
+        data = _decoded(b64, "ca_bundle_base64")
+        assert data is not None
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError:
+            raise Problem(ErrorCode.SCHEMA_VIOLATION, "the CA bundle is not PEM text") from None
+    return pem
+
+
+def _body(model: type[Any], values: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise validation_problem(exc.errors(include_input=False, include_url=False), ("body",)) from None
+
+
+def _secrets_of(body: Any) -> dict[str, Any]:
+    secrets: dict[str, Any] = {}
+    for name in ("password", "client_id", "aes_key", "pfx_password"):
+        if getattr(body, name) is not None:
+            secrets[name] = getattr(body, name)
+    if body.pfx_base64 is not None:
+        secrets["pfx"] = SecretBytes(_decoded(body.pfx_base64.get_secret_value(), "pfx_base64") or b"")
+    return secrets
+
+
+def spec_from(values: dict[str, Any]) -> ConnectorSpec:
+    body = _body(ConnectorCreateBody, values)
+    plain = body.model_dump(exclude={"ca_bundle_base64", "ca_bundle_pem", *SECRET_FIELDS, "pfx_base64"})
+    try:
+        secrets = ConnectorSecrets.model_validate(_secrets_of(body))
+        return ConnectorSpec.model_validate({**plain, "ca_bundle_pem": _bundle(body.ca_bundle_pem, body.ca_bundle_base64),
+                                             "secrets": secrets})
+    except ValidationError as exc:
+        error = input_error(exc)
+        raise Problem(error.code, error.message) from None
+
+
+def edit_from(values: dict[str, Any]) -> ConnectorEdit:
+    body = _body(ConnectorEditBody, values)
+    plain = body.model_dump(exclude={"ca_bundle_base64", "ca_bundle_pem", *SECRET_FIELDS, "pfx_base64"}, exclude_none=True)
+    try:
+        return ConnectorEdit.model_validate({**plain, **_secrets_of(body),
+                                             "ca_bundle_pem": _bundle(body.ca_bundle_pem, body.ca_bundle_base64)})
+    except ValidationError as exc:
+        error = input_error(exc)
+        raise Problem(error.code, error.message) from None
+
+
+def _described(values: dict[str, Any]) -> dict[str, Any]:
+    """What a refused create looked like, for its admin event: plain fields only, secrets as ***."""
+    keep = ("version", "base_url", "username", "issuing_ca", "subscriber_id", "default_profile", "concurrency")
+    shown = {k: values[k] for k in keep if isinstance(values.get(k), str | int) and len(str(values[k])) <= 2048}
+    return {**shown, **{k: REDACTED for k in (*SECRET_FIELDS, "pfx_base64") if values.get(k)}}
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+def router(registry: ConnectorRegistry, admin: AdminPublisher) -> APIRouter:
+    api = APIRouter(prefix="/v1/connectors", tags=["connectors"])
+
+    async def published(change: ConnectorChange, actor: str) -> None:
+        await admin.publish(EVENTS[change.action], actor=actor, subject_field="connector", subject=change.connector,
+                            outcome=change.outcome, change=dict(change.change), code=change.error_code,
+                            message=change.error_message)
+
+    async def refused(action: ChangeAction, name: str, actor: str, problem: Problem,
+                      change: dict[str, Any] | None = None) -> Problem:
+        await admin.publish(EVENTS[action], actor=actor, subject_field="connector", subject=name, outcome=AdminOutcome.REFUSED,
+                            change=change or {}, code=problem.code, message=problem.message)
+        return problem
+
+    async def write(action: ChangeAction, name: str, claims: TokenClaims) -> None:
+        try:
+            require(claims, Action.CONNECTOR_WRITE)
+        except Problem as problem:
+            raise await refused(action, name, claims.identity, problem) from None
+
+    async def failed(error: ConnectorError, action: ChangeAction, name: str, actor: str) -> Problem:
+        problem = Problem(str(error.code), error.message)
+        if error.change is not None:
+            await published(error.change, actor)
+        elif error.code != ErrorCode.CONNECTOR_NOT_FOUND:
+            await refused(action, name, actor, problem)
+        return problem
+
+    @api.post("", status_code=201, summary="Create a connector (validated against emCA before it is enabled)",
+              openapi_extra=json_body_doc(ConnectorCreateBody, multipart=ConnectorMultipart))
+    async def create(request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        values = await _fields(request)
+        name = values.get("name") if isinstance(values.get("name"), str) else ""
+        await write(ChangeAction.CREATED, name, claims)
+        try:
+            spec = spec_from(values)
+        except Problem as problem:
+            raise await refused(ChangeAction.CREATED, name, claims.identity, problem, _described(values)) from None
+        try:
+            change = await registry.create(spec)
+        except ConnectorError as error:
+            raise await failed(error, ChangeAction.CREATED, spec.name, claims.identity) from None
+        await published(change, claims.identity)
+        assert change.connector_after is not None
+        return {**change.connector_after.describe(), "command_topic": change.change.get("command_topic")}
+
+    @api.get("", summary="List connectors (no secrets)")
+    async def list_(claims: TokenClaims = Depends(claims_of)) -> list[dict[str, Any]]:
+        require(claims, Action.CONNECTOR_READ)
+        return [c.describe() for c in await in_thread(registry.list)]
+
+    @api.get("/{name}", summary="Show a connector (secrets as ***)")
+    async def show(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        require(claims, Action.CONNECTOR_READ)
+        try:
+            connector = await in_thread(registry.get, name)
+        except ConnectorError as error:
+            raise Problem(str(error.code), error.message) from None
+        return connector.describe()
+
+    @api.patch("/{name}", summary="Edit a connector (validated again; stored only when every check passes)",
+               openapi_extra=json_body_doc(ConnectorEditBody))
+    async def edit(name: str, request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        values = await _fields(request)
+        await write(ChangeAction.UPDATED, name, claims)
+        try:
+            connector_edit = edit_from(values)
+        except Problem as problem:
+            raise await refused(ChangeAction.UPDATED, name, claims.identity, problem, _described(values)) from None
+        try:
+            change = await registry.update(name, connector_edit)
+        except ConnectorError as error:
+            raise await failed(error, ChangeAction.UPDATED, name, claims.identity) from None
+        await published(change, claims.identity)
+        assert change.connector_after is not None
+        return {**change.connector_after.describe(), "changed": change.change}
+
+    @api.post("/{name}/activate", summary="Validate, then enable")
+    async def activate(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        await write(ChangeAction.ACTIVATED, name, claims)
+        try:
+            change = await registry.enable(name)
+        except ConnectorError as error:
+            raise await failed(error, ChangeAction.ACTIVATED, name, claims.identity) from None
+        await published(change, claims.identity)
+        assert change.connector_after is not None
+        return change.connector_after.describe()
+
+    @api.post("/{name}/deactivate", summary="Disable (no new requests are routed to it; its queue is kept)")
+    async def deactivate(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        await write(ChangeAction.DEACTIVATED, name, claims)
+        try:
+            change = await in_thread(registry.disable, name, f"deactivated by {claims.identity}")
+        except ConnectorError as error:
+            raise await failed(error, ChangeAction.DEACTIVATED, name, claims.identity) from None
+        await published(change, claims.identity)
+        assert change.connector_after is not None
+        return change.connector_after.describe()
+
+    @api.post("/{name}/test", summary="Validate against emCA now and record the result")
+    async def test(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        require(claims, Action.CONNECTOR_WRITE)
+        try:
+            connector, report = await registry.test(name)
+        except ConnectorError as error:
+            raise Problem(str(error.code), error.message) from None
+        checks: Sequence[Any] = report.checks
+        return {"ok": bool(connector.last_test and connector.last_test.ok), "status": connector.status.value,
+                "checks": [{"check": c.check, "ok": c.ok, "code": c.code, "message": c.message} for c in checks],
+                "connector": connector.describe()}
+
+    @api.delete("/{name}", status_code=204, summary="Delete (refused while a profile or a live certificate uses it)")
+    async def delete(name: str, claims: TokenClaims = Depends(claims_of)) -> None:
+        await write(ChangeAction.DELETED, name, claims)
+        try:
+            change = await in_thread(registry.delete, name)
+        except ConnectorError as error:
+            raise await failed(error, ChangeAction.DELETED, name, claims.identity) from None
+        await published(change, claims.identity)
+
+    return api

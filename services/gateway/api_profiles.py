@@ -1,0 +1,142 @@
+"""``/v1/profiles``: provisioning profiles ("provisioning bots"). Admins write (a token scoped to
+profiles writes only those); every role reads what its token may see. The body is a
+`ProvisioningProfile` as JSON; its connector must exist; a profile that certificates are managed
+under cannot be deleted. Every change, refused ones too, is published as an admin event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import Engine
+
+from services.common.connectors import repository as connectors_repo
+from services.common.contracts.admin import AdminOutcome, ProfileCreated, ProfileDeleted, ProfileUpdated
+from services.common.contracts.envelope import Message
+from services.common.contracts.errors import ErrorCode
+from services.common.db import read_session, write_session
+from services.gateway import store
+from services.gateway.api_common import (
+    AdminPublisher,
+    ApiCode,
+    Problem,
+    claims_of,
+    in_thread,
+    json_body_doc,
+    json_values,
+    parse_model,
+)
+from services.gateway.policy import ProvisioningProfile
+from services.gateway.policy.tokens import Action, Role, TokenClaims, authorise, visible_profiles
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in after.items() if before.get(k) != v}
+
+
+def router(engine: Engine, admin: AdminPublisher, clock: Callable[[], datetime]) -> APIRouter:
+    api = APIRouter(prefix="/v1/profiles", tags=["profiles"])
+
+    async def refuse(cls: type[Message], name: str, actor: str, problem: Problem) -> Problem:
+        await admin.publish(cls, actor=actor, subject_field="profile", subject=name, outcome=AdminOutcome.REFUSED,
+                            code=problem.code, message=problem.message)
+        return problem
+
+    def may_write(claims: TokenClaims, name: str) -> None:
+        # scoped tokens write only their profiles; the check needs only the name
+        if claims.role is not Role.ADMIN:
+            raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED, f"role {claims.role} may not {Action.PROFILE_WRITE} (allowed roles: admin)")
+        if claims.profiles is not None and name not in claims.profiles:
+            raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED, f"token {claims.token_id} is not scoped to profile {name!r}")
+
+    def save(profile: ProvisioningProfile, *, create: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        with write_session(engine) as session:
+            existing = store.get_profile(session, profile.name)
+            if create and existing is not None:
+                raise Problem(ApiCode.PROFILE_EXISTS, f"profile {profile.name!r} exists (PUT /v1/profiles/{profile.name} replaces it)")
+            if not create and existing is None:
+                raise Problem(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {profile.name!r}")
+            if connectors_repo.get_connector(session, profile.connector) is None:
+                raise Problem(ErrorCode.CONNECTOR_NOT_FOUND, f"the profile names connector {profile.connector!r}, which does not exist",
+                              status=422)
+            stored = store.put_profile(session, profile, clock())
+        before = existing.profile.model_dump(mode="json") if existing is not None else {}
+        return stored.describe(), _changed(before, profile.model_dump(mode="json"))
+
+    async def write(cls: type[Message], request: Request, claims: TokenClaims, name: str | None, create: bool) -> dict[str, Any]:
+        subject = name
+        try:
+            if name is not None:
+                may_write(claims, name)
+            _, values = await json_values(request)
+            if subject is None and isinstance(values.get("name"), str):
+                subject = values["name"]
+            profile = parse_model(ProvisioningProfile, values)
+            if name is not None and profile.name != name:
+                raise Problem(ErrorCode.SCHEMA_VIOLATION, f"the body names profile {profile.name!r}, the path {name!r}",
+                              errors=[{"field": "body.name", "message": "must equal the name in the path"}])
+            may_write(claims, profile.name)
+            described, change = await in_thread(lambda: save(profile, create=create))
+        except Problem as problem:
+            raise await refuse(cls, subject or "-", claims.identity, problem) from None
+        await admin.publish(cls, actor=claims.identity, subject_field="profile", subject=profile.name,
+                            outcome=AdminOutcome.SUCCEEDED, change=change)
+        return described
+
+    @api.post("", status_code=201, summary="Create a provisioning profile", openapi_extra=json_body_doc(ProvisioningProfile))
+    async def create(request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        return await write(ProfileCreated, request, claims, None, True)
+
+    @api.put("/{name}", summary="Replace a provisioning profile", openapi_extra=json_body_doc(ProvisioningProfile))
+    async def replace(name: str, request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        return await write(ProfileUpdated, request, claims, name, False)
+
+    @api.get("", summary="List the provisioning profiles the token may see")
+    async def list_(claims: TokenClaims = Depends(claims_of)) -> list[dict[str, Any]]:
+        authorise(claims, Action.PROFILE_READ)  # every role may list; scope filters
+        visible = visible_profiles(claims)
+
+        def load() -> list[dict[str, Any]]:
+            with read_session(engine) as session:
+                return [p.describe() for p in store.list_profiles(session) if visible is None or p.profile.name in visible]
+
+        return await in_thread(load)
+
+    @api.get("/{name}", summary="Show a provisioning profile")
+    async def show(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        def load() -> Any:
+            with read_session(engine) as session:
+                return store.get_profile(session, name)
+
+        stored = await in_thread(load)
+        if stored is None:
+            raise Problem(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {name!r}")
+        decision = authorise(claims, Action.PROFILE_READ, stored.profile)
+        if not decision.allowed:
+            raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED, decision.reason)
+        return stored.describe()
+
+    @api.delete("/{name}", status_code=204, summary="Delete a provisioning profile (refused while certificates use it)")
+    async def delete(name: str, claims: TokenClaims = Depends(claims_of)) -> None:
+        def remove() -> None:
+            with write_session(engine) as session:
+                if store.get_profile(session, name) is None:
+                    raise Problem(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {name!r}")
+                used = store.certificates_of_profile(session, name)
+                if used:
+                    raise Problem(ApiCode.PROFILE_IN_USE, f"{used} managed certificate(s) use profile {name!r}")
+                store.delete_profile(session, name)
+
+        try:
+            may_write(claims, name)
+            await in_thread(remove)
+        except Problem as problem:
+            if problem.code != ErrorCode.PROFILE_NOT_FOUND:
+                raise await refuse(ProfileDeleted, name, claims.identity, problem) from None
+            raise
+        await admin.publish(ProfileDeleted, actor=claims.identity, subject_field="profile", subject=name,
+                            outcome=AdminOutcome.SUCCEEDED)
+
+    return api
