@@ -12,11 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.cli.demo import DemoError, run_demo, stack_env
 from services.common.contracts.topics import Topics
+from services.common.db import make_engine
 from services.common.kafka_local import LocalKafka, LocalKafkaError
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
-from services.common.stack import DEFAULT_PORTS, Stack, StackError
+from services.common.stack import DEFAULT_PORTS, DEFAULT_SIM_PORTS, Stack, StackError
 from services.common.topics_admin import ensure_topics
 
 _ENV = "CERTRAIL_UP_"
@@ -44,8 +46,13 @@ def up(
     issuer_port: Annotated[int, _port_option("issuer")] = DEFAULT_PORTS["issuer"],
     deployer_port: Annotated[int, _port_option("deployer")] = DEFAULT_PORTS["deployer"],
     auditor_port: Annotated[int, _port_option("auditor")] = DEFAULT_PORTS["auditor"],
+    sim_port: Annotated[int, typer.Option(envvar=f"{_ENV}SIM_PORT", help="emCA simulator API port (HTTPS).")] = DEFAULT_SIM_PORTS[0],
+    sim_crl_port: Annotated[int, typer.Option(envvar=f"{_ENV}SIM_CRL_PORT", help="emCA simulator CRL port.")] = DEFAULT_SIM_PORTS[1],
+    sim_admin_port: Annotated[int, typer.Option(envvar=f"{_ENV}SIM_ADMIN_PORT", help="emCA simulator admin port.")] = DEFAULT_SIM_PORTS[2],
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Put one demo certificate through issue -> deploy -> audit.")] = True,
 ) -> None:
-    """Start the embedded stack: local Kafka, topics, SQLite, the four services."""
+    """Start the embedded stack: local Kafka, the emCA simulator, topics, SQLite, the four services;
+    then a demo certificate goes through issue -> deploy -> audit."""
     console = Console()
     var_dir = var_dir.absolute()
     ports = {"gateway": gateway_port, "issuer": issuer_port, "deployer": deployer_port, "auditor": auditor_port}
@@ -57,8 +64,9 @@ def up(
         "CERTRAIL_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
         "CERTRAIL_DB_URL": db_settings.url,
         "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(var_dir / "auditor" / "checkpoint-signing-key.pem"),
+        **stack_env(var_dir),
     }
-    stack = Stack(var_dir=var_dir, ports=ports, env=env)
+    stack = Stack(var_dir=var_dir, ports=ports, env=env, sim_ports=(sim_port, sim_crl_port, sim_admin_port))
     running = stack.running_pids()
     if running:
         console.print(f"certrail is already running ({', '.join(f'{n} pid {p}' for n, p in running.items())}).")
@@ -76,11 +84,14 @@ def up(
         with console.status("Migrating the database ...", spinner="dots"):
             upgrade(db_settings)
         console.print(f"[green]✓[/] database {var_dir / 'certrail.db'} at the latest schema")
-        with console.status("Starting gateway, issuer, deployer, auditor ...", spinner="dots"):
+        with console.status("Starting the emCA simulator, gateway, issuer, deployer, auditor ...", spinner="dots"):
             stack.start(timeout_s=120)
-        console.print("[green]✓[/] services healthy")
-    except (LocalKafkaError, StackError) as exc:
+        console.print("[green]✓[/] emCA simulator and services healthy")
+        if demo:
+            _demo(console, stack, db_settings, var_dir)
+    except (LocalKafkaError, StackError, DemoError) as exc:
         stack.stop()
+        kafka.stop()
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     _print_endpoints(console, stack, kafka)
@@ -112,12 +123,49 @@ def down(
 ) -> None:
     """Stop everything `certrail up` started (harmless when nothing runs)."""
     var_dir = var_dir.absolute()
-    stack = Stack(var_dir=var_dir)
+    stack = Stack(var_dir=var_dir, sim_ports=DEFAULT_SIM_PORTS)
     stopped = stack.stop()
     kafka_stopped = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port).stop()
     parts = [f"stopped {', '.join(stopped)}" if stopped else "no service was running"]
     parts.append("Kafka stopped" if kafka_stopped else "Kafka was not running")
     typer.echo("; ".join(parts) + ".")
+
+
+def _demo(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir: Path) -> None:
+    gateway = next(s for s in stack.services if s.name == "gateway")
+    sim = stack.sim
+    assert sim is not None
+    engine = make_engine(db_settings)
+    try:
+        with console.status("Demo: issue -> deploy -> audit ...", spinner="dots") as status:
+            def progress(text: str) -> None:
+                status.update(f"Demo: {text}")
+                console.print(f"  [green]·[/] {text}")
+
+            result = run_demo(engine=engine, gateway_url=gateway.base_url, var_dir=var_dir, sim_api_url=sim.base_url,
+                              progress=progress)
+    finally:
+        engine.dispose()
+    console.print(f"[green]✓[/] demo certificate {result.certificate_id} serial {result.serial} deployed to {result.deployed_dir}")
+    for path in result.files:
+        console.print(f"    {path}")
+    from services.auditor.trail import trail as build_trail
+    from services.common.db import read_session
+
+    engine = make_engine(db_settings)
+    try:
+        with read_session(engine) as session:
+            timeline = build_trail(session, result.certificate_id)
+    finally:
+        engine.dispose()
+    table = Table(title=f"timeline of {result.certificate_id} (certrail audit trail)")
+    for column in ("topic", "type", "details"):
+        table.add_column(column, overflow="fold")
+    for entry in timeline.entries:
+        table.add_row(entry.topic, entry.event_type or "-", entry.summary[:120])
+    console.print(table)
+    console.print(f"API tokens for trying it: {var_dir / 'demo' / 'admin.token'} (admin), "
+                  f"{var_dir / 'demo' / 'requester.token'} (requester); `certrail request --help`")
 
 
 def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
@@ -126,7 +174,12 @@ def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
     table.add_column("health")
     table.add_column("metrics")
     for svc in stack.services:
-        table.add_row(svc.name, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
+        if svc is stack.sim:
+            table.add_row(svc.name, f"https://{svc.host}:{stack.sim.admin_port}/admin/health", f"API {svc.base_url}")
+        else:
+            table.add_row(svc.name, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
+    gateway = next(s for s in stack.services if s.name == "gateway")
+    console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
     console.print(table)
     console.print(f"Kafka: {kafka.bootstrap_servers}   logs: {stack.var_dir / 'log'}/")
 

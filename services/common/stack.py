@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ import httpx
 from services.common.proc import pid_exists, port_free
 
 SERVICES = ("gateway", "issuer", "deployer", "auditor")
+SIM = "emca-sim"
+#: the simulator's API, CRL and admin ports in the embedded stack
+DEFAULT_SIM_PORTS = (8443, 8444, 8445)
 DEFAULT_PORTS = {"gateway": 8080, "issuer": 8081, "deployer": 8082, "auditor": 8083}
 
 
@@ -58,7 +62,7 @@ class ServiceProcess:
         env = {**os.environ, **self.env, f"{prefix}HTTP_HOST": self.host, f"{prefix}HTTP_PORT": str(self.port)}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "services.cli.main", "serve", self.name],
+                self.argv(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -66,6 +70,12 @@ class ServiceProcess:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(self.process.pid))
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "services.cli.main", "serve", self.name]
+
+    def ports(self) -> list[int]:
+        return [self.port]
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -78,15 +88,59 @@ class ServiceProcess:
 
 
 @dataclass
+class SimProcess(ServiceProcess):
+    """The emCA simulator (`certrail emca-sim serve`), data in ``var/emca-sim``; healthy when its
+    admin API answers over HTTPS, verified against the trust bundle it writes."""
+
+    crl_port: int = 8444
+    admin_port: int = 8445
+
+    @property
+    def data_dir(self) -> Path:
+        return self.var_dir / "emca-sim"
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def ports(self) -> list[int]:
+        return [self.port, self.crl_port, self.admin_port]
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "services.cli.main", "emca-sim", "serve", "--data-dir", str(self.data_dir),
+                "--host", self.host, "--port", str(self.port), "--crl-port", str(self.crl_port),
+                "--admin-port", str(self.admin_port)]
+
+    def healthy(self) -> bool:
+        trust = self.data_dir / "tls-ca.pem"
+        if not trust.exists():
+            return False
+        try:
+            context = ssl.create_default_context(cafile=str(trust))
+            return httpx.get(f"https://{self.host}:{self.admin_port}/admin/health", timeout=2.0, verify=context).status_code == 200
+        except (httpx.HTTPError, ssl.SSLError, OSError):
+            return False
+
+
+@dataclass
 class Stack:
     var_dir: Path
     host: str = "127.0.0.1"
     ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     env: Mapping[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
+    #: (api, crl, admin) ports of the emCA simulator the stack starts first; None: no simulator
+    sim_ports: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         self.services = [ServiceProcess(n, self.ports[n], self.host, self.var_dir, self.env) for n in SERVICES]
+        if self.sim_ports is not None:
+            api, crl, admin = self.sim_ports
+            self.services.insert(0, SimProcess(SIM, api, self.host, self.var_dir, self.env, crl_port=crl, admin_port=admin))
+
+    @property
+    def sim(self) -> SimProcess | None:
+        return next((s for s in self.services if isinstance(s, SimProcess)), None)
 
     def running_pids(self) -> dict[str, int]:
         """Services recorded in pid files whose process is still alive."""
@@ -98,7 +152,7 @@ class Stack:
         return alive
 
     def check_ports(self) -> None:
-        busy = [f"{s.name} port {s.port}" for s in self.services if not port_free(self.host, s.port)]
+        busy = [f"{s.name} port {port}" for s in self.services for port in s.ports() if not port_free(self.host, port)]
         if busy:
             raise StackError(
                 f"port(s) already in use on {self.host}: {', '.join(busy)}; "
@@ -107,8 +161,12 @@ class Stack:
 
     def start(self, timeout_s: float = 90.0) -> None:
         self.check_ports()
+        sim = self.sim
+        if sim is not None:  # first: the services do not need it to start, but the demo does
+            sim.start()
         for svc in self.services:
-            svc.start()
+            if svc is not sim:
+                svc.start()
         self.wait_healthy(timeout_s)
 
     def wait_healthy(self, timeout_s: float) -> None:

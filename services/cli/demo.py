@@ -1,0 +1,176 @@
+"""The embedded run's demo: through the gateway's HTTP API (the same path as any client) it
+registers a demo emCA connector against the simulator (validated like any other), the
+deployer's request key, a provisioning profile whose keys the deployer bot generates, binds
+it to a file target under ``var/deploy``, and puts one certificate through
+issue -> deploy -> audit. Every step is idempotent: running it again reuses what exists and
+requests one more certificate."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine
+
+from services.common.connectors.secretbox import SecretsSettings
+from services.common.db import read_session, write_session
+from services.deployer import store as deployer_store
+from services.deployer.keys import deployer_box, request_signing_key
+from services.deployer.settings import DeployerSettings
+from services.gateway import store as gateway_store
+from services.gateway.policy.tokens import Role, generate_token
+
+CONNECTOR = "emca-demo"
+PROFILE = "demo-web"
+TARGET = "demo-files"
+DOMAIN = "demo.certrail.test"
+SIM_APPLICATION = "certrail-v424"
+ISSUING_CA = "certrail Sim Issuing CA P-256"
+ADMIN, REQUESTER, DEPLOYER = "demo-admin", "demo-requester", "certrail-deployer"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoResult:
+    certificate_id: str
+    request_id: str
+    serial: str
+    deployed_dir: Path
+    files: list[Path] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+
+def _token(engine: Engine, path: Path, identity: str, role: Role) -> str:
+    """A token kept in ``path`` (mode 0600); a new one when the file is missing or the token is unknown."""
+    if path.exists():
+        token = path.read_text().strip()
+        with read_session(engine) as session:
+            stored = gateway_store.get_token(session, token.split("_")[1] if token.count("_") >= 2 else "")
+        if stored is not None and stored.revoked_at is None:
+            return token
+    new = generate_token()
+    with write_session(engine) as session:
+        gateway_store.add_token(session, token_id=new.token_id, token_hash=new.token_hash, identity=identity, role=role,
+                                profiles=None, description="certrail up demo", created_by="certrail up",
+                                now=datetime.now(UTC), expires_at=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(new.token + "\n")
+    return new.token
+
+
+def _check(response: httpx.Response, *ok: int) -> dict[str, Any]:
+    if response.status_code not in ok:
+        raise DemoError(f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text[:500]}")
+    return response.json() if response.content else {}
+
+
+def run_demo(*, engine: Engine, gateway_url: str, var_dir: Path, sim_api_url: str, timeout_s: float = 120.0,
+             progress: Any = None) -> DemoResult:
+    def step(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
+    demo_dir = var_dir / "demo"
+    admin = _token(engine, demo_dir / "admin.token", ADMIN, Role.ADMIN)
+    requester = _token(engine, demo_dir / "requester.token", REQUESTER, Role.REQUESTER)
+    sim_dir = var_dir / "emca-sim"
+    with httpx.Client(base_url=gateway_url, timeout=60.0) as client:
+        as_admin = {"Authorization": f"Bearer {admin}"}
+
+        if client.get(f"/v1/connectors/{CONNECTOR}", headers=as_admin).status_code == 404:
+            creds = json.loads((sim_dir / "applications" / SIM_APPLICATION / "credentials.json").read_text())
+            body = {"name": CONNECTOR, "version": "V4.2.4+", "base_url": sim_api_url, "username": creds["username"],
+                    "issuing_ca": ISSUING_CA, "subscriber_id": "SUB-0001", "default_profile": "TLS Server",
+                    "ca_bundle_pem": (sim_dir / "tls-ca.pem").read_text(), "password": creds["password"],
+                    "client_id": creds["client_id"]}
+            _check(client.post("/v1/connectors", json=body, headers=as_admin), 201)
+            step(f"connector {CONNECTOR} created and validated against the emCA simulator")
+        else:
+            step(f"connector {CONNECTOR} exists")
+
+        key = request_signing_key(_deployer_settings(var_dir))
+        answer = client.post(f"/v1/requesters/{DEPLOYER}/keys", headers=as_admin,
+                             json={"key_id": "deployer-1", "secret_base64": base64.b64encode(key).decode()})
+        _check(answer, 201, 409)
+        step("the deployer's request key is registered" if answer.status_code == 201 else "the deployer's key is registered")
+
+        profile = {"name": PROFILE, "connector": CONNECTOR, "ca_profile": "TLS Server", "key_generation": "bot",
+                   "bot_key_algorithm": "EC-P256", "allowed_requesters": [REQUESTER, DEPLOYER],
+                   "domain_rules": {"dns_suffixes": [DOMAIN]}, "validity_days": 90, "deployment_target": TARGET}
+        if client.get(f"/v1/profiles/{PROFILE}", headers=as_admin).status_code == 404:
+            _check(client.post("/v1/profiles", json=profile, headers=as_admin), 201)
+            step(f"provisioning profile {PROFILE} created (keys generated by the deployer bot)")
+
+        deploy_dir = var_dir / "deploy" / "demo-web"
+        _bind_file_target(engine, var_dir, deploy_dir)
+        step(f"file target {TARGET} -> {deploy_dir} bound to {PROFILE}")
+
+        n = uuid.uuid4().hex[:6]
+        certificate_id = f"www-{n}.{DOMAIN}"
+        request_id = f"demo-{n}"
+        issue = {"request_id": request_id, "profile": PROFILE, "certificate_id": certificate_id,
+                 "sans": [f"dns:{certificate_id}"]}
+        _check(client.post("/v1/certificates", json=issue, headers={"Authorization": f"Bearer {requester}"}), 202)
+        step(f"requested {certificate_id} (request {request_id})")
+
+        deadline = time.monotonic() + timeout_s
+        seen: set[str] = set()
+        while True:
+            shown = client.get(f"/v1/certificates/{certificate_id}", headers=as_admin)
+            view = shown.json() if shown.status_code == 200 else {}
+            status = view.get("status")
+            if status and status not in seen:
+                seen.add(status)
+                step(f"certificate status: {status}")
+            inventory = view.get("inventory") or {}
+            serial = inventory.get("serial")
+            deployed = [d for d in inventory.get("deployments", []) if d.get("status") == "deployed" and d.get("serial") == serial]
+            if deployed and serial:
+                step(f"deployed serial {serial} to {TARGET} (verified by the deployer, recorded by the auditor)")
+                current = deploy_dir / "current"
+                files = sorted(p for p in current.iterdir()) if current.exists() else []
+                return DemoResult(certificate_id, request_id, serial, current, files)
+            if status in ("failed", "revoked"):
+                raise DemoError(f"the demo certificate ended {status}: {json.dumps(view)[:800]}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"the demo certificate was not deployed within {timeout_s:.0f}s (last: {status or 'unknown'}); "
+                                f"see {var_dir / 'log'}/")
+            time.sleep(0.5)
+
+
+def _deployer_settings(var_dir: Path) -> DeployerSettings:
+    return DeployerSettings(keys_file=var_dir / "deployer.keys", request_key_file=var_dir / "deployer-request.key")
+
+
+def _bind_file_target(engine: Engine, var_dir: Path, deploy_dir: Path) -> None:
+    box = deployer_box(_deployer_settings(var_dir))
+    now = datetime.now(UTC)
+    with write_session(engine) as session:
+        existing = {spec.name for spec in deployer_store.list_targets(session)}
+        if TARGET not in existing:
+            deployer_store.add_target(session, box, TARGET, deployer_store.TargetKind("file"), {"dir": str(deploy_dir)}, {}, now)
+        if (PROFILE, TARGET) not in set(deployer_store.bindings(session, PROFILE)):
+            deployer_store.bind(session, PROFILE, TARGET, now)
+
+
+def stack_env(var_dir: Path) -> dict[str, str]:
+    """Where the embedded stack's processes keep their keys (all under ``var_dir``)."""
+    return {
+        "CERTRAIL_SECRETS_KEYS_FILE": str(var_dir / "secrets.keys"),
+        "CERTRAIL_DEPLOYER_KEYS_FILE": str(var_dir / "deployer.keys"),
+        "CERTRAIL_DEPLOYER_REQUEST_KEY_FILE": str(var_dir / "deployer-request.key"),
+    }
+
+
+__all__ = ["DemoError", "DemoResult", "SecretsSettings", "run_demo", "stack_env"]
