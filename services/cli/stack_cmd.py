@@ -68,11 +68,24 @@ def up(
     }
     stack = Stack(var_dir=var_dir, ports=ports, env=env, sim_ports=(sim_port, sim_crl_port, sim_admin_port))
     running = stack.running_pids()
-    if running:
+    if running and len(running) == len(stack.services):
         console.print(f"certrail is already running ({', '.join(f'{n} pid {p}' for n, p in running.items())}).")
         _print_endpoints(console, stack, kafka)
         if not detach:
             console.print("Use `certrail down` to stop it.")
+        return
+    if running and detach:
+        # part of a detached run died: start what is missing (Kafka too, if it stopped)
+        missing = [svc for svc in stack.services if svc.name not in running]
+        try:
+            kafka.start(wait_timeout=120)
+            for svc in missing:
+                svc.start()
+            stack.wait_healthy(120)
+        except (LocalKafkaError, StackError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+        console.print(f"[green]✓[/] restarted {', '.join(s.name for s in missing)}")
         return
     try:
         with console.status("Starting Apache Kafka (the first run fetches it with Maven) ...", spinner="dots"):

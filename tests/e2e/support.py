@@ -1,0 +1,127 @@
+"""Drives a real embedded stack (`certrail up --detach` on free ports in a temporary var dir):
+the HTTP API with the demo's tokens, the simulator's admin API, the services' processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.common.proc import port_free
+from tests.conftest import free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
+PORT_NAMES = ["KAFKA", "KAFKA_CONTROLLER", "GATEWAY", "ISSUER", "DEPLOYER", "AUDITOR", "SIM", "SIM_CRL", "SIM_ADMIN"]
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@dataclass
+class EmbeddedStack:
+    var_dir: Path
+    ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True)))
+    up_output: str = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "CERTRAIL_UP_VAR_DIR": str(self.var_dir), "CERTRAIL_UP_CACHE_DIR": str(ROOT / ".cache"),
+               **{f"CERTRAIL_UP_{name}_PORT": str(port) for name, port in self.ports.items()}}
+        env.pop("CERTRAIL_DB_URL", None)
+        return env
+
+    def tool_env(self) -> dict[str, str]:
+        """For `certrail audit ...` and friends against this stack."""
+        return {**self.env, "CERTRAIL_DB_URL": f"sqlite:///{self.var_dir / 'certrail.db'}",
+                "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports['KAFKA']}",
+                "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(self.var_dir / "auditor" / "checkpoint-signing-key.pem")}
+
+    def up(self) -> None:
+        result = cli(self.env, "up", "--detach")
+        assert result.returncode == 0, result.stdout + result.stderr + self.logs()
+        self.up_output += result.stdout
+
+    def down(self) -> None:
+        result = cli(self.env, "down")
+        assert result.returncode == 0, result.stdout + result.stderr
+        deadline = time.monotonic() + 30
+        while not all(port_free("127.0.0.1", port) for port in self.ports.values()):
+            assert time.monotonic() < deadline, f"ports still listening after `certrail down`: {self.ports}"
+            time.sleep(0.5)
+
+    def logs(self, lines: int = 25) -> str:
+        out = []
+        for log in sorted((self.var_dir / "log").glob("*.log")) if (self.var_dir / "log").exists() else []:
+            out.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out)
+
+    # -- the HTTP API ----------------------------------------------------------------------------------
+
+    def api(self, role: str) -> httpx.Client:
+        token = (self.var_dir / "demo" / f"{role}.token").read_text().strip()
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.ports['GATEWAY']}",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def metrics(self, service: str) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.ports[service.upper()]}/metrics", timeout=10).text
+
+    # -- the simulator -----------------------------------------------------------------------------------
+
+    def sim_admin(self) -> httpx.Client:
+        data = self.var_dir / "emca-sim"
+        trust = ssl.create_default_context(cafile=str(data / "tls-ca.pem"))
+        token = (data / "admin-token").read_text().strip()
+        return httpx.Client(base_url=f"https://127.0.0.1:{self.ports['SIM_ADMIN']}", verify=trust, timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+
+    def sim_credentials(self, application: str = "certrail-v424") -> dict[str, Any]:
+        return json.loads((self.var_dir / "emca-sim" / "applications" / application / "credentials.json").read_text())
+
+    # -- processes ------------------------------------------------------------------------------------------
+
+    def pid(self, service: str) -> int:
+        return int((self.var_dir / "run" / f"{service}.pid").read_text())
+
+    def kill(self, service: str, sig: int = signal.SIGKILL) -> None:
+        pid = self.pid(service)
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            try:  # our grandchild: reap it if it is a zombie of ours (it is not: started in its own session)
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            assert time.monotonic() < deadline, f"{service} pid {pid} did not die"
+            time.sleep(0.1)
+
+
+def wait_deployed(client: httpx.Client, certificate_id: str, *, not_serial: str | None = None,
+                  timeout_s: float = 120) -> dict[str, Any]:
+    """The inventory view once the certificate's current serial (other than ``not_serial``) is deployed."""
+    deadline = time.monotonic() + timeout_s
+    view: dict[str, Any] = {}
+    while True:
+        answer = client.get(f"/v1/certificates/{certificate_id}")
+        view = answer.json() if answer.status_code == 200 else {}
+        inventory = view.get("inventory") or {}
+        serial = inventory.get("serial")
+        if serial and serial != not_serial and any(
+                d["status"] == "deployed" and d["serial"] == serial for d in inventory.get("deployments", [])):
+            return inventory
+        assert time.monotonic() < deadline, f"{certificate_id} not deployed within {timeout_s:.0f}s (last view: {view})"
+        time.sleep(0.5)

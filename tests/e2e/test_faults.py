@@ -1,0 +1,191 @@
+"""The fault suite on the whole pipeline: the embedded stack (real Kafka, the emCA simulator,
+the four services as processes), bot-held-key requests through the HTTP API under load, and:
+emCA down for 60 s; 429 and 5xx storms; each service SIGKILLed in turn and restarted; the
+broker restarted; poison on every topic; credentials rotated at emCA and fixed through the API.
+After each: every request ends deployed, nothing failed, each certificate issued once by the
+simulator (or a duplicate reported as POSSIBLE_DUPLICATE on this 4.2.4+ connector), one
+deployment per certificate, and `certrail audit verify` passes at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.common.contracts.identity import issuance_id
+from services.common.kafka_local import LocalKafka
+from tests.e2e.support import ROOT, EmbeddedStack, cli, wait_deployed
+from tests.issuer_harness import metric
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DOMAIN = "demo.certrail.test"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    value = EmbeddedStack(tmp_path_factory.mktemp("faults") / "var")
+    value.up()
+    try:
+        yield value
+    finally:
+        value.down()
+
+
+class Load:
+    """Requests bot-held certificates through the API, one every ``interval_s``."""
+
+    def __init__(self, stack: EmbeddedStack, tag: str) -> None:
+        self.stack, self.tag = stack, tag
+        self.ids: list[str] = []
+
+    def request(self, count: int = 1) -> None:
+        with self.stack.api("requester") as client:
+            for _ in range(count):
+                certificate_id = f"{self.tag}-{len(self.ids)}.{DOMAIN}"
+                answer = client.post("/v1/certificates", json={
+                    "request_id": f"req-{certificate_id}", "profile": "demo-web", "certificate_id": certificate_id,
+                    "sans": [f"dns:{certificate_id}"]})
+                assert answer.status_code == 202, answer.text
+                self.ids.append(certificate_id)
+
+    async def steady(self, seconds: float, interval_s: float = 1.0) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.to_thread(self.request)
+            await asyncio.sleep(interval_s)
+
+    def settle(self, timeout_s: float = 180) -> None:
+        """Every request deployed, issued once (or reported), deployed once; nothing failed."""
+        with self.stack.api("admin") as client:
+            for certificate_id in self.ids:
+                wait_deployed(client, certificate_id, timeout_s=timeout_s)
+        with self.stack.sim_admin() as admin:
+            issued = admin.get("/admin/counters").json()["issued_by_application_id"]
+        db = sqlite3.connect(self.stack.var_dir / "certrail.db")
+        try:
+            for certificate_id in self.ids:
+                iid = issuance_id(certificate_id, 1)
+                times = issued.get(iid, 0)
+                assert times >= 1, f"{certificate_id}: the simulator never issued {iid}"
+                if times > 1:
+                    (flag,) = db.execute("SELECT possible_duplicate FROM issuer_operations WHERE op_key = ?", (iid,)).fetchone()
+                    assert flag, f"{certificate_id} was issued {times} times and not reported as a possible duplicate"
+                (deployments,) = db.execute(
+                    "SELECT COUNT(*) FROM deployer_deployments WHERE certificate_id = ? AND status = 'deployed'",
+                    (certificate_id,)).fetchone()
+                assert deployments == 1, f"{certificate_id}: {deployments} deployments"
+            failed = db.execute("SELECT COUNT(*) FROM certificate_inventory WHERE status = 'failed'").fetchone()[0]
+            assert failed == 0
+        finally:
+            db.close()
+        assert metric(self.stack.metrics("issuer"), "certrail_issuer_commands_total", {"outcome": "failed"}) == 0
+
+
+def test_emca_down_for_60s_under_steady_load(stack: EmbeddedStack) -> None:
+    load = Load(stack, "down")
+    load.request(3)
+    with stack.sim_admin() as admin:
+        admin.post("/admin/faults", json={"down": True}).raise_for_status()
+        try:
+            asyncio.run(load.steady(60, 2.0))
+            text = stack.metrics("issuer")
+            assert metric(text, "certrail_issuer_connector_up", {"connector": "emca-demo"}) == 0
+            assert metric(text, "certrail_issuer_oldest_queued_command_age_seconds", {"connector": "emca-demo"}) > 20
+        finally:
+            admin.delete("/admin/faults").raise_for_status()
+    load.settle()
+
+
+def test_429_and_5xx_storms(stack: EmbeddedStack) -> None:
+    load = Load(stack, "storm")
+    with stack.sim_admin() as admin:
+        admin.post("/admin/faults", json={"rate_limit": {"rate": 1.0, "retry_after_s": 3}}).raise_for_status()
+        load.request(5)
+        time.sleep(8)
+        admin.delete("/admin/faults").raise_for_status()
+        admin.post("/admin/faults", json={"error_rate": 0.7, "error_status": 503}).raise_for_status()
+        load.request(5)
+        time.sleep(8)
+        admin.delete("/admin/faults").raise_for_status()
+    load.settle()
+    errors = stack.metrics("issuer")
+    assert metric(errors, "certrail_issuer_emca_errors_total", {"kind": "transient"}) > 0
+
+
+@pytest.mark.parametrize("service", ["gateway", "issuer", "deployer", "auditor"])
+def test_sigkill_each_service_under_load(stack: EmbeddedStack, service: str) -> None:
+    load = Load(stack, f"kill-{service}")
+    rng = random.Random(f"{service}-20261127")
+    load.request(6)
+    time.sleep(rng.uniform(0.2, 2.0))
+    stack.kill(service)
+    if service != "gateway":
+        load.request(4)  # queued on Kafka while it is dead
+    stack.up()  # restarts what died
+    load.request(4)
+    load.settle()
+
+
+def test_broker_restart_mid_load(stack: EmbeddedStack) -> None:
+    load = Load(stack, "broker")
+    load.request(5)
+    kafka = LocalKafka(cache_dir=ROOT / ".cache", data_dir=stack.var_dir / "kafka", port=stack.ports["KAFKA"],
+                       controller_port=stack.ports["KAFKA_CONTROLLER"])
+    kafka.stop()
+    kafka.start(wait_timeout=120)
+    load.request(5)
+    load.settle(timeout_s=240)
+
+
+def test_poison_on_every_topic_is_dead_lettered_and_the_pipeline_goes_on(stack: EmbeddedStack) -> None:
+    topics = ["certrail.requests", "certrail.provisioning", "certrail.events", "certrail.commands.emca-demo"]
+
+    async def poison() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{stack.ports['KAFKA']}", enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            for topic in topics:
+                await producer.send_and_wait(topic, b"\x00not a cloudevent", key=b"poison")
+        finally:
+            await producer.stop()
+
+    asyncio.run(poison())
+    load = Load(stack, "after-poison")
+    load.request(3)
+    load.settle()
+    dead = {service: metric(stack.metrics(service), "certrail_dead_letters_total") for service in ("gateway", "deployer")}
+    assert dead["gateway"] >= 1 and dead["deployer"] >= 2, dead
+    assert metric(stack.metrics("issuer"), "certrail_issuer_commands_total", {"outcome": "dead_lettered"}) >= 1
+
+
+def test_credentials_rotated_mid_load_then_fixed_through_the_api(stack: EmbeddedStack) -> None:
+    load = Load(stack, "rotated")
+    with stack.sim_admin() as admin:
+        admin.post("/admin/applications/certrail-v424/rotate-credentials").raise_for_status()
+    load.request(5)
+    deadline = time.monotonic() + 60
+    while metric(stack.metrics("issuer"), "certrail_issuer_connector_misconfigured", {"connector": "emca-demo"}) != 1:
+        assert time.monotonic() < deadline, "the connector was not marked misconfigured"
+        time.sleep(0.5)
+    fresh = stack.sim_credentials()
+    with stack.api("admin") as client:
+        answer = client.patch("/v1/connectors/emca-demo", json={"password": fresh["password"], "client_id": fresh["client_id"]})
+        assert answer.status_code == 200, answer.text
+    load.settle()
+
+
+def test_audit_verify_passes_after_everything(stack: EmbeddedStack) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        verify = cli(stack.tool_env(), "audit", "verify")
+        if verify.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
