@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, with every service it needs: PostgreSQL, nginx and sshd (installed
+# The whole test suite, with every service it needs: PostgreSQL, nginx, sshd, chromium and promtool (installed
 # from Debian's packages when missing) and a real Apache Kafka broker (fetched with
 # Maven and started by the test run itself, unless KAFKA_BOOTSTRAP_SERVERS is set).
 set -euo pipefail
@@ -13,6 +13,10 @@ echo "PostgreSQL for tests: ${CERTRAIL_TEST_POSTGRES_URL%%:*}://…@${CERTRAIL_T
 
 # nginx and sshd for the deployer's integration tests (Debian's packages; started by the tests)
 bash scripts/deployer_deps.sh
+# Debian's chromium for the console's browser tests (Playwright drives it; no browser download)
+bash scripts/browser_deps.sh
+# promtool (Debian's prometheus package): the alert rules, their unit tests, the scrape configs
+bash scripts/promtool.sh
 
 # Fetch the broker once up front so that a fetch failure is reported as such.
 .venv/bin/certrail kafka fetch

@@ -79,6 +79,8 @@ def create_api(
     app.include_router(api_certificates.router(runtime, clock))
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
     app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock))
+    from services.gateway.console import console_router  # the web console: a client of this API
+    app.include_router(console_router(runtime, app, clock=clock))
 
     @app.middleware("http")
     async def authenticate_v1(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -29,7 +29,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
 
 SERVICE = "gateway"
-API_PREFIXES = ("/v1", "/docs", "/openapi.json", "/redoc")
+API_PREFIXES = ("/v1", "/docs", "/openapi.json", "/redoc", "/console")
 
 log = logging.getLogger(__name__)
 
