@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Counter
+
 from services.common.connectors.secretbox import SecretBox, load_secret_box
 from services.common.consumer import CURRENT_RECORD, Outbound
 from services.common.contracts.envelope import CONTENT_TYPE, CONTENT_TYPE_HEADER, Envelope
@@ -94,8 +96,12 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
     handlers = {IssueRequested: on_request, RenewRequested: on_request, RevokeRequested: on_request}
     service_app, service = build_service(SERVICE, settings, [Subscription(topics=[topics.requests])], handlers)
     box = load_secret_box(settings.secrets, create=True)
+    requests = Counter("certrail_gateway_requests", "Requests answered, by door (kafka, http), kind (issue, renew, "
+                       "revoke), status (accepted, rejected, replayed) and error code (empty when accepted).",
+                       ["door", "kind", "status", "code"], registry=service.registry)
     intake = Intake(engine=service.engine, topics=topics, keys=SqlRequesterKeys(service.engine, box), clock=utc_now,
-                    deployer_identity=settings.deployer_identity)
+                    deployer_identity=settings.deployer_identity,
+                    observe=lambda door, kind, status, code: requests.labels(door, kind, status, code or "").inc())
 
     async def publish(outbound: Sequence[Outbound | dict[str, Any]]) -> None:
         for topic, key, value in stored_records(outbound):

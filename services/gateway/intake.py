@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 SOURCE = "/certrail/gateway"
 Request = IssueRequested | RenewRequested | RevokeRequested
 KINDS = {IssueRequested: RequestKind.ISSUE, RenewRequested: RequestKind.RENEW, RevokeRequested: RequestKind.REVOKE}
+#: called once per answered request: (door kafka|http, kind, status accepted|rejected|replayed, error code or None)
+Observer = Callable[[str, str, str, str | None], None]
 ACTIONS = {RequestKind.ISSUE: Action.CERTIFICATE_ISSUE, RequestKind.RENEW: Action.CERTIFICATE_RENEW,
            RequestKind.REVOKE: Action.CERTIFICATE_REVOKE}
 
@@ -113,7 +115,8 @@ class Caller:
 
 class Intake:
     def __init__(self, *, engine: Engine, topics: Topics, keys: RequesterKeys, clock: Callable[[], datetime],
-                 deployer_identity: str = "certrail-deployer") -> None:
+                 deployer_identity: str = "certrail-deployer", observe: Observer | None = None) -> None:
+        self._observe = observe
         self._engine = engine
         self._topics = topics
         self._keys = keys
@@ -122,8 +125,18 @@ class Intake:
 
     # -- the doors -------------------------------------------------------------------------------------
 
+    def _observed(self, door: str, outcome: Outcome) -> Outcome:
+        if self._observe is not None:
+            answer = outcome.answer
+            status = "replayed" if answer.replayed else answer.status
+            self._observe(door, answer.kind, status, (answer.error or {}).get("code"))
+        return outcome
+
     async def from_kafka(self, event_id: str, request: Request, raw_value: bytes | None) -> Outcome:
         """A request from ``certrail.requests``: its signature is checked over the data object as sent."""
+        return self._observed("kafka", await self._from_kafka(event_id, request, raw_value))
+
+    async def _from_kafka(self, event_id: str, request: Request, raw_value: bytes | None) -> Outcome:
         kind = KINDS[type(request)]
         try:
             data: Any = request
@@ -146,7 +159,7 @@ class Intake:
         kind = KINDS[type(request)]
         event_id = root_message_id("http", request.request_id, request.TYPE)
         caller = Caller(claims.identity, claims=claims)
-        return await asyncio.to_thread(self._process, event_id, request, kind, caller)
+        return self._observed("http", await asyncio.to_thread(self._process, event_id, request, kind, caller))
 
     # -- the path ------------------------------------------------------------------------------------------
 

@@ -305,6 +305,9 @@ class ConnectorPool:
                     raise UnknownConnector(name) from None
                 raise
             runtime = ConnectorRuntime(name, self)
+            # labelled counters exist at 0 from the start, so alerts can use increase() on them
+            self.metrics.possible_duplicates.labels(name)
+            self.metrics.certificate_mismatches.labels(name)
             await runtime.load(connector)
             self._runtimes[name] = runtime
             return runtime

@@ -51,7 +51,7 @@ class IssuerMetrics:
             registry=registry,
         )
         self.lag = Gauge(
-            "certrail_issuer_consumer_lag", "Records between the committed offset and the end of the log, per connector.",
+            "certrail_issuer_consumer_lag_records", "Records between the committed offset and the end of the log, per connector.",
             ["connector"], registry=registry,
         )
         self.paused = Gauge(

@@ -63,3 +63,7 @@ async def test_signed_request_becomes_a_command_and_tampered_one_is_rejected(tmp
     rejected = [e for e in decoded if isinstance(e, RequestRejected)]
     assert [a.request_id for a in accepted] == ["req-k1"]
     assert [(r.request_id, r.error.code) for r in rejected] == [("req-k2", ErrorCode.REQUEST_SIGNATURE_INVALID)]
+    sample = runtime.registry.get_sample_value
+    assert sample("certrail_gateway_requests_total", {"door": "kafka", "kind": "issue", "status": "accepted", "code": ""}) == 1
+    assert sample("certrail_gateway_requests_total",
+                  {"door": "kafka", "kind": "issue", "status": "rejected", "code": "REQUEST_SIGNATURE_INVALID"}) == 1

@@ -231,7 +231,7 @@ def test_dashboard_structure() -> None:
         "certrail_issuer_emca_request_duration_seconds_bucket",  # emCA latency per connector
         "certrail_issuer_emca_errors_total",  # emCA errors per connector
         "certrail_issuer_oldest_queued_command_age_seconds",  # queue age
-        "certrail_issuer_consumer_lag",  # lag
+        "certrail_issuer_consumer_lag_records",  # lag
         "certrail_gateway_certificates_by_days_to_expiry",  # days to expiry
         "certrail_deployer_deployments_total",  # deployments
         "certrail_audit_records_stored_total",  # audit ingest
