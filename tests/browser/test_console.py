@@ -26,13 +26,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from emca_sim.server import start_in_thread
-from services.common.connectors.secretbox import generate_key
+from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine
+from services.common.db import make_engine, write_session
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.stack import SERVICES, Stack
 from services.common.topics_admin import delete_topics, ensure_topics
+from services.deployer import store as deployer_store
+from services.deployer.targets.config import TargetKind
 from services.gateway.api_tokens import create_token
 from services.gateway.policy.tokens import Role
 from services.issuer.emca.types import EmcaVersion
@@ -229,6 +231,12 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             page.wait_for_url(re.compile(r".*/console/certificates/provisioning$"))
             assert page.get_by_role("row", name=re.compile("web")).get_by_text("emca-sim").is_visible()
             shot(page, "provisioning-list")
+            # the deployer installs the bot's certificates on a file target (deployer-side configuration:
+            # `certrail targets add` + `bind`, which the console does not cover)
+            with write_session(engine) as session:
+                deployer_store.add_target(session, SecretBox([generate_key()]), "web-files", TargetKind.FILE,
+                                          {"dir": str(tmp_path / "deploy")}, {}, datetime.now(UTC))
+                deployer_store.bind(session, "web", "web-files", datetime.now(UTC))
 
             # -- the connector cannot be deleted while the bot uses it ---------------------------------------
             page.get_by_role("link", name="CA Connectors").click()
@@ -255,6 +263,9 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             wait_for(page, cert_url, lambda: page.locator("#certificate-status").inner_text() == "active", "issued (active)")
             assert "certificate issued" in page.locator("ol.timeline").inner_text()
             shot(page, "certificate-issued")
+            wait_for(page, cert_url, lambda: "file web-files: deployed" in page.locator("body").inner_text(), "deployed")
+            assert (tmp_path / "deploy" / "current" / "cert.pem").exists()
+            shot(page, "certificate-deployed")
             page.get_by_role("link", name="Inventory").click()
             row = page.get_by_role("row", name=re.compile("www-example-com"))
             assert "active" in row.inner_text(), row.inner_text()
