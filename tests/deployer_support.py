@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -202,3 +203,72 @@ async def eventually(predicate, what: str, timeout_s: float = 30.0, interval_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+@dataclass
+class SshServer:
+    """A real OpenSSH server (``sshd -D -e``, not a daemon) on a free loopback port, with its
+    own host key and an ``authorized_keys`` holding a client key, both generated here. Only
+    the current user may log in (as root: ``PermitRootLogin prohibit-password``), by key."""
+
+    tmp: Path
+    port: int = field(default_factory=lambda: free_ports(1)[0])
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        import asyncssh  # only the ssh tests need it
+
+        self.binary = require_binary(SSHD, "openssh-server")
+        self.dir = self.tmp / "sshd"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.user = pwd.getpwuid(os.getuid()).pw_name
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.host_key_path = self.dir / "ssh_host_ed25519_key"
+        self.host_key_path.write_bytes(host_key.export_private_key())
+        self.host_key_path.chmod(0o600)
+        #: the server's public host key, one OpenSSH line (what a target pins)
+        self.host_key_line = host_key.export_public_key().decode().strip()
+        client_key = asyncssh.generate_private_key("ssh-ed25519")
+        #: the client's private key (OpenSSH format): the target's client_key secret
+        self.client_key = client_key.export_private_key().decode()
+        self.authorized_keys = self.dir / "authorized_keys"
+        self.authorized_keys.write_bytes(client_key.export_public_key())
+        self.authorized_keys.chmod(0o600)
+        self.log = self.dir / "sshd.log"
+        self.config = self.dir / "sshd_config"
+        self.config.write_text(f"""
+Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {self.host_key_path}
+PidFile {self.dir / "sshd.pid"}
+AuthorizedKeysFile {self.authorized_keys}
+StrictModes no
+UsePAM no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowUsers {self.user}
+UseDNS no
+PrintMotd no
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+""")
+
+    def known_hosts_line(self) -> str:
+        """The host key as a known_hosts line for this address (non-default port: ``[host]:port``)."""
+        return f"[127.0.0.1]:{self.port} {self.host_key_line}\n"
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            # sshd started by root chroots its unprivileged children into this (compiled-in) empty
+            # directory; Debian's service unit creates it at boot, and no service runs here
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - the test's own sshd and config
+                [self.binary, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_port(self.port, self.process, "sshd", self.log)
+
+    def stop(self) -> None:
+        stop_process(self.process)

@@ -7,6 +7,7 @@ from the command line, and are never shown.
 
     certrail targets add edge --kind nginx --config-file edge.json
     certrail targets add hook --kind webhook --config '{"url": "https://..."}' --secret-file hmac_secret=/run/hook.secret
+    certrail targets add web1 --kind ssh --config-file web1.json --secret-file client_key=/run/certrail/web1_ed25519
     certrail targets bind web-servers edge
     certrail targets list | show edge | unbind web-servers edge | remove edge
 """
@@ -79,10 +80,10 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 @app.command()
 def add(
     name: str,
-    kind: Annotated[TargetKind, typer.Option(help="file, nginx, webhook (ssh: not yet)")],
+    kind: Annotated[TargetKind, typer.Option(help="file, nginx, webhook or ssh")],
     config: Annotated[str | None, typer.Option(help="The configuration as a JSON object.")] = None,
     config_file: Annotated[Path | None, typer.Option(help="A file holding the JSON configuration.")] = None,
-    secret_file: Annotated[list[str], typer.Option(help="NAME=PATH: a secret read from a file (e.g. hmac_secret=...).")] = [],  # noqa: B006
+    secret_file: Annotated[list[str], typer.Option(help="NAME=PATH: a secret read from a file (hmac_secret=..., client_key=...).")] = [],  # noqa: B006
     secret_env: Annotated[list[str], typer.Option(help="NAME=VARIABLE: a secret read from an environment variable.")] = [],  # noqa: B006
     replace: Annotated[bool, typer.Option(help="Replace an existing target of that name.")] = False,
 ) -> None:

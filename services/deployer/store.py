@@ -18,8 +18,8 @@ from services.common.connectors.secretbox import SecretBox
 from services.common.db_schema import DeployerBindingRow, DeployerBotKeyRow, DeployerDeploymentRow, DeployerTargetRow
 from services.deployer.targets.config import CONFIG_MODELS, TargetKind, validate_secrets
 
-#: the kinds a target can be added as (ssh: configuration model only, no implementation yet)
-IMPLEMENTED_KINDS = frozenset({TargetKind.FILE, TargetKind.NGINX, TargetKind.WEBHOOK})
+#: the kinds a target can be added as (all of TargetKind today)
+IMPLEMENTED_KINDS = frozenset({TargetKind.FILE, TargetKind.NGINX, TargetKind.WEBHOOK, TargetKind.SSH})
 TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 

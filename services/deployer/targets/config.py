@@ -115,9 +115,16 @@ class SshTargetConfig(_Directory):
     user: str = Field(min_length=1, max_length=64)
     known_hosts: str | None = Field(default=None, description="known_hosts file (absolute) holding the host's key.")
     host_key: str | None = Field(default=None, description="The host's public key, one OpenSSH line ('ssh-ed25519 AAAA...').")
-    reload_command: str | None = Field(default=None, max_length=4096, description="Remote command run after the swap.")
+    reload_command: Command | None = Field(
+        default=None, description="Remote argv run after the swap and after a rollback (sent shell-quoted)."
+    )
     connect_timeout_s: float = Field(default=15.0, gt=0, le=300)
-    command_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    command_timeout_s: float = Field(default=60.0, gt=0, le=600, description="Per remote command, and for the upload.")
+    probe_port: int | None = Field(default=None, ge=1, le=65535, description="TLS probe after the reload (off when unset).")
+    probe_host: str | None = Field(default=None, description="Where the probe connects; default: host.")
+    server_name: str | None = Field(default=None, description="SNI and the name checked; default: the first DNS SAN.")
+    probe_ca_file: str | None = Field(default=None, description="Trust for the probe; default: the certificate's own chain.")
+    probe_timeout_s: float = Field(default=15.0, gt=0, le=600, description="How long the probe waits for the new serial.")
 
     @model_validator(mode="after")
     def _host_key_checked(self) -> SshTargetConfig:
@@ -125,7 +132,19 @@ class SshTargetConfig(_Directory):
             raise ValueError("give exactly one of known_hosts and host_key: the host key is always checked")
         if self.known_hosts is not None:
             _absolute(self.known_hosts, "known_hosts")
+        if self.host_key is not None:
+            _public_key(self.host_key)
         return self
+
+
+def _public_key(line: str) -> None:
+    """Refuse a host_key that is not one OpenSSH public key line (asyncssh parses it)."""
+    import asyncssh  # only where an ssh target is configured
+
+    try:
+        asyncssh.import_public_key(line.strip())
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise ValueError(f"host_key is not an OpenSSH public key line ('ssh-ed25519 AAAA...'): {exc}") from None
 
 
 CONFIG_MODELS: dict[TargetKind, type[_Config]] = {
@@ -156,4 +175,18 @@ def validate_secrets(kind: TargetKind, secrets: dict[str, str]) -> dict[str, str
         raise ValueError(f"a {kind} target needs the secret {', '.join(missing)}")
     if kind is TargetKind.WEBHOOK and len(secrets["hmac_secret"].encode()) < MIN_WEBHOOK_SECRET_BYTES:
         raise ValueError(f"the webhook hmac_secret needs at least {MIN_WEBHOOK_SECRET_BYTES} bytes")
+    if kind is TargetKind.SSH:
+        _client_key(secrets["client_key"])
     return secrets
+
+
+def _client_key(text: str) -> None:
+    """Refuse a client_key that is not an unencrypted private key (the message never holds key bytes)."""
+    import asyncssh
+
+    try:
+        asyncssh.import_private_key(text)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        reason = "it is encrypted (store it without a passphrase: certrail encrypts it)" if "passphrase" in str(exc).lower() else \
+            "it is not an OpenSSH or PEM private key"
+        raise ValueError(f"the ssh client_key cannot be used: {reason}") from None

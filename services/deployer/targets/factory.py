@@ -7,6 +7,7 @@ from services.deployer.targets.base import Bundle, DeploymentTarget
 from services.deployer.targets.config import TargetKind
 from services.deployer.targets.files import FileTarget
 from services.deployer.targets.nginx import NginxTarget
+from services.deployer.targets.ssh import SshTarget
 from services.deployer.targets.webhook import WebhookTarget
 
 
@@ -17,4 +18,6 @@ def build_target(spec: TargetSpec, *, previous: Bundle | None = None) -> Deploym
         return NginxTarget(spec.name, spec.config)
     if spec.kind is TargetKind.WEBHOOK:
         return WebhookTarget(spec.name, spec.config, spec.secrets["hmac_secret"], previous=previous)
+    if spec.kind is TargetKind.SSH:
+        return SshTarget(spec.name, spec.config, spec.secrets["client_key"])
     raise ValueError(f"unknown target kind {spec.kind}")

@@ -15,7 +15,7 @@ from services.deployer.targets.commands import run_command
 from services.deployer.targets.config import NginxTargetConfig
 from services.deployer.targets.files import check_installed
 from services.deployer.targets.localfs import LocalFileSystem
-from services.deployer.targets.probe import first_dns_name, probe_context, wait_for_serial
+from services.deployer.targets.probe import probe_for_serial
 from services.deployer.targets.versioned import CERT_FILE, CHAIN_FILE, FileSystem, VersionedDirectory
 
 
@@ -40,15 +40,11 @@ class NginxTarget:
                           code=code)
 
     async def _probe(self, certificate_pem: str, chain_pem: str, expected: str, code: ErrorCode) -> str:
-        server_name = self.config.server_name or first_dns_name(certificate_pem)
-        if server_name is None:
-            raise TargetError(code, "no server_name configured and the certificate has no DNS name to probe with")
-        if self.config.probe_ca_file:
-            context = probe_context(cafile=self.config.probe_ca_file)
-        else:
-            context = probe_context(cadata=chain_pem or certificate_pem)
-        return await wait_for_serial(self.config.probe_host, self.config.probe_port, server_name, context, expected,
-                                     timeout_s=self.config.probe_timeout_s, code=code)
+        return await probe_for_serial(
+            self.config.probe_host, self.config.probe_port, server_name=self.config.server_name,
+            ca_file=self.config.probe_ca_file, certificate_pem=certificate_pem, chain_pem=chain_pem, expected=expected,
+            timeout_s=self.config.probe_timeout_s, code=code,
+        )
 
     async def deploy(self, bundle: Bundle) -> None:
         await self.directory(bundle).install(bundle)

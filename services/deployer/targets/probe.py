@@ -82,3 +82,16 @@ async def wait_for_serial(
                 code, f"{host}:{port} ({server_name}) still presents {seen} after {timeout_s:g}s, not serial {expected}"
             )
         await asyncio.sleep(interval_s)
+
+
+async def probe_for_serial(
+    host: str, port: int, *, server_name: str | None, ca_file: str | None, certificate_pem: str, chain_pem: str,
+    expected: str, timeout_s: float, code: ErrorCode,
+) -> str:
+    """`wait_for_serial` with the usual trust and name: ``ca_file`` or the certificate's own
+    chain (partial chains allowed); ``server_name`` or the certificate's first DNS name."""
+    name = server_name or first_dns_name(certificate_pem)
+    if name is None:
+        raise TargetError(code, "no server_name configured and the certificate has no DNS name to probe with")
+    context = probe_context(cafile=ca_file) if ca_file else probe_context(cadata=chain_pem or certificate_pem)
+    return await wait_for_serial(host, port, name, context, expected, timeout_s=timeout_s, code=code)
