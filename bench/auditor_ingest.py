@@ -45,6 +45,7 @@ from services.auditor.consumer_loop import AuditConsumer, LoopSettings
 from services.auditor.keys import load_or_create_signing_key
 from services.auditor.metrics import AuditMetrics
 from services.auditor.settings import AuditorSettings
+from services.auditor.sql import tune_for_ingest
 from services.common.contracts import commands, events, requests
 from services.common.contracts.envelope import CONTENT_TYPE, CONTENT_TYPE_HEADER, encode, make_event
 from services.common.contracts.fields import RequestAuth, RequestKind
@@ -134,6 +135,7 @@ async def consume(
     kafka: KafkaSettings, db: DatabaseSettings, topics: Topics, total: int, batch: int, key_dir: Path, processes: int
 ) -> dict[str, float]:
     engine = make_engine(db)
+    tune_for_ingest(engine)  # as create_app does
     registry = CollectorRegistry()
     metrics = AuditMetrics(registry, topics)
     published: list[int] = []

@@ -34,6 +34,7 @@ from services.auditor.consumer_loop import AuditConsumer, LoopSettings
 from services.auditor.keys import load_or_create_signing_key
 from services.auditor.metrics import AuditMetrics
 from services.auditor.settings import AuditorSettings
+from services.auditor.sql import tune_for_ingest
 from services.auditor.verify_runs import latest_run
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
@@ -170,6 +171,7 @@ def create_app(settings: AuditorSettings) -> tuple[AsgiFastStream, AuditorRuntim
     broker = make_broker(settings.kafka, registry, SERVICE)
     publisher = FastStreamPublisher(broker, PublisherMetrics(registry, SERVICE))
     engine = make_engine(settings.db)
+    tune_for_ingest(engine)
     key = load_or_create_signing_key(settings.signing_key_file, settings.signing_key_passphrase)
     metrics = AuditMetrics(registry, topics)
     checkpointer = Checkpointer(

@@ -234,9 +234,11 @@ class AuditConsumer:
             if batch.generation != self.generation:
                 return  # fetched before a rebalance or a failed write: those partitions were rewound
             keep = {tp for tp in batch.first if tp in assigned}
-            records = [r for r in batch.records if TopicPartition(r.topic, r.partition) in keep]
-            if entries is not None:
-                entries = [e for e in entries if TopicPartition(e.topic, e.partition) in keep]
+            records = batch.records
+            if len(keep) < len(batch.first):  # some partitions moved away meanwhile: drop their records
+                records = [r for r in records if TopicPartition(r.topic, r.partition) in keep]
+                if entries is not None:
+                    entries = [e for e in entries if TopicPartition(e.topic, e.partition) in keep]
             if not records:
                 return
             started = time.perf_counter()

@@ -23,13 +23,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any, NamedTuple
 
-from sqlalchemy import String, Table, cast, func, select
+from sqlalchemy import Boolean, String, Table, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from services.auditor.sql import executemany
+from services.auditor.sql import executemany, time_binder
 from services.common.contracts.events import (
     CertificateDeployed,
     CertificateExpiring,
@@ -45,7 +46,7 @@ from services.common.contracts.events import (
     TargetRef,
 )
 from services.common.contracts.fields import ErrorInfo, RequestKind
-from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial
+from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial, UTCDateTime
 
 _CHUNK = 500
 
@@ -272,9 +273,23 @@ def _load(session: Session, table: Table, certificate_ids: Sequence[str]) -> lis
 
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Upsert ``rows`` (dicts of every column), bound here: times through `time_binder`,
+    booleans as the driver takes them (SQLite: 0/1), everything else as it is."""
+    if not rows:
+        return
     columns = [c.name for c in table.columns]
     key = [c.name for c in table.primary_key.columns]
-    executemany(session, table, columns, [tuple(row[c] for c in columns) for row in rows], upsert_key=key)
+    bind_time = time_binder(session.get_bind().dialect)
+    times = [c.name for c in table.columns if isinstance(c.type, UTCDateTime)]
+    flags = [c.name for c in table.columns if isinstance(c.type, Boolean)]
+    for row in rows:
+        for name in times:
+            row[name] = bind_time(row[name])
+        for name in flags:
+            if row[name] is not None:
+                row[name] = bool(row[name])
+    values = itemgetter(*columns)
+    executemany(session, table, columns, [values(row) for row in rows], upsert_key=key, bound=True)
 
 
 def apply_events(session: Session, events: Sequence[InventoryEvent]) -> int:

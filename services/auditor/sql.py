@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import LargeBinary, Table
+from sqlalchemy import Engine, LargeBinary, Table, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from services.common.db_schema import UTCDateTime
 
@@ -50,6 +51,60 @@ def sqlite_utc(value: datetime | None) -> str | None:
     return text
 
 
+def utc_aware(value: datetime | None) -> datetime | None:
+    """UTCDateTime's value on PostgreSQL (an aware datetime in UTC), without its processor chain."""
+    if value is None:
+        return None
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError("naive datetime: pass a timezone-aware (UTC) datetime")
+    return value.astimezone(UTC) if offset or value.tzinfo is not UTC else value
+
+
+def time_binder(dialect: Dialect) -> Callable[[datetime | None], Any]:
+    """How a UTCDateTime value is passed to ``dialect``'s driver (for rows built already bound)."""
+    return sqlite_utc if dialect.name == "sqlite" else utc_aware
+
+
+#: SQLite settings of the auditor's own connections (see `tune_for_ingest` and docs/audit.md)
+INGEST_CACHE_KIB = 65_536
+INGEST_WAL_AUTOCHECKPOINT_PAGES = 8_192
+
+
+def tune_for_ingest(engine: Engine) -> None:
+    """Per-connection SQLite settings for the auditor's writer (nothing on PostgreSQL).
+
+    Applied to each new connection of ``engine`` after services/common/db.py's
+    own settings (WAL, busy timeout, ``synchronous=NORMAL``, kept), only in the
+    auditor's process (docs/audit.md "SQLite settings"; docs/benchmarks.md):
+
+    - ``wal_autocheckpoint`` of 8,192 pages (32 MiB with 4 KiB pages) instead
+      of 1,000: fewer, larger checkpoints, so index pages that every batch
+      touches are copied to the database file once per several batches. The
+      WAL file may grow to about that size (other processes' commits still
+      checkpoint at their own threshold). With ``synchronous=NORMAL`` the WAL
+      is synced at checkpoints, so on a power loss (not a crash of the
+      process) the commits since the last checkpoint may be lost: up to that
+      many pages instead of 1,000;
+    - ``cache_size`` of 64 MiB (instead of 2 MiB), so that the audit table's
+      indexes stay in the page cache as the table grows.
+
+    ``synchronous=FULL`` (an fsync per commit) was measured too and left out:
+    free on an idle disk, it halved the ingest rate on this shared one.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {INGEST_WAL_AUTOCHECKPOINT_PAGES}")
+            cursor.execute(f"PRAGMA cache_size = -{INGEST_CACHE_KIB}")
+        finally:
+            cursor.close()
+
+
 def _processors(table: Table, columns: Sequence[str], dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
     result: list[tuple[int, Callable[[Any], Any]]] = []
     for index, name in enumerate(columns):
@@ -72,9 +127,12 @@ def executemany(
     rows: Sequence[Sequence[Any]],
     *,
     upsert_key: Sequence[str] | None = None,
+    bound: bool = False,
 ) -> None:
     """INSERT ``rows`` (values in ``columns`` order); with ``upsert_key``, a row
     whose key exists replaces that row's other columns. The rows must not repeat a key.
+    ``bound``: the values are already in the driver's form (built with `time_binder`),
+    else each goes through its column type's bind processing.
 
     One prepared statement and the driver's executemany (psycopg 3 pipelines
     it: no round trip per row; measured faster here than multi-row VALUES)."""
@@ -95,13 +153,13 @@ def executemany(
             + ", ".join(f"{preparer.quote(c)} = excluded.{preparer.quote(c)}" for c in updated)
         )
     values = "(" + ", ".join([placeholder] * len(columns)) + ")"
-    processors = _processors(table, columns, dialect)
+    processors = [] if bound else _processors(table, columns, dialect)
     if processors:
-        bound = []
+        converted = []
         for row in rows:
             items = list(row)
             for index, processor in processors:
                 items[index] = processor(items[index])
-            bound.append(tuple(items))
-        rows = bound
+            converted.append(tuple(items))
+        rows = converted
     connection.exec_driver_sql(head + values + tail, list(rows))  # type: ignore[arg-type]

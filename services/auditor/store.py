@@ -24,7 +24,7 @@ The caller commits the Kafka offsets only after the transaction committed.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from services.auditor.chain import GENESIS, row_hash
 from services.auditor.inventory import InventoryEvent, apply_events
 from services.auditor.records import AuditEntry, RawRecord, headers_to_json, prepare
-from services.auditor.sql import executemany
+from services.auditor.sql import executemany, time_binder
 from services.common.contracts.catalog import CATALOG
 from services.common.db import write_session
 from services.common.db_schema import AuditChainHead, AuditRecord
@@ -150,18 +150,24 @@ _ROW_HASH = INSERT_COLUMNS.index("row_hash")
 
 
 def _row(
-    entry: AuditEntry, prev_offset: int | None, prev_hash: str, first: tuple[str, int, int] | None, stored_at: Any
+    entry: AuditEntry,
+    prev_offset: int | None,
+    prev_hash: str,
+    first: tuple[str, int, int] | None,
+    stored_at: Any,
+    bind_time: Callable[[datetime | None], Any],
 ) -> tuple[Any, ...]:
-    """One row's values in INSERT_COLUMNS order."""
+    """One row's values in INSERT_COLUMNS order, in the driver's form (``bind_time``
+    formats the event time; ``stored_at`` is bound already)."""
     attrs = entry.attributes
     return (
-        entry.topic, entry.partition, entry.offset, entry.timestamp_ms, entry.timestamp_type, entry.key, entry.value,
-        headers_to_json(entry.headers), entry.private_keys_removed, entry.original_sha256, entry.original_size,
-        entry.decode_error, entry.decode_reason, attrs.event_id, attrs.event_type, attrs.source, attrs.subject,
-        attrs.correlation_id, attrs.causation_id, attrs.event_time, attrs.certificate_id, attrs.request_id,
-        first[0] if first else None, first[1] if first else None, first[2] if first else None,
+        *entry[:7], headers_to_json(entry.headers), *entry[8:13], *attrs[:6], bind_time(attrs.event_time),
+        attrs.certificate_id, attrs.request_id, *(first or _NO_FIRST),
         prev_offset, prev_hash, row_hash(prev_hash, prev_offset, entry.content_hash), stored_at,
     )
+
+
+_NO_FIRST = (None, None, None)
 
 
 def write_batch(
@@ -186,6 +192,8 @@ def write_batch(
     event_ids = sorted({e.attributes.event_id for _, group in new for e in group if e.attributes.event_id})
     firsts = _first_occurrences(session, event_ids) if event_ids else {}
 
+    bind_time = time_binder(session.get_bind().dialect)
+    stored_at = bind_time(now)
     rows: list[tuple[Any, ...]] = []
     head_updates: list[dict[str, Any]] = []
     inventory: list[InventoryEvent] = []
@@ -200,7 +208,7 @@ def write_batch(
             first = firsts.get(event_id) if event_id else None
             if event_id and first is None:
                 firsts[event_id] = (entry.topic, entry.partition, entry.offset)
-            row = _row(entry, prev_offset, prev_hash, first, now)
+            row = _row(entry, prev_offset, prev_hash, first, stored_at, bind_time)
             rows.append(row)
             prev_offset, prev_hash = entry.offset, row[_ROW_HASH]
             if first is not None:
@@ -217,7 +225,7 @@ def write_batch(
         )
 
     if rows:
-        executemany(session, AuditRecord.__table__, INSERT_COLUMNS, rows)
+        executemany(session, AuditRecord.__table__, INSERT_COLUMNS, rows, bound=True)
         table = AuditChainHead.__table__
         session.execute(
             update(table)

@@ -1,18 +1,33 @@
-"""Small pure parts of the auditor: SQLite time binding, replay bounds, the
-offsets verify looks up in Kafka, the inventory's derived status."""
+"""Small pure parts of the auditor: SQLite and PostgreSQL time binding, the
+bound audit row, the ingest connection settings, replay bounds, the offsets
+verify looks up in Kafka, the inventory's derived status."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql, sqlite
 
+from services.auditor.chain import content_hash, row_hash
 from services.auditor.inventory import effective_status
+from services.auditor.records import AuditEntry, EnvelopeAttributes, content_of
 from services.auditor.replay import Bound, ReplayError, parse_bound
-from services.auditor.sql import sqlite_utc
+from services.auditor.sql import (
+    INGEST_CACHE_KIB,
+    INGEST_WAL_AUTOCHECKPOINT_PAGES,
+    sqlite_utc,
+    time_binder,
+    tune_for_ingest,
+    utc_aware,
+)
+from services.auditor.store import INSERT_COLUMNS, _row
 from services.auditor.verify import offsets_without_rows
+from services.common.db import make_engine, write_session
 from services.common.db_schema import AuditRecord
+from services.common.settings import DatabaseSettings
 
 
 @pytest.mark.parametrize(
@@ -33,6 +48,71 @@ def test_sqlite_time_binding_is_sqlalchemys(value: datetime) -> None:
 def test_sqlite_time_binding_refuses_naive_times() -> None:
     with pytest.raises(ValueError, match="naive"):
         sqlite_utc(datetime(2026, 1, 1, 9, 0, 7))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 1, 1, 9, 0, tzinfo=UTC),
+        datetime(2026, 5, 1, 9, 0, 1, 123, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 5, 1, 9, 0, 1, 123, tzinfo=timezone(timedelta(0), "Z")),
+    ],
+)
+def test_postgresql_time_binding_is_sqlalchemys(value: datetime) -> None:
+    dialect = postgresql.psycopg.dialect()
+    column_type = AuditRecord.__table__.c.event_time.type
+    expected = column_type.dialect_impl(dialect).bind_processor(dialect)(value)
+    assert utc_aware(value) == expected
+    assert utc_aware(value).utcoffset() == timedelta(0)
+    assert time_binder(dialect) is utc_aware
+    assert time_binder(sqlite.dialect()) is sqlite_utc
+    with pytest.raises(ValueError, match="naive"):
+        utc_aware(datetime(2026, 1, 1, 9, 0, 7))
+
+
+def test_a_bound_audit_row_has_every_column_in_order() -> None:
+    attributes = EnvelopeAttributes(
+        event_id="e-1", event_type="io.certrail.x.v1", source="/s", subject="c-1", correlation_id="r-1",
+        causation_id="r-1", event_time=datetime(2026, 1, 1, 9, 0, tzinfo=UTC), certificate_id="c-1", request_id="r-1",
+    )
+    entry = AuditEntry(
+        topic="t", partition=2, offset=7, timestamp_ms=1, timestamp_type=0, key=b"k", value=b"v",
+        headers=(("h", b"1"),), private_keys_removed=0, original_sha256=None, original_size=None, decode_error=None,
+        decode_reason=None, attributes=attributes, type_label="io.certrail.x.v1", content_hash=b"\x01" * 32,
+        inventory=None,
+    )
+    entry = entry._replace(content_hash=content_hash(content_of(entry)))
+    row = dict(zip(INSERT_COLUMNS, _row(entry, 6, "ab" * 32, ("t", 1, 3), "stored", sqlite_utc), strict=True))
+    assert row == {
+        "topic": "t", "partition": 2, "offset": 7, "timestamp_ms": 1, "timestamp_type": 0, "key": b"k", "value": b"v",
+        "headers": '[["h", "MQ=="]]', "private_keys_removed": 0, "original_sha256": None, "original_size": None,
+        "decode_error": None, "decode_reason": None, "event_id": "e-1", "event_type": "io.certrail.x.v1", "source": "/s",
+        "subject": "c-1", "correlation_id": "r-1", "causation_id": "r-1", "event_time": "2026-01-01 09:00:00.000000",
+        "certificate_id": "c-1", "request_id": "r-1", "first_topic": "t", "first_partition": 1, "first_offset": 3,
+        "prev_offset": 6, "prev_hash": "ab" * 32, "row_hash": row_hash("ab" * 32, 6, entry.content_hash),
+        "stored_at": "stored",
+    }
+    first_row = dict(zip(INSERT_COLUMNS, _row(entry, None, "0" * 64, None, "stored", sqlite_utc), strict=True))
+    assert (first_row["first_topic"], first_row["first_partition"], first_row["first_offset"]) == (None, None, None)
+
+
+def test_the_auditors_sqlite_connections_get_the_ingest_settings(tmp_path: Path) -> None:
+    engine = make_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'audit.db'}"))
+    tune_for_ingest(engine)
+    try:
+        with write_session(engine) as session:
+            settings = {
+                name: session.execute(text(f"PRAGMA {name}")).scalar()
+                for name in ("synchronous", "wal_autocheckpoint", "cache_size", "journal_mode")
+            }
+    finally:
+        engine.dispose()
+    assert settings == {
+        "synchronous": 1,  # NORMAL, as services/common/db.py sets it
+        "wal_autocheckpoint": INGEST_WAL_AUTOCHECKPOINT_PAGES,
+        "cache_size": -INGEST_CACHE_KIB,
+        "journal_mode": "wal",
+    }
 
 
 @pytest.mark.parametrize(
