@@ -31,6 +31,7 @@ from sqlalchemy import Engine, text
 
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
+from services.auditor.inventory import INVENTORY_STATUSES, inventory_status_counts
 from services.auditor.keys import load_or_create_signing_key
 from services.auditor.metrics import AuditMetrics
 from services.auditor.settings import AuditorSettings
@@ -108,6 +109,20 @@ class AuditorRuntime:
         if run is not None:
             self.metrics.verify_result(run.ok, run.finished_at, run.problems)
 
+    def _refresh_inventory_metrics(self) -> None:
+        with read_session(self.engine) as session:
+            counts = inventory_status_counts(session, utc_now())
+        for status in INVENTORY_STATUSES:
+            self.metrics.inventory.labels(status).set(counts.get(status, 0))
+
+    async def _inventory_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._refresh_inventory_metrics)
+            except Exception:  # noqa: BLE001 - metrics only
+                log.warning("counting the inventory failed", exc_info=True)
+            await asyncio.sleep(self.settings.inventory_metrics_interval_s)
+
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.checkpoint_interval_s)
@@ -133,6 +148,7 @@ class AuditorRuntime:
         self.consumer_task = asyncio.create_task(self.consumer.run(), name="auditor-consumer")
         self.tasks.append(asyncio.create_task(self._heartbeat_loop(), name="auditor-heartbeat"))
         self.tasks.append(asyncio.create_task(self._checkpoint_loop(), name="auditor-checkpoints"))
+        self.tasks.append(asyncio.create_task(self._inventory_loop(), name="auditor-inventory-metrics"))
 
     async def stop(self) -> None:
         """Finish the batch in flight, leave the group, publish a last checkpoint, stop."""

@@ -414,3 +414,18 @@ def list_certificates(
         query = query.where(CertificateInventory.status == status)
     views = (get_certificate(session, cid, now) for cid in session.scalars(query.limit(limit)))
     return [v for v in views if v is not None]
+
+
+#: the statuses certrail_audit_inventory_certificates reports ("expired": active and past not_after)
+INVENTORY_STATUSES = ("pending", "active", "expired", "revoked", "failed")
+
+
+def inventory_status_counts(session: Session, now: datetime) -> dict[str, int]:
+    """How many inventory certificates have each effective status."""
+    inv = CertificateInventory
+    counts: dict[str, int] = {}
+    expired = (inv.status == CertificateStatus.ACTIVE.value) & (inv.not_after.is_not(None)) & (inv.not_after <= now)
+    for status, is_expired, n in session.execute(select(inv.status, expired, func.count()).group_by(inv.status, expired)):
+        key = "expired" if is_expired else status
+        counts[key] = counts.get(key, 0) + int(n)
+    return counts

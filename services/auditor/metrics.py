@@ -72,6 +72,12 @@ class AuditMetrics:
             "Batches whose database transaction failed (rolled back, sought back and retried).",
             registry=registry,
         )
+        self.inventory = Gauge(
+            "certrail_audit_inventory_certificates",
+            "Managed certificates in the inventory, by status (pending, active, expired, revoked, failed).",
+            ["status"],
+            registry=registry,
+        )
         self.lag = Gauge(
             "certrail_audit_consumer_lag_records",
             "Records in Kafka not yet stored, summed over this instance's partitions, by channel.",

@@ -29,6 +29,7 @@ class AuditorSettings(ServiceSettings):
         default=30_000, ge=1_000, description="How soon a new topic (a new connector's commands) is picked up."
     )
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    inventory_metrics_interval_s: float = Field(default=15.0, gt=0, description="How often the inventory's status counts are exported.")
     prepare_processes: int | None = Field(
         default=None, ge=0, le=16,
         description="Worker processes that decode, validate and hash the next batch while one is written; "

@@ -33,7 +33,7 @@ METRICS = {
     "issuer": ["certrail_issuer_commands_total", "certrail_issuer_emca_request_duration_seconds_bucket",
                "certrail_issuer_connector_up", "certrail_issuer_oldest_queued_command_age_seconds"],
     "deployer": ["certrail_messages_consumed_total"],
-    "auditor": ["certrail_audit_records_stored_total"],
+    "auditor": ["certrail_audit_records_stored_total", "certrail_audit_inventory_certificates"],
 }
 
 
