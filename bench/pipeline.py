@@ -1,0 +1,773 @@
+"""The whole pipeline, end to end: certificates per second, latency, CPU per certificate of every process, peak RSS.
+
+    .venv/bin/python bench/pipeline.py --requests N [--concurrency C] [--quick]
+
+One run, on one embedded stack (``certrail up --detach`` on free ports in a temporary var dir, through
+``tests/e2e/support.EmbeddedStack``; its defaults: certificate verification on, acks=all, SQLite with the normal
+durability, the demo connector ``emca-demo`` on the simulator's V4.2.4+ dialect, P-256 CA):
+
+1. **Set-up through the API** (admin token of the demo): a requester-key profile ``bench-web`` on ``emca-demo``
+   (domain ``bench.certrail.test``, P-256 keys), an HMAC key for the requester ``bench-requester``
+   (``POST /v1/requesters/bench-requester/keys``), and a file target ``bench-files`` (``var/deploy/bench``, one
+   directory per certificate) bound to the profile with ``certrail targets add/bind``. For a requester-held key the
+   deployer installs the certificate and the chain (no key: ``services/deployer/handlers/deploy.py``).
+   With ``--concurrency`` other than the connector's (8 by default) the connector is changed through the API.
+   A warm-up of ``--warm`` requests goes through the whole pipeline first (groups joined, connections open).
+2. **Burst** (the peak rate): N P-256 CSRs, made and signed (``IssueRequested`` with ``auth`` HMAC-SHA256) before any
+   clock starts, published to ``certrail.requests`` as fast as the producer takes them (acks=all, idempotent). The
+   clock runs from the first publish to the N-th certificate *deployed and audited*: the auditor's row of its
+   ``CertificateDeployed`` in ``audit_records`` (the last ``stored_at``); a ``COUNT`` on ``certificate_deployments``
+   every 0.5 s says when all are there. Latency per certificate: its publish time (wall clock just before the send)
+   to the ``CertificateDeployed`` event time (the deployer's) and to the auditor's ``stored_at``. Stages: for each
+   service, when its event of the N-th certificate was there (``RequestAccepted`` by the gateway, ``CertificateIssued``
+   by the issuer, ``CertificateDeployed`` by the deployer, the audit row by the auditor) and how long a certificate
+   spent in it (median, p99), from the event times in ``audit_records``: the stage that finishes last by the largest
+   margin is the one that holds the pipeline back.
+3. **Paced** (the latency goal): requests published at ``--paced-fraction`` (0.5) of the burst's rate for
+   ``--paced-seconds``, each on its own schedule; the same latencies.
+4. **CPU** of each process tree (the four services, the simulator: ``var/run/*.pid``; the broker:
+   ``var/kafka/kafka.pid``; this process; "other": the rest of the machine) from ``/proc/<pid>/stat`` (utime+stime,
+   plus cutime+cstime of reaped children, over every live process of the tree), sampled every 0.1 s and interpolated
+   at the ends of each span. **Peak RSS**: ``VmHWM`` of each process at the end (the auditor's prepare worker is a
+   child of its own and listed beside it). Before the burst, ``--idle-seconds`` of the idle stack give each
+   process's background CPU.
+5. **Direct**: the simulator's rate over HTTPS through the real client at the same concurrency, N calls
+   (``bench/issuer_throughput.measure_direct``: the issuer's client with ``HttpOptions.for_concurrency(C)``).
+6. **Naive**: one synchronous loop over ``--naive-requests`` (default N): submit one CSR with the real client, write
+   the certificate to a file (fsync, as the deployer does), insert one audit row into a SQLite table (WAL,
+   ``synchronous=NORMAL``) and commit. No verification, no Kafka.
+
+``--profile-dir DIR --py-spy BINARY`` records each service (and the simulator) with py-spy during the burst
+(raw collapsed stacks, 50 Hz, ``--idle``: wall time, and ``--gil``: CPU); py-spy is no dependency, and a run with it
+is for finding where the time goes, not for its numbers.
+
+The stack is always stopped (``certrail down``) at the end, on failure too. ``--quick`` shortens the warm-up and the
+paced phase for a smoke run. One JSON line with every number goes to stdout after the markdown table
+(``--json FILE`` writes it to a file too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import bisect
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: `bench` and `tests` are not installed packages
+    sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaProducer
+
+from bench.emca_sim_issuance import CLOCK_TICKS, machine_busy_seconds
+from bench.issuer_throughput import measure_direct
+from services.cli.demo import CONNECTOR, stack_env
+from services.common.contracts.envelope import encode, make_event
+from services.common.contracts.events import (
+    CertificateDeployed,
+    CertificateIssued,
+    DeploymentFailed,
+    IssuanceFailed,
+    RequestAccepted,
+    RequestRejected,
+)
+from services.common.contracts.requests import IssueRequested
+from services.common.contracts.topics import Topics
+from services.gateway.policy import signed
+from services.issuer.emca.client import connect
+from services.issuer.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
+from tests.e2e.support import EmbeddedStack, cli
+from tests.emca_sim_helpers import sim_endpoint
+from tests.issuer_harness import make_csr
+
+PROFILE = "bench-web"
+TARGET = "bench-files"
+REQUESTER = "bench-requester"
+KEY_ID = "bench-1"
+DOMAIN = "bench.certrail.test"
+SOURCE = "/bench/pipeline"
+SAMPLE_S = 0.1
+POLL_S = 0.5
+SERVICES = ("gateway", "issuer", "deployer", "auditor", "emca-sim")
+ROLES = (*SERVICES, "kafka", "bench")
+FAILURE_TYPES = (RequestRejected.TYPE, IssuanceFailed.TYPE, DeploymentFailed.TYPE)
+#: the event that ends each stage, by the service that publishes it
+STAGES = {"gateway": RequestAccepted.TYPE, "issuer": CertificateIssued.TYPE, "deployer": CertificateDeployed.TYPE}
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# --- processes: CPU of a tree, peak RSS -------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on: ppid is [1], utime [11] ... cstime [14]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None:
+                tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def tree_of(pid: int, children: dict[int, list[int]]) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def tree_cpu_seconds(pids: Iterable[int]) -> float:
+    """utime+stime of each live process, plus cutime+cstime (children it reaped): each CPU second counted once."""
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            total += sum(int(value) for value in fields[11:15])
+    return total / CLOCK_TICKS
+
+
+def vm_kib(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def process_name(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return "?"
+    text = " ".join(part.decode(errors="replace") for part in argv if part)
+    return "multiprocessing worker" if "multiprocessing" in text else Path(argv[0].decode(errors="replace")).name
+
+
+class Sampler:
+    """CPU seconds of each role's process tree every ``SAMPLE_S`` (a thread); read back at any wall time."""
+
+    def __init__(self, roots: dict[str, int]) -> None:
+        self.roots = roots
+        self.times: list[float] = []
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def sample(self) -> None:
+        children = _children()
+        values = {role: tree_cpu_seconds(tree_of(pid, children)) for role, pid in self.roots.items()}
+        values["bench"] = time.process_time()
+        values["machine"] = machine_busy_seconds()
+        self.times.append(time.time())
+        self.samples.append(values)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def at(self, when: float) -> dict[str, float]:
+        index = bisect.bisect_left(self.times, when)
+        if index == 0:
+            return self.samples[0]
+        if index >= len(self.times):
+            return self.samples[-1]
+        t0, t1 = self.times[index - 1], self.times[index]
+        s0, s1 = self.samples[index - 1], self.samples[index]
+        share = (when - t0) / (t1 - t0) if t1 > t0 else 1.0
+        return {name: s0[name] + share * (s1[name] - s0[name]) for name in s0}
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        first, last = self.at(start), self.at(end)
+        spent = {name: last[name] - first[name] for name in first}
+        spent["other"] = max(0.0, spent["machine"] - sum(v for k, v in spent.items() if k != "machine"))
+        del spent["machine"]
+        return spent
+
+
+def peak_rss(roots: dict[str, int]) -> dict[str, list[tuple[str, int, float]]]:
+    """Per role: (process name, pid, VmHWM MiB) of each live process of its tree."""
+    children = _children()
+    out: dict[str, list[tuple[str, int, float]]] = {}
+    for role, root in roots.items():
+        rows = []
+        for pid in tree_of(root, children):
+            hwm = vm_kib(pid, "VmHWM")
+            if hwm is not None:
+                rows.append((process_name(pid), pid, hwm / 1024))
+        out[role] = rows
+    return out
+
+
+# --- results -------------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = q / 100 * (len(ordered) - 1)
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class Phase:
+    name: str
+    requests: int
+    wall_s: float  # first publish -> last CertificateDeployed stored by the auditor
+    publish_s: float  # first publish -> last publish acknowledged
+    offered_rate: float | None  # paced: the schedule's rate
+    latency_deployed_s: list[float] = field(repr=False)  # publish -> CertificateDeployed event time
+    latency_audited_s: list[float] = field(repr=False)  # publish -> its audit row stored
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    #: per stage (gateway, issuer, deployer, auditor): s from the first publish to the stage's N-th event, and the
+    #: median time a certificate spent in the stage (from the previous stage's event)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall_s if self.wall_s else 0.0
+
+    def ms_per_cert(self, role: str) -> float:
+        return 1000 * self.cpu_s.get(role, 0.0) / self.requests
+
+    def summary(self) -> dict[str, Any]:
+        def pcts(values: list[float]) -> dict[str, float]:
+            return {f"p{q}": round(percentile(values, q), 4) for q in (50, 95, 99)} | {"max": round(max(values), 4)}
+        return {"name": self.name, "requests": self.requests, "wall_s": round(self.wall_s, 3),
+                "publish_s": round(self.publish_s, 3), "offered_rate": self.offered_rate, "rate": round(self.rate, 2),
+                "latency_deployed_s": pcts(self.latency_deployed_s), "latency_audited_s": pcts(self.latency_audited_s),
+                "cpu_ms_per_cert": {role: round(self.ms_per_cert(role), 3) for role in self.cpu_s},
+                "cores": {role: round(v / self.wall_s, 3) for role, v in self.cpu_s.items()},
+                "stages": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in self.stages.items()}}
+
+
+@dataclass
+class Simple:
+    name: str
+    requests: int
+    errors: int
+    wall_s: float
+    cpu_s: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall_s if self.wall_s else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "requests": self.requests, "errors": self.errors, "wall_s": round(self.wall_s, 3),
+                "rate": round(self.rate, 2),
+                "cpu_ms_per_cert": {r: round(1000 * v / self.requests, 3) for r, v in self.cpu_s.items() if self.requests}}
+
+
+# --- the stack and its set-up -----------------------------------------------------------------------------------
+
+
+def _ok(response: Any, *codes: int) -> dict[str, Any]:
+    if response.status_code not in codes:
+        raise RuntimeError(f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text[:500]}")
+    return response.json() if response.content else {}
+
+
+def set_up(stack: EmbeddedStack, concurrency: int) -> tuple[bytes, dict[str, Any]]:
+    """Profile, requester key, file target and binding; the connector's concurrency. Returns the HMAC key and the connector."""
+    with stack.api("admin") as admin:
+        profile = {"name": PROFILE, "connector": CONNECTOR, "ca_profile": "TLS Server", "key_generation": "requester",
+                   "allowed_requesters": [REQUESTER], "domain_rules": {"dns_suffixes": [DOMAIN]},
+                   "key_policy": {"ec_curves": ["P-256"]}, "validity_days": 90}
+        _ok(admin.post("/v1/profiles", json=profile), 201)
+        key = _ok(admin.post(f"/v1/requesters/{REQUESTER}/keys", json={"key_id": KEY_ID}), 201)
+        connector = _ok(admin.get(f"/v1/connectors/{CONNECTOR}"), 200)
+        if connector.get("concurrency") != concurrency:
+            connector = _ok(admin.patch(f"/v1/connectors/{CONNECTOR}", json={"concurrency": concurrency}), 200)
+            log(f"connector {CONNECTOR}: concurrency set to {concurrency} through the API")
+    env = {**stack.tool_env(), **stack_env(stack.var_dir)}
+    target = {"dir": str(stack.var_dir / "deploy" / "bench"), "per_certificate": True}
+    for argv in (["targets", "add", TARGET, "--kind", "file", "--config", json.dumps(target)],
+                 ["targets", "bind", PROFILE, TARGET]):
+        result = cli(env, *argv, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"certrail {' '.join(argv)}: {result.stdout}{result.stderr}")
+    return base64.b64decode(key["secret_base64"]), connector
+
+
+def roots_of(stack: EmbeddedStack) -> dict[str, int]:
+    roots = {name: stack.pid(name) for name in SERVICES}
+    roots["kafka"] = int((stack.var_dir / "kafka" / "kafka.pid").read_text().strip())
+    return roots
+
+
+# --- requests -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    request_id: str
+    certificate_id: str
+    data: IssueRequested  # signed
+
+
+def make_requests(tag: str, count: int, hmac_key: bytes) -> list[Request]:
+    out = []
+    for index in range(count):
+        certificate_id = f"{tag}-{index}.{DOMAIN}"
+        request_id = f"bench-{tag}-{index}"
+        data = IssueRequested(request_id=request_id, requester=REQUESTER, profile=PROFILE, certificate_id=certificate_id,
+                              csr=make_csr(certificate_id), sans=[f"dns:{certificate_id}"])
+        out.append(Request(request_id, certificate_id, signed(data, KEY_ID, hmac_key)))
+    return out
+
+
+def record(request: Request) -> bytes:
+    event = make_event(request.data, id=f"up-{request.request_id}", source=SOURCE, time=datetime.now(UTC),
+                       subject=request.certificate_id, correlationid=request.request_id)
+    return encode(event)
+
+
+class Db:
+    """Cheap reads of the stack's SQLite file (its own connection; SELECTs only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = sqlite3.connect(path, timeout=30)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def deployed(self, tag: str) -> int:
+        (count,) = self.connection.execute(
+            "SELECT COUNT(*) FROM certificate_deployments WHERE target_name = ? AND status = 'deployed' "
+            "AND certificate_id LIKE ?", (TARGET, f"{tag}-%")).fetchone()
+        return int(count)
+
+    def failures(self, tag: str) -> list[tuple[str, str]]:
+        rows = self.connection.execute(
+            f"SELECT event_type, substr(CAST(value AS TEXT), 1, 600) FROM audit_records WHERE correlation_id LIKE ? "
+            f"AND event_type IN ({', '.join('?' * len(FAILURE_TYPES))})", (f"bench-{tag}-%", *FAILURE_TYPES)).fetchall()
+        return [(str(a), str(b)) for a, b in rows]
+
+    def stage_times(self, tag: str) -> dict[str, dict[str, float]]:
+        """certificate id -> {event type: first event time (epoch s)} for the stages of the pipeline."""
+        rows = self.connection.execute(
+            f"SELECT certificate_id, event_type, event_time FROM audit_records WHERE certificate_id LIKE ? "
+            f"AND event_type IN ({', '.join('?' * len(STAGES))}) ORDER BY id", (f"{tag}-%", *STAGES.values())).fetchall()
+        out: dict[str, dict[str, float]] = {}
+        for certificate_id, event_type, event_time in rows:
+            out.setdefault(certificate_id, {}).setdefault(event_type, _epoch(event_time))
+        return out
+
+    def deployed_times(self, tag: str) -> dict[str, tuple[float, float]]:
+        """certificate id -> (CertificateDeployed event time, its audit row's stored_at), epoch seconds; first of each."""
+        rows = self.connection.execute(
+            "SELECT certificate_id, event_time, stored_at FROM audit_records WHERE event_type = ? AND certificate_id LIKE ? "
+            "ORDER BY id", (CertificateDeployed.TYPE, f"{tag}-%")).fetchall()
+        out: dict[str, tuple[float, float]] = {}
+        for certificate_id, event_time, stored_at in rows:
+            out.setdefault(certificate_id, (_epoch(event_time), _epoch(stored_at)))
+        return out
+
+
+def _epoch(value: str) -> float:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+async def wait_deployed(db: Db, tag: str, count: int, timeout_s: float, started: float) -> None:
+    deadline, last_log, last_failures = time.monotonic() + timeout_s, time.monotonic(), 0.0
+    while True:
+        done = db.deployed(tag)
+        if done >= count:
+            return
+        now = time.monotonic()
+        if now - last_failures > 10:
+            last_failures = now
+            failures = db.failures(tag)
+            if failures:
+                raise RuntimeError(f"{len(failures)} requests failed or were rejected; first: {failures[0]}")
+        if now - last_log > 15:
+            last_log = now
+            elapsed = time.time() - started
+            log(f"  {tag}: {done:,} of {count:,} deployed and audited after {elapsed:,.0f} s ({done / elapsed:,.1f}/s)")
+        if now > deadline:
+            raise RuntimeError(f"{tag}: only {done} of {count} deployed and audited within {timeout_s:.0f} s")
+        await asyncio.sleep(POLL_S)
+
+
+async def producer_for(stack: EmbeddedStack) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{stack.ports['KAFKA']}", acks="all", enable_idempotence=True,
+                                linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    return producer
+
+
+async def publish_burst(producer: AIOKafkaProducer, topic: str, requests: Sequence[Request]) -> tuple[dict[str, float], float]:
+    """Every request as fast as the producer takes it; publish wall time of each, and when the last was acknowledged."""
+    sent: dict[str, float] = {}
+    futures = []
+    for request in requests:
+        value = record(request)
+        sent[request.certificate_id] = time.time()
+        futures.append(await producer.send(topic, value, key=request.certificate_id.encode()))
+    await asyncio.gather(*futures)
+    return sent, time.time()
+
+
+async def publish_paced(producer: AIOKafkaProducer, topic: str, requests: Sequence[Request],
+                        rate: float) -> tuple[dict[str, float], float]:
+    sent: dict[str, float] = {}
+    futures = []
+    start = time.monotonic()
+    for index, request in enumerate(requests):
+        delay = start + index / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        value = record(request)
+        sent[request.certificate_id] = time.time()
+        futures.append(await producer.send(topic, value, key=request.certificate_id.encode()))
+    await asyncio.gather(*futures)
+    return sent, time.time()
+
+
+async def run_phase(stack: EmbeddedStack, db: Db, producer: AIOKafkaProducer, sampler: Sampler | None, name: str,
+                    requests: Sequence[Request], tag: str, rate: float | None, timeout_s: float,
+                    timeline: list[list[float]] | None = None) -> Phase:
+    topic = Topics().requests
+    started = time.time()
+    if rate is None:
+        sent, acked = await publish_burst(producer, topic, requests)
+    else:
+        sent, acked = await publish_paced(producer, topic, requests, rate)
+    first = min(sent.values())
+    log(f"{name}: {len(requests):,} published in {acked - first:,.2f} s")
+    await wait_deployed(db, tag, len(requests), timeout_s, started)
+    times = db.deployed_times(tag)
+    missing = set(sent) - set(times)
+    if missing:  # the inventory is written in the same transaction as the audit row: should not happen
+        await asyncio.sleep(2)
+        times = db.deployed_times(tag)
+        missing = set(sent) - set(times)
+        if missing:
+            raise RuntimeError(f"{len(missing)} deployments in the inventory have no CertificateDeployed audit row")
+    last = max(stored for _, stored in times.values())
+    deployed = [times[c][0] - t for c, t in sent.items()]
+    audited = [times[c][1] - t for c, t in sent.items()]
+    stage_times = db.stage_times(tag)
+    stages = stage_summary(sent, stage_times, times)
+    if timeline is not None:  # per certificate: s after the first publish, then the time to each stage's event
+        for certificate_id, t in sorted(sent.items(), key=lambda item: item[1]):
+            ends = stage_times.get(certificate_id, {})
+            timeline.append([round(t - first, 3), *(round(ends.get(e, math.nan) - t, 3) for e in STAGES.values()),
+                             round(times[certificate_id][1] - t, 3)])
+    cpu: dict[str, float] = {}
+    if sampler is not None:
+        await asyncio.sleep(2 * SAMPLE_S)  # a sample after the end
+        cpu = sampler.between(first, last)
+    return Phase(name, len(requests), last - first, acked - first, rate, deployed, audited, cpu, stages)
+
+
+def stage_summary(sent: dict[str, float], stage_times: dict[str, dict[str, float]],
+                  deployed: dict[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    first = min(sent.values())
+    out: dict[str, dict[str, float]] = {}
+    previous = dict(sent)
+    for service, event_type in (*STAGES.items(), ("auditor", "stored")):
+        if event_type == "stored":
+            ends = {c: stored for c, (_, stored) in deployed.items()}
+        else:
+            ends = {c: types[event_type] for c, types in stage_times.items() if event_type in types}
+        if len(ends) < len(sent):
+            continue
+        spans = [ends[c] - previous[c] for c in sent]
+        done = max(ends[c] for c in sent) - first
+        out[service] = {"all_done_s": done, "rate": len(sent) / done if done else 0.0, "median_in_stage_s": percentile(spans, 50),
+                        "p99_in_stage_s": percentile(spans, 99)}
+        previous = ends
+    return out
+
+
+# --- profiles (optional: py-spy is not a dependency) --------------------------------------------------------------
+
+
+def start_profiles(args: argparse.Namespace, roots: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (raw collapsed stacks, 50 Hz, idle threads included: wall time) on each service's process."""
+    if args.profile_dir is None:
+        return []
+    args.profile_dir.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for role in (*SERVICES[:4], "emca-sim"):
+        for mode, flags in (("wall", ["--idle"]), ("cpu", ["--gil"])):
+            out = args.profile_dir / f"{role}.{mode}.txt"
+            command = [args.py_spy, "record", "-p", str(roots[role]), "-r", "50", "--nonblocking", "-f", "raw", "-o", str(out),
+                       *flags, *(["--subprocesses"] if role == "auditor" else [])]
+            spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1)
+    return spies
+
+
+def stop_profiles(spies: Sequence[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for spy in spies:
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
+# --- the comparisons ------------------------------------------------------------------------------------------------
+
+
+def sim_view(stack: EmbeddedStack, connector: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(data_dir=stack.var_dir / "emca-sim", endpoints=SimpleNamespace(api_url=connector["base_url"]))
+
+
+async def measure_naive(view: SimpleNamespace, csrs: Sequence[str], workdir: Path, pids: dict[str, int]) -> Simple:
+    """One synchronous loop: submit, write the certificate to a file (fsync), insert one audit row and commit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(workdir / "naive.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY, certificate_id TEXT, serial TEXT, issued_at TEXT, pem TEXT)")
+    connection = connect(sim_endpoint(view, EmcaVersion("V4.2.4+")), HttpOptions.for_concurrency(1))
+    errors = 0
+    try:
+        await connection.submit_csr(csr_pem=csrs[0], profile_name="TLS Server", subscriber_id="SUB-0001",
+                                    application_id="naive-warm")  # token and connection: not timed
+        roles = {name: pid for name, pid in pids.items() if name == "emca-sim"}
+        before, wall0 = _cpu(roles), time.perf_counter()
+        for index, csr in enumerate(csrs[1:], start=1):
+            try:
+                outcome = await connection.submit_csr(csr_pem=csr, profile_name="TLS Server", subscriber_id="SUB-0001",
+                                                      application_id=f"naive-{index}")
+            except EmcaError:
+                errors += 1
+                continue
+            if not isinstance(outcome, IssuedCertificate):
+                errors += 1
+                continue
+            path = workdir / f"{index}.pem"
+            with path.open("w") as handle:
+                handle.write(outcome.certificate_pem + "".join(outcome.chain_pem))
+                handle.flush()
+                os.fsync(handle.fileno())
+            db.execute("BEGIN")
+            db.execute("INSERT INTO audit (certificate_id, serial, issued_at, pem) VALUES (?, ?, ?, ?)",
+                       (f"naive-{index}", outcome.serial, datetime.now(UTC).isoformat(), outcome.certificate_pem))
+            db.execute("COMMIT")
+        wall, after = time.perf_counter() - wall0, _cpu(roles)
+    finally:
+        await connection.aclose()
+        db.close()
+    count = len(csrs) - 1
+    spent = {name: after[name] - before[name] for name in before}
+    spent["other"] = max(0.0, spent.pop("machine") - sum(spent.values()))
+    return Simple("naive loop", count - errors, errors, wall, spent)
+
+
+def _cpu(roles: dict[str, int]) -> dict[str, float]:
+    children = _children()
+    values = {role: tree_cpu_seconds(tree_of(pid, children)) for role, pid in roles.items()}
+    values["bench"] = time.process_time()
+    values["machine"] = machine_busy_seconds()
+    return values
+
+
+# --- report ------------------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(), "cpu": model,
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+            "command": shlex.join([".venv/bin/python", "bench/pipeline.py", *sys.argv[1:]])}
+
+
+def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phase], direct: Simple, naive: Simple,
+           rss: dict[str, list[tuple[str, int, float]]], idle: dict[str, float]) -> str:
+    burst = phases[0]
+    lines = [f"Pipeline (end to end), {info['date']}, {info['nproc']} x {info['cpu']}, Python {info['python']}, "
+             f"SQLite {info['sqlite']}", f"`{info['command']}`: N={args.requests}, concurrency {args.concurrency}", ""]
+    lines += ["| measurement | requests | certs/s | latency p50 / p95 / p99 s (deployed) | p99 s (audited) |",
+              "|---|---|---|---|---|"]
+    for phase in phases:
+        dep = phase.latency_deployed_s
+        label = phase.name + (f" (offered {phase.offered_rate:,.1f}/s)" if phase.offered_rate else "")
+        lines.append(f"| {label} | {phase.requests:,} | {phase.rate:,.1f} | {percentile(dep, 50):.3f} / "
+                     f"{percentile(dep, 95):.3f} / {percentile(dep, 99):.3f} | {percentile(phase.latency_audited_s, 99):.3f} |")
+    for other in (direct, naive):
+        lines.append(f"| {other.name} | {other.requests:,} ({other.errors} errors) | {other.rate:,.1f} | – | – |")
+    lines += ["", "Stages (from the first publish until the stage's N-th event; time a certificate spent in the stage):", "",
+              "| measurement | stage | all done after s | rate /s | median in stage s | p99 in stage s |", "|---|---|---|---|---|---|"]
+    for phase in phases:
+        for stage, v in phase.stages.items():
+            lines.append(f"| {phase.name} | {stage} | {v['all_done_s']:.2f} | {v['rate']:,.1f} | {v['median_in_stage_s']:.3f} | "
+                         f"{v['p99_in_stage_s']:.3f} |")
+    lines += ["", "CPU ms per certificate (and cores used) over each span:", "",
+              "| process | " + " | ".join(p.name for p in phases) + f" | {direct.name} | {naive.name} | idle (cores) | peak RSS MiB |",
+              "|---|" + "---|" * (len(phases) + 4)]
+    for role in (*ROLES, "other"):
+        cells = [f"{p.ms_per_cert(role):.2f} ({p.cpu_s.get(role, 0.0) / p.wall_s:.2f})" for p in phases]
+        for other in (direct, naive):
+            value = other.cpu_s.get(role)
+            cells.append("–" if value is None or not other.requests else
+                         f"{1000 * value / other.requests:.2f} ({value / other.wall_s:.2f})")
+        memory = " + ".join(f"{mib:,.0f}" + ("" if index == 0 else f" ({name})")
+                            for index, (name, _pid, mib) in enumerate(rss.get(role, []))) or "–"
+        lines.append(f"| {role} | " + " | ".join(cells) + f" | {idle.get(role, 0.0):.2f} | {memory} |")
+    total = sum(burst.ms_per_cert(role) for role in ROLES)
+    lines += ["", f"{burst.name}: all our processes {total:.2f} CPU ms per certificate; "
+              f"largest: {max(SERVICES + ('kafka',), key=burst.ms_per_cert)}",
+              "goal: 2,000 certs/s end to end; p99 < 1 s at half the peak rate; each service < 200 MB RSS"]
+    return "\n".join(lines)
+
+
+# --- the run -------------------------------------------------------------------------------------------------------------
+
+
+async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    info = machine()
+    hmac_key, connector = set_up(stack, args.concurrency)
+    roots = roots_of(stack)
+    log(f"processes: {roots}")
+    log(f"making {args.warm + args.requests:,} signed requests and {args.requests + args.naive_requests + 1:,} "
+        "more CSRs (not timed)")
+    warm = make_requests("warm", args.warm, hmac_key)
+    burst = make_requests("burst", args.requests, hmac_key)
+    direct_csrs = [make_csr(f"direct-{i}.bench.example.test") for i in range(args.requests)]
+    direct_warm = [make_csr(f"direct-warm-{i}.bench.example.test") for i in range(2 * args.concurrency)]
+    naive_csrs = [make_csr(f"naive-{i}.bench.example.test") for i in range(args.naive_requests + 1)]
+    db = Db(stack.var_dir / "certrail.db")
+    producer = await producer_for(stack)
+    sampler = Sampler(roots)
+    sampler.start()
+    try:
+        phases, timeline = [], []
+        warm_phase = await run_phase(stack, db, producer, None, "warm-up", warm, "warm", None, args.timeout)
+        log(f"warm-up: {warm_phase.requests} deployed, p50 {percentile(warm_phase.latency_deployed_s, 50):.2f} s")
+        await asyncio.sleep(2)
+        idle_start = time.time()
+        await asyncio.sleep(args.idle_seconds)  # what every process uses with nothing to do
+        idle = {role: v / (time.time() - idle_start) for role, v in sampler.between(idle_start, time.time()).items()}
+        spies = start_profiles(args, roots)
+        try:
+            phases.append(await run_phase(stack, db, producer, sampler, "burst", burst, "burst", None, args.timeout))
+        finally:
+            stop_profiles(spies)
+        log(f"burst: {phases[0].rate:,.1f} certs/s end to end")
+        rate = args.paced_rate or args.paced_fraction * phases[0].rate
+        count = max(10, round(rate * args.paced_seconds))
+        paced = make_requests("paced", count, hmac_key)  # made here: the rate is known only now (not timed)
+        await asyncio.sleep(2)
+        phases.append(await run_phase(stack, db, producer, sampler, "paced", paced, "paced", rate, args.timeout, timeline))
+        log(f"paced at {rate:,.1f}/s: p99 {percentile(phases[1].latency_deployed_s, 99):.3f} s")
+    finally:
+        sampler.stop()
+        await producer.stop()
+        db.close()
+    rss = peak_rss(roots)
+    log("direct: the simulator over HTTPS through the real client")
+    view = sim_view(stack, connector)
+    measured = await measure_direct(None, view, EmcaVersion("V4.2.4+"), direct_csrs, direct_warm, args.concurrency,
+                                    {"emca-sim": roots["emca-sim"]}, "pipeline")
+    direct = Simple(f"direct HTTPS (C={args.concurrency})", measured.certs, measured.errors, measured.wall_s, measured.cpu_s)
+    log(f"direct: {direct.rate:,.1f} certs/s")
+    log(f"naive: one synchronous loop over {args.naive_requests:,} CSRs")
+    naive = await measure_naive(view, naive_csrs, tmp / "naive", roots)
+    log(f"naive: {naive.rate:,.1f} certs/s")
+    print(report(info, args, phases, direct, naive, rss, idle))
+    return {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "idle_cores": idle,
+            "phases": [p.summary() for p in phases], "direct": direct.summary(), "naive": naive.summary(),
+            "paced_timeline": {"columns": ["published_s", *(f"{k}_s" for k in STAGES), "audited_s"], "rows": timeline},
+            "peak_rss_mib": {role: [[n, p, round(m, 1)] for n, p, m in rows] for role, rows in rss.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, required=True, help="requests in the burst and in the direct measurement (N)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="the connector's concurrency (the demo connector's default: 8) and the direct client's")
+    parser.add_argument("--naive-requests", type=int, help="requests of the naive loop (default N)")
+    parser.add_argument("--warm", type=int, default=50, help="requests through the pipeline before the clock starts")
+    parser.add_argument("--paced-seconds", type=float, default=60.0, help="how long the paced phase publishes")
+    parser.add_argument("--paced-fraction", type=float, default=0.5, help="the paced rate, as a fraction of the burst's")
+    parser.add_argument("--paced-rate", type=float, help="the paced rate in requests/s (instead of --paced-fraction)")
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="CPU of the idle stack, measured before the burst")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a phase may take")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 10 warm-up requests, 10 s paced")
+    parser.add_argument("--profile-dir", type=Path, help="py-spy the services during the burst, collapsed stacks here")
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary (with --profile-dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary var dir (logs, database)")
+    parser.add_argument("--json", type=Path, help="write every number here too")
+    args = parser.parse_args(argv)
+    if args.naive_requests is None:
+        args.naive_requests = args.requests
+    if args.quick:
+        args.warm, args.paced_seconds, args.idle_seconds = min(args.warm, 10), min(args.paced_seconds, 10.0), 3.0
+    tmp = Path(tempfile.mkdtemp(prefix="certrail-pipeline-"))
+    stack = EmbeddedStack(tmp / "var")
+    log(f"certrail up --detach in {stack.var_dir}")
+    results: dict[str, Any] | None = None
+    try:
+        stack.up()
+        results = asyncio.run(measure(stack, args, tmp))
+    finally:
+        log("certrail down")
+        try:
+            stack.down()
+        finally:
+            if args.keep or results is None:
+                log(f"kept {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+    line = json.dumps(results)
+    print(line)
+    if args.json:
+        args.json.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
