@@ -15,9 +15,6 @@ import asyncio
 import json
 import logging
 import multiprocessing
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, make_asgi_app
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
@@ -38,12 +35,11 @@ from services.auditor.settings import AuditorSettings
 from services.auditor.sql import tune_for_ingest
 from services.auditor.verify_runs import latest_run
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine, read_session, write_session
-from services.common.db_schema import record_heartbeat
+from services.common.db import make_engine, read_session
 from services.common.kafka_edge import FastStreamPublisher, make_broker
 from services.common.metrics import PublisherMetrics, service_info
 from services.common.runner import run_service
-from services.common.service_app import certrail_version
+from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
 
 SERVICE = "auditor"
 STOP_TIMEOUT_S = 30.0
@@ -80,28 +76,7 @@ class AuditorRuntime:
     # -- background work -------------------------------------------------------
 
     def db_ok(self) -> bool:
-        try:
-            with read_session(self.engine) as session:
-                session.execute(text("SELECT 1"))
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "not healthy"; the reason is logged
-            log.warning("database health check failed", exc_info=True)
-            return False
-
-    def _heartbeat(self) -> None:
-        with write_session(self.engine) as session:
-            record_heartbeat(
-                session, service=self.name, instance_id=self.instance_id, pid=os.getpid(), hostname=socket.gethostname(),
-                version=certrail_version(), started_at=self.started_at, now=utc_now(),
-            )
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self._heartbeat)
-            except Exception:  # noqa: BLE001 - a failed heartbeat must not stop the service
-                log.warning("heartbeat write failed", exc_info=True)
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+        return database_ok(self.engine)
 
     def _refresh_verify_metrics(self) -> None:
         with read_session(self.engine) as session:
@@ -146,7 +121,8 @@ class AuditorRuntime:
     async def start(self) -> None:
         log.info("auditor %s signs checkpoints with key id %s", self.instance_id, self.checkpointer.key_id)
         self.consumer_task = asyncio.create_task(self.consumer.run(), name="auditor-consumer")
-        self.tasks.append(asyncio.create_task(self._heartbeat_loop(), name="auditor-heartbeat"))
+        self.tasks.append(asyncio.create_task(heartbeat_forever(
+            self.engine, self.name, self.instance_id, self.started_at, self.settings.heartbeat_interval_s), name="auditor-heartbeat"))
         self.tasks.append(asyncio.create_task(self._checkpoint_loop(), name="auditor-checkpoints"))
         self.tasks.append(asyncio.create_task(self._inventory_loop(), name="auditor-inventory-metrics"))
 
@@ -182,7 +158,7 @@ def prepare_pool_factory(processes: int) -> Callable[[], Executor]:
 def create_app(settings: AuditorSettings) -> tuple[AsgiFastStream, AuditorRuntime]:
     topics = Topics(settings.kafka.topic_prefix)
     registry = CollectorRegistry(auto_describe=True)
-    instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    instance_id = new_instance_id()
     service_info(registry, SERVICE, certrail_version(), instance_id)
     broker = make_broker(settings.kafka, registry, SERVICE)
     publisher = FastStreamPublisher(broker, PublisherMetrics(registry, SERVICE))

@@ -19,13 +19,13 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from services.common.connectors.secretbox import SecretsSettings
 from services.common.db import read_session, write_session
 from services.deployer import store as deployer_store
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.settings import DeployerSettings
 from services.gateway import store as gateway_store
-from services.gateway.policy.tokens import Role, generate_token
+from services.gateway.policy import PolicyViolation
+from services.gateway.policy.tokens import Role, generate_token, token_id_of
 
 CONNECTOR = "emca-demo"
 PROFILE = "demo-web"
@@ -54,8 +54,11 @@ def _token(engine: Engine, path: Path, identity: str, role: Role) -> str:
     """A token kept in ``path`` (mode 0600); a new one when the file is missing or the token is unknown."""
     if path.exists():
         token = path.read_text().strip()
-        with read_session(engine) as session:
-            stored = gateway_store.get_token(session, token.split("_")[1] if token.count("_") >= 2 else "")
+        try:
+            with read_session(engine) as session:
+                stored = gateway_store.get_token(session, token_id_of(token))
+        except PolicyViolation:  # not a certrail token: make a new one
+            stored = None
         if stored is not None and stored.revoked_at is None:
             return token
     new = generate_token()
@@ -173,4 +176,4 @@ def stack_env(var_dir: Path) -> dict[str, str]:
     }
 
 
-__all__ = ["DemoError", "DemoResult", "SecretsSettings", "run_demo", "stack_env"]
+__all__ = ["DemoError", "DemoResult", "run_demo", "stack_env"]

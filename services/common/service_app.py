@@ -53,6 +53,38 @@ def certrail_version() -> str:
         return "0+unknown"
 
 
+def new_instance_id() -> str:
+    """This process's instance id (host, pid, random): in heartbeats, /health and service_info."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def database_ok(engine: Engine) -> bool:
+    """The health check of the database: a ``SELECT 1`` (failures are logged)."""
+    try:
+        with read_session(engine) as session:
+            session.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not healthy"; the reason is logged
+        log.warning("database health check failed", exc_info=True)
+        return False
+
+
+async def heartbeat_forever(engine: Engine, service: str, instance_id: str, started_at: datetime, interval_s: float) -> None:
+    """This instance's row in ``service_heartbeats``, refreshed every ``interval_s`` until cancelled."""
+
+    def beat() -> None:
+        with write_session(engine) as session:
+            record_heartbeat(session, service=service, instance_id=instance_id, pid=os.getpid(), hostname=socket.gethostname(),
+                             version=certrail_version(), started_at=started_at, now=datetime.now(UTC))
+
+    while True:
+        try:
+            await asyncio.to_thread(beat)
+        except Exception:  # noqa: BLE001 - a failed heartbeat must not stop the service
+            log.warning("heartbeat write failed", exc_info=True)
+        await asyncio.sleep(interval_s)
+
+
 class ServiceSettings(BaseSettings):
     """Settings every service has; each service subclasses it with its own
     env prefix (``CERTRAIL_GATEWAY_``, ...) and default port."""
@@ -97,7 +129,7 @@ def build_service(
 ) -> tuple[AsgiFastStream, ServiceRuntime]:
     topics = Topics(settings.kafka.topic_prefix)
     registry = CollectorRegistry(auto_describe=True)
-    instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    instance_id = new_instance_id()
     service_info(registry, name, certrail_version(), instance_id)
     broker = make_broker(settings.kafka, registry, name)
     publisher = FastStreamPublisher(broker, PublisherMetrics(registry, name))
@@ -122,19 +154,10 @@ def build_service(
     runtime = ServiceRuntime(name, instance_id, topics, registry, broker, publisher, dispatcher, engine)
     started_at = datetime.now(UTC)
 
-    def _db_ok() -> bool:
-        try:
-            with read_session(engine) as session:
-                session.execute(text("SELECT 1"))
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "not healthy"; the reason is logged
-            log.warning("database health check failed", exc_info=True)
-            return False
-
     @get(include_in_schema=False)
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001
         kafka_ok = await broker.ping(timeout=3.0)
-        db_ok = await asyncio.to_thread(_db_ok)
+        db_ok = await asyncio.to_thread(database_ok, engine)
         body = {
             "service": name,
             "instance_id": instance_id,
@@ -145,29 +168,9 @@ def build_service(
             json.dumps(body).encode(), 200 if kafka_ok and db_ok else 503, headers={"content-type": "application/json"}
         )
 
-    def _heartbeat() -> None:
-        with write_session(engine) as session:
-            record_heartbeat(
-                session,
-                service=name,
-                instance_id=instance_id,
-                pid=os.getpid(),
-                hostname=socket.gethostname(),
-                version=certrail_version(),
-                started_at=started_at,
-                now=datetime.now(UTC),
-            )
-
-    async def _heartbeat_loop() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(_heartbeat)
-            except Exception:  # noqa: BLE001 - a failed heartbeat must not stop the service
-                log.warning("heartbeat write failed", exc_info=True)
-            await asyncio.sleep(settings.heartbeat_interval_s)
-
     async def _start_background() -> None:
-        runtime.tasks.append(asyncio.create_task(_heartbeat_loop(), name=f"{name}-heartbeat"))
+        runtime.tasks.append(asyncio.create_task(
+            heartbeat_forever(engine, name, instance_id, started_at, settings.heartbeat_interval_s), name=f"{name}-heartbeat"))
 
     async def _stop_background() -> None:
         for task in runtime.tasks:

@@ -32,7 +32,7 @@ from services.common.connectors import repository as connectors_repo
 from services.common.connectors.models import ConnectorStatus
 from services.common.consumer import Outbound
 from services.common.contracts.commands import IssueCertificate, ProvisionCertificate, RenewCertificate, RevokeCertificate
-from services.common.contracts.envelope import Message, decode, make_event
+from services.common.contracts.envelope import Message, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import RequestAccepted, RequestRejected
 from services.common.contracts.fields import KeyGeneration, RequestKind
@@ -365,4 +365,4 @@ def stored_records(outbound: Sequence[Outbound | dict[str, Any]]) -> list[tuple[
     return result
 
 
-__all__ = ["Answer", "Caller", "Intake", "Outcome", "decode", "stored_records"]
+__all__ = ["Answer", "Caller", "Intake", "Outcome", "stored_records"]

@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, make_asgi_app
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from services.common.connectors.registry import ConnectorRegistry
 from services.common.connectors.secretbox import load_secret_box
@@ -31,12 +28,11 @@ from services.common.contracts.events import ConnectorStatus, ConnectorStatusCha
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine, read_session, write_session
-from services.common.db_schema import record_heartbeat
+from services.common.db import make_engine
 from services.common.kafka_edge import make_broker
 from services.common.metrics import service_info
 from services.common.runner import run_service
-from services.common.service_app import certrail_version
+from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
 from services.issuer.connectors import ConnectorPool, RuntimeSettings
 from services.issuer.consumer_loop import IssuerConsumer, LoopSettings
 from services.issuer.metrics import IssuerMetrics
@@ -81,32 +77,12 @@ class IssuerRuntime:
         return self.consumer_task is not None and not self.consumer_task.done()
 
     def db_ok(self) -> bool:
-        try:
-            with read_session(self.engine) as session:
-                session.execute(text("SELECT 1"))
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "not healthy"; the reason is logged
-            log.warning("database health check failed", exc_info=True)
-            return False
-
-    def _heartbeat(self) -> None:
-        with write_session(self.engine) as session:
-            record_heartbeat(
-                session, service=self.name, instance_id=self.instance_id, pid=os.getpid(), hostname=socket.gethostname(),
-                version=certrail_version(), started_at=self.started_at, now=utc_now(),
-            )
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self._heartbeat)
-            except Exception:  # noqa: BLE001 - a failed heartbeat must not stop the service
-                log.warning("heartbeat write failed", exc_info=True)
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+        return database_ok(self.engine)
 
     async def start(self) -> None:
         self.consumer_task = asyncio.create_task(self.consumer.run(), name="issuer-consumer")
-        self.tasks.append(asyncio.create_task(self._heartbeat_loop(), name="issuer-heartbeat"))
+        self.tasks.append(asyncio.create_task(heartbeat_forever(
+            self.engine, self.name, self.instance_id, self.started_at, self.settings.heartbeat_interval_s), name="issuer-heartbeat"))
         self.tasks.append(asyncio.create_task(self.pool.refresh_forever(), name="issuer-connectors"))
 
     async def stop(self) -> None:
@@ -129,7 +105,7 @@ class IssuerRuntime:
 def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]:
     topics = Topics(settings.kafka.topic_prefix)
     registry = CollectorRegistry(auto_describe=True)
-    instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    instance_id = new_instance_id()
     service_info(registry, SERVICE, certrail_version(), instance_id)
     broker = make_broker(settings.kafka, registry, SERVICE)
     engine = make_engine(settings.db)

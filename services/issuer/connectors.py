@@ -183,7 +183,7 @@ class ConnectorRuntime:
             log.exception("could not mark connector %s misconfigured in the registry", self.name)
         await self._set_status(ConnectorStatus.MISCONFIGURED, ErrorInfo(code=error.code, message=first_line(error.message, 500)))
 
-    def _wait(self, first: TransientError) -> Callable[[RetryCallState], float]:
+    def _wait(self) -> Callable[[RetryCallState], float]:
         settings = self._pool.settings
         exponential = wait_exponential_jitter(initial=settings.probe_initial_s, max=settings.probe_max_s,
                                               jitter=settings.probe_initial_s)
@@ -204,7 +204,7 @@ class ConnectorRuntime:
         if first.retry_after:
             initial = max(initial, min(first.retry_after, settings.retry_after_max_s))
         await asyncio.sleep(initial)
-        retrying = AsyncRetrying(wait=self._wait(first), retry=retry_if_exception_type(TransientError), reraise=True,
+        retrying = AsyncRetrying(wait=self._wait(), retry=retry_if_exception_type(TransientError), reraise=True,
                                  before_sleep=lambda state: self._pool.metrics.probes.labels(self.name, "failed").inc())
         try:
             async for attempt in retrying:

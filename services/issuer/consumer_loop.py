@@ -347,8 +347,7 @@ class IssuerConsumer:
             try:
                 await self._processor.poll_pending(mine)
                 if self._engine is not None:
-                    counts = await asyncio.to_thread(state.count_by_state, self._engine)
-                    self.metrics.pending_approvals.set(counts.get(state.OpState.PENDING.value, 0))
+                    self.metrics.pending_approvals.set(await asyncio.to_thread(state.count_pending, self._engine))
             except Exception:  # noqa: BLE001 - retried at the next interval
                 log.warning("polling pending approvals failed", exc_info=True)
 

@@ -61,7 +61,6 @@ from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownC
 from services.issuer.emca.types import (
     ConnectorFaultError,
     EmcaConnection,
-    EmcaError,
     IssuedCertificate,
     PendingIssuance,
     RequestPermanentError,
@@ -499,6 +498,3 @@ class Processor:
         self._metrics.commands.labels(envelope.type, outcome).inc()
         return 1
 
-
-def describe_error(error: EmcaError) -> str:
-    return f"{error.kind.value} {error.code.value}: {error.message}"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from services.common.consumer import Outbound
 from services.common.db import read_session, write_session
@@ -252,8 +252,8 @@ def schedule_poll(engine: Engine, op_key: str, next_poll_at: datetime, now: date
         )
 
 
-def count_by_state(engine: Engine) -> dict[str, int]:
-    from sqlalchemy import func
-
+def count_pending(engine: Engine) -> int:
+    """Pending approvals (served by the (state, topic, partition) index, not a scan)."""
     with read_session(engine) as session:
-        return {state: n for state, n in session.execute(select(IssuerOperation.state, func.count()).group_by(IssuerOperation.state))}
+        return int(session.scalar(select(func.count()).select_from(IssuerOperation)
+                                  .where(IssuerOperation.state == OpState.PENDING.value)) or 0)
