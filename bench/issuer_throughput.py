@@ -1,6 +1,8 @@
 """The issuer's throughput against the emCA simulator, beside the simulator's direct rate measured in the same run.
 
     .venv/bin/python bench/issuer_throughput.py [--certs 1000] [--concurrency 16] [--version V4.2.4+] [--rounds 3]
+    .venv/bin/python bench/issuer_throughput.py --rounds 2 --batch 8 --issuer-env CERTRAIL_ISSUER_BATCH_MAX_CSRS=8 \
+        --baseline-tree /tmp/before
 
 One run: a Kafka broker (a `LocalKafka` on free ports, or ``KAFKA_BOOTSTRAP_SERVERS``) and ``certrail emca-sim serve``
 in its own process (free ports, a temporary data directory). Every CSR (P-256, one DNS SAN) is made before any clock
@@ -15,6 +17,14 @@ starts. Each round measures, one after the other:
   times, stamped by the issuer), so start-up and the consumer group join are outside it: the rate is (N-1) over
   that span. CPU of the issuer, the simulator, the broker and this process (producer, event reader) comes from
   ``/proc/<pid>/stat`` sampled every 50 ms and interpolated at the two ends.
+
+- **direct batched** (``--batch B``): the same, with ``submit_csrs`` calls of B CSRs (4.2.x createCertificates),
+  C // B calls at once, so that C CSRs are in flight as in the other measurements: the fair comparison for an
+  issuer that shares calls (``--issuer-env CERTRAIL_ISSUER_BATCH_MAX_CSRS=B``). The issuer's rows give its ratio to
+  both direct rates.
+- **issuer (baseline)** (``--baseline-tree DIR``): the issuer of another code tree (e.g. ``git archive HEAD | tar -x
+  -C DIR``), measured in the same round as the issuer of ``--issuer-tree`` (default: this checkout), alternating
+  which goes first, for a before/after comparison on the same machine state.
 
 The issuer's per-connector rate limit (``CERTRAIL_ISSUER_DRAIN_RATE_PER_S``, 500/s by default: how fast a backlog
 drains after an outage) is raised to ``--drain-rate`` (default 1e6) so that it measures the issuer, not the limit.
@@ -155,6 +165,8 @@ class Round:
     index: int
     direct: Measurement
     issuer: Measurement
+    baseline: Measurement | None = None  # the issuer of --baseline-tree, measured in the same round
+    direct_batched: Measurement | None = None  # --batch: the direct rate with that many CSRs per call
 
     @property
     def ratio(self) -> float:
@@ -183,13 +195,38 @@ async def _submit(connection: Any, csrs: Sequence[str], concurrency: int, tag: s
     return issued, errors
 
 
+async def _submit_batched(connection: Any, csrs: Sequence[str], concurrency: int, batch: int) -> tuple[int, list[str]]:
+    """``concurrency`` CSRs in flight as calls of ``batch`` CSRs (``submit_csrs``): concurrency // batch calls at once."""
+    chunks: Iterator[Sequence[str]] = iter([csrs[i : i + batch] for i in range(0, len(csrs), batch)])
+    issued, errors = 0, []
+
+    async def worker() -> None:
+        nonlocal issued
+        for chunk in chunks:
+            try:
+                outcomes = await connection.submit_csrs(
+                    csr_pems=chunk, profile_name=PROFILE, subscriber_id=SUBSCRIBER, application_id=None
+                )
+            except EmcaError as exc:  # counted and reported, the run goes on
+                errors.append(repr(exc))
+                continue
+            issued += sum(isinstance(outcome, IssuedCertificate) for outcome in outcomes)
+            errors.extend(repr(outcome) for outcome in outcomes if isinstance(outcome, EmcaError))
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency // batch))))
+    return issued, errors
+
+
 async def measure_direct(sim: Simulator, sim_view: Any, version: EmcaVersion, csrs: Sequence[str], warm: Sequence[str],
-                         concurrency: int, pids: dict[str, int | None], tag: str) -> Measurement:
+                         concurrency: int, pids: dict[str, int | None], tag: str, batch: int = 1) -> Measurement:
     connection = connect(sim_endpoint(sim_view, version), HttpOptions.for_concurrency(concurrency))
     try:
         await _submit(connection, warm, concurrency, f"warm-{tag}")  # connections open, token fetched: not timed
         before, wall0 = cpu_of(pids), time.perf_counter()
-        issued, errors = await _submit(connection, csrs, concurrency, tag)
+        if batch > 1:
+            issued, errors = await _submit_batched(connection, csrs, concurrency, batch)
+        else:
+            issued, errors = await _submit(connection, csrs, concurrency, tag)
         wall, after = time.perf_counter() - wall0, cpu_of(pids)
     finally:
         await connection.aclose()
@@ -204,19 +241,21 @@ async def measure_direct(sim: Simulator, sim_view: Any, version: EmcaVersion, cs
 # --- the issuer -----------------------------------------------------------------------------------------
 
 
-def start_issuer(process: IssuerProcess, extra_env: dict[str, str], profile: Path | None) -> None:
-    """As ``IssuerProcess.start``, optionally under cProfile (which writes its file when the issuer stops)."""
-    env = {**os.environ, **process.env, "CERTRAIL_ISSUER_HTTP_PORT": str(process.port), **extra_env}
+def start_issuer(process: IssuerProcess, extra_env: dict[str, str], profile: Path | None, tree: Path) -> None:
+    """As ``IssuerProcess.start``, from the code in ``tree`` (a checkout or a ``git archive`` copy), optionally
+    under cProfile (which writes its file when the issuer stops)."""
+    env = {**os.environ, **process.env, "CERTRAIL_ISSUER_HTTP_PORT": str(process.port), **extra_env, "PYTHONPATH": str(tree)}
     command = [sys.executable, "-m", "services.cli.main", "serve", "issuer"]
     if profile is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), *command[1:]]
     with process.log_file.open("ab") as log_file:
-        process.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        process.process = subprocess.Popen(command, cwd=tree, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 async def measure_issuer(kafka: KafkaSettings, sim_view: Any, version: EmcaVersion, csrs: Sequence[str], concurrency: int,
-                         pids: dict[str, int | None], tmp: Path, args: argparse.Namespace, round_: int) -> Measurement:
-    name = f"bench-r{round_}"
+                         pids: dict[str, int | None], tmp: Path, args: argparse.Namespace, round_: int,
+                         tree: Path, variant: str) -> Measurement:
+    name = f"bench-r{round_}-{variant}"
     async with IssuerBench(kafka, tmp) as bench:
         await bench.registry.create(sim_spec(sim_view, version, name, concurrency=concurrency))
         commands = [bench.issue_command(name, n=index, csr=csr) for index, csr in enumerate(csrs)]
@@ -225,7 +264,9 @@ async def measure_issuer(kafka: KafkaSettings, sim_view: Any, version: EmcaVersi
         log(f"issuer: {len(commands)} commands produced to {bench.topics.commands(name)}")
         issuer = bench.issuer()
         extra_env = {"CERTRAIL_ISSUER_DRAIN_RATE_PER_S": str(args.drain_rate)}
-        start_issuer(issuer, extra_env, args.issuer_profile)
+        if variant == "issuer":
+            extra_env.update(item.split("=", 1) for item in args.issuer_env)
+        start_issuer(issuer, extra_env, args.issuer_profile, tree)
         assert issuer.process is not None
         with Sampler({**pids, "issuer": issuer.process.pid}) as sampler:
             deadline = time.monotonic() + args.timeout
@@ -276,32 +317,43 @@ def median(values: Sequence[float | None]) -> float | None:
 
 
 def report(rounds: Sequence[Round], info: dict[str, Any], args: argparse.Namespace) -> str:
+    """One row per measurement: the direct rate(s), the issuer (and the baseline issuer), each with the CPU of every
+    process per certificate; the issuer's rows give its ratio to each direct rate of the same round."""
     lines = [f"Issuer throughput, {info['date']}, {info['nproc']} x {info['cpu']}, Python {info['python']}",
              f"`{info['command']}`: {args.version}, N={args.certs}, concurrency {args.concurrency}, "
              f"{len(rounds)} round(s)", ""]
-    lines += ["| round | direct certs/s | issuer certs/s | issuer / direct | direct: client CPU ms/cert | "
-              "direct: simulator CPU ms/cert | issuer: issuer CPU ms/cert | issuer: simulator CPU ms/cert | "
-              "issuer: Kafka CPU ms/cert | issuer: bench CPU ms/cert | other CPU (cores) direct / issuer | errors |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def row(label: str, r: dict[str, float | None], errors: str) -> str:
-        return (f"| {label} | {fmt(r['direct'], 0)} | {fmt(r['issuer'], 0)} | {fmt(r['ratio'], 2)} | "
-                f"{fmt(r['d_client'])} | {fmt(r['d_sim'])} | {fmt(r['i_issuer'])} | {fmt(r['i_sim'])} | "
-                f"{fmt(r['i_kafka'])} | {fmt(r['i_bench'])} | {fmt(r['d_other'], 2)} / {fmt(r['i_other'], 2)} | {errors} |")
-
-    values = []
+    lines += ["| round | measurement | certs/s | / direct | / direct batched | client or issuer CPU ms/cert | "
+              "simulator CPU ms/cert | Kafka CPU ms/cert | bench CPU ms/cert | other CPU (cores) | errors |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    table: dict[str, list[dict[str, float | None]]] = {}
     for r in rounds:
-        v = {"direct": r.direct.rate, "issuer": r.issuer.rate, "ratio": r.ratio,
-             "d_client": r.direct.ms_per_cert("bench"), "d_sim": r.direct.ms_per_cert("emca-sim"),
-             "i_issuer": r.issuer.ms_per_cert("issuer"), "i_sim": r.issuer.ms_per_cert("emca-sim"),
-             "i_kafka": r.issuer.ms_per_cert("kafka"), "i_bench": r.issuer.ms_per_cert("bench"),
-             "d_other": r.direct.cpu_s["other"] / r.direct.wall_s, "i_other": r.issuer.cpu_s["other"] / r.issuer.wall_s}
-        values.append(v)
-        lines.append(row(str(r.index + 1), v, f"{r.direct.errors} / {r.issuer.errors}"))
+        direct, batched = r.direct.rate, r.direct_batched.rate if r.direct_batched else None
+        measurements = [("direct", r.direct), ("direct batched", r.direct_batched), ("issuer (baseline)", r.baseline),
+                        ("issuer", r.issuer)]
+        for label, m in measurements:
+            if m is None:
+                continue
+            own = "bench" if label.startswith("direct") else "issuer"
+            is_issuer = label.startswith("issuer")
+            v = {"rate": m.rate, "ratio": m.rate / direct if is_issuer and direct else None,
+                 "ratio_b": m.rate / batched if is_issuer and batched else None, "own": m.ms_per_cert(own),
+                 "sim": m.ms_per_cert("emca-sim"), "kafka": m.ms_per_cert("kafka") if is_issuer else None,
+                 "bench": m.ms_per_cert("bench") if is_issuer else None, "other": m.cpu_s["other"] / m.wall_s,
+                 "errors": float(m.errors)}
+            table.setdefault(label, []).append(v)
+            lines.append(row(str(r.index + 1), label, v))
     if len(rounds) > 1:
-        lines.append(row("**median**", {key: median([v[key] for v in values]) for key in values[0]}, ""))
-    lines += ["", f"target: issuer / direct >= 0.80; median {fmt(median([v['ratio'] for v in values]), 2)}"]
+        for label, values in table.items():
+            lines.append(row("**median**", label, {key: median([v[key] for v in values]) for key in values[0]}))
+    ratios = [v["ratio"] for v in table.get("issuer", [])]
+    lines += ["", f"target: issuer / direct >= 0.80; median {fmt(median(ratios), 2)}"]
     return "\n".join(lines)
+
+
+def row(label: str, measurement: str, v: dict[str, float | None]) -> str:
+    return (f"| {label} | {measurement} | {fmt(v['rate'], 0)} | {fmt(v['ratio'], 2)} | {fmt(v['ratio_b'], 2)} | "
+            f"{fmt(v['own'])} | {fmt(v['sim'])} | {fmt(v['kafka'])} | {fmt(v['bench'])} | {fmt(v['other'], 2)} | "
+            f"{fmt(v['errors'], 0)} |")
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -325,9 +377,17 @@ def kafka_broker(tmp: Path) -> Iterator[tuple[KafkaSettings, int | None]]:
 async def run(args: argparse.Namespace) -> tuple[list[Round], dict[str, Any]]:
     version = EmcaVersion(args.version)
     info = machine()
-    log(f"making {2 * args.certs * args.rounds + 2 * args.concurrency} CSRs (not timed)")
+    log("making the CSRs (not timed)")
     direct_csrs = [[make_csr(f"direct-{r}-{i}.bench.example.test") for i in range(args.certs)] for r in range(args.rounds)]
-    issuer_csrs = [[make_csr(f"host-{i}.bench-r{r}.example.com") for i in range(args.certs)] for r in range(args.rounds)]
+    direct_batched_csrs = [
+        [make_csr(f"direct-b-{r}-{i}.bench.example.test") for i in range(args.certs if args.batch > 1 else 0)]
+        for r in range(args.rounds)
+    ]
+    variants = [("issuer", args.issuer_tree)] + ([("baseline", args.baseline_tree)] if args.baseline_tree else [])
+    issuer_csrs = {
+        variant: [[make_csr(f"host-{i}.bench-r{r}-{variant}.example.com") for i in range(args.certs)] for r in range(args.rounds)]
+        for variant, _ in variants
+    }
     warm = [make_csr(f"warm-{i}.bench.example.test") for i in range(2 * args.concurrency)]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="issuer-throughput-") as tmp_name:
@@ -342,12 +402,21 @@ async def run(args: argparse.Namespace) -> tuple[list[Round], dict[str, Any]]:
                     direct = await measure_direct(sim, sim_view, version, direct_csrs[r], warm, args.concurrency,
                                                   pids, f"r{r}")
                     log(f"round {r + 1}: direct {direct.rate:,.0f} certs/s")
-                    round_tmp = tmp / f"round-{r}"
-                    round_tmp.mkdir()
-                    issuer = await measure_issuer(kafka, sim_view, version, issuer_csrs[r], args.concurrency, pids,
-                                                  round_tmp, args, r)
-                    rounds.append(Round(r, direct, issuer))
-                    log(f"round {r + 1}: issuer {issuer.rate:,.0f} certs/s, {rounds[-1].ratio:.2f} of direct")
+                    batched = None
+                    if args.batch > 1:
+                        batched = await measure_direct(sim, sim_view, version, direct_batched_csrs[r], warm,
+                                                       args.concurrency, pids, f"r{r}b", args.batch)
+                        log(f"round {r + 1}: direct batched ({args.batch} per call) {batched.rate:,.0f} certs/s")
+                    measured: dict[str, Measurement] = {}
+                    # alternate which variant goes first, so that neither always follows the direct measurement
+                    for variant, tree in (variants if r % 2 == 0 else variants[::-1]):
+                        round_tmp = tmp / f"round-{r}-{variant}"
+                        round_tmp.mkdir()
+                        measured[variant] = await measure_issuer(kafka, sim_view, version, issuer_csrs[variant][r],
+                                                                 args.concurrency, pids, round_tmp, args, r, tree, variant)
+                        log(f"round {r + 1}: {variant} {measured[variant].rate:,.0f} certs/s, "
+                            f"{measured[variant].rate / direct.rate:.2f} of direct")
+                    rounds.append(Round(r, direct, measured["issuer"], measured.get("baseline"), batched))
             finally:
                 sim.stop()
     return rounds, info
@@ -363,13 +432,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds the issuer may take for N certificates")
     parser.add_argument("--issuer-profile", type=Path, help="run the issuer under cProfile, its stats written here")
     parser.add_argument("--json", type=Path, help="write every measurement here")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="also measure the direct rate with this many CSRs per createCertificates call (4.2.x)")
+    parser.add_argument("--issuer-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the issuer of --issuer-tree only (e.g. CERTRAIL_ISSUER_BATCH_MAX_CSRS=1)")
+    parser.add_argument("--issuer-tree", type=Path, default=ROOT, help="run the issuer from this code tree (default: this one)")
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="also measure the issuer of this tree in every round (e.g. `git archive HEAD | tar -x -C DIR`)")
     args = parser.parse_args(argv)
     rounds, info = asyncio.run(run(args))
     print(report(rounds, info, args))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
                                          "rounds": [asdict(r) | {"ratio": r.ratio} for r in rounds]}, indent=2))
-    return 0 if all(r.direct.errors == 0 and r.issuer.errors == 0 for r in rounds) else 1
+    measured = [m for r in rounds for m in (r.direct, r.issuer, r.baseline, r.direct_batched) if m is not None]
+    return 0 if all(m.errors == 0 for m in measured) else 1
 
 
 if __name__ == "__main__":

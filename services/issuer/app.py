@@ -33,6 +33,7 @@ from services.common.kafka_edge import make_broker
 from services.common.metrics import service_info
 from services.common.runner import run_service
 from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
+from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, RuntimeSettings
 from services.issuer.consumer_loop import IssuerConsumer, LoopSettings
 from services.issuer.metrics import IssuerMetrics
@@ -140,6 +141,8 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
     )
     processor = Processor(
         engine=engine, pool=pool, publish=publish_raw, topics=topics, metrics=metrics, clock=utc_now, crash=crash,
+        batcher=SubmitBatcher(max_csrs=settings.batch_max_csrs, max_calls=settings.batch_calls,
+                              on_call=metrics.emca_batch_csrs.observe),
         approvals=ApprovalSettings(poll_initial_s=settings.approval_poll_initial_s, poll_max_s=settings.approval_poll_max_s,
                                    timeout=timedelta(seconds=settings.approval_timeout_s)),
     )

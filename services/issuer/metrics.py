@@ -23,6 +23,10 @@ class IssuerMetrics:
             "certrail_issuer_emca_request_duration_seconds", "emCA calls, by connector and operation.",
             ["connector", "operation"], buckets=EMCA_BUCKETS, registry=registry,
         )
+        self.emca_batch_csrs = Histogram(
+            "certrail_issuer_emca_submit_batch_csrs", "CSRs per emCA submission call (1 unless commands in flight share "
+            "a 4.2.x createCertificates call).", buckets=(1, 2, 4, 8, 16, 32, 50), registry=registry,
+        )
         self.emca_errors = Counter(
             "certrail_issuer_emca_errors", "Failed emCA calls, by connector, class (request_permanent, "
             "connector_fault, transient) and error code.", ["connector", "kind", "code"], registry=registry,

@@ -57,6 +57,7 @@ from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
 from services.issuer import state
+from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownConnector
 from services.issuer.emca.types import (
     ConnectorFaultError,
@@ -70,6 +71,7 @@ from services.issuer.emca.types import (
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.state import NewOperation, Operation, OpState, StoredRecord
 from services.issuer.verify import CertificateMismatch, verify_issued
+from services.issuer.writer import StateWriter
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,7 @@ class Processor:
         clock: Callable[[], datetime],
         crash: CrashPoints | None = None,
         approvals: ApprovalSettings | None = None,
+        batcher: SubmitBatcher | None = None,
     ) -> None:
         self._engine = engine
         self._pool = pool
@@ -164,11 +167,18 @@ class Processor:
         self._clock = clock
         self._crash = crash or CrashPoints(None)
         self._approvals = approvals or ApprovalSettings()
+        self._writer = StateWriter(engine)
+        self._batcher = batcher or SubmitBatcher(on_call=metrics.emca_batch_csrs.observe)
 
     # -- helpers -------------------------------------------------------------------------------------
 
     async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A state function in its own transaction (pending approvals: rare, not grouped)."""
         return await asyncio.to_thread(fn, self._engine, *args, **kwargs)
+
+    async def _step(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A state step of a command, committed with the steps of the other commands in flight."""
+        return await self._writer.run(fn, *args, **kwargs)
 
     def _event(self, command: Envelope, data: Message, subject: str, now: datetime) -> StoredRecord:
         event = make_event(
@@ -235,7 +245,7 @@ class Processor:
     async def _settle_without_call(self, new: NewOperation, envelope: Envelope, data: Message, state_: OpState,
                                    code: ErrorCode, now: datetime) -> str:
         record = self._event(envelope, data, new.certificate_id, now)
-        op = await self._db(state.record_settled_without_attempt, new, state_, [record], now, error_code=code.value)
+        op = await self._step(state.record_settled_without_attempt_in, new, state_, [record], now, error_code=code.value)
         await self._emit(op.outcome)
         return "failed"
 
@@ -252,7 +262,7 @@ class Processor:
 
     async def _issue(self, envelope: Envelope, data: IssueCertificate | RenewCertificate, record: InboundRecord,
                      work: Work) -> str:
-        existing: Operation | None = await self._db(state.load, data.issuance_id)
+        existing: Operation | None = await self._step(state.load_in, data.issuance_id)
         if existing is not None and existing.state is not OpState.SUBMITTING:
             return await self._replay(existing, envelope.type)
         kind = "renew" if isinstance(data, RenewCertificate) else "issue"
@@ -290,29 +300,29 @@ class Processor:
     async def _submit(self, runtime: ConnectorRuntime, connection: EmcaConnection, envelope: Envelope,
                       data: IssueCertificate | RenewCertificate, new: NewOperation,
                       failed: Callable[[ErrorCode, str], IssuanceFailed]) -> str:
-        op, earlier_uncertain = await self._db(state.begin_attempt, new, self._clock())
+        op, earlier_uncertain = await self._step(state.begin_attempt_in, new, self._clock())
         if op.state is not OpState.SUBMITTING:  # settled meanwhile (another instance, before a rebalance)
             return await self._replay(op, envelope.type)
         possible_duplicate = earlier_uncertain and not runtime.dedupes
         connector = runtime.connector
         assert connector is not None
         try:
-            outcome = await self._timed(runtime, "submit_csr", connection.submit_csr(
-                csr_pem=data.csr, profile_name=data.ca_profile, subscriber_id=connector.subscriber_id,
+            outcome = await self._timed(runtime, "submit_csr", self._batcher.submit(
+                connection, csr_pem=data.csr, profile_name=data.ca_profile, subscriber_id=connector.subscriber_id,
                 application_id=data.issuance_id))
         except TransientError as exc:
             if not exc.may_have_reached_ca:
-                await self._db(state.attempt_unsent, data.issuance_id, self._clock())
+                await self._step(state.attempt_unsent_in, data.issuance_id, self._clock())
             raise
         except ConnectorFaultError:
-            await self._db(state.attempt_unsent, data.issuance_id, self._clock())
+            await self._step(state.attempt_unsent_in, data.issuance_id, self._clock())
             raise
         except RequestPermanentError as exc:
             self._metrics.emca_error(runtime.name, exc)
             self._crash.reached("after_emca_response")
             now = self._clock()
             records = [self._event(envelope, failed(exc.code, exc.message), data.certificate_id, now)]
-            stored = await self._db(state.record_outcome, data.issuance_id, OpState.FAILED, records, now,
+            stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.FAILED, records, now,
                                     error_code=exc.code.value)
             self._crash.reached("after_db_commit")
             await self._emit(stored.outcome)
@@ -323,7 +333,7 @@ class Processor:
             pending = IssuancePending(issuance_id=data.issuance_id, certificate_id=data.certificate_id,
                                       request_id=data.request_id, connector=data.connector, ca_request_id=outcome.request_id)
             records = [self._event(envelope, pending, data.certificate_id, now)]
-            stored = await self._db(state.record_outcome, data.issuance_id, OpState.PENDING, records, now,
+            stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.PENDING, records, now,
                                     ca_request_id=outcome.request_id, possible_duplicate=possible_duplicate,
                                     next_poll_at=now + timedelta(seconds=self._approvals.poll_initial_s))
             self._crash.reached("after_db_commit")
@@ -346,7 +356,7 @@ class Processor:
                       runtime.name, issued.serial, data.issuance_id, exc.message)
             records = [self._event(envelope, failed(exc.code, f"serial {issued.serial}: {exc.message}"),
                                    data.certificate_id, now)]
-            stored = await self._db(state.record_outcome, data.issuance_id, OpState.FAILED, records, now,
+            stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.FAILED, records, now,
                                     serial=issued.serial, error_code=exc.code.value, append=append)
             self._crash.reached("after_db_commit")
             await self._emit(stored.outcome[-len(records):] if append else stored.outcome)
@@ -366,7 +376,7 @@ class Processor:
             possible_duplicate=possible_duplicate,
         )
         records = [self._event(envelope, event, data.certificate_id, now)]
-        stored = await self._db(state.record_outcome, data.issuance_id, OpState.ISSUED, records, now,
+        stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.ISSUED, records, now,
                                 serial=verified.serial, possible_duplicate=possible_duplicate,
                                 error_code=ErrorCode.POSSIBLE_DUPLICATE.value if possible_duplicate else None,
                                 append=append)
@@ -376,7 +386,7 @@ class Processor:
 
     async def _revoke(self, envelope: Envelope, data: RevokeCertificate, record: InboundRecord, work: Work) -> str:
         op_key = f"revoke:{envelope.id}"
-        existing: Operation | None = await self._db(state.load, op_key)
+        existing: Operation | None = await self._step(state.load_in, op_key)
         if existing is not None and existing.state is not OpState.SUBMITTING:
             return await self._replay(existing, envelope.type)
         new = self._new_operation(op_key, "revoke", envelope, record, data.certificate_id, data.request_id, data.connector)
@@ -403,7 +413,7 @@ class Processor:
 
     async def _revoke_once(self, runtime: ConnectorRuntime, connection: EmcaConnection, envelope: Envelope,
                            data: RevokeCertificate, new: NewOperation) -> str:
-        op, _ = await self._db(state.begin_attempt, new, self._clock())
+        op, _ = await self._step(state.begin_attempt_in, new, self._clock())
         if op.state is not OpState.SUBMITTING:
             return await self._replay(op, envelope.type)
         try:
@@ -416,7 +426,7 @@ class Processor:
             code = exc.code if exc.code is not ErrorCode.CA_REJECTED else ErrorCode.REVOCATION_REJECTED
             failure = RevocationFailed(certificate_id=data.certificate_id, serial=data.serial, request_id=data.request_id,
                                        connector=data.connector, error=ErrorInfo(code=code, message=first_line(exc.message, 1000)))
-            stored = await self._db(state.record_outcome, new.op_key, OpState.REVOCATION_FAILED,
+            stored = await self._step(state.record_outcome_in, new.op_key, OpState.REVOCATION_FAILED,
                                     [self._event(envelope, failure, data.certificate_id, now)], now, error_code=code.value)
             self._crash.reached("after_db_commit")
             await self._emit(stored.outcome)
@@ -427,7 +437,7 @@ class Processor:
                                      connector=data.connector, reason=data.reason, revoked_at=now, replace=data.replace)
         if revocation.already_revoked:
             log.info("serial %s was already revoked at emCA (connector %s)", data.serial, runtime.name)
-        stored = await self._db(state.record_outcome, new.op_key, OpState.REVOKED,
+        stored = await self._step(state.record_outcome_in, new.op_key, OpState.REVOKED,
                                 [self._event(envelope, revoked, data.certificate_id, now)], now, serial=data.serial)
         self._crash.reached("after_db_commit")
         await self._emit(stored.outcome)
@@ -461,7 +471,7 @@ class Processor:
         if now - op.created_at > self._approvals.timeout:
             records = [self._event(envelope, failed(ErrorCode.APPROVAL_TIMED_OUT, f"emCA request {op.ca_request_id} was "
                                                     f"not approved within {self._approvals.timeout}"), data.certificate_id, now)]
-            await self._db(state.record_outcome, op.op_key, OpState.FAILED, records, now,
+            await self._step(state.record_outcome_in, op.op_key, OpState.FAILED, records, now,
                            error_code=ErrorCode.APPROVAL_TIMED_OUT.value, append=True)
             await self._emit(records)
             self._metrics.commands.labels(envelope.type, "failed").inc()
@@ -485,7 +495,7 @@ class Processor:
         except RequestPermanentError as exc:
             self._metrics.emca_error(runtime.name, exc)
             records = [self._event(envelope, failed(exc.code, exc.message), data.certificate_id, now)]
-            await self._db(state.record_outcome, op.op_key, OpState.FAILED, records, now, error_code=exc.code.value,
+            await self._step(state.record_outcome_in, op.op_key, OpState.FAILED, records, now, error_code=exc.code.value,
                            append=True)
             await self._emit(records)
             self._metrics.commands.labels(envelope.type, "failed").inc()

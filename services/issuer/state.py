@@ -12,18 +12,22 @@ The exactly-once protocol (DESIGN.md "Exactly-once effect", docs/issuer.md):
    before anything is published; a redelivered command finds them with `load` and re-publishes
    the same bytes.
 
-Every function opens its own short transaction (``write_session`` begins immediately on SQLite).
+Each step exists twice: ``*_in(conn, ...)`` runs inside a transaction its caller holds (the issuer's
+`services.issuer.writer.StateWriter` runs the steps of all commands in flight in one transaction: a
+group commit), and ``step(engine, ...)`` opens its own short one (``engine.begin()`` is ``BEGIN
+IMMEDIATE`` on SQLite). Both are SQLAlchemy Core statements on the ``issuer_operations`` table.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, update
 
 from services.common.consumer import Outbound
 from services.common.db import read_session, write_session
@@ -94,14 +98,18 @@ def _decode_outcome(text: str | None) -> tuple[StoredRecord, ...]:
     return tuple(StoredRecord(item["topic"], item["key"], item["value"].encode("utf-8")) for item in json.loads(text))
 
 
-def _operation(row: IssuerOperation) -> Operation:
+_TABLE = IssuerOperation.__table__
+_KEY = _TABLE.c.op_key
+
+
+def _operation(row: Mapping[str, Any]) -> Operation:
     return Operation(
-        op_key=row.op_key, kind=row.kind, command_id=row.command_id, certificate_id=row.certificate_id,
-        request_id=row.request_id, connector=row.connector, topic=row.topic, partition=row.partition,
-        state=OpState(row.state), uncertain=row.uncertain, attempts=row.attempts, command=row.command,
-        ca_request_id=row.ca_request_id, serial=row.serial, possible_duplicate=row.possible_duplicate,
-        error_code=row.error_code, outcome=_decode_outcome(row.outcome), next_poll_at=row.next_poll_at,
-        poll_attempts=row.poll_attempts, created_at=row.created_at, outcome_at=row.outcome_at,
+        op_key=row["op_key"], kind=row["kind"], command_id=row["command_id"], certificate_id=row["certificate_id"],
+        request_id=row["request_id"], connector=row["connector"], topic=row["topic"], partition=row["partition"],
+        state=OpState(row["state"]), uncertain=bool(row["uncertain"]), attempts=row["attempts"], command=row["command"],
+        ca_request_id=row["ca_request_id"], serial=row["serial"], possible_duplicate=bool(row["possible_duplicate"]),
+        error_code=row["error_code"], outcome=_decode_outcome(row["outcome"]), next_poll_at=row["next_poll_at"],
+        poll_attempts=row["poll_attempts"], created_at=row["created_at"], outcome_at=row["outcome_at"],
     )
 
 
@@ -120,51 +128,62 @@ class NewOperation:
     command: str
 
 
-def load(engine: Engine, op_key: str) -> Operation | None:
-    with read_session(engine) as session:
-        row = session.get(IssuerOperation, op_key)
-        return None if row is None else _operation(row)
+# -- the steps, each inside a transaction its caller holds (Core statements; `writer.StateWriter`
+#    runs the steps of every command in flight in one transaction) -----------------------------------
 
 
-def begin_attempt(engine: Engine, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
-    """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
-    earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
-    with write_session(engine) as session:
-        row = session.get(IssuerOperation, new.op_key)
-        if row is None:
-            row = IssuerOperation(
-                op_key=new.op_key, kind=new.kind, command_id=new.command_id, certificate_id=new.certificate_id,
-                request_id=new.request_id, connector=new.connector, topic=new.topic, partition=new.partition,
-                state=OpState.SUBMITTING.value, uncertain=True, attempts=1, command=new.command, ca_request_id=None,
-                serial=None, possible_duplicate=False, error_code=None, outcome=None, next_poll_at=None, poll_attempts=0,
-                created_at=now, updated_at=now, outcome_at=None,
-            )
-            session.add(row)
-            session.flush()
-            return _operation(row), False
-        if row.state != OpState.SUBMITTING.value:
-            return _operation(row), False
-        earlier_uncertain = row.uncertain
-        row.uncertain = True
-        row.attempts += 1
-        row.topic, row.partition = new.topic, new.partition
-        row.updated_at = now
-        session.flush()
-        return _operation(row), earlier_uncertain
+def _row(conn: Connection, op_key: str, *, for_update: bool = False) -> RowMapping | None:
+    query = select(_TABLE).where(_KEY == op_key)
+    return conn.execute(query.with_for_update() if for_update else query).mappings().first()
 
 
-def attempt_unsent(engine: Engine, op_key: str, now: datetime) -> None:
-    """emCA certainly did not act on the last attempt: it is no longer uncertain."""
-    with write_session(engine) as session:
-        session.execute(
-            update(IssuerOperation)
-            .where(IssuerOperation.op_key == op_key, IssuerOperation.state == OpState.SUBMITTING.value)
-            .values(uncertain=False, updated_at=now)
-        )
+def _insert(conn: Connection, values: dict[str, Any]) -> Operation:
+    conn.execute(insert(_TABLE).values(values))
+    return _operation(values)
 
 
-def record_outcome(
-    engine: Engine,
+def _new_row(new: NewOperation, now: datetime, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "op_key": new.op_key, "kind": new.kind, "command_id": new.command_id, "certificate_id": new.certificate_id,
+        "request_id": new.request_id, "connector": new.connector, "topic": new.topic, "partition": new.partition,
+        "state": OpState.SUBMITTING.value, "uncertain": True, "attempts": 1, "command": new.command,
+        "ca_request_id": None, "serial": None, "possible_duplicate": False, "error_code": None, "outcome": None,
+        "next_poll_at": None, "poll_attempts": 0, "created_at": now, "updated_at": now, "outcome_at": None,
+    }
+    row.update(values)
+    return row
+
+
+def _update(conn: Connection, row: RowMapping, values: dict[str, Any]) -> Operation:
+    conn.execute(update(_TABLE).where(_KEY == row["op_key"]).values(values))
+    merged = dict(row)
+    merged.update(values)
+    return _operation(merged)
+
+
+def load_in(conn: Connection, op_key: str) -> Operation | None:
+    row = _row(conn, op_key)
+    return None if row is None else _operation(row)
+
+
+def begin_attempt_in(conn: Connection, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
+    row = _row(conn, new.op_key, for_update=True)
+    if row is None:
+        return _insert(conn, _new_row(new, now)), False
+    if row["state"] != OpState.SUBMITTING.value:
+        return _operation(row), False
+    values = {"uncertain": True, "attempts": row["attempts"] + 1, "topic": new.topic, "partition": new.partition,
+              "updated_at": now}
+    return _update(conn, row, values), bool(row["uncertain"])
+
+
+def attempt_unsent_in(conn: Connection, op_key: str, now: datetime) -> None:
+    conn.execute(update(_TABLE).where(_KEY == op_key, _TABLE.c.state == OpState.SUBMITTING.value)
+                 .values(uncertain=False, updated_at=now))
+
+
+def record_outcome_in(
+    conn: Connection,
     op_key: str,
     state: OpState,
     records: Sequence[StoredRecord],
@@ -177,50 +196,70 @@ def record_outcome(
     next_poll_at: datetime | None = None,
     append: bool = False,
 ) -> Operation:
-    """Store the outcome (and the records to publish) before they are published. ``append`` keeps
-    the records stored before (a pending approval's IssuancePending, then its final event)."""
-    with write_session(engine) as session:
-        row = session.get(IssuerOperation, op_key, with_for_update=True)
-        if row is None:
-            raise LookupError(f"no issuer operation {op_key!r}")
-        stored = list(_decode_outcome(row.outcome)) if append else []
-        stored.extend(records)
-        row.state = state.value
-        row.outcome = _encode_outcome(stored)
-        row.uncertain = False
-        row.serial = serial if serial is not None else row.serial
-        row.error_code = error_code
-        row.possible_duplicate = possible_duplicate or row.possible_duplicate
-        row.ca_request_id = ca_request_id if ca_request_id is not None else row.ca_request_id
-        row.next_poll_at = next_poll_at
-        row.updated_at = now
-        row.outcome_at = now
-        session.flush()
+    row = _row(conn, op_key, for_update=True)
+    if row is None:
+        raise LookupError(f"no issuer operation {op_key!r}")
+    stored = list(_decode_outcome(row["outcome"])) if append else []
+    stored.extend(records)
+    values = {
+        "state": state.value, "outcome": _encode_outcome(stored), "uncertain": False,
+        "serial": serial if serial is not None else row["serial"], "error_code": error_code,
+        "possible_duplicate": possible_duplicate or row["possible_duplicate"],
+        "ca_request_id": ca_request_id if ca_request_id is not None else row["ca_request_id"],
+        "next_poll_at": next_poll_at, "updated_at": now, "outcome_at": now,
+    }
+    return _update(conn, row, values)
+
+
+def record_settled_without_attempt_in(
+    conn: Connection, new: NewOperation, state: OpState, records: Sequence[StoredRecord], now: datetime, *, error_code: str
+) -> Operation:
+    row = _row(conn, new.op_key, for_update=True)
+    if row is not None and row["state"] != OpState.SUBMITTING.value:
         return _operation(row)
+    settled = {"state": state.value, "uncertain": False, "error_code": error_code, "outcome": _encode_outcome(records),
+               "updated_at": now, "outcome_at": now}
+    if row is None:
+        return _insert(conn, _new_row(new, now, attempts=0, **settled))
+    return _update(conn, row, settled)
+
+
+# -- the same steps, each in its own transaction --------------------------------------------------------
+
+
+def load(engine: Engine, op_key: str) -> Operation | None:
+    with read_session(engine) as session:
+        return load_in(session.connection(), op_key)
+
+
+def begin_attempt(engine: Engine, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
+    """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
+    earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
+    with engine.begin() as conn:
+        return begin_attempt_in(conn, new, now)
+
+
+def attempt_unsent(engine: Engine, op_key: str, now: datetime) -> None:
+    """emCA certainly did not act on the last attempt: it is no longer uncertain."""
+    with engine.begin() as conn:
+        attempt_unsent_in(conn, op_key, now)
+
+
+def record_outcome(engine: Engine, op_key: str, state: OpState, records: Sequence[StoredRecord], now: datetime,
+                   **options: Any) -> Operation:
+    """Store the outcome (and the records to publish) before they are published. ``append`` keeps
+    the records stored before (a pending approval's IssuancePending, then its final event).
+    Options: see `record_outcome_in`."""
+    with engine.begin() as conn:
+        return record_outcome_in(conn, op_key, state, records, now, **options)
 
 
 def record_settled_without_attempt(
     engine: Engine, new: NewOperation, state: OpState, records: Sequence[StoredRecord], now: datetime, *, error_code: str
 ) -> Operation:
     """An outcome reached without calling emCA (deadline passed, unknown connector): row and outcome at once."""
-    with write_session(engine) as session:
-        row = session.get(IssuerOperation, new.op_key)
-        if row is not None and row.state != OpState.SUBMITTING.value:
-            return _operation(row)
-        if row is None:
-            row = IssuerOperation(
-                op_key=new.op_key, kind=new.kind, command_id=new.command_id, certificate_id=new.certificate_id,
-                request_id=new.request_id, connector=new.connector, topic=new.topic, partition=new.partition,
-                state=state.value, uncertain=False, attempts=0, command=new.command, ca_request_id=None, serial=None,
-                possible_duplicate=False, error_code=error_code, outcome=_encode_outcome(records), next_poll_at=None,
-                poll_attempts=0, created_at=now, updated_at=now, outcome_at=now,
-            )
-            session.add(row)
-        else:
-            row.state, row.error_code, row.outcome = state.value, error_code, _encode_outcome(records)
-            row.uncertain, row.updated_at, row.outcome_at = False, now, now
-        session.flush()
-        return _operation(row)
+    with engine.begin() as conn:
+        return record_settled_without_attempt_in(conn, new, state, records, now, error_code=error_code)
 
 
 def due_pending(engine: Engine, partitions: Iterable[tuple[str, int]], now: datetime, limit: int = 100) -> list[Operation]:
@@ -230,17 +269,13 @@ def due_pending(engine: Engine, partitions: Iterable[tuple[str, int]], now: date
         return []
     topics = sorted({topic for topic, _ in wanted})
     with read_session(engine) as session:
-        rows = session.scalars(
-            select(IssuerOperation)
-            .where(
-                IssuerOperation.state == OpState.PENDING.value,
-                IssuerOperation.topic.in_(topics),
-                IssuerOperation.next_poll_at <= now,
-            )
-            .order_by(IssuerOperation.next_poll_at)
+        rows = session.connection().execute(
+            select(_TABLE)
+            .where(_TABLE.c.state == OpState.PENDING.value, _TABLE.c.topic.in_(topics), _TABLE.c.next_poll_at <= now)
+            .order_by(_TABLE.c.next_poll_at)
             .limit(limit * 4)
-        ).all()
-        return [_operation(r) for r in rows if (r.topic, r.partition) in wanted][:limit]
+        ).mappings().all()
+        return [_operation(r) for r in rows if (r["topic"], r["partition"]) in wanted][:limit]
 
 
 def schedule_poll(engine: Engine, op_key: str, next_poll_at: datetime, now: datetime) -> None:

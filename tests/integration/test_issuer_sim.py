@@ -5,6 +5,7 @@ rejects, a malformed command, redelivery, outages, rotated credentials, crash po
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from emca_sim.server import SimServer, start_in_thread
 from services.common.connectors.models import ConnectorEdit
@@ -74,9 +76,21 @@ def driver() -> Iterator[Callable[[SimServer, EmcaVersion], SimDriver]]:
         client.close()
 
 
-def counters(sim: SimServer) -> dict[str, int]:
+def issued_by_key(sim: SimServer) -> dict[str, int]:
+    """Certificates emCA signed per public key (sha256 of the DER SubjectPublicKeyInfo): a command's count even
+    when its CSR went in a batch, which carries no applicationId of its own (services/issuer/batching.py)."""
     with _admin(sim) as admin:
-        return admin.get("/admin/counters").json()["issued_by_application_id"]
+        return admin.get("/admin/counters").json()["issued_by_public_key_sha256"]
+
+
+def create_calls(sim: SimServer) -> int:
+    with _admin(sim) as admin:
+        return int(admin.get("/admin/counters").json()["requests_by_method"].get("createCertificates", 0))
+
+
+def key_of(csr_pem: str) -> str:
+    key = x509.load_pem_x509_csr(csr_pem.encode()).public_key()
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
 @pytest.fixture
@@ -273,7 +287,7 @@ async def test_crash_points(bench: IssuerBench, sim: SimServer, point: str, vers
     issuer.start()
     await issuer.wait_healthy()
     events = await bench.wait_for(CertificateIssued, issuance_id=command.issuance_id)
-    issued_here = counters(sim).get(command.issuance_id, 0)
+    issued_here = issued_by_key(sim).get(key_of(command.csr), 0)
     if version is EmcaVersion.V4_0_17 or point != "after_emca_response":
         # V4.0.17 dedupes on applicationId; after the DB commit nothing is resubmitted on any dialect
         assert issued_here == 1
@@ -287,13 +301,17 @@ async def test_crash_points(bench: IssuerBench, sim: SimServer, point: str, vers
     assert all(e == events[0] for e in events)
 
 
+BATCHED = {"CERTRAIL_ISSUER_BATCH_MAX_CSRS": "10"}  # 4.2.x commands in flight together share createCertificates calls
+
+
 async def test_sigkill_at_random_moments_under_load(bench: IssuerBench, sim: SimServer) -> None:
     names = {EmcaVersion.V4_0_17: "kill-v4017", EmcaVersion.V4_2_4: "kill-v424"}
     for version, name in names.items():
         await bench.connector(sim, version, name)
     commands = {name: [bench.issue_command(name) for _ in range(150)] for name in names.values()}
+    calls_before = create_calls(sim)
     issuer = bench.issuer()
-    issuer.start()
+    issuer.start(BATCHED)
     await issuer.wait_healthy()
     for batch in zip(*commands.values(), strict=True):
         for command in batch:
@@ -302,20 +320,22 @@ async def test_sigkill_at_random_moments_under_load(bench: IssuerBench, sim: Sim
     for _ in range(3):
         await asyncio.sleep(rng.uniform(0.3, 2.0))
         issuer.kill(signal.SIGKILL)
-        issuer.start()
+        issuer.start(BATCHED)
         await issuer.wait_healthy()
     everything = [c for cs in commands.values() for c in cs]
     await poll(lambda: {e.data.issuance_id for e in bench.of_type(CertificateIssued)} >= {c.issuance_id for c in everything},
                "every command issued after the kills", 180)
     assert not bench.of_type(IssuanceFailed)
-    issued = counters(sim)
-    dedupe = [c.issuance_id for c in commands[names[EmcaVersion.V4_0_17]]]
-    assert all(issued.get(i) == 1 for i in dedupe), {i: issued.get(i) for i in dedupe if issued.get(i) != 1}
+    issued = issued_by_key(sim)  # every command has its own key; 4.2.x batches carry no per-command applicationId
+    dedupe = [key_of(c.csr) for c in commands[names[EmcaVersion.V4_0_17]]]
+    assert all(issued.get(k) == 1 for k in dedupe), {k: issued.get(k) for k in dedupe if issued.get(k) != 1}
     # 4.2.x: every issuance emCA signed more than once is reported as a possible duplicate
     for command in commands[names[EmcaVersion.V4_2_4]]:
-        times = issued.get(command.issuance_id, 0)
+        times = issued.get(key_of(command.csr), 0)
         assert times >= 1
         if times > 1:
             flagged = [e for e in bench.of_type(CertificateIssued, issuance_id=command.issuance_id) if e.data.possible_duplicate]
             assert flagged, f"{command.issuance_id} was issued {times} times but never reported"
-    print(json.dumps({"duplicates_4_2": sum(1 for c in commands[names[EmcaVersion.V4_2_4]] if issued.get(c.issuance_id, 0) > 1)}))
+    signed_4_2 = sum(issued.get(key_of(c.csr), 0) for c in commands[names[EmcaVersion.V4_2_4]])
+    assert create_calls(sim) - calls_before < signed_4_2  # the 4.2.x commands did share calls
+    print(json.dumps({"duplicates_4_2": sum(1 for c in commands[names[EmcaVersion.V4_2_4]] if issued.get(key_of(c.csr), 0) > 1)}))

@@ -4,10 +4,12 @@ the boundary, the V4.2.4+ token cache, one-shot retries, and refusals of unusabl
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +30,8 @@ from services.issuer.emca.types import (
     EmcaVersion,
     FailureKind,
     HttpOptions,
+    IssuedCertificate,
+    RequestPermanentError,
     TransientError,
 )
 
@@ -205,3 +209,35 @@ def test_http_base_urls_are_refused_and_pools_follow_the_concurrency() -> None:
     options = HttpOptions.for_concurrency(4, read_timeout=5.0)
     assert (options.max_connections, options.max_keepalive_connections, options.read_timeout) == (4, 4, 5.0)
     assert HttpOptions.for_concurrency(64).max_connections == POOL_CAP == 8  # measured: more connections cost more CPU
+
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "emca" / "v4_2"
+
+
+async def test_submit_csrs_sends_one_call_and_maps_each_record_to_its_csr() -> None:
+    """The mixed-batch golden vector (two CSRs, the second refused) through the client's batch operation."""
+    vector = json.loads((VECTORS / "v4_2_3-05-createCertificates-batch.json").read_text())
+    seen: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = vector["response"]
+        return httpx.Response(answer["status"], content=answer["body"].encode(), headers={"Content-Type": answer["content_type"]})
+
+    connection = client(server, v42_endpoint(EmcaVersion.V4_2_3))
+    csrs = vector["call"]["kwargs"]["csrs"]
+    assert connection.max_csrs_per_call == 50
+    issued, refused = await connection.submit_csrs(csr_pems=csrs, profile_name="TLS Server", subscriber_id="SUB-0001",
+                                                   application_id=None)
+    (expected_issued, expected_refused) = vector["expected"]["result"]
+    assert isinstance(issued, IssuedCertificate) and issued.serial == format(int(expected_issued["serial"], 16), "x")
+    assert issued.certificate_pem == expected_issued["certificate_pem"]
+    assert isinstance(refused, RequestPermanentError) and refused.code is ErrorCode.CA_REJECTED
+    assert refused.message == f"emCA: {expected_refused['code']}: {expected_refused['message']}"
+    (request,) = seen
+    body = json.loads(request.content)
+    assert (body["csrs"], body["applicationId"]) == (csrs, None)  # one call, every CSR, in order
+    with pytest.raises(ConnectorFaultError):  # an answer that does not have one record per CSR
+        await connection.submit_csrs(csr_pems=[*csrs, csrs[0]], profile_name="TLS Server", subscriber_id="SUB-0001",
+                                     application_id=None)
+    await connection.aclose()

@@ -17,6 +17,7 @@ from services.issuer.consumer_loop import _InFlight, _Partition
 from services.issuer.emca.types import TransientError
 from services.issuer.processor import CrashPoints, Revoked, Work
 from services.issuer.state import NewOperation, OpState, StoredRecord
+from services.issuer.writer import StateWriter
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -121,3 +122,33 @@ def test_pending_approvals_are_found_by_partition_and_due_time(engine) -> None: 
     final = [StoredRecord("certrail.events", "cert-1", b'{"final":1}')]
     done = state.record_outcome(engine, "a", OpState.ISSUED, final, NOW, append=True)
     assert done.outcome == (pending[0], final[0])
+
+
+async def test_the_state_writer_commits_the_steps_in_flight_together(engine) -> None:  # type: ignore[no-untyped-def]
+    writer = StateWriter(engine)
+    keys = [f"iss-{n}" for n in range(40)]
+    begun = await asyncio.gather(*(writer.run(state.begin_attempt_in, _new(key), NOW) for key in keys))
+    assert [(op.op_key, op.attempts, earlier) for op, earlier in begun] == [(key, 1, False) for key in keys]
+    assert writer.steps == 40 and writer.groups < 40  # the first step's group commits alone, the rest together
+    records = [StoredRecord("certrail.events", "cert-1", b'{"id":"e1"}')]
+    settled = await asyncio.gather(*(writer.run(state.record_outcome_in, key, OpState.ISSUED, records, NOW, serial="1f")
+                                     for key in keys))
+    assert all(op.state is OpState.ISSUED and op.outcome == tuple(records) for op in settled)
+    stored = state.load(engine, "iss-39")  # committed, read back in a transaction of its own
+    assert stored is not None and stored.state is OpState.ISSUED and stored.serial == "1f" and not stored.uncertain
+
+
+async def test_a_failing_step_fails_alone_and_its_group_is_still_written(engine) -> None:  # type: ignore[no-untyped-def]
+    writer = StateWriter(engine)
+    records = [StoredRecord("certrail.events", "cert-1", b"{}")]
+    results = await asyncio.gather(
+        writer.run(state.begin_attempt_in, _new("a"), NOW),
+        writer.run(state.begin_attempt_in, _new("b"), NOW),
+        writer.run(state.record_outcome_in, "missing", OpState.ISSUED, records, NOW),  # no intent: LookupError
+        writer.run(state.begin_attempt_in, _new("c"), NOW),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], LookupError)
+    assert [op.op_key for op, _ in (results[0], results[1], results[3])] == ["a", "b", "c"]  # type: ignore[misc]
+    assert all(state.load(engine, key) is not None for key in ("a", "b", "c"))
+    assert state.load(engine, "missing") is None

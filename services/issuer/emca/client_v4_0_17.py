@@ -32,6 +32,7 @@ from services.issuer.emca.support import (
 )
 from services.issuer.emca.transport import HttpTransport
 from services.issuer.emca.types import (
+    BatchOutcome,
     ConnectorFaultError,
     EmcaEndpoint,
     EmcaError,
@@ -172,6 +173,18 @@ class V4017Connection:
                 return SubscriberProbe(note=f"subscriber accepted; the probe CSR was refused as intended ({error.message})")
             raise
         return await probe_went_through(self, _outcome(outcome))
+
+    @property
+    def max_csrs_per_call(self) -> int:
+        return 1  # V4.0.17 has no batch call
+
+    async def submit_csrs(
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+    ) -> tuple[BatchOutcome, ...]:
+        if len(csr_pems) != 1 or application_id is None:
+            raise UnsupportedOperation("V4.0.17 takes one CSR per call, with its applicationId")
+        return (await self.submit_csr(csr_pem=csr_pems[0], profile_name=profile_name, subscriber_id=subscriber_id,
+                                      application_id=application_id),)
 
     async def submit_csr(self, *, csr_pem: str, profile_name: str, subscriber_id: str, application_id: str) -> IssueOutcome:
         request = self._requests.create_certificate(

@@ -25,6 +25,7 @@ from services.issuer.emca.dialects import v4_2 as wire
 from services.issuer.emca.support import crl_der_from, probe_application_id, probe_csr_pem, probe_went_through
 from services.issuer.emca.transport import HttpTransport
 from services.issuer.emca.types import (
+    BatchOutcome,
     ConnectorFaultError,
     EmcaEndpoint,
     EmcaError,
@@ -104,6 +105,12 @@ def _outcome(record: wire.Outcome) -> IssueOutcome:
     if isinstance(record, wire.RejectedRequest):
         raise _rejected(record)
     return _issued(record)
+
+
+def _batch_outcome(record: wire.Outcome) -> BatchOutcome:
+    if isinstance(record, wire.RejectedRequest):
+        return _rejected(record)
+    return _outcome(record)
 
 
 def _profile(entry: wire.ProfileEntry) -> ProfileInfo:
@@ -234,6 +241,25 @@ class V42Connection:
         if len(records) != 1:
             raise ConnectorFaultError(ErrorCode.CA_PROTOCOL_ERROR, f"createCertificates answered {len(records)} records for one CSR")
         return _outcome(records[0])
+
+    @property
+    def max_csrs_per_call(self) -> int:
+        return wire.MAX_CSRS_PER_CALL
+
+    async def submit_csrs(
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+    ) -> tuple[BatchOutcome, ...]:
+        def build(token: str | None) -> wire.HttpRequest:
+            return self._builder.create_certificates(
+                profile_name=profile_name, subscriber_id=subscriber_id, csrs=csr_pems, application_id=application_id, token=token
+            )
+
+        records = await self._call(build, wire.parse_create_certificates)
+        if len(records) != len(csr_pems):
+            raise ConnectorFaultError(
+                ErrorCode.CA_PROTOCOL_ERROR, f"createCertificates answered {len(records)} records for {len(csr_pems)} CSRs"
+            )
+        return tuple(_batch_outcome(record) for record in records)
 
     async def poll_request(self, request_id: str) -> IssueOutcome:
         record = await self._call(

@@ -28,6 +28,7 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RevocationReason
 from services.issuer.emca.support import certificate_sha256
 from services.issuer.emca.types import (
+    BatchOutcome,
     ConnectorFaultError,
     EmcaEndpoint,
     EmcaVersion,
@@ -46,6 +47,7 @@ from services.issuer.emca.types import (
 
 FAKE_BASE_URL = "https://fake-emca.invalid"
 CRL_BASE = "http://fake-emca.invalid/crl/"
+FAKE_MAX_CSRS_PER_CALL = 50  # as the 4.2.x simulator
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -407,6 +409,29 @@ class FakeEmcaConnection:
     async def submit_csr(self, *, csr_pem: str, profile_name: str, subscriber_id: str, application_id: str) -> IssueOutcome:
         app = self.emca._gate(self, "submit_csr")
         return self.emca._submit(app, csr_pem, profile_name, subscriber_id, application_id)
+
+    @property
+    def max_csrs_per_call(self) -> int:
+        return 1 if self.version is EmcaVersion.V4_0_17 else FAKE_MAX_CSRS_PER_CALL
+
+    async def submit_csrs(
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+    ) -> tuple[BatchOutcome, ...]:
+        app = self.emca._gate(self, "submit_csrs")
+        if not 1 <= len(csr_pems) <= self.max_csrs_per_call or (self.version is EmcaVersion.V4_0_17 and application_id is None):
+            raise UnsupportedOperation(f"{self.version.value} takes 1..{self.max_csrs_per_call} CSRs per call")
+        outcomes: list[BatchOutcome] = []
+        for csr_pem in csr_pems:  # as 4.2.x: a refused CSR is a record; any other refusal fails the call
+            try:
+                outcomes.append(self.emca._submit(app, csr_pem, profile_name, subscriber_id, application_id or ""))
+            except RequestPermanentError as refusal:
+                if refusal.code is not ErrorCode.CA_REJECTED:
+                    raise
+                outcomes.append(refusal)
+        first = outcomes[0]
+        if isinstance(first, RequestPermanentError) and all(isinstance(o, RequestPermanentError) for o in outcomes):
+            raise first  # nothing issued or held: the call fails with the first refusal
+        return tuple(outcomes)
 
     async def poll_request(self, request_id: str) -> IssueOutcome:
         self.emca._gate(self, "poll_request")

@@ -40,6 +40,7 @@ __all__ = [
     "FailureKind",
     "POOL_CAP",
     "HttpOptions",
+    "BatchOutcome",
     "IssueOutcome",
     "IssuedCertificate",
     "IssuingCa",
@@ -162,6 +163,9 @@ class PendingIssuance:
 
 
 IssueOutcome = IssuedCertificate | PendingIssuance
+
+BatchOutcome = IssuedCertificate | PendingIssuance | RequestPermanentError
+"""One CSR's outcome inside a batch: its refusal is a value, so it fails that CSR alone."""
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,20 @@ class EmcaConnection(Protocol):
         self, *, csr_pem: str, profile_name: str, subscriber_id: str, application_id: str
     ) -> IssueOutcome:
         """Submit one CSR; ``application_id`` is the issuance id (V4.0.17 dedupes on it)."""
+        ...
+
+    @property
+    def max_csrs_per_call(self) -> int:
+        """How many CSRs one `submit_csrs` call takes: 1 where the dialect has no batch call (V4.0.17)."""
+        ...
+
+    async def submit_csrs(
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+    ) -> tuple[BatchOutcome, ...]:
+        """Submit 1..``max_csrs_per_call`` CSRs of one profile in one call; one outcome per CSR, in order. A CSR
+        emCA refuses is a `RequestPermanentError` in its place; a failure of the call itself is raised (every CSR
+        of it then shares that failure). When emCA refuses every CSR of the call, the call fails with the first
+        refusal (4.2.x: 422 CSR_REJECTED). 4.2.x takes one applicationId per call, recorded but not deduplicated."""
         ...
 
     async def poll_request(self, request_id: str) -> IssueOutcome:
