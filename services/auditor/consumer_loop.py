@@ -33,6 +33,7 @@ stored raw with their error code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -122,6 +123,8 @@ class AuditConsumer:
         self._clock = clock
         self._pool_factory = prepare_pool
         self._pool: Executor | None = None
+        # on SQLite the worker also formats the times as SQLite stores them (off this process's GIL)
+        self._prepare = functools.partial(prepare_batch, sqlite_times=engine.dialect.name == "sqlite")
         self.lock = asyncio.Lock()
         self.generation = 0
         self.next_offsets: dict[TopicPartition, int] = {}
@@ -211,7 +214,7 @@ class AuditConsumer:
         if self._pool_factory is not None:
             if self._pool is None:
                 self._pool = self._pool_factory()
-            batch.prepared = asyncio.get_running_loop().run_in_executor(self._pool, prepare_batch, batch.records)
+            batch.prepared = asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, batch.records)
         return batch
 
     async def _entries(self, batch: _Batch) -> list[AuditEntry] | None:
@@ -256,7 +259,10 @@ class AuditConsumer:
                 log.warning(
                     "Kafka delivered no record for %s/%d offsets %d..%d (transaction markers or compaction?); "
                     "`certrail audit verify` checks them against Kafka",
-                    gap.topic, gap.partition, gap.first_missing, gap.last_missing,
+                    gap.topic,
+                    gap.partition,
+                    gap.first_missing,
+                    gap.last_missing,
                 )
             if self._checkpointer is not None:
                 self._checkpointer.advanced(result.heads.values())

@@ -18,19 +18,20 @@ when read (`effective_status`): an active certificate past its not_after.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, String, Table, cast, func, select
+from sqlalchemy import Boolean, String, Table, TextualSelect, cast, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from services.auditor.sql import executemany, time_binder
+from services.auditor.sql import BoundTime, executemany, sqlite_text, time_binder, utc_or_none
 from services.common.contracts.events import (
     CertificateDeployed,
     CertificateExpiring,
@@ -47,8 +48,6 @@ from services.common.contracts.events import (
 )
 from services.common.contracts.fields import ErrorInfo, RequestKind
 from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial, UTCDateTime
-
-_CHUNK = 500
 
 
 class CertificateStatus(StrEnum):
@@ -83,11 +82,9 @@ class InventoryEvent(NamedTuple):
 
     type: str
     id: str
-    time: datetime
+    time: BoundTime  # its times (here and in fields) are text when a prepare worker bound them for SQLite
     certificate_id: str
     fields: dict[str, Any]
-
-
 
 
 #: the fields `_apply` reads, per event type ("error" becomes its code, "target" its kind and name)
@@ -96,8 +93,18 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     RequestRejected.TYPE: ("error",),
     IssuancePending.TYPE: ("issuance_id", "connector", "request_id"),
     CertificateIssued.TYPE: (
-        "serial", "replaces_serial", "subject", "sans", "issuer", "not_before", "not_after", "connector", "profile",
-        "request_id", "issuance_id", "public_key_sha256",
+        "serial",
+        "replaces_serial",
+        "subject",
+        "sans",
+        "issuer",
+        "not_before",
+        "not_after",
+        "connector",
+        "profile",
+        "request_id",
+        "issuance_id",
+        "public_key_sha256",
     ),
     IssuanceFailed.TYPE: ("error",),
     CertificateRevoked.TYPE: ("serial", "revoked_at", "reason"),
@@ -110,8 +117,10 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 HANDLED_TYPES = frozenset(_FIELDS)
 
 
-def inventory_event(event: Any) -> InventoryEvent | None:
-    """The inventory's view of a decoded event (an Envelope or a typed envelope), or None."""
+def inventory_event(event: Any, *, sqlite_times: bool = False) -> InventoryEvent | None:
+    """The inventory's view of a decoded event (an Envelope or a typed envelope), or None
+    (also when one of its times is beyond what UTC can hold). Its times are in UTC;
+    ``sqlite_times``: as the text SQLite stores (`sql.sqlite_text`)."""
     names = _FIELDS.get(event.type)
     if names is None:
         return None
@@ -130,9 +139,17 @@ def inventory_event(event: Any) -> InventoryEvent | None:
             fields[name] = str(value)
         elif isinstance(value, list):
             fields[name] = list(value)
+        elif isinstance(value, datetime):
+            utc = utc_or_none(value)
+            if utc is None:
+                return None  # an instant UTC cannot hold is no certificate's validity: not folded (the record is stored)
+            fields[name] = sqlite_text(utc) if sqlite_times else utc
         else:
             fields[name] = value
-    return InventoryEvent(event.type, event.id, event.time, certificate_id, fields)
+    time = utc_or_none(event.time)
+    if time is None:
+        return None
+    return InventoryEvent(event.type, event.id, sqlite_text(time) if sqlite_times else time, certificate_id, fields)
 
 
 @dataclass
@@ -187,14 +204,30 @@ def _issued(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
         if old is not None and old["status"] == SerialStatus.ACTIVE:
             state.serial(cert_id, replaced)["status"] = SerialStatus.SUPERSEDED.value
     row.update(
-        status=CertificateStatus.ACTIVE.value, serial=f["serial"], subject=f["subject"], sans=json.dumps(f["sans"]),
-        issuer=f["issuer"], not_before=f["not_before"], not_after=f["not_after"], connector=f["connector"],
-        profile=f["profile"], request_id=f["request_id"], issuance_id=f["issuance_id"],
-        public_key_sha256=f["public_key_sha256"], revoked_at=None, revocation_reason=None, last_error_code=None,
+        status=CertificateStatus.ACTIVE.value,
+        serial=f["serial"],
+        subject=f["subject"],
+        sans=json.dumps(f["sans"]),
+        issuer=f["issuer"],
+        not_before=f["not_before"],
+        not_after=f["not_after"],
+        connector=f["connector"],
+        profile=f["profile"],
+        request_id=f["request_id"],
+        issuance_id=f["issuance_id"],
+        public_key_sha256=f["public_key_sha256"],
+        revoked_at=None,
+        revocation_reason=None,
+        last_error_code=None,
     )
     state.serial(cert_id, f["serial"]).update(
-        status=SerialStatus.ACTIVE.value, issuer=f["issuer"], not_before=f["not_before"], not_after=f["not_after"],
-        issuance_id=f["issuance_id"], request_id=f["request_id"], issued_at=event.time,
+        status=SerialStatus.ACTIVE.value,
+        issuer=f["issuer"],
+        not_before=f["not_before"],
+        not_after=f["not_after"],
+        issuance_id=f["issuance_id"],
+        request_id=f["request_id"],
+        issued_at=event.time,
     )
 
 
@@ -232,7 +265,9 @@ def _apply(state: _State, event: InventoryEvent) -> None:
         row = state.certificate(event, create=False)
         if row is not None and row["serial"] in (None, f["serial"]):
             row.update(
-                status=CertificateStatus.REVOKED.value, serial=f["serial"], revoked_at=f["revoked_at"],
+                status=CertificateStatus.REVOKED.value,
+                serial=f["serial"],
+                revoked_at=f["revoked_at"],
                 revocation_reason=f["reason"],
             )
     elif kind in (CertificateDeployed.TYPE, DeploymentFailed.TYPE):
@@ -255,21 +290,23 @@ def _apply(state: _State, event: InventoryEvent) -> None:
         state.certificate(event, create=False)
 
 
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+@functools.cache
+def _sqlite_load_query(table: Table) -> TextualSelect:
+    """``table``'s rows for a JSON array of certificate ids: one cached statement whatever
+    the batch (an IN list of bound parameters is rendered anew for every batch)."""
+    columns = ", ".join(f'"{c.name}"' for c in table.columns)
+    query = text(f'SELECT {columns} FROM "{table.name}" WHERE certificate_id IN (SELECT value FROM json_each(:ids))')
+    return query.columns(*table.columns)
 
 
 def _load(session: Session, table: Table, certificate_ids: Sequence[str]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
     if session.get_bind().dialect.name == "postgresql":
         # join the wanted ids (index lookups whatever the statistics say; see store._first_occurrences)
         wanted = func.unnest(cast(list(certificate_ids), ARRAY(String()))).table_valued("id").render_derived(name="wanted")
         query = select(table).join(wanted, table.c.certificate_id == wanted.c.id)
         return [dict(r._mapping) for r in session.execute(query)]
-    for chunk in _chunks(certificate_ids):
-        rows.extend(dict(r._mapping) for r in session.execute(select(table).where(table.c.certificate_id.in_(chunk))))
-    return rows
+    rows = session.execute(_sqlite_load_query(table), {"ids": json.dumps(list(certificate_ids))})
+    return [dict(r._mapping) for r in rows]
 
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -384,9 +421,9 @@ def certificates_with_serial(session: Session, serial: str) -> list[str]:
     """The certificate ids that ever had ``serial`` (normally one)."""
     return list(
         session.scalars(
-            select(CertificateSerial.certificate_id).where(CertificateSerial.serial == serial).order_by(
-                CertificateSerial.certificate_id
-            )
+            select(CertificateSerial.certificate_id)
+            .where(CertificateSerial.serial == serial)
+            .order_by(CertificateSerial.certificate_id)
         )
     )
 

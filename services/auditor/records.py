@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from services.auditor.chain import ChainContent, content_hash
 from services.auditor.inventory import InventoryEvent, inventory_event
+from services.auditor.sql import BoundTime, sqlite_text, utc_or_none
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import (
     MAX_MESSAGE_BYTES,
@@ -54,7 +55,7 @@ class EnvelopeAttributes(NamedTuple):
     subject: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
-    event_time: datetime | None = None
+    event_time: BoundTime | None = None  # text only from prepare_batch(sqlite_times=True)
     certificate_id: str | None = None
     request_id: str | None = None
 
@@ -75,8 +76,14 @@ class RawRecord(NamedTuple):
 def raw_record(record: Any) -> RawRecord:
     """A `RawRecord` from an aiokafka ``ConsumerRecord``."""
     return RawRecord(
-        record.topic, record.partition, record.offset, record.timestamp, record.timestamp_type, record.key,
-        record.value, tuple((k, bytes(v or b"")) for k, v in (record.headers or ())),
+        record.topic,
+        record.partition,
+        record.offset,
+        record.timestamp,
+        record.timestamp_type,
+        record.key,
+        record.value,
+        tuple((k, bytes(v or b"")) for k, v in (record.headers or ())),
     )
 
 
@@ -183,11 +190,12 @@ def decode_record(raw: bytes | None, catalog: Catalog) -> tuple[Event | None, De
         return None, exc
 
 
-def _from_envelope(envelope: Event) -> EnvelopeAttributes:
+def _from_envelope(envelope: Event, sqlite_times: bool = False) -> EnvelopeAttributes:
     fields = envelope.data.__dict__  # the message's field values (pydantic models keep them there)
     certificate_id = fields.get("certificate_id")
     request_id = fields.get("request_id")
     subject = clean_text(envelope.subject, 256)
+    event_time = utc_or_none(envelope.time)
     return EnvelopeAttributes(
         event_id=clean_text(envelope.id, 128),
         event_type=envelope.type,
@@ -195,16 +203,20 @@ def _from_envelope(envelope: Event) -> EnvelopeAttributes:
         subject=subject,
         correlation_id=clean_text(envelope.correlationid, 128),
         causation_id=clean_text(envelope.causationid, 128),
-        event_time=envelope.time.astimezone(UTC),
+        event_time=sqlite_text(event_time) if sqlite_times and event_time is not None else event_time,
         certificate_id=certificate_id if isinstance(certificate_id, str) else (subject[:200] if subject else None),
         request_id=request_id if isinstance(request_id, str) else clean_text(envelope.correlationid, 128),
     )
 
 
-def derive_attributes(value: bytes | None, envelope: Event | None) -> EnvelopeAttributes:
+def derive_attributes(value: bytes | None, envelope: Event | None, *, sqlite_times: bool = False) -> EnvelopeAttributes:
     """The envelope columns of a stored value: from ``envelope`` (its decoded
-    message) when it is valid, else from its JSON attributes."""
-    return _from_envelope(envelope) if envelope is not None else envelope_attributes(value)
+    message) when it is valid, else from its JSON attributes (``sqlite_times``:
+    the event time as SQLite's text, see `prepare`)."""
+    attributes = _from_envelope(envelope, sqlite_times) if envelope is not None else envelope_attributes(value)
+    if sqlite_times and isinstance(attributes.event_time, datetime):  # an invalid record's parsed time
+        attributes = attributes._replace(event_time=sqlite_text(attributes.event_time))
+    return attributes
 
 
 def _redact(raw: bytes | None) -> tuple[bytes | None, int]:
@@ -216,8 +228,13 @@ def _redact(raw: bytes | None) -> tuple[bytes | None, int]:
 INVALID_TYPE = "invalid"
 
 
-def prepare(record: RawRecord, catalog: Catalog) -> AuditEntry:
-    """What to store for ``record`` (never raises for any bytes)."""
+def prepare(record: RawRecord, catalog: Catalog, *, sqlite_times: bool = False) -> AuditEntry:
+    """What to store for ``record`` (never raises for any bytes).
+
+    ``sqlite_times``: the entry's times (the event time, the inventory's times) are
+    the text SQLite stores (`services.auditor.sql.sqlite_text`; the writer's
+    binding passes text through), so that a prepare worker, not the writer,
+    formats them: only for a writer on SQLite."""
     value, removed_value = _redact(record.value)
     key, removed_key = _redact(record.key)
     headers = record.headers
@@ -234,10 +251,21 @@ def prepare(record: RawRecord, catalog: Catalog) -> AuditEntry:
     original_sha256 = hashlib.sha256(original).hexdigest() if original is not None else None
     original_size = len(original) if original is not None else None
     removed = removed_value + removed_key + removed_headers
-    digest = content_hash(ChainContent(
-        record.topic, record.partition, record.offset, record.timestamp_ms, record.timestamp_type, key, value, headers,
-        removed, original_sha256, original_size,
-    ))
+    digest = content_hash(
+        ChainContent(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp_ms,
+            record.timestamp_type,
+            key,
+            value,
+            headers,
+            removed,
+            original_sha256,
+            original_size,
+        )
+    )
     return AuditEntry(
         topic=record.topic,
         partition=record.partition,
@@ -252,24 +280,33 @@ def prepare(record: RawRecord, catalog: Catalog) -> AuditEntry:
         original_size=original_size,
         decode_error=str(failure.code) if failure else None,
         decode_reason=clean_text(failure.reason, 2000) if failure else None,
-        attributes=derive_attributes(value, envelope),
+        attributes=derive_attributes(value, envelope, sqlite_times=sqlite_times),
         type_label=envelope.type if envelope is not None else INVALID_TYPE,
         content_hash=digest,
-        inventory=inventory_event(envelope) if envelope is not None else None,
+        inventory=inventory_event(envelope, sqlite_times=sqlite_times) if envelope is not None else None,
     )
 
 
 def content_of(entry: AuditEntry) -> ChainContent:
     """What ``entry``'s content hash covers."""
     return ChainContent(
-        entry.topic, entry.partition, entry.offset, entry.timestamp_ms, entry.timestamp_type, entry.key, entry.value,
-        entry.headers, entry.private_keys_removed, entry.original_sha256, entry.original_size,
+        entry.topic,
+        entry.partition,
+        entry.offset,
+        entry.timestamp_ms,
+        entry.timestamp_type,
+        entry.key,
+        entry.value,
+        entry.headers,
+        entry.private_keys_removed,
+        entry.original_sha256,
+        entry.original_size,
     )
 
 
-def prepare_batch(records: Sequence[RawRecord]) -> list[AuditEntry]:
+def prepare_batch(records: Sequence[RawRecord], *, sqlite_times: bool = False) -> list[AuditEntry]:
     """`prepare` for a batch, against the full catalog (what a worker process runs)."""
-    return [prepare(record, CATALOG) for record in records]
+    return [prepare(record, CATALOG, sqlite_times=sqlite_times) for record in records]
 
 
 _HEADERS_CACHE: dict[tuple[tuple[str, bytes], ...], str] = {}

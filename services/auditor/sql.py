@@ -26,25 +26,44 @@ _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 _SQLITE_UTC_CACHE: dict[datetime, str] = {}
 
+#: a time, or its SQLite text when a prepare worker bound it already (records.prepare_batch(sqlite_times=True))
+BoundTime = datetime | str
 
-def sqlite_utc(value: datetime | None) -> str | None:
-    """UTCDateTime's value on SQLite, as SQLAlchemy stores it (naive UTC text with
-    microseconds), without its per-value processor chain. The same instants
-    recur (a batch's stored_at, an event's time in several inventory columns):
-    they are formatted once."""
-    if value is None:
+
+def utc_or_none(value: datetime) -> datetime | None:
+    """An aware time in UTC, or None when UTC cannot hold it (year 1 with a positive
+    offset, 9999 with a negative one: valid RFC 3339, but no instant a column can store)."""
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
         return None
-    cached = _SQLITE_UTC_CACHE.get(value)
-    if cached is not None:
-        return cached
+
+
+def sqlite_text(value: datetime) -> str:
+    """An aware time as SQLite stores a UTCDateTime (naive UTC text with microseconds), uncached."""
     offset = value.utcoffset()
     if offset is None:
         raise ValueError("naive datetime: pass a timezone-aware (UTC) datetime")
     utc = value.astimezone(UTC) if offset else value
-    text = (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}"
-    )
+    # "YYYY-MM-DD HH:MM:SS.ffffff+00:00" without its offset: the same text as SQLAlchemy's
+    # "%04d-%02d-%02d %02d:%02d:%02d.%06d", in half the time of formatting the fields
+    return utc.isoformat(" ", "microseconds")[:26]
+
+
+def sqlite_utc(value: BoundTime | None) -> str | None:
+    """UTCDateTime's value on SQLite, as SQLAlchemy stores it (`sqlite_text`),
+    without its per-value processor chain. The same instants recur (a batch's
+    stored_at, an event's time in several inventory columns): they are
+    formatted once. Text is that form already (bound by the prepare worker):
+    passed through."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    cached = _SQLITE_UTC_CACHE.get(value)
+    if cached is not None:
+        return cached
+    text = sqlite_text(value)
     if len(_SQLITE_UTC_CACHE) >= 4096:
         _SQLITE_UTC_CACHE.clear()
     _SQLITE_UTC_CACHE[value] = text
@@ -148,9 +167,8 @@ def executemany(
     tail = ""
     if upsert_key:
         updated = [c for c in columns if c not in upsert_key]
-        tail = (
-            f" ON CONFLICT ({', '.join(preparer.quote(c) for c in upsert_key)}) DO UPDATE SET "
-            + ", ".join(f"{preparer.quote(c)} = excluded.{preparer.quote(c)}" for c in updated)
+        tail = f" ON CONFLICT ({', '.join(preparer.quote(c) for c in upsert_key)}) DO UPDATE SET " + ", ".join(
+            f"{preparer.quote(c)} = excluded.{preparer.quote(c)}" for c in updated
         )
     values = "(" + ", ".join([placeholder] * len(columns)) + ")"
     processors = [] if bound else _processors(table, columns, dialect)

@@ -23,6 +23,7 @@ The caller commits the Kafka offsets only after the transaction committed.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ def _dialect_insert(session: Session) -> Any:
     raise NotImplementedError(f"audit store: unsupported database {name!r}")
 
 
+_SQLITE_HEADS = text(
+    'SELECT topic, "partition", "offset", row_hash FROM audit_chain_heads WHERE topic IN (SELECT value FROM json_each(:topics))'
+)
+
+
 def lock_heads(session: Session, keys: Iterable[PartitionKey], now: datetime) -> dict[PartitionKey, Head]:
     """Create missing heads (offset -1) and read all of ``keys``, locked for this transaction."""
     ordered = sorted(set(keys))
@@ -100,6 +106,14 @@ def lock_heads(session: Session, keys: Iterable[PartitionKey], now: datetime) ->
         [{"topic": t, "partition": p, "offset": -1, "row_hash": GENESIS, "records": 0, "updated_at": now} for t, p in ordered],
     )
     heads: dict[PartitionKey, Head] = {}
+    if session.get_bind().dialect.name == "sqlite":
+        # BEGIN IMMEDIATE holds the database's write lock already (there are no row locks): read the heads of
+        # the batch's topics with one cached statement (an OR of the wanted keys is compiled anew for every batch)
+        wanted = set(ordered)
+        for row in session.execute(_SQLITE_HEADS, {"topics": json.dumps(sorted({t for t, _ in ordered}))}):
+            if (row[0], row[1]) in wanted:
+                heads[(row[0], row[1])] = Head(row[0], row[1], row[2], row[3])
+        return heads
     for start in range(0, len(ordered), _CHUNK):
         chunk = ordered[start : start + _CHUNK]
         condition = or_(*(and_(table.c.topic == t, table.c.partition == p) for t, p in chunk))
@@ -117,10 +131,18 @@ def lock_heads(session: Session, keys: Iterable[PartitionKey], now: datetime) ->
 _PG_FIRST_OCCURRENCES = text(
     # a nested loop over the wanted ids with index lookups, whatever the table's statistics say
     # (with a long IN list, PostgreSQL may prefer a sequential scan of the whole audit log)
-    "SELECT r.event_id, r.topic, r.partition, r.\"offset\" "
+    'SELECT r.event_id, r.topic, r.partition, r."offset" '
     "FROM unnest(CAST(:ids AS VARCHAR[])) AS wanted(id) "
     "JOIN audit_records AS r ON r.event_id = wanted.id "
     "WHERE r.first_offset IS NULL ORDER BY r.id"
+)
+
+
+_SQLITE_FIRST_OCCURRENCES = text(
+    # the wanted ids as one JSON array parameter: one cached statement whatever the batch
+    # (an IN list of bound parameters is rendered anew for every batch); each id is looked up in ix_audit_records_event_id
+    'SELECT event_id, topic, "partition", "offset" FROM audit_records '
+    "WHERE event_id IN (SELECT value FROM json_each(:ids)) AND first_offset IS NULL ORDER BY id"
 )
 
 
@@ -131,16 +153,8 @@ def _first_occurrences(session: Session, event_ids: Sequence[str]) -> dict[str, 
         for row in session.execute(_PG_FIRST_OCCURRENCES, {"ids": list(event_ids)}):
             found.setdefault(row[0], (row[1], row[2], row[3]))
         return found
-    table = AuditRecord.__table__
-    for start in range(0, len(event_ids), _CHUNK):
-        chunk = event_ids[start : start + _CHUNK]
-        rows = session.execute(
-            select(table.c.event_id, table.c.topic, table.c.partition, table.c.offset)
-            .where(table.c.event_id.in_(chunk), table.c.first_offset.is_(None))
-            .order_by(table.c.id)
-        )
-        for row in rows:
-            found.setdefault(row.event_id, (row.topic, row.partition, row.offset))
+    for row in session.execute(_SQLITE_FIRST_OCCURRENCES, {"ids": json.dumps(event_ids)}):
+        found.setdefault(row[0], (row[1], row[2], row[3]))
     return found
 
 
@@ -161,18 +175,25 @@ def _row(
     formats the event time; ``stored_at`` is bound already)."""
     attrs = entry.attributes
     return (
-        *entry[:7], headers_to_json(entry.headers), *entry[8:13], *attrs[:6], bind_time(attrs.event_time),
-        attrs.certificate_id, attrs.request_id, *(first or _NO_FIRST),
-        prev_offset, prev_hash, row_hash(prev_hash, prev_offset, entry.content_hash), stored_at,
+        *entry[:7],
+        headers_to_json(entry.headers),
+        *entry[8:13],
+        *attrs[:6],
+        bind_time(attrs.event_time),
+        attrs.certificate_id,
+        attrs.request_id,
+        *(first or _NO_FIRST),
+        prev_offset,
+        prev_hash,
+        row_hash(prev_hash, prev_offset, entry.content_hash),
+        stored_at,
     )
 
 
 _NO_FIRST = (None, None, None)
 
 
-def write_batch(
-    session: Session, entries: Sequence[AuditEntry], *, now: datetime, inventory_topic: str | None
-) -> BatchResult:
+def write_batch(session: Session, entries: Sequence[AuditEntry], *, now: datetime, inventory_topic: str | None) -> BatchResult:
     """Store ``entries`` (one fetched batch) in the caller's transaction; see the module docstring."""
     result = BatchResult()
     by_partition: dict[PartitionKey, dict[int, AuditEntry]] = defaultdict(dict)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, delete, func, select, update
 
+from services.auditor.app import prepare_pool_factory
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
 from services.auditor.inventory import get_certificate
@@ -107,7 +108,9 @@ def event(data: Message, event_id: str, *, subject: str = CERT_ID, at: datetime 
     return encode(make_event(data, id=event_id, source="/certrail/test", time=at, subject=subject, correlationid="req-1"))
 
 
-async def produce(kafka: KafkaSettings, records: Sequence[tuple[str, bytes | None, bytes | None] | tuple[str, bytes | None, bytes | None, int]]) -> None:
+async def produce(
+    kafka: KafkaSettings, records: Sequence[tuple[str, bytes | None, bytes | None] | tuple[str, bytes | None, bytes | None, int]]
+) -> None:
     producer = AIOKafkaProducer(**producer_kwargs(kafka))
     await producer.start()
     try:
@@ -140,26 +143,37 @@ def count_rows(engine: Engine, prefix: str) -> int:
 class RunningAuditor:
     """One AuditConsumer (the service's loop) with a checkpointer publishing to Kafka."""
 
-    def __init__(self, env: AuditEnv, group_id: str, **loop: Any) -> None:
+    def __init__(self, env: AuditEnv, group_id: str, *, prepare_processes: int = 0, **loop: Any) -> None:
         self.env = env
         self.registry = CollectorRegistry()
         self.metrics = AuditMetrics(self.registry, env.topics)
         self._producer = AIOKafkaProducer(**producer_kwargs(env.kafka))
         self.checkpointer = Checkpointer(
-            env.key, auditor=f"test-{uuid.uuid4().hex[:6]}", group_id=group_id, topics=env.topics,
-            publish=self._publish, clock=lambda: datetime.now(UTC),
+            env.key,
+            auditor=f"test-{uuid.uuid4().hex[:6]}",
+            group_id=group_id,
+            topics=env.topics,
+            publish=self._publish,
+            clock=lambda: datetime.now(UTC),
         )
         self.consumer = AuditConsumer(
-            kafka=env.kafka, settings=LoopSettings(group_id=group_id, topic_refresh_interval_ms=1000, **loop),
-            topics=env.topics, engine=env.engine, metrics=self.metrics, checkpointer=self.checkpointer,
+            kafka=env.kafka,
+            settings=LoopSettings(group_id=group_id, topic_refresh_interval_ms=1000, **loop),
+            topics=env.topics,
+            engine=env.engine,
+            metrics=self.metrics,
+            checkpointer=self.checkpointer,
             clock=lambda: datetime.now(UTC),
+            prepare_pool=prepare_pool_factory(prepare_processes) if prepare_processes else None,
         )
         self._task: asyncio.Task[None] | None = None
 
     async def _publish(self, messages: Sequence[Outbound]) -> None:
         for message in messages:
             await self._producer.send_and_wait(
-                message.topic, message.value(), key=message.key.encode() if message.key else None,
+                message.topic,
+                message.value(),
+                key=message.key.encode() if message.key else None,
                 headers=[(k, v.encode()) for k, v in message.headers().items()],
             )
 
@@ -185,9 +199,12 @@ class RunningAuditor:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-async def audit_all(env: AuditEnv, expected_rows: int, group_id: str | None = None, **loop: Any) -> None:
+async def audit_all(
+    env: AuditEnv, expected_rows: int, group_id: str | None = None, *, prepare_processes: int = 0, **loop: Any
+) -> None:
     """Run an auditor until ``expected_rows`` rows are stored, then stop it (publishing a checkpoint)."""
-    async with RunningAuditor(env, group_id or f"auditor-{uuid.uuid4().hex[:6]}", **loop) as auditor:
+    group = group_id or f"auditor-{uuid.uuid4().hex[:6]}"
+    async with RunningAuditor(env, group, prepare_processes=prepare_processes, **loop) as auditor:
         await wait_for(lambda: count_rows(env.engine, env.topics.prefix) >= expected_rows, f"{expected_rows} rows")
         await auditor.stop()
 
@@ -203,14 +220,17 @@ def lifecycle(env: AuditEnv, n: int) -> list[tuple[str, bytes | None, bytes | No
 async def test_every_record_is_stored_once_and_a_redelivered_event_is_linked(env: AuditEnv) -> None:
     topics = env.topics
     dup = event(EX[RequestAccepted], "accepted-1")
-    await produce(env.kafka, [
-        (topics.events, CERT_ID.encode(), dup),
-        (topics.events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),
-        (topics.events, CERT_ID.encode(), dup),  # the same event again, at a new offset
-        (topics.requests, b"k", b"\xffpoison"),
-        (topics.commands(CONNECTOR), b"k", None),  # a tombstone
-        (topics.commands(CONNECTOR), b"k", b'{"specversion": "1.0"}'),
-    ])
+    await produce(
+        env.kafka,
+        [
+            (topics.events, CERT_ID.encode(), dup),
+            (topics.events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),
+            (topics.events, CERT_ID.encode(), dup),  # the same event again, at a new offset
+            (topics.requests, b"k", b"\xffpoison"),
+            (topics.commands(CONNECTOR), b"k", None),  # a tombstone
+            (topics.commands(CONNECTOR), b"k", b'{"specversion": "1.0"}'),
+        ],
+    )
     group = f"auditor-{uuid.uuid4().hex[:6]}"
     await audit_all(env, 6, group)
     # A crash between the database commit and the offset commit looks like this:
@@ -300,7 +320,10 @@ async def test_a_deleted_tail_row_is_missing_below_the_committed_offset(env: Aud
     assert (ProblemKind.MISSING, 3) in {(p.kind, p.offset) for p in report.problems}
 
 
-async def test_replay_into_a_fresh_database_equals_the_live_store(env: AuditEnv) -> None:
+@pytest.mark.parametrize("prepare_processes", [0, 1], ids=["prepared-in-the-writer", "prepare-worker"])
+async def test_replay_into_a_fresh_database_equals_the_live_store(env: AuditEnv, prepare_processes: int) -> None:
+    """Replay prepares in its own thread; the live auditor in its writer thread or in a worker
+    process (as the service runs on 2+ CPUs: on SQLite the worker also formats the times)."""
     topics = env.topics
     records = [
         *lifecycle(env, 3),
@@ -310,12 +333,13 @@ async def test_replay_into_a_fresh_database_equals_the_live_store(env: AuditEnv)
         (topics.commands(CONNECTOR), b"c", b"garbage"),
     ]
     await produce(env.kafka, records)
-    await audit_all(env, len(records))
+    await audit_all(env, len(records), prepare_processes=prepare_processes)
     _, replayed = env.fresh_db("replay.db")
     try:
         for topic in (topics.events, topics.requests, topics.commands(CONNECTOR)):
-            result = await replay(kafka=env.kafka, topics=topics, topic=topic, into=replayed, start=None, stop=None,
-                                  now=lambda: datetime.now(UTC))
+            result = await replay(
+                kafka=env.kafka, topics=topics, topic=topic, into=replayed, start=None, stop=None, now=lambda: datetime.now(UTC)
+            )
             difference = await asyncio.to_thread(diff_stores, env.engine, replayed, topic, result.ranges)
             assert difference.equal, difference.differences
             assert difference.compared == sum(1 for r in records if r[0] == topic)
@@ -338,15 +362,23 @@ async def test_a_time_range_replay_returns_exactly_that_range(sqlite_env: AuditE
     phases = {name: T0 + i * hour for i, name in enumerate(["before", "during", "after"])}
     records = [
         (topics.events, f"cert-{i % 2}".encode(), event(EX[CertificateDeployed], f"{name}-{i}"), at + i)
-        for name, at in phases.items() for i in range(5)
+        for name, at in phases.items()
+        for i in range(5)
     ]
     await produce(env.kafka, records)
     _, rebuilt = env.fresh_db("window.db")
     try:
         start = Bound(time=datetime.fromtimestamp(phases["during"] / 1000, UTC))
         stop = Bound(time=datetime.fromtimestamp(phases["after"] / 1000, UTC))
-        await replay(kafka=env.kafka, topics=topics, topic=topics.events, into=rebuilt, start=start, stop=stop,
-                     now=lambda: datetime.now(UTC))
+        await replay(
+            kafka=env.kafka,
+            topics=topics,
+            topic=topics.events,
+            into=rebuilt,
+            start=start,
+            stop=stop,
+            now=lambda: datetime.now(UTC),
+        )
         with read_session(rebuilt) as session:
             ids = sorted(session.scalars(select(AuditRecord.event_id)))
             stamps = list(session.scalars(select(AuditRecord.timestamp_ms)))
@@ -354,8 +386,15 @@ async def test_a_time_range_replay_returns_exactly_that_range(sqlite_env: AuditE
         assert all(phases["during"] <= s < phases["after"] for s in stamps)
         # by offsets: [1, 3) in every partition
         _, by_offset = env.fresh_db("offsets.db")
-        result = await replay(kafka=env.kafka, topics=topics, topic=topics.events, into=by_offset, start=Bound(offset=1),
-                              stop=Bound(offset=3), now=lambda: datetime.now(UTC))
+        result = await replay(
+            kafka=env.kafka,
+            topics=topics,
+            topic=topics.events,
+            into=by_offset,
+            start=Bound(offset=1),
+            stop=Bound(offset=3),
+            now=lambda: datetime.now(UTC),
+        )
         with read_session(by_offset) as session:
             offsets = sorted(session.execute(select(AuditRecord.partition, AuditRecord.offset)).all())
         expected = [(p, o) for p, (a, b) in sorted(result.ranges.items()) for o in range(a, b)]
@@ -380,8 +419,10 @@ async def test_partitions_moving_between_instances_lose_and_repeat_nothing(env: 
     topics = env.topics
     group = f"auditor-{uuid.uuid4().hex[:6]}"
     total = 400
-    records = [(topics.events, f"cert-{i % 7}".encode(), event(EX[CertificateDeployed], f"d-{i}", subject=f"cert-{i % 7}"))
-               for i in range(total)]
+    records = [
+        (topics.events, f"cert-{i % 7}".encode(), event(EX[CertificateDeployed], f"d-{i}", subject=f"cert-{i % 7}"))
+        for i in range(total)
+    ]
     async with RunningAuditor(env, group, max_batch_records=25) as first:
         producing = asyncio.create_task(produce(env.kafka, records))
         await wait_for(lambda: count_rows(env.engine, topics.prefix) >= 50, "some rows")

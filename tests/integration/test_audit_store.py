@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,8 +20,8 @@ from sqlalchemy import Engine, delete, func, select, update
 from services.auditor.chain import GENESIS, content_hash, row_hash
 from services.auditor.export import exported_rows, write_csv, write_jsonl
 from services.auditor.inventory import get_certificate
-from services.auditor.records import RawRecord
-from services.auditor.store import store_records
+from services.auditor.records import RawRecord, prepare_batch
+from services.auditor.store import store_entries, store_records
 from services.auditor.trail import trail
 from services.auditor.verify_store import ProblemKind, scan_store, stored_content
 from services.common import migrate
@@ -61,7 +63,9 @@ def value(data: Message, event_id: str, *, at: datetime = NOW, subject: str = CE
 
 
 def raw(offset: int, payload: bytes | None, *, topic: str = EVENTS, partition: int = 0, ts: int | None = None) -> RawRecord:
-    return RawRecord(topic, partition, offset, ts if ts is not None else 1767225600000 + offset, 0, CERT_ID.encode(), payload, HEADERS)
+    return RawRecord(
+        topic, partition, offset, ts if ts is not None else 1767225600000 + offset, 0, CERT_ID.encode(), payload, HEADERS
+    )
 
 
 def store(engine: Engine, records: list[RawRecord]):  # type: ignore[no-untyped-def]
@@ -70,7 +74,9 @@ def store(engine: Engine, records: list[RawRecord]):  # type: ignore[no-untyped-
 
 def rows(engine: Engine, topic: str = EVENTS) -> list[AuditRecord]:
     with read_session(engine) as session:
-        found = session.scalars(select(AuditRecord).where(AuditRecord.topic == topic).order_by(AuditRecord.partition, AuditRecord.offset)).all()
+        found = session.scalars(
+            select(AuditRecord).where(AuditRecord.topic == topic).order_by(AuditRecord.partition, AuditRecord.offset)
+        ).all()
         for row in found:
             session.expunge(row)
     return list(found)
@@ -152,7 +158,8 @@ def test_concurrent_writers_of_one_partition_never_fork_its_chain(engine: Engine
 def test_undecodable_records_are_stored_raw_with_their_error(engine: Engine) -> None:
     result = store(engine, [raw(0, b"\xffpoison"), raw(1, None), raw(2, b'{"specversion":"1.0"}')])
     assert result.stored == 3 and dict(result.invalid_by_code) == {
-        (EVENTS, "UNDECODABLE"): 2, (EVENTS, "NOT_CLOUDEVENT"): 1,
+        (EVENTS, "UNDECODABLE"): 2,
+        (EVENTS, "NOT_CLOUDEVENT"): 1,
     }
     stored = rows(engine)
     assert [r.decode_error for r in stored] == ["UNDECODABLE", "UNDECODABLE", "NOT_CLOUDEVENT"]
@@ -164,16 +171,22 @@ def _lifecycle(engine: Engine) -> None:
     later = NOW + timedelta(minutes=5)
     issued = EX[CertificateIssued]
     store(engine, [raw(0, value(EX[IssueRequested], "r-1"), topic=REQUESTS, ts=1767225600000)])
-    store(engine, [
-        raw(0, value(EX[RequestAccepted], "a-1"), ts=1767225600001),
-        raw(1, value(EX[IssuancePending], "p-1"), ts=1767225600002),
-        raw(2, value(issued, "i-1"), ts=1767225600003),
-        raw(3, value(EX[CertificateDeployed], "d-1"), ts=1767225600004),
-        raw(4, value(EX[CertificateDeployed], "d-1"), ts=1767225600005),  # redelivered at a new offset
-        raw(5, value(issued.model_copy(update={"serial": "abc1", "replaces_serial": SERIAL}), "i-2", at=later),
-            ts=1767225600006),
-        raw(6, value(EX[CertificateRevoked].model_copy(update={"serial": "abc1"}), "v-1", at=later), ts=1767225600007),
-    ])
+    store(
+        engine,
+        [
+            raw(0, value(EX[RequestAccepted], "a-1"), ts=1767225600001),
+            raw(1, value(EX[IssuancePending], "p-1"), ts=1767225600002),
+            raw(2, value(issued, "i-1"), ts=1767225600003),
+            raw(3, value(EX[CertificateDeployed], "d-1"), ts=1767225600004),
+            raw(4, value(EX[CertificateDeployed], "d-1"), ts=1767225600005),  # redelivered at a new offset
+            raw(
+                5,
+                value(issued.model_copy(update={"serial": "abc1", "replaces_serial": SERIAL}), "i-2", at=later),
+                ts=1767225600006,
+            ),
+            raw(6, value(EX[CertificateRevoked].model_copy(update={"serial": "abc1"}), "v-1", at=later), ts=1767225600007),
+        ],
+    )
 
 
 def test_inventory_follows_issue_deploy_renew_revoke(engine: Engine) -> None:
@@ -224,8 +237,14 @@ def test_trail_shows_issue_then_deploy_then_revoke(engine: Engine) -> None:
         by_request = trail(session, "req-1")
     types = [e.event_type for e in by_certificate.entries]
     assert types == [
-        IssueRequested.TYPE, RequestAccepted.TYPE, IssuancePending.TYPE, CertificateIssued.TYPE,
-        CertificateDeployed.TYPE, CertificateDeployed.TYPE, CertificateIssued.TYPE, CertificateRevoked.TYPE,
+        IssueRequested.TYPE,
+        RequestAccepted.TYPE,
+        IssuancePending.TYPE,
+        CertificateIssued.TYPE,
+        CertificateDeployed.TYPE,
+        CertificateDeployed.TYPE,
+        CertificateIssued.TYPE,
+        CertificateRevoked.TYPE,
     ]
     assert by_certificate.entries[5].duplicate_of == f"{EVENTS}/0@3"
     assert "serial=abc1" in by_certificate.entries[-1].summary
@@ -309,8 +328,10 @@ def test_an_export_is_enough_to_recompute_the_chain(engine: Engine) -> None:
     def raw_bytes(text: str | None, encoding: str | None) -> bytes | None:
         return None if text is None else (text.encode() if encoding == "utf-8" else base64.b64decode(text))
 
-    store(engine, [raw(0, deployed("e-0")), raw(1, b"\xff\x00binary"), raw(2, None),
-                   raw(3, json.dumps({"k": private_key_pem()}).encode())])
+    store(
+        engine,
+        [raw(0, deployed("e-0")), raw(1, b"\xff\x00binary"), raw(2, None), raw(3, json.dumps({"k": private_key_pem()}).encode())],
+    )
     with read_session(engine) as session:
         out = io.StringIO()
         write_jsonl(exported_rows(session, topics=[EVENTS]), out)
@@ -333,14 +354,85 @@ def test_listing_the_inventory_for_renewals(engine: Engine) -> None:
     issued = EX[CertificateIssued]
     soon = issued.model_copy(update={"certificate_id": "soon.example.com", "serial": "a1", "not_after": NOW + timedelta(days=5)})
     later = issued.model_copy(update={"certificate_id": "later.example.com", "serial": "a2"})
-    store(engine, [raw(0, value(soon, "s-1", subject="soon.example.com")), raw(1, value(later, "l-1", subject="later.example.com")),
-                   raw(2, value(EX[IssuanceFailed].model_copy(update={"certificate_id": "never.example.com"}), "f-1",
-                                subject="never.example.com"))])
+    store(
+        engine,
+        [
+            raw(0, value(soon, "s-1", subject="soon.example.com")),
+            raw(1, value(later, "l-1", subject="later.example.com")),
+            raw(
+                2,
+                value(
+                    EX[IssuanceFailed].model_copy(update={"certificate_id": "never.example.com"}),
+                    "f-1",
+                    subject="never.example.com",
+                ),
+            ),
+        ],
+    )
     from services.auditor.inventory import list_certificates
 
     with read_session(engine) as session:
-        assert [v.certificate_id for v in list_certificates(session, NOW)] == ["soon.example.com", "later.example.com", "never.example.com"]
+        assert [v.certificate_id for v in list_certificates(session, NOW)] == [
+            "soon.example.com",
+            "later.example.com",
+            "never.example.com",
+        ]
         expiring = list_certificates(session, NOW, not_after_before=NOW + timedelta(days=30))
         assert [v.certificate_id for v in expiring] == ["soon.example.com"]
-        assert [v.certificate_id for v in list_certificates(session, NOW + timedelta(days=6), status="expired")] == ["soon.example.com"]
+        assert [v.certificate_id for v in list_certificates(session, NOW + timedelta(days=6), status="expired")] == [
+            "soon.example.com"
+        ]
         assert [v.certificate_id for v in list_certificates(session, NOW, status="failed")] == ["never.example.com"]
+
+
+def _lifecycle_records() -> list[RawRecord]:
+    later = NOW + timedelta(minutes=5, microseconds=123_456)
+    issued = EX[CertificateIssued]
+    return [
+        raw(0, value(EX[RequestAccepted], "a-1", at=NOW + timedelta(microseconds=1))),
+        raw(1, value(EX[IssuancePending], "p-1", at=NOW + timedelta(seconds=1, microseconds=999_999))),
+        raw(2, value(issued, "i-1", at=NOW + timedelta(seconds=2))),
+        raw(3, value(EX[CertificateDeployed], "d-1", at=NOW + timedelta(seconds=3))),
+        raw(4, value(EX[CertificateDeployed], "d-1", at=NOW + timedelta(seconds=3))),  # redelivered at a new offset
+        raw(5, value(issued.model_copy(update={"serial": "abc1", "replaces_serial": SERIAL}), "i-2", at=later)),
+        raw(6, value(EX[CertificateRevoked].model_copy(update={"serial": "abc1"}), "v-1", at=later)),
+        raw(7, b"not json"),
+    ]
+
+
+def _dump(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the audit and inventory tables, as SQLite holds them (times as their stored text)."""
+    tables = ("audit_records", "audit_chain_heads", "certificate_inventory", "certificate_serials", "certificate_deployments")
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        return {t: connection.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in tables}
+    finally:
+        connection.close()
+
+
+def test_batches_prepared_by_the_worker_for_sqlite_store_exactly_what_the_writer_would(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """prepare_batch(sqlite_times=True) hands the writer its times as SQLite text already:
+    the stored rows (audit log, chain heads, inventory) are byte for byte those of the in-thread path."""
+    records = _lifecycle_records()
+    now = datetime(2026, 1, 15, 9, 30, 0, 250_000, tzinfo=UTC)
+    urls = {}
+    for path in ("writer", "worker"):
+        settings = DatabaseSettings(url=f"sqlite:///{tmp_path / path}.db")
+        migrate.upgrade(settings)
+        engine = make_engine(settings)
+        try:
+            for batch in (records[:3], records[3:]):  # the second batch loads and updates what the first stored
+                if path == "writer":
+                    store_records(engine, batch, inventory_topic=EVENTS, now=now)
+                else:
+                    entries = pickle.loads(pickle.dumps(prepare_batch(batch, sqlite_times=True)))  # as from the worker process
+                    assert isinstance(entries[0].attributes.event_time, str)
+                    store_entries(engine, entries, inventory_topic=EVENTS, now=now)
+            with read_session(engine) as session:
+                assert scan_store(session, {}).problems == []  # verify re-derives each event time and compares
+        finally:
+            engine.dispose()
+        urls[path] = settings.url
+    writer, worker = _dump(urls["writer"]), _dump(urls["worker"])
+    assert len(writer["audit_records"]) == len(records) and len(writer["certificate_serials"]) == 2
+    assert worker == writer

@@ -5,7 +5,7 @@ and no private key ever."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from services.auditor.records import (
     headers_to_json,
     prepare,
 )
+from services.auditor.sql import sqlite_text
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import DecodeError, Message, decode, encode, make_event
 from services.common.contracts.errors import ErrorCode
@@ -138,6 +139,27 @@ def test_derived_columns_agree_between_the_typed_and_the_json_paths() -> None:
 def test_times_are_utc() -> None:
     raw = _event(CertificateIssued, time=datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
     assert prepare(_raw(raw), CATALOG).attributes.event_time == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("sqlite_times", [False, True])
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(1, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=5))),  # before year 1 in UTC
+        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(-timedelta(hours=5))),  # after 9999 in UTC
+    ],
+)
+def test_a_valid_time_that_utc_cannot_hold_never_stops_the_auditor(when: datetime, sqlite_times: bool) -> None:
+    """Valid RFC 3339, but no instant a column can store: the record is stored (without an
+    event time) and not folded into the inventory, instead of failing its batch forever."""
+    issued = EXAMPLES[CertificateIssued].model_copy(update={"not_after": when})
+    in_data = encode(make_event(issued, id="evt-1", source="/t", time=NOW, subject=CERT_ID))
+    in_envelope = _event(CertificateIssued, time=when)
+    for raw, event_time in ((in_data, NOW), (in_envelope, None)):
+        entry = prepare(_raw(raw), CATALOG, sqlite_times=sqlite_times)
+        assert (entry.decode_error, entry.type_label, entry.inventory) == (None, CertificateIssued.TYPE, None)
+        expected = sqlite_text(event_time) if sqlite_times and event_time is not None else event_time
+        assert entry.attributes.event_time == expected
 
 
 def test_headers_round_trip() -> None:
