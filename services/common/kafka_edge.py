@@ -2,18 +2,24 @@
 consumer plumbing. Handlers and the Dispatcher never import a broker library.
 
 - `FastStreamPublisher` publishes `Outbound` messages (CloudEvents structured
-  mode, ``content-type: application/cloudevents+json``, keyed by certificate id)
-  through the broker's idempotent producer (acks=all).
-- `subscribe` registers one subscriber that turns each aiokafka record into an
-  `InboundRecord` and hands it to a `Dispatcher`. Offsets are committed after
-  the record was handled, ignored or dead-lettered (AckPolicy.ACK with
-  auto-commit off); an unexpected exception leaves the record uncommitted and
-  FastStream seeks back to it (NACK), so it is retried, never lost.
+  mode, ``content-type: application/cloudevents+json`` and ``ce_type``, keyed by
+  certificate id) through the broker's idempotent producer (acks=all): every
+  message is sent first and the acknowledgements awaited together (inside a
+  batch, at the end of the batch: `PENDING_ACKS`).
+- `subscribe` registers one FastStream *batch* subscriber: each fetched batch
+  (up to ``max_records``) becomes `InboundRecord`s handed to
+  `Dispatcher.dispatch_batch`. Offsets are committed once per batch, after
+  every record was handled, ignored or dead-lettered and everything published
+  was acknowledged (AckPolicy.NACK_ON_ERROR with auto-commit off: the ack
+  commits the consumer's position, which is the end of the batch); an
+  unexpected exception leaves the batch uncommitted and FastStream seeks each
+  partition back to the batch's first record (NACK), so it is retried, never lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -22,7 +28,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CollectorRegistry
 
-from services.common.consumer import Dispatcher, InboundRecord, Outbound
+from services.common.consumer import PENDING_ACKS, Dispatcher, InboundRecord, Outbound
 from services.common.kafka_config import faststream_broker_kwargs
 from services.common.metrics import PublisherMetrics
 from services.common.settings import KafkaSettings
@@ -45,15 +51,31 @@ class FastStreamPublisher:
         self._metrics = metrics
 
     async def publish(self, messages: Sequence[Outbound]) -> None:
-        for message in messages:
-            await self._broker.publish(
-                message.value(),
-                topic=message.topic,
-                key=message.key.encode("utf-8") if message.key is not None else None,
-                headers=message.headers(),
-            )
-            if self._metrics is not None:
+        await send_all(
+            self._broker,
+            [(message.topic, message.key, message.value(), message.headers()) for message in messages],
+        )
+        if self._metrics is not None:
+            for message in messages:
                 self._metrics.published_one(message.event.type)
+
+
+async def send_all(broker: KafkaBroker, records: Sequence[tuple[str, str | None, bytes, dict[str, str]]]) -> None:
+    """Sends (topic, key, value, headers) records in order without waiting for each; then awaits their
+    acknowledgements together, or, inside `Dispatcher.dispatch_batch`, leaves them to the batch."""
+    acks: list[Awaitable[object]] = []
+    for topic, key, value, headers in records:
+        ack = await broker.publish(
+            value, topic=topic, key=key.encode("utf-8") if key is not None else None, headers=headers, no_confirm=True
+        )
+        if isinstance(ack, asyncio.Future):  # FastStream's test broker delivers at once and returns None
+            acks.append(ack)
+    pending = PENDING_ACKS.get()
+    if pending is not None:
+        for ack in acks:
+            pending.add(ack)
+    elif acks:
+        await asyncio.gather(*acks)
 
 
 def inbound_from(record: ConsumerRecord[Any, Any]) -> InboundRecord:
@@ -68,9 +90,9 @@ def inbound_from(record: ConsumerRecord[Any, Any]) -> InboundRecord:
     )
 
 
-async def _raw_bytes(message: Any) -> bytes:
-    """FastStream decoder that leaves the body alone: the Dispatcher decodes."""
-    return bytes(message.body or b"")
+async def _raw_body(message: Any) -> Any:
+    """FastStream decoder that leaves the bodies alone: the Dispatcher decodes."""
+    return message.body
 
 
 def subscribe(
@@ -81,8 +103,11 @@ def subscribe(
     settings: KafkaSettings,
     topics: Sequence[str] = (),
     pattern: str | None = None,
+    max_records: int = 500,
+    batch_timeout_ms: int = 50,
 ) -> None:
-    """Route ``topics`` (or every topic matching ``pattern``) to ``dispatcher``."""
+    """Route ``topics`` (or every topic matching ``pattern``) to ``dispatcher``, a fetched batch
+    of up to ``max_records`` at a time (``batch_timeout_ms``: how long one fetch waits)."""
     if bool(topics) == bool(pattern):
         raise ValueError("give either topics or a pattern")
 
@@ -94,10 +119,20 @@ def subscribe(
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_bytes,
+        decoder=_raw_body,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=batch_timeout_ms,
         title=f"{group_id}:{pattern or ','.join(topics)}",
     )
 
     @subscriber
-    async def on_record(body: bytes, msg: KafkaMessage) -> None:  # noqa: ARG001 - body is decoded by the dispatcher
-        await dispatcher.dispatch(inbound_from(msg.raw_message))  # type: ignore[arg-type]
+    async def on_batch(body: Any, msg: KafkaMessage) -> None:  # noqa: ARG001 - the bodies are decoded by the dispatcher
+        await dispatcher.dispatch_batch([inbound_from(record) for record in _records_of(msg.raw_message)])
+
+
+def _records_of(raw: Any) -> list[ConsumerRecord[Any, Any]]:
+    """The records of a batch message (FastStream's test broker nests a published record in a list)."""
+    if isinstance(raw, (tuple, list)):
+        return [record for item in raw for record in _records_of(item)]
+    return [raw]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,6 +25,31 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class KeyedLocks:
+    """One asyncio lock per key (a target, or a target's directory for one certificate), forgotten
+    when nobody holds or waits for it: deployments that touch the same place run one at a time."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 @dataclass
 class DeployerContext:
     engine: Engine
@@ -38,6 +63,8 @@ class DeployerContext:
     clock: Callable[[], datetime] = _now
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     build_target: Callable[..., DeploymentTarget] = build_target
+    #: certificates of a batch are deployed concurrently, but never two at once into the same place
+    target_locks: KeyedLocks = field(default_factory=KeyedLocks, repr=False)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -51,4 +78,4 @@ class DeployerContext:
 
 
 TargetBuilder = Callable[[TargetSpec], DeploymentTarget]
-__all__ = ["Bundle", "DeployerContext", "TargetBuilder"]
+__all__ = ["Bundle", "DeployerContext", "KeyedLocks", "TargetBuilder"]

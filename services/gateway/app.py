@@ -20,12 +20,13 @@ from prometheus_client import Counter
 
 from services.common.connectors.secretbox import SecretBox, load_secret_box
 from services.common.consumer import CURRENT_RECORD, Outbound
-from services.common.contracts.envelope import CONTENT_TYPE, CONTENT_TYPE_HEADER, Envelope
+from services.common.contracts.envelope import Envelope
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.topics import Topics
+from services.common.kafka_edge import send_all
 from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
-from services.gateway.intake import Intake, Outcome, stored_records
+from services.gateway.intake import Intake, Outcome, outgoing_records
 from services.gateway.scheduler import Scheduler
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
@@ -104,9 +105,8 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
                     observe=lambda door, kind, status, code: requests.labels(door, kind, status, code or "").inc())
 
     async def publish(outbound: Sequence[Outbound | dict[str, Any]]) -> None:
-        for topic, key, value in stored_records(outbound):
-            await service.broker.publish(value, topic=topic, key=key.encode("utf-8") if key is not None else None,
-                                         headers={CONTENT_TYPE_HEADER: CONTENT_TYPE})
+        # sent in order, acknowledged together (inside a consumed batch: before the batch is committed)
+        await send_all(service.broker, outgoing_records(outbound))
 
     holder["intake"], holder["publish"] = intake, publish
     runtime = GatewayRuntime(service, settings, intake, box, publish)

@@ -32,7 +32,7 @@ from services.common.connectors import repository as connectors_repo
 from services.common.connectors.models import ConnectorStatus
 from services.common.consumer import Outbound
 from services.common.contracts.commands import IssueCertificate, ProvisionCertificate, RenewCertificate, RevokeCertificate
-from services.common.contracts.envelope import Message, make_event
+from services.common.contracts.envelope import Message, make_event, record_headers
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import RequestAccepted, RequestRejected
 from services.common.contracts.fields import KeyGeneration, RequestKind
@@ -356,13 +356,28 @@ class Intake:
 
 def stored_records(outbound: Sequence[Outbound | dict[str, Any]]) -> list[tuple[str, str | None, bytes]]:
     """(topic, key, value) for each record to publish, whether new or stored."""
+    return [(topic, key, value) for topic, key, value, _ in outgoing_records(outbound)]
+
+
+def outgoing_records(outbound: Sequence[Outbound | dict[str, Any]]) -> list[tuple[str, str | None, bytes, dict[str, str]]]:
+    """(topic, key, value, headers) for each record to publish, whether new or stored (a stored
+    record is re-published byte for byte; its ``ce_type`` header is read from its body)."""
     result = []
     for item in outbound:
         if isinstance(item, Outbound):
-            result.append((item.topic, item.key, item.value()))
+            result.append((item.topic, item.key, item.value(), item.headers()))
         else:
-            result.append((item["topic"], item["key"], item["value"].encode("utf-8")))
+            value = item["value"]
+            result.append((item["topic"], item["key"], value.encode("utf-8"), record_headers(_stored_type(value))))
     return result
 
 
-__all__ = ["Answer", "Caller", "Intake", "Outcome", "stored_records"]
+def _stored_type(value: str) -> str | None:
+    try:
+        declared = json.loads(value).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return declared if isinstance(declared, str) else None
+
+
+__all__ = ["Answer", "Caller", "Intake", "Outcome", "outgoing_records", "stored_records"]

@@ -5,6 +5,7 @@ keys are generated, stored encrypted, requested with a signed CSR and installed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -45,6 +46,7 @@ from services.deployer.metrics import DeployerMetrics
 from services.deployer.runner import RetryPolicy
 from services.deployer.targets.base import Bundle, TargetError, public_key_sha256
 from services.deployer.targets.config import TargetKind
+from services.deployer.targets.factory import build_target
 from services.gateway.policy.canonical import request_signing_bytes
 from tests.deployer_support import MiniCA
 
@@ -292,3 +294,58 @@ def test_target_secrets_are_stored_encrypted(bench: Bench) -> None:
         with bench.ctx.write() as session:
             store.remove_target(session, "a")
     assert json.loads(raw[0])["url"] == "https://h.test/x"
+
+
+@dataclass
+class SlowTarget(FakeTarget):
+    """Counts how many deployments are inside it at once: each deploy waits (at most 1 s) for a
+    second one to come in beside it."""
+
+    inside: int = 0
+    most_inside: int = 0
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def deploy(self, bundle: Bundle) -> None:
+        async with self.changed:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.changed.notify_all()
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.inside >= 2), 1.0)
+            except TimeoutError:
+                pass  # nobody came in beside it: the lock kept the other one out
+        try:
+            await super().deploy(bundle)
+        finally:
+            self.inside -= 1
+
+
+@pytest.mark.parametrize(("per_certificate", "expected"), [(False, 1), (True, 2)], ids=["shared-directory", "per-certificate"])
+async def test_certificates_deployed_concurrently_never_share_a_place_at_once(
+    bench: Bench, per_certificate: bool, expected: int
+) -> None:
+    """A batch deploys different certificates at the same time: into one shared directory one after
+    the other (a shared directory, a webhook, a reload), into per-certificate directories side by side."""
+    slow = SlowTarget("shared")
+    bench.targets["shared"] = slow
+    with bench.ctx.write() as session:
+        store.add_target(session, bench.ctx.box, "shared", TargetKind.FILE, {"dir": "/srv/shared", "per_certificate": per_certificate},
+                         {}, NOW)
+        store.bind(session, "api", "shared", NOW)
+    first, second = bench.issued("api-1", profile="api"), bench.issued("api-2", profile="api")
+    results = await asyncio.gather(on_certificate_issued(bench.ctx, first), on_certificate_issued(bench.ctx, second))
+    assert [type(out.event.data) for outs in results for out in outs] == [CertificateDeployed, CertificateDeployed]
+    assert slow.most_inside == expected
+    assert len(bench.ctx.target_locks) == 0  # nothing left behind
+
+
+async def test_real_file_target_takes_two_certificates_of_one_batch_into_one_directory(tmp_path: Path, bench: Bench) -> None:
+    bench.ctx.build_target = build_target  # the real file target on the local disk
+    with bench.ctx.write() as session:
+        store.add_target(session, bench.ctx.box, "disk", TargetKind.FILE, {"dir": str(tmp_path / "shared")}, {}, NOW)
+        store.bind(session, "disk", "disk", NOW)
+    envelopes = [bench.issued(f"disk-{i}", profile="disk") for i in range(4)]
+    results = await asyncio.gather(*(on_certificate_issued(bench.ctx, envelope) for envelope in envelopes))
+    assert [type(outs[0].event.data) for outs in results] == [CertificateDeployed] * 4
+    current = (tmp_path / "shared" / "current" / "cert.pem").read_text()
+    assert current in {envelope.data.certificate for envelope in envelopes}

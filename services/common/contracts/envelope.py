@@ -27,6 +27,10 @@ from services.common.contracts.redaction import contains_private_key
 
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_TYPE_HEADER = "content-type"
+#: the CloudEvents Kafka binding's ``type`` attribute header (binary-mode name), set beside the
+#: structured body so a consumer can skip a type it does not handle without parsing the body
+#: (docs/decisions/0010-ce-type-header.md); the body's ``type`` stays authoritative
+TYPE_HEADER = "ce_type"
 SPEC_VERSION = "1.0"
 DATA_CONTENT_TYPE = "application/json"
 #: no certrail message is larger than this (a CSR, a leaf and a chain fit easily)
@@ -161,6 +165,14 @@ def make_event(
         causationid=causationid,
         data=data,
     )
+
+
+def record_headers(message_type: str | None) -> dict[str, str]:
+    """The Kafka headers of a certrail record: its content type and, when known, its type."""
+    headers = {CONTENT_TYPE_HEADER: CONTENT_TYPE}
+    if message_type:
+        headers[TYPE_HEADER] = message_type
+    return headers
 
 
 def encode(event: Envelope) -> bytes:

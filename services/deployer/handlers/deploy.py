@@ -74,6 +74,15 @@ def _plan(ctx: DeployerContext, issued: CertificateIssued) -> _Plan:
     return _Plan(specs, key_pem, bot_held and key is None, done, previous)
 
 
+def target_place(spec: store.TargetSpec, certificate_id: str) -> tuple[str, ...]:
+    """What one deployment touches, for the lock that keeps two deployments out of the same place:
+    the certificate's own directory when the target has one per certificate (file, nginx, ssh with
+    ``per_certificate``), else the whole target (a shared directory, a webhook, a reload)."""
+    if getattr(spec.config, "per_certificate", False):
+        return (spec.name, spec.config.directory_for(certificate_id))
+    return (spec.name,)
+
+
 async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec, bundle: Bundle, plan: _Plan) -> Outbound:
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
@@ -100,8 +109,9 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
         verified, rolled_back = None, False
     else:
         target = ctx.build_target(spec, previous=plan.previous.get(spec.name))
-        result = await deploy_with_rollback(target, bundle, ctx.retry, metrics=ctx.metrics, on_attempt=on_attempt,
-                                            sleep=ctx.sleep)
+        async with ctx.target_locks.hold(target_place(spec, issued.certificate_id)):
+            result = await deploy_with_rollback(target, bundle, ctx.retry, metrics=ctx.metrics, on_attempt=on_attempt,
+                                                sleep=ctx.sleep)
         result_error, verified, rolled_back = result.error, result.verified_serial, result.rolled_back
     now = ctx.clock()
     if verified is not None:

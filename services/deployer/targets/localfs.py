@@ -1,7 +1,13 @@
-"""`FileSystem` on the local disk: atomic writes (temporary file, fsync, rename, fsync of the directory)."""
+"""`FileSystem` on the local disk: atomic writes (temporary file, fsync, rename, fsync of the directory).
+
+The calls that write (and fsync) or remove run in a worker thread (``asyncio.to_thread``): an
+fsync must not stop the event loop, which handles the other certificates of the batch. Reading a
+small file, a link, a directory listing or a mode is a cached system call and stays on the loop
+(a thread hop for each would cost more than the call under a busy CPU)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
@@ -17,11 +23,11 @@ def _fsync_dir(path: str) -> None:
 
 
 class LocalFileSystem:
-    async def makedirs(self, path: str, mode: int) -> None:
+    def _makedirs(self, path: str, mode: int) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
         os.chmod(path, mode)  # makedirs' mode is filtered by the umask
 
-    async def write_file(self, path: str, data: bytes, mode: int) -> None:
+    def _write_file(self, path: str, data: bytes, mode: int) -> None:
         directory = os.path.dirname(path)
         temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
         # created with its final mode (never world-readable, even for a moment, when mode says so)
@@ -41,17 +47,17 @@ class LocalFileSystem:
         os.replace(temporary, path)
         _fsync_dir(directory)
 
-    async def read_file(self, path: str) -> bytes:
+    def _read_file(self, path: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read()
 
-    async def readlink(self, path: str) -> str | None:
+    def _readlink(self, path: str) -> str | None:
         try:
             return os.readlink(path)
         except FileNotFoundError:
             return None
 
-    async def replace_symlink(self, path: str, target: str) -> None:
+    def _replace_symlink(self, path: str, target: str) -> None:
         temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         os.symlink(target, temporary)
         try:
@@ -61,14 +67,38 @@ class LocalFileSystem:
             raise
         _fsync_dir(os.path.dirname(path) or ".")
 
-    async def listdir(self, path: str) -> list[str]:
+    def _listdir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
 
-    async def remove_tree(self, path: str) -> None:
+    def _remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=False)
 
-    async def file_mode(self, path: str) -> int:
+    def _file_mode(self, path: str) -> int:
         return stat.S_IMODE(os.stat(path).st_mode)
+
+    async def makedirs(self, path: str, mode: int) -> None:
+        await asyncio.to_thread(self._makedirs, path, mode)
+
+    async def write_file(self, path: str, data: bytes, mode: int) -> None:
+        await asyncio.to_thread(self._write_file, path, data, mode)
+
+    async def read_file(self, path: str) -> bytes:
+        return self._read_file(path)
+
+    async def readlink(self, path: str) -> str | None:
+        return self._readlink(path)
+
+    async def replace_symlink(self, path: str, target: str) -> None:
+        await asyncio.to_thread(self._replace_symlink, path, target)
+
+    async def listdir(self, path: str) -> list[str]:
+        return self._listdir(path)
+
+    async def remove_tree(self, path: str) -> None:
+        await asyncio.to_thread(self._remove_tree, path)
+
+    async def file_mode(self, path: str) -> int:
+        return self._file_mode(path)
