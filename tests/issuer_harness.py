@@ -30,7 +30,7 @@ from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCre
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.commands import IssueCertificate, RenewCertificate, RevokeCertificate
-from services.common.contracts.envelope import Envelope, decode, encode, make_event
+from services.common.contracts.envelope import TYPE_HEADER, Envelope, decode, encode, make_event
 from services.common.contracts.fields import RevocationReason
 from services.common.contracts.identity import issuance_id, message_id
 from services.common.contracts.topics import Topics
@@ -152,6 +152,8 @@ class IssuerBench:
     registry: ConnectorRegistry = field(init=False)
     env: dict[str, str] = field(init=False)
     events: list[Envelope] = field(default_factory=list)
+    type_headers: dict[str, str | None] = field(default_factory=dict)
+    """each event's ``ce_type`` record header, by event id"""
     processes: list[IssuerProcess] = field(default_factory=list)
     _producer: AIOKafkaProducer | None = None
     _consumer: AIOKafkaConsumer | None = None
@@ -215,7 +217,10 @@ class IssuerBench:
         while True:
             for records in (await self._consumer.getmany(timeout_ms=200)).values():
                 for record in records:
-                    self.events.append(decode(record.value, CATALOG))
+                    event = decode(record.value, CATALOG)
+                    headers = dict(record.headers or ())
+                    self.type_headers[event.id] = headers[TYPE_HEADER].decode() if TYPE_HEADER in headers else None
+                    self.events.append(event)
 
     # -- connectors and processes ------------------------------------------------------------------------
 

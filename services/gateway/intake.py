@@ -32,7 +32,7 @@ from services.common.connectors import repository as connectors_repo
 from services.common.connectors.models import ConnectorStatus
 from services.common.consumer import Outbound
 from services.common.contracts.commands import IssueCertificate, ProvisionCertificate, RenewCertificate, RevokeCertificate
-from services.common.contracts.envelope import Message, make_event, record_headers
+from services.common.contracts.envelope import Message, declared_type, make_event, record_headers
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import RequestAccepted, RequestRejected
 from services.common.contracts.fields import KeyGeneration, RequestKind
@@ -368,16 +368,8 @@ def outgoing_records(outbound: Sequence[Outbound | dict[str, Any]]) -> list[tupl
             result.append((item.topic, item.key, item.value(), item.headers()))
         else:
             value = item["value"]
-            result.append((item["topic"], item["key"], value.encode("utf-8"), record_headers(_stored_type(value))))
+            result.append((item["topic"], item["key"], value.encode("utf-8"), record_headers(declared_type(value))))
     return result
-
-
-def _stored_type(value: str) -> str | None:
-    try:
-        declared = json.loads(value).get("type")
-    except (ValueError, AttributeError):
-        return None
-    return declared if isinstance(declared, str) else None
 
 
 __all__ = ["Answer", "Caller", "Intake", "Outcome", "outgoing_records", "stored_records"]

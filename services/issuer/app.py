@@ -23,13 +23,13 @@ from sqlalchemy import Engine
 from services.common.connectors.registry import ConnectorRegistry
 from services.common.connectors.secretbox import load_secret_box
 from services.common.consumer import Outbound
-from services.common.contracts.envelope import CONTENT_TYPE, CONTENT_TYPE_HEADER, make_event
+from services.common.contracts.envelope import declared_type, make_event, record_headers
 from services.common.contracts.events import ConnectorStatus, ConnectorStatusChanged
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
-from services.common.kafka_edge import make_broker
+from services.common.kafka_edge import make_broker, send_all
 from services.common.metrics import service_info
 from services.common.runner import run_service
 from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
@@ -116,11 +116,8 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         log.warning("TEST CRASH POINT %s is set: this issuer will exit abruptly there", settings.test_crash_point)
 
     async def publish_raw(records: Sequence[StoredRecord]) -> None:
-        for record in records:
-            await broker.publish(
-                record.value, topic=record.topic, key=record.key.encode("utf-8") if record.key is not None else None,
-                headers={CONTENT_TYPE_HEADER: CONTENT_TYPE},
-            )
+        # sent in order, acknowledged together (idempotent producer: order per key holds)
+        await send_all(broker, [(r.topic, r.key, r.value, record_headers(declared_type(r.value))) for r in records])
 
     async def on_status(name: str, status: ConnectorStatus, previous: ConnectorStatus | None, error: ErrorInfo | None) -> None:
         now = utc_now()

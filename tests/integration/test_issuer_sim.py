@@ -158,6 +158,8 @@ async def test_round_trips_on_every_dialect(bench: IssuerBench, sim: SimServer) 
     await bench.send(NAMES[EmcaVersion.V4_2_3], again)
     events = await bench.wait_for(CertificateIssued, 2, issuance_id=again.issuance_id)
     assert events[0] == events[1]
+    # every record the issuer published names its type in a ce_type header (decision 0010), replays too
+    assert [bench.type_headers[e.id] for e in bench.events] == [e.type for e in bench.events]
     text = issuer.metrics()
     assert metric(text, "certrail_issuer_commands_total", {"outcome": "replayed"}) == 1
     assert metric(text, "certrail_issuer_commands_total", {"outcome": "issued"}) == 6

@@ -14,9 +14,11 @@ from services.common.contracts.envelope import (
     MAX_MESSAGE_BYTES,
     DecodeError,
     Message,
+    declared_type,
     decode,
     encode,
     make_event,
+    record_headers,
 )
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import MAX_CSR_CHARS
@@ -239,3 +241,17 @@ def test_models_are_immutable() -> None:
 
     with pytest.raises(Exception, match="frozen"):
         EXAMPLES[CertificateDeployed].serial = "00"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=TYPE_IDS)
+def test_record_headers_name_the_type_the_body_declares(cls: type[Message]) -> None:
+    value = _event_bytes(EXAMPLES[cls])
+    assert declared_type(value) == cls.TYPE
+    assert declared_type(value.decode("utf-8")) == cls.TYPE
+    assert record_headers(declared_type(value)) == {"content-type": "application/cloudevents+json", "ce_type": cls.TYPE}
+
+
+@pytest.mark.parametrize("value", [b"", b"not json", b"[1, 2]", b'{"type": 7}', b"{}", b"\xff\xfe"])
+def test_declared_type_of_something_else_is_none_and_no_type_header(value: bytes) -> None:
+    assert declared_type(value) is None
+    assert record_headers(declared_type(value)) == {"content-type": "application/cloudevents+json"}

@@ -29,7 +29,7 @@ CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_TYPE_HEADER = "content-type"
 #: the CloudEvents Kafka binding's ``type`` attribute header (binary-mode name), set beside the
 #: structured body so a consumer can skip a type it does not handle without parsing the body
-#: (docs/decisions/0010-ce-type-header.md); the body's ``type`` stays authoritative
+#: (docs/decisions/0010-batched-consumption-and-ce-type-header.md); the body's ``type`` stays authoritative
 TYPE_HEADER = "ce_type"
 SPEC_VERSION = "1.0"
 DATA_CONTENT_TYPE = "application/json"
@@ -173,6 +173,16 @@ def record_headers(message_type: str | None) -> dict[str, str]:
     if message_type:
         headers[TYPE_HEADER] = message_type
     return headers
+
+
+def declared_type(value: bytes | str) -> str | None:
+    """The ``type`` an encoded event declares (for the ``ce_type`` header of a record re-published
+    from storage), or None when the bytes are no JSON object with a string type."""
+    try:
+        declared = json.loads(value).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return declared if isinstance(declared, str) else None
 
 
 def encode(event: Envelope) -> bytes:

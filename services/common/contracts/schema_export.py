@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.contracts.catalog import ALL_TYPES, CHANNELS
-from services.common.contracts.envelope import CONTENT_TYPE, Message, envelope_model
+from services.common.contracts.envelope import CONTENT_TYPE, TYPE_HEADER, Message, envelope_model
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ASYNCAPI_FILE = "asyncapi.json"
@@ -84,7 +84,15 @@ def asyncapi_document() -> dict[str, Any]:
                 "contentType": CONTENT_TYPE,
                 "headers": {
                     "type": "object",
-                    "properties": {"content-type": {"type": "string", "const": CONTENT_TYPE}},
+                    "properties": {
+                        "content-type": {"type": "string", "const": CONTENT_TYPE},
+                        TYPE_HEADER: {
+                            "type": "string",
+                            "const": cls.TYPE,
+                            "description": "The event's type, beside the body (CloudEvents Kafka binding); "
+                            "optional, the body's type is authoritative (decision 0010).",
+                        },
+                    },
                 },
                 "payload": {"$ref": f"./{schema_file_name(cls)}"},
             }
