@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session
 from services.common.kafka_edge import FastStreamPublisher, make_broker
 from services.common.metrics import PublisherMetrics, service_info
+from services.common.proc import exit_with_parent
 from services.common.runner import run_service
 from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
 
@@ -150,7 +152,12 @@ def prepare_pool_factory(processes: int) -> Callable[[], Executor]:
     """Makes the worker processes that prepare batches (spawned: safe beside threads and the event loop)."""
 
     def make() -> Executor:
-        return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent,  # a SIGKILLed auditor must not leave its workers behind
+            initargs=(os.getpid(),),
+        )
 
     return make
 

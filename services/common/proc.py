@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
+import time
 
 
 def port_free(host: str, port: int) -> bool:
@@ -34,3 +36,21 @@ def pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+PARENT_CHECK_INTERVAL_S = 1.0
+
+
+def exit_with_parent(parent_pid: int, interval_s: float = PARENT_CHECK_INTERVAL_S) -> None:
+    """For a worker process: exit at once when ``parent_pid`` is no longer its parent.
+
+    A pool worker outlives a parent killed with SIGKILL (nobody closes its pipe), and would stay
+    idle forever holding its memory. A daemon thread checks the parent every ``interval_s`` (cheap,
+    and portable to every POSIX system, unlike Linux's PR_SET_PDEATHSIG) and ends the worker with
+    ``os._exit`` when the parent is gone (the worker holds nothing that needs flushing)."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -56,7 +56,7 @@ class LoopSettings:
     poll_timeout_ms: int = 200
     max_poll_records: int = 500
     topic_refresh_interval_ms: int = 10_000
-    max_in_flight_per_partition: int = 2000
+    max_in_flight_per_partition: int = 200
     revoke_grace_s: float = 20.0
     poison_attempts: int = 5
     retry_backoff_max_s: float = 30.0

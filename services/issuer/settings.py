@@ -19,7 +19,10 @@ class IssuerSettings(ServiceSettings):
     poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
     max_poll_records: int = Field(default=500, ge=1, le=10_000)
     topic_refresh_interval_ms: int = Field(default=10_000, ge=500, description="How soon a new connector's topic is consumed.")
-    max_in_flight_per_partition: int = Field(default=2000, ge=1, description="Fetched, unfinished commands before a partition pauses.")
+    max_in_flight_per_partition: int = Field(
+        default=200, ge=1,
+        description="Fetched, unfinished commands before a partition pauses (each holds a task and its decoded command:"
+                    " this bounds the memory a backlog takes; a few times the connector concurrency is enough).")
     revoke_grace_s: float = Field(default=20.0, ge=0, description="How long commands at emCA may finish when partitions move.")
     poison_attempts: int = Field(default=5, ge=1, description="Unexpected failures of one command before it is dead-lettered.")
 
