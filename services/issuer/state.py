@@ -167,6 +167,8 @@ def load_in(conn: Connection, op_key: str) -> Operation | None:
 
 
 def begin_attempt_in(conn: Connection, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
+    """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
+    earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
     row = _row(conn, new.op_key, for_update=True)
     if row is None:
         return _insert(conn, _new_row(new, now)), False
@@ -178,6 +180,7 @@ def begin_attempt_in(conn: Connection, new: NewOperation, now: datetime) -> tupl
 
 
 def attempt_unsent_in(conn: Connection, op_key: str, now: datetime) -> None:
+    """emCA certainly did not act on the last attempt: it is no longer uncertain."""
     conn.execute(update(_TABLE).where(_KEY == op_key, _TABLE.c.state == OpState.SUBMITTING.value)
                  .values(uncertain=False, updated_at=now))
 
@@ -196,6 +199,8 @@ def record_outcome_in(
     next_poll_at: datetime | None = None,
     append: bool = False,
 ) -> Operation:
+    """Store the outcome (and the records to publish) before they are published. ``append`` keeps
+    the records stored before (a pending approval's IssuancePending, then its final event)."""
     row = _row(conn, op_key, for_update=True)
     if row is None:
         raise LookupError(f"no issuer operation {op_key!r}")
@@ -214,6 +219,7 @@ def record_outcome_in(
 def record_settled_without_attempt_in(
     conn: Connection, new: NewOperation, state: OpState, records: Sequence[StoredRecord], now: datetime, *, error_code: str
 ) -> Operation:
+    """An outcome reached without calling emCA (deadline passed, unknown connector): row and outcome at once."""
     row = _row(conn, new.op_key, for_update=True)
     if row is not None and row["state"] != OpState.SUBMITTING.value:
         return _operation(row)
@@ -222,44 +228,6 @@ def record_settled_without_attempt_in(
     if row is None:
         return _insert(conn, _new_row(new, now, attempts=0, **settled))
     return _update(conn, row, settled)
-
-
-# -- the same steps, each in its own transaction --------------------------------------------------------
-
-
-def load(engine: Engine, op_key: str) -> Operation | None:
-    with read_session(engine) as session:
-        return load_in(session.connection(), op_key)
-
-
-def begin_attempt(engine: Engine, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
-    """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
-    earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
-    with engine.begin() as conn:
-        return begin_attempt_in(conn, new, now)
-
-
-def attempt_unsent(engine: Engine, op_key: str, now: datetime) -> None:
-    """emCA certainly did not act on the last attempt: it is no longer uncertain."""
-    with engine.begin() as conn:
-        attempt_unsent_in(conn, op_key, now)
-
-
-def record_outcome(engine: Engine, op_key: str, state: OpState, records: Sequence[StoredRecord], now: datetime,
-                   **options: Any) -> Operation:
-    """Store the outcome (and the records to publish) before they are published. ``append`` keeps
-    the records stored before (a pending approval's IssuancePending, then its final event).
-    Options: see `record_outcome_in`."""
-    with engine.begin() as conn:
-        return record_outcome_in(conn, op_key, state, records, now, **options)
-
-
-def record_settled_without_attempt(
-    engine: Engine, new: NewOperation, state: OpState, records: Sequence[StoredRecord], now: datetime, *, error_code: str
-) -> Operation:
-    """An outcome reached without calling emCA (deadline passed, unknown connector): row and outcome at once."""
-    with engine.begin() as conn:
-        return record_settled_without_attempt_in(conn, new, state, records, now, error_code=error_code)
 
 
 def due_pending(engine: Engine, partitions: Iterable[tuple[str, int]], now: datetime, limit: int = 100) -> list[Operation]:

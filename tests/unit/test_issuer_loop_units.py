@@ -90,37 +90,43 @@ def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
+def _step(engine, step, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """One `state` step in a transaction of its own (the service runs them through `StateWriter`)."""
+    with engine.begin() as conn:
+        return step(conn, *args, **kwargs)
+
+
 def _new(op_key: str = "iss-1") -> NewOperation:
     return NewOperation(op_key, "issue", "cmd-1", "cert-1", "req-1", "emca", "certrail.commands.emca", 0, "{}")
 
 
 def test_intent_then_outcome_and_uncertain_attempts(engine) -> None:  # type: ignore[no-untyped-def]
-    op, earlier = state.begin_attempt(engine, _new(), NOW)
+    op, earlier = _step(engine, state.begin_attempt_in, _new(), NOW)
     assert (op.state, op.attempts, op.uncertain, earlier) == (OpState.SUBMITTING, 1, True, False)
-    op, earlier = state.begin_attempt(engine, _new(), NOW)  # a crash left the first attempt uncertain
+    op, earlier = _step(engine, state.begin_attempt_in, _new(), NOW)  # a crash left the first attempt uncertain
     assert (op.attempts, earlier) == (2, True)
-    state.attempt_unsent(engine, "iss-1", NOW)  # connection refused: certainly not sent
-    _, earlier = state.begin_attempt(engine, _new(), NOW)
+    _step(engine, state.attempt_unsent_in, "iss-1", NOW)  # connection refused: certainly not sent
+    _, earlier = _step(engine, state.begin_attempt_in, _new(), NOW)
     assert earlier is False
     records = [StoredRecord("certrail.events", "cert-1", b'{"id":"e1"}')]
-    settled = state.record_outcome(engine, "iss-1", OpState.ISSUED, records, NOW, serial="1f", possible_duplicate=True)
+    settled = _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, records, NOW, serial="1f", possible_duplicate=True)
     assert settled.settled and settled.outcome == tuple(records) and settled.possible_duplicate and not settled.uncertain
-    again, earlier = state.begin_attempt(engine, _new(), NOW)  # a settled operation is never attempted again
+    again, earlier = _step(engine, state.begin_attempt_in, _new(), NOW)  # a settled operation is never attempted again
     assert again.attempts == 3 and again.state is OpState.ISSUED and earlier is False
 
 
 def test_pending_approvals_are_found_by_partition_and_due_time(engine) -> None:  # type: ignore[no-untyped-def]
-    state.begin_attempt(engine, _new("a"), NOW)
-    state.begin_attempt(engine, _new("b"), NOW)
+    _step(engine, state.begin_attempt_in, _new("a"), NOW)
+    _step(engine, state.begin_attempt_in, _new("b"), NOW)
     pending = [StoredRecord("certrail.events", "cert-1", b"{}")]
-    state.record_outcome(engine, "a", OpState.PENDING, pending, NOW, ca_request_id="R1", next_poll_at=NOW)
-    state.record_outcome(engine, "b", OpState.PENDING, pending, NOW, ca_request_id="R2", next_poll_at=NOW + timedelta(hours=1))
+    _step(engine, state.record_outcome_in, "a", OpState.PENDING, pending, NOW, ca_request_id="R1", next_poll_at=NOW)
+    _step(engine, state.record_outcome_in, "b", OpState.PENDING, pending, NOW, ca_request_id="R2", next_poll_at=NOW + timedelta(hours=1))
     assert [op.op_key for op in state.due_pending(engine, {("certrail.commands.emca", 0)}, NOW)] == ["a"]
     assert state.due_pending(engine, {("certrail.commands.emca", 1)}, NOW) == []
     state.schedule_poll(engine, "a", NOW + timedelta(minutes=5), NOW)
     assert state.due_pending(engine, {("certrail.commands.emca", 0)}, NOW) == []
     final = [StoredRecord("certrail.events", "cert-1", b'{"final":1}')]
-    done = state.record_outcome(engine, "a", OpState.ISSUED, final, NOW, append=True)
+    done = _step(engine, state.record_outcome_in, "a", OpState.ISSUED, final, NOW, append=True)
     assert done.outcome == (pending[0], final[0])
 
 
@@ -134,7 +140,7 @@ async def test_the_state_writer_commits_the_steps_in_flight_together(engine) -> 
     settled = await asyncio.gather(*(writer.run(state.record_outcome_in, key, OpState.ISSUED, records, NOW, serial="1f")
                                      for key in keys))
     assert all(op.state is OpState.ISSUED and op.outcome == tuple(records) for op in settled)
-    stored = state.load(engine, "iss-39")  # committed, read back in a transaction of its own
+    stored = _step(engine, state.load_in, "iss-39")  # committed, read back in a transaction of its own
     assert stored is not None and stored.state is OpState.ISSUED and stored.serial == "1f" and not stored.uncertain
 
 
@@ -150,5 +156,5 @@ async def test_a_failing_step_fails_alone_and_its_group_is_still_written(engine)
     )
     assert isinstance(results[2], LookupError)
     assert [op.op_key for op, _ in (results[0], results[1], results[3])] == ["a", "b", "c"]  # type: ignore[misc]
-    assert all(state.load(engine, key) is not None for key in ("a", "b", "c"))
-    assert state.load(engine, "missing") is None
+    assert all(_step(engine, state.load_in, key) is not None for key in ("a", "b", "c"))
+    assert _step(engine, state.load_in, "missing") is None

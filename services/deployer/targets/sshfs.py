@@ -82,11 +82,15 @@ class SftpFileSystem:
         try:
             await self._call(temporary, write())
         except OSError:
-            try:
-                await self._sftp.remove(temporary)
-            except (asyncssh.Error, OSError):
-                pass
+            await self._discard(temporary)
             raise
+
+    async def _discard(self, temporary: str) -> None:
+        """Best effort: remove a temporary file left by a failed write or swap."""
+        try:
+            await self._sftp.remove(temporary)
+        except (asyncssh.Error, OSError):
+            pass
 
     async def read_file(self, path: str) -> bytes:
         async def read() -> bytes:
@@ -107,10 +111,7 @@ class SftpFileSystem:
         try:
             await self._run(["mv", "-T", temporary, path], f"swap {path}")
         except OSError:
-            try:
-                await self._sftp.remove(temporary)
-            except (asyncssh.Error, OSError):
-                pass
+            await self._discard(temporary)
             raise
 
     async def listdir(self, path: str) -> list[str]:
