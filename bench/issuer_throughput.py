@@ -1,8 +1,7 @@
 """The issuer's throughput against the emCA simulator, beside the simulator's direct rate measured in the same run.
 
     .venv/bin/python bench/issuer_throughput.py [--certs 1000] [--concurrency 16] [--version V4.2.4+] [--rounds 3]
-    .venv/bin/python bench/issuer_throughput.py --rounds 2 --batch 8 --issuer-env CERTRAIL_ISSUER_BATCH_MAX_CSRS=8 \
-        --baseline-tree /tmp/before
+    .venv/bin/python bench/issuer_throughput.py --rounds 2 --batch 8 --baseline-tree /tmp/before
 
 One run: a Kafka broker (a `LocalKafka` on free ports, or ``KAFKA_BOOTSTRAP_SERVERS``) and ``certrail emca-sim serve``
 in its own process (free ports, a temporary data directory). Every CSR (P-256, one DNS SAN) is made before any clock
@@ -20,8 +19,8 @@ starts. Each round measures, one after the other:
 
 - **direct batched** (``--batch B``): the same, with ``submit_csrs`` calls of B CSRs (4.2.x createCertificates),
   C // B calls at once, so that C CSRs are in flight as in the other measurements: the fair comparison for an
-  issuer that shares calls (``--issuer-env CERTRAIL_ISSUER_BATCH_MAX_CSRS=B``). The issuer's rows give its ratio to
-  both direct rates.
+  issuer that shares calls (its default; ``--issuer-env CERTRAIL_ISSUER_BATCH_MAX_CSRS=1`` turns that off). The
+  issuer's rows give its ratio to both direct rates.
 - **issuer (baseline)** (``--baseline-tree DIR``): the issuer of another code tree (e.g. ``git archive HEAD | tar -x
   -C DIR``), measured in the same round as the issuer of ``--issuer-tree`` (default: this checkout), alternating
   which goes first, for a before/after comparison on the same machine state.
@@ -205,7 +204,7 @@ async def _submit_batched(connection: Any, csrs: Sequence[str], concurrency: int
         for chunk in chunks:
             try:
                 outcomes = await connection.submit_csrs(
-                    csr_pems=chunk, profile_name=PROFILE, subscriber_id=SUBSCRIBER, application_id=None
+                    csr_pems=chunk, profile_name=PROFILE, subscriber_id=SUBSCRIBER, application_ids=[None] * len(chunk)
                 )
             except EmcaError as exc:  # counted and reported, the run goes on
                 errors.append(repr(exc))

@@ -56,7 +56,9 @@ Bodies       compact UTF-8 JSON (``separators=(",", ":")``, ASCII-escaped), keys
   getProfiles      -> {"profiles":[{"name","profileId","issuingCa","validityDays",
                         "keyTypes":[...],"manualApproval":bool}]}
   createCertificates {"profileName","subscriberId","applicationId"?(string|null),
-                      "csrs":[PEM, 1..50]} -> {"certificates":[record per CSR, in order]}
+                      "applicationIds"?([string|null, one per CSR]),"csrs":[PEM, 1..50]}
+                      -> {"certificates":[record per CSR, in order]}; applicationId is
+                      every CSR's, applicationIds each CSR's own (not both)
   getCertificate   {"serialNumber"} or {"requestId"} (exactly one) -> record
   getCertificateChain {"caName"} or {"serialNumber"} -> {"chain":[PEM issuing CA first]}
   revoke           {"serialNumber","reason":RFC 5280 name or code,"remarks"?} -> record
@@ -277,6 +279,20 @@ def _string(body: dict[str, Any], name: str, *, required: bool = True) -> str | 
     if not isinstance(value, str) or not value:
         raise _Refused("INVALID_PARAMETER", name)
     return value
+
+
+def _application_ids(body: dict[str, Any], count: int, shared: str | None) -> list[str | None]:
+    """Each CSR's applicationId: from ``applicationIds`` (one per CSR), else the call's ``applicationId``."""
+    given = body.get("applicationIds")
+    if given is None:
+        return [shared] * count
+    if shared is not None:
+        raise _Refused("INVALID_PARAMETER", "applicationId and applicationIds: give one")
+    if not isinstance(given, list) or len(given) != count:
+        raise _Refused("INVALID_PARAMETER", "applicationIds: one per CSR")
+    if not all(value is None or (isinstance(value, str) and value) for value in given):
+        raise _Refused("INVALID_PARAMETER", "applicationIds")
+    return given
 
 
 def _one_of(body: dict[str, Any], first: str, second: str) -> tuple[str, str]:
@@ -512,6 +528,7 @@ class _Api:
             raise _Refused("INVALID_PARAMETER", "csrs")
         if not all(isinstance(csr, str) and csr for csr in csrs):
             raise _Refused("INVALID_PARAMETER", "csrs")
+        application_ids = _application_ids(body, len(csrs), application_id)
         assert profile is not None and subscriber_id is not None
         if self.backend.profile(profile) is None:
             raise _Refused("UNKNOWN_PROFILE")
@@ -519,13 +536,13 @@ class _Api:
             raise _Refused("UNKNOWN_SUBSCRIBER")
         records: list[dict[str, Any]] = []
         first_refusal: SimError | None = None
-        for csr in csrs:
+        for csr, csr_application_id in zip(csrs, application_ids, strict=True):
             try:
                 outcome = self.backend.issue(
                     profile=profile,
                     subscriber_id=subscriber_id,
                     csr_pem=csr,
-                    application_id=application_id,
+                    application_id=csr_application_id,
                     dedupe_by_application_id=False,
                 )
             except SimError as error:

@@ -20,8 +20,8 @@ What each command sees is what a call of its own would have given it:
   nothing was issued or held), each CSR is sent again alone, so that each command gets its own
   reason rather than another CSR's.
 
-A batch of several CSRs carries no applicationId: 4.2.x takes one per call and does not
-deduplicate on it (docs/emca-api.md); a CSR sent alone keeps its issuance id.
+Every CSR keeps its issuance id as its applicationId: a shared call sends one per CSR
+(``applicationIds``, docs/emca-api.md); 4.2.x records them and does not deduplicate on them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from services.common.contracts.errors import ErrorCode
 from services.issuer.emca.types import EmcaConnection, IssueOutcome, RequestPermanentError
 
-DEFAULT_MAX_CSRS = 1  # no batching unless configured (CERTRAIL_ISSUER_BATCH_MAX_CSRS; docs/decisions/0007, amendment)
+DEFAULT_MAX_CSRS = 10  # CERTRAIL_ISSUER_BATCH_MAX_CSRS; 1 turns sharing off (docs/decisions/0007, amendments)
 DEFAULT_MAX_CALLS = 2
 
 
@@ -130,7 +130,7 @@ class SubmitBatcher:
                     csr_pems=[s.csr_pem for s in batch],
                     profile_name=lane.profile_name,
                     subscriber_id=lane.subscriber_id,
-                    application_id=None,
+                    application_ids=[s.application_id for s in batch],
                 )
         except RequestPermanentError as refusal:
             if len(batch) > 1 and refusal.code is ErrorCode.CA_REJECTED:  # every CSR refused, none issued or held

@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.connectors.secretbox import SecretsSettings
 from services.common.service_app import ServiceSettings
+from services.issuer.batching import DEFAULT_MAX_CALLS, DEFAULT_MAX_CSRS
 
 
 class IssuerSettings(ServiceSettings):
@@ -32,12 +33,11 @@ class IssuerSettings(ServiceSettings):
     registry_poll_s: float = Field(default=5.0, gt=0, description="How often connector changes (an operator's fix) are read.")
     drain_rate_per_s: float = Field(default=500.0, gt=0, description="emCA calls per second per connector (bounds a drain).")
     batch_max_csrs: int = Field(
-        default=1, ge=1, le=50, description="CSRs of commands in flight together sent in one 4.2.x call at most: 1 (the "
-        "default) sends each alone with its issuance id as applicationId; more shares calls, whose applicationId is null "
-        "(docs/decisions/0007, amendment)."
+        default=DEFAULT_MAX_CSRS, ge=1, le=50, description="CSRs of commands in flight together sent in one 4.2.x call at most, each "
+        "with its issuance id as applicationId; 1 sends every CSR in a call of its own (docs/decisions/0007, amendments)."
     )
     batch_calls: int = Field(
-        default=2, ge=1, description="Submission calls in flight per connector and profile while others gather into a batch."
+        default=DEFAULT_MAX_CALLS, ge=1, description="Submission calls in flight per connector and profile while others gather into a batch."
     )
 
     approval_poll_initial_s: float = Field(default=5.0, gt=0, description="First poll of a request held for manual approval.")

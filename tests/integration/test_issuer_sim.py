@@ -303,7 +303,7 @@ async def test_crash_points(bench: IssuerBench, sim: SimServer, point: str, vers
     assert all(e == events[0] for e in events)
 
 
-BATCHED = {"CERTRAIL_ISSUER_BATCH_MAX_CSRS": "10"}  # 4.2.x commands in flight together share createCertificates calls
+BATCHED = {"CERTRAIL_ISSUER_BATCH_MAX_CSRS": "10"}  # the default, spelled out: 4.2.x commands in flight share calls
 
 
 async def test_sigkill_at_random_moments_under_load(bench: IssuerBench, sim: SimServer) -> None:

@@ -214,21 +214,26 @@ def test_http_base_urls_are_refused_and_pools_follow_the_concurrency() -> None:
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "emca" / "v4_2"
 
 
-async def test_submit_csrs_sends_one_call_and_maps_each_record_to_its_csr() -> None:
-    """The mixed-batch golden vector (two CSRs, the second refused) through the client's batch operation."""
-    vector = json.loads((VECTORS / "v4_2_3-05-createCertificates-batch.json").read_text())
-    seen: list[httpx.Request] = []
+def _answering(vector: dict[str, Any], seen: list[httpx.Request]) -> Callable[[httpx.Request], httpx.Response]:
+    """A server that records each request and answers the vector's response."""
 
     def server(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         answer = vector["response"]
         return httpx.Response(answer["status"], content=answer["body"].encode(), headers={"Content-Type": answer["content_type"]})
 
-    connection = client(server, v42_endpoint(EmcaVersion.V4_2_3))
+    return server
+
+
+async def test_submit_csrs_sends_one_call_and_maps_each_record_to_its_csr() -> None:
+    """The mixed-batch golden vector (two CSRs, the second refused) through the client's batch operation."""
+    vector = json.loads((VECTORS / "v4_2_3-05-createCertificates-batch.json").read_text())
+    seen: list[httpx.Request] = []
+    connection = client(_answering(vector, seen), v42_endpoint(EmcaVersion.V4_2_3))
     csrs = vector["call"]["kwargs"]["csrs"]
     assert connection.max_csrs_per_call == 50
     issued, refused = await connection.submit_csrs(csr_pems=csrs, profile_name="TLS Server", subscriber_id="SUB-0001",
-                                                   application_id=None)
+                                                   application_ids=["iss-a", "iss-b"])
     (expected_issued, expected_refused) = vector["expected"]["result"]
     assert isinstance(issued, IssuedCertificate) and issued.serial == format(int(expected_issued["serial"], 16), "x")
     assert issued.certificate_pem == expected_issued["certificate_pem"]
@@ -236,8 +241,25 @@ async def test_submit_csrs_sends_one_call_and_maps_each_record_to_its_csr() -> N
     assert refused.message == f"emCA: {expected_refused['code']}: {expected_refused['message']}"
     (request,) = seen
     body = json.loads(request.content)
-    assert (body["csrs"], body["applicationId"]) == (csrs, None)  # one call, every CSR, in order
+    assert (body["csrs"], body["applicationId"], body["applicationIds"]) == (csrs, None, ["iss-a", "iss-b"])  # one call
     with pytest.raises(ConnectorFaultError):  # an answer that does not have one record per CSR
         await connection.submit_csrs(csr_pems=[*csrs, csrs[0]], profile_name="TLS Server", subscriber_id="SUB-0001",
-                                     application_id=None)
+                                     application_ids=["iss-a", "iss-b", "iss-c"])
+    await connection.aclose()
+
+
+async def test_submit_csrs_sends_each_csrs_application_id_as_the_golden_vector() -> None:
+    """Vector 19: a shared call carries one applicationId per CSR; the request body is the vector's, byte for byte."""
+    vector = json.loads((VECTORS / "v4_2_3-19-createCertificates-applicationIds.json").read_text())
+    seen: list[httpx.Request] = []
+    connection = client(_answering(vector, seen), v42_endpoint(EmcaVersion.V4_2_3))
+    kwargs = vector["call"]["kwargs"]
+    outcomes = await connection.submit_csrs(csr_pems=kwargs["csrs"], profile_name=kwargs["profile_name"],
+                                            subscriber_id=kwargs["subscriber_id"], application_ids=kwargs["application_ids"])
+    (request,) = seen
+    assert request.content.decode() == vector["request"]["body"]
+    expected = vector["expected"]["result"]
+    assert [o.serial for o in outcomes if isinstance(o, IssuedCertificate)] == [
+        format(int(e["serial"], 16), "x") for e in expected
+    ]
     await connection.aclose()

@@ -632,6 +632,18 @@ async def test_several_csrs_in_one_call(call: Any) -> None:
     assert created["certificates"][1]["errorMessage"] == "CSR rejected: key type RSA-1024 not allowed"
 
 
+async def test_each_csr_of_a_call_keeps_its_own_application_id(call: Any) -> None:
+    sim = Sim()
+    created = result(
+        await call(sim, "create_certificates", profile_name="TLS Server", subscriber_id="SUB-1", csrs=[CSR, BAD_CSR, CSR],
+                   application_ids=["iss-1", "iss-2", None])
+    )
+    records = created["certificates"]
+    assert [(r["status"], r.get("applicationId")) for r in records] == [("issued", "iss-1"), ("rejected", None),
+                                                                        ("issued", None)]
+    assert [c["application_id"] for c in sim.backend.issue_calls] == ["iss-1", "iss-2", None]
+
+
 async def test_a_call_whose_every_csr_is_refused_fails_422(call: Any) -> None:
     sim = Sim()
     response = await call(sim, "create_certificates", profile_name="TLS Server", subscriber_id="SUB-1", csrs=[BAD_CSR, BAD_CSR])
@@ -776,6 +788,27 @@ async def test_revoke_reasons_by_name_or_code(reason: object, expected: str | No
             "createCertificates",
             {"profileName": "TLS Server", "subscriberId": "SUB-1", "csrs": [CSR], "applicationId": 5},
             "applicationId",
+        ),
+        (
+            "createCertificates",
+            {"profileName": "TLS Server", "subscriberId": "SUB-1", "csrs": [CSR], "applicationId": "a",
+             "applicationIds": ["b"]},
+            "applicationId and applicationIds: give one",
+        ),
+        (
+            "createCertificates",
+            {"profileName": "TLS Server", "subscriberId": "SUB-1", "csrs": [CSR, CSR], "applicationIds": ["b"]},
+            "applicationIds: one per CSR",
+        ),
+        (
+            "createCertificates",
+            {"profileName": "TLS Server", "subscriberId": "SUB-1", "csrs": [CSR], "applicationIds": "b"},
+            "applicationIds: one per CSR",
+        ),
+        (
+            "createCertificates",
+            {"profileName": "TLS Server", "subscriberId": "SUB-1", "csrs": [CSR, CSR], "applicationIds": ["b", ""]},
+            "applicationIds",
         ),
         ("getCertificate", {}, "exactly one of serialNumber, requestId"),
         ("getCertificate", {"serialNumber": "ab", "requestId": "REQ-1"}, "exactly one of serialNumber, requestId"),

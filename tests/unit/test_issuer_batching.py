@@ -56,6 +56,7 @@ async def test_submissions_in_flight_share_calls_and_each_gets_its_own_certifica
     assert [public_key_of(o) for o in outcomes] == [spki for _, spki in made]  # in order, each its own key
     assert len({o.serial for o in outcomes}) == 12  # type: ignore[attr-defined]
     assert sizes == [5, 5, 2] and emca.calls == ["submit_csrs"] * 3  # 12 in flight: 3 calls of at most 5
+    assert all(emca.issued_by_application_id[f"share-{n}"] == 1 for n in range(12))  # each CSR keeps its issuance id
 
 
 async def test_a_lone_submission_is_sent_at_once_with_its_issuance_id(emca: FakeEmca) -> None:

@@ -179,12 +179,12 @@ class V4017Connection:
         return 1  # V4.0.17 has no batch call
 
     async def submit_csrs(
-        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_ids: Sequence[str | None]
     ) -> tuple[BatchOutcome, ...]:
-        if len(csr_pems) != 1 or application_id is None:
+        if len(csr_pems) != 1 or len(application_ids) != 1 or application_ids[0] is None:
             raise UnsupportedOperation("V4.0.17 takes one CSR per call, with its applicationId")
         return (await self.submit_csr(csr_pem=csr_pems[0], profile_name=profile_name, subscriber_id=subscriber_id,
-                                      application_id=application_id),)
+                                      application_id=application_ids[0]),)
 
     async def submit_csr(self, *, csr_pem: str, profile_name: str, subscriber_id: str, application_id: str) -> IssueOutcome:
         request = self._requests.create_certificate(

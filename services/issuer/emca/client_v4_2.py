@@ -247,11 +247,12 @@ class V42Connection:
         return wire.MAX_CSRS_PER_CALL
 
     async def submit_csrs(
-        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_ids: Sequence[str | None]
     ) -> tuple[BatchOutcome, ...]:
         def build(token: str | None) -> wire.HttpRequest:
             return self._builder.create_certificates(
-                profile_name=profile_name, subscriber_id=subscriber_id, csrs=csr_pems, application_id=application_id, token=token
+                profile_name=profile_name, subscriber_id=subscriber_id, csrs=csr_pems, application_ids=application_ids,
+                token=token,
             )
 
         records = await self._call(build, wire.parse_create_certificates)

@@ -326,7 +326,7 @@ class FakeEmca:
             raise RequestPermanentError(ErrorCode.CA_PROFILE_NOT_FOUND, f"emCA: no profile {name!r}", detail="unknown_profile")
         return profile
 
-    def _submit(self, app: FakeApp, csr_pem: str, profile_name: str, subscriber_id: str, application_id: str) -> IssueOutcome:
+    def _submit(self, app: FakeApp, csr_pem: str, profile_name: str, subscriber_id: str, application_id: str | None) -> IssueOutcome:
         profile = self._profile(profile_name)
         if subscriber_id not in self.subscribers:
             raise ConnectorFaultError(ErrorCode.SUBSCRIBER_INVALID, "emCA: Invalid Subscriber ID", detail="unknown_subscriber")
@@ -415,15 +415,19 @@ class FakeEmcaConnection:
         return 1 if self.version is EmcaVersion.V4_0_17 else FAKE_MAX_CSRS_PER_CALL
 
     async def submit_csrs(
-        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_ids: Sequence[str | None]
     ) -> tuple[BatchOutcome, ...]:
         app = self.emca._gate(self, "submit_csrs")
-        if not 1 <= len(csr_pems) <= self.max_csrs_per_call or (self.version is EmcaVersion.V4_0_17 and application_id is None):
-            raise UnsupportedOperation(f"{self.version.value} takes 1..{self.max_csrs_per_call} CSRs per call")
+        if (
+            not 1 <= len(csr_pems) <= self.max_csrs_per_call
+            or len(application_ids) != len(csr_pems)
+            or (self.version is EmcaVersion.V4_0_17 and None in application_ids)
+        ):
+            raise UnsupportedOperation(f"{self.version.value} takes 1..{self.max_csrs_per_call} CSRs per call, an id each")
         outcomes: list[BatchOutcome] = []
-        for csr_pem in csr_pems:  # as 4.2.x: a refused CSR is a record; any other refusal fails the call
+        for csr_pem, application_id in zip(csr_pems, application_ids, strict=True):  # as 4.2.x: a refused CSR is a record
             try:
-                outcomes.append(self.emca._submit(app, csr_pem, profile_name, subscriber_id, application_id or ""))
+                outcomes.append(self.emca._submit(app, csr_pem, profile_name, subscriber_id, application_id))
             except RequestPermanentError as refusal:
                 if refusal.code is not ErrorCode.CA_REJECTED:
                     raise

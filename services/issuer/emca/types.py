@@ -307,12 +307,13 @@ class EmcaConnection(Protocol):
         ...
 
     async def submit_csrs(
-        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_id: str | None
+        self, *, csr_pems: Sequence[str], profile_name: str, subscriber_id: str, application_ids: Sequence[str | None]
     ) -> tuple[BatchOutcome, ...]:
         """Submit 1..``max_csrs_per_call`` CSRs of one profile in one call; one outcome per CSR, in order. A CSR
         emCA refuses is a `RequestPermanentError` in its place; a failure of the call itself is raised (every CSR
         of it then shares that failure). When emCA refuses every CSR of the call, the call fails with the first
-        refusal (4.2.x: 422 CSR_REJECTED). 4.2.x takes one applicationId per call, recorded but not deduplicated."""
+        refusal (4.2.x: 422 CSR_REJECTED). ``application_ids``: each CSR's applicationId, in order (4.2.x records
+        them and does not deduplicate on them)."""
         ...
 
     async def poll_request(self, request_id: str) -> IssueOutcome:

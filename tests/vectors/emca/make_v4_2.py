@@ -801,6 +801,32 @@ def cases(mat: dict[str, Any]) -> dict[str, dict[str, Any]]:
         expected,
         password="Pw-423-old",
     )
+    v423(
+        "19-createCertificates-applicationIds",
+        "Two CSRs of two issuances in one call, each with its own applicationId (applicationIds).",
+        "POST",
+        "createCertificates",
+        (
+            "create_certificates",
+            {
+                "profile_name": PROFILE,
+                "subscriber_id": SUBSCRIBER,
+                "csrs": [csrs["web1"], csrs["web2"]],
+                "application_ids": ["iss-0001", "iss-0002"],
+            },
+        ),
+        {
+            "profileName": PROFILE,
+            "subscriberId": SUBSCRIBER,
+            "applicationId": None,
+            "applicationIds": ["iss-0001", "iss-0002"],
+            "csrs": [csrs["web1"], csrs["web2"]],
+        },
+        200,
+        _success({"certificates": [_issued_record(certs["web1"]), _issued_record(certs["web2"])]}),
+        {"result": [_parsed_issued(certs["web1"]), _parsed_issued(certs["web2"])]},
+        backend_calls=[issue_call("web1", "iss-0001"), issue_call("web2", "iss-0002")],
+    )
 
     # -- V4.2.4+: JWT from /auth/token, Bearer + X-Nonce on every call --------------------------------
     v = "V4.2.4+"

@@ -30,7 +30,8 @@ ids          one new txn (V4.2.3) or nonce (V4.2.4+) per request from ``new_id``
 JWT          opaque here: HS256 signed by the server; its lifetime is ``expiresIn``
              seconds from the token response, counted from when we sent the request.
 Bodies       compact JSON (``separators=(",", ":")``, ASCII-escaped), keys in order:
-  createCertificates {"profileName","subscriberId","applicationId"(string|null),"csrs":[PEM]}
+  createCertificates {"profileName","subscriberId","applicationId"(string|null),
+                     "applicationIds"?([string|null] one per CSR, when each has its own),"csrs":[PEM]}
   getCertificate     {"serialNumber"} | {"requestId"}
   getCertificateChain {"caName"} | {"serialNumber"}
   revoke             {"serialNumber","reason":RFC 5280 name,"remarks"}
@@ -346,11 +347,17 @@ class RequestBuilder:
         subscriber_id: str,
         csrs: Sequence[str],
         application_id: str | None = None,
+        application_ids: Sequence[str | None] | None = None,
         token: str | None = None,
     ) -> HttpRequest:
         if isinstance(csrs, str) or not 1 <= len(csrs) <= MAX_CSRS_PER_CALL:
             raise ValueError(f"csrs must be a sequence of 1..{MAX_CSRS_PER_CALL} PEM CSRs")
-        body = {"profileName": profile_name, "subscriberId": subscriber_id, "applicationId": application_id, "csrs": list(csrs)}
+        body: dict[str, Any] = {"profileName": profile_name, "subscriberId": subscriber_id, "applicationId": application_id}
+        if application_ids is not None:
+            if application_id is not None or isinstance(application_ids, str) or len(application_ids) != len(csrs):
+                raise ValueError("application_ids: one per CSR, and no application_id beside them")
+            body["applicationIds"] = list(application_ids)
+        body["csrs"] = list(csrs)
         return self._request("POST", "createCertificates", body, token)
 
     def get_certificate(
