@@ -262,9 +262,6 @@ class Processor:
 
     async def _issue(self, envelope: Envelope, data: IssueCertificate | RenewCertificate, record: InboundRecord,
                      work: Work) -> str:
-        existing: Operation | None = await self._step(state.load_in, data.issuance_id)
-        if existing is not None and existing.state is not OpState.SUBMITTING:
-            return await self._replay(existing, envelope.type)
         kind = "renew" if isinstance(data, RenewCertificate) else "issue"
         new = self._new_operation(data.issuance_id, kind, envelope, record, data.certificate_id, data.request_id,
                                   data.connector)
@@ -274,9 +271,18 @@ class Processor:
                                   request_id=data.request_id, connector=data.connector,
                                   error=ErrorInfo(code=code, message=first_line(message, 1000)))
 
+        runtime: ConnectorRuntime | None
         try:
             runtime = await self._pool.get(data.connector)
         except UnknownConnector:
+            runtime = None
+        if runtime is None or not runtime.usable.is_set():
+            # A recorded outcome is published again even while its connector is gone or down. With the
+            # connector usable, `begin_attempt_in` finds it instead (one state step less per command).
+            existing: Operation | None = await self._step(state.load_in, data.issuance_id)
+            if existing is not None and existing.state is not OpState.SUBMITTING:
+                return await self._replay(existing, envelope.type)
+        if runtime is None:
             now = self._clock()
             return await self._settle_without_call(
                 new, envelope, failed(ErrorCode.CONNECTOR_NOT_FOUND, f"no connector named {data.connector!r}"),

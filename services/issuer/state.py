@@ -27,7 +27,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, update
+from sqlalchemy import Boolean, Connection, Engine, RowMapping, bindparam, func, insert, or_, select, update
 
 from services.common.consumer import Outbound
 from services.common.db import read_session, write_session
@@ -100,6 +100,33 @@ def _decode_outcome(text: str | None) -> tuple[StoredRecord, ...]:
 
 _TABLE = IssuerOperation.__table__
 _KEY = _TABLE.c.op_key
+_COLUMNS = _TABLE.c
+
+# Statements are built once: building one per call (``.values(dict)``, ``where(...)``) and computing its
+# cache key cost more of the issuer's CPU than running it (bench/issuer_state_steps.py). Values come as
+# execution parameters; the WHERE binds are named ``k_*`` (a bind may not share a column's name).
+_SELECT = select(_TABLE).where(_KEY == bindparam("k_op_key"))
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
+_INSERT = insert(_TABLE)
+_UPDATE = update(_TABLE).where(_KEY == bindparam("k_op_key"))
+_UNSENT = update(_TABLE).where(_KEY == bindparam("k_op_key"), _COLUMNS.state == OpState.SUBMITTING.value).values(
+    uncertain=False, updated_at=bindparam("k_now"))
+_OUTCOME = (
+    update(_TABLE)
+    .where(_KEY == bindparam("k_op_key"))
+    .values(
+        state=bindparam("k_state"), outcome=bindparam("k_outcome"), uncertain=False,
+        serial=func.coalesce(bindparam("k_serial", type_=_COLUMNS.serial.type), _COLUMNS.serial),
+        error_code=bindparam("k_error_code", type_=_COLUMNS.error_code.type),
+        possible_duplicate=or_(_COLUMNS.possible_duplicate, bindparam("k_possible_duplicate", type_=Boolean())),
+        ca_request_id=func.coalesce(bindparam("k_ca_request_id", type_=_COLUMNS.ca_request_id.type),
+                                    _COLUMNS.ca_request_id),
+        next_poll_at=bindparam("k_next_poll_at", type_=_COLUMNS.next_poll_at.type),
+        updated_at=bindparam("k_now", type_=_COLUMNS.updated_at.type),
+        outcome_at=bindparam("k_now", type_=_COLUMNS.outcome_at.type),
+    )
+    .returning(*_TABLE.c)
+)
 
 
 def _operation(row: Mapping[str, Any]) -> Operation:
@@ -133,12 +160,11 @@ class NewOperation:
 
 
 def _row(conn: Connection, op_key: str, *, for_update: bool = False) -> RowMapping | None:
-    query = select(_TABLE).where(_KEY == op_key)
-    return conn.execute(query.with_for_update() if for_update else query).mappings().first()
+    return conn.execute(_SELECT_FOR_UPDATE if for_update else _SELECT, {"k_op_key": op_key}).mappings().first()
 
 
 def _insert(conn: Connection, values: dict[str, Any]) -> Operation:
-    conn.execute(insert(_TABLE).values(values))
+    conn.execute(_INSERT, values)
     return _operation(values)
 
 
@@ -155,7 +181,7 @@ def _new_row(new: NewOperation, now: datetime, **values: Any) -> dict[str, Any]:
 
 
 def _update(conn: Connection, row: RowMapping, values: dict[str, Any]) -> Operation:
-    conn.execute(update(_TABLE).where(_KEY == row["op_key"]).values(values))
+    conn.execute(_UPDATE, {"k_op_key": row["op_key"], **values})
     merged = dict(row)
     merged.update(values)
     return _operation(merged)
@@ -181,8 +207,7 @@ def begin_attempt_in(conn: Connection, new: NewOperation, now: datetime) -> tupl
 
 def attempt_unsent_in(conn: Connection, op_key: str, now: datetime) -> None:
     """emCA certainly did not act on the last attempt: it is no longer uncertain."""
-    conn.execute(update(_TABLE).where(_KEY == op_key, _TABLE.c.state == OpState.SUBMITTING.value)
-                 .values(uncertain=False, updated_at=now))
+    conn.execute(_UNSENT, {"k_op_key": op_key, "k_now": now})
 
 
 def record_outcome_in(
@@ -201,6 +226,15 @@ def record_outcome_in(
 ) -> Operation:
     """Store the outcome (and the records to publish) before they are published. ``append`` keeps
     the records stored before (a pending approval's IssuancePending, then its final event)."""
+    if not append:  # one statement: the row as updated comes back (UPDATE ... RETURNING)
+        updated = conn.execute(_OUTCOME, {
+            "k_op_key": op_key, "k_state": state.value, "k_outcome": _encode_outcome(records), "k_serial": serial,
+            "k_error_code": error_code, "k_possible_duplicate": possible_duplicate, "k_ca_request_id": ca_request_id,
+            "k_next_poll_at": next_poll_at, "k_now": now,
+        }).mappings().first()
+        if updated is None:
+            raise LookupError(f"no issuer operation {op_key!r}")
+        return _operation(updated)
     row = _row(conn, op_key, for_update=True)
     if row is None:
         raise LookupError(f"no issuer operation {op_key!r}")

@@ -77,8 +77,8 @@ def driver() -> Iterator[Callable[[SimServer, EmcaVersion], SimDriver]]:
 
 
 def issued_by_key(sim: SimServer) -> dict[str, int]:
-    """Certificates emCA signed per public key (sha256 of the DER SubjectPublicKeyInfo): a command's count even
-    when its CSR went in a batch, which carries no applicationId of its own (services/issuer/batching.py)."""
+    """Certificates emCA signed per public key (sha256 of the DER SubjectPublicKeyInfo): what a command's CSR got,
+    whatever applicationId the calls carried."""
     with _admin(sim) as admin:
         return admin.get("/admin/counters").json()["issued_by_public_key_sha256"]
 
@@ -301,6 +301,30 @@ async def test_crash_points(bench: IssuerBench, sim: SimServer, point: str, vers
         assert metric(issuer.metrics(), "certrail_issuer_possible_duplicates_total", {"connector": name}) == 1
     # after_publish: published twice at most, identical
     assert all(e == events[0] for e in events)
+
+
+async def test_a_recorded_outcome_is_published_again_while_emca_is_down(
+    bench: IssuerBench, sim_b: SimServer, driver: Callable[[SimServer, EmcaVersion], SimDriver]
+) -> None:
+    """The outcome committed before a crash is published on restart without emCA (which is down by then)."""
+    name = await bench.connector(sim_b, EmcaVersion.V4_2_4, "replay-while-down")
+    command = bench.issue_command(name)
+    issuer = bench.issuer()
+    issuer.start({"CERTRAIL_ISSUER_TEST_CRASH_POINT": "after_db_commit"})
+    await issuer.wait_healthy()
+    await bench.send(name, command)
+    assert await issuer.wait_exit() == CRASH_EXIT_CODE
+    assert not bench.of_type(CertificateIssued, issuance_id=command.issuance_id)  # recorded, never published
+    sim_driver = driver(sim_b, EmcaVersion.V4_2_4)
+    sim_driver.set_down(True)
+    try:
+        issuer.start()
+        await issuer.wait_healthy()
+        (event,) = await bench.wait_for(CertificateIssued, issuance_id=command.issuance_id)
+        assert issued_by_key(sim_b).get(key_of(command.csr), 0) == 1  # issued once, before the crash
+        assert not event.data.possible_duplicate
+    finally:
+        sim_driver.set_down(False)
 
 
 BATCHED = {"CERTRAIL_ISSUER_BATCH_MAX_CSRS": "10"}  # the default, spelled out: 4.2.x commands in flight share calls

@@ -115,6 +115,33 @@ def test_intent_then_outcome_and_uncertain_attempts(engine) -> None:  # type: ig
     assert again.attempts == 3 and again.state is OpState.ISSUED and earlier is False
 
 
+def test_the_outcome_keeps_what_the_step_does_not_set_on_both_databases(db_settings: DatabaseSettings) -> None:
+    """`record_outcome_in` is one UPDATE ... RETURNING: an earlier serial and emCA request id stay unless given, a
+    possible duplicate stays reported, the error code is the step's, and what it returns is what a load reads."""
+    upgrade(db_settings)
+    engine = make_engine(db_settings)
+    try:
+        _step(engine, state.begin_attempt_in, _new(), NOW)
+        pending = [StoredRecord("certrail.events", "cert-1", b'{"pending":1}')]
+        held = _step(engine, state.record_outcome_in, "iss-1", OpState.PENDING, pending, NOW, ca_request_id="R7",
+                     possible_duplicate=True, next_poll_at=NOW + timedelta(minutes=1), error_code="X")
+        assert (held.ca_request_id, held.possible_duplicate, held.error_code, held.next_poll_at) == (
+            "R7", True, "X", NOW + timedelta(minutes=1))
+        later = NOW + timedelta(hours=2)
+        final = [StoredRecord("certrail.events", "cert-1", b'{"final":1}')]
+        done = _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, final, later, serial="2a")
+        assert (done.state, done.serial, done.ca_request_id, done.possible_duplicate, done.error_code) == (
+            OpState.ISSUED, "2a", "R7", True, None)
+        assert (done.outcome, done.next_poll_at, done.outcome_at, done.uncertain) == (tuple(final), None, later, False)
+        assert _step(engine, state.load_in, "iss-1") == done
+        again = _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, final, later)
+        assert again.serial == "2a"  # not given: kept
+        with pytest.raises(LookupError):
+            _step(engine, state.record_outcome_in, "missing", OpState.ISSUED, final, later)
+    finally:
+        engine.dispose()
+
+
 def test_pending_approvals_are_found_by_partition_and_due_time(engine) -> None:  # type: ignore[no-untyped-def]
     _step(engine, state.begin_attempt_in, _new("a"), NOW)
     _step(engine, state.begin_attempt_in, _new("b"), NOW)
