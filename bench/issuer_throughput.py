@@ -66,7 +66,7 @@ from services.issuer.emca.client import connect
 from services.issuer.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
 from tests.conftest import local_kafka_for_tests, make_kafka_settings
 from tests.emca_sim_helpers import sim_endpoint, sim_spec
-from tests.issuer_harness import IssuerBench, IssuerProcess, make_csr
+from tests.issuer_harness import IssuerBench, IssuerProcess, make_csr, metric
 
 SUBSCRIBER = "SUB-0001"
 PROFILE = "TLS Server"
@@ -280,6 +280,11 @@ async def measure_issuer(kafka: KafkaSettings, sim_view: Any, version: EmcaVersi
                     raise RuntimeError(f"{len(issued)} of {len(csrs)} issued after {args.timeout} s:\n{issuer.tail()}")
                 await asyncio.sleep(0.05)
             await asyncio.sleep(2 * SAMPLE_S)  # a sample after the last event
+        text = issuer.metrics()
+        calls = metric(text, "certrail_issuer_emca_submit_batch_csrs_count")
+        if calls:
+            log(f"issuer: {calls:.0f} submission calls, {metric(text, 'certrail_issuer_emca_submit_batch_csrs_sum') / calls:.1f}"
+                " CSRs per call on average")
         # uvicorn re-raises the signal after its shutdown: SIGINT becomes KeyboardInterrupt, which lets cProfile write
         issuer.kill(signal.SIGINT if args.issuer_profile else signal.SIGTERM)
     if failed:
