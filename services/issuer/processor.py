@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +63,7 @@ from services.issuer.emca.types import (
     ConnectorFaultError,
     EmcaConnection,
     IssuedCertificate,
+    IssueOutcome,
     PendingIssuance,
     RequestPermanentError,
     TransientError,
@@ -133,6 +134,14 @@ class Work:
             self.critical -= 1
             if self.critical == 0:
                 self.idle.set()
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What emCA answered one submission: its outcome, or its refusal of that CSR."""
+
+    outcome: IssueOutcome | RequestPermanentError
+    possible_duplicate: bool  # an earlier attempt was left uncertain on a dialect that does not dedupe
 
 
 @dataclass(frozen=True)
@@ -296,16 +305,25 @@ class Processor:
                                                        OpState.FAILED, ErrorCode.CA_UNAVAILABLE, now)
             connection: EmcaConnection | None = None
             try:
-                async with runtime.slot() as connection, work.critical_section():
-                    return await self._submit(runtime, connection, envelope, data, new, failed)
+                # The slot (one of the connector's concurrent emCA calls) is held for the call only: recording
+                # and publishing its outcome need no connection, so the next command may call meanwhile. The
+                # critical section (a revoked partition waits for it) runs from the intent to the outcome.
+                async with AsyncExitStack() as section:
+                    async with runtime.slot() as connection:
+                        await section.enter_async_context(work.critical_section())
+                        answer = await self._submit(runtime, connection, envelope, data, new)
+                    if isinstance(answer, str):
+                        return answer
+                    return await self._settle(runtime, envelope, data, answer, failed)
             except TransientError as exc:
                 await runtime.transient(exc, connection)
             except ConnectorFaultError as exc:
                 await runtime.fault(exc, connection)
 
     async def _submit(self, runtime: ConnectorRuntime, connection: EmcaConnection, envelope: Envelope,
-                      data: IssueCertificate | RenewCertificate, new: NewOperation,
-                      failed: Callable[[ErrorCode, str], IssuanceFailed]) -> str:
+                      data: IssueCertificate | RenewCertificate, new: NewOperation) -> str | _Answer:
+        """The intent, then the call: emCA's answer (or its refusal of this CSR), or the outcome of a command that
+        was settled already. A transient or connector fault is raised, the attempt marked unsent where certain."""
         op, earlier_uncertain = await self._step(state.begin_attempt_in, new, self._clock())
         if op.state is not OpState.SUBMITTING:  # settled meanwhile (another instance, before a rebalance)
             return await self._replay(op, envelope.type)
@@ -324,6 +342,15 @@ class Processor:
             await self._step(state.attempt_unsent_in, data.issuance_id, self._clock())
             raise
         except RequestPermanentError as exc:
+            return _Answer(exc, possible_duplicate)
+        return _Answer(outcome, possible_duplicate)
+
+    async def _settle(self, runtime: ConnectorRuntime, envelope: Envelope, data: IssueCertificate | RenewCertificate,
+                      answer: _Answer, failed: Callable[[ErrorCode, str], IssuanceFailed]) -> str:
+        """Record emCA's answer, then publish it."""
+        outcome, possible_duplicate = answer.outcome, answer.possible_duplicate
+        if isinstance(outcome, RequestPermanentError):
+            exc = outcome
             self._metrics.emca_error(runtime.name, exc)
             self._crash.reached("after_emca_response")
             now = self._clock()
