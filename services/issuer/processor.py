@@ -72,7 +72,7 @@ from services.issuer.emca.types import (
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.state import NewOperation, Operation, OpState, StoredRecord
 from services.issuer.verify import CertificateMismatch, verify_issued
-from services.issuer.writer import StateWriter
+from services.issuer.writer import StateWriter, ThreadCalls
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class Processor:
         self._crash = crash or CrashPoints(None)
         self._approvals = approvals or ApprovalSettings()
         self._writer = StateWriter(engine)
+        self._verifier = ThreadCalls(name="issuer-verify")  # the certificates of one answer: one thread hop
         self._batcher = batcher or SubmitBatcher(on_call=metrics.emca_batch_csrs.observe)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -380,7 +381,7 @@ class Processor:
         connector = runtime.connector
         assert connector is not None
         try:
-            verified = await asyncio.to_thread(
+            verified = await self._verifier.run(
                 verify_issued, issued, csr_pem=data.csr, requested_sans=data.sans,
                 pinned_ca_sha256=connector.pinned_ca_sha256, pinned_chain_pem=connector.pinned_chain_pem, now=now)
         except CertificateMismatch as exc:

@@ -11,6 +11,9 @@ gathers, so the group grows with the load and a lone command waits for nothing b
 A group is all or nothing. When it fails (one step raised: an operation that is not there, a
 constraint, a lost connection), it is rolled back and each of its steps is run again in a
 transaction of its own, so a step fails alone and only its caller sees the error.
+
+The grouping itself (`ThreadGroups`) also serves calls without a transaction (`ThreadCalls`: the
+verification of the certificates of one emCA answer in one thread hop instead of one hop each).
 """
 
 from __future__ import annotations
@@ -21,42 +24,41 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MAX_GROUP = 128
-"""Steps in one transaction at most (it holds SQLite's write lock while it runs)."""
+"""Steps in one group at most (a state group holds SQLite's write lock while it runs)."""
 
 
 @dataclass(frozen=True)
 class _Step:
-    call: Callable[[Connection], Any]
+    call: Callable[..., Any]
     future: asyncio.Future[Any]
 
 
-class StateWriter:
-    """Runs `state` steps (``fn(conn, *args)``) in group transactions. One per process and engine;
-    use it from one event loop."""
+class ThreadGroups:
+    """Runs calls in a worker thread, one thread hop for all the calls queued meanwhile: those made in the same
+    event-loop turn, or while the previous group ran. Each caller gets its own result or exception. Use it from
+    one event loop. Subclasses decide how a group runs (`_run_group`)."""
 
-    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP) -> None:
-        self._engine = engine
+    def __init__(self, *, max_group: int = MAX_GROUP, name: str = "thread-groups") -> None:
         self._max_group = max_group
+        self._name = name
         self._queue: list[_Step] = []
         self._flusher: asyncio.Task[None] | None = None
         self.groups = 0
         self.steps = 0
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in the next group's transaction; returns once it is committed.
-        A caller cancelled meanwhile does not take its step back: it is written with its group."""
+    async def _enqueue(self, call: Callable[..., Any]) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.append(_Step(lambda conn: fn(conn, *args, **kwargs), future))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Step(call, future))
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush(), name="issuer-state-writer")
+            self._flusher = loop.create_task(self._flush(), name=self._name)
         return await future
 
     async def _flush(self) -> None:
@@ -64,7 +66,7 @@ class StateWriter:
             while self._queue:
                 group, self._queue = self._queue[: self._max_group], self._queue[self._max_group :]
                 try:
-                    results = await asyncio.to_thread(self._write, group)
+                    results = await asyncio.to_thread(self._run_group, group)
                 except BaseException:  # cancelled (shutdown): nobody may wait forever
                     _cancel(group)
                     raise
@@ -84,7 +86,39 @@ class StateWriter:
         finally:
             self._flusher = None
 
-    def _write(self, group: list[_Step]) -> list[tuple[bool, Any]]:
+    def _run_group(self, group: list[_Step]) -> list[tuple[bool, Any]]:
+        """In the worker thread: each call on its own; an exception is its caller's."""
+        results: list[tuple[bool, Any]] = []
+        for step in group:
+            try:
+                results.append((True, step.call()))
+            except Exception as exc:  # noqa: BLE001 - handed to the step's caller, who handles or raises it
+                results.append((False, exc))
+        return results
+
+
+class ThreadCalls(ThreadGroups):
+    """``await calls.run(fn, *args)``: ``fn(*args)`` in a worker thread, sharing the hop with the calls made
+    meanwhile (the issuer verifies the certificates of one emCA answer in one hop)."""
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._enqueue(lambda: fn(*args, **kwargs))
+
+
+class StateWriter(ThreadGroups):
+    """Runs `state` steps (``fn(conn, *args)``) in group transactions. One per process and engine;
+    use it from one event loop."""
+
+    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP) -> None:
+        super().__init__(max_group=max_group, name="issuer-state-writer")
+        self._engine = engine
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` in the next group's transaction; returns once it is committed.
+        A caller cancelled meanwhile does not take its step back: it is written with its group."""
+        return await self._enqueue(lambda conn: fn(conn, *args, **kwargs))
+
+    def _run_group(self, group: list[_Step]) -> list[tuple[bool, Any]]:
         """In a worker thread: the whole group in one transaction, or (if that fails) step by step."""
         try:
             with self._engine.begin() as conn:

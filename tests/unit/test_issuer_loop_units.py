@@ -4,6 +4,7 @@ section a revoked partition respects, transient-error certainty, and the durable
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from services.issuer.consumer_loop import _InFlight, _Partition
 from services.issuer.emca.types import TransientError
 from services.issuer.processor import CrashPoints, Revoked, Work
 from services.issuer.state import NewOperation, OpState, StoredRecord
-from services.issuer.writer import StateWriter
+from services.issuer.writer import StateWriter, ThreadCalls
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -185,3 +186,23 @@ async def test_a_failing_step_fails_alone_and_its_group_is_still_written(engine)
     assert [op.op_key for op, _ in (results[0], results[1], results[3])] == ["a", "b", "c"]  # type: ignore[misc]
     assert all(_step(engine, state.load_in, key) is not None for key in ("a", "b", "c"))
     assert _step(engine, state.load_in, "missing") is None
+
+
+async def test_thread_calls_made_together_share_one_thread_hop_and_keep_their_own_results() -> None:
+    """`ThreadCalls` (the issuer verifies the certificates of one emCA answer this way): one worker-thread hop for
+    the calls made together, each caller gets its own result, and an exception reaches only its own caller."""
+    calls = ThreadCalls()
+    threads: list[str] = []
+
+    def work(n: int) -> int:
+        threads.append(threading.current_thread().name)
+        if n == 3:
+            raise ValueError("three")
+        return n * n
+
+    results = await asyncio.gather(*(calls.run(work, n) for n in range(6)), return_exceptions=True)
+    assert results[:3] == [0, 1, 4] and results[4:] == [16, 25]
+    assert isinstance(results[3], ValueError) and str(results[3]) == "three"
+    assert calls.groups == 1 and calls.steps == 6  # all six queued in one loop turn: one hop
+    assert len(set(threads)) == 1 and threads[0] != threading.current_thread().name  # in a worker thread
+    assert await calls.run(work, 7) == 49 and calls.groups == 2  # a later call: a hop of its own
