@@ -80,6 +80,7 @@ class ConnectorRuntime:
         self.connector: Connector | None = None
         self.connection: EmcaConnection | None = None
         self.status = ConnectorStatus.UP
+        self.status_changes = 0  # counts status changes: a registry read taken before one is stale
         self.circuit = CircuitState.CLOSED
         self.usable = asyncio.Event()
         self.semaphore = asyncio.Semaphore(1)
@@ -149,6 +150,8 @@ class ConnectorRuntime:
     async def _set_status(self, status: ConnectorStatus, error: ErrorInfo | None) -> None:
         previous = self.status
         self.status = status
+        if previous is not status:
+            self.status_changes += 1
         if status is ConnectorStatus.UP and self.circuit == CircuitState.CLOSED and self.connection is not None:
             self.usable.set()
         else:
@@ -315,6 +318,7 @@ class ConnectorPool:
     async def refresh(self) -> None:
         """Adopt registry changes: a new revision (an operator's fix) reconnects; status changes apply."""
         for runtime in list(self._runtimes.values()):
+            changes = runtime.status_changes
             try:
                 connector = await asyncio.to_thread(self.registry.get, runtime.name)
             except ConnectorError:
@@ -322,6 +326,10 @@ class ConnectorPool:
             except Exception:  # noqa: BLE001 - database trouble: try again at the next refresh
                 log.warning("reading connector %s failed", runtime.name, exc_info=True)
                 continue
+            if runtime.status_changes != changes:
+                # The runtime changed status while the registry was read (a fault marks the connector
+                # misconfigured there and here): this read may predate that, and acting on it would undo it.
+                continue  # the next refresh reads again
             current = runtime.connector
             changed = (
                 current is None

@@ -1,0 +1,75 @@
+"""The issuer's connector pool against the real registry (SQLite) and the fake emCA: status changes and refreshes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+
+from services.common import migrate
+from services.common.connectors.models import Connector
+from services.common.connectors.secretbox import generate_key
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.events import ConnectorStatus
+from services.common.contracts.fields import ErrorInfo
+from services.common.db import make_engine
+from services.common.settings import DatabaseSettings
+from services.issuer.connectors import ConnectorPool, RuntimeSettings
+from services.issuer.emca.fake import FakeEmca
+from services.issuer.emca.types import ConnectorFaultError, EmcaVersion
+from services.issuer.metrics import IssuerMetrics
+from tests.unit.test_connector_registry import make_registry
+from tests.unit.test_connector_validation import spec_for
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'pool.db'}")
+    migrate.upgrade(settings)
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+async def test_a_registry_read_taken_before_a_fault_does_not_undo_it(engine: Engine) -> None:
+    """A refresh reads the registry in a thread while a call's fault marks the connector misconfigured. The read
+    (still "enabled") predates the fault, so the refresh must not take it for an operator's fix and reconnect:
+    that flapped the status (misconfigured, up, misconfigured) and sent more calls with the rotated credentials."""
+    emca = FakeEmca()
+    registry = make_registry(engine, emca, generate_key())
+    await registry.create(spec_for(emca, EmcaVersion.V4_2_4))
+    changes: list[tuple[ConnectorStatus | None, ConnectorStatus]] = []
+
+    async def on_status(name: str, status: ConnectorStatus, previous: ConnectorStatus | None,
+                        error: ErrorInfo | None) -> None:
+        changes.append((previous, status))
+
+    pool = ConnectorPool(registry, IssuerMetrics(CollectorRegistry()), RuntimeSettings(), on_status, connect=emca.connect)
+    runtime = await pool.get("c1")
+    assert runtime.status is ConnectorStatus.UP and changes == []
+
+    stale = registry.get("c1")  # what the registry says before the fault: enabled
+    reading, answer = threading.Event(), threading.Event()
+
+    def slow_get(name: str) -> Connector:
+        reading.set()
+        assert answer.wait(10)
+        return stale
+
+    registry.get = slow_get  # type: ignore[method-assign]
+    refresh = asyncio.create_task(pool.refresh())
+    assert await asyncio.to_thread(reading.wait, 10)  # the refresh is reading
+    await runtime.fault(ConnectorFaultError(ErrorCode.CA_AUTH_FAILED, "emCA: Invalid credentials"), runtime.connection)
+    answer.set()
+    await refresh
+    assert runtime.status is ConnectorStatus.MISCONFIGURED
+    assert changes == [(ConnectorStatus.UP, ConnectorStatus.MISCONFIGURED)]  # once, not undone
+
+    del registry.get  # the next refresh reads the registry itself: misconfigured there too, nothing changes
+    await pool.refresh()
+    assert runtime.status is ConnectorStatus.MISCONFIGURED and len(changes) == 1
