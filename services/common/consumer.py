@@ -110,9 +110,6 @@ class PendingAcks:
     def add(self, ack: Awaitable[object]) -> None:
         self._pending.append(ack)
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     async def wait(self) -> None:
         """Waits for every acknowledgement; raises the first failure (after all have settled)."""
         pending, self._pending = self._pending, []

@@ -52,7 +52,7 @@ def create_app(settings: DeployerSettings) -> tuple[AsgiFastStream, ServiceRunti
     )
     runtime.dispatcher.handlers = handlers(ctx)
     # two of the three certrail.events records per certificate are not for the deployer: skip them
-    # by their ce_type header, unparsed (docs/decisions/0010-ce-type-header.md)
+    # by their ce_type header, unparsed (docs/decisions/0010-batched-consumption-and-ce-type-header.md)
     runtime.dispatcher.skip_by_type_header = True
     return app, runtime
 

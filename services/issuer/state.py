@@ -9,13 +9,12 @@ The exactly-once protocol (DESIGN.md "Exactly-once effect", docs/issuer.md):
 2. `attempt_unsent` clears ``uncertain`` when emCA certainly did not act (connection refused,
    429, an answered refusal).
 3. `record_outcome` stores the exact records to publish (and the new state) in one transaction,
-   before anything is published; a redelivered command finds them with `load` and re-publishes
-   the same bytes.
+   before anything is published; a redelivered command finds them (with `begin_attempt`, which
+   leaves a settled row as it is, or with `load`) and re-publishes the same bytes.
 
-Each step exists twice: ``*_in(conn, ...)`` runs inside a transaction its caller holds (the issuer's
-`services.issuer.writer.StateWriter` runs the steps of all commands in flight in one transaction: a
-group commit), and ``step(engine, ...)`` opens its own short one (``engine.begin()`` is ``BEGIN
-IMMEDIATE`` on SQLite). Both are SQLAlchemy Core statements on the ``issuer_operations`` table.
+Each step, ``*_in(conn, ...)``, runs inside a transaction its caller holds: the issuer's
+`services.issuer.writer.StateWriter` runs the steps of all commands in flight in one transaction (a
+group commit). They are SQLAlchemy Core statements on the ``issuer_operations`` table.
 """
 
 from __future__ import annotations
@@ -100,7 +99,6 @@ def _decode_outcome(text: str | None) -> tuple[StoredRecord, ...]:
 
 _TABLE = IssuerOperation.__table__
 _KEY = _TABLE.c.op_key
-_COLUMNS = _TABLE.c
 
 # Statements are built once: building one per call (``.values(dict)``, ``where(...)``) and computing its
 # cache key cost more of the issuer's CPU than running it (bench/issuer_state_steps.py). Values come as
@@ -109,21 +107,21 @@ _SELECT = select(_TABLE).where(_KEY == bindparam("k_op_key"))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _INSERT = insert(_TABLE)
 _UPDATE = update(_TABLE).where(_KEY == bindparam("k_op_key"))
-_UNSENT = update(_TABLE).where(_KEY == bindparam("k_op_key"), _COLUMNS.state == OpState.SUBMITTING.value).values(
+_UNSENT = update(_TABLE).where(_KEY == bindparam("k_op_key"), _TABLE.c.state == OpState.SUBMITTING.value).values(
     uncertain=False, updated_at=bindparam("k_now"))
 _OUTCOME = (
     update(_TABLE)
     .where(_KEY == bindparam("k_op_key"))
     .values(
         state=bindparam("k_state"), outcome=bindparam("k_outcome"), uncertain=False,
-        serial=func.coalesce(bindparam("k_serial", type_=_COLUMNS.serial.type), _COLUMNS.serial),
-        error_code=bindparam("k_error_code", type_=_COLUMNS.error_code.type),
-        possible_duplicate=or_(_COLUMNS.possible_duplicate, bindparam("k_possible_duplicate", type_=Boolean())),
-        ca_request_id=func.coalesce(bindparam("k_ca_request_id", type_=_COLUMNS.ca_request_id.type),
-                                    _COLUMNS.ca_request_id),
-        next_poll_at=bindparam("k_next_poll_at", type_=_COLUMNS.next_poll_at.type),
-        updated_at=bindparam("k_now", type_=_COLUMNS.updated_at.type),
-        outcome_at=bindparam("k_now", type_=_COLUMNS.outcome_at.type),
+        serial=func.coalesce(bindparam("k_serial", type_=_TABLE.c.serial.type), _TABLE.c.serial),
+        error_code=bindparam("k_error_code", type_=_TABLE.c.error_code.type),
+        possible_duplicate=or_(_TABLE.c.possible_duplicate, bindparam("k_possible_duplicate", type_=Boolean())),
+        ca_request_id=func.coalesce(bindparam("k_ca_request_id", type_=_TABLE.c.ca_request_id.type),
+                                    _TABLE.c.ca_request_id),
+        next_poll_at=bindparam("k_next_poll_at", type_=_TABLE.c.next_poll_at.type),
+        updated_at=bindparam("k_now", type_=_TABLE.c.updated_at.type),
+        outcome_at=bindparam("k_now", type_=_TABLE.c.outcome_at.type),
     )
     .returning(*_TABLE.c)
 )

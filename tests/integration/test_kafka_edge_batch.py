@@ -10,17 +10,17 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
 
+from services.auditor.kafka_reader import committed_offsets
 from services.common.consumer import Dispatcher, Outbound
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.deadletter import DeadLetter
 from services.common.contracts.envelope import Envelope, decode, encode, make_event
 from services.common.contracts.events import CertificateDeployed, CertificateIssued
 from services.common.contracts.topics import Topics
-from services.common.kafka_config import admin_kwargs, consumer_kwargs, faststream_broker_kwargs
+from services.common.kafka_config import consumer_kwargs, faststream_broker_kwargs
 from services.common.kafka_edge import FastStreamPublisher, subscribe
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
@@ -58,16 +58,6 @@ async def _read(kafka_settings: KafkaSettings, topic: str, count: int) -> list[t
     finally:
         await consumer.stop()
     return received
-
-
-async def _committed(kafka_settings: KafkaSettings, group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(**admin_kwargs(kafka_settings))
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items()}
 
 
 async def _publish_inputs(kafka_settings: KafkaSettings, topics: Topics) -> None:
@@ -108,7 +98,7 @@ async def _run_consumer(kafka_settings: KafkaSettings, topics: Topics, group: st
     try:
         expected_end = PER_KEY * len(KEYS) + 1
         async with asyncio.timeout(90):
-            while sum((await _committed(kafka_settings, group)).values()) < expected_end:
+            while sum((await committed_offsets(kafka_settings, group)).values()) < expected_end:
                 await asyncio.sleep(0.2)
     finally:
         await broker.stop()
@@ -124,7 +114,7 @@ async def test_batches_are_handled_in_order_per_key_published_and_committed(
     assert fail_once == set()  # both failed once and were redelivered
 
     total = PER_KEY * len(KEYS)
-    committed = await _committed(kafka_settings, group)
+    committed = await committed_offsets(kafka_settings, group)
     assert sum(committed.values()) == total + 1  # every record, the poison one too, committed exactly to the end
 
     outputs = await _read(kafka_settings, topics.events, total)

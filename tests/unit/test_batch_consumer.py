@@ -41,6 +41,21 @@ def _record(
     return InboundRecord(topic="certrail.events", partition=partition, offset=offset, value=value, key=key, headers=headers)
 
 
+def _issued(*event_ids: str) -> list[InboundRecord]:
+    """CertificateIssued records at offsets 0, 1, ..., each keyed by its id's first letter (its certificate)."""
+    return [_record(event_id[0].encode(), offset, _value(CertificateIssued, event_id)) for offset, event_id in enumerate(event_ids)]
+
+
+def _deploying(key_of):  # type: ignore[no-untyped-def]
+    """A handler that publishes one CertificateDeployed per record, keyed by ``key_of(envelope)``."""
+
+    async def handler(envelope: Envelope) -> list[Outbound]:
+        deployed = make_event(EXAMPLES[CertificateDeployed], id=f"out-{envelope.id}", source="/t", time=NOW, subject="c")
+        return [Outbound(topic=TOPICS.events, event=deployed, key=key_of(envelope))]
+
+    return handler
+
+
 def _dispatcher(handler, publisher=None, **options) -> tuple[Dispatcher, RecordingPublisher]:  # type: ignore[no-untyped-def]
     publisher = publisher or RecordingPublisher()
     dispatcher = Dispatcher(
@@ -97,12 +112,7 @@ async def test_records_of_one_key_run_in_order_and_keys_run_concurrently() -> No
         return []
 
     dispatcher, _ = _dispatcher(handler)
-    records = [
-        _record(b"a", 0, _value(CertificateIssued, "a0")),
-        _record(b"a", 1, _value(CertificateIssued, "a1")),
-        _record(b"b", 2, _value(CertificateIssued, "b0")),
-        _record(b"a", 3, _value(CertificateIssued, "a2")),
-    ]
+    records = _issued("a0", "a1", "b0", "a2")
     outcomes = await dispatcher.dispatch_batch(records)
 
     assert outcomes == [Outcome.HANDLED] * 4
@@ -112,12 +122,8 @@ async def test_records_of_one_key_run_in_order_and_keys_run_concurrently() -> No
 
 
 async def test_the_batch_returns_only_after_every_publish_is_acknowledged() -> None:
-    async def handler(envelope: Envelope) -> list[Outbound]:
-        deployed = make_event(EXAMPLES[CertificateDeployed], id=f"out-{envelope.id}", source="/t", time=NOW, subject="c")
-        return [Outbound(topic=TOPICS.events, event=deployed, key=envelope.id)]
-
     publisher = DeferringPublisher()
-    dispatcher, _ = _dispatcher(handler, publisher)
+    dispatcher, _ = _dispatcher(_deploying(lambda envelope: envelope.id), publisher)
     records = [_record(str(i).encode(), i, _value(CertificateIssued, f"e{i}")) for i in range(5)]
     batch = asyncio.create_task(dispatcher.dispatch_batch(records))
     await _until(lambda: len(publisher.sent) == 5)  # all five sent before any acknowledgement
@@ -132,12 +138,8 @@ async def test_the_batch_returns_only_after_every_publish_is_acknowledged() -> N
 
 
 async def test_a_failed_acknowledgement_fails_the_batch() -> None:
-    async def handler(envelope: Envelope) -> list[Outbound]:
-        deployed = make_event(EXAMPLES[CertificateDeployed], id=f"out-{envelope.id}", source="/t", time=NOW, subject="c")
-        return [Outbound(topic=TOPICS.events, event=deployed, key="c")]
-
     publisher = DeferringPublisher()
-    dispatcher, _ = _dispatcher(handler, publisher)
+    dispatcher, _ = _dispatcher(_deploying(lambda envelope: "c"), publisher)
     batch = asyncio.create_task(
         dispatcher.dispatch_batch(
             [_record(b"c", 0, _value(CertificateIssued, "e0")), _record(b"d", 1, _value(CertificateIssued, "e1"))]
@@ -160,12 +162,7 @@ async def test_a_failure_stops_its_certificate_only_and_fails_the_batch() -> Non
         return []
 
     dispatcher, _ = _dispatcher(handler)
-    records = [
-        _record(b"a", 0, _value(CertificateIssued, "a0")),
-        _record(b"a", 1, _value(CertificateIssued, "a1")),
-        _record(b"a", 2, _value(CertificateIssued, "a2")),
-        _record(b"b", 3, _value(CertificateIssued, "b0")),
-    ]
+    records = _issued("a0", "a1", "a2", "b0")
     with pytest.raises(RuntimeError, match="database locked"):
         await dispatcher.dispatch_batch(records)
     # a2 must not run before a1 succeeded (the redelivered batch redoes a1 then a2); b is independent

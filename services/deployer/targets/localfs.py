@@ -47,11 +47,11 @@ class LocalFileSystem:
         os.replace(temporary, path)
         _fsync_dir(directory)
 
-    def _read_file(self, path: str) -> bytes:
+    async def read_file(self, path: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read()
 
-    def _readlink(self, path: str) -> str | None:
+    async def readlink(self, path: str) -> str | None:
         try:
             return os.readlink(path)
         except FileNotFoundError:
@@ -67,16 +67,13 @@ class LocalFileSystem:
             raise
         _fsync_dir(os.path.dirname(path) or ".")
 
-    def _listdir(self, path: str) -> list[str]:
+    async def listdir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
 
-    def _remove_tree(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=False)
-
-    def _file_mode(self, path: str) -> int:
+    async def file_mode(self, path: str) -> int:
         return stat.S_IMODE(os.stat(path).st_mode)
 
     async def makedirs(self, path: str, mode: int) -> None:
@@ -85,20 +82,9 @@ class LocalFileSystem:
     async def write_file(self, path: str, data: bytes, mode: int) -> None:
         await asyncio.to_thread(self._write_file, path, data, mode)
 
-    async def read_file(self, path: str) -> bytes:
-        return self._read_file(path)
-
-    async def readlink(self, path: str) -> str | None:
-        return self._readlink(path)
-
     async def replace_symlink(self, path: str, target: str) -> None:
         await asyncio.to_thread(self._replace_symlink, path, target)
 
-    async def listdir(self, path: str) -> list[str]:
-        return self._listdir(path)
-
     async def remove_tree(self, path: str) -> None:
-        await asyncio.to_thread(self._remove_tree, path)
+        await asyncio.to_thread(shutil.rmtree, path)
 
-    async def file_mode(self, path: str) -> int:
-        return self._file_mode(path)
