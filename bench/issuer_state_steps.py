@@ -54,8 +54,7 @@ async def _issuances(writer: StateWriter, run: str, first: int, count: int, in_f
                 assert await writer.run(state.load_in, key) is None
             op, _ = await writer.run(state.begin_attempt_in, new, now)
             assert op.state is OpState.SUBMITTING
-            stored = await writer.run(state.record_outcome_in, key, OpState.ISSUED, [record], now, serial=f"{n:032x}")
-            assert stored.outcome == (record,)
+            await writer.run(state.record_outcome_in, key, OpState.ISSUED, [record], now, serial=f"{n:032x}")
 
     await asyncio.gather(*(one(n) for n in range(first, first + count)))
 

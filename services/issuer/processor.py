@@ -356,10 +356,10 @@ class Processor:
             self._crash.reached("after_emca_response")
             now = self._clock()
             records = [self._event(envelope, failed(exc.code, exc.message), data.certificate_id, now)]
-            stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.FAILED, records, now,
-                                    error_code=exc.code.value)
+            await self._step(state.record_outcome_in, data.issuance_id, OpState.FAILED, records, now,
+                             error_code=exc.code.value)
             self._crash.reached("after_db_commit")
-            await self._emit(stored.outcome)
+            await self._emit(records)
             return "failed"
         self._crash.reached("after_emca_response")
         now = self._clock()
@@ -367,11 +367,11 @@ class Processor:
             pending = IssuancePending(issuance_id=data.issuance_id, certificate_id=data.certificate_id,
                                       request_id=data.request_id, connector=data.connector, ca_request_id=outcome.request_id)
             records = [self._event(envelope, pending, data.certificate_id, now)]
-            stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.PENDING, records, now,
-                                    ca_request_id=outcome.request_id, possible_duplicate=possible_duplicate,
-                                    next_poll_at=now + timedelta(seconds=self._approvals.poll_initial_s))
+            await self._step(state.record_outcome_in, data.issuance_id, OpState.PENDING, records, now,
+                             ca_request_id=outcome.request_id, possible_duplicate=possible_duplicate,
+                             next_poll_at=now + timedelta(seconds=self._approvals.poll_initial_s))
             self._crash.reached("after_db_commit")
-            await self._emit(stored.outcome)
+            await self._emit(records)
             return "pending"
         return await self._issued(runtime, envelope, data, outcome, possible_duplicate, failed, now, append=False)
 
@@ -390,10 +390,10 @@ class Processor:
                       runtime.name, issued.serial, data.issuance_id, exc.message)
             records = [self._event(envelope, failed(exc.code, f"serial {issued.serial}: {exc.message}"),
                                    data.certificate_id, now)]
-            stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.FAILED, records, now,
-                                    serial=issued.serial, error_code=exc.code.value, append=append)
+            await self._step(state.record_outcome_in, data.issuance_id, OpState.FAILED, records, now,
+                             serial=issued.serial, error_code=exc.code.value, append=append)
             self._crash.reached("after_db_commit")
-            await self._emit(stored.outcome[-len(records):] if append else stored.outcome)
+            await self._emit(records)
             return "failed"
         if possible_duplicate:
             self._metrics.possible_duplicates.labels(runtime.name).inc()
@@ -410,12 +410,12 @@ class Processor:
             possible_duplicate=possible_duplicate,
         )
         records = [self._event(envelope, event, data.certificate_id, now)]
-        stored = await self._step(state.record_outcome_in, data.issuance_id, OpState.ISSUED, records, now,
-                                serial=verified.serial, possible_duplicate=possible_duplicate,
-                                error_code=ErrorCode.POSSIBLE_DUPLICATE.value if possible_duplicate else None,
-                                append=append)
+        await self._step(state.record_outcome_in, data.issuance_id, OpState.ISSUED, records, now,
+                         serial=verified.serial, possible_duplicate=possible_duplicate,
+                         error_code=ErrorCode.POSSIBLE_DUPLICATE.value if possible_duplicate else None,
+                         append=append)
         self._crash.reached("after_db_commit")
-        await self._emit(stored.outcome[-len(records):] if append else stored.outcome)
+        await self._emit(records)
         return "issued"
 
     async def _revoke(self, envelope: Envelope, data: RevokeCertificate, record: InboundRecord, work: Work) -> str:
@@ -460,10 +460,11 @@ class Processor:
             code = exc.code if exc.code is not ErrorCode.CA_REJECTED else ErrorCode.REVOCATION_REJECTED
             failure = RevocationFailed(certificate_id=data.certificate_id, serial=data.serial, request_id=data.request_id,
                                        connector=data.connector, error=ErrorInfo(code=code, message=first_line(exc.message, 1000)))
-            stored = await self._step(state.record_outcome_in, new.op_key, OpState.REVOCATION_FAILED,
-                                    [self._event(envelope, failure, data.certificate_id, now)], now, error_code=code.value)
+            records = [self._event(envelope, failure, data.certificate_id, now)]
+            await self._step(state.record_outcome_in, new.op_key, OpState.REVOCATION_FAILED, records, now,
+                             error_code=code.value)
             self._crash.reached("after_db_commit")
-            await self._emit(stored.outcome)
+            await self._emit(records)
             return "revocation_failed"
         self._crash.reached("after_emca_response")
         now = self._clock()
@@ -471,10 +472,10 @@ class Processor:
                                      connector=data.connector, reason=data.reason, revoked_at=now, replace=data.replace)
         if revocation.already_revoked:
             log.info("serial %s was already revoked at emCA (connector %s)", data.serial, runtime.name)
-        stored = await self._step(state.record_outcome_in, new.op_key, OpState.REVOKED,
-                                [self._event(envelope, revoked, data.certificate_id, now)], now, serial=data.serial)
+        records = [self._event(envelope, revoked, data.certificate_id, now)]
+        await self._step(state.record_outcome_in, new.op_key, OpState.REVOKED, records, now, serial=data.serial)
         self._crash.reached("after_db_commit")
-        await self._emit(stored.outcome)
+        await self._emit(records)
         return "revoked"
 
     # -- pending approvals -------------------------------------------------------------------------------
@@ -506,7 +507,7 @@ class Processor:
             records = [self._event(envelope, failed(ErrorCode.APPROVAL_TIMED_OUT, f"emCA request {op.ca_request_id} was "
                                                     f"not approved within {self._approvals.timeout}"), data.certificate_id, now)]
             await self._step(state.record_outcome_in, op.op_key, OpState.FAILED, records, now,
-                           error_code=ErrorCode.APPROVAL_TIMED_OUT.value, append=True)
+                             error_code=ErrorCode.APPROVAL_TIMED_OUT.value, append=True)
             await self._emit(records)
             self._metrics.commands.labels(envelope.type, "failed").inc()
             return 1
@@ -530,7 +531,7 @@ class Processor:
             self._metrics.emca_error(runtime.name, exc)
             records = [self._event(envelope, failed(exc.code, exc.message), data.certificate_id, now)]
             await self._step(state.record_outcome_in, op.op_key, OpState.FAILED, records, now, error_code=exc.code.value,
-                           append=True)
+                             append=True)
             await self._emit(records)
             self._metrics.commands.labels(envelope.type, "failed").inc()
             return 1

@@ -26,7 +26,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Engine, RowMapping, bindparam, func, insert, or_, select, update
+from sqlalchemy import Boolean, Connection, Engine, Insert, RowMapping, bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.consumer import Outbound
 from services.common.db import read_session, write_session
@@ -106,6 +107,12 @@ _KEY = _TABLE.c.op_key
 _SELECT = select(_TABLE).where(_KEY == bindparam("k_op_key"))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _INSERT = insert(_TABLE)
+# The first attempt's intent is one statement: the row is inserted unless it exists (then it is read and updated).
+# (RETURNING says whether it was: psycopg reports no rowcount for it.)
+_INSERT_NEW: dict[str, Insert] = {
+    "sqlite": sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=[_KEY]).returning(_KEY),
+    "postgresql": postgresql.insert(_TABLE).on_conflict_do_nothing(index_elements=[_KEY]).returning(_KEY),
+}
 _UPDATE = update(_TABLE).where(_KEY == bindparam("k_op_key"))
 _UNSENT = update(_TABLE).where(_KEY == bindparam("k_op_key"), _TABLE.c.state == OpState.SUBMITTING.value).values(
     uncertain=False, updated_at=bindparam("k_now"))
@@ -123,7 +130,6 @@ _OUTCOME = (
         updated_at=bindparam("k_now", type_=_TABLE.c.updated_at.type),
         outcome_at=bindparam("k_now", type_=_TABLE.c.outcome_at.type),
     )
-    .returning(*_TABLE.c)
 )
 
 
@@ -193,6 +199,11 @@ def load_in(conn: Connection, op_key: str) -> Operation | None:
 def begin_attempt_in(conn: Connection, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
     """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
     earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
+    first = _INSERT_NEW.get(conn.dialect.name)
+    if first is not None:  # the common case, the first attempt: one statement
+        values = _new_row(new, now)
+        if conn.execute(first, values).first() is not None:
+            return _operation(values), False
     row = _row(conn, new.op_key, for_update=True)
     if row is None:
         return _insert(conn, _new_row(new, now)), False
@@ -221,23 +232,24 @@ def record_outcome_in(
     ca_request_id: str | None = None,
     next_poll_at: datetime | None = None,
     append: bool = False,
-) -> Operation:
-    """Store the outcome (and the records to publish) before they are published. ``append`` keeps
-    the records stored before (a pending approval's IssuancePending, then its final event)."""
-    if not append:  # one statement: the row as updated comes back (UPDATE ... RETURNING)
+) -> None:
+    """Store the outcome and the records to publish (exactly ``records``) before they are published; raises
+    LookupError if there is no such operation. ``append`` keeps the records stored before (a pending approval's
+    IssuancePending, then its final event). An earlier serial and emCA request id stay unless given; a possible
+    duplicate stays reported."""
+    if not append:  # one statement, nothing read back: the caller publishes the records it gave
         updated = conn.execute(_OUTCOME, {
             "k_op_key": op_key, "k_state": state.value, "k_outcome": _encode_outcome(records), "k_serial": serial,
             "k_error_code": error_code, "k_possible_duplicate": possible_duplicate, "k_ca_request_id": ca_request_id,
             "k_next_poll_at": next_poll_at, "k_now": now,
-        }).mappings().first()
-        if updated is None:
+        })
+        if updated.rowcount != 1:
             raise LookupError(f"no issuer operation {op_key!r}")
-        return _operation(updated)
+        return
     row = _row(conn, op_key, for_update=True)
     if row is None:
         raise LookupError(f"no issuer operation {op_key!r}")
-    stored = list(_decode_outcome(row["outcome"])) if append else []
-    stored.extend(records)
+    stored = [*_decode_outcome(row["outcome"]), *records]
     values = {
         "state": state.value, "outcome": _encode_outcome(stored), "uncertain": False,
         "serial": serial if serial is not None else row["serial"], "error_code": error_code,
@@ -245,7 +257,7 @@ def record_outcome_in(
         "ca_request_id": ca_request_id if ca_request_id is not None else row["ca_request_id"],
         "next_poll_at": next_poll_at, "updated_at": now, "outcome_at": now,
     }
-    return _update(conn, row, values)
+    conn.execute(_UPDATE, {"k_op_key": op_key, **values})
 
 
 def record_settled_without_attempt_in(

@@ -110,35 +110,42 @@ def test_intent_then_outcome_and_uncertain_attempts(engine) -> None:  # type: ig
     _, earlier = _step(engine, state.begin_attempt_in, _new(), NOW)
     assert earlier is False
     records = [StoredRecord("certrail.events", "cert-1", b'{"id":"e1"}')]
-    settled = _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, records, NOW, serial="1f", possible_duplicate=True)
+    _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, records, NOW, serial="1f", possible_duplicate=True)
+    settled = _step(engine, state.load_in, "iss-1")
     assert settled.settled and settled.outcome == tuple(records) and settled.possible_duplicate and not settled.uncertain
     again, earlier = _step(engine, state.begin_attempt_in, _new(), NOW)  # a settled operation is never attempted again
     assert again.attempts == 3 and again.state is OpState.ISSUED and earlier is False
 
 
 def test_the_outcome_keeps_what_the_step_does_not_set_on_both_databases(db_settings: DatabaseSettings) -> None:
-    """`record_outcome_in` is one UPDATE ... RETURNING: an earlier serial and emCA request id stay unless given, a
-    possible duplicate stays reported, the error code is the step's, and what it returns is what a load reads."""
+    """`record_outcome_in` is one UPDATE and `begin_attempt_in` one INSERT for a new operation: an earlier serial and
+    emCA request id stay unless given, a possible duplicate stays reported, the error code is the step's; a second
+    intent for the same operation reads and updates its row; an outcome for no operation is a LookupError."""
     upgrade(db_settings)
     engine = make_engine(db_settings)
     try:
-        _step(engine, state.begin_attempt_in, _new(), NOW)
+        first, earlier = _step(engine, state.begin_attempt_in, _new(), NOW)
+        assert _step(engine, state.load_in, "iss-1") == first and earlier is False
+        again, earlier = _step(engine, state.begin_attempt_in, _new(), NOW + timedelta(seconds=1))
+        assert (again.attempts, again.created_at, earlier) == (2, NOW, True)
         pending = [StoredRecord("certrail.events", "cert-1", b'{"pending":1}')]
-        held = _step(engine, state.record_outcome_in, "iss-1", OpState.PENDING, pending, NOW, ca_request_id="R7",
-                     possible_duplicate=True, next_poll_at=NOW + timedelta(minutes=1), error_code="X")
-        assert (held.ca_request_id, held.possible_duplicate, held.error_code, held.next_poll_at) == (
-            "R7", True, "X", NOW + timedelta(minutes=1))
+        _step(engine, state.record_outcome_in, "iss-1", OpState.PENDING, pending, NOW, ca_request_id="R7",
+              possible_duplicate=True, next_poll_at=NOW + timedelta(minutes=1), error_code="X")
+        held = _step(engine, state.load_in, "iss-1")
+        assert (held.ca_request_id, held.possible_duplicate, held.error_code, held.next_poll_at, held.outcome) == (
+            "R7", True, "X", NOW + timedelta(minutes=1), tuple(pending))
         later = NOW + timedelta(hours=2)
         final = [StoredRecord("certrail.events", "cert-1", b'{"final":1}')]
-        done = _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, final, later, serial="2a")
+        _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, final, later, serial="2a")
+        done = _step(engine, state.load_in, "iss-1")
         assert (done.state, done.serial, done.ca_request_id, done.possible_duplicate, done.error_code) == (
             OpState.ISSUED, "2a", "R7", True, None)
         assert (done.outcome, done.next_poll_at, done.outcome_at, done.uncertain) == (tuple(final), None, later, False)
-        assert _step(engine, state.load_in, "iss-1") == done
-        again = _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, final, later)
-        assert again.serial == "2a"  # not given: kept
+        _step(engine, state.record_outcome_in, "iss-1", OpState.ISSUED, final, later)
+        assert _step(engine, state.load_in, "iss-1").serial == "2a"  # not given: kept
         with pytest.raises(LookupError):
             _step(engine, state.record_outcome_in, "missing", OpState.ISSUED, final, later)
+        assert _step(engine, state.load_in, "missing") is None
     finally:
         engine.dispose()
 
@@ -154,8 +161,8 @@ def test_pending_approvals_are_found_by_partition_and_due_time(engine) -> None: 
     state.schedule_poll(engine, "a", NOW + timedelta(minutes=5), NOW)
     assert state.due_pending(engine, {("certrail.commands.emca", 0)}, NOW) == []
     final = [StoredRecord("certrail.events", "cert-1", b'{"final":1}')]
-    done = _step(engine, state.record_outcome_in, "a", OpState.ISSUED, final, NOW, append=True)
-    assert done.outcome == (pending[0], final[0])
+    _step(engine, state.record_outcome_in, "a", OpState.ISSUED, final, NOW, append=True)
+    assert _step(engine, state.load_in, "a").outcome == (pending[0], final[0])
 
 
 async def test_the_state_writer_commits_the_steps_in_flight_together(engine) -> None:  # type: ignore[no-untyped-def]
@@ -165,8 +172,9 @@ async def test_the_state_writer_commits_the_steps_in_flight_together(engine) -> 
     assert [(op.op_key, op.attempts, earlier) for op, earlier in begun] == [(key, 1, False) for key in keys]
     assert writer.steps == 40 and writer.groups < 40  # the first step's group commits alone, the rest together
     records = [StoredRecord("certrail.events", "cert-1", b'{"id":"e1"}')]
-    settled = await asyncio.gather(*(writer.run(state.record_outcome_in, key, OpState.ISSUED, records, NOW, serial="1f")
-                                     for key in keys))
+    await asyncio.gather(*(writer.run(state.record_outcome_in, key, OpState.ISSUED, records, NOW, serial="1f")
+                           for key in keys))
+    settled = [_step(engine, state.load_in, key) for key in keys]
     assert all(op.state is OpState.ISSUED and op.outcome == tuple(records) for op in settled)
     stored = _step(engine, state.load_in, "iss-39")  # committed, read back in a transaction of its own
     assert stored is not None and stored.state is OpState.ISSUED and stored.serial == "1f" and not stored.uncertain
