@@ -2,8 +2,9 @@
 with its own aiokafka loop (consumer_loop.py), talks to emCA through the connector registry's
 connectors (connectors.py), records intents and outcomes (state.py) and publishes
 IssuancePending, CertificateIssued, IssuanceFailed, CertificateRevoked, RevocationFailed and
-ConnectorStatusChanged to ``certrail.events``. FastStream serves ``/health`` and ``/metrics``
-and its idempotent producer (acks=all) publishes. docs/issuer.md explains it all.
+ConnectorStatusChanged to ``certrail.events`` through an idempotent aiokafka producer of its own
+(acks=all; `EventProducer`). FastStream serves ``/health`` and ``/metrics``. docs/issuer.md
+explains it all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from aiokafka import AIOKafkaProducer
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -29,10 +31,12 @@ from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
-from services.common.kafka_edge import make_broker, send_all
-from services.common.metrics import service_info
+from services.common.kafka_config import producer_kwargs
+from services.common.kafka_edge import make_broker
+from services.common.metrics import PublisherMetrics, service_info
 from services.common.runner import run_service
 from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
+from services.common.settings import KafkaSettings
 from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, RuntimeSettings
 from services.issuer.consumer_loop import IssuerConsumer, LoopSettings
@@ -58,6 +62,43 @@ class _NoTopics:
         raise RuntimeError("the issuer does not create connectors")
 
 
+class EventProducer:
+    """Publishes the issuer's records (its events, dead letters) through an idempotent aiokafka producer
+    (acks=all) of its own: each record sent in order, then their acknowledgements awaited together.
+
+    Not FastStream's publisher: its per-record work (a publish command, a correlation id, the middleware)
+    cost as much CPU again as the send itself (docs/benchmarks.md, "Issuer throughput"). Published records
+    are counted in ``certrail_messages_published_total{service="issuer"}``."""
+
+    def __init__(self, settings: KafkaSettings, metrics: PublisherMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**producer_kwargs(self._settings))  # on the service's event loop
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def publish(self, records: Sequence[StoredRecord]) -> None:
+        if self._producer is None:
+            raise RuntimeError("the issuer's producer is not started")
+        acks = []
+        types = []
+        for r in records:
+            message_type = r.type or declared_type(r.value)  # read back from storage: the body says
+            headers = [(name, value.encode()) for name, value in record_headers(message_type).items()]
+            key = r.key.encode("utf-8") if r.key is not None else None
+            acks.append(await self._producer.send(r.topic, r.value, key=key, headers=headers))
+            types.append(message_type or "unknown")
+        await asyncio.gather(*acks)
+        for message_type in types:
+            self._metrics.published_one(message_type)
+
+
 @dataclass
 class IssuerRuntime:
     name: str
@@ -70,6 +111,7 @@ class IssuerRuntime:
     metrics: IssuerMetrics
     pool: ConnectorPool
     consumer: IssuerConsumer
+    producer: EventProducer
     started_at: datetime = field(default_factory=utc_now)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     consumer_task: asyncio.Task[None] | None = None
@@ -81,6 +123,7 @@ class IssuerRuntime:
         return database_ok(self.engine)
 
     async def start(self) -> None:
+        await self.producer.start()  # before anything may publish (the consumer, connector status changes)
         self.consumer_task = asyncio.create_task(self.consumer.run(), name="issuer-consumer")
         self.tasks.append(asyncio.create_task(heartbeat_forever(
             self.engine, self.name, self.instance_id, self.started_at, self.settings.heartbeat_interval_s), name="issuer-heartbeat"))
@@ -99,6 +142,7 @@ class IssuerRuntime:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
         await self.pool.close()
+        await self.producer.stop()  # after everything that publishes has stopped
         self.engine.dispose()
         log.info("issuer stopped: %d commands finished by this instance", self.consumer.finished)
 
@@ -115,9 +159,8 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
     if settings.test_crash_point:
         log.warning("TEST CRASH POINT %s is set: this issuer will exit abruptly there", settings.test_crash_point)
 
-    async def publish_raw(records: Sequence[StoredRecord]) -> None:
-        # sent in order, acknowledged together (idempotent producer: order per key holds)
-        await send_all(broker, [(r.topic, r.key, r.value, record_headers(declared_type(r.value))) for r in records])
+    producer = EventProducer(settings.kafka, PublisherMetrics(registry, SERVICE))
+    publish_raw = producer.publish  # sent in order, acknowledged together (idempotent producer: order per key holds)
 
     async def on_status(name: str, status: ConnectorStatus, previous: ConnectorStatus | None, error: ErrorInfo | None) -> None:
         now = utc_now()
@@ -154,7 +197,8 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         topics=topics, processor=processor, pool=pool, metrics=metrics, publish_raw=publish_raw, clock=utc_now,
         engine=engine,
     )
-    runtime = IssuerRuntime(SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, pool, consumer)
+    runtime = IssuerRuntime(SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, pool, consumer,
+                            producer)
 
     @get(include_in_schema=False)
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001

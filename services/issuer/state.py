@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -48,15 +48,17 @@ FINAL_STATES = frozenset({OpState.ISSUED, OpState.FAILED, OpState.REVOKED, OpSta
 
 @dataclass(frozen=True)
 class StoredRecord:
-    """A record to publish, exactly as first published (value = the encoded CloudEvent)."""
+    """A record to publish, exactly as first published (value = the encoded CloudEvent). ``type`` is the event's
+    type when it is known without parsing ``value`` (not stored: a record read back from storage has None)."""
 
     topic: str
     key: str | None
     value: bytes
+    type: str | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, outbound: Outbound) -> StoredRecord:
-        return cls(outbound.topic, outbound.key, outbound.value())
+        return cls(outbound.topic, outbound.key, outbound.value(), outbound.event.type)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,10 @@ async def test_round_trips_on_every_dialect(bench: IssuerBench, sim: SimServer) 
     assert metric(text, "certrail_issuer_commands_total", {"outcome": "issued"}) == 6
     assert metric(text, "certrail_issuer_commands_total", {"outcome": "dead_lettered"}) == 1
     assert metric(text, "certrail_issuer_emca_request_duration_seconds_count", {"operation": "submit_csr"}) == 7
+    # its own producer counts what it published, by type
+    published = {"service": "issuer", "type": CertificateIssued.TYPE}
+    assert metric(text, "certrail_messages_published_total", published) == len(bench.of_type(CertificateIssued)) == 7
+    assert metric(text, "certrail_messages_published_total", {"service": "issuer", "type": DeadLetter.TYPE}) == 1
 
 
 async def test_manual_approval_is_polled_and_survives_a_restart(bench: IssuerBench, sim: SimServer, driver: Callable[[SimServer, EmcaVersion], SimDriver]) -> None:
