@@ -150,6 +150,78 @@ def test_write_transaction_takes_the_write_lock_at_begin(engine: Engine, db_file
         other.dispose()
 
 
+def test_a_waiting_writer_tries_for_the_lock_every_few_milliseconds(engine: Engine, db_file: Path) -> None:
+    """A writer that finds the lock taken tries again every 0.5-5 ms (SQLite's busy handler, off for these tries,
+    would sleep up to 100 ms between its own), takes the lock soon after it is released, and leaves the
+    connection's busy timeout as configured."""
+    holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, holder.execute, ["COMMIT"])
+    statements: list[str] = []
+    try:
+        with engine.connect() as conn:
+            conn.connection.driver_connection.set_trace_callback(statements.append)
+            release.start()
+            started = time.monotonic()
+            with conn.begin():
+                waited = time.monotonic() - started
+                conn.execute(text("INSERT INTO items (name) VALUES ('after the wait')"))
+            conn.connection.driver_connection.set_trace_callback(None)
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 4321
+    finally:
+        release.join()
+        holder.close()
+    tries = statements.count("BEGIN IMMEDIATE")
+    assert waited >= 0.25 and tries >= 20, (waited, tries)  # one try every few ms while the lock was held
+    with read_session(engine) as reader:
+        assert reader.execute(text("SELECT name FROM items")).scalars().all() == ["after the wait"]
+
+
+def test_writers_of_one_process_take_turns(engine: Engine) -> None:
+    """While one thread of a process holds a write transaction, another thread of it waits for its turn without
+    trying for SQLite's lock, and gets the lock soon after the first commits. A transaction that fails, and a
+    connection given back in the middle of one, end their turn."""
+    with pytest.raises(ValueError, match="boom"), write_session(engine) as session:
+        session.execute(text("INSERT INTO items (name) VALUES ('rolled back')"))
+        raise ValueError("boom")
+    conn = engine.connect()
+    conn.begin()
+    conn.execute(text("INSERT INTO items (name) VALUES ('abandoned')"))
+    conn.close()  # back to the pool without commit or rollback: reset
+
+    tries: list[float] = []  # when the second thread's connection ran BEGIN IMMEDIATE
+    holding, committed = threading.Event(), threading.Event()
+    released_at: list[float] = []
+
+    def first() -> None:
+        with write_session(engine) as session:
+            session.execute(text("INSERT INTO items (name) VALUES ('first')"))
+            holding.set()
+            time.sleep(0.3)
+            released_at.append(time.monotonic())
+        committed.set()
+
+    def second() -> None:
+        holding.wait(5)
+        with engine.connect() as conn:
+            conn.connection.driver_connection.set_trace_callback(
+                lambda sql: tries.append(time.monotonic()) if sql == "BEGIN IMMEDIATE" else None)
+            with conn.begin():
+                conn.execute(text("INSERT INTO items (name) VALUES ('second')"))
+            conn.connection.driver_connection.set_trace_callback(None)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert committed.is_set() and not any(thread.is_alive() for thread in threads)
+    assert tries and all(t >= released_at[0] for t in tries), "tried for SQLite's lock while the turn was taken"
+    assert len(tries) <= 10 and tries[-1] - released_at[0] < 0.5  # it tries again within ms, not 100s of ms
+    with read_session(engine) as reader:
+        assert reader.execute(text("SELECT name FROM items ORDER BY id")).scalars().all() == ["first", "second"]
+
+
 def test_read_transaction_does_not_take_the_write_lock(engine: Engine, db_file: Path) -> None:
     other = _other_engine(db_file, busy_timeout_ms=200)
     try:
