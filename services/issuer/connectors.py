@@ -188,7 +188,7 @@ class ConnectorRuntime:
 
     def _wait(self) -> Callable[[RetryCallState], float]:
         settings = self._pool.settings
-        exponential = wait_exponential_jitter(initial=settings.probe_initial_s, max=settings.probe_max_s,
+        exponential = wait_exponential_jitter(multiplier=settings.probe_initial_s, max=settings.probe_max_s,
                                               jitter=settings.probe_initial_s)
 
         def wait(state: RetryCallState) -> float:
