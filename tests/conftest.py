@@ -26,9 +26,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import Engine
 
+from services.common import migrate
+from services.common.db import make_engine
 from services.common.kafka_local import DEFAULT_KAFKA_VERSION, LocalKafka
-from services.common.settings import KafkaSettings
+from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -248,4 +251,14 @@ def local_kafka_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
     yield make
     for kafka in made:
         kafka.stop()
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated SQLite database of the test's own (a module may define its own ``engine`` instead)."""
+    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'certrail.db'}")
+    migrate.upgrade(settings)
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
 from tests.postgres_fixtures import *  # noqa: F403 - PostgreSQL fixtures (postgres_url, db_settings)

@@ -54,8 +54,8 @@ second). A process's writers take turns (one engine-wide lock, held from BEGIN
 to the end of the transaction), and the one whose turn it is tries for SQLite's
 lock every 0.5-5 ms, jittered, for at most the busy timeout
 (``_begin_immediate``; decision 0003, amendment). The switch of a new file to WAL,
-which SQLite does not cover with its busy handler, is retried the same way for
-at most the busy timeout (see ``_enable_wal``).
+which SQLite does not cover with its busy handler, is retried with its own
+growing sleeps (5 to 100 ms) for at most the busy timeout (see ``_enable_wal``).
 
 Passwords never reach logs or reprs: use :func:`safe_url` to show a URL.
 """

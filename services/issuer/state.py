@@ -110,7 +110,7 @@ _SELECT = select(_TABLE).where(_KEY == bindparam("k_op_key"))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _INSERT = insert(_TABLE)
 # The first attempt's intent is one statement: the row is inserted unless it exists (then it is read and updated).
-# (RETURNING says whether it was: psycopg reports no rowcount for it.)
+# (RETURNING says whether it was: psycopg reports no rowcount for it.) One per supported database.
 _INSERT_NEW: dict[str, Insert] = {
     "sqlite": sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=[_KEY]).returning(_KEY),
     "postgresql": postgresql.insert(_TABLE).on_conflict_do_nothing(index_elements=[_KEY]).returning(_KEY),
@@ -201,14 +201,11 @@ def load_in(conn: Connection, op_key: str) -> Operation | None:
 def begin_attempt_in(conn: Connection, new: NewOperation, now: datetime) -> tuple[Operation, bool]:
     """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
     earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
-    first = _INSERT_NEW.get(conn.dialect.name)
-    if first is not None:  # the common case, the first attempt: one statement
-        values = _new_row(new, now)
-        if conn.execute(first, values).first() is not None:
-            return _operation(values), False
-    row = _row(conn, new.op_key, for_update=True)
-    if row is None:
-        return _insert(conn, _new_row(new, now)), False
+    values = _new_row(new, now)
+    if conn.execute(_INSERT_NEW[conn.dialect.name], values).first() is not None:  # the first attempt: one statement
+        return _operation(values), False
+    row = _row(conn, new.op_key, for_update=True)  # it exists: the insert did nothing
+    assert row is not None
     if row["state"] != OpState.SUBMITTING.value:
         return _operation(row), False
     values = {"uncertain": True, "attempts": row["attempts"] + 1, "topic": new.topic, "partition": new.partition,

@@ -27,7 +27,6 @@ from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCre
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine
 from services.common.kafka_config import admin_kwargs
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics
@@ -110,14 +109,6 @@ class NoTopics:
     async def ensure_command_topic(self, connector: str) -> str:
         raise AssertionError(f"a refused connector must not create a topic ({connector})")
 
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'certrail.db'}")
-    migrate.upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    engine.dispose()
 
 
 def registry(engine: Engine, topics: Any) -> ConnectorRegistry:

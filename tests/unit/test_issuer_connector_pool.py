@@ -4,37 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from tenacity import Future, RetryCallState
 
-from services.common import migrate
 from services.common.connectors.models import Connector
 from services.common.connectors.secretbox import generate_key
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import ConnectorStatus
 from services.common.contracts.fields import ErrorInfo
-from services.common.db import make_engine
-from services.common.settings import DatabaseSettings
 from services.issuer.connectors import ConnectorPool, RuntimeSettings
 from services.issuer.emca.fake import FakeEmca
 from services.issuer.emca.types import ConnectorFaultError, EmcaVersion, TransientError
 from services.issuer.metrics import IssuerMetrics
 from tests.unit.test_connector_registry import make_registry
 from tests.unit.test_connector_validation import spec_for
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'pool.db'}")
-    migrate.upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    engine.dispose()
 
 
 async def test_a_registry_read_taken_before_a_fault_does_not_undo_it(engine: Engine) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -81,14 +80,6 @@ def test_transient_errors_say_whether_emca_may_have_acted() -> None:
     assert TransientError("read timed out").may_have_reached_ca
     assert TransientError("bad gateway", http_status=502).may_have_reached_ca
 
-
-@pytest.fixture
-def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
-    db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'issuer.db'}")
-    upgrade(db)
-    engine = make_engine(db)
-    yield engine
-    engine.dispose()
 
 
 def _step(engine, step, *args, **kwargs):  # type: ignore[no-untyped-def]
