@@ -15,6 +15,9 @@ class ErrorCode(StrEnum):
     SCHEMA_VIOLATION = "SCHEMA_VIOLATION"  # known type, data does not match its schema
     PRIVATE_KEY_SUBMITTED = "PRIVATE_KEY_SUBMITTED"
     HANDLER_REJECTED = "HANDLER_REJECTED"  # a handler found the message unprocessable
+    JSON_LIMIT_EXCEEDED = "JSON_LIMIT_EXCEEDED"  # JSON nested too deep, a number too long, or too many values
+    HANDLER_FAILED = "HANDLER_FAILED"  # a handler failed on the record every time it was tried (poison record)
+    PRODUCER_NOT_ALLOWED = "PRODUCER_NOT_ALLOWED"  # the record's type may not come from where it came from
     # -- requests (gateway) ---------------------------------------------------
     UNAUTHENTICATED = "UNAUTHENTICATED"
     REQUEST_SIGNATURE_INVALID = "REQUEST_SIGNATURE_INVALID"
@@ -54,6 +57,10 @@ class ErrorCode(StrEnum):
     VERIFY_FAILED = "VERIFY_FAILED"
     ROLLBACK_FAILED = "ROLLBACK_FAILED"
     KEY_NOT_FOUND = "KEY_NOT_FOUND"
+    CERTIFICATE_UNTRUSTED = "CERTIFICATE_UNTRUSTED"  # does not chain to the connector's pinned issuing CA
+    CERTIFICATE_NOT_REQUESTED = "CERTIFICATE_NOT_REQUESTED"  # no accepted request or key expects this certificate
+    # -- the HTTP API ------------------------------------------------------------
+    AUTH_THROTTLED = "AUTH_THROTTLED"  # too many failed sign-ins or bearer tokens from this client
 
 
 #: codes that describe a problem with a message's bytes or shape: such a message
@@ -67,5 +74,8 @@ DEAD_LETTER_CODES = frozenset(
         ErrorCode.SCHEMA_VIOLATION,
         ErrorCode.PRIVATE_KEY_SUBMITTED,
         ErrorCode.HANDLER_REJECTED,
+        ErrorCode.JSON_LIMIT_EXCEEDED,
+        ErrorCode.HANDLER_FAILED,
+        ErrorCode.PRODUCER_NOT_ALLOWED,
     }
 )
