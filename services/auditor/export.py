@@ -8,6 +8,12 @@ bytes), else base64 -- the envelope columns, the decode error, the
 first-occurrence link and the chain columns. Private keys were never stored
 (records holding one were stored with the key replaced by its hash), so none
 can be exported.
+
+Rows are read without trusting their SQL types (verify_read.py): a value that
+is not what its column must hold is exported as null and reported (row id and
+column) in the ``unreadable`` list the caller passes; a row whose topic,
+partition or offset is unreadable is reported and left out. Nothing a row
+holds makes the export crash.
 """
 
 from __future__ import annotations
@@ -15,15 +21,17 @@ from __future__ import annotations
 import base64
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from services.auditor.kafka_reader import epoch_millis_ceil
 from services.auditor.records import headers_from_json
+from services.auditor.verify_problems import Problem
+from services.auditor.verify_read import StoredRow, read_records
 from services.common.db_schema import AuditRecord
 
 CSV_COLUMNS = (
@@ -49,15 +57,24 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def _headers(text: str | None) -> list[dict[str, str]]:
+def _timestamp(millis: int | None) -> str | None:
+    if millis is None:
+        return None
+    try:
+        return _iso(datetime.fromtimestamp(millis / 1000, UTC))
+    except (OverflowError, ValueError, OSError):  # out of datetime's range: timestamp_ms still says what is stored
+        return None
+
+
+def _headers(headers: str | Sequence[tuple[str, bytes]] | None) -> list[dict[str, str]]:
     result = []
-    for name, value in headers_from_json(text):
+    for name, value in headers_from_json(headers) if isinstance(headers, str) or headers is None else headers:
         shown, encoding = _text_or_b64(value)
         result.append({"name": name, "value": shown or "", "encoding": encoding or "utf-8"})
     return result
 
 
-def row_dict(row: AuditRecord) -> dict[str, Any]:
+def row_dict(row: AuditRecord | StoredRow) -> dict[str, Any]:
     """One exported row (the JSON Lines object; CSV flattens the headers to JSON)."""
     key, key_encoding = _text_or_b64(row.key)
     value, value_encoding = _text_or_b64(row.value)
@@ -66,7 +83,7 @@ def row_dict(row: AuditRecord) -> dict[str, Any]:
         "topic": row.topic,
         "partition": row.partition,
         "offset": row.offset,
-        "timestamp": _iso(datetime.fromtimestamp(row.timestamp_ms / 1000, UTC)) if row.timestamp_ms is not None else None,
+        "timestamp": _timestamp(row.timestamp_ms),
         "timestamp_ms": row.timestamp_ms,
         "timestamp_type": row.timestamp_type,
         "key": key,
@@ -98,16 +115,26 @@ def row_dict(row: AuditRecord) -> dict[str, Any]:
     }
 
 
-def exported_rows(session: Session, *, since: datetime | None = None, topics: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The rows to export (Kafka timestamp at or after ``since``; of ``topics`` when given)."""
-    query = select(AuditRecord).order_by(AuditRecord.topic, AuditRecord.partition, AuditRecord.offset)
-    if since is not None:
-        query = query.where(AuditRecord.timestamp_ms >= epoch_millis_ceil(since))
-    if topics:
-        query = query.where(AuditRecord.topic.in_(topics))
-    for row in session.scalars(query.execution_options(yield_per=2000)):
-        yield row_dict(row)
-        session.expunge(row)
+def exported_rows(
+    session: Session, *, since: datetime | None = None, topics: list[str] | None = None,
+    unreadable: list[Problem] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The rows to export (Kafka timestamp at or after ``since``; of ``topics`` when given); the values
+    that cannot be read are appended to ``unreadable`` (and exported as null)."""
+    table = AuditRecord.__table__
+
+    def only(query: Select[Any]) -> Select[Any]:
+        if since is not None:
+            query = query.where(table.c.timestamp_ms >= epoch_millis_ceil(since))
+        if topics:
+            query = query.where(table.c.topic.in_(topics))
+        return query
+
+    for row, problems in read_records(session, only):
+        if unreadable is not None:
+            unreadable.extend(problems)
+        if row is not None:
+            yield row_dict(row)
 
 
 def write_jsonl(rows: Iterator[dict[str, Any]], out: TextIO) -> int:

@@ -97,7 +97,8 @@ class AuditMetrics:
         )
         self.last_verify_ok = Gauge(
             "certrail_audit_last_verify_success",
-            "1 when the latest `certrail audit verify` found nothing wrong, 0 when it found problems (-1: never run).",
+            "1 when the latest recorded `certrail audit verify` run found nothing wrong, 0 when it found problems "
+            "or could not complete (-1: never run).",
             registry=registry,
         )
         self.last_verify_time = Gauge(
@@ -128,6 +129,7 @@ class AuditMetrics:
             self.gaps.labels(self.channel(gap.topic)).inc()
 
     def verify_result(self, ok: bool | None, finished_at: datetime | None, problems: int) -> None:
+        """Export the latest recorded verify run (verify records every run, failed or incomplete ones too)."""
         self.last_verify_ok.set(-1 if ok is None else int(ok))
         self.last_verify_time.set(finished_at.timestamp() if finished_at else 0)
         self.last_verify_problems.set(problems)

@@ -14,7 +14,9 @@ from well-behaved producers).
 `diff_stores` compares the replayed rows with the live rows of the same
 offsets: the content (what the hashes cover) and the envelope columns, the
 first-occurrence links where both stores hold the first occurrence, and the
-chain hashes where both chains agree on the previous hash.
+chain hashes where both chains agree on the previous hash. The live rows are
+read without trusting their SQL types: a value that is not what its column
+must hold is a difference ("value (unreadable in the live store)"), never a crash.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Select, func, select
 
 from services.auditor.kafka_reader import kafka_reader, offsets_at, read_range, topic_partitions
 from services.auditor.records import raw_record
 from services.auditor.store import store_records
+from services.auditor.verify_read import StoredRow, read_records
 from services.common.contracts.topics import Topics
 from services.common.db import read_session
 from services.common.db_schema import AuditRecord
@@ -143,27 +147,29 @@ class DiffResult:
         return not self.differences
 
 
-def _rows(engine: Engine, topic: str, partition: int, start: int, stop: int) -> Iterator[AuditRecord]:
+def _rows(engine: Engine, topic: str, partition: int, start: int, stop: int) -> Iterator[StoredRow]:
+    """The rows of [start, stop), read without trusting their SQL types (verify_read.py): a row whose
+    topic, partition or offset was tampered with is not among them (it shows as missing from the store)."""
+    table = AuditRecord.__table__
+
+    def only(query: Select[Any]) -> Select[Any]:
+        return query.where(table.c.topic == topic, table.c.partition == partition,
+                           table.c.offset >= start, table.c.offset < stop)
+
     with read_session(engine) as session:
-        query = (
-            select(AuditRecord)
-            .where(AuditRecord.topic == topic, AuditRecord.partition == partition,
-                   AuditRecord.offset >= start, AuditRecord.offset < stop)
-            .order_by(AuditRecord.offset)
-            .execution_options(yield_per=2000)
-        )
-        for row in session.scalars(query):
-            session.expunge(row)
-            yield row
+        for row, _ in read_records(session, only):
+            if row is not None and start <= row.offset < stop:
+                yield row
 
 
-def _compare(live: AuditRecord, replayed: AuditRecord, in_replay: set[tuple[str, int, int]]) -> list[str]:
-    differing = [c for c in COMPARED_COLUMNS if getattr(live, c) != getattr(replayed, c)]
+def _compare(live: StoredRow, replayed: StoredRow, in_replay: set[tuple[str, int, int]]) -> list[str]:
+    differing = [c for c in COMPARED_COLUMNS if c not in live.unreadable and getattr(live, c) != getattr(replayed, c)]
+    differing += [f"{c} (unreadable in the live store)" for c in sorted(live.unreadable)]
     first_live = (live.first_topic, live.first_partition, live.first_offset)
     first_replay = (replayed.first_topic, replayed.first_partition, replayed.first_offset)
     if first_live != first_replay and (live.first_offset is None or first_live in in_replay):
         differing.append("first occurrence")
-    if live.prev_hash == replayed.prev_hash and live.row_hash != replayed.row_hash:
+    if live.prev_hash == replayed.prev_hash and live.row_hash != replayed.row_hash and "row_hash" not in live.unreadable:
         differing.append("row_hash")
     return differing
 

@@ -15,25 +15,32 @@ In this order (so that concurrent writes by a running auditor cause no false ala
    no row is looked up in Kafka: a record there is MISSING from the store
    (a deleted row, even when the attacker relinked the chain around it).
 
-The report names each problem's row (topic/partition@offset, row id, event).
+The report names each problem's row (topic/partition@offset, row id, event,
+and the column when a stored value is unreadable). What the rows hold never
+makes verify crash (verify_read.py reads them raw); an error of verify itself
+(database unreachable, ...) propagates to the caller, which records a failed run.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, String, cast
+from sqlalchemy.exc import DataError, ProgrammingError
 
 from services.auditor.checkpoints import Trust, check_signature, read_checkpoints
 from services.auditor.kafka_reader import committed_offsets, kafka_reader, read_range, topic_partitions
 from services.auditor.records import content_of, envelope_attributes, prepare, raw_record
-from services.auditor.verify_store import PartitionKey, Problem, ProblemKind, StoreScan, scan_store, stored_content
+from services.auditor.verify_problems import Problem, ProblemKind
+from services.auditor.verify_read import CONTENT, StoredRow, read_records
+from services.auditor.verify_store import UNREADABLE_HASH, PartitionKey, StoreScan, scan_store, stored_content
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.topics import Topics
 from services.common.db import read_session
@@ -57,6 +64,20 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``certrail audit verify --json``)."""
+        return {
+            "ok": self.ok,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "rows_checked": self.rows_checked,
+            "partitions": self.partitions,
+            "checkpoints_trusted": self.checkpoints_trusted,
+            "not_yet_audited": self.not_yet_audited,
+            "problems": [p.as_dict() for p in self.problems],
+            "notices": list(self.notices),
+        }
 
     def summary(self) -> str:
         verdict = "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"
@@ -101,17 +122,30 @@ async def _signed_heads(kafka: KafkaSettings, topics: Topics, trusted: set[str],
     return signed
 
 
-def _stored_rows(engine: Engine, topic: str, partition: int, start: int, stop: int) -> dict[int, AuditRecord]:
+def _rows_where(engine: Engine, only: Callable[[Select[Any]], Select[Any]], start: int, stop: int) -> dict[int, StoredRow]:
+    rows: dict[int, StoredRow] = {}
     with read_session(engine) as session:
-        rows = session.scalars(
-            select(AuditRecord).where(
-                AuditRecord.topic == topic, AuditRecord.partition == partition,
-                AuditRecord.offset >= start, AuditRecord.offset < stop,
-            )
-        ).all()
-        for row in rows:
-            session.expunge(row)
-    return {row.offset: row for row in rows}
+        for row, _ in read_records(session, only):
+            if row is not None and start <= row.offset < stop:
+                rows.setdefault(row.offset, row)
+    return rows
+
+
+def _stored_rows(engine: Engine, topic: str, partition: int, start: int, stop: int) -> dict[int, StoredRow]:
+    """The readable rows of [start, stop) by offset (unreadable rows are reported by the scan)."""
+    table = AuditRecord.__table__
+
+    def typed(query: Select[Any]) -> Select[Any]:  # the unique index's columns: a range read
+        return query.where(table.c.topic == topic, table.c.partition == partition,
+                           table.c.offset >= start, table.c.offset < stop)
+
+    def as_text(query: Select[Any]) -> Select[Any]:  # whatever SQL type a tampered column now has
+        return query.where(cast(table.c.topic, String) == topic, cast(table.c.partition, String) == str(partition))
+
+    try:
+        return _rows_where(engine, typed, start, stop)
+    except (ProgrammingError, DataError):  # PostgreSQL: a column ALTERed to another type cannot be compared so
+        return _rows_where(engine, as_text, start, stop)
 
 
 async def _compare_with_kafka(
@@ -143,6 +177,8 @@ async def _compare_with_kafka(
                     ))
                     named += 1
                     continue
+                if CONTENT & row.unreadable:
+                    continue  # reported as UNREADABLE_COLUMN by the scan
                 expected = content_of(entry)
                 actual = stored_content(row)
                 if actual != expected:
@@ -170,6 +206,8 @@ def _check_signed_heads(scan: StoreScan, signed: _Signed, report: VerifyReport) 
         first_bad: int | None = None
         for offset in sorted(heads):
             actual = stored.get(offset)
+            if actual == UNREADABLE_HASH:
+                continue  # the row is stored but its row_hash is unreadable: reported by the scan
             if actual == heads[offset]:
                 if first_bad is None:
                     good_below = offset
@@ -227,10 +265,16 @@ async def verify(
     scan = await asyncio.to_thread(_scan)
     report.rows_checked = scan.rows_checked
     report.problems.extend(scan.problems)
-    for (key, start, stop) in _check_signed_heads(scan, signed, report):
-        await _compare_with_kafka(kafka, engine, TopicPartition(*key), start, stop, report, "checkpoint mismatch")
-    if not any(p.kind is ProblemKind.KAFKA_UNAVAILABLE for p in report.problems):
-        await _check_kafka_ranges(kafka, engine, topics, scan, committed, only_topics, report)
+    ranges = _check_signed_heads(scan, signed, report)
+    try:  # what the database pass found stays reported when Kafka fails now
+        for (key, start, stop) in ranges:
+            await _compare_with_kafka(kafka, engine, TopicPartition(*key), start, stop, report, "checkpoint mismatch")
+        if not any(p.kind is ProblemKind.KAFKA_UNAVAILABLE for p in report.problems):
+            await _check_kafka_ranges(kafka, engine, topics, scan, committed, only_topics, report)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        report.problems.append(Problem(
+            ProblemKind.KAFKA_UNAVAILABLE, f"the comparison with Kafka could not complete: {type(exc).__name__}: {exc}"
+        ))
     report.partitions = len(scan.partitions)
     _dedupe(report)
     report.finished_at = datetime.now(UTC)
@@ -267,10 +311,10 @@ async def _check_kafka_ranges(
 
 
 def _dedupe(report: VerifyReport) -> None:
-    seen: set[tuple[str, str | None, int | None, int | None]] = set()
+    seen: set[tuple[str, str | None, int | None, int | None, int | None, str | None]] = set()
     unique = []
     for problem in report.problems:
-        key = (problem.kind.value, problem.topic, problem.partition, problem.offset)
+        key = (problem.kind.value, problem.topic, problem.partition, problem.offset, problem.row_id, problem.column)
         if key not in seen:
             seen.add(key)
             unique.append(problem)

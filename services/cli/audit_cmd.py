@@ -6,7 +6,8 @@ signing key file from ``CERTRAIL_AUDITOR_*``. See docs/audit.md.
 
 Exit status: 0 when all is well; 1 when verify finds a problem, a replay
 diff finds a difference, or nothing matches a trail; 2 for bad arguments or
-an unreachable database/Kafka.
+an unreachable database/Kafka (for verify: whenever it could not complete or
+could not record its run; the failed run is recorded where the database takes it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.auditor.export import exported_rows, write_csv, write_jsonl
@@ -34,7 +36,9 @@ from services.auditor.keys import SigningKeyError, key_id, load_public_key_file,
 from services.auditor.replay import ReplayError, diff_stores, parse_bound, replay
 from services.auditor.settings import AuditorSettings
 from services.auditor.trail import trail as build_trail
+from services.auditor.verify import VerifyReport
 from services.auditor.verify import verify as run_verify
+from services.auditor.verify_problems import Problem, ProblemKind
 from services.auditor.verify_runs import VerifyRun, record_run
 from services.common import migrate
 from services.common.contracts.topics import Topics
@@ -149,30 +153,69 @@ def verify(
     topic: Annotated[list[str], typer.Option("--topic", help="Only these topics (repeatable; default: all).")] = [],  # noqa: B006
     group: Annotated[str | None, typer.Option(help="The auditor's consumer group (default: its settings).")] = None,
     record: Annotated[bool, typer.Option(help="Record the result in the database (exported as metrics).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object on stdout.")] = False,
 ) -> None:
     """Recompute the hash chains, check them against the signed checkpoints, and
-    check that no offset Kafka retains is missing. Exit status 1 names every problem.
+    check that no offset Kafka retains is missing. Exit status 1 names every problem;
+    2 when verify could not complete (recorded as a failed run where the database takes it).
 
     Without --trust/--public-key, the local auditor's key (CERTRAIL_AUDITOR_SIGNING_KEY_FILE) is pinned."""
     settings = _settings()
     trusted = _trusted(settings, trust, public_key)
     engine = make_engine(settings.db)
+    started = datetime.now(UTC)
+    failure: str | None = None
+    report: VerifyReport | None = None
     try:
-        with _errors(settings):
+        try:
             report = asyncio.run(run_verify(
                 kafka=settings.kafka, engine=engine, topics=Topics(settings.kafka.topic_prefix),
                 group_id=group or settings.group_id, trusted_key_ids=trusted, only_topics=set(topic) or None,
             ))
-            if record:
-                assert report.finished_at is not None
-                with write_session(engine) as session:
-                    record_run(session, VerifyRun(report.started_at, report.finished_at, report.ok, report.rows_checked,
-                                                  len(report.problems), report.summary()))
+        except (SQLAlchemyError, KafkaError, OSError, TimeoutError) as exc:
+            failure = _why_verify_failed(settings, exc)
+        except Exception as exc:  # noqa: BLE001 - a fault of verify itself: recorded as a failed run, never a traceback
+            failure = f"verify failed: {type(exc).__name__}: {exc}"
+        if report is None:
+            report = VerifyReport(started_at=started, finished_at=datetime.now(UTC), problems=[
+                Problem(ProblemKind.VERIFY_INCOMPLETE, f"verify could not complete: {failure}")
+            ])
+        not_recorded = _record_run(engine, report, settings) if record else None
     finally:
         engine.dispose()
-    typer.echo(report.summary())
+    if as_json:
+        typer.echo(json.dumps({**report.as_dict(), "recorded": record and not_recorded is None, "error": failure}))
+    else:
+        typer.echo(report.summary())
+    if failure is not None:
+        typer.echo(f"error: {failure}", err=True)
+    if not_recorded is not None:
+        typer.echo(f"error: this verify run could not be recorded ({not_recorded}): "
+                   "the CertrailAuditVerify* alerts do not see it", err=True)
+    if failure is not None or not_recorded is not None:
+        raise typer.Exit(code=2)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _why_verify_failed(settings: AuditorSettings, exc: BaseException) -> str:
+    if isinstance(exc, SQLAlchemyError):
+        cause = exc.orig if getattr(exc, "orig", None) is not None else exc
+        first_line = (str(cause).strip().splitlines() or [""])[0]  # not the SQL that follows on PostgreSQL
+        return f"database {safe_url(settings.db.url)}: {type(cause).__name__}: {first_line}"
+    return f"Kafka {settings.kafka.bootstrap_servers}: {type(exc).__name__}: {exc}"
+
+
+def _record_run(engine: Engine, report: VerifyReport, settings: AuditorSettings) -> str | None:
+    """Record the run (success or failure); None when recorded, else why not."""
+    finished = report.finished_at or datetime.now(UTC)
+    run = VerifyRun(report.started_at, finished, report.ok, report.rows_checked, len(report.problems), report.summary())
+    try:
+        with write_session(engine) as session:
+            record_run(session, run)
+    except SQLAlchemyError as exc:
+        return _why_verify_failed(settings, exc)
+    return None
 
 
 @app.command("replay")
@@ -223,17 +266,24 @@ def export(
     topic: Annotated[list[str], typer.Option("--topic", help="Only these topics (repeatable).")] = [],  # noqa: B006
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
-    """Export the audit log as JSON Lines or CSV."""
+    """Export the audit log as JSON Lines or CSV (exit 1 when a stored value could not be read:
+    it is exported as null and named on stderr)."""
     settings = _settings()
     since_time = _time(since)
     engine = make_engine(settings.db)
     out: Any = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    unreadable: list[Problem] = []
     try:
         with _errors(settings), read_session(engine) as session:
-            rows = exported_rows(session, since=since_time, topics=topic or None)
+            rows = exported_rows(session, since=since_time, topics=topic or None, unreadable=unreadable)
             count = write_jsonl(rows, out) if fmt is ExportFormat.jsonl else write_csv(rows, out)
     finally:
         engine.dispose()
         if output:
             out.close()
+    for problem in unreadable:
+        typer.echo(f"unreadable: {problem.describe()}", err=True)
     typer.echo(f"exported {count} records", err=True)
+    if unreadable:
+        raise _fail(f"{len(unreadable)} stored value(s) could not be read (exported as null; a row without "
+                    "topic, partition or offset is left out): run `certrail audit verify`", code=1)
