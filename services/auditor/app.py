@@ -40,6 +40,7 @@ from services.common.db import make_engine, read_session
 from services.common.kafka_edge import FastStreamPublisher, make_broker
 from services.common.metrics import PublisherMetrics, service_info
 from services.common.proc import exit_with_parent
+from services.common.progress import ProgressTracker
 from services.common.runner import run_service
 from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
 
@@ -192,6 +193,7 @@ def create_app(settings: AuditorSettings) -> tuple[AsgiFastStream, AuditorRuntim
         metrics=metrics,
         checkpointer=checkpointer,
         clock=utc_now,
+        progress=ProgressTracker(registry, SERVICE, stall_after=settings.stall_after_failures),
     )
     runtime = AuditorRuntime(
         SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, checkpointer, consumer, key
@@ -200,20 +202,21 @@ def create_app(settings: AuditorSettings) -> tuple[AsgiFastStream, AuditorRuntim
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001
         kafka_ok = await broker.ping(timeout=3.0) and runtime.consumer_alive()
         db_ok = await asyncio.to_thread(runtime.db_ok)
+        stalled = consumer.progress.checks() if consumer.progress is not None else {}
+        healthy = kafka_ok and db_ok and not stalled
         body = {
             "service": SERVICE,
             "instance_id": instance_id,
-            "status": "ok" if kafka_ok and db_ok else "degraded",
-            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing"},
+            "status": "ok" if healthy else "degraded",
+            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing", **stalled},
+            "consumers": consumer.progress.consumers() if consumer.progress is not None else {},
             "consumer": {
                 "running": runtime.consumer_alive(),
                 "assigned_partitions": len(consumer.assigned),
                 "records_stored": consumer.records_stored,
             },
         }
-        return AsgiResponse(
-            json.dumps(body).encode(), 200 if kafka_ok and db_ok else 503, headers={"content-type": "application/json"}
-        )
+        return AsgiResponse(json.dumps(body).encode(), 200 if healthy else 503, headers={"content-type": "application/json"})
 
     app = AsgiFastStream(
         broker,

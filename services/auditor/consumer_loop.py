@@ -27,7 +27,13 @@ transaction). If the database transaction fails, nothing was stored: every
 batch in flight is dropped, the partitions are sought back to their first
 unstored offsets, and the work is retried with capped backoff. The auditor
 never skips a record and never dead-letters one: undecodable records are
-stored raw with their error code.
+stored raw with their error code (preparing never raises: records.prepare_guarded).
+
+Progress (services/common/progress.py, consumer ``audit``): a batch that fails to be
+stored reports each of its partitions' first offsets, a loop restart reports itself,
+so the same offsets failing again and again (or the loop restarting in a loop) turn
+``certrail_consumer_stalled`` to 1 and /health to 503; ``certrail_consumer_lag_records``
+is kept per partition from the stored position.
 """
 
 from __future__ import annotations
@@ -51,14 +57,18 @@ from sqlalchemy import Engine
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.metrics import AuditMetrics
 from services.auditor.records import AuditEntry, RawRecord, prepare_batch, raw_record
-from services.auditor.store import BatchResult, store_entries, store_records
+from services.auditor.store import BatchResult, store_entries
 from services.common.contracts.topics import Topics
+from services.common.failures import is_transient
 from services.common.kafka_config import consumer_kwargs
+from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = 2  # batches in flight: one being written, one fetched and being prepared
+#: the auditor's consumer, as the progress tracker and /health name it
+CONSUMER = "audit"
 _CHANNELS = ("requests", "commands", "provisioning", "events", "deadletter", "audit.checkpoints", "other")
 
 
@@ -113,6 +123,7 @@ class AuditConsumer:
         checkpointer: Checkpointer | None,
         clock: Callable[[], datetime],
         prepare_pool: Callable[[], Executor] | None = None,
+        progress: ProgressTracker | None = None,
     ) -> None:
         self._kafka = kafka
         self._settings = settings
@@ -121,6 +132,9 @@ class AuditConsumer:
         self.metrics = metrics
         self._checkpointer = checkpointer
         self._clock = clock
+        self.progress = progress
+        if progress is not None:
+            progress.register(CONSUMER)
         self._pool_factory = prepare_pool
         self._pool: Executor | None = None
         # on SQLite the worker also formats the times as SQLite stores them (off this process's GIL)
@@ -153,9 +167,11 @@ class AuditConsumer:
                     await self._consume(consumer)
                 except KafkaError as exc:
                     log.warning("Kafka consumer failed (%s: %s); reconnecting", type(exc).__name__, exc)
+                    self._restarted(exc)
                     await self._backoff()
-                except Exception:  # noqa: BLE001 - the auditor must keep running: log, back off, start a new consumer
+                except Exception as exc:  # noqa: BLE001 - the auditor must keep running: log, back off, start a new consumer
                     log.exception("the audit consumer loop failed; restarting it")
+                    self._restarted(exc)
                     await self._backoff()
                 finally:
                     await consumer.stop()
@@ -163,6 +179,10 @@ class AuditConsumer:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+
+    def _restarted(self, exc: BaseException) -> None:
+        if self.progress is not None:
+            self.progress.restarted(CONSUMER, describe(exc))
 
     async def _backoff(self) -> None:
         delay = min(self._settings.retry_backoff_max_s, self._settings.retry_backoff_initial_s * 2**self._failures)
@@ -202,6 +222,8 @@ class AuditConsumer:
             fetched = await consumer.getmany(
                 timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch_records
             )
+            if self.progress is not None:
+                self.progress.polled(CONSUMER)
             if fetched:
                 await queue.put(self._start(fetched))
 
@@ -247,9 +269,15 @@ class AuditConsumer:
             started = time.perf_counter()
             try:
                 result: BatchResult = await asyncio.to_thread(self._store, records, entries)
-            except Exception:  # noqa: BLE001 - never skip a record: log, seek back, retry with backoff
+            except Exception as exc:  # noqa: BLE001 - never skip a record: log, seek back, retry with backoff
                 self.metrics.batch_failures.inc()
                 log.exception("storing a batch of %d records failed; it will be retried", len(records))
+                if self.progress is not None:
+                    kind = TRANSIENT if is_transient(exc) else FAILED
+                    for tp in sorted(keep, key=lambda tp: (tp.topic, tp.partition)):
+                        self.progress.failed(CONSUMER, tp.topic, tp.partition, batch.first[tp], kind, describe(exc))
+                for tp in keep:  # the position the lag counts from: the first record not stored
+                    self.next_offsets[tp] = batch.first[tp]
                 self._seek_back(consumer, batch, assigned)
                 await self._backoff()
                 return
@@ -274,13 +302,16 @@ class AuditConsumer:
                 log.warning("offsets not committed (%s); the rows are stored and the partitions' next owner skips them", exc)
             self.metrics.offset_commit_duration.observe(time.perf_counter() - committed_at)
             self.next_offsets.update(offsets)
+            if self.progress is not None:
+                for tp, offset in offsets.items():
+                    self.progress.progressed(CONSUMER, tp.topic, tp.partition, offset)
             self.batches_stored += 1
             self.records_stored += result.stored
 
     def _store(self, records: list[RawRecord], entries: list[AuditEntry] | None) -> BatchResult:
         now = self._clock()
-        if entries is None:
-            return store_records(self._engine, records, inventory_topic=self._topics.events, now=now)
+        if entries is None:  # prepared here: prepare_batch never raises (a record it cannot prepare is stored raw)
+            entries = self._prepare(records)
         return store_entries(self._engine, entries, inventory_topic=self._topics.events, now=now)
 
     def _seek_back(self, consumer: AIOKafkaConsumer, failed: _Batch, assigned: set[TopicPartition]) -> None:
@@ -303,5 +334,7 @@ class AuditConsumer:
             position = self.next_offsets.get(tp)
             if highwater is not None and position is not None:
                 lag[self.metrics.channel(tp.topic)] += max(0, highwater - position)
+                if self.progress is not None:
+                    self.progress.set_lag(CONSUMER, tp.topic, tp.partition, highwater - position)
         for channel in _CHANNELS:
             self.metrics.lag.labels(channel).set(lag.get(channel, 0))

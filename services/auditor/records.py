@@ -18,30 +18,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
-
-from pydantic import ValidationError
 
 from services.auditor.chain import ChainContent, content_hash
 from services.auditor.inventory import InventoryEvent, inventory_event
 from services.auditor.sql import BoundTime, sqlite_text, utc_or_none
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import (
-    MAX_MESSAGE_BYTES,
     Catalog,
     DecodeError,
     Envelope,
     TypedEvent,
-    decode,
-    envelope_model,
+    decode_typed,
+    load_json,
 )
+from services.common.contracts.errors import ErrorCode
 from services.common.contracts.redaction import contains_private_key, redact_private_keys
 
-#: a candidate CloudEvents type in the raw JSON (the typed validation decides; see `decode_record`)
-_TYPE_ATTRIBUTE = re.compile(rb'"type"\s*:\s*"(io\.certrail\.[a-z0-9_.]{1,190})"')
+log = logging.getLogger(__name__)
 
 Event = TypedEvent | Envelope
 
@@ -144,8 +141,8 @@ def envelope_attributes(value: bytes | None) -> EnvelopeAttributes:
     if not value:
         return EnvelopeAttributes()
     try:
-        body: Any = json.loads(value)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body: Any = load_json(value, strict=False)  # bounded: the value may be anything (it did not decode)
+    except DecodeError:
         return EnvelopeAttributes()
     if not isinstance(body, dict):
         return EnvelopeAttributes()
@@ -167,25 +164,10 @@ def envelope_attributes(value: bytes | None) -> EnvelopeAttributes:
 
 def decode_record(raw: bytes | None, catalog: Catalog) -> tuple[Event | None, DecodeError | None]:
     """The typed message of a valid record, else the `DecodeError` that
-    `services.common.contracts.envelope.decode` gives it.
-
-    The fast path validates the raw bytes once against the typed envelope of
-    the type the record names (pydantic parses the JSON itself); it only
-    accepts what ``decode`` accepts (size, no private key, UTF-8 JSON object,
-    a known type whose typed envelope validates -- its ``type`` is a literal,
-    so a wrongly guessed type fails). Anything else takes ``decode``'s path,
-    which names the error.
-    """
-    if raw is not None and len(raw) <= MAX_MESSAGE_BYTES and not contains_private_key(raw):
-        match = _TYPE_ATTRIBUTE.search(raw)
-        message_cls = catalog.get(match.group(1).decode("ascii")) if match else None
-        if message_cls is not None:
-            try:
-                return envelope_model(message_cls).model_validate_json(raw), None
-            except ValidationError:
-                pass
+    `services.common.contracts.envelope.decode` gives it (the same bounded path: one parse
+    for a valid record, never an exception)."""
     try:
-        return decode(raw, catalog), None
+        return decode_typed(raw, catalog), None
     except DecodeError as exc:
         return None, exc
 
@@ -306,7 +288,37 @@ def content_of(entry: AuditEntry) -> ChainContent:
 
 def prepare_batch(records: Sequence[RawRecord], *, sqlite_times: bool = False) -> list[AuditEntry]:
     """`prepare` for a batch, against the full catalog (what a worker process runs)."""
-    return [prepare(record, CATALOG, sqlite_times=sqlite_times) for record in records]
+    return [prepare_guarded(record, CATALOG, sqlite_times=sqlite_times) for record in records]
+
+
+def prepare_guarded(record: RawRecord, catalog: Catalog, *, sqlite_times: bool = False) -> AuditEntry:
+    """`prepare`, and should it fail all the same (a bug), the record stored raw (keys redacted)
+    with HANDLER_FAILED and the failure's type: one record never stops the audit log."""
+    try:
+        return prepare(record, catalog, sqlite_times=sqlite_times)
+    except Exception as exc:  # noqa: BLE001 - stored as failed, never skipped; the reason names the failure
+        log.error("preparing %s/%d@%d failed (%s); storing it raw", record.topic, record.partition, record.offset,
+                  type(exc).__name__)
+        return _raw_entry(record, f"preparing the record failed: {type(exc).__name__}")
+
+
+def _raw_entry(record: RawRecord, reason: str) -> AuditEntry:
+    value, removed_value = redact_private_keys(record.value) if record.value else (record.value, 0)
+    key, removed_key = redact_private_keys(record.key) if record.key else (record.key, 0)
+    headers = tuple((name, redact_private_keys(v)[0]) for name, v in record.headers)
+    removed = removed_value + removed_key + sum(redact_private_keys(v)[1] for _, v in record.headers)
+    original = record.value if removed_value else None
+    original_sha256 = hashlib.sha256(original).hexdigest() if original is not None else None
+    original_size = len(original) if original is not None else None
+    content = ChainContent(record.topic, record.partition, record.offset, record.timestamp_ms, record.timestamp_type,
+                           key, value, headers, removed, original_sha256, original_size)
+    return AuditEntry(
+        topic=record.topic, partition=record.partition, offset=record.offset, timestamp_ms=record.timestamp_ms,
+        timestamp_type=record.timestamp_type, key=key, value=value, headers=headers, private_keys_removed=removed,
+        original_sha256=original_sha256, original_size=original_size, decode_error=str(ErrorCode.HANDLER_FAILED),
+        decode_reason=reason, attributes=EnvelopeAttributes(), type_label=INVALID_TYPE,
+        content_hash=content_hash(content), inventory=None,
+    )
 
 
 _HEADERS_CACHE: dict[tuple[tuple[str, bytes], ...], str] = {}

@@ -11,7 +11,6 @@ invalid records and redelivered duplicates (marked).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from services.auditor.inventory import certificates_with_serial
+from services.common.contracts.envelope import DecodeError, load_json
 from services.common.contracts.identity import normalise_serial
 from services.common.db_schema import AuditRecord
 
@@ -55,9 +55,9 @@ class Trail:
 def _summary(value: bytes | None, decode_error: str | None) -> str:
     if decode_error:
         return f"invalid: {decode_error}"
-    try:
-        data: Any = json.loads(value or b"{}").get("data", {})
-    except (ValueError, AttributeError):
+    try:  # the row decoded when it was stored; load_json keeps even an older row's bytes bounded
+        data: Any = load_json(value or b"{}").get("data", {})
+    except (DecodeError, AttributeError):
         return ""
     if not isinstance(data, dict):
         return ""
@@ -100,22 +100,34 @@ def trail(session: Session, identifier: str) -> Trail:
     rows = session.scalars(
         select(AuditRecord).where(or_(*conditions)).order_by(AuditRecord.timestamp_ms, AuditRecord.id)
     ).all()
-    entries = tuple(
-        TrailEntry(
-            row_id=row.id,
-            topic=row.topic,
-            partition=row.partition,
-            offset=row.offset,
-            timestamp=datetime.fromtimestamp(row.timestamp_ms / 1000, UTC) if row.timestamp_ms is not None else None,
-            event_time=row.event_time,
-            event_type=row.event_type,
-            event_id=row.event_id,
-            certificate_id=row.certificate_id,
-            request_id=row.request_id or row.correlation_id,
-            decode_error=row.decode_error,
-            duplicate_of=(f"{row.first_topic}/{row.first_partition}@{row.first_offset}" if row.first_offset is not None else None),
-            summary=_summary(row.value, row.decode_error),
-        )
-        for row in rows
+    return Trail(identifier, tuple(sorted(certificate_ids)), tuple(_entry(row) for row in rows))
+
+
+def request_trail(session: Session, request_id: str) -> Trail:
+    """The timeline of one request id only: the records that carry it as their request id (or
+    correlation id), nothing matched as a certificate id, an event id or a serial (the HTTP API's
+    ``/v1/requests/{id}/timeline``: a request id is the requester's choice, so it must not reach
+    another certificate's records)."""
+    rows = session.scalars(
+        select(AuditRecord).where(AuditRecord.request_id == request_id).order_by(AuditRecord.timestamp_ms, AuditRecord.id)
+    ).all()
+    certificate_ids = sorted({row.certificate_id for row in rows if row.certificate_id})
+    return Trail(request_id, tuple(certificate_ids), tuple(_entry(row) for row in rows))
+
+
+def _entry(row: AuditRecord) -> TrailEntry:
+    return TrailEntry(
+        row_id=row.id,
+        topic=row.topic,
+        partition=row.partition,
+        offset=row.offset,
+        timestamp=datetime.fromtimestamp(row.timestamp_ms / 1000, UTC) if row.timestamp_ms is not None else None,
+        event_time=row.event_time,
+        event_type=row.event_type,
+        event_id=row.event_id,
+        certificate_id=row.certificate_id,
+        request_id=row.request_id or row.correlation_id,
+        decode_error=row.decode_error,
+        duplicate_of=(f"{row.first_topic}/{row.first_partition}@{row.first_offset}" if row.first_offset is not None else None),
+        summary=_summary(row.value, row.decode_error),
     )
-    return Trail(identifier, tuple(sorted(certificate_ids)), entries)

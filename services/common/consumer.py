@@ -1,4 +1,5 @@
-"""Consumer plumbing every service shares, free of any broker library.
+"""Consumer plumbing every service shares, free of any broker library (only
+services/common/failures.py names Kafka's error type, to classify failures).
 
 A record becomes an `InboundRecord`; `Dispatcher.dispatch` decodes it and:
 
@@ -12,8 +13,13 @@ A record becomes an `InboundRecord`; `Dispatcher.dispatch` decodes it and:
   reason, the source coordinates and the original bytes (private-key blocks
   replaced by their hash) — DEAD_LETTERED. Nothing is dropped silently.
 
-Any other exception from a handler propagates: the edge (FastStream or the
-service's own loop) leaves the record uncommitted so it is retried.
+A handler's other failures are told apart (services/common/failures.py): a transient
+one (database, Kafka, network) propagates, and the edge leaves the record uncommitted and
+retries it after a backoff, for as long as it takes (never dead-lettered; the progress
+tracker, services/common/progress.py, reports the consumer stalled meanwhile); anything
+else is retried in place up to ``handler_attempts`` times (setting, default 3), then the
+record is dead-lettered with HANDLER_FAILED (the reason names the exception's type and
+message) and the batch goes on.
 
 `Dispatcher.dispatch_batch` handles a fetched batch: records with the same
 (topic, partition, key) -- one certificate -- one after the other in offset
@@ -22,7 +28,8 @@ waiting (`PENDING_ACKS`), and the broker's acknowledgements are awaited
 together before it returns, so the edge commits the batch's offsets only after
 every resulting record is acknowledged. A failure leaves the batch
 uncommitted (redelivered; the handlers are idempotent) and stops the rest of
-that certificate's records in the batch, so its effects never run out of order.
+that certificate's records in the batch, so its effects never run out of order; it is
+raised as `TransientFailure` naming the record that failed.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.identity import message_id
 from services.common.contracts.redaction import redact_private_keys
 from services.common.contracts.topics import Topics
+from services.common.failures import is_transient
+from services.common.progress import describe, retry_delay
 
 #: the largest original payload copied into a dead-letter record (base64 grows it by 4/3)
 MAX_DEAD_LETTER_ORIGINAL = MAX_MESSAGE_BYTES // 2
@@ -145,7 +154,20 @@ class InvalidMessage(Exception):
         self.reason = reason
 
 
+class TransientFailure(Exception):
+    """A batch could not be finished because of infrastructure trouble (the cause): it stays
+    uncommitted and is retried. ``record`` is the record that failed (None: an acknowledgement)."""
+
+    def __init__(self, record: InboundRecord | None, cause: BaseException) -> None:
+        super().__init__(describe(cause))
+        self.record = record
+        self.cause = cause
+
+
 Handler = Callable[[Envelope], Awaitable[Sequence[Outbound]]]
+
+#: told of each failed attempt of a handler that is not transient (metrics and progress)
+FailureHook = Callable[[InboundRecord, BaseException], None]
 
 #: the record being handled, for a handler that needs its raw bytes (the gateway verifies a
 #: requester's signature over the ``data`` object exactly as it was sent)
@@ -180,6 +202,12 @@ class Dispatcher:
     skip_by_type_header: bool = False
     #: how many certificates (key chains) of one batch are handled at the same time
     batch_concurrency: int = 64
+    #: attempts of a handler that fails with a non-transient error before the record is dead-lettered
+    handler_attempts: int = 3
+    #: the first pause between two such attempts (doubling)
+    handler_retry_initial_s: float = 0.1
+    transient: Callable[[BaseException], bool] = is_transient
+    on_failure: FailureHook | None = None
 
     async def dispatch_batch(self, records: Sequence[InboundRecord]) -> list[Outcome]:
         """Handles ``records`` (one fetched batch) and returns once everything they published is
@@ -193,7 +221,10 @@ class Dispatcher:
         async def run(indexes: list[int]) -> None:
             async with slots:
                 for index in indexes:  # one certificate's records in offset order; a failure stops the chain
-                    outcomes[index] = await self.dispatch(records[index])
+                    try:
+                        outcomes[index] = await self.dispatch(records[index])
+                    except Exception as exc:  # transient: the batch is retried (dispatch dead-letters the rest)
+                        raise TransientFailure(records[index], exc) from exc
 
         acks = PendingAcks()
         token = PENDING_ACKS.set(acks)
@@ -201,12 +232,16 @@ class Dispatcher:
             results = await asyncio.gather(*(run(indexes) for indexes in chains.values()), return_exceptions=True)
         finally:
             PENDING_ACKS.reset(token)
+        ack_failure: Exception | None = None
         try:
             await acks.wait()
-        finally:
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        except Exception as exc:  # noqa: BLE001 - raised below, after a record's own failure if there was one
+            ack_failure = exc
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if ack_failure is not None:
+            raise TransientFailure(None, ack_failure) from ack_failure
         return [outcome for outcome in outcomes if outcome is not None]
 
     async def dispatch(self, record: InboundRecord) -> Outcome:
@@ -225,17 +260,32 @@ class Dispatcher:
         if handler is None:
             self._observe(record, envelope.type, Outcome.IGNORED, None)
             return Outcome.IGNORED
-        token = CURRENT_RECORD.set(record)
-        try:
-            outbound = await handler(envelope)
-        except InvalidMessage as exc:
-            await self._dead_letter(record, exc.code, exc.reason)
-            self._observe(record, envelope.type, Outcome.DEAD_LETTERED, exc.code)
-            return Outcome.DEAD_LETTERED
-        finally:
-            CURRENT_RECORD.reset(token)
-        if outbound:
-            await self.publisher.publish(outbound)
+        attempts = 0
+        while True:
+            token = CURRENT_RECORD.set(record)
+            try:
+                outbound = await handler(envelope)
+                if outbound:
+                    await self.publisher.publish(outbound)
+                break
+            except InvalidMessage as exc:
+                await self._dead_letter(record, exc.code, exc.reason)
+                self._observe(record, envelope.type, Outcome.DEAD_LETTERED, exc.code)
+                return Outcome.DEAD_LETTERED
+            except Exception as exc:
+                if self.transient(exc):
+                    raise  # infrastructure: the edge retries the batch, never dead-letters it
+                attempts += 1
+                if self.on_failure is not None:
+                    self.on_failure(record, exc)
+                if attempts >= self.handler_attempts:
+                    reason = f"the {self.service} handler failed {attempts} times: {describe(exc)}"
+                    await self._dead_letter(record, ErrorCode.HANDLER_FAILED, reason)
+                    self._observe(record, envelope.type, Outcome.DEAD_LETTERED, ErrorCode.HANDLER_FAILED)
+                    return Outcome.DEAD_LETTERED
+            finally:
+                CURRENT_RECORD.reset(token)
+            await asyncio.sleep(retry_delay(attempts, initial_s=self.handler_retry_initial_s))
         self._observe(record, envelope.type, Outcome.HANDLED, None)
         return Outcome.HANDLED
 

@@ -14,24 +14,33 @@ consumer plumbing. Handlers and the Dispatcher never import a broker library.
   commits the consumer's position, which is the end of the batch); an
   unexpected exception leaves the batch uncommitted and FastStream seeks each
   partition back to the batch's first record (NACK), so it is retried, never lost.
+  Such a failure is transient by construction (the Dispatcher dead-letters poison records
+  itself): before the batch is handed back the edge waits a capped, doubling backoff, and
+  tells the progress tracker which record failed, so /health and
+  ``certrail_consumer_stalled`` show a consumer that keeps failing on the same offset;
+  ``certrail_consumer_lag_records`` is set from each batch (success or not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CollectorRegistry
 
-from services.common.consumer import PENDING_ACKS, Dispatcher, InboundRecord, Outbound
+from services.common.consumer import PENDING_ACKS, Dispatcher, InboundRecord, Outbound, TransientFailure
 from services.common.kafka_config import faststream_broker_kwargs
 from services.common.metrics import PublisherMetrics
+from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe, retry_delay
 from services.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 def make_broker(settings: KafkaSettings, registry: CollectorRegistry, service: str) -> KafkaBroker:
@@ -105,9 +114,13 @@ def subscribe(
     pattern: str | None = None,
     max_records: int = 500,
     batch_timeout_ms: int = 50,
+    progress: ProgressTracker | None = None,
+    consumer_name: str | None = None,
+    retry_max_s: float = 30.0,
 ) -> None:
     """Route ``topics`` (or every topic matching ``pattern``) to ``dispatcher``, a fetched batch
-    of up to ``max_records`` at a time (``batch_timeout_ms``: how long one fetch waits)."""
+    of up to ``max_records`` at a time (``batch_timeout_ms``: how long one fetch waits); failures
+    and lag are reported to ``progress`` under ``consumer_name`` (default: the topics or pattern)."""
     if bool(topics) == bool(pattern):
         raise ValueError("give either topics or a pattern")
 
@@ -126,9 +139,56 @@ def subscribe(
         title=f"{group_id}:{pattern or ','.join(topics)}",
     )
 
+    name = consumer_name or pattern or ",".join(topics)
+    if progress is not None:
+        progress.register(name)
+
     @subscriber
     async def on_batch(body: Any, msg: KafkaMessage) -> None:  # noqa: ARG001 - the bodies are decoded by the dispatcher
-        await dispatcher.dispatch_batch([inbound_from(record) for record in _records_of(msg.raw_message)])
+        records = [inbound_from(record) for record in _records_of(msg.raw_message)]
+        try:
+            await dispatcher.dispatch_batch(records)
+        except Exception as exc:
+            if progress is not None and records:
+                await _failed(progress, name, records, exc, retry_max_s)
+                _report_lag(progress, name, subscriber, records, done=False)
+            raise  # NACK: the batch is fetched again
+        if progress is not None:
+            for (topic, partition), (_, last) in _spans(records).items():
+                progress.progressed(name, topic, partition, last + 1)
+            _report_lag(progress, name, subscriber, records, done=True)
+
+
+async def _failed(progress: ProgressTracker, name: str, records: list[InboundRecord], exc: Exception, retry_max_s: float) -> None:
+    failed = exc.record if isinstance(exc, TransientFailure) and exc.record is not None else records[0]
+    cause = exc.cause if isinstance(exc, TransientFailure) else exc
+    kind = TRANSIENT if isinstance(exc, TransientFailure) else FAILED
+    count = progress.failed(name, failed.topic, failed.partition, failed.offset, kind, describe(cause))
+    delay = retry_delay(count, max_s=retry_max_s)
+    log.warning("%s: %s/%d@%d failed (%s), %d times in a row; the batch is retried in %.1fs", name, failed.topic,
+                failed.partition, failed.offset, describe(cause), count, delay)
+    await asyncio.sleep(delay)
+
+
+def _spans(records: Sequence[InboundRecord]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(first, last) offset of each partition in a batch."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for record in records:
+        first, last = spans.get((record.topic, record.partition), (record.offset, record.offset))
+        spans[(record.topic, record.partition)] = (min(first, record.offset), max(last, record.offset))
+    return spans
+
+
+def _report_lag(progress: ProgressTracker, name: str, subscriber: Any, records: list[InboundRecord], *, done: bool) -> None:
+    """Records behind each partition's end: from the batch's end when it was handled, from its start when not."""
+    consumer = getattr(subscriber, "consumer", None)
+    highwater = getattr(consumer, "highwater", None)
+    if highwater is None:  # FastStream's test broker has no real consumer
+        return
+    for (topic, partition), (first, last) in _spans(records).items():
+        end = highwater(TopicPartition(topic, partition))
+        if end is not None:
+            progress.set_lag(name, topic, partition, end - (last + 1 if done else first))
 
 
 def _records_of(raw: Any) -> list[ConsumerRecord[Any, Any]]:

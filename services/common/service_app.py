@@ -4,8 +4,11 @@
 service's handlers, a Prometheus registry and the SQL engine into an
 `AsgiFastStream` app served by uvicorn, with:
 
-- ``GET /health``: 200 when the broker answers and the database accepts a
-  query, 503 otherwise, with a JSON body naming each check;
+- ``GET /health``: 200 when the broker answers, the database accepts a
+  query and no consumer is stalled (services/common/progress.py), 503
+  otherwise, with a JSON body naming each check (a stalled consumer adds
+  ``consumer:<name>``, saying which topic/partition/offset keeps failing;
+  ``consumers`` lists every consumer's verdict);
 - ``GET /metrics``: the service's Prometheus registry (certrail_* and
   FastStream's certrail_faststream_* metrics).
 
@@ -33,14 +36,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 from sqlalchemy import Engine, text
 
-from services.common.consumer import Dispatcher, Handler
+from services.common.consumer import Dispatcher, Handler, InboundRecord
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import Message
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import record_heartbeat
 from services.common.kafka_edge import FastStreamPublisher, make_broker, subscribe
-from services.common.metrics import ConsumerMetrics, PublisherMetrics, service_info
+from services.common.metrics import ConsumerMetrics, PublisherMetrics, channel_of, service_info
+from services.common.progress import ProgressTracker
 from services.common.settings import DatabaseSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,11 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     group_id: str = Field(default="certrail", min_length=1, max_length=200)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    handler_attempts: int = Field(default=3, ge=1, le=100, description=(
+        "Attempts of a handler failing with a non-transient error before the record is dead-lettered (HANDLER_FAILED)."))
+    stall_after_failures: int = Field(default=3, ge=1, description=(
+        "Failures in a row of the same record (or loop restarts) after which the consumer counts as stalled."))
+    retry_max_s: float = Field(default=30.0, gt=0, description="The longest pause before a batch that failed transiently is retried.")
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -118,7 +127,15 @@ class ServiceRuntime:
     publisher: FastStreamPublisher
     dispatcher: Dispatcher
     engine: Engine
+    progress: ProgressTracker
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def consumer_name(subscription: Subscription, topics: Topics) -> str:
+    """The ``consumer`` label and /health check name of a subscription: its channels (or its pattern)."""
+    if subscription.pattern:
+        return subscription.pattern
+    return ",".join(channel_of(topic, topics) for topic in subscription.topics)
 
 
 def build_service(
@@ -133,6 +150,13 @@ def build_service(
     service_info(registry, name, certrail_version(), instance_id)
     broker = make_broker(settings.kafka, registry, name)
     publisher = FastStreamPublisher(broker, PublisherMetrics(registry, name))
+    progress = ProgressTracker(registry, name, stall_after=settings.stall_after_failures)
+    consumer_names = {sub_topic: consumer_name(sub, topics) for sub in subscriptions for sub_topic in sub.topics}
+    fallback_name = consumer_name(subscriptions[0], topics) if subscriptions else name
+
+    def on_failure(record: InboundRecord, exc: BaseException) -> None:  # noqa: ARG001 - counted; the dead letter names it
+        progress.attempt_failed(consumer_names.get(record.topic, fallback_name))
+
     dispatcher = Dispatcher(
         service=name,
         catalog=CATALOG,
@@ -140,6 +164,8 @@ def build_service(
         publisher=publisher,
         handlers=dict(handlers or {}),
         observer=ConsumerMetrics(registry, name, topics),
+        handler_attempts=settings.handler_attempts,
+        on_failure=on_failure,
     )
     for sub in subscriptions:
         subscribe(
@@ -149,24 +175,28 @@ def build_service(
             settings=settings.kafka,
             topics=sub.topics,
             pattern=sub.pattern,
+            progress=progress,
+            consumer_name=consumer_name(sub, topics),
+            retry_max_s=settings.retry_max_s,
         )
     engine = make_engine(settings.db)
-    runtime = ServiceRuntime(name, instance_id, topics, registry, broker, publisher, dispatcher, engine)
+    runtime = ServiceRuntime(name, instance_id, topics, registry, broker, publisher, dispatcher, engine, progress)
     started_at = datetime.now(UTC)
 
     @get(include_in_schema=False)
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001
         kafka_ok = await broker.ping(timeout=3.0)
         db_ok = await asyncio.to_thread(database_ok, engine)
+        stalled = progress.checks()
+        healthy = kafka_ok and db_ok and not stalled
         body = {
             "service": name,
             "instance_id": instance_id,
-            "status": "ok" if kafka_ok and db_ok else "degraded",
-            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing"},
+            "status": "ok" if healthy else "degraded",
+            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing", **stalled},
+            "consumers": progress.consumers(),
         }
-        return AsgiResponse(
-            json.dumps(body).encode(), 200 if kafka_ok and db_ok else 503, headers={"content-type": "application/json"}
-        )
+        return AsgiResponse(json.dumps(body).encode(), 200 if healthy else 503, headers={"content-type": "application/json"})
 
     async def _start_background() -> None:
         runtime.tasks.append(asyncio.create_task(

@@ -34,6 +34,7 @@ from services.common.db import make_engine
 from services.common.kafka_config import producer_kwargs
 from services.common.kafka_edge import make_broker
 from services.common.metrics import PublisherMetrics, service_info
+from services.common.progress import ProgressTracker
 from services.common.runner import run_service
 from services.common.service_app import certrail_version, database_ok, heartbeat_forever, new_instance_id
 from services.common.settings import KafkaSettings
@@ -195,7 +196,7 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
             poison_attempts=settings.poison_attempts, pending_poll_interval_s=settings.pending_poll_interval_s,
         ),
         topics=topics, processor=processor, pool=pool, metrics=metrics, publish_raw=publish_raw, clock=utc_now,
-        engine=engine,
+        engine=engine, progress=ProgressTracker(registry, SERVICE, stall_after=settings.stall_after_failures),
     )
     runtime = IssuerRuntime(SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, pool, consumer,
                             producer)
@@ -204,18 +205,19 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001
         kafka_ok = await broker.ping(timeout=3.0) and runtime.consumer_alive()
         db_ok = await asyncio.to_thread(runtime.db_ok)
+        stalled = consumer.progress.checks() if consumer.progress is not None else {}
+        healthy = kafka_ok and db_ok and not stalled
         body = {
             "service": SERVICE,
             "instance_id": instance_id,
-            "status": "ok" if kafka_ok and db_ok else "degraded",
-            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing"},
+            "status": "ok" if healthy else "degraded",
+            "checks": {"kafka": "ok" if kafka_ok else "failing", "database": "ok" if db_ok else "failing", **stalled},
+            "consumers": consumer.progress.consumers() if consumer.progress is not None else {},
             "consumer": {"running": consumer.running, "assigned_partitions": len(consumer.assigned),
                          "commands_finished": consumer.finished},
             "connectors": {r.name: {"status": r.status.value, "circuit": r.circuit} for r in pool.runtimes()},
         }
-        return AsgiResponse(
-            json.dumps(body).encode(), 200 if kafka_ok and db_ok else 503, headers={"content-type": "application/json"}
-        )
+        return AsgiResponse(json.dumps(body).encode(), 200 if healthy else 503, headers={"content-type": "application/json"})
 
     app = AsgiFastStream(
         broker,

@@ -16,8 +16,12 @@ so this loop is ours (DESIGN.md "While emCA is unreachable"):
   section (an emCA call, recording the outcome, publishing) get ``revoke_grace_s`` to finish,
   and the finished offsets are committed before the partitions move;
 - a command that raises unexpectedly is retried with backoff, and after
-  ``poison_attempts`` failures (not counting database or Kafka trouble) it is dead-lettered
-  so the partition never stalls on it;
+  ``poison_attempts`` failures (not counting transient trouble: database, Kafka, network,
+  services/common/failures.py) it is dead-lettered with HANDLER_FAILED so the partition
+  never stalls on it; transient trouble is retried for as long as it lasts, and the
+  progress tracker (services/common/progress.py, consumer ``commands``) reports the loop
+  stalled when the same command keeps failing or the loop keeps restarting, with the lag
+  of every partition (``certrail_consumer_lag_records``);
 - pending approvals on this instance's partitions are polled by a side task.
 """
 
@@ -34,12 +38,13 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from services.common.consumer import InboundRecord, dead_letter_for
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
+from services.common.failures import is_transient
 from services.common.kafka_config import consumer_kwargs
+from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe
 from services.common.settings import KafkaSettings
 from services.issuer import state
 from services.issuer.connectors import ConnectorPool
@@ -48,6 +53,9 @@ from services.issuer.processor import SERVICE, Processor, Revoked, Work
 from services.issuer.state import StoredRecord
 
 log = logging.getLogger(__name__)
+
+#: the issuer's consumer, as the progress tracker and /health name it
+CONSUMER = "commands"
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class IssuerConsumer:
         publish_raw: Callable[[list[StoredRecord]], object],
         clock: Callable[[], datetime],
         engine: object | None = None,
+        progress: ProgressTracker | None = None,
     ) -> None:
         self._kafka = kafka
         self._settings = settings
@@ -143,6 +152,9 @@ class IssuerConsumer:
         self._publish_raw = publish_raw
         self._clock = clock
         self._engine = engine
+        self.progress = progress
+        if progress is not None:
+            progress.register(CONSUMER)
         self._command_prefix = topics.commands("x")[:-1]
         self.partitions: dict[TopicPartition, _Partition] = {}
         self._tails: dict[tuple[str, bytes], asyncio.Task[None]] = {}
@@ -178,9 +190,11 @@ class IssuerConsumer:
                 await self._consume(consumer)
             except KafkaError as exc:
                 log.warning("Kafka consumer failed (%s: %s); reconnecting", type(exc).__name__, exc)
+                self._restarted(exc)
                 await self._backoff()
-            except Exception:  # noqa: BLE001 - the issuer must keep running: log, back off, start a new consumer
+            except Exception as exc:  # noqa: BLE001 - the issuer must keep running: log, back off, start a new consumer
                 log.exception("the issuer's consumer loop failed; restarting it")
+                self._restarted(exc)
                 await self._backoff()
             finally:
                 self.running = False
@@ -190,6 +204,10 @@ class IssuerConsumer:
                     await self.release(consumer, set(self.partitions))
                 finally:
                     await consumer.stop()
+
+    def _restarted(self, exc: BaseException) -> None:
+        if self.progress is not None:
+            self.progress.restarted(CONSUMER, describe(exc))
 
     async def _backoff(self) -> None:
         delay = min(self._settings.retry_backoff_max_s, 0.5 * 2**self._failures)
@@ -203,6 +221,8 @@ class IssuerConsumer:
         while not self._stopping.is_set():
             fetched = await consumer.getmany(timeout_ms=self._settings.poll_timeout_ms,
                                              max_records=self._settings.max_poll_records)
+            if self.progress is not None:
+                self.progress.polled(CONSUMER)
             for tp, records in fetched.items():
                 partition = self.partitions.setdefault(tp, _Partition())
                 for record in records:
@@ -231,7 +251,7 @@ class IssuerConsumer:
                    previous: asyncio.Task[None] | None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])  # per-certificate order; its failure is its own
-        failures = 0
+        failures = transient = poison = 0
         while True:
             try:
                 work.check()
@@ -239,17 +259,20 @@ class IssuerConsumer:
                 break
             except Revoked:
                 return
-            except (DBAPIError, OperationalError, KafkaError) as exc:
-                self.metrics.handler_errors.inc()
-                log.warning("command %s/%d@%d: %s; retrying", record.topic, record.partition, record.offset, exc)
-                failures += 1
             except Exception as exc:  # noqa: BLE001 - a bug or a poison command must not stop the partition
                 self.metrics.handler_errors.inc()
                 failures += 1
-                log.exception("command %s/%d@%d failed unexpectedly (%d/%d)", record.topic, record.partition,
-                              record.offset, failures, self._settings.poison_attempts)
-                if failures >= self._settings.poison_attempts:
-                    if await self._poison(record, exc):
+                if is_transient(exc):  # database, Kafka, network: retried for as long as it lasts, never dead-lettered
+                    transient += 1
+                    log.warning("command %s/%d@%d: %s; retrying", record.topic, record.partition, record.offset,
+                                describe(exc))
+                    self._failed(record, TRANSIENT, exc)
+                else:
+                    poison += 1
+                    log.exception("command %s/%d@%d failed unexpectedly (%d/%d)", record.topic, record.partition,
+                                  record.offset, poison, self._settings.poison_attempts)
+                    self._failed(record, FAILED, exc)
+                    if poison >= self._settings.poison_attempts and await self._poison(record, exc):
                         break
             await asyncio.sleep(min(self._settings.retry_backoff_max_s, 0.2 * 2**min(failures, 10)))
             if work.revoked:
@@ -257,9 +280,13 @@ class IssuerConsumer:
         partition.finish(record.offset)
         self.finished += 1
 
+    def _failed(self, record: InboundRecord, kind: str, exc: BaseException) -> None:
+        if self.progress is not None:
+            self.progress.failed(CONSUMER, record.topic, record.partition, record.offset, kind, describe(exc))
+
     async def _poison(self, record: InboundRecord, exc: Exception) -> bool:
-        reason = f"the issuer failed on this command {self._settings.poison_attempts} times: {type(exc).__name__}: {exc}"
-        outbound = dead_letter_for(record, ErrorCode.HANDLER_REJECTED, reason, SERVICE, self._topics, self._clock())
+        reason = f"the issuer failed on this command {self._settings.poison_attempts} times: {describe(exc)}"
+        outbound = dead_letter_for(record, ErrorCode.HANDLER_FAILED, reason, SERVICE, self._topics, self._clock())
         try:
             await self._publish_raw([StoredRecord.of(outbound)])
         except Exception:  # noqa: BLE001 - not dead-lettered: keep retrying the command
@@ -314,6 +341,8 @@ class IssuerConsumer:
         for tp, offset in offsets.items():
             if tp in self.partitions:
                 self.partitions[tp].committed = offset
+            if self.progress is not None:  # everything before the commit point is finished
+                self.progress.progressed(CONSUMER, tp.topic, tp.partition, offset)
 
     async def release(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
         """Partitions are leaving: stop what has not reached emCA, let critical sections finish,
@@ -378,6 +407,8 @@ class IssuerConsumer:
                 highwater = consumer.highwater(tp)
                 if highwater is not None and partition.committed is not None:
                     lag[connector] += max(0, highwater - partition.committed)
+                    if self.progress is not None:  # the committed offset is the first unfinished one
+                        self.progress.set_lag(CONSUMER, tp.topic, tp.partition, highwater - partition.committed)
             if tp in paused_set:
                 paused[connector] += 1
         for connector in connectors:

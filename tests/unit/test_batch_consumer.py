@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from services.common.consumer import (
     CURRENT_RECORD,
@@ -18,6 +19,7 @@ from services.common.consumer import (
     InvalidMessage,
     Outbound,
     Outcome,
+    TransientFailure,
 )
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import CONTENT_TYPE, Envelope, encode, make_event
@@ -148,8 +150,9 @@ async def test_a_failed_acknowledgement_fails_the_batch() -> None:
     await _until(lambda: len(publisher.acks) == 2)
     publisher.acks[0].set_exception(ConnectionError("broker gone"))
     publisher.acks[1].set_result(None)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(TransientFailure) as raised:
         await asyncio.wait_for(batch, 5)
+    assert isinstance(raised.value.cause, ConnectionError) and raised.value.record is None
 
 
 async def test_a_failure_stops_its_certificate_only_and_fails_the_batch() -> None:
@@ -157,14 +160,15 @@ async def test_a_failure_stops_its_certificate_only_and_fails_the_batch() -> Non
 
     async def handler(envelope: Envelope) -> list[Outbound]:
         if envelope.id == "a1":
-            raise RuntimeError("database locked")
+            raise OperationalError("UPDATE x", {}, Exception("database is locked"))
         handled.append(envelope.id)
         return []
 
     dispatcher, _ = _dispatcher(handler)
     records = _issued("a0", "a1", "a2", "b0")
-    with pytest.raises(RuntimeError, match="database locked"):
+    with pytest.raises(TransientFailure, match="database is locked") as raised:
         await dispatcher.dispatch_batch(records)
+    assert raised.value.record == records[1]
     # a2 must not run before a1 succeeded (the redelivered batch redoes a1 then a2); b is independent
     assert sorted(handled) == ["a0", "b0"]
 

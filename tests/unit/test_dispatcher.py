@@ -7,7 +7,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+import httpx
 import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.common.consumer import Dispatcher, InboundRecord, InvalidMessage, Outbound, Outcome
 from services.common.contracts.catalog import CATALOG
@@ -18,7 +21,9 @@ from services.common.contracts.events import CertificateDeployed, CertificateIss
 from services.common.contracts.identity import message_id
 from services.common.contracts.requests import IssueRequested
 from services.common.contracts.topics import Topics
+from services.common.failures import is_transient
 from services.common.fakes import RecordingPublisher
+from services.common.progress import describe
 from tests.unit.examples import CERT_ID, NOW, examples, private_key_pem
 
 EXAMPLES = examples()
@@ -186,3 +191,94 @@ async def test_huge_record_is_dead_lettered_truncated() -> None:
     assert letter.code is ErrorCode.MESSAGE_TOO_LARGE
     assert letter.truncated and letter.original_size == len(raw)
     assert letter.original_sha256 == hashlib.sha256(raw).hexdigest()
+
+
+# -- handler failures: transient ones retried by the edge, the others dead-lettered after N attempts --------
+
+
+def _failing(errors: list[BaseException]):  # type: ignore[no-untyped-def]
+    """A handler that raises the given errors in turn, then succeeds; it counts its calls."""
+    calls: list[int] = []
+
+    async def handle(envelope: Envelope) -> Sequence[Outbound]:
+        calls.append(1)
+        if len(calls) <= len(errors):
+            raise errors[len(calls) - 1]
+        return []
+
+    return handle, calls
+
+
+def _attempting(handler, attempts: int = 3) -> tuple[Dispatcher, RecordingPublisher, list[BaseException]]:  # type: ignore[no-untyped-def]
+    dispatcher, publisher, _ = _dispatcher({CertificateIssued: handler})
+    failures: list[BaseException] = []
+    dispatcher.handler_attempts = attempts
+    dispatcher.handler_retry_initial_s = 0.0
+    dispatcher.on_failure = lambda record, exc: failures.append(exc)
+    return dispatcher, publisher, failures
+
+
+async def test_a_handler_failing_every_time_is_dead_lettered_with_handler_failed_after_n_attempts() -> None:
+    handler, calls = _failing([ValueError("cannot digest this serial")] * 10)
+    dispatcher, publisher, failures = _attempting(handler, attempts=3)
+    assert await dispatcher.dispatch(_record(_encoded(CertificateIssued))) is Outcome.DEAD_LETTERED
+    assert len(calls) == 3 and len(failures) == 3
+    letter = _dead_letter(publisher)
+    assert letter.code is ErrorCode.HANDLER_FAILED
+    assert letter.reason == "the gateway handler failed 3 times: ValueError: cannot digest this serial"
+    assert (letter.source.topic, letter.source.partition, letter.source.offset) == ("certrail.requests", 2, 5)
+
+
+async def test_a_handler_failing_fewer_than_n_times_is_handled() -> None:
+    handler, calls = _failing([KeyError("flaky"), RuntimeError("flaky")])
+    dispatcher, publisher, failures = _attempting(handler, attempts=3)
+    assert await dispatcher.dispatch(_record(_encoded(CertificateIssued))) is Outcome.HANDLED
+    assert len(calls) == 3 and len(failures) == 2 and publisher.sent == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("SELECT 1", {}, Exception("database is locked")),
+        KafkaConnectionError("broker down"),
+        KafkaTimeoutError(),
+        TimeoutError("slow"),
+        ConnectionResetError("reset"),
+        OSError("no route to host"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+async def test_a_transient_failure_is_never_dead_lettered(error: BaseException) -> None:
+    handler, calls = _failing([error] * 10)
+    dispatcher, publisher, failures = _attempting(handler, attempts=1)
+    with pytest.raises(type(error)):
+        await dispatcher.dispatch(_record(_encoded(CertificateIssued)))
+    assert len(calls) == 1 and failures == [] and publisher.sent == []  # no in-place retry: the edge backs off
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (OperationalError("x", {}, Exception("gone")), True),
+        (IntegrityError("INSERT", {"secret": "s3cret"}, Exception("UNIQUE constraint failed")), False),
+        (KafkaConnectionError(), True),
+        (httpx.ConnectTimeout("slow"), True),
+        (TimeoutError(), True),
+        (FileNotFoundError("x"), True),
+        (ValueError("x"), False),
+        (KeyError("x"), False),
+        (AttributeError("x"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_transient_classification(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+async def test_the_dead_letter_reason_never_carries_statement_parameters_or_keys() -> None:
+    handler, _ = _failing([IntegrityError("INSERT INTO t VALUES (?)", {"password": "s3cret"}, Exception("UNIQUE failed"))] * 3)
+    dispatcher, publisher, _ = _attempting(handler, attempts=3)
+    await dispatcher.dispatch(_record(_encoded(CertificateIssued)))
+    reason = _dead_letter(publisher).reason
+    assert "s3cret" not in reason and "INSERT" not in reason and reason.endswith("IntegrityError: UNIQUE failed")
+    assert "BEGIN" not in describe(ValueError(f"bad key {private_key_pem()}"))

@@ -1,0 +1,96 @@
+"""The auditor's own loop on the real broker (issue 17): the hostile records are stored with their
+code and never stop it; a database it cannot write to (here: not migrated yet) is retried, never
+skipped, reported stalled with the stuck offset and the lag while it lasts, and clears once the
+records are stored."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+
+from services.auditor.consumer_loop import CONSUMER, AuditConsumer, LoopSettings
+from services.auditor.metrics import AuditMetrics
+from services.common import migrate
+from services.common.contracts.envelope import encode, make_event
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.events import CertificateDeployed
+from services.common.contracts.topics import Topics
+from services.common.db import make_engine, read_session
+from services.common.db_schema import AuditRecord
+from services.common.kafka_config import producer_kwargs
+from services.common.progress import ProgressTracker
+from services.common.settings import DatabaseSettings, KafkaSettings
+from services.common.topics_admin import delete_topics, ensure_topics
+from tests.unit.examples import CERT_ID, NOW, examples
+
+pytestmark = pytest.mark.integration
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HUGE_NUMBER = b'{"n":' + b"7" * 50_000 + b"}"
+
+
+async def _until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_hostile_records_are_stored_and_a_failing_database_stalls_then_recovers(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    topics = Topics(f"test.auditloop{uuid.uuid4().hex[:8]}")
+    await ensure_topics(kafka_settings, [topics.requests], partitions=1)
+    db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'audit.db'}")  # not migrated yet: every write fails
+    engine = make_engine(db)
+    registry = CollectorRegistry()
+    progress = ProgressTracker(registry, "auditor", stall_after=2)
+    loop = AuditConsumer(
+        kafka=kafka_settings,
+        settings=LoopSettings(group_id=f"auditloop-{uuid.uuid4().hex[:8]}", topic_refresh_interval_ms=1000,
+                              retry_backoff_initial_s=0.05, retry_backoff_max_s=0.3),
+        topics=topics, engine=engine, metrics=AuditMetrics(registry, topics), checkpointer=None,
+        clock=lambda: datetime.now(UTC), progress=progress,
+    )
+    task = asyncio.create_task(loop.run())
+    labels = {"service": "auditor", "consumer": CONSUMER}
+    lag_labels = {**labels, "topic": topics.requests, "partition": "0"}
+    producer = AIOKafkaProducer(**producer_kwargs(kafka_settings))
+    await producer.start()
+    try:
+        valid = encode(make_event(examples()[CertificateDeployed], id="e-after", source="/t", time=NOW, subject=CERT_ID))
+        for value in (DEEP, HUGE_NUMBER, valid):  # offsets 0, 1, 2
+            await producer.send_and_wait(topics.requests, value, key=b"k")
+
+        await _until(lambda: progress.stalled(), 60, "the auditor to be reported stalled")
+        verdict = progress.stalled()[CONSUMER]
+        assert verdict.startswith(f"stalled: {topics.requests}/0@0 failed ") and "OperationalError" in verdict
+        assert registry.get_sample_value("certrail_consumer_stalled", labels) == 1
+        await _until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 3, 10,
+                     "the lag behind the unstored records")
+
+        await asyncio.to_thread(migrate.upgrade, db)  # the database is fixed: the same records are stored
+        await _until(lambda: registry.get_sample_value("certrail_consumer_stalled", labels) == 0, 60, "the stall to clear")
+        await _until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 0, 10, "lag 0")
+        with read_session(engine) as session:
+            rows = session.execute(select(AuditRecord.offset, AuditRecord.decode_error)
+                                   .where(AuditRecord.topic == topics.requests).order_by(AuditRecord.offset)).all()
+        assert [(row.offset, row.decode_error) for row in rows] == [
+            (0, ErrorCode.JSON_LIMIT_EXCEEDED), (1, ErrorCode.JSON_LIMIT_EXCEEDED), (2, None)]
+        assert registry.get_sample_value("certrail_consumer_handler_failures_total", {**labels, "kind": "transient"}) >= 2
+    finally:
+        await producer.stop()
+        loop.stop()
+        await asyncio.wait_for(task, 30)
+        engine.dispose()
+        await delete_topics(kafka_settings, [topics.requests])
