@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from services.auditor.sql import BoundTime, executemany, sqlite_text, time_binder, utc_or_none
+from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import (
     CertificateDeployed,
     CertificateExpiring,
@@ -115,6 +116,16 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     CertificateExpiring.TYPE: (),
 }
 HANDLED_TYPES = frozenset(_FIELDS)
+#: RequestRejected codes that refuse the caller, not the certificate: they never change an inventory row.
+#: The gateway names no certificate in such a rejection unless the caller may act on it
+#: (services/gateway/intake.py, _named_certificate); this guards against older or forged events.
+_NOT_ABOUT_THE_CERTIFICATE = frozenset({
+    ErrorCode.UNAUTHENTICATED.value,
+    ErrorCode.REQUEST_SIGNATURE_INVALID.value,
+    ErrorCode.REQUESTER_NOT_AUTHORISED.value,
+    ErrorCode.DUPLICATE_REQUEST_CONFLICT.value,
+    ErrorCode.AUTH_THROTTLED.value,
+})
 
 
 def inventory_event(event: Any, *, sqlite_times: bool = False) -> InventoryEvent | None:
@@ -282,6 +293,8 @@ def _apply(state: _State, event: InventoryEvent) -> None:
             updated_at=event.time,
         )
         state.certificate(event, create=False)
+    elif kind == RequestRejected.TYPE and f["error"] in _NOT_ABOUT_THE_CERTIFICATE:
+        return  # a refused caller's rejection says nothing about the certificate it named (gateways before 2026-12)
     elif kind in (RequestRejected.TYPE, RevocationFailed.TYPE):
         row = state.certificate(event, create=False)
         if row is not None:

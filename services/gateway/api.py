@@ -2,8 +2,9 @@
 
 ``create_api(runtime)`` builds it from a `GatewayRuntime` (services/gateway/app.py routes ``/v1``,
 ``/docs``, ``/openapi.json`` and ``/redoc`` here). Every ``/v1`` request is authenticated first
-by its bearer token (401 before anything is parsed); routes then authorise by role and profile
-scope (403). Every refusal is a problem ``{"code", "message", ...}`` with a precise 4xx status
+by its bearer token (401 before anything is parsed; 429 AUTH_THROTTLED past the limit of failed
+authentications, services/gateway/api_throttle.py); routes then authorise by role and profile
+scope (403), reads included (a requester reads only the profiles that list it). Every refusal is a problem ``{"code", "message", ...}`` with a precise 4xx status
 (services/gateway/api_common.py); FastAPI's own validation errors are re-shaped to
 SCHEMA_VIOLATION with the field path, and input values are never echoed (they may be secrets).
 
@@ -32,6 +33,8 @@ from services.common.connectors.usage import LiveCertificateUsage
 from services.common.contracts.errors import ErrorCode
 from services.gateway import api_certificates, api_connectors, api_profiles, api_tokens
 from services.gateway.api_common import AdminPublisher, ApiCode, Problem, authenticate, bearer, validation_problem
+from services.gateway.api_openapi import document_problems
+from services.gateway.api_throttle import AuthThrottle, client_address, presented_token_id, throttle_from
 from services.gateway.policy import PolicyViolation, ProvisioningProfile
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ def create_api(
     *,
     registry: ConnectorRegistry | None = None,
     clock: Callable[[], datetime] = _utc_now,
+    throttle: AuthThrottle | None = None,
 ) -> FastAPI:
     """The HTTP API over ``runtime`` (a GatewayRuntime: engine, topics, intake, box, publish_records,
     settings). ``registry`` defaults to the real one (emCA client, Kafka topic creation, usage checks:
@@ -73,6 +77,8 @@ def create_api(
                   description="Certificate requests, emCA connectors, provisioning profiles and API tokens. "
                               "Authenticate with `Authorization: Bearer ctr_...`. Errors are `{code, message}`.")
     admin = AdminPublisher(runtime.publish_records, runtime.topics.events, clock)
+    if throttle is None:
+        throttle = throttle_from(runtime.settings, getattr(runtime, "registry", None))
 
     app.include_router(api_connectors.router(registry, admin))
     app.include_router(api_profiles.router(runtime.engine, admin, clock))
@@ -80,16 +86,17 @@ def create_api(
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
     app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock))
     from services.gateway.console import console_router  # the web console: a client of this API
-    app.include_router(console_router(runtime, app, clock=clock))
+    app.include_router(console_router(runtime, app, clock=clock, throttle=throttle))
 
     @app.middleware("http")
     async def authenticate_v1(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.url.path.startswith("/v1"):
+            authorization = request.headers.get("authorization")
             try:
-                request.state.claims = await asyncio.to_thread(
-                    authenticate, runtime.engine, request.headers.get("authorization"), clock())
-            except PolicyViolation as violation:
-                return Problem.of(violation).response()
+                request.state.claims = await asyncio.to_thread(authenticate, runtime.engine, authorization, clock())
+            except PolicyViolation as violation:  # 401, or 429 AUTH_THROTTLED past the limit of failures
+                answered = throttle.failed("api", client_address(request), presented_token_id(authorization), violation)
+                return Problem.of(answered).response()
         return await call_next(request)
 
     @app.exception_handler(Problem)
@@ -124,6 +131,7 @@ def create_api(
                 document = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(document.pop("$defs", {}))
                 components[model.__name__] = document
+            document_problems(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from starlette.responses import JSONResponse
 
 from services.auditor import inventory
-from services.auditor.trail import trail
+from services.auditor.trail import request_trail
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import (
     CertificateIssued,
@@ -51,7 +51,8 @@ from services.gateway.api_common import (
     validation_problem,
 )
 from services.gateway.intake import Answer
-from services.gateway.policy.tokens import ROLES, Action, Role, TokenClaims
+from services.gateway.policy.tokens import ROLES, Action, Role, TokenClaims, may_read_profile, readable_profiles
+from services.gateway.policy.violation import shown
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,19 @@ def view_dict(view: inventory.CertificateView | None) -> dict[str, Any] | None:
             "deployments": [{"kind": k, "name": n, "status": s, "serial": serial} for k, n, s, serial in view.deployments]}
 
 
-def sees_profile(claims: TokenClaims, profile: str | None) -> bool:
-    return claims.profiles is None or (profile is not None and profile in claims.profiles)
+def read_scope(session: Any, claims: TokenClaims) -> frozenset[str] | None:
+    """The profiles whose certificates ``claims`` may read (None: all): `readable_profiles`."""
+    if claims.role is not Role.REQUESTER and claims.profiles is None:
+        return None
+    return readable_profiles(claims, [p.profile for p in store.list_profiles(session)])
+
+
+def certificate_profile(session: Any, certificate_id: str, now: datetime) -> tuple[Any, Any, str | None]:
+    """The gateway's row, the inventory's view and the profile of a certificate (Nones when unknown)."""
+    row = store.get_certificate(session, certificate_id)
+    view = inventory.get_certificate(session, certificate_id, now)
+    profile = row.profile if row is not None else (view.profile if view is not None else None)
+    return row, view, profile
 
 
 def _strings(value: Any) -> Any:
@@ -210,7 +222,8 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
             with read_session(engine) as session:
                 views = inventory.list_certificates(session, now, status=status.value if status else None,
                                                     not_after_before=before, limit=100_000)
-            chosen = [v for v in views if sees_profile(claims, v.profile) and (profile is None or v.profile == profile)
+                scope = read_scope(session, claims)
+            chosen = [v for v in views if may_read_profile(scope, v.profile) and (profile is None or v.profile == profile)
                       and (connector is None or v.connector == connector)]
             return [view_dict(v) for v in chosen[:limit]]  # type: ignore[misc]
 
@@ -220,13 +233,12 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
     async def show(certificate_id: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
         def load() -> dict[str, Any]:
             with read_session(engine) as session:
-                row = store.get_certificate(session, certificate_id)
-                view = inventory.get_certificate(session, certificate_id, clock())
+                row, view, profile = certificate_profile(session, certificate_id, clock())
                 if row is None and view is None:
-                    raise Problem(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate {certificate_id!r}")
-                profile = row.profile if row is not None else view.profile  # type: ignore[union-attr]
-                if not sees_profile(claims, profile):
-                    raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED, f"token {claims.token_id} is not scoped to profile {profile!r}")
+                    raise Problem(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate {shown(certificate_id)}")
+                if not may_read_profile(read_scope(session, claims), profile):  # not even its existence is told
+                    raise Problem(ErrorCode.CERTIFICATE_NOT_FOUND,
+                                  f"no managed certificate {shown(certificate_id)} visible to this token")
                 requests = [{"request_id": r.request_id, "kind": r.kind, "status": r.status, "created_at": _iso(r.created_at)}
                             for r in store.requests_of_certificate(session, certificate_id)]
                 managed = None if row is None else {
@@ -237,24 +249,34 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
 
         return await in_thread(load)
 
-    def visible_request(session: Any, claims: TokenClaims, request_id: str) -> store.StoredAnswer:
+    def visible_request(session: Any, claims: TokenClaims, request_id: str,
+                        scope: frozenset[str] | None) -> store.StoredAnswer:
+        """The stored request: the caller's own (whoever else used the id first is not the caller:
+        a second caller's attempt was refused as a conflict and stored nothing), or, for admin and
+        auditor tokens, any request about a certificate in their scope."""
         stored = store.get_request(session, request_id)
         if stored is None:
-            raise Problem("REQUEST_NOT_FOUND", f"no request {request_id!r}", status=404)
+            raise Problem("REQUEST_NOT_FOUND", f"no request {shown(request_id)}", status=404)
         if stored.requester == claims.identity:  # one's own requests, whatever the token's scope
             return stored
-        row = store.get_certificate(session, stored.certificate_id) if stored.certificate_id else None
-        profile = row.profile if row is not None else None
-        if claims.role in (Role.ADMIN, Role.AUDITOR) and sees_profile(claims, profile):
+        profile = certificate_profile(session, stored.certificate_id, clock())[2] if stored.certificate_id else None
+        if claims.role in (Role.ADMIN, Role.AUDITOR) and may_read_profile(scope, profile):
             return stored
-        raise Problem("REQUEST_NOT_FOUND", f"no request {request_id!r} visible to this token", status=404)
+        raise Problem("REQUEST_NOT_FOUND", f"no request {shown(request_id)} visible to this token", status=404)
+
+    def readable_certificate(session: Any, scope: frozenset[str] | None, certificate_id: str | None) -> bool:
+        if certificate_id is None:
+            return False
+        return scope is None or may_read_profile(scope, certificate_profile(session, certificate_id, clock())[2])
 
     @api.get("/v1/requests/{request_id}", tags=["requests"], summary="A request's status and its certificate")
     async def request_status(request_id: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
         def load() -> dict[str, Any]:
             with read_session(engine) as session:
-                stored = visible_request(session, claims, request_id)
-                view = inventory.get_certificate(session, stored.certificate_id, clock()) if stored.certificate_id else None
+                scope = read_scope(session, claims)
+                stored = visible_request(session, claims, request_id, scope)
+                view = (inventory.get_certificate(session, stored.certificate_id, clock())  # type: ignore[arg-type]
+                        if readable_certificate(session, scope, stored.certificate_id) else None)
                 outcome = _outcome(session, request_id) if stored.status == "accepted" else None
             state, result = ("rejected", None) if stored.status == "rejected" else (outcome or ("queued", None))
             return {"request_id": request_id, "kind": stored.kind, "requester": stored.requester, "status": stored.status,
@@ -267,14 +289,20 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
     async def request_timeline(request_id: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
         def load() -> dict[str, Any]:
             with read_session(engine) as session:
-                visible_request(session, claims, request_id)
-                found = trail(session, request_id)
+                scope = read_scope(session, claims)
+                visible_request(session, claims, request_id, scope)
+                found = request_trail(session, request_id)
+                readable = {c for c in {e.certificate_id for e in found.entries} | set(found.certificate_ids)
+                            if c is not None and readable_certificate(session, scope, c)}
             entries = []
             for entry in found.entries:
+                if entry.certificate_id is not None and entry.certificate_id not in readable:
+                    continue  # a record about a certificate the token may not read (e.g. stored before 2026-12)
                 item = asdict(entry)
                 item["timestamp"], item["event_time"] = _iso(entry.timestamp), _iso(entry.event_time)
                 entries.append(item)
-            return {"request_id": request_id, "certificate_ids": list(found.certificate_ids), "entries": entries}
+            return {"request_id": request_id, "certificate_ids": [c for c in found.certificate_ids if c in readable],
+                    "entries": entries}
 
         return await in_thread(load)
 

@@ -9,11 +9,14 @@ A problem is ``{"code": <stable code>, "message": <human text>}`` (plus context 
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 SOURCE = "/certrail/gateway/api"
 #: the largest request body the API reads (a connector with a PFX and a CA bundle fits easily)
 MAX_BODY_BYTES = 2 * 1024 * 1024
+#: JSON bodies: the deepest nesting, the longest number literal and the most values (strings, numbers, ...) read
+MAX_JSON_DEPTH = 32
+MAX_JSON_NUMBER_CHARS = 32
+MAX_JSON_VALUES = 50_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -65,6 +72,8 @@ _STATUS: dict[str, int] = {
     ErrorCode.CONNECTOR_DISABLED: 409,
     ErrorCode.CERTIFICATE_PROFILE_MISMATCH: 409,
     ErrorCode.MESSAGE_TOO_LARGE: 413,
+    ErrorCode.AUTH_THROTTLED: 429,
+    ErrorCode.JSON_LIMIT_EXCEEDED: 422,
     RegistryCode.CONNECTOR_EXISTS: 409,
     RegistryCode.CONNECTOR_IN_USE: 409,
     RegistryCode.CHANGED_MEANWHILE: 409,
@@ -93,20 +102,25 @@ def status_of(code: str) -> int:
 class Problem(Exception):
     """An HTTP refusal: answered as ``{"code", "message", **extra}`` with the code's status."""
 
-    def __init__(self, code: str, message: str, *, status: int | None = None, **extra: Any) -> None:
+    def __init__(self, code: str, message: str, *, status: int | None = None, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
         super().__init__(f"{code}: {message}")
         self.code = str(code)
         self.message = message
         self.status = status or status_of(self.code)
+        self.headers = dict(headers or {})
         self.extra = extra
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse({"code": self.code, "message": self.message, **self.extra}, status_code=self.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        return JSONResponse({"code": self.code, "message": self.message, **self.extra}, status_code=self.status,
+                            headers={**headers, **self.headers})
 
     @classmethod
     def of(cls, violation: PolicyViolation) -> Problem:
-        return cls(violation.code.value, violation.message)
+        retry_after = getattr(violation, "retry_after_s", None)  # AUTH_THROTTLED (services/gateway/api_throttle.py)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return cls(violation.code.value, violation.message, headers=headers)
 
 
 def validation_problem(errors: Iterable[Any], prefix: tuple[str | int, ...] = ()) -> Problem:
@@ -136,17 +150,104 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or a SCHEMA_VIOLATION problem."""
+def _limit_exceeded(message: str) -> Problem:
+    return Problem(ErrorCode.JSON_LIMIT_EXCEEDED, message, errors=[{"field": "body", "message": message}])
+
+
+def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if len(text) > MAX_JSON_NUMBER_CHARS:
+            raise _limit_exceeded(f"a number in the body is longer than {MAX_JSON_NUMBER_CHARS} characters")
+        number = kind(text)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise _limit_exceeded("a number in the body is beyond the range of a 64-bit float")
+        return number
+    return parse
+
+
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_shape(value: Any) -> None:
+    """At most MAX_JSON_DEPTH levels of arrays/objects and MAX_JSON_VALUES values (iteratively)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    count = 0
+    while pending:
+        item, depth = pending.pop()
+        count += 1
+        if count > MAX_JSON_VALUES:
+            raise _limit_exceeded(f"the body holds more than {MAX_JSON_VALUES} JSON values")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children and depth >= MAX_JSON_DEPTH:
+            raise _limit_exceeded(f"the body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
+        pending.extend((child, depth + 1) for child in children)
+
+
+def bounded_json(raw: bytes) -> Any:
+    """``raw`` parsed as JSON within the limits (MAX_JSON_*): a SCHEMA_VIOLATION problem when it is
+    not JSON, JSON_LIMIT_EXCEEDED (422) when it nests too deep, holds too many values or a too long
+    number. Never RecursionError: the parser's own recursion is caught too."""
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_int=_number(int), parse_float=_number(float), parse_constant=_not_json_constant)
+    except RecursionError:
+        raise _limit_exceeded(f"the body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(ErrorCode.SCHEMA_VIOLATION, f"the body is not JSON: {type(exc).__name__}",
                       errors=[{"field": "body", "message": "not JSON"}]) from None
+    _check_shape(value)
+    return value
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object (`bounded_json`), or a SCHEMA_VIOLATION problem."""
+    value = bounded_json(raw)
     if not isinstance(value, dict):
         raise Problem(ErrorCode.SCHEMA_VIOLATION, "the body must be a JSON object",
                       errors=[{"field": "body", "message": "not a JSON object"}])
     return value
+
+
+#: the most parts a multipart body may have (a connector form has about 15)
+MAX_MULTIPART_PARTS = 100
+
+
+@dataclass(frozen=True)
+class FormPart:
+    name: str
+    filename: str | None
+    payload: bytes = field(repr=False)
+
+
+def multipart_parts(content_type: str, raw: bytes) -> list[FormPart]:
+    """The parts of a ``multipart/form-data`` body: flat (a part that is itself multipart or a
+    message is refused), at most MAX_MULTIPART_PARTS, each named. SCHEMA_VIOLATION problems,
+    never RecursionError (the standard library's parser recurses into nested parts)."""
+    def invalid(message: str) -> Problem:
+        return Problem(ErrorCode.SCHEMA_VIOLATION, message, errors=[{"field": "body", "message": message}])
+
+    try:
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\nMIME-Version: 1.0\r\n\r\n" + raw)
+        if not message.is_multipart():
+            raise invalid("the multipart body could not be parsed (boundary?)")
+        parts = []
+        for part in message.iter_parts():
+            if len(parts) >= MAX_MULTIPART_PARTS:
+                raise invalid(f"the multipart body has more than {MAX_MULTIPART_PARTS} parts")
+            if part.is_multipart() or part.get_content_maintype() == "message":
+                raise invalid("a multipart part must not itself be multipart or a message")
+            name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str) or not name:
+                raise invalid("a multipart part has no name")
+            filename = part.get_param("filename", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            if not isinstance(payload, bytes):
+                raise invalid("a multipart part could not be decoded")
+            parts.append(FormPart(name[:200], filename if isinstance(filename, str) else None, payload))
+    except RecursionError:
+        raise invalid("the multipart body nests parts too deeply") from None
+    return parts
 
 
 def parse_model(model: type[M], value: Any, *, json_mode: bool = True) -> M:

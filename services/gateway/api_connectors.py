@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.parser
-import email.policy
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +37,7 @@ from services.common.contracts.admin import (
 )
 from services.common.contracts.envelope import Message
 from services.common.contracts.errors import ErrorCode
+from services.common.contracts.topics import CONNECTOR_NAME_PATTERN
 from services.gateway import store
 from services.gateway.api_common import (
     AdminPublisher,
@@ -48,11 +47,13 @@ from services.gateway.api_common import (
     in_thread,
     json_body_doc,
     json_object,
+    multipart_parts,
     read_body,
     require,
     validation_problem,
 )
 from services.gateway.policy.tokens import Action, TokenClaims
+from services.gateway.policy.violation import shown
 
 EVENTS: dict[ChangeAction, type[Message]] = {
     ChangeAction.CREATED: ConnectorCreated,
@@ -77,22 +78,30 @@ class ProfileUsage:
 # -- bodies --------------------------------------------------------------------------------------
 
 
+#: schema-only constraints: ConnectorSpec (services/common/connectors/models.py) checks them; the
+#: document states them so that a body the schema accepts is not refused for its shape
+_TEXT: dict[str, Any] = {"minLength": 1, "maxLength": 256}
+_BASE_URL: dict[str, Any] = {"minLength": 9, "maxLength": 2048, "pattern": "^[Hh][Tt][Tt][Pp][Ss]://[^/?#@\\s]+"}
+_CONCURRENCY: dict[str, Any] = {"minimum": 1, "maximum": 256}
+_SECRET: dict[str, Any] = {"minLength": 1, "pattern": "\\S"}
+
+
 class ConnectorCreateBody(BaseModel):
     """A new connector: the fields of the CERTInext emCA screen and the chosen version's secrets."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(json_schema_extra={"pattern": CONNECTOR_NAME_PATTERN})
     version: EmcaVersion
-    base_url: str
-    username: str
-    issuing_ca: str
-    subscriber_id: str
-    default_profile: str
-    concurrency: int = 8
+    base_url: str = Field(json_schema_extra=_BASE_URL)
+    username: str = Field(json_schema_extra=_TEXT)
+    issuing_ca: str = Field(json_schema_extra=_TEXT)
+    subscriber_id: str = Field(json_schema_extra=_TEXT)
+    default_profile: str = Field(json_schema_extra=_TEXT)
+    concurrency: int = Field(default=8, json_schema_extra=_CONCURRENCY)
     ca_bundle_pem: str | None = Field(default=None, description="emCA's TLS CA bundle as PEM text")
     ca_bundle_base64: str | None = Field(default=None, description="the same, base64 of the file")
-    password: SecretStr
+    password: SecretStr = Field(json_schema_extra=_SECRET)
     client_id: SecretStr | None = Field(default=None, description="4.2.x")
     aes_key: SecretStr | None = Field(default=None, description="V4.0.17")
     pfx_base64: SecretStr | None = Field(default=None, description="V4.0.17: base64 of the PFX emCA issued")
@@ -105,12 +114,12 @@ class ConnectorEditBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: EmcaVersion | None = None
-    base_url: str | None = None
-    username: str | None = None
-    issuing_ca: str | None = None
-    subscriber_id: str | None = None
-    default_profile: str | None = None
-    concurrency: int | None = None
+    base_url: str | None = Field(default=None, json_schema_extra=_BASE_URL)
+    username: str | None = Field(default=None, json_schema_extra=_TEXT)
+    issuing_ca: str | None = Field(default=None, json_schema_extra=_TEXT)
+    subscriber_id: str | None = Field(default=None, json_schema_extra=_TEXT)
+    default_profile: str | None = Field(default=None, json_schema_extra=_TEXT)
+    concurrency: int | None = Field(default=None, json_schema_extra=_CONCURRENCY)
     ca_bundle_pem: str | None = None
     ca_bundle_base64: str | None = None
     remove_ca_bundle: bool = False
@@ -143,25 +152,17 @@ class ConnectorMultipart(BaseModel):
 
 def _multipart(content_type: str, raw: bytes) -> dict[str, Any]:
     """Form fields (text) and files (as base64 under ``pfx_base64`` / ``ca_bundle_base64``)."""
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + raw)
-    if not message.is_multipart():
-        raise Problem(ErrorCode.SCHEMA_VIOLATION, "the multipart body could not be parsed (boundary?)")
     values: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str) or not name:
-            raise Problem(ErrorCode.SCHEMA_VIOLATION, "a multipart part has no name")
-        payload = part.get_payload(decode=True) or b""
-        assert isinstance(payload, bytes)
+    for part in multipart_parts(content_type, raw):
+        name, payload = part.name, part.payload
         if name in FILE_FIELDS:
             values[FILE_FIELDS[name]] = base64.b64encode(payload).decode("ascii")
         else:
             try:
                 values[name] = payload.decode("utf-8")
             except UnicodeDecodeError:
-                raise Problem(ErrorCode.SCHEMA_VIOLATION, f"form field {name!r} is not UTF-8 text",
-                              errors=[{"field": f"body.{name}", "message": "not UTF-8"}]) from None
+                raise Problem(ErrorCode.SCHEMA_VIOLATION, f"form field {shown(name)} is not UTF-8 text",
+                              errors=[{"field": "body.form", "message": "not UTF-8"}]) from None
     return values
 
 

@@ -29,7 +29,8 @@ from services.gateway.api_common import (
     parse_model,
 )
 from services.gateway.policy import ProvisioningProfile
-from services.gateway.policy.tokens import Action, Role, TokenClaims, authorise, visible_profiles
+from services.gateway.policy.tokens import Action, Role, TokenClaims, authorise, readable_profiles
+from services.gateway.policy.violation import shown
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -96,11 +97,12 @@ def router(engine: Engine, admin: AdminPublisher, clock: Callable[[], datetime])
     @api.get("", summary="List the provisioning profiles the token may see")
     async def list_(claims: TokenClaims = Depends(claims_of)) -> list[dict[str, Any]]:
         authorise(claims, Action.PROFILE_READ)  # every role may list; scope filters
-        visible = visible_profiles(claims)
 
         def load() -> list[dict[str, Any]]:
             with read_session(engine) as session:
-                return [p.describe() for p in store.list_profiles(session) if visible is None or p.profile.name in visible]
+                profiles = store.list_profiles(session)
+            visible = readable_profiles(claims, [p.profile for p in profiles])  # requesters: the profiles that list them
+            return [p.describe() for p in profiles if visible is None or p.profile.name in visible]
 
         return await in_thread(load)
 
@@ -116,6 +118,9 @@ def router(engine: Engine, admin: AdminPublisher, clock: Callable[[], datetime])
         decision = authorise(claims, Action.PROFILE_READ, stored.profile)
         if not decision.allowed:
             raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED, decision.reason)
+        if readable_profiles(claims, [stored.profile]) == frozenset():  # a requester the profile does not list
+            raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED,
+                          f"requester {shown(claims.identity)} is not among profile {shown(name)}'s allowed requesters")
         return stored.describe()
 
     @api.delete("/{name}", status_code=204, summary="Delete a provisioning profile (refused while certificates use it)")

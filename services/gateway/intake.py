@@ -32,7 +32,7 @@ from services.common.connectors import repository as connectors_repo
 from services.common.connectors.models import ConnectorStatus
 from services.common.consumer import Outbound
 from services.common.contracts.commands import IssueCertificate, ProvisionCertificate, RenewCertificate, RevokeCertificate
-from services.common.contracts.envelope import Message, declared_type, make_event, record_headers
+from services.common.contracts.envelope import DecodeError, Message, declared_type, load_json, make_event, record_headers
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import RequestAccepted, RequestRejected
 from services.common.contracts.fields import KeyGeneration, RequestKind
@@ -109,8 +109,20 @@ class Caller:
     def authorise(self, kind: RequestKind, profile: ProvisioningProfile) -> None:
         if self.claims is not None:
             authorise(self.claims, ACTIONS[kind], profile).raise_if_denied()
-        elif not self.deployer:
+        elif self.deployer:
+            authorise_deployer(self.identity, kind, profile)
+        else:
             authorise_requester(self.identity, profile)
+
+
+def authorise_deployer(identity: str, kind: RequestKind, profile: ProvisioningProfile) -> None:
+    """The deployer serves every bot-key profile by design (it alone makes their keys) and no other:
+    it may issue and renew under a profile with key_generation bot, nothing else, whatever the
+    profile's allowed requesters say (docs/gateway.md, docs/decisions/0011-deployer-trusts-nothing.md)."""
+    if kind is RequestKind.REVOKE or profile.key_generation is not KeyGeneration.BOT:
+        what = "revoke" if kind is RequestKind.REVOKE else f"{kind.value} under a profile whose requesters hold their keys"
+        raise PolicyViolation(ErrorCode.REQUESTER_NOT_AUTHORISED,
+                              f"the deployer identity {identity!r} may not {what} (profile {profile.name!r})")
 
 
 class Intake:
@@ -141,9 +153,9 @@ class Intake:
         try:
             data: Any = request
             if raw_value is not None:
-                try:
-                    data = json.loads(raw_value)["data"]
-                except (ValueError, KeyError, TypeError):
+                try:  # the bytes the Dispatcher decoded; parsed within the same limits all the same
+                    data = load_json(raw_value)["data"]
+                except (DecodeError, KeyError, TypeError):
                     data = request
             key = await asyncio.to_thread(verify_request_auth, data, self._keys)
             if key.requester != request.requester:
@@ -168,17 +180,44 @@ class Intake:
                           correlationid=correlation, causationid=cause_id)
 
     def _rejected(self, event_id: str, request: Request, kind: RequestKind, violation: PolicyViolation,
-                  now: datetime) -> tuple[Answer, list[Outbound]]:
+                  now: datetime, certificate_id: str | None) -> tuple[Answer, list[Outbound]]:
+        """A RequestRejected about ``certificate_id`` (from `_named_certificate`: None unless the caller
+        may act on that certificate). Unnamed, it has no subject and is keyed by the request id, so
+        the auditor neither files it under a certificate nor changes an inventory row."""
         rejected = RequestRejected(request_id=request.request_id, requester=request.requester, kind=kind,
-                                   certificate_id=request.certificate_id, error=violation.error_info())
-        event = self._event(event_id, rejected, request.certificate_id, request.request_id, now)
-        answer = Answer(request.request_id, "rejected", kind.value, request.certificate_id, event_id=event.id,
+                                   certificate_id=certificate_id, error=violation.error_info())
+        event = self._event(event_id, rejected, certificate_id, request.request_id, now)
+        answer = Answer(request.request_id, "rejected", kind.value, certificate_id, event_id=event.id,
                         error={"code": violation.code.value, "message": violation.message})
-        return answer, [Outbound(self._topics.events, event, key=request.certificate_id or request.request_id)]
+        return answer, [Outbound(self._topics.events, event, key=certificate_id or request.request_id)]
+
+    def _named_certificate(self, session: Session, request: Request, kind: RequestKind, caller: Caller) -> str | None:
+        """The certificate a rejection of ``request`` may name: the one it is about, only when the
+        caller is authorised for that certificate's profile (for a certificate not managed yet: for
+        the profile it asks for). A refused caller's request never names, and so never reaches, a
+        certificate it may not touch (its timeline, its inventory error)."""
+        certificate_id = request.certificate_id
+        if certificate_id is None:
+            return None
+        row = store.get_certificate(session, certificate_id)
+        if row is not None:
+            name = row.profile
+        elif isinstance(request, IssueRequested):
+            name = request.profile
+        else:
+            return None
+        stored = store.get_profile(session, name)
+        if stored is None:
+            return None
+        try:
+            caller.authorise(kind, stored.profile)
+        except PolicyViolation:
+            return None
+        return certificate_id
 
     def _unauthenticated(self, event_id: str, request: Request, kind: RequestKind, violation: PolicyViolation) -> Outcome:
-        # not stored under the request id: an unauthenticated sender must not own it
-        answer, outbound = self._rejected(event_id, request, kind, violation, self._clock())
+        # not stored under the request id: an unauthenticated sender must not own it, nor name a certificate
+        answer, outbound = self._rejected(event_id, request, kind, violation, self._clock(), None)
         log.warning("request %s refused: %s", request.request_id, violation)
         return Outcome(answer, list(outbound))
 
@@ -195,13 +234,17 @@ class Intake:
                 return Outcome(Answer.from_dict(stored.answer, replayed=True), list(stored.outbound))
             if decision.outcome is DedupeOutcome.CONFLICT:
                 assert decision.violation is not None
-                answer, outbound = self._rejected(event_id, request, kind, decision.violation, now)
+                assert stored is not None
+                own = stored.requester == caller.identity  # someone else's request id: name nothing
+                answer, outbound = self._rejected(event_id, request, kind, decision.violation, now,
+                                                  self._named_certificate(session, request, kind, caller) if own else None)
                 return Outcome(answer, list(outbound))
             try:
                 answer, outbound = self._accept(session, event_id, request, kind, caller, now)
                 status = "accepted"
             except PolicyViolation as violation:
-                answer, outbound = self._rejected(event_id, request, kind, violation, now)
+                answer, outbound = self._rejected(event_id, request, kind, violation, now,
+                                                  self._named_certificate(session, request, kind, caller))
                 status = "rejected"
             records = [{"topic": o.topic, "key": o.key, "value": o.value().decode("utf-8")} for o in outbound]
             store.add_request(session, store.StoredAnswer(

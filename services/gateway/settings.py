@@ -23,3 +23,12 @@ class GatewaySettings(ServiceSettings):
     scheduler_enabled: bool = Field(default=True, description="Run the renewal scheduler (one instance is active at a time).")
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings,
                                          description="Renewal times, jitter, per-connector limits, expiry thresholds.")
+    auth_failures_per_address: int = Field(
+        default=20, ge=0, le=100_000,
+        description="Failed bearer tokens / console sign-ins per client address within the window before further "
+                    "failures are answered 429 AUTH_THROTTLED (0: no limit).")
+    auth_failures_per_identity: int = Field(
+        default=10, ge=0, le=100_000,
+        description="Failed authentications per presented token id within the window (0: no limit).")
+    auth_failure_window_s: float = Field(default=60.0, gt=0, le=86_400,
+                                         description="The sliding window of failed authentications, in seconds.")

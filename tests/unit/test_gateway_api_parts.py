@@ -10,9 +10,18 @@ import pytest
 
 from services.common.contracts.errors import ErrorCode
 from services.gateway.api_certificates import answer_response
-from services.gateway.api_common import Problem, event_error, status_of, validation_problem
+from services.gateway.api_common import (
+    MAX_JSON_DEPTH,
+    Problem,
+    bounded_json,
+    event_error,
+    multipart_parts,
+    status_of,
+    validation_problem,
+)
 from services.gateway.api_connectors import _multipart, spec_from
 from services.gateway.intake import Answer
+from services.gateway.policy.violation import shown
 
 
 @pytest.mark.parametrize(("code", "status"), [
@@ -32,6 +41,8 @@ from services.gateway.intake import Answer
     ("INVALID_INPUT", 422),
     ("TOPIC_NOT_CREATED", 503),
     ("BODY_TOO_LARGE", 413),
+    ("AUTH_THROTTLED", 429),
+    ("JSON_LIMIT_EXCEEDED", 422),
 ], ids=lambda v: str(v))
 def test_status_of_each_code(code: str, status: int) -> None:
     assert status_of(code) == status
@@ -80,3 +91,40 @@ def test_answers() -> None:
     assert rejected.status_code == 422
     assert json.loads(rejected.body) == {"code": "SAN_NOT_ALLOWED", "message": "no", "request_id": "r2",
                                          "status_url": "/v1/requests/r2", "replayed": False, "event_id": "e"}
+
+
+@pytest.mark.parametrize(("raw", "code", "fragment"), [
+    (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1), "JSON_LIMIT_EXCEEDED", "deeper than 32 levels"),
+    (b"[" * 100_000, "JSON_LIMIT_EXCEEDED", "deeper than 32 levels"),  # the parser's own recursion, caught
+    (b'{"n": ' + b"9" * 33 + b"}", "JSON_LIMIT_EXCEEDED", "longer than 32 characters"),
+    (b'{"n": -1e400}', "JSON_LIMIT_EXCEEDED", "64-bit float"),
+    (b'{"n": NaN}', "SCHEMA_VIOLATION", "not JSON"),
+    (b"[" + b"1," * 50_000 + b"1]", "JSON_LIMIT_EXCEEDED", "more than 50000 JSON values"),
+    (b"\xff", "SCHEMA_VIOLATION", "not JSON"),
+], ids=["depth", "recursion", "long number", "infinite", "NaN", "many values", "not UTF-8"])
+def test_bounded_json_refuses_precisely(raw: bytes, code: str, fragment: str) -> None:
+    with pytest.raises(Problem) as refused:
+        bounded_json(raw)
+    assert (refused.value.code, refused.value.status) == (code, 422) and fragment in refused.value.message
+
+
+def test_bounded_json_accepts_what_fits() -> None:
+    nested = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert bounded_json(nested) is not None
+    assert bounded_json(b'{"n": 12345678901234567890, "f": 1.5e300}') == {"n": 12345678901234567890, "f": 1.5e300}
+
+
+def test_multipart_parts_are_flat_and_few() -> None:
+    flat = b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\nx\r\n--b--\r\n'
+    [part] = multipart_parts("multipart/form-data; boundary=b", flat)
+    assert (part.name, part.filename, part.payload) == ("a", None, b"x")
+    nested = b'--b\r\nContent-Disposition: form-data; name="a"\r\nContent-Type: multipart/mixed; boundary=c\r\n\r\n' \
+             b'--c\r\n\r\ny\r\n--c--\r\n--b--\r\n'
+    with pytest.raises(Problem, match="must not itself be multipart"):
+        multipart_parts("multipart/form-data; boundary=b", nested)
+
+
+def test_shown_values_are_bounded_and_escaped() -> None:
+    assert shown("dns:www.example.com") == "'dns:www.example.com'"
+    assert shown("a\u202eb\x00c") == "'a\\u202eb\\x00c'"
+    assert len(shown("x" * 1000)) == 87 and shown("x" * 1000).endswith("\\u2026'")

@@ -180,3 +180,47 @@ async def test_a_certificate_id_stays_with_its_profile(intake: Intake, engine: E
         store.put_profile(session, _profile("web2", "emca"), NOW)
     other = await intake.from_kafka("ev-2", _issue("req-2", profile="web2"), None)
     assert other.answer.error["code"] == ErrorCode.CERTIFICATE_PROFILE_MISMATCH.value  # type: ignore[index]
+
+
+def _ops(request: IssueRequested | RenewRequested | RevokeRequested) -> IssueRequested | RenewRequested | RevokeRequested:
+    return signed(request, "k1", HMAC_KEY)
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "code", "named"),
+    [
+        ("forged signature", lambda: signed(_issue("x-1").model_copy(update={"auth": None}), "k1", b"z" * 32),
+         ErrorCode.REQUEST_SIGNATURE_INVALID, None),
+        ("requester not allowed on the certificate's profile", lambda: _ops(RenewRequested(
+            request_id="x-2", requester="ops", certificate_id="cert-1", csr=_csr())), ErrorCode.REQUESTER_NOT_AUTHORISED, None),
+        ("revoke by a requester not allowed", lambda: _ops(RevokeRequested(
+            request_id="x-3", requester="ops", certificate_id="cert-1", reason=RevocationReason.SUPERSEDED)),
+         ErrorCode.REQUESTER_NOT_AUTHORISED, None),
+        ("another profile's certificate id", lambda: _ops(IssueRequested(
+            request_id="x-4", requester="ops", profile="bots", certificate_id="cert-1", sans=["dns:api.example.com"])),
+         ErrorCode.CERTIFICATE_PROFILE_MISMATCH, None),
+        ("someone else's request id", lambda: _ops(IssueRequested(
+            request_id="req-1", requester="ops", profile="bots", certificate_id="bot-9", sans=["dns:api.example.com"])),
+         ErrorCode.DUPLICATE_REQUEST_CONFLICT, None),
+        ("unknown profile", lambda: _issue("x-5", certificate_id="cert-new", profile="nope"), ErrorCode.PROFILE_NOT_FOUND, None),
+        ("the owner's refused renewal", lambda: _ops(RenewRequested(
+            request_id="x-6", requester="ci-pipeline", certificate_id="cert-1", csr=_csr(key=rsa.generate_private_key(65537, 1024)))),
+         ErrorCode.KEY_POLICY_VIOLATION, "cert-1"),
+        ("the owner's own conflict", lambda: _issue(csr=_csr()), ErrorCode.DUPLICATE_REQUEST_CONFLICT, "cert-1"),
+        ("an allowed requester's new certificate", lambda: _issue("x-7", certificate_id="cert-new", csr=_csr("www.evil.test"),
+                                                                  sans=["dns:www.evil.test"]), ErrorCode.SAN_NOT_ALLOWED, "cert-new"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " in value else "",
+)
+async def test_a_rejection_names_only_a_certificate_the_caller_may_act_on(
+        intake: Intake, engine: Engine, case: str, make, code: ErrorCode, named: str | None) -> None:  # type: ignore[no-untyped-def]
+    assert (await intake.from_kafka("ev-1", _issue(), None)).answer.status == "accepted"  # cert-1 under web, ci-pipeline's
+    _inventory(engine, "cert-1", "1a2b")
+    request = make()
+    outcome = await intake.from_kafka(f"ev-{case}", request, None)
+    assert outcome.answer.error["code"] == code.value, outcome.answer.error  # type: ignore[index]
+    assert outcome.answer.certificate_id == named
+    [(topic, key, value)] = stored_records(outcome.outbound)
+    envelope = decode(value, CATALOG)
+    assert isinstance(envelope.data, RequestRejected) and envelope.data.certificate_id == named
+    assert (envelope.subject, key) == (named, named or request.request_id)

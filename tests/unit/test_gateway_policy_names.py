@@ -129,5 +129,5 @@ def test_forbidden_sans_are_san_not_allowed(rules_: DomainRules, san: str, fragm
     with pytest.raises(PolicyViolation) as caught:
         check_san_allowed(parse_san(san), rules_, "web")
     assert caught.value.code is ErrorCode.SAN_NOT_ALLOWED
-    assert f"subjectAltName {parse_san(san)} is not allowed by profile 'web'" in caught.value.message
+    assert f"subjectAltName '{parse_san(san)}' is not allowed by profile 'web'" in caught.value.message
     assert fragment in caught.value.message

@@ -4,14 +4,13 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from fastapi import Request
 
-from services.gateway.api_common import read_body
+from services.gateway.api_common import Problem, multipart_parts, read_body
+from services.gateway.policy.violation import shown
 
 
 class FormError(Exception):
@@ -54,23 +53,18 @@ async def read_form(request: Request) -> Form:
             form.add(name, value)
         return form
     if media == "multipart/form-data":
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + raw)
-        if not message.is_multipart():
-            raise FormError("the multipart form could not be read")
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if not isinstance(name, str) or not name:
-                raise FormError("a form part has no name")
-            payload = part.get_payload(decode=True) or b""
-            assert isinstance(payload, bytes)
-            if part.get_param("filename", header="content-disposition") is not None:
-                if payload:  # a file input left empty sends an empty part
-                    form.files[name] = payload
+        try:
+            parts = multipart_parts(content_type, raw)
+        except Problem as problem:
+            raise FormError(problem.message) from None
+        for part in parts:
+            if part.filename is not None:
+                if part.payload:  # a file input left empty sends an empty part
+                    form.files[part.name] = part.payload
                 continue
             try:
-                form.add(name, payload.decode("utf-8"))
+                form.add(part.name, part.payload.decode("utf-8"))
             except UnicodeDecodeError:
-                raise FormError(f"form field {name!r} is not UTF-8 text") from None
+                raise FormError(f"form field {shown(part.name)} is not UTF-8 text") from None
         return form
     raise FormError(f"expected a form, not {media or 'no content type'}")

@@ -26,6 +26,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from services.common.db import read_session
 from services.gateway.api_common import Problem, authenticate
+from services.gateway.api_throttle import AuthThrottle, Throttled, client_address, presented_token_id, throttle_from
 from services.gateway.console import views
 from services.gateway.console.client import ApiClient, Reply, SignedOut, seg
 from services.gateway.console.forms import Form, FormError, read_form
@@ -59,8 +60,11 @@ class Redirect(Exception):
 
 
 def console_router(runtime: Any, api_app: Any, *, clock: Callable[[], datetime] = _utc_now,
-                   sessions: Sessions | None = None) -> APIRouter:
-    """The console's routes. ``api_app`` is the FastAPI app that serves ``/v1`` (the console calls it)."""
+                   sessions: Sessions | None = None, throttle: AuthThrottle | None = None) -> APIRouter:
+    """The console's routes. ``api_app`` is the FastAPI app that serves ``/v1`` (the console calls it);
+    ``throttle`` counts failed sign-ins (shared with the API's bearer tokens)."""
+    if throttle is None:
+        throttle = throttle_from(runtime.settings, None)
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(seg=seg, short_type=views.short_type, connector_status=views.connector_status)
@@ -189,10 +193,14 @@ def console_router(runtime: Any, api_app: Any, *, clock: Callable[[], datetime] 
         token = form.get("token").strip()
         try:
             claims = await asyncio.to_thread(authenticate, engine, f"Bearer {token}", clock())
-        except PolicyViolation as violation:
+        except PolicyViolation as failed:  # 401, or 429 AUTH_THROTTLED past the limit of failed sign-ins
+            violation = throttle.failed("console", client_address(request), presented_token_id(f"Bearer {token}"), failed)
+            throttled = isinstance(violation, Throttled)
             fresh = secrets.token_urlsafe(24)
-            response = page(request, "signin.html", None, status=401, pre=fresh, next=target, reason="",
-                            error=f"{violation.code.value}: {violation.message}")
+            response = page(request, "signin.html", None, status=429 if throttled else 401, pre=fresh, next=target,
+                            reason="", error=f"{violation.code.value}: {violation.message}")
+            if throttled:
+                response.headers["Retry-After"] = str(violation.retry_after_s)  # type: ignore[attr-defined]
             response.set_cookie(PRE_COOKIE, fresh, max_age=900, path=f"{PREFIX}/signin", httponly=True, samesite="strict",
                                 secure=secure(request))
             return response

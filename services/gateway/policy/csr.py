@@ -40,7 +40,7 @@ from services.gateway.policy.domains import check_sans_allowed
 from services.gateway.policy.names import San, parse_san, san_from_general_name
 from services.gateway.policy.profile import EcCurve, KeyPolicy, KeyType, ProvisioningProfile, SubjectAttribute
 from services.gateway.policy.subject import check_subject
-from services.gateway.policy.violation import PolicyViolation
+from services.gateway.policy.violation import PolicyViolation, shown
 
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([^\r\n-]{1,64})-----")
 _CSR_LABELS = {b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"}
@@ -231,9 +231,9 @@ def resolve_sans(csr_sans: Sequence[San], requested_sans: Sequence[str] | None) 
         if only_request or only_csr:
             parts = []
             if only_request:
-                parts.append("only in the request: " + ", ".join(str(s) for s in only_request[:10]))
+                parts.append("only in the request: " + ", ".join(shown(str(s)) for s in only_request[:10]))
             if only_csr:
-                parts.append("only in the CSR: " + ", ".join(str(s) for s in only_csr[:10]))
+                parts.append("only in the CSR: " + ", ".join(shown(str(s)) for s in only_csr[:10]))
             raise PolicyViolation(
                 ErrorCode.SAN_INVALID, "the request's subjectAltNames and the CSR's differ (" + "; ".join(parts) + ")"
             )

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from services.common.contracts.errors import ErrorCode
 from services.gateway.policy.names import San, SanKind
 from services.gateway.policy.profile import DomainRules, ProvisioningProfile
-from services.gateway.policy.violation import PolicyViolation
+from services.gateway.policy.violation import PolicyViolation, shown
 
 
 def _under(name: str, domains: Iterable[str]) -> bool:
@@ -17,7 +17,9 @@ def _under(name: str, domains: Iterable[str]) -> bool:
 
 
 def _refuse(profile: str, san: San, why: str) -> PolicyViolation:
-    return PolicyViolation(ErrorCode.SAN_NOT_ALLOWED, f"subjectAltName {san} is not allowed by profile {profile!r}: {why}")
+    # the name is the requester's (or the CSR's): shown bounded and escaped, never verbatim
+    return PolicyViolation(ErrorCode.SAN_NOT_ALLOWED, f"subjectAltName {shown(str(san))} is not allowed by profile "
+                                                      f"{shown(profile)}: {why}")
 
 
 def check_san_allowed(san: San, rules: DomainRules, profile: str) -> None:

@@ -65,9 +65,21 @@ def _unique(values: list, what: str) -> list:  # type: ignore[type-arg]
 class KeyPolicy(_Strict):
     """The public keys a CSR may carry. RSA needs at least 2048 bits always."""
 
-    rsa_min_bits: int | None = Field(default=RSA_FLOOR_BITS, description="None: RSA keys are not allowed")
-    rsa_max_bits: int = Field(default=4096, description="longer RSA keys are refused (CA limits, verification cost)")
-    ec_curves: list[EcCurve] = Field(default_factory=lambda: [EcCurve.P256, EcCurve.P384], max_length=3)
+    # the JSON Schema states what the validators below check, so that what the schema accepts the API accepts
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"not": {"required": ["rsa_min_bits"]}},
+        {"required": ["rsa_min_bits"], "properties": {"rsa_min_bits": {"type": "integer"}}},
+        {"not": {"required": ["ec_curves"]}},
+        {"required": ["ec_curves"], "properties": {"ec_curves": {"minItems": 1}}},
+        {"required": ["ed25519"], "properties": {"ed25519": {"const": True}}},
+    ]})
+
+    rsa_min_bits: int | None = Field(default=RSA_FLOOR_BITS, description="None: RSA keys are not allowed",
+                                     json_schema_extra={"minimum": RSA_FLOOR_BITS, "maximum": RSA_CEILING_BITS})
+    rsa_max_bits: int = Field(default=4096, description="longer RSA keys are refused (CA limits, verification cost)",
+                              json_schema_extra={"minimum": RSA_FLOOR_BITS, "maximum": RSA_CEILING_BITS})
+    ec_curves: list[EcCurve] = Field(default_factory=lambda: [EcCurve.P256, EcCurve.P384], max_length=3,
+                                     json_schema_extra={"uniqueItems": True})
     ed25519: bool = False
 
     @field_validator("rsa_min_bits")
@@ -135,6 +147,13 @@ class DomainRules(_Strict):
     * ``uri_prefixes``: URI SANs must start with one of these (each ends with
       ``/`` or ``:`` so that a match stops at a boundary); empty: no URI SANs.
     """
+
+    # at least one kind of name must be allowed (see _consistent): stated in the JSON Schema too
+    model_config = ConfigDict(json_schema_extra={
+        "minProperties": 1,
+        "anyOf": [{"required": [name], "properties": {name: {"minItems": 1}}}
+                  for name in ("dns_suffixes", "dns_names", "ip_networks", "email_domains", "uri_prefixes")],
+    })
 
     dns_suffixes: list[DnsEntry] = Field(default_factory=list, max_length=MAX_RULE_ENTRIES)
     dns_names: list[DnsEntry] = Field(default_factory=list, max_length=MAX_RULE_ENTRIES)

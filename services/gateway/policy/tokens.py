@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -182,6 +183,23 @@ def authenticate_token(presented: str, stored: StoredToken | None, now: datetime
 def visible_profiles(claims: TokenClaims) -> frozenset[str] | None:
     """The profiles a token may see (None: all), to filter listings."""
     return claims.profiles
+
+
+def readable_profiles(claims: TokenClaims, profiles: Iterable[ProvisioningProfile]) -> frozenset[str] | None:
+    """The profiles whose certificates, inventory and request timelines the token may read (None:
+    every profile). Admin and auditor tokens: their scope. Requester tokens: only the profiles
+    that list the requester's identity, within the token's scope (a requester named in no profile
+    reads no certificate; its own requests stay readable, see services/gateway/api_certificates.py)."""
+    if claims.role is not Role.REQUESTER:
+        return claims.profiles
+    listed = frozenset(p.name for p in profiles if p.allows_requester(claims.identity))
+    return listed if claims.profiles is None else listed & claims.profiles
+
+
+def may_read_profile(scope: frozenset[str] | None, profile: str | None) -> bool:
+    """Whether a certificate under ``profile`` (None: unknown) is readable within ``scope``
+    (from `readable_profiles`)."""
+    return scope is None or (profile is not None and profile in scope)
 
 
 def _deny(reason: str) -> Decision:

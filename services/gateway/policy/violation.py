@@ -28,6 +28,8 @@ class PolicyViolation(Exception):
 
 
 def shown(value: str, limit: int = 80) -> str:
-    """``value`` quoted for an error message, cut to ``limit`` characters (input is not trusted)."""
-    text = value if len(value) <= limit else value[: limit - 1] + "…"
-    return repr(text)
+    """``value`` quoted for an error message, cut to ``limit`` characters, every character outside
+    printable ASCII escaped (input is not trusted: no control or bidirectional characters, no
+    unbounded echo). Every message that names a submitted value names it through this."""
+    text = value if len(value) <= limit else value[: limit - 1] + "\u2026"
+    return ascii(text)
