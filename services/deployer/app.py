@@ -4,7 +4,9 @@ Dispatcher (invalid records are dead-lettered) and
 - CertificateIssued -> installs the certificate on every target bound to its profile
   (handlers/deploy.py): CertificateDeployed or DeploymentFailed per target;
 - ProvisionCertificate, RenewalDue (bot-held keys), CertificateRevoked with replace ->
-  a fresh key, stored encrypted, and its CSR as a signed request (handlers/bot.py).
+  a fresh key, stored encrypted, and its CSR as a signed request (handlers/bot.py);
+- RequestAccepted, connector and profile admin events -> its own projection of what it may
+  trust (handlers/projection.py; docs/decisions/0011-deployer-trusts-nothing.md).
 """
 
 from __future__ import annotations
@@ -15,15 +17,24 @@ from functools import partial
 from faststream.asgi import AsgiFastStream
 
 from services.common.consumer import Handler, Outbound
+from services.common.contracts.admin import (
+    ConnectorCreated,
+    ConnectorDeleted,
+    ConnectorUpdated,
+    ProfileCreated,
+    ProfileDeleted,
+    ProfileUpdated,
+)
 from services.common.contracts.commands import ProvisionCertificate
 from services.common.contracts.envelope import Envelope, Message
-from services.common.contracts.events import CertificateIssued, CertificateRevoked, RenewalDue
+from services.common.contracts.events import CertificateIssued, CertificateRevoked, RenewalDue, RequestAccepted
 from services.common.contracts.topics import Topics
 from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
 from services.deployer.handlers.deploy import on_certificate_issued
+from services.deployer.handlers.projection import on_connector_event, on_profile_event, on_request_accepted
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.metrics import DeployerMetrics
 from services.deployer.runner import RetryPolicy
@@ -38,6 +49,13 @@ def handlers(ctx: DeployerContext) -> dict[type[Message], Handler]:
         ProvisionCertificate: on_provision,
         RenewalDue: on_renewal_due,
         CertificateRevoked: on_revoked,
+        RequestAccepted: on_request_accepted,
+        ConnectorCreated: on_connector_event,
+        ConnectorUpdated: on_connector_event,
+        ConnectorDeleted: on_connector_event,
+        ProfileCreated: on_profile_event,
+        ProfileUpdated: on_profile_event,
+        ProfileDeleted: on_profile_event,
     }
     return {cls: partial(handler, ctx) for cls, handler in table.items()}
 
@@ -51,7 +69,7 @@ def create_app(settings: DeployerSettings) -> tuple[AsgiFastStream, ServiceRunti
         retry=RetryPolicy(settings.attempts, settings.backoff_initial_s, settings.backoff_max_s),
     )
     runtime.dispatcher.handlers = handlers(ctx)
-    # two of the three certrail.events records per certificate are not for the deployer: skip them
+    # IssuancePending, CertificateDeployed and the like are not for the deployer: skip them
     # by their ce_type header, unparsed (docs/decisions/0010-batched-consumption-and-ce-type-header.md)
     runtime.dispatcher.skip_by_type_header = True
     return app, runtime

@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 class DeployerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.deployments = Counter(
-            "certrail_deployer_deployments_total", "Deployments by target kind and outcome (deployed, failed, replayed).",
+            "certrail_deployer_deployments_total",
+            "Deployments by target kind and outcome (deployed, failed, replayed, refused).",
             ["kind", "outcome"], registry=registry,
         )
         self.duration = Histogram(
@@ -30,4 +31,9 @@ class DeployerMetrics:
         self.bot_requests = Counter(
             "certrail_deployer_bot_requests_total", "Requests published for bot-held keys (issue, renew, replayed).", ["kind"],
             registry=registry,
+        )
+        self.refusals = Counter(
+            "certrail_deployer_refusals_total",
+            "Certificates and provisioning commands the deployer refused, by error code (CERTIFICATE_UNTRUSTED, "
+            "CERTIFICATE_MISMATCH, CERTIFICATE_NOT_REQUESTED, REQUESTER_NOT_AUTHORISED).", ["code"], registry=registry,
         )

@@ -27,14 +27,20 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from services.common.certificate_trust import (
+    CaCertificate,
+    UntrustedCertificate,
+    check_signed_by,
+    load_ca,
+    load_certificate,
+    spki_der,
+)
+from services.common.certificate_trust import short as _short
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.identity import normalise_serial
 from services.issuer.emca.types import IssuedCertificate
@@ -43,9 +49,6 @@ __all__ = ["CLOCK_SKEW", "CertificateMismatch", "VerifiedCertificate", "verify_i
 
 #: how far ahead of our clock a certificate's notBefore may be (emCA's clock may run ahead)
 CLOCK_SKEW = timedelta(minutes=5)
-
-_PEM_BEGIN = "-----BEGIN "
-
 
 class CertificateMismatch(Exception):
     """The certificate emCA returned is not the one that was asked for (or not from the pinned CA)."""
@@ -111,14 +114,10 @@ def verify_issued(
 
 
 def _load_leaf(certificate_pem: str) -> x509.Certificate:
-    blocks = certificate_pem.count(_PEM_BEGIN)
-    if blocks != 1:
-        raise CertificateMismatch(f"certificate_pem holds {blocks} PEM blocks, expected exactly one certificate")
     try:
-        certificates = x509.load_pem_x509_certificates(certificate_pem.encode())
-    except ValueError as exc:
-        raise CertificateMismatch(f"certificate_pem is not a PEM X.509 certificate: {_short(exc)}") from None
-    return certificates[0]
+        return load_certificate(certificate_pem)
+    except UntrustedCertificate as exc:
+        raise CertificateMismatch(exc.message) from None
 
 
 def _check_serial(leaf: x509.Certificate, reported: str) -> str:
@@ -141,11 +140,11 @@ def _check_serial(leaf: x509.Certificate, reported: str) -> str:
 def _check_public_key(leaf: x509.Certificate, csr: x509.CertificateSigningRequest) -> bytes:
     """The leaf's DER SubjectPublicKeyInfo, once it is known to equal the CSR's."""
     try:
-        certificate_spki = _spki(leaf.public_key())
+        certificate_spki = spki_der(leaf.public_key())
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CertificateMismatch(f"the certificate's public key is unreadable: {_short(exc)}") from None
     try:
-        csr_spki = _spki(csr.public_key())
+        csr_spki = spki_der(csr.public_key())
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CertificateMismatch(f"the CSR's public key is unreadable: {_short(exc)}") from None
     if certificate_spki != csr_spki:
@@ -163,29 +162,12 @@ def _load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
         raise CertificateMismatch(f"the CSR does not parse: {_short(exc)}") from None
 
 
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
 # -- 3. the pinned issuing CA ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Ca:
-    certificate: x509.Certificate
-    sha256: str  # of the DER certificate, lower-case hex
-    subject: str  # RFC 4514
-
-    def describe(self) -> str:
-        return f"{self.subject} (sha256 {self.sha256})"
-
-
-@lru_cache(maxsize=256)
-def _load_ca(pem: str) -> _Ca:
-    """A CA certificate and its fingerprint; raises ValueError if ``pem`` is no certificate.
-    Cached: the pinned CA and emCA's copy of it are the same text for every certificate."""
-    certificate = x509.load_pem_x509_certificate(pem.encode())
-    return _Ca(certificate, certificate.fingerprint(hashes.SHA256()).hex(), certificate.subject.rfc4514_string())
+#: the shared checks live in services/common/certificate_trust.py (the deployer makes them too)
+_Ca = CaCertificate
+_load_ca = load_ca
 
 
 def _check_signed_by_pinned_ca(
@@ -211,21 +193,10 @@ def _check_signed_by_pinned_ca(
             raise CertificateMismatch(
                 f"emCA's chain starts with {sent.describe()}, not the pinned issuing CA {ca.describe()}"
             )
-    if leaf.issuer != ca.certificate.subject:
-        raise CertificateMismatch(
-            f"issuer differs: the certificate names {leaf.issuer.rfc4514_string()}, "
-            f"the pinned issuing CA is {ca.subject}"
-        )
     try:
-        leaf.verify_directly_issued_by(ca.certificate)
-    except InvalidSignature:
-        raise CertificateMismatch(
-            f"signature does not verify: the certificate was not signed by the pinned issuing CA {ca.describe()}"
-        ) from None
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CertificateMismatch(
-            f"signature cannot be checked against the pinned issuing CA {ca.describe()}: {_short(exc)}"
-        ) from None
+        check_signed_by(leaf, ca)
+    except UntrustedCertificate as exc:
+        raise CertificateMismatch(exc.message) from None
     return ca
 
 
@@ -331,8 +302,3 @@ def _check_validity(leaf: x509.Certificate, now: datetime) -> tuple[datetime, da
 
 def _minutes(delta: timedelta) -> str:
     return f"{int(delta.total_seconds() // 60)} minutes"
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"

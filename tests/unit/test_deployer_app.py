@@ -1,7 +1,8 @@
-"""The deployer app as wired by create_app, on FastStream's in-memory broker: a
-CertificateIssued on certrail.events is installed on a bound file target (real files)
-and CertificateDeployed comes out; a ProvisionCertificate yields a signed request with
-no private key in it."""
+"""The deployer app as wired by create_app, on FastStream's in-memory broker: once the
+connector's pin (ConnectorCreated) and the accepted request (RequestAccepted) came by on
+certrail.events, a CertificateIssued is installed on a bound file target (real files) and
+CertificateDeployed comes out; a ProvisionCertificate yields a signed request with no
+private key in it."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from faststream.kafka import TestKafkaBroker
 from pydantic import SecretStr
 
 from services.common.connectors.secretbox import generate_key
+from services.common.contracts.admin import AdminOutcome, ConnectorCreated
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.commands import ProvisionCertificate
 from services.common.contracts.envelope import decode, encode, make_event
-from services.common.contracts.events import CertificateDeployed, CertificateIssued
-from services.common.contracts.fields import KeyAlgorithm
+from services.common.contracts.events import CertificateDeployed, CertificateIssued, RequestAccepted
+from services.common.contracts.fields import KeyAlgorithm, RequestKind
 from services.common.contracts.identity import issuance_id
 from services.common.contracts.requests import IssueRequested
 from services.common.db import write_session
@@ -67,7 +70,14 @@ async def test_create_app_deploys_and_provisions(tmp_path: Path) -> None:
     async def on_request(body: Any) -> None:
         requests.append(body if isinstance(body, bytes) else json.dumps(body).encode())
 
+    pin = ConnectorCreated(actor="admin", outcome=AdminOutcome.SUCCEEDED, connector="sim",
+                           change={"pinned_ca_sha256": ca.issuing.fingerprint(hashes.SHA256()).hex()})
+    accepted = RequestAccepted(request_id="req-app", requester="ci", kind=RequestKind.ISSUE, certificate_id="app-1",
+                               profile="web", connector="sim")
     async with TestKafkaBroker(runtime.broker) as broker:
+        for fact, key in ((pin, b"sim"), (accepted, b"app-1")):
+            await broker.publish(encode(make_event(fact, id=str(uuid.uuid4()), source="/t", time=NOW)),
+                                 topic="certrail.events", key=key)
         await broker.publish(encode(make_event(issued, id=str(uuid.uuid4()), source="/t", time=NOW, subject="app-1")),
                              topic="certrail.events", key=b"app-1")
         await broker.publish(encode(make_event(provision, id=str(uuid.uuid4()), source="/t", time=NOW, subject="bot-app")),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from prometheus_client import CollectorRegistry
 
 from services.common.connectors.secretbox import SecretBox, generate_key
@@ -38,7 +38,7 @@ from services.common.contracts.topics import Topics
 from services.common.db import make_engine
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
-from services.deployer import store
+from services.deployer import projection, store
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
 from services.deployer.handlers.deploy import on_certificate_issued
@@ -98,6 +98,11 @@ class Bench:
     ca: MiniCA = field(default_factory=MiniCA)
 
     def issued(self, certificate_id: str = "web-1", profile: str = "web", key=None, names=("www.unit.test",)) -> Envelope:  # type: ignore[no-untyped-def]
+        """A CertificateIssued from the pinned CA for a certificate id the gateway accepted (the deployer's
+        projection is told so, as RequestAccepted would)."""
+        with self.ctx.write() as session:
+            projection.record_accepted(session, certificate_id=certificate_id, request_id="req-1", profile=profile,
+                                       connector="sim", now=NOW)
         certificate, key = self.ca.leaf(list(names), key)
         cert = x509.load_pem_x509_certificate(certificate.encode())
         data = CertificateIssued(
@@ -130,11 +135,13 @@ def bench(tmp_path: Path) -> Bench:
                           metrics=DeployerMetrics(registry), requester="certrail-deployer",
                           request_key_id="deployer-1", request_key=REQUEST_KEY, retry=RetryPolicy(4, 1.0, 2.5),
                           clock=lambda: NOW, sleep=sleep, build_target=build)
+    ca = MiniCA()
     with ctx.write() as session:
         for name in ("a", "b"):
             store.add_target(session, ctx.box, name, TargetKind.FILE, {"dir": f"/srv/{name}"}, {}, NOW)
             store.bind(session, "web", name, NOW)
-    return Bench(ctx, targets, sleeps, registry)
+        projection.set_pin(session, "sim", ca.issuing.fingerprint(hashes.SHA256()).hex(), "seed", NOW, replace=False)
+    return Bench(ctx, targets, sleeps, registry, ca)
 
 
 def _metric(bench: Bench, name: str, labels: dict[str, str]) -> float:
@@ -261,8 +268,49 @@ async def test_bot_certificate_without_a_matching_key_is_not_installed(bench: Be
     await on_provision(bench.ctx, _provision())
     stranger = bench.issued(certificate_id="bot-1")  # a certificate for a key the deployer never made
     out = await on_certificate_issued(bench.ctx, stranger)
-    assert {o.event.data.error.code for o in out} == {ErrorCode.KEY_NOT_FOUND}
+    assert {o.event.data.error.code for o in out} == {ErrorCode.CERTIFICATE_MISMATCH}
     assert all(t.installed is None for t in bench.targets.values())
+
+
+def _forged(bench: Bench, how: str) -> tuple[Envelope, ErrorCode]:
+    """A forged CertificateIssued for the deployed web-1 (same id, same SANs), and the code that refuses it."""
+    genuine = bench.ca
+    if how.startswith("evil-ca"):
+        bench.ca = MiniCA()  # its own CA, same names; by default the same serial as the deployed certificate
+        if how == "evil-ca-new-serial":
+            bench.ca.leaf(["skip.unit.test"])
+        forged, code = bench.issued(), ErrorCode.CERTIFICATE_UNTRUSTED
+    elif how == "unknown-certificate-id":
+        forged = bench.issued()
+        forged = forged.model_copy(update={"data": forged.data.model_copy(update={"certificate_id": "never-requested"})})
+        code = ErrorCode.CERTIFICATE_NOT_REQUESTED
+    else:
+        forged = bench.issued()
+        forged = forged.model_copy(update={"data": forged.data.model_copy(update={"public_key_sha256": "ab" * 32})})
+        code = ErrorCode.CERTIFICATE_MISMATCH
+    bench.ca = genuine
+    return forged, code
+
+
+@pytest.mark.parametrize("how", ["evil-ca-same-serial", "evil-ca-new-serial", "unknown-certificate-id", "announced-key-lies"])
+async def test_a_forged_certificate_is_not_installed_and_the_deployed_one_stays(
+        bench: Bench, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    genuine = bench.issued()
+    await on_certificate_issued(bench.ctx, genuine)
+    deployed = {name: (t.installed, list(t.calls)) for name, t in bench.targets.items()}
+    forged, code = _forged(bench, how)
+    out = await on_certificate_issued(bench.ctx, forged)
+    assert sorted(o.event.data.target.name for o in out) == ["a", "b"]
+    for o in out:
+        assert isinstance(o.event.data, DeploymentFailed) and o.event.data.error.code is code
+        assert o.event.data.rolled_back is False and o.event.causationid == forged.id
+    assert {name: (t.installed, t.calls) for name, t in bench.targets.items()} == deployed  # untouched
+    with bench.ctx.read() as session:  # refused: nothing recorded as a deployment, so nothing to replay as done
+        recorded = store.list_deployments(session)
+    assert {(d.certificate_id, d.target_name, d.certificate_pem) for d in recorded} == {
+        ("web-1", name, genuine.data.certificate) for name in ("a", "b")}
+    assert _metric(bench, "certrail_deployer_refusals_total", {"code": code.value}) == 1
+    assert "refused to install" in caplog.text and "BEGIN" not in caplog.text
 
 
 async def test_renewal_due_for_unknown_bot_key_is_refused_with_a_code(bench: Bench) -> None:

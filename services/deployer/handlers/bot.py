@@ -3,7 +3,11 @@ replacement) -> a fresh key, stored encrypted, and its CSR published as a signed
 (IssueRequested / RenewRequested on ``<prefix>.requests``).
 
 The key row is keyed by the causing message id: a redelivery re-publishes the stored
-request (same id, same CSR) instead of making another key."""
+request (same id, same CSR) instead of making another key.
+
+A ProvisionCertificate for a profile the deployer knows to be requester-held (its projection of
+the profile admin events) is dead-lettered with REQUESTER_NOT_AUTHORISED: no key, no request
+(docs/decisions/0011-deployer-trusts-nothing.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from services.common.contracts.events import CertificateRevoked, RenewalDue
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration
 from services.common.contracts.identity import message_id
 from services.common.contracts.requests import IssueRequested, RenewRequested
-from services.deployer import store
+from services.deployer import projection, store
 from services.deployer.botkeys import generate_key, make_csr, names_of, private_pem
 from services.deployer.context import DeployerContext
 from services.deployer.targets.base import public_key_sha256
@@ -79,6 +83,18 @@ async def _new_key_request(ctx: DeployerContext, envelope: Envelope, *, certific
 async def on_provision(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
     command = envelope.data
     assert isinstance(command, ProvisionCertificate)
+
+    def key_generation() -> str | None:
+        with ctx.read() as session:
+            return projection.profile_key_generation(session, command.profile)
+
+    if await asyncio.to_thread(key_generation) == KeyGeneration.REQUESTER.value:
+        ctx.metrics.refusals.labels(ErrorCode.REQUESTER_NOT_AUTHORISED.value).inc()
+        log.warning("refused ProvisionCertificate %s for %s: profile %s is requester-held", envelope.id, command.certificate_id,
+                    command.profile)
+        raise InvalidMessage(
+            f"ProvisionCertificate for {command.certificate_id}: profile {command.profile!r} is requester-held, the deployer "
+            "generates no key for it", code=ErrorCode.REQUESTER_NOT_AUTHORISED)
     return await _new_key_request(ctx, envelope, certificate_id=command.certificate_id, profile=command.profile,
                                   algorithm=command.key_algorithm, sans=list(command.sans), common_name=command.common_name,
                                   replaces_serial=command.replaces_serial, deadline=command.deadline)

@@ -4,8 +4,13 @@ One deployment per (certificate, serial, target): its outcome event is stored
 and re-published byte for byte on redelivery, so the same certificate is
 deployed once. Targets run concurrently, each with its own retries, so a
 failing target never blocks the others. Bot-held certificates are installed
-with the key whose public-key hash matches the certificate (KEY_NOT_FOUND
-when none does)."""
+with the key whose public-key hash matches the certificate.
+
+Before anything is installed the certificate is held against what the deployer
+itself knows (trust.py: an accepted request, the connector's pinned issuing CA,
+the expected key); a refused certificate touches no target and ends in one
+DeploymentFailed per bound target (CERTIFICATE_NOT_REQUESTED, _UNTRUSTED or
+_MISMATCH), counted in certrail_deployer_refusals_total."""
 
 from __future__ import annotations
 
@@ -21,10 +26,11 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import CertificateDeployed, CertificateIssued, DeploymentFailed, TargetRef
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
-from services.deployer import store
+from services.deployer import projection, store
 from services.deployer.context import DeployerContext
 from services.deployer.runner import deploy_with_rollback
 from services.deployer.targets.base import Bundle, TargetError
+from services.deployer.trust import Expectation, Refused, check_issued
 
 log = logging.getLogger(__name__)
 SOURCE = "/certrail/deployer"
@@ -49,9 +55,49 @@ def _event(ctx: DeployerContext, envelope: Envelope, data: CertificateDeployed |
     return Outbound(topic=ctx.topics.events, event=event, key=issued.certificate_id)
 
 
-def _plan(ctx: DeployerContext, issued: CertificateIssued) -> _Plan:
+def _targets(ctx: DeployerContext, issued: CertificateIssued) -> tuple[list[store.TargetSpec], bool]:
+    """The bound targets, and whether every one of them already has a stored outcome for this very
+    certificate (a redelivery; another certificate announced with the same serial is not one)."""
     with ctx.read() as session:
         specs = store.targets_for_profile(session, issued.profile, ctx.box)
+        replay = all((d := store.get_deployment(session, issued.certificate_id, issued.serial, spec.name)) is not None
+                     and d.status != "in_progress" and d.outcome and d.certificate_pem == issued.certificate for spec in specs)
+    return specs, replay
+
+
+def _refusal(ctx: DeployerContext, issued: CertificateIssued) -> Refused | None:
+    with ctx.read() as session:
+        expected = Expectation(pinned_ca_sha256=projection.connector_pin(session, issued.connector),
+                               accepted=projection.is_accepted(session, issued.certificate_id),
+                               bot_key_hashes=projection.bot_key_hashes(session, issued.certificate_id))
+    try:
+        check_issued(issued, expected)
+    except Refused as refused:
+        return refused
+    return None
+
+
+def _refuse(ctx: DeployerContext, envelope: Envelope, specs: list[store.TargetSpec], refused: Refused) -> list[Outbound]:
+    """Nothing is installed and nothing recorded as a deployment (a target keeps what it has)."""
+    issued = envelope.data
+    assert isinstance(issued, CertificateIssued)
+    ctx.metrics.refusals.labels(refused.code.value).inc()
+    log.warning("refused to install %s serial %s (connector %s, event %s): %s", issued.certificate_id, issued.serial,
+                issued.connector, envelope.id, refused.message)
+    now = ctx.clock()
+    message = refused.message if len(refused.message) <= 1000 else refused.message[:999] + "…"
+    out = []
+    for spec in specs:
+        ctx.metrics.deployments.labels(spec.kind.value, "refused").inc()
+        failed = DeploymentFailed(certificate_id=issued.certificate_id, serial=issued.serial,
+                                  target=TargetRef(name=spec.name, kind=spec.kind.value), rolled_back=False,
+                                  error=ErrorInfo(code=refused.code, message=f"not installed: {message}"))
+        out.append(_event(ctx, envelope, failed, spec.name, now))
+    return out
+
+
+def _plan(ctx: DeployerContext, issued: CertificateIssued, specs: list[store.TargetSpec]) -> _Plan:
+    with ctx.read() as session:
         key = store.bot_key_by_public_key(session, issued.certificate_id, issued.public_key_sha256)
         bot_held = key is not None or store.has_bot_keys(session, issued.certificate_id)
         done: dict[str, str] = {}
@@ -141,9 +187,14 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
 async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
-    plan = await asyncio.to_thread(_plan, ctx, issued)
-    if not plan.specs:
+    specs, replay = await asyncio.to_thread(_targets, ctx, issued)
+    if not specs:
         log.info("certificate %s (profile %s) has no bound deployment target", issued.certificate_id, issued.profile)
         return []
+    if not replay:  # a redelivery only re-publishes what was decided
+        refused = await asyncio.to_thread(_refusal, ctx, issued)
+        if refused is not None:
+            return _refuse(ctx, envelope, specs, refused)
+    plan = await asyncio.to_thread(_plan, ctx, issued, specs)
     bundle = Bundle(issued.certificate_id, issued.serial, issued.certificate, tuple(issued.chain), plan.key_pem)
     return list(await asyncio.gather(*(_one(ctx, envelope, spec, bundle, plan) for spec in plan.specs)))

@@ -1,0 +1,90 @@
+"""certrail.events records the deployer keeps a projection of (projection.py): RequestAccepted
+(the certificate ids the gateway accepted), connector admin events (the pinned issuing CA) and
+profile admin events (whether the deployer generates the profile's keys). They publish nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from services.common.consumer import InvalidMessage, Outbound
+from services.common.contracts.admin import (
+    AdminOutcome,
+    ConnectorCreated,
+    ConnectorDeleted,
+    ConnectorUpdated,
+    ProfileCreated,
+    ProfileDeleted,
+    ProfileUpdated,
+)
+from services.common.contracts.envelope import Envelope
+from services.common.contracts.events import RequestAccepted
+from services.common.contracts.fields import KeyGeneration, RequestKind
+from services.deployer import projection
+from services.deployer.context import DeployerContext
+
+log = logging.getLogger(__name__)
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_KINDS = {k.value for k in KeyGeneration}
+
+
+async def on_request_accepted(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+    accepted = envelope.data
+    assert isinstance(accepted, RequestAccepted)
+    if accepted.kind is RequestKind.REVOKE:
+        return []
+
+    def save() -> None:
+        with ctx.write() as session:
+            projection.record_accepted(session, certificate_id=accepted.certificate_id, request_id=accepted.request_id,
+                                       profile=accepted.profile, connector=accepted.connector, now=ctx.clock())
+    await asyncio.to_thread(save)
+    return []
+
+
+async def on_connector_event(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+    event = envelope.data
+    assert isinstance(event, ConnectorCreated | ConnectorUpdated | ConnectorDeleted)
+    if event.outcome is not AdminOutcome.SUCCEEDED:
+        return []
+    if isinstance(event, ConnectorDeleted):
+        await asyncio.to_thread(_write, ctx, lambda session: projection.forget_pin(session, event.connector))
+        return []
+    pin = event.change.get("pinned_ca_sha256")
+    if pin is None:
+        return []  # an edit that kept the pin
+    if not isinstance(pin, str) or not _SHA256.fullmatch(pin):
+        raise InvalidMessage(f"{type(event).__name__} for connector {event.connector!r} carries no SHA-256 pin")
+    replace = isinstance(event, ConnectorUpdated)  # a re-pin; a second ConnectorCreated never moves a pin
+
+    def save() -> bool:
+        with ctx.write() as session:
+            return projection.set_pin(session, event.connector, pin, envelope.id, ctx.clock(), replace=replace)
+    if not await asyncio.to_thread(save):
+        log.warning("ignored %s %s for connector %s: it already has a pin (a pin moves only by re-pinning)",
+                    type(event).__name__, envelope.id, event.connector)
+    return []
+
+
+async def on_profile_event(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+    event = envelope.data
+    assert isinstance(event, ProfileCreated | ProfileUpdated | ProfileDeleted)
+    if event.outcome is not AdminOutcome.SUCCEEDED:
+        return []
+    if isinstance(event, ProfileDeleted):
+        await asyncio.to_thread(_write, ctx, lambda session: projection.forget_profile(session, event.profile))
+        return []
+    kind = event.change.get("key_generation")
+    if kind is None:
+        return []  # an edit that kept the key generation
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise InvalidMessage(f"{type(event).__name__} for profile {event.profile!r}: unknown key_generation {kind!r}")
+    await asyncio.to_thread(_write, ctx, lambda session: projection.set_profile_kind(
+        session, event.profile, kind, envelope.id, ctx.clock()))
+    return []
+
+
+def _write(ctx: DeployerContext, change) -> None:  # type: ignore[no-untyped-def]
+    with ctx.write() as session:
+        change(session)

@@ -1,0 +1,90 @@
+"""Should the deployer install this CertificateIssued? A pure decision over the event and what
+the deployer itself knows (`Expectation`, read from its own tables), in this order:
+
+1. the gateway accepted a request for the certificate id, or the deployer holds a key it made for
+   it, else CERTIFICATE_NOT_REQUESTED;
+2. the leaf is signed by the connector's pinned issuing CA: the announced chain starts with the
+   CA whose SHA-256 is the pin the deployer learnt for ``issued.connector``, the leaf names it as
+   issuer and its signature verifies, else CERTIFICATE_UNTRUSTED;
+3. the leaf is the one announced (its serial and its public-key hash are the event's), and for a
+   bot-held certificate its key is one the deployer generated for that certificate id, else
+   CERTIFICATE_MISMATCH.
+
+Nothing in the event is believed without being checked against the certificate itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from services.common.certificate_trust import (
+    UntrustedCertificate,
+    check_signed_by,
+    load_certificate,
+    pinned_issuing_ca,
+    public_key_sha256,
+)
+from services.common.contracts.errors import ErrorCode
+from services.common.contracts.events import CertificateIssued
+from services.common.contracts.identity import normalise_serial
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the deployer knows of a certificate before it installs it."""
+
+    pinned_ca_sha256: str | None  # the pin it learnt for the event's connector
+    accepted: bool  # the gateway accepted a request for this certificate id
+    bot_key_hashes: frozenset[str] = frozenset()  # keys it generated for this certificate id (bot-held)
+
+
+class Refused(Exception):
+    """The certificate must not be installed; ``code`` says which check failed."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def check_issued(issued: CertificateIssued, expected: Expectation) -> None:
+    """Raise `Refused` unless ``issued`` may be installed."""
+    if not expected.accepted and not expected.bot_key_hashes:
+        raise Refused(ErrorCode.CERTIFICATE_NOT_REQUESTED,
+                      f"no accepted request and no bot-held key expects certificate {issued.certificate_id}")
+    leaf = _chained_leaf(issued, expected.pinned_ca_sha256)
+    _check_key(issued, leaf, expected.bot_key_hashes)
+
+
+def _chained_leaf(issued: CertificateIssued, pin: str | None) -> x509.Certificate:
+    if pin is None:
+        raise Refused(ErrorCode.CERTIFICATE_UNTRUSTED,
+                      f"no pinned issuing CA is known for connector {issued.connector!r}")
+    try:
+        leaf = load_certificate(issued.certificate, "the certificate")
+        ca = pinned_issuing_ca(issued.chain, pin, f"the chain announced for connector {issued.connector!r}")
+        check_signed_by(leaf, ca)
+    except UntrustedCertificate as exc:
+        raise Refused(ErrorCode.CERTIFICATE_UNTRUSTED, exc.message) from None
+    return leaf
+
+
+def _check_key(issued: CertificateIssued, leaf: x509.Certificate, bot_key_hashes: frozenset[str]) -> None:
+    try:
+        actual = public_key_sha256(leaf)
+    except UntrustedCertificate as exc:
+        raise Refused(ErrorCode.CERTIFICATE_MISMATCH, exc.message) from None
+    if actual != issued.public_key_sha256.lower():
+        raise Refused(ErrorCode.CERTIFICATE_MISMATCH,
+                      f"the certificate's public key (sha256 {actual}) is not the announced {issued.public_key_sha256}")
+    try:
+        serial_matches = leaf.serial_number >= 0 and normalise_serial(leaf.serial_number) == normalise_serial(issued.serial)
+    except ValueError:
+        serial_matches = False
+    if not serial_matches:
+        raise Refused(ErrorCode.CERTIFICATE_MISMATCH, f"the certificate's serial is not the announced {issued.serial}")
+    if bot_key_hashes and actual not in bot_key_hashes:
+        raise Refused(ErrorCode.CERTIFICATE_MISMATCH,
+                      f"the certificate's public key (sha256 {actual}) is none of the keys this deployer generated for "
+                      f"{issued.certificate_id}")
