@@ -92,6 +92,7 @@ from services.common.contracts.events import (
 )
 from services.common.contracts.requests import IssueRequested
 from services.common.contracts.topics import Topics
+from services.common.kafka_config import producer_kwargs
 from services.gateway.policy import signed
 from services.issuer.emca.client import connect
 from services.issuer.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
@@ -435,8 +436,9 @@ async def wait_deployed(db: Db, tag: str, count: int, timeout_s: float, started:
 
 
 async def producer_for(stack: EmbeddedStack) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{stack.ports['KAFKA']}", acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=256 * 1024)
+    # an upstream system: the stack's broker authenticates it as the requester principal (certrail.requests only)
+    producer = AIOKafkaProducer(**producer_kwargs(stack.kafka_settings("requester")), linger_ms=5,
+                                max_batch_size=256 * 1024)
     await producer.start()
     return producer
 

@@ -87,6 +87,9 @@ def local_kafka_for_tests(data_dir: Path, *, sasl_ssl: bool, **overrides: object
         "controller_port": controller_port,
         "sasl_ssl_port": sasl_ssl_port if sasl_ssl else None,
         "heap_max": "768m",
+        # the run's shared broker keeps a PLAINTEXT listener without an authorizer, so that the
+        # integration tests need no principals; tests of authentication and ACLs pass True
+        "authentication": False,
     }
     values.update(overrides)
     return LocalKafka(**values)  # type: ignore[arg-type]

@@ -1,17 +1,35 @@
-"""`certrail kafka start|stop|status`: the local single-node Apache Kafka (KRaft).
+"""`certrail kafka start|stop|status`: the local single-node Apache Kafka (KRaft);
+`certrail kafka acls apply|show`: certrail's principals' ACLs on any cluster.
 
 Every option can also come from the environment (``CERTRAIL_KAFKA_LOCAL_*``);
 ``stop`` and ``status`` find the broker through ``--data-dir`` (its pid file).
+The local broker authenticates (SASL/SCRAM-SHA-512, ACLs) unless started with
+``--no-authentication``; `start` applies certrail's ACLs to it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
+from services.common.contracts.topics import Topics
+from services.common.kafka_acls import (
+    ADMIN,
+    KafkaAclError,
+    acl_bindings,
+    apply_acls,
+    describe_acls,
+    service_groups_from,
+)
+from services.common.kafka_config import KafkaConfigError
 from services.common.kafka_local import DEFAULT_KAFKA_VERSION, KafkaStatus, LocalKafka, LocalKafkaError
+from services.common.settings import KafkaSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -31,6 +49,15 @@ Pom = Annotated[
     typer.Option(envvar=f"{_ENV}POM", help="The pom listing the broker's artifacts (default: tools/kafka/pom.xml)."),
 ]
 JavaHome = Annotated[Path | None, typer.Option(envvar="JAVA_HOME", help="Java 17+ to run (default: java on PATH).")]
+Authentication = Annotated[
+    bool,
+    typer.Option(
+        "--authentication/--no-authentication",
+        envvar=f"{_ENV}AUTHENTICATION",
+        help="SASL/SCRAM principals and ACLs (the default, as in production); off: an open PLAINTEXT "
+        "listener for experiments only.",
+    ),
+]
 
 
 def _local_kafka(
@@ -43,9 +70,11 @@ def _local_kafka(
     version: str,
     pom: Path | None = None,
     java_home: Path | None = None,
+    authentication: bool = True,
 ) -> LocalKafka:
     try:
         return LocalKafka(
+            authentication=authentication,
             version=version,
             cache_dir=cache_dir,
             data_dir=data_dir,
@@ -68,7 +97,8 @@ def _fail(exc: Exception) -> typer.Exit:
 def _describe(status: KafkaStatus) -> str:
     if not status.running:
         return f"Kafka is stopped (data dir {status.data_dir})"
-    lines = [f"Kafka is running (pid {status.pid}) on {status.bootstrap_servers}"]
+    auth = "SASL_PLAINTEXT, SCRAM-SHA-512, ACLs" if status.authentication else "PLAINTEXT, no authentication"
+    lines = [f"Kafka is running (pid {status.pid}) on {status.bootstrap_servers} ({auth})"]
     lines.append(f"  listeners: {', '.join(status.listeners)}")
     lines.append(f"  data dir:  {status.data_dir}")
     lines.append(f"  log:       {status.log_file}")
@@ -101,10 +131,12 @@ def start(
     version: Version = DEFAULT_KAFKA_VERSION,
     pom: Pom = None,
     java_home: JavaHome = None,
+    authentication: Authentication = True,
     wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to answer.")] = 90.0,
 ) -> None:
-    """Fetch (once), format (once) and start the broker; return when it answers."""
-    kafka = _local_kafka(host, port, controller_port, sasl_ssl_port, data_dir, cache_dir, version, pom, java_home)
+    """Fetch (once), format (once) and start the broker, apply certrail's ACLs; return when it answers."""
+    kafka = _local_kafka(host, port, controller_port, sasl_ssl_port, data_dir, cache_dir, version, pom, java_home,
+                         authentication)
     try:
         if not kafka.is_fetched():
             typer.echo(f"Fetching Apache Kafka {version} with Maven into {kafka.libs_dir} (once) ...")
@@ -116,7 +148,20 @@ def start(
     if status.already_running:
         typer.echo("Kafka was already running.")
     typer.echo(_describe(status))
-    if status.sasl_ssl_bootstrap_servers:
+    if authentication:
+        try:
+            prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
+            bindings = acl_bindings(Topics(prefix), service_groups_from(os.environ))
+            asyncio.run(apply_acls(kafka.client_settings(ADMIN, prefix), bindings))
+        except (KafkaAclError, KafkaError, KafkaConfigError, ValidationError, LocalKafkaError) as exc:
+            raise _fail(exc) from exc
+        typer.echo(f"  ACLs:      {len(bindings)} for topic prefix {prefix!r} (`certrail kafka acls show`)")
+        typer.echo(f"  principals: passwords in {kafka.principals_file} (0600); for the CLI tools: "
+                   f"set -a; . {kafka.env_file(ADMIN)}; set +a")
+        if status.sasl_ssl_bootstrap_servers:
+            typer.echo(f"  SASL_SSL:  {status.sasl_ssl_bootstrap_servers} (SCRAM-SHA-512, the same principals); "
+                       f"CA file {kafka.ssl_cafile}")
+    elif status.sasl_ssl_bootstrap_servers:
         credentials = kafka.sasl_credentials()
         typer.echo(f"  SASL user: {credentials.username} (password in {kafka.data_dir / 'credentials.json'})")
         typer.echo(f"  CA file:   {kafka.ssl_cafile}")
@@ -153,3 +198,45 @@ def status(
     typer.echo(_describe(current))
     if not current.running:
         raise typer.Exit(code=3)
+
+
+acls_app = typer.Typer(no_args_is_help=True, add_completion=False)
+app.add_typer(acls_app, name="acls", help="certrail's ACLs (cluster and admin credentials from CERTRAIL_KAFKA_*).")
+
+
+def _admin_settings() -> KafkaSettings:
+    try:
+        return KafkaSettings()
+    except ValidationError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+
+
+@acls_app.command("apply")
+def acls_apply() -> None:
+    """Create certrail's ACLs (one principal per service, requester, see docs/operations.md); prints each.
+
+    The topic prefix is CERTRAIL_KAFKA_TOPIC_PREFIX; the groups are CERTRAIL_<SERVICE>_GROUP_ID (or the
+    defaults). Idempotent; ACLs it did not set are left alone."""
+    settings = _admin_settings()
+    bindings = acl_bindings(Topics(settings.topic_prefix), service_groups_from(os.environ))
+    try:
+        asyncio.run(apply_acls(settings, bindings))
+    except (KafkaAclError, KafkaError, KafkaConfigError) as exc:
+        raise _fail(Exception(f"cannot apply ACLs on {settings.bootstrap_servers}: {exc}")) from exc
+    for binding in bindings:
+        typer.echo(f"allow {binding.describe()}")
+    typer.echo(f"{len(bindings)} ACLs in place")
+
+
+@acls_app.command("show")
+def acls_show() -> None:
+    """List the cluster's ALLOW ACLs (topic, group and cluster resources)."""
+    settings = _admin_settings()
+    try:
+        bindings = asyncio.run(describe_acls(settings))
+    except (KafkaAclError, KafkaError, KafkaConfigError) as exc:
+        raise _fail(Exception(f"cannot list ACLs on {settings.bootstrap_servers}: {exc}")) from exc
+    for binding in bindings:
+        typer.echo(f"allow {binding.describe()}")
+    typer.echo(f"{len(bindings)} ACLs")

@@ -4,22 +4,25 @@ SQLite, the four services)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
 from services.cli.demo import DemoError, run_demo, stack_env
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
+from services.common.kafka_acls import ADMIN, KafkaAclError, acl_bindings, apply_acls, service_groups_from
 from services.common.kafka_local import LocalKafka, LocalKafkaError
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
-from services.common.stack import DEFAULT_PORTS, DEFAULT_SIM_PORTS, Stack, StackError
-from services.common.topics_admin import ensure_topics
+from services.common.stack import DEFAULT_PORTS, DEFAULT_SIM_PORTS, SERVICES, Stack, StackError
+from services.common.topics_admin import TopicAdminError, ensure_topics
 
 _ENV = "CERTRAIL_UP_"
 VarDir = Annotated[Path, typer.Option(envvar=f"{_ENV}VAR_DIR", help="Where data, logs and pid files go.")]
@@ -34,6 +37,15 @@ def _port_option(service: str) -> object:
 
 def _kafka(var_dir: Path, cache_dir: Path, kafka_port: int, controller_port: int) -> LocalKafka:
     return LocalKafka(cache_dir=cache_dir, data_dir=var_dir / "kafka", port=kafka_port, controller_port=controller_port)
+
+
+async def _prepare_kafka(kafka: LocalKafka, topic_prefix: str) -> str:
+    """As the admin principal: certrail's ACLs, then its topics. Returns the topics' summary."""
+    admin = kafka.client_settings(ADMIN, topic_prefix)
+    topics = Topics(topic_prefix)
+    await apply_acls(admin, acl_bindings(topics, service_groups_from(os.environ)))
+    report = await ensure_topics(admin, topics.fixed())
+    return report.summary()
 
 
 def up(
@@ -57,16 +69,22 @@ def up(
     var_dir = var_dir.absolute()
     ports = {"gateway": gateway_port, "issuer": issuer_port, "deployer": deployer_port, "auditor": auditor_port}
     kafka = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port)
-    kafka_settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)
+    topic_prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
     db_settings = DatabaseSettings(url=f"sqlite:///{var_dir / 'certrail.db'}")
     env = {
         "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "CERTRAIL_KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "CERTRAIL_KAFKA_TOPIC_PREFIX": topic_prefix,
         "CERTRAIL_DB_URL": db_settings.url,
         "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(var_dir / "auditor" / "checkpoint-signing-key.pem"),
         **stack_env(var_dir),
     }
-    stack = Stack(var_dir=var_dir, ports=ports, env=env, sim_ports=(sim_port, sim_crl_port, sim_admin_port))
+    try:  # each service its own Kafka principal (passwords created once with var/kafka)
+        service_env = {name: kafka.client_env(name) for name in SERVICES}
+    except LocalKafkaError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    stack = Stack(var_dir=var_dir, ports=ports, env=env, sim_ports=(sim_port, sim_crl_port, sim_admin_port),
+                  service_env=service_env)
     running = stack.running_pids()
     if running and len(running) == len(stack.services):
         console.print(f"certrail is already running ({', '.join(f'{n} pid {p}' for n, p in running.items())}).")
@@ -91,9 +109,9 @@ def up(
         with console.status("Starting Apache Kafka (the first run fetches it with Maven) ...", spinner="dots"):
             status = kafka.start(wait_timeout=120)
         console.print(f"[green]✓[/] Kafka {'was already running' if status.already_running else 'started'} on {status.bootstrap_servers}")
-        with console.status("Creating topics ...", spinner="dots"):
-            report = asyncio.run(ensure_topics(kafka_settings, Topics(kafka_settings.topic_prefix).fixed()))
-        console.print(f"[green]✓[/] topics: {report.summary()}")
+        with console.status("Applying ACLs and creating topics ...", spinner="dots"):
+            summary = asyncio.run(_prepare_kafka(kafka, topic_prefix))
+        console.print(f"[green]✓[/] ACLs for {', '.join(SERVICES)} and requester; topics: {summary}")
         with console.status("Migrating the database ...", spinner="dots"):
             upgrade(db_settings)
         console.print(f"[green]✓[/] database {var_dir / 'certrail.db'} at the latest schema")
@@ -102,7 +120,7 @@ def up(
         console.print("[green]✓[/] emCA simulator and services healthy")
         if demo:
             _demo(console, stack, db_settings, var_dir)
-    except (LocalKafkaError, StackError, DemoError) as exc:
+    except (LocalKafkaError, KafkaAclError, TopicAdminError, KafkaError, StackError, DemoError) as exc:
         stack.stop()
         kafka.stop()
         console.print(f"[red]error:[/] {exc}")
@@ -194,7 +212,9 @@ def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
     gateway = next(s for s in stack.services if s.name == "gateway")
     console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
     console.print(table)
-    console.print(f"Kafka: {kafka.bootstrap_servers}   logs: {stack.var_dir / 'log'}/")
+    console.print(f"Kafka: {kafka.bootstrap_servers} (SASL/SCRAM-SHA-512)   logs: {stack.var_dir / 'log'}/")
+    console.print(f"Kafka tools (`certrail topics`, `certrail audit verify`, ...) as the admin principal: "
+                  f"set -a; . {kafka.env_file(ADMIN)}; set +a")
 
 
 def register(app: typer.Typer) -> None:

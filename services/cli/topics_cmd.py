@@ -1,6 +1,8 @@
 """`certrail topics ensure`: create or reconcile certrail's Kafka topics.
 
-The cluster comes from the ``CERTRAIL_KAFKA_*`` environment (`KafkaSettings`).
+The cluster comes from the ``CERTRAIL_KAFKA_*`` environment (`KafkaSettings`); on an
+authenticated cluster, as the ``admin`` principal (after `certrail up`:
+``set -a; . var/kafka/admin.env; set +a``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,18 @@ into ``<cache_dir>/kafka/<version>/libs`` and run with the machine's Java 17+:
 Everything the broker writes lives in ``data_dir``: ``server.properties``,
 ``log4j2.xml``, ``kafka.pid``, ``kafka.out`` (the JVM's stdout/stderr),
 ``logs/server.log`` (the broker's log), ``kraft/`` (the log dirs, formatted once)
-and, for the optional SASL_SSL listener, ``tls/`` (a throwaway CA and the
-server's PEM key store) and ``credentials.json`` (the one SASL user).
+``principals.json`` (0600: the random SCRAM-SHA-512 password of each of certrail's
+Kafka principals, see `services.common.kafka_acls`), ``admin.env`` and ``requester.env``
+(0600: ``CERTRAIL_KAFKA_*`` lines for the CLI tools) and, for the optional SASL_SSL
+listener, ``tls/`` (a throwaway CA and the server's PEM key store) and ``credentials.json``
+(the one SASL user of an unauthenticated broker's SASL_SSL listener).
+
+With ``authentication=True`` (the default, and what `certrail up` / `certrail kafka
+start` run) the client listener is SASL_PLAINTEXT with SCRAM-SHA-512, the controller
+listener SASL_PLAINTEXT with PLAIN (KRaft controllers do not take SCRAM), the
+StandardAuthorizer denies whatever no ACL allows, and ``broker`` and ``admin`` are the
+super users; no listener accepts an anonymous client. ``authentication=False`` (the
+test session's shared broker) keeps a PLAINTEXT listener without an authorizer.
 
 Nothing here reads settings from the environment: the caller passes every
 value (the CLI and the test fixtures do the reading). The only environment
@@ -45,7 +55,19 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from services.common.kafka_acls import ADMIN, BROKER, REQUESTER, SCRAM_MECHANISM
+from services.common.kafka_principals import (
+    authentication_lines,
+    client_env,
+    client_settings,
+    load_or_create_passwords,
+    sasl_ssl_lines,
+    scram_format_args,
+    write_env_file,
+    write_private,
+)
 from services.common.proc import pid_exists, port_free
+from services.common.settings import KafkaSettings
 from services.common.throwaway_tls import make_throwaway_tls
 
 DEFAULT_KAFKA_VERSION = "4.1.1"
@@ -53,6 +75,8 @@ MIN_JAVA_MAJOR = 17
 SASL_USERNAME = "certrail"
 BROKER_MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
+#: the principals whose ``CERTRAIL_KAFKA_*`` settings are written to ``<data_dir>/<name>.env`` for the CLI
+ENV_FILE_PRINCIPALS = (ADMIN, REQUESTER)
 
 _POM_RELATIVE = Path("tools") / "kafka" / "pom.xml"
 _MARKER_NAME = ".complete"
@@ -82,6 +106,7 @@ class KafkaStatus:
     log_file: Path
     listeners: tuple[str, ...] = ()  # the running broker's listeners, from its server.properties
     already_running: bool = False  # start() found a broker that was running before it
+    authentication: bool = True  # SASL/SCRAM principals and ACLs (see the module docstring)
 
 
 class LocalKafka:
@@ -100,6 +125,7 @@ class LocalKafka:
         pom_path: Path | None = None,
         java_home: Path | None = None,
         heap_max: str = "1g",
+        authentication: bool = True,
     ) -> None:
         if not re.fullmatch(r"[0-9A-Za-z.\-]+", version):
             raise ValueError(f"invalid Kafka version {version!r}")
@@ -118,6 +144,7 @@ class LocalKafka:
         self._pom_path = Path(pom_path).absolute() if pom_path is not None else None
         self._java_home = java_home
         self._heap_max = heap_max
+        self.authentication = authentication
         self._java: str | None = None
 
     # ------------------------------------------------------------------ paths
@@ -161,6 +188,20 @@ class LocalKafka:
     @property
     def _credentials_file(self) -> Path:
         return self.data_dir / "credentials.json"
+
+    @property
+    def principals_file(self) -> Path:
+        """The SCRAM-SHA-512 password of each principal (JSON, 0600), created with the data dir."""
+        return self.data_dir / "principals.json"
+
+    @property
+    def _principals_marker(self) -> Path:
+        """Written once the storage was formatted with the principals' SCRAM users."""
+        return self.data_dir / "principals.formatted"
+
+    def env_file(self, principal: str) -> Path:
+        """``CERTRAIL_KAFKA_*`` lines (0600) for a principal's CLI tools; written on start."""
+        return self.data_dir / f"{principal}.env"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -252,11 +293,15 @@ class LocalKafka:
         self.fetch()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         credentials = self._ensure_credentials()
+        self._check_formatted_with_principals()
+        principals = self._ensure_principals()
         if self.sasl_ssl_port is not None:
             self._ensure_tls_material()
         self._write_log4j_config()
-        self._write_server_properties(credentials)
-        self._format_storage_once(java, credentials)
+        self._write_server_properties(credentials, principals)
+        self._format_storage_once(java, credentials, principals)
+        if self.authentication:
+            self._write_env_files()
         process = self._launch(java)
         try:
             self._wait_ready(process.pid, time.monotonic() + wait_timeout)
@@ -344,6 +389,7 @@ class LocalKafka:
                     bootstrap_servers=self.bootstrap_servers,
                     client_id="certrail-local-kafka-probe",
                     request_timeout_ms=int(max(1.0, min(remaining, 5.0)) * 1000),
+                    **self._probe_security(),
                 )
                 try:
                     await admin.start()
@@ -396,6 +442,7 @@ class LocalKafka:
         return self._status(self._running_pid())
 
     def _status(self, pid: int | None, *, already_running: bool = False) -> KafkaStatus:
+        running = _read_properties(self.server_properties) if pid else {}
         return KafkaStatus(
             running=pid is not None,
             pid=pid,
@@ -403,9 +450,30 @@ class LocalKafka:
             sasl_ssl_bootstrap_servers=self.sasl_ssl_bootstrap_servers,
             data_dir=self.data_dir,
             log_file=self.log_file,
-            listeners=tuple(_read_properties(self.server_properties).get("listeners", "").split(",")) if pid else (),
+            listeners=tuple(running.get("listeners", "").split(",")) if pid else (),
             already_running=already_running,
+            authentication="authorizer.class.name" in running if pid else self.authentication,
         )
+
+    def principal_credentials(self, name: str) -> SaslCredentials:
+        """One principal's SCRAM-SHA-512 user (the passwords are created with the data dir)."""
+        principals = self._ensure_principals()
+        if name not in principals:
+            raise LocalKafkaError(f"no Kafka principal {name!r}; known: {', '.join(sorted(principals))}")
+        return SaslCredentials(username=name, password=SecretStr(principals[name]))
+
+    def client_settings(self, principal: str, topic_prefix: str = "certrail") -> KafkaSettings:
+        """Client settings acting as ``principal`` on the client listener (every security field explicit)."""
+        return client_settings(self.bootstrap_servers, principal, self._password(principal), topic_prefix)
+
+    def client_env(self, principal: str) -> dict[str, str]:
+        """The ``CERTRAIL_KAFKA_*`` environment of a client acting as ``principal`` on the client listener."""
+        return client_env(self.bootstrap_servers, principal, self._password(principal))
+
+    def _password(self, principal: str) -> str | None:
+        if not self.authentication:
+            return None
+        return self.principal_credentials(principal).password.get_secret_value()
 
     def sasl_credentials(self) -> SaslCredentials:
         """The SASL user of the SASL_SSL listener (created with the data dir)."""
@@ -459,15 +527,20 @@ class LocalKafka:
                 f"{running or '(unknown)'}, not {wanted}; stop it first to change them"
             )
 
+    @property
+    def _client_listener(self) -> str:
+        return "SASL_PLAINTEXT" if self.authentication else "PLAINTEXT"
+
     def _listeners(self) -> tuple[list[str], list[str], list[str]]:
         """(listeners, advertised.listeners, listener.security.protocol.map) entries."""
-        named = [("PLAINTEXT", self.port), ("CONTROLLER", self.controller_port)]
+        client = self._client_listener
+        named = [(client, self.port), ("CONTROLLER", self.controller_port)]
         if self.sasl_ssl_port is not None:
             named.append(("SASL_SSL", self.sasl_ssl_port))
         adv = _advertised_host(self.host)
         listeners = [f"{name}://{_hostport(self.host, port)}" for name, port in named]
         advertised = [f"{name}://{_hostport(adv, port)}" for name, port in named]
-        protocol_map = [f"{name}:{'PLAINTEXT' if name == 'CONTROLLER' else name}" for name, _ in named]
+        protocol_map = [f"{name}:{client if name == 'CONTROLLER' else name}" for name, _ in named]
         return listeners, advertised, protocol_map
 
     def _find_java(self) -> str:
@@ -475,7 +548,7 @@ class LocalKafka:
             self._java = find_java(self._java_home)
         return self._java
 
-    def _write_server_properties(self, credentials: SaslCredentials) -> None:
+    def _write_server_properties(self, credentials: SaslCredentials, principals: dict[str, str]) -> None:
         listeners, advertised, protocol_map = self._listeners()
         adv = _advertised_host(self.host)
         lines = [
@@ -484,7 +557,7 @@ class LocalKafka:
             "node.id=1",
             f"controller.quorum.bootstrap.servers={_hostport(adv, self.controller_port)}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"inter.broker.listener.name={self._client_listener}",
             f"log.dirs={self.log_dirs}",
             "num.partitions=1",
             "default.replication.factor=1",
@@ -507,7 +580,11 @@ class LocalKafka:
             "log.cleaner.threads=1",
             "log.cleaner.dedupe.buffer.size=16777216",
         ]
-        if self.sasl_ssl_port is not None:
+        if self.authentication:
+            lines += authentication_lines(principals[BROKER])
+        if self.sasl_ssl_port is not None and self.authentication:
+            lines += sasl_ssl_lines(self._keystore_file)
+        elif self.sasl_ssl_port is not None:
             user, password = credentials.username, credentials.password.get_secret_value()
             prefix = "listener.name.sasl_ssl."
             lines += [
@@ -525,18 +602,21 @@ class LocalKafka:
             f"advertised.listeners={','.join(advertised)}",
             f"listener.security.protocol.map={','.join(protocol_map)}",
         ]
-        _write_private(self.server_properties, "\n".join(lines) + "\n")
+        write_private(self.server_properties, "\n".join(lines) + "\n")
 
     def _write_log4j_config(self) -> None:
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "log4j2.xml").write_text(_LOG4J2_XML.format(log_file=self.log_file))
 
-    def _format_storage_once(self, java: str, credentials: SaslCredentials) -> None:
+    def _format_storage_once(self, java: str, credentials: SaslCredentials, principals: dict[str, str]) -> None:
         if (self.log_dirs / "meta.properties").is_file():
             return
         self.log_dirs.mkdir(parents=True, exist_ok=True)
         password = credentials.password.get_secret_value()
+        # every principal is created with the storage, whatever the mode, so that a data dir
+        # formatted for tests can later run authenticated (and vice versa)
+        scram_users = scram_format_args(principals)
         command = [
             java,
             "-Xmx256m",
@@ -552,11 +632,15 @@ class LocalKafka:
             str(self.server_properties),
             "--add-scram",
             f"SCRAM-SHA-256=[name={credentials.username},password={password}]",
+            *scram_users,
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
-            output = _tail_text((done.stdout or "") + (done.stderr or ""), 30).replace(password, "***")
+            output = _tail_text((done.stdout or "") + (done.stderr or ""), 30)
+            for secret in (password, *principals.values()):
+                output = output.replace(secret, "***")
             raise LocalKafkaError(f"formatting the Kafka storage in {self.log_dirs} failed:\n{output}")
+        self._principals_marker.write_text(" ".join(principals) + "\n")
 
     def _ensure_credentials(self) -> SaslCredentials:
         path = self._credentials_file
@@ -565,15 +649,44 @@ class LocalKafka:
             return SaslCredentials(username=data["username"], password=SecretStr(data["password"]))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password = secrets.token_urlsafe(18)
-        _write_private(path, json.dumps({"username": SASL_USERNAME, "password": password}) + "\n")
+        write_private(path, json.dumps({"username": SASL_USERNAME, "password": password}) + "\n")
         return SaslCredentials(username=SASL_USERNAME, password=SecretStr(password))
+
+    def _ensure_principals(self) -> dict[str, str]:
+        """{principal: password}, created once per data dir (random, 0600)."""
+        return load_or_create_passwords(self.principals_file)
+
+    def _check_formatted_with_principals(self) -> None:
+        """An authenticated start of storage formatted before certrail had principals cannot log in."""
+        formatted = (self.log_dirs / "meta.properties").is_file()
+        if self.authentication and formatted and not self._principals_marker.is_file():
+            raise LocalKafkaError(
+                f"the Kafka data in {self.data_dir} was formatted before certrail's Kafka principals existed, "
+                "so the authenticated broker has no users: stop it and remove that directory "
+                "(its topics are lost; the audit store keeps what it recorded) to start afresh"
+            )
+
+    def _write_env_files(self) -> None:
+        for name in ENV_FILE_PRINCIPALS:
+            write_env_file(self.env_file(name), name, self.client_env(name))
+
+    def _probe_security(self) -> dict[str, str]:
+        if not self.authentication:
+            return {}
+        admin = self.principal_credentials(ADMIN)
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": admin.username,
+            "sasl_plain_password": admin.password.get_secret_value(),
+        }
 
     def _ensure_tls_material(self) -> None:
         if self.ssl_cafile.is_file() and self._keystore_file.is_file():
             return
         self.ssl_cafile.parent.mkdir(parents=True, exist_ok=True)
         ca_pem, keystore_pem = make_throwaway_tls({"127.0.0.1", "::1", "localhost", self.host})
-        _write_private(self._keystore_file, keystore_pem)
+        write_private(self._keystore_file, keystore_pem)
         self.ssl_cafile.write_text(ca_pem)
 
     def _log_tail(self, lines: int = 30) -> str:
@@ -689,15 +802,6 @@ def _read_properties(path: Path) -> dict[str, str]:
 
 def _tail_text(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (it holds a password or a key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
 
 
 @contextlib.contextmanager

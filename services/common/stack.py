@@ -131,9 +131,12 @@ class Stack:
     services: list[ServiceProcess] = field(default_factory=list)
     #: (api, crl, admin) ports of the emCA simulator the stack starts first; None: no simulator
     sim_ports: tuple[int, int, int] | None = None
+    #: one service's own environment on top of ``env`` (e.g. its Kafka principal's credentials)
+    service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.services = [ServiceProcess(n, self.ports[n], self.host, self.var_dir, self.env) for n in SERVICES]
+        self.services = [ServiceProcess(n, self.ports[n], self.host, self.var_dir, {**self.env, **self.service_env.get(n, {})})
+                         for n in SERVICES]
         if self.sim_ports is not None:
             api, crl, admin = self.sim_ports
             self.services.insert(0, SimProcess(SIM, api, self.host, self.var_dir, self.env, crl_port=crl, admin_port=admin))

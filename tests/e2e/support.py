@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from services.common.proc import port_free
+from services.common.settings import KafkaSettings
 from tests.conftest import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +43,18 @@ class EmbeddedStack:
         env.pop("CERTRAIL_DB_URL", None)
         return env
 
-    def tool_env(self) -> dict[str, str]:
-        """For `certrail audit ...` and friends against this stack."""
+    def tool_env(self, principal: str = "admin") -> dict[str, str]:
+        """For `certrail audit ...` and friends against this stack, as a Kafka principal (the CLI tools'
+        ``admin`` by default; ``requester`` for an upstream producer), from ``var/kafka/<principal>.env``."""
         return {**self.env, "CERTRAIL_DB_URL": f"sqlite:///{self.var_dir / 'certrail.db'}",
-                "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports['KAFKA']}",
+                **principal_env(self.var_dir, principal),
                 "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(self.var_dir / "auditor" / "checkpoint-signing-key.pem")}
+
+    def kafka_settings(self, principal: str) -> KafkaSettings:
+        """Client settings of one of the stack's Kafka principals (gateway, issuer, ..., requester, admin)."""
+        password = json.loads((self.var_dir / "kafka" / "principals.json").read_text())[principal]
+        return KafkaSettings(bootstrap_servers=f"127.0.0.1:{self.ports['KAFKA']}", security_protocol="SASL_PLAINTEXT",
+                             sasl_mechanism="SCRAM-SHA-512", sasl_username=principal, sasl_password=SecretStr(password))
 
     def up(self) -> None:
         result = cli(self.env, "up", "--detach")
@@ -108,6 +117,12 @@ class EmbeddedStack:
                 pass
             assert time.monotonic() < deadline, f"{service} pid {pid} did not die"
             time.sleep(0.1)
+
+
+def principal_env(var_dir: Path, principal: str) -> dict[str, str]:
+    """The ``CERTRAIL_KAFKA_*`` lines `certrail up` wrote to ``var/kafka/<principal>.env`` (admin, requester)."""
+    lines = (var_dir / "kafka" / f"{principal}.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 def wait_deployed(client: httpx.Client, certificate_id: str, *, not_serial: str | None = None,

@@ -7,7 +7,9 @@ and `certrail down` leaves no process and no listening port behind."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import os
 import re
 import sqlite3
@@ -19,11 +21,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from pydantic import SecretStr
 
+from services.common.kafka_config import admin_kwargs, producer_kwargs
 from services.common.proc import port_free
+from services.common.settings import KafkaSettings
 from tests.conftest import free_ports
+from tests.e2e.support import principal_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -141,12 +150,58 @@ def test_every_metrics_endpoint_has_the_documented_names(stack: dict[str, object
             assert re.search(rf"^{re.escape(name)}[{{ ]", text, re.M), f"{service} /metrics lacks {name}"
 
 
+def test_the_broker_authenticates_every_client_and_the_acls_hold(stack: dict[str, object]) -> None:
+    """The embedded default is the production shape: no anonymous client, an upstream requester can
+    write certrail.requests and nothing else, no principal's password in any log."""
+    var_dir = stack["var"]
+    assert isinstance(var_dir, Path)
+    port = stack["ports"]["KAFKA"]  # type: ignore[index]
+    passwords = json.loads((var_dir / "kafka" / "principals.json").read_text())
+    assert (var_dir / "kafka" / "principals.json").stat().st_mode & 0o077 == 0
+
+    def settings(principal: str | None) -> KafkaSettings:
+        if principal is None:
+            return KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", security_protocol="PLAINTEXT",
+                                 request_timeout_ms=5_000)
+        return KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", security_protocol="SASL_PLAINTEXT",
+                             sasl_mechanism="SCRAM-SHA-512", sasl_username=principal,
+                             sasl_password=SecretStr(passwords[principal]), request_timeout_ms=5_000)
+
+    async def write(principal: str, topic: str) -> None:
+        producer = AIOKafkaProducer(**producer_kwargs(settings(principal)))
+        await producer.start()
+        try:
+            await asyncio.wait_for(producer.send_and_wait(topic, b"\x00forged", key=b"forged"), 30)
+        finally:
+            await producer.stop()
+
+    async def anonymous() -> None:
+        admin = AIOKafkaAdminClient(**admin_kwargs(settings(None)))
+        try:
+            await admin.start()
+            await admin.list_topics()
+        finally:
+            await admin.close()
+
+    for topic in ("certrail.events", "certrail.provisioning", "certrail.commands.emca-demo"):
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(write("requester", topic))
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(write("deployer", "certrail.provisioning"))
+    with pytest.raises((KafkaError, asyncio.TimeoutError)):
+        asyncio.run(asyncio.wait_for(anonymous(), 30))
+    logs = "".join(p.read_text(errors="replace") for p in [*(var_dir / "log").glob("*.log"),
+                                                           *(var_dir / "kafka").glob("*.out"),
+                                                           *(var_dir / "kafka" / "logs").glob("*.log")])
+    assert not any(password in logs for password in passwords.values()), "a Kafka password reached a log"
+
+
 def test_audit_verifies_and_no_private_key_reached_kafka_or_the_audit_store(stack: dict[str, object]) -> None:
     env = dict(stack["env"])  # type: ignore[call-overload]
     var_dir = stack["var"]
     assert isinstance(var_dir, Path)
     env["CERTRAIL_DB_URL"] = f"sqlite:///{var_dir / 'certrail.db'}"
-    env["CERTRAIL_KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{stack['ports']['KAFKA']}"  # type: ignore[index]
+    env.update(principal_env(var_dir, "admin"))  # the broker authenticates: the CLI tools are its admin principal
     env["CERTRAIL_AUDITOR_SIGNING_KEY_FILE"] = str(var_dir / "auditor" / "checkpoint-signing-key.pem")
     deadline = time.monotonic() + 60
     while True:  # the auditor stores asynchronously; verify once it has caught up

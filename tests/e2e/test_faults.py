@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from services.common.contracts.identity import issuance_id
+from services.common.kafka_config import producer_kwargs
 from services.common.kafka_local import LocalKafka
 from tests.e2e.support import ROOT, EmbeddedStack, cli, wait_deployed
 from tests.issuer_harness import metric
@@ -143,25 +144,38 @@ def test_broker_restart_mid_load(stack: EmbeddedStack) -> None:
     load.settle(timeout_s=240)
 
 
+#: what the poison test publishes on every topic: not a CloudEvent, 200 kB of nested JSON, a 50,000-digit number
+POISON = (b"\x00not a cloudevent", b"[" * 100_000 + b"]" * 100_000, b'{"n":' + b"7" * 50_000 + b"}")
+
+
 def test_poison_on_every_topic_is_dead_lettered_and_the_pipeline_goes_on(stack: EmbeddedStack) -> None:
     topics = ["certrail.requests", "certrail.provisioning", "certrail.events", "certrail.commands.emca-demo"]
 
     async def poison() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{stack.ports['KAFKA']}", enable_idempotence=True, acks="all")
-        await producer.start()
-        try:
-            for topic in topics:
-                await producer.send_and_wait(topic, b"\x00not a cloudevent", key=b"poison")
-        finally:
-            await producer.stop()
+        # each topic poisoned by a principal allowed to write it (the ACLs refuse anyone else):
+        # an upstream requester on certrail.requests, the gateway's credentials on the rest
+        for principal, targets in (("requester", topics[:1]), ("gateway", topics[1:])):
+            producer = AIOKafkaProducer(**producer_kwargs(stack.kafka_settings(principal)))
+            await producer.start()
+            try:
+                for topic in targets:
+                    for value in POISON:
+                        await producer.send_and_wait(topic, value, key=b"poison")
+            finally:
+                await producer.stop()
 
     asyncio.run(poison())
     load = Load(stack, "after-poison")
     load.request(3)
     load.settle()
     dead = {service: metric(stack.metrics(service), "certrail_dead_letters_total") for service in ("gateway", "deployer")}
-    assert dead["gateway"] >= 1 and dead["deployer"] >= 2, dead
-    assert metric(stack.metrics("issuer"), "certrail_issuer_commands_total", {"outcome": "dead_lettered"}) >= 1
+    assert dead["gateway"] >= 3 and dead["deployer"] >= 6, dead
+    too_big = {service: metric(stack.metrics(service), "certrail_dead_letters_total", {"code": "JSON_LIMIT_EXCEEDED"})
+               for service in ("gateway", "deployer")}
+    assert too_big["gateway"] >= 2 and too_big["deployer"] >= 4, too_big  # nested JSON and 50,000 digits (issue 17)
+    assert metric(stack.metrics("issuer"), "certrail_issuer_commands_total", {"outcome": "dead_lettered"}) >= 3
+    for service in ("gateway", "issuer", "deployer", "auditor"):  # nobody stuck, nobody restarting
+        assert metric(stack.metrics(service), "certrail_consumer_stalled") == 0, service
 
 
 def test_credentials_rotated_mid_load_then_fixed_through_the_api(stack: EmbeddedStack) -> None:

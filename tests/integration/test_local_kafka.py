@@ -40,6 +40,7 @@ def _same_broker(kafka: LocalKafka, **changes: object) -> LocalKafka:
         "port": kafka.port,
         "controller_port": kafka.controller_port,
         "sasl_ssl_port": kafka.sasl_ssl_port,
+        "authentication": kafka.authentication,
     }
     values.update(changes)
     return LocalKafka(**values)  # type: ignore[arg-type]
@@ -206,3 +207,33 @@ def test_cluster_ids_look_like_kafkas() -> None:
 def test_ports_must_differ(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must differ"):
         LocalKafka(cache_dir=tmp_path, data_dir=tmp_path, port=9092, controller_port=9092)
+
+
+@pytest.mark.integration
+def test_storage_formatted_before_principals_is_refused_with_authentication(
+    local_kafka_factory: MakeLocalKafka,
+) -> None:
+    kafka = local_kafka_factory(authentication=True)
+    kafka.log_dirs.mkdir(parents=True)
+    (kafka.log_dirs / "meta.properties").write_text("version=1\n")  # an older certrail's formatted storage
+    with pytest.raises(LocalKafkaError, match="formatted before certrail's Kafka principals"):
+        kafka.start(wait_timeout=30)
+    assert not kafka.status().running
+
+
+@pytest.mark.integration
+def test_the_server_properties_of_the_authenticated_broker(local_kafka_factory: MakeLocalKafka) -> None:
+    kafka = local_kafka_factory(authentication=True)
+    status = kafka.start(wait_timeout=90)
+    assert status.authentication
+    assert f"SASL_PLAINTEXT://127.0.0.1:{kafka.port}" in status.listeners
+    props = dict(line.split("=", 1) for line in kafka.server_properties.read_text().splitlines()
+                 if "=" in line and not line.startswith("#"))
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:broker;User:admin"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert "PLAINTEXT" not in props["listener.security.protocol.map"].replace("SASL_PLAINTEXT", "")
+    assert kafka.server_properties.stat().st_mode & 0o077 == 0
+    # the status of another CLI call (no authentication flag) reads it from the running broker
+    assert _same_broker(kafka, authentication=False).status().authentication

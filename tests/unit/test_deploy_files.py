@@ -55,9 +55,43 @@ def test_compose_kafka_is_a_three_node_kraft_quorum() -> None:
         assert services[name]["image"].startswith("apache/kafka:4.")
         assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
         assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@") == 3
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"SASL_PLAINTEXT://{name}:9092"
         ids.add(env["KAFKA_NODE_ID"])
     assert ids == {1, 2, 3}
+
+
+def test_compose_kafka_authenticates_every_client_like_the_embedded_broker() -> None:
+    """The same listeners, authorizer, super users and principals as services/common/kafka_local.py."""
+    from services.common.kafka_acls import ALL_PRINCIPALS, SERVICE_PRINCIPALS
+    from services.common.kafka_principals import AUTHORIZER_CLASS
+
+    services = _compose()["services"]
+    script = (ROOT / "deploy" / "kafka" / "start-broker.sh").read_text()
+    for line in ("listeners=SASL_PLAINTEXT://:9092,CONTROLLER://:9093",
+                 "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+                 "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512", "sasl.mechanism.controller.protocol=PLAIN",
+                 f"authorizer.class.name={AUTHORIZER_CLASS}", "super.users=User:broker;User:admin",
+                 "allow.everyone.if.no.acl.found=false"):
+        assert f"\n{line}\n" in script, line
+    assert "PLAINTEXT:PLAINTEXT" not in script
+    assert f"for principal in {' '.join(ALL_PRINCIPALS)}; do" in script
+    for name in ("kafka-1", "kafka-2", "kafka-3"):
+        broker = services[name]
+        assert broker["entrypoint"] == ["/bin/bash", "/opt/certrail/start-broker.sh"]
+        assert "./deploy/kafka/start-broker.sh:/opt/certrail/start-broker.sh:ro" in broker["volumes"]
+        for principal in ALL_PRINCIPALS:
+            assert broker["environment"][f"KAFKA_{principal.upper()}_PASSWORD"].startswith(f"${{KAFKA_{principal.upper()}_PASSWORD:?")
+        assert "--command-config" in broker["healthcheck"]["test"][1]
+    for principal in SERVICE_PRINCIPALS:  # each service its own principal, never the admin
+        env = services[principal]["environment"]
+        assert env["CERTRAIL_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+        assert env["CERTRAIL_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert env["CERTRAIL_KAFKA_SASL_USERNAME"] == principal
+        assert env["CERTRAIL_KAFKA_SASL_PASSWORD"].startswith(f"${{KAFKA_{principal.upper()}_PASSWORD:?")
+    migrate = services["migrate"]
+    assert migrate["environment"]["CERTRAIL_KAFKA_SASL_USERNAME"] == "admin"
+    steps = migrate["entrypoint"][-1].split(" && ")
+    assert steps.index("certrail kafka acls apply") < steps.index("certrail topics ensure")
 
 
 def test_compose_mounts_the_prometheus_and_grafana_files() -> None:

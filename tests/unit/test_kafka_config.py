@@ -137,6 +137,7 @@ def test_admin_kwargs_are_the_client_kwargs(cafile: Path) -> None:
         ("SASL_SSL", "SCRAM-SHA-512", SASLScram512, True),
         ("SASL_PLAINTEXT", "PLAIN", SASLPlaintext, False),
         ("SASL_PLAINTEXT", "SCRAM-SHA-256", SASLScram256, False),
+        ("SASL_PLAINTEXT", "SCRAM-SHA-512", SASLScram512, False),
     ],
 )
 def test_faststream_security_matches_the_aiokafka_arguments(
