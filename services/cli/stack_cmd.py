@@ -213,6 +213,9 @@ def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
     console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
     console.print(table)
     console.print(f"Kafka: {kafka.bootstrap_servers} (SASL/SCRAM-SHA-512)   logs: {stack.var_dir / 'log'}/")
+    if kafka.env_file("admin").is_file():
+        console.print(f"Kafka credentials for the CLI tools: set -a; . {kafka.env_file('admin')}; set +a "
+                      f"(an upstream producer's: {kafka.env_file('requester')})")
     console.print(f"Kafka tools (`certrail topics`, `certrail audit verify`, ...) as the admin principal: "
                   f"set -a; . {kafka.env_file(ADMIN)}; set +a")
 
