@@ -664,7 +664,9 @@ class DeployerProfileKindRow(Base):
 
 class DeployerAcceptedCertificateRow(Base):
     """A certificate id the gateway accepted a request for (RequestAccepted issue or renew):
-    the deployer installs certificates only for these (or for its own bot-held keys)."""
+    the deployer installs certificates only for these (or for its own bot-held keys). One row
+    per id, the latest accepted request's; ``public_key_sha256`` is its CSR's key (migration
+    0009), None when it carried none or predates the field."""
 
     __tablename__ = "deployer_accepted_certificates"
 
@@ -673,3 +675,4 @@ class DeployerAcceptedCertificateRow(Base):
     profile: Mapped[str | None] = mapped_column(String(128))
     connector: Mapped[str | None] = mapped_column(String(63))
     accepted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    public_key_sha256: Mapped[str | None] = mapped_column(String(64))

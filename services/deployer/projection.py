@@ -5,12 +5,15 @@ it installs or provisions anything (docs/decisions/0011-deployer-trusts-nothing.
   replaced by another ConnectorCreated; ConnectorUpdated carrying ``pinned_ca_sha256``: a
   deliberate re-pin; ConnectorDeleted: forgotten);
 - profile -> key generation (ProfileCreated / ProfileUpdated / ProfileDeleted);
-- certificate ids the gateway accepted an issue or renew request for (RequestAccepted).
+- certificate ids the gateway accepted an issue or renew request for (RequestAccepted), each with
+  the key hash of the CSR its latest accepted request carried (None: no CSR, or a record from
+  before RequestAccepted had the field).
 
 Functions take a Session; only the deployer writes these tables."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
@@ -22,6 +25,7 @@ from services.common.db_schema import (
     DeployerConnectorPinRow,
     DeployerProfileKindRow,
 )
+from services.deployer.trust import Expectation
 
 
 def connector_pin(session: Session, connector: str) -> str | None:
@@ -63,18 +67,44 @@ def forget_profile(session: Session, profile: str) -> None:
     session.execute(delete(DeployerProfileKindRow).where(DeployerProfileKindRow.profile == profile))
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """The latest accepted issue or renew request of a certificate id."""
+
+    request_id: str
+    public_key_sha256: str | None  # its CSR's key; None: it carried no CSR, or predates the field
+
+
 def record_accepted(session: Session, *, certificate_id: str, request_id: str, profile: str | None, connector: str | None,
-                    now: datetime) -> None:
+                    now: datetime, public_key_sha256: str | None = None) -> None:
+    """The newest accepted request replaces the previous one, its key expectation included (a
+    renewal with a new CSR expects the new key; one without a hash expects none)."""
+    key = public_key_sha256.lower() if public_key_sha256 is not None else None
     row = session.get(DeployerAcceptedCertificateRow, certificate_id)
     if row is None:
         session.add(DeployerAcceptedCertificateRow(certificate_id=certificate_id, request_id=request_id, profile=profile,
-                                                   connector=connector, accepted_at=now))
+                                                   connector=connector, accepted_at=now, public_key_sha256=key))
     else:
         row.request_id, row.profile, row.connector, row.accepted_at = request_id, profile, connector, now
+        row.public_key_sha256 = key
+
+
+def accepted(session: Session, certificate_id: str) -> Accepted | None:
+    row = session.get(DeployerAcceptedCertificateRow, certificate_id)
+    return None if row is None else Accepted(row.request_id, row.public_key_sha256)
 
 
 def is_accepted(session: Session, certificate_id: str) -> bool:
-    return session.get(DeployerAcceptedCertificateRow, certificate_id) is not None
+    return accepted(session, certificate_id) is not None
+
+
+def expectation(session: Session, certificate_id: str, connector: str) -> Expectation:
+    """What the deployer expects of a certificate ``certificate_id`` announced for ``connector``."""
+    latest = accepted(session, certificate_id)
+    return Expectation(pinned_ca_sha256=connector_pin(session, connector), accepted=latest is not None,
+                       bot_key_hashes=bot_key_hashes(session, certificate_id),
+                       accepted_key_sha256=None if latest is None else latest.public_key_sha256,
+                       accepted_request_id=None if latest is None else latest.request_id)
 
 
 def bot_key_hashes(session: Session, certificate_id: str) -> frozenset[str]:

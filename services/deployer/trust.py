@@ -6,9 +6,11 @@ the deployer itself knows (`Expectation`, read from its own tables), in this ord
 2. the leaf is signed by the connector's pinned issuing CA: the announced chain starts with the
    CA whose SHA-256 is the pin the deployer learnt for ``issued.connector``, the leaf names it as
    issuer and its signature verifies, else CERTIFICATE_UNTRUSTED;
-3. the leaf is the one announced (its serial and its public-key hash are the event's), and for a
-   bot-held certificate its key is one the deployer generated for that certificate id, else
-   CERTIFICATE_MISMATCH.
+3. the leaf is the one announced (its serial and its public-key hash are the event's), and its
+   key is the expected one, else CERTIFICATE_MISMATCH: for a bot-held certificate a key the
+   deployer generated for that certificate id; for any other, the key of the CSR in the latest
+   request the gateway accepted for the id (``RequestAccepted.public_key_sha256``), when that
+   request carried the hash (one from before the field expects no particular key).
 
 Nothing in the event is believed without being checked against the certificate itself."""
 
@@ -37,6 +39,8 @@ class Expectation:
     pinned_ca_sha256: str | None  # the pin it learnt for the event's connector
     accepted: bool  # the gateway accepted a request for this certificate id
     bot_key_hashes: frozenset[str] = frozenset()  # keys it generated for this certificate id (bot-held)
+    accepted_key_sha256: str | None = None  # the key of the CSR in the latest accepted request, if it said
+    accepted_request_id: str | None = None  # that request, named in a refusal
 
 
 class Refused(Exception):
@@ -54,7 +58,7 @@ def check_issued(issued: CertificateIssued, expected: Expectation) -> None:
         raise Refused(ErrorCode.CERTIFICATE_NOT_REQUESTED,
                       f"no accepted request and no bot-held key expects certificate {issued.certificate_id}")
     leaf = _chained_leaf(issued, expected.pinned_ca_sha256)
-    _check_key(issued, leaf, expected.bot_key_hashes)
+    _check_key(issued, leaf, expected)
 
 
 def _chained_leaf(issued: CertificateIssued, pin: str | None) -> x509.Certificate:
@@ -70,7 +74,7 @@ def _chained_leaf(issued: CertificateIssued, pin: str | None) -> x509.Certificat
     return leaf
 
 
-def _check_key(issued: CertificateIssued, leaf: x509.Certificate, bot_key_hashes: frozenset[str]) -> None:
+def _check_key(issued: CertificateIssued, leaf: x509.Certificate, expected: Expectation) -> None:
     try:
         actual = public_key_sha256(leaf)
     except UntrustedCertificate as exc:
@@ -84,7 +88,13 @@ def _check_key(issued: CertificateIssued, leaf: x509.Certificate, bot_key_hashes
         serial_matches = False
     if not serial_matches:
         raise Refused(ErrorCode.CERTIFICATE_MISMATCH, f"the certificate's serial is not the announced {issued.serial}")
-    if bot_key_hashes and actual not in bot_key_hashes:
+    if expected.bot_key_hashes:
+        if actual not in expected.bot_key_hashes:
+            raise Refused(ErrorCode.CERTIFICATE_MISMATCH,
+                          f"the certificate's public key (sha256 {actual}) is none of the keys this deployer generated for "
+                          f"{issued.certificate_id}")
+    elif expected.accepted_key_sha256 is not None and actual != expected.accepted_key_sha256.lower():
         raise Refused(ErrorCode.CERTIFICATE_MISMATCH,
-                      f"the certificate's public key (sha256 {actual}) is none of the keys this deployer generated for "
-                      f"{issued.certificate_id}")
+                      f"the certificate's public key (sha256 {actual}) is not the key of the CSR in the latest accepted "
+                      f"request for {issued.certificate_id} ({expected.accepted_request_id}, sha256 "
+                      f"{expected.accepted_key_sha256.lower()})")

@@ -96,7 +96,7 @@ def examples() -> dict[type[Message], Message]:
         ),
         events.RequestAccepted(
             request_id="req-1", requester="ci-pipeline", kind=RequestKind.ISSUE, certificate_id=CERT_ID,
-            profile="web", connector="emca-prod", issuance_id=iid,
+            profile="web", connector="emca-prod", issuance_id=iid, public_key_sha256="ab" * 32,
         ),
         events.RequestRejected(
             request_id="req-9", requester="ci-pipeline", kind=RequestKind.ISSUE,

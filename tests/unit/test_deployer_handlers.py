@@ -30,8 +30,9 @@ from services.common.contracts.events import (
     CertificateRevoked,
     DeploymentFailed,
     RenewalDue,
+    RequestAccepted,
 )
-from services.common.contracts.fields import KeyAlgorithm, KeyGeneration, RevocationReason
+from services.common.contracts.fields import KeyAlgorithm, KeyGeneration, RequestKind, RevocationReason
 from services.common.contracts.identity import issuance_id
 from services.common.contracts.requests import IssueRequested, RenewRequested
 from services.common.contracts.topics import Topics
@@ -42,6 +43,7 @@ from services.deployer import projection, store
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
 from services.deployer.handlers.deploy import on_certificate_issued
+from services.deployer.handlers.projection import on_request_accepted
 from services.deployer.metrics import DeployerMetrics
 from services.deployer.runner import RetryPolicy
 from services.deployer.targets.base import Bundle, TargetError, public_key_sha256
@@ -311,6 +313,25 @@ async def test_a_forged_certificate_is_not_installed_and_the_deployed_one_stays(
         ("web-1", name, genuine.data.certificate) for name in ("a", "b")}
     assert _metric(bench, "certrail_deployer_refusals_total", {"code": code.value}) == 1
     assert "refused to install" in caplog.text and "BEGIN" not in caplog.text
+
+
+async def test_a_requester_held_certificate_is_installed_only_for_the_key_of_the_accepted_csr(bench: Bench) -> None:
+    """A certificate the connector's own CA really issued (for another certificate id or requester),
+    announced under web-1, is refused when its key is not the one of the CSR the gateway accepted
+    for web-1; the certificate for that CSR is installed."""
+    relabelled, genuine = bench.issued(), bench.issued()  # the pinned CA's, two different keys
+    await on_request_accepted(bench.ctx, make_event(RequestAccepted(
+        request_id="req-2", requester="ci", kind=RequestKind.RENEW, certificate_id="web-1", profile="web", connector="sim",
+        issuance_id=issuance_id("web-1", 2), public_key_sha256=genuine.data.public_key_sha256),
+        id=str(uuid.uuid4()), source="/test/gateway", time=NOW, subject="web-1"))
+    refused = await on_certificate_issued(bench.ctx, relabelled)
+    assert sorted((o.event.data.target.name, o.event.data.error.code) for o in refused) == [
+        ("a", ErrorCode.CERTIFICATE_MISMATCH), ("b", ErrorCode.CERTIFICATE_MISMATCH)]
+    assert all(t.installed is None for t in bench.targets.values())
+    assert "req-2" in refused[0].event.data.error.message
+    deployed = await on_certificate_issued(bench.ctx, genuine)
+    assert {type(o.event.data) for o in deployed} == {CertificateDeployed}
+    assert {t.installed.certificate_pem for t in bench.targets.values() if t.installed} == {genuine.data.certificate}
 
 
 async def test_renewal_due_for_unknown_bot_key_is_refused_with_a_code(bench: Bench) -> None:

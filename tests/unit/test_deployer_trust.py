@@ -1,10 +1,12 @@
 """What the deployer believes before it installs or provisions anything (services/deployer/trust.py,
 handlers/projection.py; docs/decisions/0011-deployer-trusts-nothing.md): a table of named
 certificates against `check_issued`, and the projection it keeps of connector pins, profile key
-kinds and accepted certificate ids, fed by certrail.events records."""
+kinds and accepted certificate ids (with the key of the latest accepted CSR), fed by
+certrail.events records."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
+from services.common.certificate_trust import spki_der
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.consumer import InvalidMessage
 from services.common.contracts.admin import (
@@ -51,6 +54,11 @@ from tests.unit.examples import NOW
 
 OURS, OTHER, EVIL = MiniCA(), MiniCA(), MiniCA()  # the connector's CA, another connector's CA, an attacker's CA
 BOT_KEY = ec.generate_private_key(ec.SECP256R1())
+HELD_KEY, RENEWED_KEY = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())  # requester-held
+
+
+def _key_hash(key: ec.EllipticCurvePrivateKey) -> str:
+    return hashlib.sha256(spki_der(key.public_key())).hexdigest()
 
 
 def _pin(ca: MiniCA) -> str:
@@ -83,8 +91,19 @@ class Case:
 
 
 ACCEPTED = lambda: Expectation(pinned_ca_sha256=_pin(OURS), accepted=True)  # noqa: E731
+CSR_ACCEPTED = lambda: Expectation(_pin(OURS), accepted=True, accepted_key_sha256=_key_hash(HELD_KEY),  # noqa: E731
+                                   accepted_request_id="req-1")
 CASES = {
+    # an accepted request from before RequestAccepted carried the CSR's key hash: no key expected
     "valid-requester-held": Case(lambda: _issued(OURS), ACCEPTED, None),
+    "requester-held-key-of-the-accepted-csr": Case(lambda: _issued(OURS, key=HELD_KEY), CSR_ACCEPTED, None),
+    "requester-held-another-key-than-the-accepted-csrs": Case(lambda: _issued(OURS), CSR_ACCEPTED,
+                                                              ErrorCode.CERTIFICATE_MISMATCH),
+    "requester-held-the-accepted-csrs-key-from-another-ca": Case(lambda: _issued(EVIL, key=HELD_KEY), CSR_ACCEPTED,
+                                                                 ErrorCode.CERTIFICATE_UNTRUSTED),
+    # a bot-held certificate is held against the keys the deployer made, whichever CSR was accepted last
+    "bot-held-an-earlier-generated-key": Case(lambda: _issued(OURS, key=BOT_KEY), lambda: Expectation(
+        _pin(OURS), accepted=True, bot_key_hashes=_bot_hash(), accepted_key_sha256=_key_hash(HELD_KEY)), None),
     "valid-bot-held": Case(lambda: _issued(OURS, key=BOT_KEY),
                            lambda: Expectation(_pin(OURS), accepted=False, bot_key_hashes=_bot_hash()), None),
     "evil-ca": Case(lambda: _issued(EVIL), ACCEPTED, ErrorCode.CERTIFICATE_UNTRUSTED),
@@ -167,6 +186,44 @@ async def test_accepted_issue_and_renew_requests_are_remembered_revocations_are_
         assert [projection.is_accepted(session, c) for c in ("a-1", "a-2", "a-3")] == [True, True, False]
 
 
+async def test_the_latest_accepted_csr_sets_the_expected_key_a_renewal_with_a_new_csr_replaces_it(
+        ctx: DeployerContext) -> None:
+    with ctx.write() as session:
+        projection.set_pin(session, "sim", _pin(OURS), "seed", NOW, replace=False)
+
+    async def accept(kind: RequestKind, request_id: str, key: ec.EllipticCurvePrivateKey | None) -> Expectation:
+        await on_request_accepted(ctx, _envelope(RequestAccepted(
+            request_id=request_id, requester="ci", kind=kind, certificate_id="web-1", profile="web", connector="sim",
+            issuance_id=issuance_id("web-1", 1), public_key_sha256=None if key is None else _key_hash(key))))
+        with ctx.read() as session:
+            return projection.expectation(session, "web-1", "sim")
+
+    first, renewed = _issued(OURS, key=HELD_KEY), _issued(OURS, key=RENEWED_KEY)
+    expected = await accept(RequestKind.ISSUE, "req-1", HELD_KEY)
+    assert (expected.accepted_key_sha256, expected.accepted_request_id) == (_key_hash(HELD_KEY), "req-1")
+    check_issued(first, expected)
+    with pytest.raises(Refused) as refused:
+        check_issued(renewed, expected)
+    assert refused.value.code is ErrorCode.CERTIFICATE_MISMATCH and "req-1" in refused.value.message
+
+    expected = await accept(RequestKind.RENEW, "req-2", RENEWED_KEY)  # a renewal with a new CSR: only the new key
+    check_issued(renewed, expected)
+    with pytest.raises(Refused) as refused:
+        check_issued(first, expected)
+    assert refused.value.code is ErrorCode.CERTIFICATE_MISMATCH
+    assert _key_hash(RENEWED_KEY) in refused.value.message and "req-2" in refused.value.message
+
+    await on_request_accepted(ctx, _envelope(RequestAccepted(  # a revocation changes no expectation
+        request_id="req-3", requester="ci", kind=RequestKind.REVOKE, certificate_id="web-1", profile="web", connector="sim",
+        public_key_sha256=_key_hash(HELD_KEY))))
+    with ctx.read() as session:
+        assert projection.expectation(session, "web-1", "sim").accepted_key_sha256 == _key_hash(RENEWED_KEY)
+    # a request accepted without the hash (a gateway from before the field): no key is expected, as before
+    expected = await accept(RequestKind.RENEW, "req-4", None)
+    assert expected.accepted and expected.accepted_key_sha256 is None
+    check_issued(first, expected)
+
+
 def _provision(profile: str) -> Envelope:
     return _envelope(ProvisionCertificate(certificate_id=f"{profile}-1", request_id="p-1", profile=profile, connector="sim",
                                           key_algorithm=KeyAlgorithm.EC_P256, sans=["dns:bot.unit.test"]))
@@ -215,5 +272,7 @@ def test_migration_0008_fills_the_projection_once_from_what_exists(tmp_path: Pat
             assert projection.connector_pin(session, "emca") == "0" * 64
             assert [projection.profile_key_generation(session, p) for p in ("web", "bots", "nope")] == ["requester", "bot", None]
             assert projection.is_accepted(session, "known-1") and not projection.is_accepted(session, "unknown-1")
+            # migration 0009 fills in no key: a certificate accepted before the field expects none
+            assert projection.accepted(session, "known-1") == projection.Accepted("migration-0008", None)
     finally:
         engine.dispose()

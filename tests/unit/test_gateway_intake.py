@@ -10,9 +10,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import Engine
 
+from services.common.certificate_trust import public_key_sha256
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.commands import IssueCertificate, ProvisionCertificate, RenewCertificate, RevokeCertificate
 from services.common.contracts.envelope import decode
@@ -30,6 +32,7 @@ from services.gateway.intake import Intake, Outcome, stored_records
 from services.gateway.policy import signed
 from services.gateway.policy.tokens import Role, TokenClaims
 from services.gateway.store import SqlRequesterKeys
+from tests.deployer_support import MiniCA
 from tests.gateway_fixtures import BOX, HMAC_KEY, NOW, TOPICS, _csr, _profile, seed
 
 
@@ -140,6 +143,42 @@ async def test_bot_profiles_provision_and_accept_the_deployers_csr_only(intake: 
     accepted = await intake.from_kafka("ev-b3", bot_csr, None)
     (topic, command), _ = _events(accepted)
     assert topic == TOPICS.commands("emca") and isinstance(command, IssueCertificate) and command.revision == 1
+
+
+def _accepted(outcome: Outcome) -> RequestAccepted:
+    (accepted,) = [data for _, data in _events(outcome) if isinstance(data, RequestAccepted)]
+    return accepted
+
+
+def _certificate_key_hash(key: ec.EllipticCurvePrivateKey) -> str:
+    """What the deployer computes for a certificate carrying ``key`` (certificate_trust.public_key_sha256)."""
+    certificate, _ = MiniCA().leaf(["www.example.com"], key)
+    return public_key_sha256(x509.load_pem_x509_certificate(certificate.encode()))
+
+
+async def test_request_accepted_carries_the_csrs_key_hash_the_deployer_will_expect(intake: Intake, engine: Engine) -> None:
+    held, renewed_key, bot_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    issued = await intake.from_kafka("ev-1", _issue(csr=_csr(key=held)), None)
+    assert _accepted(issued).public_key_sha256 == _certificate_key_hash(held)
+    _inventory(engine, "cert-1", "1a2b")
+    claims = TokenClaims(token_id="t1", identity="ci-pipeline", role=Role.REQUESTER)
+    renewed = await intake.from_http(RenewRequested(request_id="rn-1", requester="ci-pipeline", certificate_id="cert-1",
+                                                    csr=_csr(key=renewed_key)), claims)
+    assert _accepted(renewed).kind.value == "renew"
+    assert _accepted(renewed).public_key_sha256 == _certificate_key_hash(renewed_key) != _certificate_key_hash(held)
+    revoked = await intake.from_http(RevokeRequested(request_id="rv-1", requester="ci-pipeline", serial="1a2b",
+                                                     reason=RevocationReason.SUPERSEDED), claims)
+    assert _accepted(revoked).public_key_sha256 is None
+    # a bot-key profile: the user's request carries no CSR (no hash); the deployer's CSR for it does
+    ops = signed(IssueRequested(request_id="b1", requester="ops", profile="bots", certificate_id="bot-1",
+                                sans=["dns:api.example.com"]), "k1", HMAC_KEY)
+    assert _accepted(await intake.from_kafka("ev-b1", ops, None)).public_key_sha256 is None
+    with write_session(engine) as session:
+        store.add_requester_key(session, BOX, requester="certrail-deployer", key_id="d1", secret=HMAC_KEY,
+                                public_key_pem=None, now=NOW)
+    bot_csr = signed(IssueRequested(request_id="b2", requester="certrail-deployer", profile="bots", certificate_id="bot-1",
+                                    csr=_csr("api.example.com", key=bot_key), sans=["dns:api.example.com"]), "d1", HMAC_KEY)
+    assert _accepted(await intake.from_kafka("ev-b2", bot_csr, None)).public_key_sha256 == _certificate_key_hash(bot_key)
 
 
 def _inventory(engine: Engine, certificate_id: str, serial: str) -> None:

@@ -45,6 +45,10 @@ class RequestAccepted(Message):
     connector: ConnectorName | None = None
     issuance_id: IssuanceId | None = None
     command_id: str | None = Field(default=None, max_length=128)
+    #: SHA-256 of the SubjectPublicKeyInfo (DER) of the CSR the command carries; absent when the
+    #: request carried no CSR (a bot-key request: the deployer makes the key) and in records
+    #: written before v1 gained the field (decision 0011, "Amendment")
+    public_key_sha256: Sha256Hex | None = None
 
 
 class RequestRejected(Message):

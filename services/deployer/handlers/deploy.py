@@ -30,7 +30,7 @@ from services.deployer import projection, store
 from services.deployer.context import DeployerContext
 from services.deployer.runner import deploy_with_rollback
 from services.deployer.targets.base import Bundle, TargetError
-from services.deployer.trust import Expectation, Refused, check_issued
+from services.deployer.trust import Refused, check_issued
 
 log = logging.getLogger(__name__)
 SOURCE = "/certrail/deployer"
@@ -67,9 +67,7 @@ def _targets(ctx: DeployerContext, issued: CertificateIssued) -> tuple[list[stor
 
 def _refusal(ctx: DeployerContext, issued: CertificateIssued) -> Refused | None:
     with ctx.read() as session:
-        expected = Expectation(pinned_ca_sha256=projection.connector_pin(session, issued.connector),
-                               accepted=projection.is_accepted(session, issued.certificate_id),
-                               bot_key_hashes=projection.bot_key_hashes(session, issued.certificate_id))
+        expected = projection.expectation(session, issued.certificate_id, issued.connector)
     try:
         check_issued(issued, expected)
     except Refused as refused:

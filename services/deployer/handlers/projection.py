@@ -1,6 +1,7 @@
 """certrail.events records the deployer keeps a projection of (projection.py): RequestAccepted
-(the certificate ids the gateway accepted), connector admin events (the pinned issuing CA) and
-profile admin events (whether the deployer generates the profile's keys). They publish nothing."""
+(the certificate ids the gateway accepted, with the key of the CSR the latest one carried),
+connector admin events (the pinned issuing CA) and profile admin events (whether the deployer
+generates the profile's keys). They publish nothing."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ async def on_request_accepted(ctx: DeployerContext, envelope: Envelope) -> list[
     def save() -> None:
         with ctx.write() as session:
             projection.record_accepted(session, certificate_id=accepted.certificate_id, request_id=accepted.request_id,
-                                       profile=accepted.profile, connector=accepted.connector, now=ctx.clock())
+                                       profile=accepted.profile, connector=accepted.connector,
+                                       public_key_sha256=accepted.public_key_sha256, now=ctx.clock())
     await asyncio.to_thread(save)
     return []
 
