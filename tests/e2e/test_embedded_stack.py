@@ -183,11 +183,30 @@ def test_the_broker_authenticates_every_client_and_the_acls_hold(stack: dict[str
         finally:
             await admin.close()
 
-    for topic in ("certrail.events", "certrail.provisioning", "certrail.commands.emca-demo"):
-        with pytest.raises(TopicAuthorizationFailedError):
-            asyncio.run(write("requester", topic))
-    with pytest.raises(TopicAuthorizationFailedError):
-        asyncio.run(write("deployer", "certrail.provisioning"))
+    async def denied(principal: str, topics: list[str]) -> list[str]:
+        """The topics of ``topics`` that ``principal`` could write (it should be none)."""
+        written = []
+        for topic in topics:
+            try:
+                await write(principal, topic)
+                written.append(topic)
+            except TopicAuthorizationFailedError:
+                pass
+        return written
+
+    # every internal topic against every principal that may not write it (decision 0012's table)
+    internal = ["certrail.requests", "certrail.provisioning", "certrail.events", "certrail.deadletter",
+                "certrail.audit.checkpoints", "certrail.commands.emca-demo"]
+    may_write = {
+        "requester": {"certrail.requests"},
+        "gateway": {"certrail.provisioning", "certrail.events", "certrail.deadletter", "certrail.commands.emca-demo"},
+        "issuer": {"certrail.events", "certrail.deadletter"},
+        "deployer": {"certrail.events", "certrail.requests", "certrail.deadletter"},
+        "auditor": {"certrail.audit.checkpoints"},
+    }
+    for principal, allowed in may_write.items():
+        forbidden = [topic for topic in internal if topic not in allowed]
+        assert asyncio.run(denied(principal, forbidden)) == [], f"{principal} wrote a topic it does not produce"
     with pytest.raises((KafkaError, asyncio.TimeoutError)):
         asyncio.run(asyncio.wait_for(anonymous(), 30))
     logs = "".join(p.read_text(errors="replace") for p in [*(var_dir / "log").glob("*.log"),
