@@ -15,9 +15,11 @@ quickly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -42,6 +44,20 @@ TEST_REQUEST_TIMEOUT_MS = 15_000
 BROKER_START_TIMEOUT_S = 120.0
 
 UniqueTopic = Callable[..., Awaitable[str]]
+
+
+async def poll_until(predicate: Callable[[], object], what: str, timeout_s: float = 60.0, *, interval_s: float = 0.1,
+                     in_thread: bool = False) -> object:
+    """Polls ``predicate`` until it returns something truthy and returns that, or fails the test
+    after ``timeout_s`` naming ``what``. ``in_thread``: call it in a worker thread (a database read)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await asyncio.to_thread(predicate) if in_thread else predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(interval_s)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

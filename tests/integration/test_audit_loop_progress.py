@@ -6,9 +6,7 @@ records are stored."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,20 +28,13 @@ from services.common.kafka_config import producer_kwargs
 from services.common.progress import ProgressTracker
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
+from tests.conftest import poll_until
 from tests.unit.examples import CERT_ID, NOW, examples
 
 pytestmark = pytest.mark.integration
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 HUGE_NUMBER = b'{"n":' + b"7" * 50_000 + b"}"
-
-
-async def _until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_hostile_records_are_stored_and_a_failing_database_stalls_then_recovers(
@@ -72,16 +63,16 @@ async def test_hostile_records_are_stored_and_a_failing_database_stalls_then_rec
         for value in (DEEP, HUGE_NUMBER, valid):  # offsets 0, 1, 2
             await producer.send_and_wait(topics.requests, value, key=b"k")
 
-        await _until(lambda: progress.stalled(), 60, "the auditor to be reported stalled")
+        await poll_until(lambda: progress.stalled(), "the auditor to be reported stalled", 60)
         verdict = progress.stalled()[CONSUMER]
         assert verdict.startswith(f"stalled: {topics.requests}/0@0 failed ") and "OperationalError" in verdict
         assert registry.get_sample_value("certrail_consumer_stalled", labels) == 1
-        await _until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 3, 10,
-                     "the lag behind the unstored records")
+        await poll_until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 3,
+                         "the lag behind the unstored records", 10)
 
         await asyncio.to_thread(migrate.upgrade, db)  # the database is fixed: the same records are stored
-        await _until(lambda: registry.get_sample_value("certrail_consumer_stalled", labels) == 0, 60, "the stall to clear")
-        await _until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 0, 10, "lag 0")
+        await poll_until(lambda: registry.get_sample_value("certrail_consumer_stalled", labels) == 0, "the stall to clear", 60)
+        await poll_until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 0, "lag 0", 10)
         with read_session(engine) as session:
             rows = session.execute(select(AuditRecord.offset, AuditRecord.decode_error)
                                    .where(AuditRecord.topic == topics.requests).order_by(AuditRecord.offset)).all()

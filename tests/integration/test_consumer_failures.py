@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,7 @@ from services.common.kafka_config import consumer_kwargs, faststream_broker_kwar
 from services.common.service_app import ServiceSettings, Subscription, build_service
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
+from tests.conftest import poll_until
 from tests.unit.examples import NOW, examples
 
 pytestmark = pytest.mark.integration
@@ -49,14 +50,6 @@ async def topics(kafka_settings: KafkaSettings) -> AsyncIterator[Topics]:
 def _request(request_id: str) -> bytes:
     data = REQUEST.model_copy(update={"request_id": request_id})
     return encode(make_event(data, id=f"evt-{request_id}", source="/t", time=NOW, subject=request_id))
-
-
-async def _until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _dead_letters(kafka_settings: KafkaSettings, topic: str, *, at_least: int, settle_s: float) -> list[DeadLetter]:
@@ -120,7 +113,7 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
         # 1. a record whose handler fails every time: dead-lettered after 3 attempts; the next one is handled
         await producer.publish(_request("poison"), topic=topics.requests, key=b"poison")
         await producer.publish(_request("good-1"), topic=topics.requests, key=b"poison")  # right behind it
-        await _until(lambda: "good-1" in handled, 60, "the request behind the poison one")
+        await poll_until(lambda: "good-1" in handled, "the request behind the poison one", 60)
         assert attempts["poison"] == 3
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["consumers"] == {"requests": "ok"}
@@ -156,7 +149,7 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
 
         # 3. the database is back: the records are handled, the consumer is healthy again, lag 0
         database_down.clear()
-        await _until(lambda: {"stuck", "stuck-behind"} <= set(handled), 60, "the stuck records after recovery")
+        await poll_until(lambda: {"stuck", "stuck-behind"} <= set(handled), "the stuck records after recovery", 60)
         deadline = time.monotonic() + 30
         while (await client.get("/health")).status_code != 200:
             assert time.monotonic() < deadline, "the consumer stayed stalled after recovering"

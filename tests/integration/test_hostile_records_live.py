@@ -31,24 +31,13 @@ from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.stack import SERVICES, Stack
 from services.common.topics_admin import delete_topics, ensure_topics
-from tests.conftest import free_ports
+from tests.conftest import free_ports, poll_until
 from tests.unit.examples import CERT_ID, NOW, examples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 HUGE_NUMBER = b'{"specversion":"1.0","n":' + b"7" * 50_000 + b"}"
-
-
-async def _wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 def _data(record) -> object:  # type: ignore[no-untyped-def]
@@ -138,7 +127,7 @@ async def test_hostile_json_is_dead_lettered_once_and_every_service_goes_on(kafk
                 found = {(row.topic, row.offset): row.decode_error for row in rows}
                 return found if {(topics.requests, 2), (topics.events, 2)} <= set(found) else None
 
-            found = await _wait_for(audited, 90, "the auditor to store the records after the hostile ones")
+            found = await poll_until(audited, "the auditor to store the records after the hostile ones", 90, interval_s=0.3, in_thread=True)
         finally:
             engine.dispose()
         for topic in hostile_topics:

@@ -7,10 +7,9 @@ what is under test."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -32,6 +31,7 @@ from services.issuer.consumer_loop import CONSUMER, IssuerConsumer, LoopSettings
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.processor import Work
 from services.issuer.state import StoredRecord
+from tests.conftest import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,14 +74,6 @@ async def topic(kafka_settings: KafkaSettings) -> AsyncIterator[tuple[Topics, st
     await delete_topics(kafka_settings, [name])
 
 
-async def _until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_poison_commands_are_dead_lettered_and_transient_failures_stall_then_recover(
     kafka_settings: KafkaSettings, topic: tuple[Topics, str]
 ) -> None:
@@ -111,7 +103,7 @@ async def test_poison_commands_are_dead_lettered_and_transient_failures_stall_th
             await producer.send_and_wait(name, value, key=b"cert-1")
 
         # the poison command: dead-lettered after 3 attempts; the one behind it handled
-        await _until(lambda: "good" in processor.handled, 60, "the command behind the poison one")
+        await poll_until(lambda: "good" in processor.handled, "the command behind the poison one", 60)
         assert processor.attempts["poison"] == 3
         (letter_record,) = published
         letter = decode(letter_record.value, CATALOG).data
@@ -120,20 +112,20 @@ async def test_poison_commands_are_dead_lettered_and_transient_failures_stall_th
         assert letter.reason.endswith("ValueError: this command breaks the processor every time")
 
         # the transient failure: retried, never dead-lettered, stalled after 2 failures, lag true
-        await _until(lambda: progress.stalled(), 60, "the loop to be reported stalled")
+        await poll_until(lambda: progress.stalled(), "the loop to be reported stalled", 60)
         verdict = progress.stalled()[CONSUMER]
         assert verdict.startswith(f"stalled: {name}/0@2 failed ") and "OperationalError: database is locked" in verdict
         assert "s3cret" not in verdict
         assert registry.get_sample_value("certrail_consumer_stalled", labels) == 1
-        await _until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 2, 10,
-                     "the lag behind the stuck command")
+        await poll_until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 2,
+                         "the lag behind the stuck command", 10)
         assert "stuck-behind" not in processor.handled and len(published) == 1
 
         # the database is back: both handled, no longer stalled, lag 0
         processor.database_down = False
-        await _until(lambda: {"stuck", "stuck-behind"} <= set(processor.handled), 60, "the stuck commands")
-        await _until(lambda: registry.get_sample_value("certrail_consumer_stalled", labels) == 0, 10, "the stall to clear")
-        await _until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 0, 10, "lag 0")
+        await poll_until(lambda: {"stuck", "stuck-behind"} <= set(processor.handled), "the stuck commands", 60)
+        await poll_until(lambda: registry.get_sample_value("certrail_consumer_stalled", labels) == 0, "the stall to clear", 10)
+        await poll_until(lambda: registry.get_sample_value("certrail_consumer_lag_records", lag_labels) == 0, "lag 0", 10)
         assert progress.stalled() == {} and len(published) == 1
         failures = {kind: registry.get_sample_value("certrail_consumer_handler_failures_total", {**labels, "kind": kind})
                     for kind in ("failed", "transient")}
