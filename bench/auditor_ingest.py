@@ -127,7 +127,7 @@ def lifecycle_records(topics: Topics, certificates: int) -> list[tuple[str, byte
                 ),
             ),
             (
-                topics.events,
+                topics.gateway_events,
                 events.RequestAccepted(
                     request_id=request_id,
                     requester="ci-pipeline",
@@ -153,7 +153,7 @@ def lifecycle_records(topics: Topics, certificates: int) -> list[tuple[str, byte
                 ),
             ),
             (
-                topics.events,
+                topics.issuer_events,
                 events.CertificateIssued(
                     issuance_id=iid,
                     certificate_id=cert_id,
@@ -172,7 +172,7 @@ def lifecycle_records(topics: Topics, certificates: int) -> list[tuple[str, byte
                 ),
             ),
             (
-                topics.events,
+                topics.deployer_events,
                 events.CertificateDeployed(
                     certificate_id=cert_id,
                     serial=serial,

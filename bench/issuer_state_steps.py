@@ -49,7 +49,7 @@ async def _issuances(writer: StateWriter, run: str, first: int, count: int, in_f
             new = NewOperation(key, "issue", f"cmd-{n}", f"cert-{n}", f"req-{n}", "bench", "certrail.commands.bench",
                                n % 3, command)
             now = datetime.now(UTC)
-            record = StoredRecord("certrail.events", f"cert-{n}", event)
+            record = StoredRecord("certrail.events.issuer", f"cert-{n}", event)
             if with_load:
                 assert await writer.run(state.load_in, key) is None
             op, _ = await writer.run(state.begin_attempt_in, new, now)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import socket
 import time
@@ -46,18 +47,42 @@ BROKER_START_TIMEOUT_S = 120.0
 UniqueTopic = Callable[..., Awaitable[str]]
 
 
-async def poll_until(predicate: Callable[[], object], what: str, timeout_s: float = 60.0, *, interval_s: float = 0.1,
+Described = str | Callable[[], str]
+
+
+def _timed_out(what: Described, timeout_s: float) -> AssertionError:
+    return AssertionError(f"timed out after {timeout_s:g}s waiting for {what() if callable(what) else what}")
+
+
+async def poll_until(predicate: Callable[[], object], what: Described, timeout_s: float = 60.0, *, interval_s: float = 0.1,
                      in_thread: bool = False) -> object:
     """Polls ``predicate`` until it returns something truthy and returns that, or fails the test
-    after ``timeout_s`` naming ``what``. ``in_thread``: call it in a worker thread (a database read)."""
+    after ``timeout_s`` naming ``what`` (a callable: called then, to show the last state seen).
+    ``predicate`` may return an awaitable (an async check); ``in_thread``: call it in a worker
+    thread (a database read)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = await asyncio.to_thread(predicate) if in_thread else predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+            raise _timed_out(what, timeout_s)
         await asyncio.sleep(interval_s)
+
+
+def wait_until(predicate: Callable[[], object], what: Described, timeout_s: float = 60.0, *,
+               interval_s: float = 0.1) -> object:
+    """`poll_until` for synchronous tests and fixtures: blocks between polls."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise _timed_out(what, timeout_s)
+        time.sleep(interval_s)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

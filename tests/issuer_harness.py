@@ -1,6 +1,6 @@
 """Runs the real issuer (``certrail serve issuer``, a subprocess) against a real Kafka, a SQLite
 database and emCA simulators, and drives it: connectors created through the registry, commands
-produced to their topics, events read back from ``certrail.events``."""
+produced to their topics, events read back from the issuer's ``certrail.events.issuer`` (only there)."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class IssuerBench:
         await self._producer.start()
         # fetches of up to 64 KiB or 50 ms rather than one per event: the reader shares the CPUs with what it
         # watches (bench/issuer_throughput.py measured a quarter less broker CPU per certificate this way)
-        self._consumer = AIOKafkaConsumer(self.topics.events, self.topics.deadletter,
+        self._consumer = AIOKafkaConsumer(self.topics.issuer_events, self.topics.deadletter,
                                           **consumer_kwargs(self.kafka, f"reader-{uuid.uuid4().hex[:8]}"),
                                           fetch_min_bytes=65536, fetch_max_wait_ms=50)
         await self._consumer.start()

@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
-from services.auditor.inventory import INVENTORY_STATUSES, inventory_status_counts
+from services.auditor.inventory_read import INVENTORY_STATUSES, inventory_status_counts
 from services.auditor.keys import load_or_create_signing_key
 from services.auditor.metrics import AuditMetrics
 from services.auditor.settings import AuditorSettings

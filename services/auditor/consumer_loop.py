@@ -61,6 +61,7 @@ from services.auditor.store import BatchResult, store_entries
 from services.common.contracts.topics import Topics
 from services.common.failures import is_transient
 from services.common.kafka_config import consumer_kwargs
+from services.common.metrics import CHANNELS
 from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe
 from services.common.settings import KafkaSettings
 
@@ -69,7 +70,7 @@ log = logging.getLogger(__name__)
 PIPELINE_DEPTH = 2  # batches in flight: one being written, one fetched and being prepared
 #: the auditor's consumer, as the progress tracker and /health name it
 CONSUMER = "audit"
-_CHANNELS = ("requests", "commands", "provisioning", "events", "deadletter", "audit.checkpoints", "other")
+_CHANNELS = ("commands", *CHANNELS, "other")
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,9 @@ class AuditConsumer:
                     gap.first_missing,
                     gap.last_missing,
                 )
+            for (topic, message_type), count in result.misrouted.items():
+                log.warning("%d %s record(s) on %s, a topic their producer does not own: stored, not folded into "
+                            "the inventory (PRODUCER_NOT_ALLOWED)", count, message_type, topic)
             if self._checkpointer is not None:
                 self._checkpointer.advanced(result.heads.values())
             offsets = {tp: batch.last[tp] + 1 for tp in keep}
@@ -312,7 +316,7 @@ class AuditConsumer:
         now = self._clock()
         if entries is None:  # prepared here: prepare_batch never raises (a record it cannot prepare is stored raw)
             entries = self._prepare(records)
-        return store_entries(self._engine, entries, inventory_topic=self._topics.events, now=now)
+        return store_entries(self._engine, entries, inventory_topics=self._topics, now=now)
 
     def _seek_back(self, consumer: AIOKafkaConsumer, failed: _Batch, assigned: set[TopicPartition]) -> None:
         """Rewind the failed batch's partitions to its first offsets; batches fetched

@@ -1,5 +1,7 @@
-"""The certificate inventory: a read model built from the typed events on
-``certrail.events``, updated in the auditor's write transaction.
+"""The certificate inventory: a read model built from the typed events on the
+producers' events topics (``certrail.events.gateway``, ``.issuer``, ``.deployer``; an
+event on a topic its producer does not own is never folded, store.py; decision 0016),
+updated in the auditor's write transaction.
 
 Three tables (services/common/db_schema.py): ``certificate_inventory`` (one row
 per managed certificate: status, current serial, subject, SANs, issuing CA,
@@ -8,9 +10,14 @@ serial it had) and ``certificate_deployments`` (per target).
 
 `apply_events` folds a batch of events into those tables with a constant
 number of statements per batch (load the touched rows, apply the events in
-memory in partition order, upsert what changed). Every value comes from the
-events (times are event times, never the wall clock), so a replay of the same
-events builds the same inventory.
+memory, upsert what changed). Every value comes from the events (times are
+event times, never the wall clock), and the fold is by event time, not by
+arrival: a certificate's events span three topics whose relative order is not
+kept, so facts (serials issued and revoked, each target's newest outcome)
+apply whenever they arrive, and the last event and the request fields move only
+forward in (event time, event id) (`_apply`; docs/audit.md "Folded by event
+time"). A replay of the same events, in any interleaving of the topics, builds
+the same inventory.
 
 Stored statuses are pending, active, revoked and failed; "expired" is derived
 when read (`effective_status`): an active certificate past its not_after.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from operator import itemgetter
@@ -31,7 +38,7 @@ from sqlalchemy import Boolean, String, Table, TextualSelect, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from services.auditor.sql import BoundTime, executemany, sqlite_text, time_binder, utc_or_none
+from services.auditor.sql import BoundTime, executemany, sqlite_text, sqlite_utc, time_binder, utc_or_none
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import (
     CertificateDeployed,
@@ -107,7 +114,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "issuance_id",
         "public_key_sha256",
     ),
-    IssuanceFailed.TYPE: ("error",),
+    IssuanceFailed.TYPE: ("error", "request_id"),
     CertificateRevoked.TYPE: ("serial", "revoked_at", "reason"),
     RevocationFailed.TYPE: ("error",),
     CertificateDeployed.TYPE: ("serial", "target", "verified_serial"),
@@ -163,6 +170,33 @@ def inventory_event(event: Any, *, sqlite_times: bool = False) -> InventoryEvent
     return InventoryEvent(event.type, event.id, sqlite_text(time) if sqlite_times else time, certificate_id, fields)
 
 
+def _text(value: BoundTime) -> str:
+    """A time as comparable text: SQLite's (`sql.sqlite_text`, formatted once per instant)."""
+    return value if isinstance(value, str) else sqlite_utc(value)  # type: ignore[return-value]
+
+
+def _before(time: BoundTime, other: BoundTime) -> bool:
+    """Whether ``time`` is strictly before ``other``. Each is a datetime or SQLite text:
+    compared as they are when both are of one type (the usual case: nothing parsed or
+    formatted per event), else both as SQLite text (fixed width, UTC: sorts as the instants do)."""
+    if type(time) is not type(other):
+        time, other = _text(time), _text(other)
+    return time < other  # type: ignore[operator]
+
+
+def _not_older(time: BoundTime, event_id: str, last_time: BoundTime | None, last_id: str) -> bool:
+    """Whether (time, event_id) is not before (last_time, last_id) (None: nothing yet)."""
+    if last_time is None:
+        return True
+    if type(time) is not type(last_time):
+        time, last_time = _text(time), _text(last_time)
+    return (time, event_id) >= (last_time, last_id)  # type: ignore[operator]
+
+
+#: the event type a deployment row's status stands for
+_DEPLOYMENT_EVENT_TYPES = {"deployed": CertificateDeployed.TYPE, "failed": DeploymentFailed.TYPE}
+
+
 @dataclass
 class _State:
     certificates: dict[str, dict[str, Any]]
@@ -171,19 +205,38 @@ class _State:
     changed_certificates: set[str]
     changed_serials: set[tuple[str, str]]
     changed_deployments: set[tuple[str, str, str]]
+    #: each certificate's keys in ``deployments``
+    targets: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
-    def certificate(self, event: InventoryEvent, create: bool) -> dict[str, Any] | None:
+    def __post_init__(self) -> None:
+        for key in self.deployments:
+            self.targets.setdefault(key[0], []).append(key)
+
+    def certificate(self, event: InventoryEvent, *, create: bool, request: bool = False) -> tuple[dict[str, Any] | None, bool]:
+        """The event's certificate row (None: none yet and not ``create``) and, for a
+        ``request`` event (one that sets the request or status fields), whether it is the
+        newest such event: then updated_at becomes its time. Every event that is not older
+        than the row's last event becomes it (last_event_*); created_at is the earliest
+        creating event's time."""
         certificate_id = event.certificate_id
         row = self.certificates.get(certificate_id)
         if row is None:
             if not create:
-                return None
+                return None, False
             row = dict.fromkeys(_INVENTORY_COLUMNS)
             row.update(certificate_id=certificate_id, status=CertificateStatus.PENDING.value, created_at=event.time)
             self.certificates[certificate_id] = row
-        row.update(last_event_id=event.id, last_event_type=event.type, last_event_at=event.time, updated_at=event.time)
+            for key in self.targets.get(certificate_id, ()):  # outcomes folded before the row existed
+                done = self.deployments[key]
+                _touch(row, done["event_id"], _DEPLOYMENT_EVENT_TYPES[done["status"]], done["updated_at"])
+        elif create and _before(event.time, row["created_at"]):
+            row["created_at"] = event.time
+        newest = request and _newest_request_event(row, event)
+        if newest:
+            row["updated_at"] = event.time
+        _touch(row, event.id, event.type, event.time)
         self.changed_certificates.add(certificate_id)
-        return row
+        return row, newest
 
     def serial(self, certificate_id: str, serial: str) -> dict[str, Any]:
         key = (certificate_id, serial)
@@ -195,27 +248,78 @@ class _State:
         self.changed_serials.add(key)
         return row
 
-    def deployment(self, certificate_id: str, kind: str, name: str) -> dict[str, Any]:
-        key = (certificate_id, kind, name)
+    def deployment(self, event: InventoryEvent, kind: str, name: str) -> dict[str, Any] | None:
+        """The event's target row, or None when it holds a newer outcome already."""
+        key = (event.certificate_id, kind, name)
         row = self.deployments.get(key)
         if row is None:
             row = dict.fromkeys(_DEPLOYMENT_COLUMNS)
-            row.update(certificate_id=certificate_id, target_kind=kind, target_name=name)
+            row.update(certificate_id=event.certificate_id, target_kind=kind, target_name=name)
             self.deployments[key] = row
+            self.targets.setdefault(event.certificate_id, []).append(key)
+        elif not _not_older(event.time, event.id, row["updated_at"], row["event_id"]):
+            return None
         self.changed_deployments.add(key)
         return row
 
+    def newest_serial(self, row: dict[str, Any], serial: str, issued_at: BoundTime) -> bool:
+        """Whether ``serial``, issued at ``issued_at``, is the certificate's newest: there is
+        no current serial, it is the current one, or the current one was issued before it."""
+        current = row["serial"]
+        if current is None or current == serial:
+            return True
+        known = self.serials.get((row["certificate_id"], current))
+        return known is None or known["issued_at"] is None or not _before(issued_at, known["issued_at"])
+
+
+def _touch(row: dict[str, Any], event_id: str, event_type: str, time: BoundTime) -> None:
+    """Make the event the row's last one unless it is older than that."""
+    if _not_older(time, event_id, row["last_event_at"], row["last_event_id"] or ""):
+        row.update(last_event_id=event_id, last_event_type=event_type, last_event_at=time)
+
+
+def _newest_request_event(row: dict[str, Any], event: InventoryEvent) -> bool:
+    """Whether ``event`` is not older than the row's newest request event (at updated_at).
+    That event's id is not stored: it is the last event's when that has the same time
+    (ties broken by the id), else any event of the same time counts as newer."""
+    updated = row["updated_at"]
+    if updated is None:
+        return True
+    last_at = row["last_event_at"]
+    same = last_at is not None and not _before(last_at, updated) and not _before(updated, last_at)
+    return _not_older(event.time, event.id, updated, row["last_event_id"] if same else "")
+
 
 def _issued(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
+    """A fact whenever it arrives: its serial is recorded and, when it is the newest one,
+    the certificate's current serial. Its request fields apply when it is the newest request event."""
     cert_id = event.certificate_id
-    row = state.certificate(event, create=True)
+    row, newest = state.certificate(event, create=True, request=True)
     assert row is not None
+    serial = state.serial(cert_id, f["serial"])
+    serial.update(
+        issuer=f["issuer"],
+        not_before=f["not_before"],
+        not_after=f["not_after"],
+        issuance_id=f["issuance_id"],
+        request_id=f["request_id"],
+        issued_at=event.time,
+    )
+    if newest:
+        row.update(request_id=f["request_id"], issuance_id=f["issuance_id"], last_error_code=None)
+    if not state.newest_serial(row, f["serial"], event.time):
+        if serial["status"] == SerialStatus.ACTIVE:
+            serial["status"] = SerialStatus.SUPERSEDED.value  # an older issuance, arriving late
+        return
     for replaced in {row["serial"], f.get("replaces_serial")} - {None, f["serial"]}:
         old = state.serials.get((cert_id, replaced))
         if old is not None and old["status"] == SerialStatus.ACTIVE:
             state.serial(cert_id, replaced)["status"] = SerialStatus.SUPERSEDED.value
+    revoked = serial["status"] == SerialStatus.REVOKED
+    if not revoked:
+        serial["status"] = SerialStatus.ACTIVE.value
     row.update(
-        status=CertificateStatus.ACTIVE.value,
+        status=CertificateStatus.REVOKED.value if revoked else CertificateStatus.ACTIVE.value,
         serial=f["serial"],
         subject=f["subject"],
         sans=json.dumps(f["sans"]),
@@ -224,56 +328,58 @@ def _issued(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
         not_after=f["not_after"],
         connector=f["connector"],
         profile=f["profile"],
-        request_id=f["request_id"],
-        issuance_id=f["issuance_id"],
         public_key_sha256=f["public_key_sha256"],
-        revoked_at=None,
-        revocation_reason=None,
-        last_error_code=None,
+        revoked_at=serial["revoked_at"],
+        revocation_reason=serial["revocation_reason"],
     )
-    state.serial(cert_id, f["serial"]).update(
-        status=SerialStatus.ACTIVE.value,
-        issuer=f["issuer"],
-        not_before=f["not_before"],
-        not_after=f["not_after"],
-        issuance_id=f["issuance_id"],
-        request_id=f["request_id"],
-        issued_at=event.time,
-    )
+
+
+def _accepted(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
+    row, newest = state.certificate(event, create=f["kind"] != RequestKind.REVOKE.value, request=True)
+    if row is None:
+        return
+    row["requester"] = f["requester"]  # acceptances are in the gateway's topic order: the last is the newest
+    if not newest:
+        return
+    # a new request: an earlier one's error is no longer the certificate's
+    row.update(request_id=f["request_id"], last_error_code=None)
+    for name in ("profile", "connector", "issuance_id"):
+        if f.get(name) is not None:
+            row[name] = f[name]
+    if row["serial"] is None and row["status"] == CertificateStatus.FAILED:
+        row["status"] = CertificateStatus.PENDING.value
 
 
 def _apply(state: _State, event: InventoryEvent) -> None:
+    """Fold one event. Facts (serials issued and revoked, each target's newest outcome)
+    apply whenever they arrive; the request fields (request, issuance, pending or failed,
+    last error) follow the newest request event; the last event is the newest event."""
     f = event.fields
     kind = event.type
     if kind == RequestAccepted.TYPE:
-        row = state.certificate(event, create=f["kind"] != RequestKind.REVOKE.value)
-        if row is None:
-            return
-        row.update(requester=f["requester"], request_id=f["request_id"])
-        for name in ("profile", "connector", "issuance_id"):
-            if f.get(name) is not None:
-                row[name] = f[name]
-        if row["serial"] is None and row["status"] == CertificateStatus.FAILED:
-            row["status"] = CertificateStatus.PENDING.value
+        _accepted(state, event, f)
     elif kind == IssuancePending.TYPE:
-        row = state.certificate(event, create=True)
+        row, newest = state.certificate(event, create=True, request=True)
         assert row is not None
-        row.update(issuance_id=f["issuance_id"], connector=f["connector"], request_id=f["request_id"])
-        if row["serial"] is None:
-            row["status"] = CertificateStatus.PENDING.value
+        if newest:
+            row.update(issuance_id=f["issuance_id"], connector=f["connector"], request_id=f["request_id"])
+            if row["serial"] is None:
+                row["status"] = CertificateStatus.PENDING.value
     elif kind == CertificateIssued.TYPE:
         _issued(state, event, f)
     elif kind == IssuanceFailed.TYPE:
-        row = state.certificate(event, create=True)
+        row, newest = state.certificate(event, create=True, request=True)
         assert row is not None
-        row["last_error_code"] = f["error"]
-        if row["serial"] is None:
+        if newest:
+            row["last_error_code"] = f["error"]
+        if row["serial"] is None and (newest or f["request_id"] == row["request_id"]):
+            # also when only a rejection or a revocation failure is newer: the current request failed
             row["status"] = CertificateStatus.FAILED.value
     elif kind == CertificateRevoked.TYPE:
         state.serial(event.certificate_id, f["serial"]).update(
             status=SerialStatus.REVOKED.value, revoked_at=f["revoked_at"], revocation_reason=f["reason"]
         )
-        row = state.certificate(event, create=False)
+        row, _ = state.certificate(event, create=False)
         if row is not None and row["serial"] in (None, f["serial"]):
             row.update(
                 status=CertificateStatus.REVOKED.value,
@@ -282,22 +388,23 @@ def _apply(state: _State, event: InventoryEvent) -> None:
                 revocation_reason=f["reason"],
             )
     elif kind in (CertificateDeployed.TYPE, DeploymentFailed.TYPE):
-        deployed = kind == CertificateDeployed.TYPE
-        state.deployment(event.certificate_id, f["target_kind"], f["target_name"]).update(
-            status="deployed" if deployed else "failed",
-            serial=f["serial"],
-            verified_serial=f.get("verified_serial"),
-            rolled_back=f.get("rolled_back"),
-            error_code=f.get("error"),
-            event_id=event.id,
-            updated_at=event.time,
-        )
+        target = state.deployment(event, f["target_kind"], f["target_name"])
+        if target is not None:
+            target.update(
+                status="deployed" if kind == CertificateDeployed.TYPE else "failed",
+                serial=f["serial"],
+                verified_serial=f.get("verified_serial"),
+                rolled_back=f.get("rolled_back"),
+                error_code=f.get("error"),
+                event_id=event.id,
+                updated_at=event.time,
+            )
         state.certificate(event, create=False)
     elif kind == RequestRejected.TYPE and f["error"] in _NOT_ABOUT_THE_CERTIFICATE:
         return  # a refused caller's rejection says nothing about the certificate it named (gateways before 2026-12)
     elif kind in (RequestRejected.TYPE, RevocationFailed.TYPE):
-        row = state.certificate(event, create=False)
-        if row is not None:
+        row, newest = state.certificate(event, create=False, request=True)
+        if row is not None and newest:
             row["last_error_code"] = f["error"]
     else:  # RenewalDue, CertificateExpiring
         state.certificate(event, create=False)
@@ -343,7 +450,8 @@ def _upsert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
 
 
 def apply_events(session: Session, events: Sequence[InventoryEvent]) -> int:
-    """Fold ``events`` (in partition order) into the inventory; returns how many there were."""
+    """Fold ``events`` (each topic's in its order; the topics' in any order) into the inventory;
+    returns how many there were."""
     relevant = list(events)
     if not relevant:
         return 0
@@ -368,114 +476,3 @@ def apply_events(session: Session, events: Sequence[InventoryEvent]) -> int:
     _upsert(session, serials, [state.serials[k] for k in sorted(state.changed_serials)])  # type: ignore[arg-type]
     _upsert(session, deployments, [state.deployments[k] for k in sorted(state.changed_deployments)])  # type: ignore[arg-type]
     return len(relevant)
-
-
-# -- reading ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateView:
-    """One inventory row as the gateway and the CLI see it."""
-
-    certificate_id: str
-    status: str  # effective: expired when active and past not_after
-    serial: str | None
-    past_serials: tuple[str, ...]
-    subject: str | None
-    sans: tuple[str, ...]
-    issuer: str | None
-    not_before: datetime | None
-    not_after: datetime | None
-    connector: str | None
-    profile: str | None
-    requester: str | None
-    last_event_type: str
-    last_event_at: datetime
-    last_error_code: str | None
-    deployments: tuple[tuple[str, str, str, str], ...]  # (kind, name, status, serial)
-
-
-def get_certificate(session: Session, certificate_id: str, now: datetime) -> CertificateView | None:
-    """The inventory view of one certificate, or None."""
-    row = session.get(CertificateInventory, certificate_id)
-    if row is None:
-        return None
-    serials = session.scalars(
-        select(CertificateSerial)
-        .where(CertificateSerial.certificate_id == certificate_id)
-        .order_by(CertificateSerial.issued_at, CertificateSerial.serial)
-    ).all()
-    deployments = session.scalars(
-        select(CertificateDeployment)
-        .where(CertificateDeployment.certificate_id == certificate_id)
-        .order_by(CertificateDeployment.target_kind, CertificateDeployment.target_name)
-    ).all()
-    return CertificateView(
-        certificate_id=row.certificate_id,
-        status=effective_status(row.status, row.not_after, now),
-        serial=row.serial,
-        past_serials=tuple(s.serial for s in serials if s.serial != row.serial),
-        subject=row.subject,
-        sans=tuple(json.loads(row.sans)) if row.sans else (),
-        issuer=row.issuer,
-        not_before=row.not_before,
-        not_after=row.not_after,
-        connector=row.connector,
-        profile=row.profile,
-        requester=row.requester,
-        last_event_type=row.last_event_type,
-        last_event_at=row.last_event_at,
-        last_error_code=row.last_error_code,
-        deployments=tuple((d.target_kind, d.target_name, d.status, d.serial) for d in deployments),
-    )
-
-
-def certificates_with_serial(session: Session, serial: str) -> list[str]:
-    """The certificate ids that ever had ``serial`` (normally one)."""
-    return list(
-        session.scalars(
-            select(CertificateSerial.certificate_id)
-            .where(CertificateSerial.serial == serial)
-            .order_by(CertificateSerial.certificate_id)
-        )
-    )
-
-
-def list_certificates(
-    session: Session,
-    now: datetime,
-    *,
-    status: str | None = None,
-    not_after_before: datetime | None = None,
-    limit: int = 1000,
-) -> list[CertificateView]:
-    """Inventory views ordered by not_after (soonest first; never issued last), optionally
-    only one (effective) status, or only those expiring before a time (renewal planning)."""
-    query = select(CertificateInventory.certificate_id).order_by(
-        CertificateInventory.not_after.is_(None), CertificateInventory.not_after, CertificateInventory.certificate_id
-    )
-    if not_after_before is not None:
-        query = query.where(CertificateInventory.not_after < not_after_before)
-    if status == CertificateStatus.EXPIRED:
-        query = query.where(CertificateInventory.status == CertificateStatus.ACTIVE.value, CertificateInventory.not_after <= now)
-    elif status == CertificateStatus.ACTIVE:
-        query = query.where(CertificateInventory.status == status, CertificateInventory.not_after > now)
-    elif status is not None:
-        query = query.where(CertificateInventory.status == status)
-    views = (get_certificate(session, cid, now) for cid in session.scalars(query.limit(limit)))
-    return [v for v in views if v is not None]
-
-
-#: the statuses certrail_audit_inventory_certificates reports ("expired": active and past not_after)
-INVENTORY_STATUSES = ("pending", "active", "expired", "revoked", "failed")
-
-
-def inventory_status_counts(session: Session, now: datetime) -> dict[str, int]:
-    """How many inventory certificates have each effective status."""
-    inv = CertificateInventory
-    counts: dict[str, int] = {}
-    expired = (inv.status == CertificateStatus.ACTIVE.value) & (inv.not_after.is_not(None)) & (inv.not_after <= now)
-    for status, is_expired, n in session.execute(select(inv.status, expired, func.count()).group_by(inv.status, expired)):
-        key = "expired" if is_expired else status
-        counts[key] = counts.get(key, 0) + int(n)
-    return counts

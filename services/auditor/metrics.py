@@ -10,6 +10,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.auditor.store import BatchResult
+from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
 from services.common.metrics import channel_of
 
@@ -121,6 +122,8 @@ class AuditMetrics:
             self.stored.labels(self.channel(topic), message_type).inc(count)
         for (topic, code), count in result.invalid_by_code.items():
             self.invalid.labels(self.channel(topic), code).inc(count)
+        for (topic, _type), count in result.misrouted.items():
+            self.invalid.labels(self.channel(topic), ErrorCode.PRODUCER_NOT_ALLOWED.value).inc(count)
         if result.redelivered:
             self.redelivered.inc(result.redelivered)
         for topic, count in result.duplicates.items():

@@ -123,7 +123,7 @@ async def replay(
         result = ReplayResult(topic, {tp.partition: r for tp, r in ranges.items()})
         async for batch in read_range(consumer, ranges):
             records = [raw_record(r) for r in batch]
-            stored = await asyncio.to_thread(store_records, into, records, inventory_topic=topics.events, now=now())
+            stored = await asyncio.to_thread(store_records, into, records, inventory_topics=topics, now=now())
             result.records += len(records)
             result.stored += stored.stored
     return result

@@ -16,7 +16,12 @@ with the records of one fetched batch:
 4. each new row gets ``prev_offset``, ``prev_hash`` and ``row_hash`` (chain.py)
    and the heads move forward;
 5. the inventory (inventory.py) folds the new, valid, first-occurrence events
-   of the events topic.
+   that arrived on their producer's events topic (`Topics.may_arrive_on`) or on the
+   single events topic of installations before decision 0016 (``<prefix>.events``,
+   which no principal may write any more). An event on another producer's topic
+   (a forgery: a CertificateIssued on the deployer's topic) is stored like every
+   record but never folded, and counted as ``misrouted`` (the metric
+   certrail_audit_invalid_records_total{code="PRODUCER_NOT_ALLOWED"}).
 
 The caller commits the Kafka offsets only after the transaction committed.
 """
@@ -39,6 +44,7 @@ from services.auditor.inventory import InventoryEvent, apply_events
 from services.auditor.records import AuditEntry, RawRecord, headers_to_json, prepare
 from services.auditor.sql import executemany, time_binder
 from services.common.contracts.catalog import CATALOG
+from services.common.contracts.topics import Topics
 from services.common.db import write_session
 from services.common.db_schema import AuditChainHead, AuditRecord
 
@@ -79,6 +85,7 @@ class BatchResult:
     gaps: list[Gap] = field(default_factory=list)
     stored_by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, type or "invalid")
     invalid_by_code: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, error code)
+    misrouted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, type): not its producer's topic
 
 
 def _dialect_insert(session: Session) -> Any:
@@ -193,8 +200,16 @@ def _row(
 _NO_FIRST = (None, None, None)
 
 
-def write_batch(session: Session, entries: Sequence[AuditEntry], *, now: datetime, inventory_topic: str | None) -> BatchResult:
-    """Store ``entries`` (one fetched batch) in the caller's transaction; see the module docstring."""
+def inventory_accepts(topics: Topics, topic: str, message_type: str) -> bool:
+    """Whether an inventory event of ``message_type`` that arrived on ``topic`` may change the
+    inventory: on its producer's events topic, or on the events topic before decision 0016."""
+    cls = CATALOG.get(message_type)
+    return cls is not None and (topic == topics.legacy_events or topics.may_arrive_on(cls, topic))
+
+
+def write_batch(session: Session, entries: Sequence[AuditEntry], *, now: datetime, inventory_topics: Topics | None) -> BatchResult:
+    """Store ``entries`` (one fetched batch) in the caller's transaction; see the module docstring.
+    ``inventory_topics``: the installation's topics (None: no inventory)."""
     result = BatchResult()
     by_partition: dict[PartitionKey, dict[int, AuditEntry]] = defaultdict(dict)
     for entry in entries:
@@ -237,8 +252,11 @@ def write_batch(session: Session, entries: Sequence[AuditEntry], *, now: datetim
             result.stored_by_type[(entry.topic, entry.type_label)] += 1
             if entry.decode_error is not None:
                 result.invalid_by_code[(entry.topic, entry.decode_error)] += 1
-            elif first is None and entry.inventory is not None and entry.topic == inventory_topic:
-                inventory.append(entry.inventory)
+            elif first is None and entry.inventory is not None and inventory_topics is not None:
+                if inventory_accepts(inventory_topics, entry.topic, entry.type_label):
+                    inventory.append(entry.inventory)
+                else:
+                    result.misrouted[(entry.topic, entry.type_label)] += 1
         assert prev_offset is not None
         result.heads[key] = Head(key[0], key[1], prev_offset, prev_hash)
         head_updates.append(
@@ -265,12 +283,12 @@ def write_batch(session: Session, entries: Sequence[AuditEntry], *, now: datetim
     return result
 
 
-def store_entries(engine: Engine, entries: Sequence[AuditEntry], *, inventory_topic: str | None, now: datetime) -> BatchResult:
+def store_entries(engine: Engine, entries: Sequence[AuditEntry], *, inventory_topics: Topics | None, now: datetime) -> BatchResult:
     """Store prepared entries in one write transaction (what the live consumer, replay and the benchmark call)."""
     with write_session(engine) as session:
-        return write_batch(session, entries, now=now, inventory_topic=inventory_topic)
+        return write_batch(session, entries, now=now, inventory_topics=inventory_topics)
 
 
-def store_records(engine: Engine, records: Sequence[RawRecord], *, inventory_topic: str | None, now: datetime) -> BatchResult:
+def store_records(engine: Engine, records: Sequence[RawRecord], *, inventory_topics: Topics | None, now: datetime) -> BatchResult:
     """`prepare` the records (in this thread) and store them in one write transaction."""
-    return store_entries(engine, [prepare(r, CATALOG) for r in records], inventory_topic=inventory_topic, now=now)
+    return store_entries(engine, [prepare(r, CATALOG) for r in records], inventory_topics=inventory_topics, now=now)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from services.auditor.inventory import certificates_with_serial
+from services.auditor.inventory_read import certificates_with_serial
 from services.common.contracts.envelope import DecodeError, load_json
 from services.common.contracts.identity import normalise_serial
 from services.common.db_schema import AuditRecord

@@ -26,6 +26,7 @@ from services.common.kafka_acls import (
     apply_acls,
     describe_acls,
     service_groups_from,
+    superseded_bindings,
 )
 from services.common.kafka_config import KafkaConfigError
 from services.common.kafka_local import DEFAULT_KAFKA_VERSION, KafkaStatus, LocalKafka, LocalKafkaError
@@ -152,7 +153,7 @@ def start(
         try:
             prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
             bindings = acl_bindings(Topics(prefix), service_groups_from(os.environ))
-            asyncio.run(apply_acls(kafka.client_settings(ADMIN, prefix), bindings))
+            asyncio.run(apply_acls(kafka.client_settings(ADMIN, prefix), bindings, superseded_bindings(Topics(prefix))))
         except (KafkaAclError, KafkaError, KafkaConfigError, ValidationError, LocalKafkaError) as exc:
             raise _fail(exc) from exc
         typer.echo(f"  ACLs:      {len(bindings)} for topic prefix {prefix!r} (`certrail kafka acls show`)")
@@ -217,13 +218,17 @@ def acls_apply() -> None:
     """Create certrail's ACLs (one principal per service, requester, see docs/operations.md); prints each.
 
     The topic prefix is CERTRAIL_KAFKA_TOPIC_PREFIX; the groups are CERTRAIL_<SERVICE>_GROUP_ID (or the
-    defaults). Idempotent; ACLs it did not set are left alone."""
+    defaults). Idempotent; ACLs it did not set are left alone, except those earlier versions of the
+    table granted that no longer hold (write on the single events topic: decision 0016), which it removes."""
     settings = _admin_settings()
     bindings = acl_bindings(Topics(settings.topic_prefix), service_groups_from(os.environ))
+    superseded = superseded_bindings(Topics(settings.topic_prefix))
     try:
-        asyncio.run(apply_acls(settings, bindings))
+        asyncio.run(apply_acls(settings, bindings, superseded))
     except (KafkaAclError, KafkaError, KafkaConfigError) as exc:
         raise _fail(Exception(f"cannot apply ACLs on {settings.bootstrap_servers}: {exc}")) from exc
+    for binding in superseded:
+        typer.echo(f"removed (if present) {binding.describe()}")
     for binding in bindings:
         typer.echo(f"allow {binding.describe()}")
     typer.echo(f"{len(bindings)} ACLs in place")

@@ -17,7 +17,14 @@ from rich.table import Table
 from services.cli.demo import DemoError, run_demo, stack_env
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
-from services.common.kafka_acls import ADMIN, KafkaAclError, acl_bindings, apply_acls, service_groups_from
+from services.common.kafka_acls import (
+    ADMIN,
+    KafkaAclError,
+    acl_bindings,
+    apply_acls,
+    service_groups_from,
+    superseded_bindings,
+)
 from services.common.kafka_local import LocalKafka, LocalKafkaError
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
@@ -43,7 +50,7 @@ async def _prepare_kafka(kafka: LocalKafka, topic_prefix: str) -> str:
     """As the admin principal: certrail's ACLs, then its topics. Returns the topics' summary."""
     admin = kafka.client_settings(ADMIN, topic_prefix)
     topics = Topics(topic_prefix)
-    await apply_acls(admin, acl_bindings(topics, service_groups_from(os.environ)))
+    await apply_acls(admin, acl_bindings(topics, service_groups_from(os.environ)), superseded_bindings(topics))
     report = await ensure_topics(admin, topics.fixed())
     return report.summary()
 

@@ -7,6 +7,10 @@ A record becomes an `InboundRecord`; `Dispatcher.dispatch` decodes it and:
   what the handler returns (`Outbound` messages) — HANDLED;
 - ignores a well-formed message of a known type the service does not handle
   — IGNORED;
+- dead-letters a well-formed message that arrived on a topic its type's producer does not
+  own (`Topics.may_arrive_on`: a CertificateIssued only from the issuer's events topic, a
+  command only from a command topic, ...) with PRODUCER_NOT_ALLOWED, before any handler
+  sees it (decision 0016) — DEAD_LETTERED;
 - sends anything undecodable or invalid (not JSON, not a CloudEvent, unknown
   type, schema violation, oversize, a private key inside), and anything a
   handler refuses with `InvalidMessage`, to the dead-letter topic with the
@@ -60,7 +64,7 @@ from services.common.contracts.envelope import (
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.identity import message_id
 from services.common.contracts.redaction import redact_private_keys
-from services.common.contracts.topics import Topics
+from services.common.contracts.topics import COMMANDS_CHANNEL, Topics
 from services.common.failures import is_transient
 from services.common.progress import describe, retry_delay
 
@@ -247,7 +251,7 @@ class Dispatcher:
     async def dispatch(self, record: InboundRecord) -> Outcome:
         if self.skip_by_type_header:
             declared = header(record, TYPE_HEADER)
-            if declared is not None and self._ignorable(declared):
+            if declared is not None and self._ignorable(declared, record.topic):
                 self._observe(record, declared, Outcome.IGNORED, None)
                 return Outcome.IGNORED
         try:
@@ -255,6 +259,11 @@ class Dispatcher:
         except DecodeError as exc:
             await self._dead_letter(record, exc.code, exc.reason)
             self._observe(record, "invalid", Outcome.DEAD_LETTERED, exc.code)
+            return Outcome.DEAD_LETTERED
+        misrouted = producer_violation(self.topics, type(envelope.data), record.topic)
+        if misrouted is not None:
+            await self._dead_letter(record, ErrorCode.PRODUCER_NOT_ALLOWED, misrouted)
+            self._observe(record, envelope.type, Outcome.DEAD_LETTERED, ErrorCode.PRODUCER_NOT_ALLOWED)
             return Outcome.DEAD_LETTERED
         handler = self.handlers.get(type(envelope.data))
         if handler is None:
@@ -289,9 +298,11 @@ class Dispatcher:
         self._observe(record, envelope.type, Outcome.HANDLED, None)
         return Outcome.HANDLED
 
-    def _ignorable(self, message_type: str) -> bool:
+    def _ignorable(self, message_type: str, topic: str) -> bool:
+        """A known type without a handler that may come from ``topic`` (one that may not is decoded
+        and dead-lettered, so a forged record is seen)."""
         cls = self.catalog.get(message_type)
-        return cls is not None and cls not in self.handlers
+        return cls is not None and cls not in self.handlers and self.topics.may_arrive_on(cls, topic)
 
     def _observe(self, record: InboundRecord, message_type: str, outcome: Outcome, code: ErrorCode | None) -> None:
         if self.observer is not None:
@@ -299,6 +310,18 @@ class Dispatcher:
 
     async def _dead_letter(self, record: InboundRecord, code: ErrorCode, reason: str) -> None:
         await self.publisher.publish([dead_letter_for(record, code, reason, self.service, self.topics, self.clock())])
+
+
+def producer_violation(topics: Topics, message_class: type[Message], topic: str) -> str | None:
+    """Why a ``message_class`` message may not come from ``topic`` (the reason of a
+    PRODUCER_NOT_ALLOWED dead letter), or None when its producer owns that topic."""
+    if topics.may_arrive_on(message_class, topic):
+        return None
+    if message_class.CHANNEL == COMMANDS_CHANNEL:
+        expected = topics.commands("x")[:-1] + "<connector>"
+    else:
+        expected = topics.topic_of(message_class)
+    return f"{message_class.TYPE} may only come from {expected}, it arrived on {topic}"
 
 
 def dead_letter_for(

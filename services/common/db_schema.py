@@ -296,7 +296,7 @@ class AuditVerifyRun(Base):
 
 class CertificateInventory(Base):
     """The certificate inventory (read model), one row per managed certificate,
-    built by the auditor from the events on ``certrail.events``. ``status`` is
+    built by the auditor from the events on the producers' ``certrail.events.*`` topics. ``status`` is
     pending, active, revoked or failed as stored; "expired" is derived when read
     (an active certificate past ``not_after``: services/auditor/inventory.py)."""
 
@@ -676,3 +676,24 @@ class DeployerAcceptedCertificateRow(Base):
     connector: Mapped[str | None] = mapped_column(String(63))
     accepted_at: Mapped[datetime] = mapped_column(UTCDateTime())
     public_key_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeployerParkedCertificateRow(Base):
+    """A CertificateIssued the deployer holds back because a gateway event that would let it
+    install the certificate may still be on its way (decision 0016; services/deployer/parking.py):
+    the record as it arrived, why it waits, and until when. Deleted when it is installed or refused."""
+
+    __tablename__ = "deployer_parked_certificates"
+    __table_args__ = (
+        Index("ix_deployer_parked_certificates_certificate_id", "certificate_id"),
+        Index("ix_deployer_parked_certificates_connector", "connector"),
+        Index("ix_deployer_parked_certificates_deadline", "deadline"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    certificate_id: Mapped[str] = mapped_column(String(200))
+    connector: Mapped[str] = mapped_column(String(63))
+    record: Mapped[str] = mapped_column(Text)  # the CloudEvent as consumed (a certificate and its chain; never a key)
+    code: Mapped[str] = mapped_column(String(64))  # the curable refusal it waits to have cured
+    parked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime())

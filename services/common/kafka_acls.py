@@ -1,14 +1,16 @@
 """certrail's Kafka principals and the ACLs that let each write only what it produces.
 
 One table (`acl_bindings`) computes every ACL from the topic prefix and the
-services' consumer groups; `apply_acls` creates them (idempotent: Kafka keeps
-one copy of a binding) and `describe_acls` reads back what the cluster has.
-Both speak Kafka's CreateAcls/DescribeAcls protocol through aiokafka's client
-(aiokafka's admin client has no ACL methods), authenticated as a super user
-(the ``admin`` principal).
+services' consumer groups; `apply_acls` removes the bindings earlier tables
+granted that no longer hold (`superseded_bindings`: write on the single events
+topic, decision 0016) and creates them (idempotent: Kafka keeps one copy of a
+binding), and `describe_acls` reads back what the cluster has. They speak Kafka's
+CreateAcls/DeleteAcls/DescribeAcls protocol through aiokafka's client (aiokafka's
+admin client has no ACL methods), authenticated as a super user (the ``admin``
+principal).
 
-    bindings = acl_bindings(Topics("certrail"), ServiceGroups())
-    await apply_acls(admin_settings, bindings)
+    topics = Topics("certrail")
+    await apply_acls(admin_settings, acl_bindings(topics, ServiceGroups()), superseded_bindings(topics))
 
 Principals (SCRAM-SHA-512 users, one per service): see docs/decisions/0012.
 """
@@ -22,7 +24,7 @@ from typing import Final
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import for_code
-from aiokafka.protocol.admin import CreateAclsRequest_v1, DescribeAclsRequest_v1
+from aiokafka.protocol.admin import CreateAclsRequest_v1, DeleteAclsRequest_v1, DescribeAclsRequest_v1
 from aiokafka.protocol.api import Request
 
 from services.common.contracts.topics import Topics
@@ -110,7 +112,8 @@ def principal(name: str) -> str:
 
 
 def acl_bindings(topics: Topics, groups: ServiceGroups | None = None) -> list[AclBinding]:
-    """Every ACL of certrail's principals, sorted; the table of docs/decisions/0012."""
+    """Every ACL of certrail's principals, sorted; the table of docs/decisions/0012 (events topics
+    split by producer: docs/decisions/0016). No one may write the old ``<prefix>.events``."""
     groups = groups or ServiceGroups()
     commands_prefix = topics.commands("x")[:-1]  # "<prefix>.commands."
     everything_prefix = f"{topics.prefix}."
@@ -118,7 +121,7 @@ def acl_bindings(topics: Topics, groups: ServiceGroups | None = None) -> list[Ac
     topic, group = ResourceType.TOPIC, ResourceType.GROUP
     O = Operation  # noqa: N806 - a short alias keeps the table readable
     rules: list[tuple[str, ResourceType, str, PatternType, Operation]] = [
-        # gateway: reads requests; writes commands (and creates a connector's topic), provisioning, events, deadletter
+        # gateway: reads requests; writes commands (and creates a connector's topic), provisioning, its events, deadletter
         ("gateway", topic, topics.requests, lit, O.READ),
         ("gateway", topic, commands_prefix, pre, O.WRITE),
         ("gateway", topic, commands_prefix, pre, O.CREATE),
@@ -126,18 +129,20 @@ def acl_bindings(topics: Topics, groups: ServiceGroups | None = None) -> list[Ac
         ("gateway", topic, commands_prefix, pre, O.ALTER_CONFIGS),
         ("gateway", topic, commands_prefix, pre, O.ALTER),
         ("gateway", topic, topics.provisioning, lit, O.WRITE),
-        ("gateway", topic, topics.events, lit, O.WRITE),
+        ("gateway", topic, topics.gateway_events, lit, O.WRITE),
         ("gateway", topic, topics.deadletter, lit, O.WRITE),
         ("gateway", group, groups.gateway, lit, O.READ),
-        # issuer: reads every connector's commands; writes events and deadletter
+        # issuer: reads every connector's commands; writes its events and deadletter
         ("issuer", topic, commands_prefix, pre, O.READ),
-        ("issuer", topic, topics.events, lit, O.WRITE),
+        ("issuer", topic, topics.issuer_events, lit, O.WRITE),
         ("issuer", topic, topics.deadletter, lit, O.WRITE),
         ("issuer", group, groups.issuer, lit, O.READ),
-        # deployer: reads provisioning and events; writes events, requests (bot CSRs) and deadletter
+        # deployer: reads provisioning and the gateway's and the issuer's events; writes its events,
+        # requests (bot CSRs) and deadletter
         ("deployer", topic, topics.provisioning, lit, O.READ),
-        ("deployer", topic, topics.events, lit, O.READ),
-        ("deployer", topic, topics.events, lit, O.WRITE),
+        ("deployer", topic, topics.gateway_events, lit, O.READ),
+        ("deployer", topic, topics.issuer_events, lit, O.READ),
+        ("deployer", topic, topics.deployer_events, lit, O.WRITE),
         ("deployer", topic, topics.requests, lit, O.WRITE),
         ("deployer", topic, topics.deadletter, lit, O.WRITE),
         ("deployer", group, groups.deployer, lit, O.READ),
@@ -149,6 +154,16 @@ def acl_bindings(topics: Topics, groups: ServiceGroups | None = None) -> list[Ac
         (REQUESTER, topic, topics.requests, lit, O.WRITE),
     ]
     return sorted({AclBinding(principal(p), rtype, name, pattern, op) for p, rtype, name, pattern, op in rules})
+
+
+def superseded_bindings(topics: Topics) -> list[AclBinding]:
+    """Bindings earlier tables granted that no longer hold; `apply_acls` removes them: decision
+    0012's on the single events topic, which no one may write or read but the auditor since the
+    events were split by producer (decision 0016)."""
+    old = topics.legacy_events
+    granted = (("gateway", Operation.WRITE), ("issuer", Operation.WRITE), ("deployer", Operation.READ),
+               ("deployer", Operation.WRITE))
+    return sorted(AclBinding(principal(p), ResourceType.TOPIC, old, PatternType.LITERAL, op) for p, op in granted)
 
 
 class _CreateAcls(Request[CreateAclsRequest_v1]):
@@ -168,6 +183,23 @@ class _CreateAcls(Request[CreateAclsRequest_v1]):
         )
 
 
+class _DeleteAcls(Request[DeleteAclsRequest_v1]):
+    """DeleteAcls v1 with one exact filter per binding (only that binding matches)."""
+
+    API_KEY = 31
+
+    def __init__(self, bindings: Sequence[AclBinding]) -> None:
+        self._bindings = list(bindings)
+
+    def build(self, request_struct_class: type[DeleteAclsRequest_v1]) -> DeleteAclsRequest_v1:
+        return request_struct_class(
+            [
+                (b.resource_type, b.resource_name, b.pattern, b.principal, "*", b.operation, _ALLOW)
+                for b in self._bindings
+            ]
+        )
+
+
 class _DescribeAllAcls(Request[DescribeAclsRequest_v1]):
     """DescribeAcls v1 matching every binding of the cluster."""
 
@@ -177,13 +209,25 @@ class _DescribeAllAcls(Request[DescribeAclsRequest_v1]):
         return request_struct_class(_ANY, None, _ANY, None, None, _ANY, _ANY)
 
 
-async def apply_acls(settings: KafkaSettings, bindings: Sequence[AclBinding]) -> None:
-    """Create ``bindings`` (existing ones are kept as they are). ``settings`` must be a super user's."""
-    if not bindings:
+async def apply_acls(
+    settings: KafkaSettings, bindings: Sequence[AclBinding], superseded: Sequence[AclBinding] = ()
+) -> None:
+    """Remove ``superseded`` (`superseded_bindings`; absent ones are fine), then create ``bindings``
+    (existing ones are kept as they are). ``settings`` must be a super user's."""
+    if not bindings and not superseded:
         return
     client = AIOKafkaClient(**admin_kwargs(settings))
     try:
         await client.bootstrap()
+        if superseded:
+            removed = await client.send(client.get_random_node(), _DeleteAcls(superseded))
+            refused = [f"{binding.describe()}: {for_code(code).__name__}{f' ({message})' if message else ''}"
+                       for binding, (code, message, _matching) in zip(superseded, removed.filter_responses, strict=True)
+                       if code]
+            if refused:
+                raise KafkaAclError("the cluster refused to remove ACLs:\n  " + "\n  ".join(refused))
+        if not bindings:
+            return
         response = await client.send(client.get_random_node(), _CreateAcls(bindings))
     finally:
         await client.close()

@@ -11,17 +11,22 @@ from services.common.consumer import InboundRecord, Outcome
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
 
+#: the channel labels besides "commands" and "other"
+CHANNELS = ("requests", "provisioning", "events.gateway", "events.issuer", "events.deployer", "events", "deadletter",
+            "audit.checkpoints")
+
 
 def channel_of(topic: str, topics: Topics) -> str:
-    """The bounded label for a topic: requests, commands, provisioning, events,
-    deadletter, audit.checkpoints, or other."""
+    """The bounded label for a topic: requests, commands, provisioning, events.gateway,
+    events.issuer, events.deployer, events (the topic before decision 0016), deadletter,
+    audit.checkpoints, or other."""
     prefix = topics.prefix + "."
     if not topic.startswith(prefix):
         return "other"
     rest = topic[len(prefix) :]
     if rest.startswith("commands."):
         return "commands"
-    if rest in {"requests", "provisioning", "events", "deadletter", "audit.checkpoints"}:
+    if rest in CHANNELS:
         return rest
     return "other"
 

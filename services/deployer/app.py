@@ -1,5 +1,6 @@
-"""The deployer: consumes certrail.provisioning and certrail.events through the shared
-Dispatcher (invalid records are dead-lettered) and
+"""The deployer: consumes certrail.provisioning and the gateway's and the issuer's events
+(certrail.events.gateway, certrail.events.issuer; not its own) through the shared Dispatcher
+(invalid records, and a type arriving on a topic its producer does not own, are dead-lettered) and
 
 - CertificateIssued -> installs the certificate on every target bound to its profile
   (handlers/deploy.py): CertificateDeployed or DeploymentFailed per target;
@@ -11,6 +12,7 @@ Dispatcher (invalid records are dead-lettered) and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -34,6 +36,7 @@ from services.common.service_app import ServiceRuntime, Subscription, build_serv
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
 from services.deployer.handlers.deploy import on_certificate_issued
+from services.deployer.handlers.parked import sweep_forever
 from services.deployer.handlers.projection import on_connector_event, on_profile_event, on_request_accepted
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.metrics import DeployerMetrics
@@ -62,13 +65,21 @@ def handlers(ctx: DeployerContext) -> dict[type[Message], Handler]:
 
 def create_app(settings: DeployerSettings) -> tuple[AsgiFastStream, ServiceRuntime]:
     topics = Topics(settings.kafka.topic_prefix)
-    app, runtime = build_service(SERVICE, settings, [Subscription(topics=[topics.provisioning, topics.events])])
+    app, runtime = build_service(SERVICE, settings, [Subscription(topics=[topics.provisioning, topics.gateway_events, topics.issuer_events])])
     ctx = DeployerContext(
         engine=runtime.engine, box=deployer_box(settings), topics=topics, metrics=DeployerMetrics(runtime.registry),
         requester=settings.requester, request_key_id=settings.request_key_id, request_key=request_signing_key(settings),
         retry=RetryPolicy(settings.attempts, settings.backoff_initial_s, settings.backoff_max_s),
+        park_s=settings.park_seconds,
     )
     runtime.dispatcher.handlers = handlers(ctx)
+    if ctx.park_s > 0:
+        interval = min(5.0, max(0.5, ctx.park_s / 10))
+
+        async def start_sweep() -> None:
+            runtime.tasks.append(asyncio.create_task(sweep_forever(ctx, runtime.publisher.publish, interval),
+                                                     name="deployer-parked-sweep"))
+        app.after_startup(start_sweep)
     # IssuancePending, CertificateDeployed and the like are not for the deployer: skip them
     # by their ce_type header, unparsed (docs/decisions/0010-batched-consumption-and-ce-type-header.md)
     runtime.dispatcher.skip_by_type_header = True

@@ -60,6 +60,9 @@ class DeployerContext:
     request_key_id: str
     request_key: bytes = field(repr=False)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: how long a certificate refused for a curable reason waits for the gateway event that would cure it
+    #: (parking.py); 0 refuses at once. The service sets it from CERTRAIL_DEPLOYER_PARK_SECONDS.
+    park_s: float = 0.0
     clock: Callable[[], datetime] = _now
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     build_target: Callable[..., DeploymentTarget] = build_target

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class DeployerMetrics:
@@ -36,4 +36,13 @@ class DeployerMetrics:
             "certrail_deployer_refusals_total",
             "Certificates and provisioning commands the deployer refused, by error code (CERTIFICATE_UNTRUSTED, "
             "CERTIFICATE_MISMATCH, CERTIFICATE_NOT_REQUESTED, REQUESTER_NOT_AUTHORISED).", ["code"], registry=registry,
+        )
+        self.parked = Counter(
+            "certrail_deployer_parked_total",
+            "Certificates held back until the gateway event that would let them be installed (an acceptance, a pin, "
+            "a renewal's key) arrives, by the code they would have been refused with.", ["code"], registry=registry,
+        )
+        self.parked_now = Gauge(
+            "certrail_deployer_parked_certificates", "Certificates parked right now (refused for good at their deadline).",
+            registry=registry,
         )

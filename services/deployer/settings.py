@@ -33,3 +33,7 @@ class DeployerSettings(ServiceSettings):
     attempts: int = Field(default=3, ge=1, le=20, description="Attempts per target when a target is unreachable.")
     backoff_initial_s: float = Field(default=1.0, gt=0, le=300)
     backoff_max_s: float = Field(default=15.0, gt=0, le=3600)
+    park_seconds: float = Field(default=120.0, ge=0, le=86400, description=(
+        "How long a certificate refused for a reason a gateway event not yet seen could cure (no accepted request, "
+        "no pin for its connector, not the accepted CSR's key) waits for that event before it is refused for good; "
+        "0 refuses at once (docs/deployer.md, 'Parked certificates')."))

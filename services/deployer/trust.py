@@ -12,7 +12,13 @@ the deployer itself knows (`Expectation`, read from its own tables), in this ord
    request the gateway accepted for the id (``RequestAccepted.public_key_sha256``), when that
    request carried the hash (one from before the field expects no particular key).
 
-Nothing in the event is believed without being checked against the certificate itself."""
+Nothing in the event is believed without being checked against the certificate itself.
+
+Some refusals may be cured by a record of the gateway's that has not arrived yet: the gateway's
+and the issuer's events travel on two topics (decision 0016), so a deployer catching up can see a
+certificate before the RequestAccepted that asked for it, before the ConnectorCreated that pinned
+its CA, or before a renewal's RequestAccepted that names its new key. Those refusals are
+``curable`` and the deployer parks the certificate instead of refusing it at once (parking.py)."""
 
 from __future__ import annotations
 
@@ -46,17 +52,18 @@ class Expectation:
 class Refused(Exception):
     """The certificate must not be installed; ``code`` says which check failed."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, curable: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.curable = curable  # a gateway event not yet seen (an acceptance, a pin, a renewal's key) could cure it
 
 
 def check_issued(issued: CertificateIssued, expected: Expectation) -> None:
     """Raise `Refused` unless ``issued`` may be installed."""
     if not expected.accepted and not expected.bot_key_hashes:
         raise Refused(ErrorCode.CERTIFICATE_NOT_REQUESTED,
-                      f"no accepted request and no bot-held key expects certificate {issued.certificate_id}")
+                      f"no accepted request and no bot-held key expects certificate {issued.certificate_id}", curable=True)
     leaf = _chained_leaf(issued, expected.pinned_ca_sha256)
     _check_key(issued, leaf, expected)
 
@@ -64,7 +71,7 @@ def check_issued(issued: CertificateIssued, expected: Expectation) -> None:
 def _chained_leaf(issued: CertificateIssued, pin: str | None) -> x509.Certificate:
     if pin is None:
         raise Refused(ErrorCode.CERTIFICATE_UNTRUSTED,
-                      f"no pinned issuing CA is known for connector {issued.connector!r}")
+                      f"no pinned issuing CA is known for connector {issued.connector!r}", curable=True)
     try:
         leaf = load_certificate(issued.certificate, "the certificate")
         ca = pinned_issuing_ca(issued.chain, pin, f"the chain announced for connector {issued.connector!r}")
@@ -97,4 +104,4 @@ def _check_key(issued: CertificateIssued, leaf: x509.Certificate, expected: Expe
         raise Refused(ErrorCode.CERTIFICATE_MISMATCH,
                       f"the certificate's public key (sha256 {actual}) is not the key of the CSR in the latest accepted "
                       f"request for {issued.certificate_id} ({expected.accepted_request_id}, sha256 "
-                      f"{expected.accepted_key_sha256.lower()})")
+                      f"{expected.accepted_key_sha256.lower()})", curable=True)

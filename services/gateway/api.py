@@ -76,7 +76,7 @@ def create_api(
     app = FastAPI(title="certrail gateway", version=API_VERSION, dependencies=[Depends(bearer)],
                   description="Certificate requests, emCA connectors, provisioning profiles and API tokens. "
                               "Authenticate with `Authorization: Bearer ctr_...`. Errors are `{code, message}`.")
-    admin = AdminPublisher(runtime.publish_records, runtime.topics.events, clock)
+    admin = AdminPublisher(runtime.publish_records, runtime.topics, clock)
     if throttle is None:
         throttle = throttle_from(runtime.settings, getattr(runtime, "registry", None))
 

@@ -24,7 +24,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, V
 from sqlalchemy import select
 from starlette.responses import JSONResponse
 
-from services.auditor import inventory
+from services.auditor import inventory_read as inventory
 from services.auditor.trail import request_trail
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import (

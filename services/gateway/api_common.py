@@ -33,6 +33,7 @@ from services.common.contracts.envelope import Message, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import root_message_id
+from services.common.contracts.topics import Topics
 from services.common.db import read_session
 from services.gateway import store
 from services.gateway.policy import PolicyViolation
@@ -321,11 +322,11 @@ def require(claims: TokenClaims, action: Action) -> None:
 
 @dataclass(frozen=True)
 class AdminPublisher:
-    """Publishes admin events (ConnectorCreated, ProfileDeleted, TokenRevoked, ...) to ``certrail.events``,
+    """Publishes admin events (ConnectorCreated, ProfileDeleted, TokenRevoked, ...) to the gateway's events topic,
     succeeded or refused, naming the acting identity. Each action gets its own id."""
 
     publish_records: Callable[..., Any]
-    events_topic: str
+    topics: Topics
     clock: Callable[[], datetime]
 
     async def publish(self, cls: type[Message], *, actor: str, subject_field: str, subject: str, outcome: AdminOutcome,
@@ -343,7 +344,7 @@ class AdminPublisher:
         action = uuid.uuid4().hex
         event = make_event(data, id=root_message_id("http", f"{cls.TYPE}:{subject}:{action}", cls.TYPE), source=SOURCE,
                            time=self.clock(), subject=None, correlationid=action)
-        await self.publish_records([Outbound(self.events_topic, event, key=f"{subject_field}:{subject}")])
+        await self.publish_records([Outbound(self.topics.topic_of(cls), event, key=f"{subject_field}:{subject}")])
 
 
 def event_error(code: str, message: str) -> ErrorInfo:

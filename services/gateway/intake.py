@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from services.auditor import inventory
+from services.auditor import inventory_read as inventory
 from services.common.connectors import repository as connectors_repo
 from services.common.connectors.models import ConnectorStatus
 from services.common.consumer import Outbound
@@ -190,7 +190,7 @@ class Intake:
         event = self._event(event_id, rejected, certificate_id, request.request_id, now)
         answer = Answer(request.request_id, "rejected", kind.value, certificate_id, event_id=event.id,
                         error={"code": violation.code.value, "message": violation.message})
-        return answer, [Outbound(self._topics.events, event, key=certificate_id or request.request_id)]
+        return answer, [Outbound(self._topics.topic_of(RequestRejected), event, key=certificate_id or request.request_id)]
 
     def _named_certificate(self, session: Session, request: Request, kind: RequestKind, caller: Caller) -> str | None:
         """The certificate a rejection of ``request`` may name: the one it is about, only when the
@@ -340,7 +340,7 @@ class Intake:
         accepted_event = self._event(event_id, accepted, certificate_id, request.request_id, now)
         answer = Answer(request.request_id, "accepted", kind.value, certificate_id, issuance, command_event.id, accepted_event.id)
         return answer, [Outbound(topic, command_event, key=certificate_id),
-                        Outbound(self._topics.events, accepted_event, key=certificate_id)]
+                        Outbound(self._topics.topic_of(RequestAccepted), accepted_event, key=certificate_id)]
 
     def _managed(self, session: Session, certificate_id: str | None) -> tuple[ProvisioningProfile, Any, Any]:
         row = store.get_certificate(session, certificate_id) if certificate_id else None

@@ -329,7 +329,7 @@ def _renewal_due(
         data, id=renewal_due_id(cert.certificate_id, cert.serial), source=SOURCE, time=sent_at,
         subject=cert.certificate_id, correlationid=cert.request_id,
     )
-    outbound = Outbound(topic=topics.events, event=event, key=cert.certificate_id)
+    outbound = Outbound(topic=topics.topic_of(RenewalDue), event=event, key=cert.certificate_id)
     return PlannedNotice(cert.certificate_id, cert.serial, RENEWAL_DUE, outbound, connector=what.connector)
 
 
@@ -346,7 +346,7 @@ def _expiring(
         data, id=certificate_expiring_id(cert.certificate_id, cert.serial, days), source=SOURCE, time=sent_at,
         subject=cert.certificate_id, correlationid=cert.request_id,
     )
-    outbound = Outbound(topic=topics.events, event=event, key=cert.certificate_id)
+    outbound = Outbound(topic=topics.topic_of(CertificateExpiring), event=event, key=cert.certificate_id)
     return PlannedNotice(cert.certificate_id, cert.serial, expiring_kind(days), outbound, connector, threshold_days=days)
 
 

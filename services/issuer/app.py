@@ -2,7 +2,7 @@
 with its own aiokafka loop (consumer_loop.py), talks to emCA through the connector registry's
 connectors (connectors.py), records intents and outcomes (state.py) and publishes
 IssuancePending, CertificateIssued, IssuanceFailed, CertificateRevoked, RevocationFailed and
-ConnectorStatusChanged to ``certrail.events`` through an idempotent aiokafka producer of its own
+ConnectorStatusChanged to its own ``certrail.events.issuer`` through an idempotent aiokafka producer of its own
 (acks=all; `EventProducer`). FastStream serves ``/health`` and ``/metrics``. docs/issuer.md
 explains it all.
 """
@@ -168,7 +168,7 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         data = ConnectorStatusChanged(connector=name, status=status, previous=previous, error=error, changed_at=now)
         event = make_event(data, id=message_id(f"connector:{name}:{instance_id}", data.TYPE, now.isoformat()),
                            source=SOURCE, time=now, subject=f"connector:{name}")
-        await publish_raw([StoredRecord.of(Outbound(topics.events, event, key=f"connector:{name}"))])
+        await publish_raw([StoredRecord.of(Outbound(topics.topic_of(ConnectorStatusChanged), event, key=f"connector:{name}"))])
 
     # create=True: on the embedded default, whoever needs the key file first creates it (the CLI does the same)
     connector_registry = ConnectorRegistry(engine, load_secret_box(settings.secrets, create=True), connect=_unused_connect,

@@ -41,7 +41,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from services.common.consumer import InboundRecord, Outbound, dead_letter_for
+from services.common.consumer import InboundRecord, Outbound, dead_letter_for, producer_violation
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.commands import IssueCertificate, RenewCertificate, RevokeCertificate
 from services.common.contracts.envelope import DecodeError, Envelope, Message, decode, make_event
@@ -195,7 +195,7 @@ class Processor:
             data, id=message_id(command.id, data.TYPE), source=SOURCE, time=now, subject=subject,
             correlationid=command.correlationid, causationid=command.id,
         )
-        return StoredRecord.of(Outbound(self._topics.events, event, key=subject))
+        return StoredRecord.of(Outbound(self._topics.topic_of(type(data)), event, key=subject))
 
     async def _emit(self, records: Sequence[StoredRecord]) -> None:
         await self._publish(records)
@@ -220,6 +220,11 @@ class Processor:
             self._metrics.commands.labels("invalid", "dead_lettered").inc()
             return "dead_lettered"
         data = envelope.data
+        misrouted = producer_violation(self._topics, type(data), record.topic)
+        if misrouted is not None:  # e.g. an event on a command topic: never the gateway's (decision 0016)
+            await self._dead_letter(record, ErrorCode.PRODUCER_NOT_ALLOWED, misrouted)
+            self._metrics.commands.labels(envelope.type, "dead_lettered").inc()
+            return "dead_lettered"
         if isinstance(data, IssueCertificate | RenewCertificate | RevokeCertificate):
             expected = self._topics.commands(data.connector)
             if record.topic != expected:

@@ -41,7 +41,7 @@ async def test_signed_request_becomes_a_command_and_tampered_one_is_rejected(tmp
     async def on_command(body: bytes) -> None:
         commands.append(body)
 
-    @runtime.broker.subscriber("certrail.events", group_id="test-events")
+    @runtime.broker.subscriber("certrail.events.gateway", group_id="test-events")
     async def on_event(body: bytes) -> None:
         events.append(body)
 

@@ -1,6 +1,7 @@
 """Each service's app, on FastStream's in-memory test broker: a poison record
-on each topic it consumes is dead-lettered with its reason; a valid message of
-a type the service does not handle is ignored; the consumer goes on. (The
+on each topic it consumes is dead-lettered with its reason, and so is a valid
+message of a type whose producer does not own that topic (PRODUCER_NOT_ALLOWED);
+the consumer goes on. (The
 auditor stores every record instead: tests/integration/test_audit_*.py; the issuer
 runs its own aiokafka loop: tests/integration/test_issuer_sim.py.)
 (The same behaviour against a real broker: tests/integration/test_services_live.py.)"""
@@ -31,7 +32,8 @@ from tests.unit.examples import CERT_ID, NOW, examples
 CASES: list[tuple[str, Callable[..., Any], type, str]] = [
     ("gateway", gateway_app, GatewaySettings, "certrail.requests"),
     ("deployer", deployer_app, DeployerSettings, "certrail.provisioning"),
-    ("deployer", deployer_app, DeployerSettings, "certrail.events"),
+    ("deployer", deployer_app, DeployerSettings, "certrail.events.gateway"),
+    ("deployer", deployer_app, DeployerSettings, "certrail.events.issuer"),
 ]
 
 
@@ -59,10 +61,12 @@ async def test_poison_is_dead_lettered_and_consumer_goes_on(
     assert all(isinstance(letter, DeadLetter) for letter in letters)
     assert [(letter.code, letter.source.key, letter.consumer) for letter in letters] == [
         (ErrorCode.UNDECODABLE, "k1", service),
+        (ErrorCode.PRODUCER_NOT_ALLOWED, CERT_ID, service),  # only the deployer's events topic carries it
         (ErrorCode.UNDECODABLE, "k2", service),
     ]
     consumed = runtime.registry.get_sample_value(
         "certrail_messages_consumed_total",
-        {"service": service, "channel": topic.split(".")[1], "type": CertificateDeployed.TYPE, "outcome": "ignored"},
+        {"service": service, "channel": topic.removeprefix("certrail."), "type": CertificateDeployed.TYPE,
+         "outcome": "dead_lettered"},
     )
     assert consumed == 1.0

@@ -194,14 +194,16 @@ def test_the_broker_authenticates_every_client_and_the_acls_hold(stack: dict[str
                 pass
         return written
 
-    # every internal topic against every principal that may not write it (decision 0012's table)
-    internal = ["certrail.requests", "certrail.provisioning", "certrail.events", "certrail.deadletter",
-                "certrail.audit.checkpoints", "certrail.commands.emca-demo"]
+    # every internal topic against every principal that may not write it (decisions 0012 and 0016)
+    internal = ["certrail.requests", "certrail.provisioning", "certrail.events.gateway", "certrail.events.issuer",
+                "certrail.events.deployer", "certrail.deadletter", "certrail.audit.checkpoints",
+                "certrail.commands.emca-demo"]
     may_write = {
         "requester": {"certrail.requests"},
-        "gateway": {"certrail.provisioning", "certrail.events", "certrail.deadletter", "certrail.commands.emca-demo"},
-        "issuer": {"certrail.events", "certrail.deadletter"},
-        "deployer": {"certrail.events", "certrail.requests", "certrail.deadletter"},
+        "gateway": {"certrail.provisioning", "certrail.events.gateway", "certrail.deadletter",
+                    "certrail.commands.emca-demo"},
+        "issuer": {"certrail.events.issuer", "certrail.deadletter"},
+        "deployer": {"certrail.events.deployer", "certrail.requests", "certrail.deadletter"},
         "auditor": {"certrail.audit.checkpoints"},
     }
     for principal, allowed in may_write.items():

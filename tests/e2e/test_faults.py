@@ -149,7 +149,7 @@ POISON = (b"\x00not a cloudevent", b"[" * 100_000 + b"]" * 100_000, b'{"n":' + b
 
 
 def test_poison_on_every_topic_is_dead_lettered_and_the_pipeline_goes_on(stack: EmbeddedStack) -> None:
-    topics = ["certrail.requests", "certrail.provisioning", "certrail.events", "certrail.commands.emca-demo"]
+    topics = ["certrail.requests", "certrail.provisioning", "certrail.events.gateway", "certrail.commands.emca-demo"]
 
     async def poison() -> None:
         # each topic poisoned by a principal allowed to write it (the ACLs refuse anyone else):

@@ -5,6 +5,11 @@ leaked service credential) forges records, and the deployer holds on its own. On
 - a forged CertificateIssued for the deployed demo certificate (same certificate id, same SANs,
   even the same serial and the same bot-held public key) from the forger's own CA: nothing
   installed (the target's files unchanged), DeploymentFailed CERTIFICATE_UNTRUSTED;
+- the same CertificateIssued with the gateway's credential on the gateway's events topic (the one
+  other events topic the deployer reads): dead-lettered PRODUCER_NOT_ALLOWED before any check; with
+  the deployer's credential on the deployer's own events topic (the only events topic it may
+  write): read by no service, stored and flagged by the auditor (PRODUCER_NOT_ALLOWED), never in
+  the inventory (decision 0016);
 - a forged ProvisionCertificate for a requester-held profile: the deployer makes no key and
   dead-letters it (REQUESTER_NOT_AUTHORISED); a request signed with the deployer's own key for
   that profile is rejected by the gateway (REQUESTER_NOT_AUTHORISED); the simulator issued nothing;
@@ -89,8 +94,9 @@ async def _publish(kafka: KafkaSettings, topic: str, key: str, data: Message) ->
 
 
 async def _collect(kafka: KafkaSettings, done: Any, timeout_s: float = 90) -> list[Message]:
-    """Every record of certrail.events and certrail.deadletter from the start, until ``done(seen)``."""
-    consumer = AIOKafkaConsumer(TOPICS.events, TOPICS.deadletter, **consumer_kwargs(kafka, f"test-forged-{uuid.uuid4().hex[:8]}"))
+    """Every record of the events topics and certrail.deadletter from the start, until ``done(seen)``."""
+    consumer = AIOKafkaConsumer(*TOPICS.events_topics(), TOPICS.deadletter,
+                                **consumer_kwargs(kafka, f"test-forged-{uuid.uuid4().hex[:8]}"))
     await consumer.start()
     seen: list[Message] = []
     try:
@@ -142,7 +148,10 @@ def test_forged_records_install_nothing_issue_nothing_and_a_good_request_still_d
         csr=make_csr(generate_key(KeyAlgorithm.EC_P256), [f"dns:{forged_id}"]), sans=[f"dns:{forged_id}"]),
         "deployer-1", deployer_key)
     # the broker authenticates producers now: the forgeries come with a leaked service credential each
-    asyncio.run(_publish(stack.kafka_settings("issuer"), TOPICS.events, certificate_id, forged_issued))
+    asyncio.run(_publish(stack.kafka_settings("issuer"), TOPICS.issuer_events, certificate_id, forged_issued))
+    # the same with the gateway's and the deployer's credentials, on the only events topics they may write
+    asyncio.run(_publish(stack.kafka_settings("gateway"), TOPICS.gateway_events, certificate_id, forged_issued))
+    asyncio.run(_publish(stack.kafka_settings("deployer"), TOPICS.deployer_events, certificate_id, forged_issued))
     asyncio.run(_publish(stack.kafka_settings("gateway"), TOPICS.provisioning, forged_id, provision))
     asyncio.run(_publish(stack.kafka_settings("deployer"), TOPICS.requests, forged_id, as_deployer))
 
@@ -152,11 +161,16 @@ def test_forged_records_install_nothing_issue_nothing_and_a_good_request_still_d
         dead = [m for m in seen if isinstance(m, DeadLetter) and m.source.topic == TOPICS.provisioning
                 and m.code is ErrorCode.REQUESTER_NOT_AUTHORISED]
         rejected = [m for m in seen if isinstance(m, RequestRejected) and m.request_id == "forged-as-deployer"]
-        return bool(refused and dead and rejected)
+        misrouted = [m for m in seen if isinstance(m, DeadLetter) and m.source.topic == TOPICS.gateway_events
+                     and m.code is ErrorCode.PRODUCER_NOT_ALLOWED]
+        return bool(refused and dead and rejected and misrouted)
 
     seen = asyncio.run(_collect(stack.kafka_settings("admin"), outcomes))
     (failed,) = [m for m in seen if isinstance(m, DeploymentFailed) and m.certificate_id == certificate_id]
     assert failed.target.name == "demo-files" and failed.serial == deployed["serial"]
+    (misrouted,) = [m for m in seen if isinstance(m, DeadLetter) and m.code is ErrorCode.PRODUCER_NOT_ALLOWED]
+    assert misrouted.consumer == "deployer" and misrouted.reason == (
+        f"{CertificateIssued.TYPE} may only come from {TOPICS.issuer_events}, it arrived on {TOPICS.gateway_events}")
     (rejected,) = [m for m in seen if isinstance(m, RequestRejected) and m.request_id == "forged-as-deployer"]
     assert rejected.error.code is ErrorCode.REQUESTER_NOT_AUTHORISED
     assert not [m for m in seen if isinstance(m, RequestAccepted) and m.certificate_id == forged_id]
@@ -167,6 +181,20 @@ def test_forged_records_install_nothing_issue_nothing_and_a_good_request_still_d
     assert _metric(metrics, "certrail_deployer_refusals_total", {"code": "REQUESTER_NOT_AUTHORISED"}) == 1
     log = (stack.var_dir / "log" / "deployer.log").read_text(errors="replace")
     assert "refused to install" in log and "BEGIN CERTIFICATE" not in log
+
+    def auditor_flagged() -> bool:
+        text = stack.metrics("auditor")
+        return _metric(text, "certrail_audit_invalid_records_total",
+                       {"channel": "events.deployer", "code": "PRODUCER_NOT_ALLOWED"}) == 1 and \
+            _metric(text, "certrail_audit_invalid_records_total",
+                    {"channel": "events.gateway", "code": "PRODUCER_NOT_ALLOWED"}) == 1
+
+    deadline = time.monotonic() + 60
+    while not auditor_flagged():
+        assert time.monotonic() < deadline, "the auditor did not flag the forged CertificateIssued records"
+        time.sleep(1)
+    with stack.api("admin") as admin:  # the inventory still shows the genuine serial
+        assert admin.get(f"/v1/certificates/{certificate_id}").json()["inventory"]["serial"] == deployed["serial"]
 
     # a genuine renewal afterwards is issued by the simulator and deployed
     with stack.api("requester") as requester, stack.api("admin") as admin:

@@ -6,9 +6,8 @@ equal to the live store, time-range replay exact, new topics picked up."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from services.auditor.app import prepare_pool_factory
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
-from services.auditor.inventory import get_certificate
+from services.auditor.inventory_read import get_certificate
 from services.auditor.kafka_reader import kafka_reader
 from services.auditor.keys import key_id
 from services.auditor.metrics import AuditMetrics
@@ -41,6 +40,7 @@ from services.common.db_schema import AuditRecord
 from services.common.kafka_config import producer_kwargs
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
+from tests.conftest import poll_until
 from tests.integration.test_audit_store import recompute_chain
 from tests.unit.examples import CERT_ID, NOW, examples
 
@@ -124,17 +124,6 @@ async def produce(
         await producer.stop()
 
 
-async def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 def count_rows(engine: Engine, prefix: str) -> int:
     with read_session(engine) as session:
         return session.scalar(select(func.count()).select_from(AuditRecord).where(AuditRecord.topic.startswith(prefix))) or 0
@@ -205,7 +194,8 @@ async def audit_all(
     """Run an auditor until ``expected_rows`` rows are stored, then stop it (publishing a checkpoint)."""
     group = group_id or f"auditor-{uuid.uuid4().hex[:6]}"
     async with RunningAuditor(env, group, prepare_processes=prepare_processes, **loop) as auditor:
-        await wait_for(lambda: count_rows(env.engine, env.topics.prefix) >= expected_rows, f"{expected_rows} rows")
+        await poll_until(lambda: count_rows(env.engine, env.topics.prefix) >= expected_rows, f"{expected_rows} rows",
+                         interval_s=0.2, in_thread=True)
         await auditor.stop()
 
 
@@ -214,7 +204,7 @@ async def run_verify(env: AuditEnv, group_id: str) -> VerifyReport:
 
 
 def lifecycle(env: AuditEnv, n: int) -> list[tuple[str, bytes | None, bytes | None]]:
-    return [(env.topics.events, CERT_ID.encode(), event(EX[CertificateDeployed], f"d-{i}")) for i in range(n)]
+    return [(env.topics.deployer_events, CERT_ID.encode(), event(EX[CertificateDeployed], f"d-{i}")) for i in range(n)]
 
 
 async def test_every_record_is_stored_once_and_a_redelivered_event_is_linked(env: AuditEnv) -> None:
@@ -223,20 +213,23 @@ async def test_every_record_is_stored_once_and_a_redelivered_event_is_linked(env
     await produce(
         env.kafka,
         [
-            (topics.events, CERT_ID.encode(), dup),
-            (topics.events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),
-            (topics.events, CERT_ID.encode(), dup),  # the same event again, at a new offset
+            (topics.gateway_events, CERT_ID.encode(), dup),
+            (topics.issuer_events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),
+            (topics.gateway_events, CERT_ID.encode(), dup),  # the same event again, at a new offset
             (topics.requests, b"k", b"\xffpoison"),
             (topics.commands(CONNECTOR), b"k", None),  # a tombstone
             (topics.commands(CONNECTOR), b"k", b'{"specversion": "1.0"}'),
+            # forged: a revocation on the deployer's topic is stored but never reaches the inventory (decision 0016)
+            (topics.deployer_events, CERT_ID.encode(), event(EX[CertificateRevoked], "forged-revoked")),
         ],
     )
     group = f"auditor-{uuid.uuid4().hex[:6]}"
-    await audit_all(env, 6, group)
+    await audit_all(env, 7, group)
     # A crash between the database commit and the offset commit looks like this:
     # every offset delivered again. Another group re-reads them all.
     async with RunningAuditor(env, f"again-{uuid.uuid4().hex[:6]}") as again:
-        await wait_for(lambda: again.metric("certrail_audit_redelivered_records_total") >= 6, "the redelivery")
+        await poll_until(lambda: again.metric("certrail_audit_redelivered_records_total") >= 7, "the redelivery",
+                         interval_s=0.2, in_thread=True)
     with read_session(env.engine) as session:
         everything = session.scalars(select(AuditRecord).where(AuditRecord.topic.startswith(topics.prefix))).all()
         stored = [r for r in everything if r.topic != topics.audit_checkpoints]
@@ -245,11 +238,12 @@ async def test_every_record_is_stored_once_and_a_redelivered_event_is_linked(env
         checkpoint_types = [r.event_type for r in everything if r.topic == topics.audit_checkpoints]
     # the first auditor's checkpoint was audited too (by the second)
     assert checkpoint_types == ["io.certrail.audit.checkpoint.v1"]
-    assert len(stored) == 6 and len(coordinates) == 6
-    events = [x for x in by_topic if x[0] == topics.events]
-    assert [x[2] for x in events] == ["accepted-1", "issued-1", "accepted-1"]
-    assert events[2][4] == events[0][1] and events[0][4] is None  # linked to its first occurrence
-    assert sorted(x[3] for x in by_topic if x[0] != topics.events) == ["NOT_CLOUDEVENT", "UNDECODABLE", "UNDECODABLE"]
+    assert len(stored) == 7 and len(coordinates) == 7
+    events = [x for x in by_topic if x[0] in topics.events_topics()]
+    assert [x[2] for x in events] == ["forged-revoked", "accepted-1", "accepted-1", "issued-1"]  # by topic name
+    assert events[2][4] == events[1][1] and events[1][4] is None  # linked to its first occurrence
+    assert sorted(x[3] for x in by_topic if x[0] not in topics.events_topics()) == [
+        "NOT_CLOUDEVENT", "UNDECODABLE", "UNDECODABLE"]
     with read_session(env.engine) as session:
         view = get_certificate(session, CERT_ID, NOW)
     assert view is not None and view.status == "active" and view.last_event_type == CertificateIssued.TYPE
@@ -267,23 +261,23 @@ async def test_verify_names_a_row_changed_even_with_a_recomputed_chain(env: Audi
     await audit_all(env, 6, group)
     assert (await run_verify(env, group)).ok
     with write_session(env.engine) as session:
-        row = session.scalars(select(AuditRecord).where(AuditRecord.topic == env.topics.events, AuditRecord.offset == 2)).one()
+        row = session.scalars(select(AuditRecord).where(AuditRecord.topic == env.topics.deployer_events, AuditRecord.offset == 2)).one()
         target = (row.partition, row.id)
         row.value = event(EX[CertificateRevoked], "d-2")  # history rewritten: "it was revoked, not deployed"
         for name, value in envelope_attributes(row.value)._asdict().items():  # a careful attacker fixes every column
             setattr(row, name, value)
         session.flush()
-        recompute_chain(session, env.topics.events, row.partition)
+        recompute_chain(session, env.topics.deployer_events, row.partition)
     with read_session(env.engine) as session:
         assert scan_store(session, {}).problems == []  # consistent as far as the database can tell
     report = await run_verify(env, group)
     assert not report.ok
-    kinds = {(p.kind, p.offset) for p in report.problems if p.topic == env.topics.events}
+    kinds = {(p.kind, p.offset) for p in report.problems if p.topic == env.topics.deployer_events}
     assert (ProblemKind.DIFFERS_FROM_KAFKA, 2) in kinds
     assert any(k is ProblemKind.CHECKPOINT_MISMATCH for k, _ in kinds)
     named = next(p for p in report.problems if p.kind is ProblemKind.DIFFERS_FROM_KAFKA)
     assert (named.partition, named.row_id) == target and "value" in named.detail
-    assert f"{env.topics.events}/{target[0]}@2 (row {target[1]})" in report.summary()
+    assert f"{env.topics.deployer_events}/{target[0]}@2 (row {target[1]})" in report.summary()
 
 
 async def test_a_deleted_row_is_found_as_a_gap_and_a_missing_offset(env: AuditEnv) -> None:
@@ -291,15 +285,15 @@ async def test_a_deleted_row_is_found_as_a_gap_and_a_missing_offset(env: AuditEn
     group = f"auditor-{uuid.uuid4().hex[:6]}"
     await audit_all(env, 6, group)
     with write_session(env.engine) as session:
-        partition = session.scalars(select(AuditRecord.partition).where(AuditRecord.topic == env.topics.events)).first()
-        session.execute(delete(AuditRecord).where(AuditRecord.topic == env.topics.events, AuditRecord.offset == 3))
+        partition = session.scalars(select(AuditRecord.partition).where(AuditRecord.topic == env.topics.deployer_events)).first()
+        session.execute(delete(AuditRecord).where(AuditRecord.topic == env.topics.deployer_events, AuditRecord.offset == 3))
     report = await run_verify(env, group)
     found = {(p.kind, p.partition, p.offset) for p in report.problems}
     assert (ProblemKind.GAP, partition, 4) in found  # the next row links to the deleted one
     assert (ProblemKind.MISSING, partition, 3) in found  # and Kafka still has it
     # An attacker who also relinks the chain around the hole is still caught.
     with write_session(env.engine) as session:
-        recompute_chain(session, env.topics.events, partition)
+        recompute_chain(session, env.topics.deployer_events, partition)
     report = await run_verify(env, group)
     found = {(p.kind, p.offset) for p in report.problems}
     assert (ProblemKind.MISSING, 3) in found and not any(k is ProblemKind.GAP for k, _ in found)
@@ -310,10 +304,10 @@ async def test_a_deleted_tail_row_is_missing_below_the_committed_offset(env: Aud
     group = f"auditor-{uuid.uuid4().hex[:6]}"
     await audit_all(env, 4, group)
     with write_session(env.engine) as session:
-        session.execute(delete(AuditRecord).where(AuditRecord.topic == env.topics.events, AuditRecord.offset == 3))
+        session.execute(delete(AuditRecord).where(AuditRecord.topic == env.topics.deployer_events, AuditRecord.offset == 3))
         session.execute(
             update(AuditRecord.__table__.metadata.tables["audit_chain_heads"])
-            .where(AuditRecord.__table__.metadata.tables["audit_chain_heads"].c.topic == env.topics.events)
+            .where(AuditRecord.__table__.metadata.tables["audit_chain_heads"].c.topic == env.topics.deployer_events)
             .values(offset=2)
         )
     report = await run_verify(env, group)
@@ -327,8 +321,8 @@ async def test_replay_into_a_fresh_database_equals_the_live_store(env: AuditEnv,
     topics = env.topics
     records = [
         *lifecycle(env, 3),
-        (topics.events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),
-        (topics.events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),  # duplicate id
+        (topics.issuer_events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),
+        (topics.issuer_events, CERT_ID.encode(), event(EX[CertificateIssued], "issued-1")),  # duplicate id
         (topics.requests, b"r", event(EX[RequestAccepted], "r-1")),
         (topics.commands(CONNECTOR), b"c", b"garbage"),
     ]
@@ -336,7 +330,7 @@ async def test_replay_into_a_fresh_database_equals_the_live_store(env: AuditEnv,
     await audit_all(env, len(records), prepare_processes=prepare_processes)
     _, replayed = env.fresh_db("replay.db")
     try:
-        for topic in (topics.events, topics.requests, topics.commands(CONNECTOR)):
+        for topic in (*topics.events_topics(), topics.requests, topics.commands(CONNECTOR)):
             result = await replay(
                 kafka=env.kafka, topics=topics, topic=topic, into=replayed, start=None, stop=None, now=lambda: datetime.now(UTC)
             )
@@ -344,6 +338,8 @@ async def test_replay_into_a_fresh_database_equals_the_live_store(env: AuditEnv,
             assert difference.equal, difference.differences
             assert difference.compared == sum(1 for r in records if r[0] == topic)
         with read_session(env.engine) as live, read_session(replayed) as rebuilt:
+            # the same inventory, last event included: one certificate's events span three topics, and
+            # the inventory folds them by event time, not arrival (decision 0016; docs/audit.md)
             assert get_certificate(live, CERT_ID, NOW) == get_certificate(rebuilt, CERT_ID, NOW)
         # and a changed live row is a difference, named
         with write_session(env.engine) as session:
@@ -361,7 +357,7 @@ async def test_a_time_range_replay_returns_exactly_that_range(sqlite_env: AuditE
     hour = 3_600_000
     phases = {name: T0 + i * hour for i, name in enumerate(["before", "during", "after"])}
     records = [
-        (topics.events, f"cert-{i % 2}".encode(), event(EX[CertificateDeployed], f"{name}-{i}"), at + i)
+        (topics.deployer_events, f"cert-{i % 2}".encode(), event(EX[CertificateDeployed], f"{name}-{i}"), at + i)
         for name, at in phases.items()
         for i in range(5)
     ]
@@ -373,7 +369,7 @@ async def test_a_time_range_replay_returns_exactly_that_range(sqlite_env: AuditE
         await replay(
             kafka=env.kafka,
             topics=topics,
-            topic=topics.events,
+            topic=topics.deployer_events,
             into=rebuilt,
             start=start,
             stop=stop,
@@ -389,7 +385,7 @@ async def test_a_time_range_replay_returns_exactly_that_range(sqlite_env: AuditE
         result = await replay(
             kafka=env.kafka,
             topics=topics,
-            topic=topics.events,
+            topic=topics.deployer_events,
             into=by_offset,
             start=Bound(offset=1),
             stop=Bound(offset=3),
@@ -408,11 +404,13 @@ async def test_a_new_connector_topic_is_picked_up(sqlite_env: AuditEnv) -> None:
     env = sqlite_env
     async with RunningAuditor(env, f"auditor-{uuid.uuid4().hex[:6]}"):
         await produce(env.kafka, lifecycle(env, 1))
-        await wait_for(lambda: count_rows(env.engine, env.topics.prefix) >= 1, "the first record")
+        await poll_until(lambda: count_rows(env.engine, env.topics.prefix) >= 1, "the first record",
+                         interval_s=0.2, in_thread=True)
         new_topic = env.topics.commands("emca-created-later")
         await env.create_topics(new_topic)
         await produce(env.kafka, [(new_topic, b"k", b"{}")])
-        await wait_for(lambda: count_rows(env.engine, new_topic) == 1, "the new topic's record", timeout_s=60)
+        await poll_until(lambda: count_rows(env.engine, new_topic) == 1, "the new topic's record", timeout_s=60,
+                         interval_s=0.2, in_thread=True)
 
 
 async def test_partitions_moving_between_instances_lose_and_repeat_nothing(env: AuditEnv) -> None:
@@ -420,20 +418,22 @@ async def test_partitions_moving_between_instances_lose_and_repeat_nothing(env: 
     group = f"auditor-{uuid.uuid4().hex[:6]}"
     total = 400
     records = [
-        (topics.events, f"cert-{i % 7}".encode(), event(EX[CertificateDeployed], f"d-{i}", subject=f"cert-{i % 7}"))
+        (topics.deployer_events, f"cert-{i % 7}".encode(), event(EX[CertificateDeployed], f"d-{i}", subject=f"cert-{i % 7}"))
         for i in range(total)
     ]
     async with RunningAuditor(env, group, max_batch_records=25) as first:
         producing = asyncio.create_task(produce(env.kafka, records))
-        await wait_for(lambda: count_rows(env.engine, topics.prefix) >= 50, "some rows")
+        await poll_until(lambda: count_rows(env.engine, topics.prefix) >= 50, "some rows", interval_s=0.2, in_thread=True)
         async with RunningAuditor(env, group, max_batch_records=25):  # a second instance joins: a rebalance
-            await wait_for(lambda: count_rows(env.engine, topics.prefix) >= 200, "more rows")
+            await poll_until(lambda: count_rows(env.engine, topics.prefix) >= 200, "more rows",
+                             interval_s=0.2, in_thread=True)
             await first.stop()  # the first leaves: another rebalance
             await producing
-            await wait_for(lambda: count_rows(env.engine, topics.events) >= total, "every row")
+            await poll_until(lambda: count_rows(env.engine, topics.deployer_events) >= total, "every row",
+                             interval_s=0.2, in_thread=True)
     with read_session(env.engine) as session:
         coordinates = session.execute(
-            select(AuditRecord.partition, AuditRecord.offset).where(AuditRecord.topic == topics.events)
+            select(AuditRecord.partition, AuditRecord.offset).where(AuditRecord.topic == topics.deployer_events)
         ).all()
         assert scan_store(session, {}).problems == []
     assert len(coordinates) == len(set(coordinates)) == total

@@ -25,17 +25,18 @@ import pytest
 from aiokafka import TopicPartition
 from sqlalchemy import select
 
+from services.auditor.inventory_read import get_certificate
 from services.auditor.kafka_reader import kafka_reader
 from services.auditor.records import envelope_attributes
 from services.common import migrate
 from services.common.contracts.envelope import encode, make_event
 from services.common.contracts.events import CertificateDeployed, CertificateIssued, CertificateRevoked, RequestAccepted
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine, write_session
+from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import AuditRecord
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
-from tests.conftest import free_ports
+from tests.conftest import free_ports, poll_until
 from tests.integration.test_audit_kafka import produce
 from tests.integration.test_audit_store import recompute_chain
 from tests.unit.examples import CERT_ID, NOW, examples
@@ -52,17 +53,6 @@ def _metric_sum(text: str, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-async def _poll(predicate, what: str, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -133,24 +123,42 @@ async def test_the_auditor_service_and_the_investigators_commands(stack: dict[st
             return False
         return response.status_code == 200 and response.json()["checks"] == {"kafka": "ok", "database": "ok"}
 
-    await _poll(healthy, "the auditor to be healthy", 90)
+    await poll_until(healthy, "the auditor to be healthy", 90, interval_s=0.3, in_thread=True)
     key = CERT_ID.encode()
+    at = int(time.time() * 1000)  # one millisecond apart: the trail's order is the records' time
     await produce(stack["kafka"], [  # type: ignore[arg-type]
-        (topics.events, key, _event(EX[RequestAccepted], "a-1")),
-        (topics.events, key, _event(EX[CertificateIssued], "i-1")),
-        (topics.events, key, _event(EX[CertificateDeployed], "d-1")),
-        (topics.events, key, _event(EX[CertificateRevoked], "v-1")),
-        (topics.requests, b"poison", b"\xffnot json"),
+        (topics.gateway_events, key, _event(EX[RequestAccepted], "a-1"), at),
+        (topics.issuer_events, key, _event(EX[CertificateIssued], "i-1"), at + 1),
+        (topics.deployer_events, key, _event(EX[CertificateDeployed], "d-1"), at + 2),
+        (topics.issuer_events, key, _event(EX[CertificateRevoked], "v-1"), at + 3),
+        (topics.requests, b"poison", b"\xffnot json", at + 4),
+        # forged: an issuance on the deployer's topic is stored and flagged, never folded (decision 0016)
+        (topics.deployer_events, b"forged-1", encode(make_event(
+            EX[CertificateIssued].model_copy(update={"certificate_id": "forged-1"}), id="forged-1", source="/certrail/deployer",
+            time=NOW, subject="forged-1")), at + 5),
     ])
 
     def stored() -> bool:
         text = httpx.get(url + "/metrics", timeout=5).text
-        return _metric_sum(text, "certrail_audit_records_stored_total", channel="events") >= 4 and \
-            _metric_sum(text, "certrail_audit_invalid_records_total", channel="requests", code="UNDECODABLE") == 1
+        return _metric_sum(text, "certrail_audit_records_stored_total", channel="events.issuer") >= 2 and \
+            _metric_sum(text, "certrail_audit_invalid_records_total", channel="requests", code="UNDECODABLE") == 1 and \
+            _metric_sum(text, "certrail_audit_invalid_records_total", channel="events.deployer",
+                        code="PRODUCER_NOT_ALLOWED") == 1 and \
+            "1 io.certrail.certificate.issued.v1 record(s) on " in (tmp / "auditor.log").read_text()
 
-    await _poll(stored, "the records to be stored")
+    await poll_until(stored, "the records to be stored", 60, interval_s=0.3, in_thread=True)
     metrics = httpx.get(url + "/metrics", timeout=5).text
-    assert _metric_sum(metrics, "certrail_audit_records_stored_total", channel="events", type=CertificateIssued.TYPE) == 1
+    assert _metric_sum(metrics, "certrail_audit_records_stored_total", channel="events.issuer",
+                       type=CertificateIssued.TYPE) == 1
+    assert _metric_sum(metrics, "certrail_audit_records_stored_total", channel="events.deployer",
+                       type=CertificateIssued.TYPE) == 1
+    engine = make_engine(db)
+    try:
+        with read_session(engine) as session:
+            assert get_certificate(session, "forged-1", NOW) is None  # not in the inventory
+            assert get_certificate(session, CERT_ID, NOW).status == "revoked"  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
     assert "certrail_audit_commit_duration_seconds_bucket" in metrics and "certrail_audit_consumer_lag_records" in metrics
 
     async def checkpoints_published() -> int:
@@ -158,10 +166,7 @@ async def test_the_auditor_service_and_the_investigators_commands(stack: dict[st
             tps = [TopicPartition(topics.audit_checkpoints, p) for p in (0, 1)]
             return sum((await consumer.end_offsets(tps)).values())
 
-    deadline = time.monotonic() + 30
-    while await checkpoints_published() == 0:
-        assert time.monotonic() < deadline, "no checkpoint was published"
-        await asyncio.sleep(0.5)
+    await poll_until(checkpoints_published, "a checkpoint to be published", 30, interval_s=0.5)
 
     code, out, err = await _cli(env, "trail", CERT_ID, "--json")
     assert code == 0, err
@@ -176,14 +181,17 @@ async def test_the_auditor_service_and_the_investigators_commands(stack: dict[st
     assert code == 0, out + err
     assert out.startswith("audit log verify OK")
 
-    code, out, err = await _cli(env, "replay", "--topic", topics.events, "--into", f"sqlite:///{tmp / 'replay.db'}", "--diff")
+    code, out, err = await _cli(env, "replay", "--topic", topics.issuer_events, "--into", f"sqlite:///{tmp / 'replay.db'}",
+                                "--diff")
     assert code == 0, out + err
-    assert "diff: 4 rows compared, 0 differences" in out
+    assert "diff: 2 rows compared, 0 differences" in out
 
-    code, out, err = await _cli(env, "export", "--format", "csv", "--topic", topics.events)
+    code, out, err = await _cli(env, "export", "--format", "csv", "--topic", topics.gateway_events,
+                                "--topic", topics.issuer_events, "--topic", topics.deployer_events)
     assert code == 0, err
     exported = list(csv.DictReader(io.StringIO(out)))
-    assert [r["event_type"] for r in exported] == types and "exported 4 records" in err
+    assert sorted(r["event_type"] for r in exported) == sorted([*types, CertificateIssued.TYPE])
+    assert "exported 5 records" in err
 
     # Someone with write access rewrites history and recomputes the chain.
     engine = make_engine(db)
@@ -201,7 +209,8 @@ async def test_the_auditor_service_and_the_investigators_commands(stack: dict[st
     code, out, err = await _cli(env, "verify")
     assert code == 1, out + err
     assert "FAILED" in out and where in out and "differs_from_kafka" in out
-    code, out, err = await _cli(env, "replay", "--topic", topics.events, "--into", f"sqlite:///{tmp / 'again.db'}", "--diff")
+    code, out, err = await _cli(env, "replay", "--topic", topics.issuer_events, "--into", f"sqlite:///{tmp / 'again.db'}",
+                                "--diff")
     assert code == 1 and "differs: value" in out
 
     process.send_signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, delete, func, select, update
 
 from services.auditor.chain import GENESIS, content_hash, row_hash
 from services.auditor.export import exported_rows, write_csv, write_jsonl
-from services.auditor.inventory import get_certificate
+from services.auditor.inventory_read import get_certificate
 from services.auditor.records import RawRecord, prepare_batch
 from services.auditor.store import store_entries, store_records
 from services.auditor.trail import trail
@@ -37,6 +37,7 @@ from services.common.contracts.events import (
 )
 from services.common.contracts.fields import RevocationReason
 from services.common.contracts.requests import IssueRequested
+from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import AuditChainHead, AuditRecord, CertificateInventory
 from services.common.settings import DatabaseSettings
@@ -44,7 +45,11 @@ from tests.unit.examples import CERT_ID, NOW, SERIAL, examples, private_key_pem
 
 pytestmark = pytest.mark.integration
 
-EVENTS = "certrail.events"
+TOPICS = Topics()
+#: most cases here run on the single events topic of installations before decision 0016, whose
+#: history the inventory still folds; test_the_inventory_folds_an_event_only_from_its_producers_topic
+#: covers the producers' topics
+EVENTS = TOPICS.legacy_events
 REQUESTS = "certrail.requests"
 EX = examples()
 HEADERS = (("content-type", b"application/cloudevents+json"),)
@@ -69,7 +74,7 @@ def raw(offset: int, payload: bytes | None, *, topic: str = EVENTS, partition: i
 
 
 def store(engine: Engine, records: list[RawRecord]):  # type: ignore[no-untyped-def]
-    return store_records(engine, records, inventory_topic=EVENTS, now=datetime.now(UTC))
+    return store_records(engine, records, inventory_topics=TOPICS, now=datetime.now(UTC))
 
 
 def rows(engine: Engine, topic: str = EVENTS) -> list[AuditRecord]:
@@ -219,10 +224,33 @@ def test_inventory_statuses(engine: Engine) -> None:
         assert get_certificate(session, CERT_ID, NOW).status == "active"  # type: ignore[union-attr]
 
 
+def test_the_inventory_folds_an_event_only_from_its_producers_topic(engine: Engine) -> None:
+    issued = raw(0, value(EX[CertificateIssued], "i-1"), topic=TOPICS.issuer_events)
+    result = store(engine, [issued])
+    assert result.inventory_events == 1 and not result.misrouted
+    with read_session(engine) as session:
+        assert get_certificate(session, CERT_ID, NOW).status == "active"  # type: ignore[union-attr]
+    # a revocation on the deployer's topic (a stolen deployer credential) and one on the gateway's
+    forged = [raw(0, value(EX[CertificateRevoked], "v-forged"), topic=TOPICS.deployer_events),
+              raw(0, value(EX[CertificateRevoked], "v-forged-2"), topic=TOPICS.gateway_events)]
+    result = store(engine, forged)
+    assert result.stored == 2 and result.inventory_events == 0  # stored as every record, never folded
+    assert result.misrouted == {(TOPICS.deployer_events, CertificateRevoked.TYPE): 1,
+                                (TOPICS.gateway_events, CertificateRevoked.TYPE): 1}
+    with read_session(engine) as session:
+        view = get_certificate(session, CERT_ID, NOW)
+        assert view is not None and view.status == "active" and view.last_event_type == CertificateIssued.TYPE
+    result = store(engine, [raw(1, value(EX[CertificateRevoked], "v-1"), topic=TOPICS.issuer_events)])
+    assert result.inventory_events == 1
+    with read_session(engine) as session:
+        assert get_certificate(session, CERT_ID, NOW).status == "revoked"  # type: ignore[union-attr]
+
+
 def test_a_duplicate_event_does_not_change_the_inventory_twice(engine: Engine) -> None:
     store(engine, [raw(0, value(EX[CertificateIssued], "i-1"))])
     deployment = EX[CertificateDeployed].model_copy(update={"target": TargetRef(name="b", kind="file")})
-    store(engine, [raw(1, value(deployment, "d-1")), raw(2, value(deployment, "d-1"))])
+    later = NOW + timedelta(seconds=1)  # the inventory's last event is the newest by event time (then id)
+    store(engine, [raw(1, value(deployment, "d-1", at=later)), raw(2, value(deployment, "d-1", at=later))])
     with read_session(engine) as session:
         row = session.get(CertificateInventory, CERT_ID)
         assert row is not None and row.last_event_id == "d-1"
@@ -369,7 +397,7 @@ def test_listing_the_inventory_for_renewals(engine: Engine) -> None:
             ),
         ],
     )
-    from services.auditor.inventory import list_certificates
+    from services.auditor.inventory_read import list_certificates
 
     with read_session(engine) as session:
         assert [v.certificate_id for v in list_certificates(session, NOW)] == [
@@ -423,11 +451,11 @@ def test_batches_prepared_by_the_worker_for_sqlite_store_exactly_what_the_writer
         try:
             for batch in (records[:3], records[3:]):  # the second batch loads and updates what the first stored
                 if path == "writer":
-                    store_records(engine, batch, inventory_topic=EVENTS, now=now)
+                    store_records(engine, batch, inventory_topics=TOPICS, now=now)
                 else:
                     entries = pickle.loads(pickle.dumps(prepare_batch(batch, sqlite_times=True)))  # as from the worker process
                     assert isinstance(entries[0].attributes.event_time, str)
-                    store_entries(engine, entries, inventory_topic=EVENTS, now=now)
+                    store_entries(engine, entries, inventory_topics=TOPICS, now=now)
             with read_session(engine) as session:
                 assert scan_store(session, {}).problems == []  # verify re-derives each event time and compares
         finally:

@@ -68,7 +68,7 @@ class World:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return sorted((r for r in self.records if r["topic"] == self.topics.events), key=lambda r: r["offset"])
+        return sorted((r for r in self.records if r["topic"] == self.topics.deployer_events), key=lambda r: r["offset"])
 
     @property
     def poison(self) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class World:
 async def world(kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("verify-world")
     async for env in _make_env(kafka_settings, DatabaseSettings(url=f"sqlite:///{tmp / 'template.db'}"), tmp):
-        records = [(env.topics.events, CERT_ID.encode(), event(EX[CertificateDeployed], f"d-{i}")) for i in range(EVENTS_ROWS)]
+        records = [(env.topics.deployer_events, CERT_ID.encode(), event(EX[CertificateDeployed], f"d-{i}")) for i in range(EVENTS_ROWS)]
         # and on another topic, so that every column holds a value somewhere: an undecodable record, an event id
         # seen before (first_*), with a causation id, and a record holding a private key (original_sha256/size)
         again = encode(make_event(EX[CertificateDeployed], id="d-0", source="/t", time=NOW, subject=CERT_ID,
@@ -175,7 +175,7 @@ def sql(statement: str, **fixed: Any) -> Tamper:
     """An UPDATE/DELETE/ALTER with :id2 (the events row at offset 2), :poison (the undecodable
     record's row) and :events (the events topic) bound."""
     def run(conn: Connection, world: World) -> None:
-        names = {"id2": world.events[2]["id"], "poison": world.poison["id"], "events": world.topics.events, **fixed}
+        names = {"id2": world.events[2]["id"], "poison": world.poison["id"], "events": world.topics.deployer_events, **fixed}
         params = {k: v for k, v in names.items() if f":{k}" in statement}
         conn.execute(text(statement), params)
     return run

@@ -41,7 +41,7 @@ REQUEST = examples()[IssueRequested]
 @pytest.fixture
 async def topics(kafka_settings: KafkaSettings) -> AsyncIterator[Topics]:
     names = Topics(f"test.failures.{uuid.uuid4().hex[:10]}")
-    created = [names.requests, names.events, names.deadletter]
+    created = [names.requests, names.deadletter]
     await ensure_topics(kafka_settings, created, partitions=1)
     yield names
     await delete_topics(kafka_settings, created)

@@ -304,12 +304,13 @@ async def with_profile(gw: Gateway, admin: str, **kwargs: Any) -> dict[str, Any]
 def play_auditor(gw: Gateway, extra: list[Envelope] = ()) -> None:  # type: ignore[assignment]
     """Store every published record (and ``extra`` events) as the auditor would: audit log + inventory."""
     values = [(t, k, v) for t, k, v in gw.published.records]
-    values += [(gw.topics.events, e.subject, Outbound(gw.topics.events, e, key=e.subject).value()) for e in extra]
+    values += [(gw.topics.topic_of(type(e.data)), e.subject, Outbound(gw.topics.topic_of(type(e.data)), e, key=e.subject).value())
+               for e in extra]
     already = getattr(gw, "_stored", 0)
     records = [RawRecord(topic, 0, offset, int(datetime.now(UTC).timestamp() * 1000), 0,
                          key.encode() if key else None, value, ())
                for offset, (topic, key, value) in enumerate(values) if offset >= already]
-    store_records(gw.engine, records, inventory_topic=gw.topics.events, now=datetime.now(UTC))
+    store_records(gw.engine, records, inventory_topics=gw.topics, now=datetime.now(UTC))
     gw._stored = len(values)  # type: ignore[attr-defined]
 
 
@@ -497,7 +498,7 @@ async def test_issuance_dedupe_renewal_and_revocation_on_kafka(kafka_gateway: Ga
     [command] = [e for e in commands if isinstance(e.data, IssueCertificate)]
     assert (command.id, command.data.request_id, command.data.certificate_id, command.data.sans) == (
         answer["command_id"], "req-1", "www", ["dns:www.example.com"])
-    events = await read_back(kafka, [gw.topics.events], 2)
+    events = await read_back(kafka, [gw.topics.gateway_events], 2)
     [request_accepted] = [e for e in events if isinstance(e.data, RequestAccepted)]
     assert (request_accepted.id, request_accepted.data.requester, request_accepted.data.connector) == (
         answer["event_id"], "alice", "ca-one")

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.auditor import inventory
+from services.auditor import inventory_read as inventory
 from services.common.consumer import Outbound
 from services.common.contracts.events import RequestRejected
 from services.common.db import read_session
@@ -63,7 +63,8 @@ async def issue_and_play(gw: Gateway, token: str, request_id: str, profile: str,
     [command] = [e for e in gw.published.events(gw.topics.commands("ca-one")) if e.data.request_id == request_id]
     leaf, ca = sign(csr, int(serial, 16))
     issued = issued_event(command.data, leaf, [ca], serial)  # as the issuer publishes it
-    gw.published.records.append((gw.topics.events, certificate_id, Outbound(gw.topics.events, issued, key=certificate_id).value()))
+    gw.published.records.append((gw.topics.issuer_events, certificate_id,
+                                 Outbound(gw.topics.issuer_events, issued, key=certificate_id).value()))
     play_auditor(gw)
 
 
@@ -142,10 +143,10 @@ async def test_a_request_id_naming_another_certificate_reads_nothing_of_it(gatew
     play_auditor(gw)
 
     # no rejection names carol's certificate: no subject, no certificate_id, keyed by the request id
-    rejections = [e for e in gw.published.events(gw.topics.events) if isinstance(e.data, RequestRejected)]
+    rejections = [e for e in gw.published.events(gw.topics.gateway_events) if isinstance(e.data, RequestRejected)]
     assert len(rejections) == 5
     assert all(e.data.certificate_id is None and e.subject is None for e in rejections)
-    keys = [k for t, k, v in gw.published.records if t == gw.topics.events and b"request.rejected" in v]
+    keys = [k for t, k, v in gw.published.records if t == gw.topics.gateway_events and b"request.rejected" in v]
     assert keys == ["secret", "0c0c01", "a-steal", "a-rev", "c-1"]
 
     for caller, request_id in (("mallory", "secret"), ("mallory", "0c0c01"), ("alice", "a-steal"), ("alice", "a-rev")):
@@ -169,7 +170,7 @@ async def test_a_rejection_of_an_authorised_caller_still_names_its_certificate(g
                             json={"request_id": "w-2", "csr": make_csr("www.other.org")})
     assert (refused.status_code, refused.json()["code"]) == (422, "SAN_NOT_ALLOWED")
     assert "'dns:www.other.org'" in refused.json()["message"]  # bounded and escaped, in quotes
-    [rejected] = [e for e in gw.published.events(gw.topics.events) if isinstance(e.data, RequestRejected)]
+    [rejected] = [e for e in gw.published.events(gw.topics.gateway_events) if isinstance(e.data, RequestRejected)]
     assert (rejected.data.certificate_id, rejected.subject) == ("www", "www")
     play_auditor(gw)
     with read_session(gw.engine) as session:

@@ -1,6 +1,6 @@
 """The hostile tester's records of issue 17 against the four services as real processes on the real
 broker: 200 kB of nested JSON and a 50,000-digit number on certrail.requests, certrail.provisioning
-and certrail.events are each dead-lettered once with JSON_LIMIT_EXCEEDED and their coordinates, a
+and certrail.events.issuer are each dead-lettered once with JSON_LIMIT_EXCEEDED and their coordinates, a
 good request published after them is still handled, the auditor stores them and what follows, and
 every service's /health stays 200."""
 
@@ -21,7 +21,7 @@ from services.common.contracts.catalog import CATALOG
 from services.common.contracts.deadletter import DeadLetter
 from services.common.contracts.envelope import DecodeError, decode, encode, make_event
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.events import CertificateDeployed, RequestRejected
+from services.common.contracts.events import IssuancePending, RequestRejected
 from services.common.contracts.requests import IssueRequested
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session
@@ -84,8 +84,8 @@ async def test_hostile_json_is_dead_lettered_once_and_every_service_goes_on(kafk
     stack = Stack(var_dir=tmp_path / "var", ports=ports, env=env)
     request = examples()[IssueRequested].model_copy(update={"request_id": f"after-poison-{uuid.uuid4().hex[:6]}"})
     good_request = encode(make_event(request, id="evt-good", source="/t", time=NOW, subject=CERT_ID))
-    good_event = encode(make_event(examples()[CertificateDeployed], id="e-good", source="/t", time=NOW, subject=CERT_ID))
-    hostile_topics = (topics.requests, topics.provisioning, topics.events)
+    good_event = encode(make_event(examples()[IssuancePending], id="e-good", source="/t", time=NOW, subject=CERT_ID))
+    hostile_topics = (topics.requests, topics.provisioning, topics.issuer_events)
     try:
         await asyncio.to_thread(stack.start, 120.0)
         producer = AIOKafkaProducer(**producer_kwargs(kafka_settings))
@@ -95,14 +95,14 @@ async def test_hostile_json_is_dead_lettered_once_and_every_service_goes_on(kafk
                 await producer.send_and_wait(topic, DEEP, key=b"deep")
                 await producer.send_and_wait(topic, HUGE_NUMBER, key=b"huge")
             await producer.send_and_wait(topics.requests, good_request, key=CERT_ID.encode())  # requests@2
-            await producer.send_and_wait(topics.events, good_event, key=CERT_ID.encode())  # events@2
+            await producer.send_and_wait(topics.issuer_events, good_event, key=CERT_ID.encode())  # events.issuer@2
         finally:
             await producer.stop()
 
         # each hostile record dead-lettered exactly once, with its code and coordinates
         expected = Counter({("gateway", topics.requests, 0): 1, ("gateway", topics.requests, 1): 1,
                             ("deployer", topics.provisioning, 0): 1, ("deployer", topics.provisioning, 1): 1,
-                            ("deployer", topics.events, 0): 1, ("deployer", topics.events, 1): 1})
+                            ("deployer", topics.issuer_events, 0): 1, ("deployer", topics.issuer_events, 1): 1})
         records = await _read_all(kafka_settings, topics.deadletter, lambda got: len(got) >= len(expected), settle_s=3)
         letters = [decode(r.value, CATALOG).data for r in records]
         assert all(isinstance(letter, DeadLetter) for letter in letters)
@@ -115,7 +115,7 @@ async def test_hostile_json_is_dead_lettered_once_and_every_service_goes_on(kafk
             return any(isinstance(data, RequestRejected) and data.request_id == request.request_id
                        for data in map(_data, got))
 
-        await _read_all(kafka_settings, topics.events, rejected, settle_s=0)
+        await _read_all(kafka_settings, topics.gateway_events, rejected, settle_s=0)
 
         # the auditor stored the hostile records with their code, and what came after them
         engine = make_engine(db)
@@ -125,14 +125,14 @@ async def test_hostile_json_is_dead_lettered_once_and_every_service_goes_on(kafk
                     rows = session.execute(select(AuditRecord.topic, AuditRecord.offset, AuditRecord.decode_error)
                                            .where(AuditRecord.topic.in_(hostile_topics))).all()
                 found = {(row.topic, row.offset): row.decode_error for row in rows}
-                return found if {(topics.requests, 2), (topics.events, 2)} <= set(found) else None
+                return found if {(topics.requests, 2), (topics.issuer_events, 2)} <= set(found) else None
 
             found = await poll_until(audited, "the auditor to store the records after the hostile ones", 90, interval_s=0.3, in_thread=True)
         finally:
             engine.dispose()
         for topic in hostile_topics:
             assert found[(topic, 0)] == found[(topic, 1)] == ErrorCode.JSON_LIMIT_EXCEEDED
-        assert found[(topics.requests, 2)] is None and found[(topics.events, 2)] is None
+        assert found[(topics.requests, 2)] is None and found[(topics.issuer_events, 2)] is None
 
         for svc in stack.services:
             health = httpx.get(svc.base_url + "/health", timeout=5)

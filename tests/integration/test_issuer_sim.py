@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from emca_sim.server import SimServer, start_in_thread
 from services.common.connectors.models import ConnectorEdit
 from services.common.contracts.deadletter import DeadLetter
+from services.common.contracts.envelope import encode, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import (
     CertificateIssued,
@@ -38,6 +39,7 @@ from services.issuer.emca.types import EmcaVersion, HttpOptions
 from services.issuer.processor import CRASH_EXIT_CODE
 from tests.emca_sim_helpers import ISSUING_CA, USERS, SimDriver, sim_endpoint, sim_spec
 from tests.issuer_harness import IssuerBench, metric, poll
+from tests.unit.examples import examples
 
 pytestmark = [pytest.mark.integration]
 
@@ -124,6 +126,9 @@ async def test_round_trips_on_every_dialect(bench: IssuerBench, sim: SimServer) 
     for name, command in first.items():
         await bench.send(name, command)
     await bench.send_raw(NAMES[EmcaVersion.V4_2_4], b'{"specversion": "1.0", "type": "nope"', key=b"broken")
+    # an event on a command topic (its producer, the issuer, owns certrail.events.issuer): PRODUCER_NOT_ALLOWED
+    misrouted = make_event(examples()[CertificateIssued], id="misrouted-1", source="/forger", time=datetime.now(UTC))
+    await bench.send_raw(NAMES[EmcaVersion.V4_2_4], encode(misrouted), key=b"misrouted")
     rejected = bench.issue_command(NAMES[EmcaVersion.V4_0_17], csr=probe_csr_pem())
     await bench.send(NAMES[EmcaVersion.V4_0_17], rejected)
     issued = {}
@@ -137,8 +142,11 @@ async def test_round_trips_on_every_dialect(bench: IssuerBench, sim: SimServer) 
         issued[name] = data
     (failed,) = await bench.wait_for(IssuanceFailed, issuance_id=rejected.issuance_id)
     assert failed.data.error.code is ErrorCode.CA_REJECTED
-    (letter,) = await bench.wait_for(DeadLetter)
-    assert letter.data.consumer == "issuer" and letter.data.source.key == "broken"
+    letters = {letter.data.source.key: letter.data for letter in await bench.wait_for(DeadLetter, 2)}
+    assert set(letters) == {"broken", "misrouted"} and {d.consumer for d in letters.values()} == {"issuer"}
+    assert letters["misrouted"].code is ErrorCode.PRODUCER_NOT_ALLOWED
+    assert letters["misrouted"].reason == (f"{CertificateIssued.TYPE} may only come from {bench.topics.issuer_events}, "
+                                           f"it arrived on {bench.topics.commands(NAMES[EmcaVersion.V4_2_4])}")
 
     # renew, then revoke the old serial: it appears in the CRL
     for version, name in NAMES.items():
@@ -163,12 +171,12 @@ async def test_round_trips_on_every_dialect(bench: IssuerBench, sim: SimServer) 
     text = issuer.metrics()
     assert metric(text, "certrail_issuer_commands_total", {"outcome": "replayed"}) == 1
     assert metric(text, "certrail_issuer_commands_total", {"outcome": "issued"}) == 6
-    assert metric(text, "certrail_issuer_commands_total", {"outcome": "dead_lettered"}) == 1
+    assert metric(text, "certrail_issuer_commands_total", {"outcome": "dead_lettered"}) == 2
     assert metric(text, "certrail_issuer_emca_request_duration_seconds_count", {"operation": "submit_csr"}) == 7
     # its own producer counts what it published, by type
     published = {"service": "issuer", "type": CertificateIssued.TYPE}
     assert metric(text, "certrail_messages_published_total", published) == len(bench.of_type(CertificateIssued)) == 7
-    assert metric(text, "certrail_messages_published_total", {"service": "issuer", "type": DeadLetter.TYPE}) == 1
+    assert metric(text, "certrail_messages_published_total", {"service": "issuer", "type": DeadLetter.TYPE}) == 2
 
 
 async def test_manual_approval_is_polled_and_survives_a_restart(bench: IssuerBench, sim: SimServer, driver: Callable[[SimServer, EmcaVersion], SimDriver]) -> None:

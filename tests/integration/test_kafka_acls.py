@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -34,6 +35,7 @@ from services.common.kafka_acls import (
     acl_bindings,
     apply_acls,
     describe_acls,
+    superseded_bindings,
 )
 from services.common.kafka_config import admin_kwargs, consumer_kwargs, producer_kwargs
 from services.common.kafka_local import LocalKafka
@@ -51,19 +53,22 @@ pytestmark = pytest.mark.integration
 
 TOPICS = Topics("certrail")
 COMMANDS = TOPICS.commands("emca-acl")
-ALL_TOPICS = [*TOPICS.fixed(), COMMANDS]
-R, P, E, D, C = TOPICS.requests, TOPICS.provisioning, TOPICS.events, TOPICS.deadletter, TOPICS.audit_checkpoints
+#: the old single events topic (decision 0016) exists on an upgraded cluster: no one may write it
+LEGACY = TOPICS.legacy_events
+ALL_TOPICS = [*TOPICS.fixed(), LEGACY, COMMANDS]
+R, P, D, C = TOPICS.requests, TOPICS.provisioning, TOPICS.deadletter, TOPICS.audit_checkpoints
+EG, EI, ED = TOPICS.gateway_events, TOPICS.issuer_events, TOPICS.deployer_events
 WRITES = {
-    "gateway": {COMMANDS, P, E, D},
-    "issuer": {E, D},
-    "deployer": {E, R, D},
+    "gateway": {COMMANDS, P, EG, D},
+    "issuer": {EI, D},
+    "deployer": {ED, R, D},
     "auditor": {C},
     "requester": {R},
 }
 READS = {
     "gateway": {R},
     "issuer": {COMMANDS},
-    "deployer": {P, E},
+    "deployer": {P, EG, EI},
     "auditor": set(ALL_TOPICS),
     "requester": set(),
 }
@@ -205,6 +210,22 @@ def test_the_cluster_holds_exactly_certrails_acl_table(secured: LocalKafka) -> N
     assert asyncio.run(describe_acls(admin)) == acl_bindings(TOPICS, GROUPS)
     with pytest.raises(KafkaAclError, match="ClusterAuthorizationFailedError"):  # only a super user may
         asyncio.run(apply_acls(as_principal(secured, "deployer"), acl_bindings(Topics("evil"))))
+
+
+def test_applying_removes_the_grants_on_the_old_single_events_topic(secured: LocalKafka) -> None:
+    """An installation upgraded from decision 0012's table: its services could write certrail.events;
+    applying the table again removes that (decision 0016), and only that."""
+    admin = as_principal(secured, "admin")
+    old = superseded_bindings(TOPICS)
+    asyncio.run(apply_acls(admin, old))
+    assert set(old) <= set(asyncio.run(describe_acls(admin)))
+    asyncio.run(apply_acls(admin, acl_bindings(TOPICS, GROUPS), old))
+    assert asyncio.run(describe_acls(admin)) == acl_bindings(TOPICS, GROUPS)
+    deadline = time.monotonic() + 30
+    while LEGACY in asyncio.run(_writable(as_principal(secured, "deployer"))):  # the authorizer caught up
+        assert time.monotonic() < deadline, "the deployer may still write the old events topic"
+        time.sleep(0.5)
+    asyncio.run(apply_acls(admin, acl_bindings(TOPICS, GROUPS), old))  # nothing left to remove: fine
 
 
 async def _connects(settings: KafkaSettings) -> None:

@@ -36,7 +36,7 @@ PER_KEY = 6
 @pytest.fixture
 async def topics(kafka_settings: KafkaSettings) -> AsyncIterator[Topics]:
     names = Topics(f"test.batch.{uuid.uuid4().hex[:10]}")
-    created = [names.requests, names.events, names.deadletter]
+    created = [names.issuer_events, names.deployer_events, names.deadletter]
     await ensure_topics(kafka_settings, created, partitions=3)
     yield names
     await delete_topics(kafka_settings, created)
@@ -66,8 +66,8 @@ async def _publish_inputs(kafka_settings: KafkaSettings, topics: Topics) -> None
     try:
         for n in range(PER_KEY):
             for key in KEYS:
-                await producer.publish(_issued(f"{key}-{n}", key), topic=topics.requests, key=key.encode())
-        await producer.publish(b"{poison", topic=topics.requests, key=b"cert-0")
+                await producer.publish(_issued(f"{key}-{n}", key), topic=topics.issuer_events, key=key.encode())
+        await producer.publish(b"{poison", topic=topics.issuer_events, key=b"cert-0")
     finally:
         await producer.stop()
 
@@ -83,7 +83,7 @@ async def _run_consumer(kafka_settings: KafkaSettings, topics: Topics, group: st
         handled.append(envelope.id)
         key = envelope.subject or ""
         out = make_event(EXAMPLES[CertificateDeployed], id=f"out-{envelope.id}", source="/t", time=NOW, subject=key)
-        return [Outbound(topic=topics.events, event=out, key=key)]
+        return [Outbound(topic=topics.deployer_events, event=out, key=key)]
 
     dispatcher = Dispatcher(
         service="batch-test",
@@ -93,7 +93,7 @@ async def _run_consumer(kafka_settings: KafkaSettings, topics: Topics, group: st
         handlers={CertificateIssued: on_issued},
         clock=lambda: NOW,
     )
-    subscribe(broker, dispatcher, group_id=group, settings=kafka_settings, topics=[topics.requests], max_records=20)
+    subscribe(broker, dispatcher, group_id=group, settings=kafka_settings, topics=[topics.issuer_events], max_records=20)
     await broker.start()
     try:
         expected_end = PER_KEY * len(KEYS) + 1
@@ -117,7 +117,7 @@ async def test_batches_are_handled_in_order_per_key_published_and_committed(
     committed = await committed_offsets(kafka_settings, group)
     assert sum(committed.values()) == total + 1  # every record, the poison one too, committed exactly to the end
 
-    outputs = await _read(kafka_settings, topics.events, total)
+    outputs = await _read(kafka_settings, topics.deployer_events, total)
     firsts: dict[str, list[int]] = {}
     for key, value in outputs:
         event = decode(value, CATALOG)
@@ -131,5 +131,5 @@ async def test_batches_are_handled_in_order_per_key_published_and_committed(
     letters = await _read(kafka_settings, topics.deadletter, 1)
     letter = decode(letters[0][1], CATALOG)
     assert isinstance(letter.data, DeadLetter)
-    assert letter.data.source.topic == topics.requests
+    assert letter.data.source.topic == topics.issuer_events
     assert letter.data.source.key == "cert-0"

@@ -17,7 +17,7 @@ from services.common.contracts.catalog import CATALOG
 from services.common.contracts.deadletter import DeadLetter
 from services.common.contracts.envelope import decode, encode, make_event
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.events import CertificateDeployed
+from services.common.contracts.events import CertificateDeployed, IssuancePending
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session
 from services.common.db_schema import list_heartbeats
@@ -77,12 +77,14 @@ async def test_four_services_dead_letter_poison_and_go_on(kafka_settings: KafkaS
 
         producer = AIOKafkaProducer(**producer_kwargs(kafka_settings))
         await producer.start()
-        valid = encode(make_event(examples()[CertificateDeployed], id="e-1", source="/t", time=NOW, subject=CERT_ID))
+        valid = encode(make_event(examples()[IssuancePending], id="e-1", source="/t", time=NOW, subject=CERT_ID))
+        forged = encode(make_event(examples()[CertificateDeployed], id="e-2", source="/t", time=NOW, subject=CERT_ID))
         try:
             await producer.send_and_wait(topics.requests, b"\xffpoison", key=b"req-poison")
             await producer.send_and_wait(connector_topic, b'{"specversion": "1.0"}', key=b"cmd-poison")
             await producer.send_and_wait(topics.provisioning, b"[1,2]", key=b"prov-poison")
-            await producer.send_and_wait(topics.events, valid, key=CERT_ID.encode())
+            await producer.send_and_wait(topics.issuer_events, forged, key=CERT_ID.encode())  # the deployer's type
+            await producer.send_and_wait(topics.issuer_events, valid, key=CERT_ID.encode())
         finally:
             await producer.stop()
 
@@ -91,6 +93,7 @@ async def test_four_services_dead_letter_poison_and_go_on(kafka_settings: KafkaS
             ("gateway", topics.requests, ErrorCode.UNDECODABLE),
             ("issuer", connector_topic, ErrorCode.NOT_CLOUDEVENT),
             ("deployer", topics.provisioning, ErrorCode.UNDECODABLE),
+            ("deployer", topics.issuer_events, ErrorCode.PRODUCER_NOT_ALLOWED),
         }
         consumer = AIOKafkaConsumer(topics.deadletter, **consumer_kwargs(kafka_settings, f"test-dl-{prefix}"))
         await consumer.start()
@@ -108,10 +111,10 @@ async def test_four_services_dead_letter_poison_and_go_on(kafka_settings: KafkaS
         assert {(d.consumer, d.source.topic, d.code) for d in letters} == expected
         assert all(d.reason for d in letters)
 
-        # the valid event after the poison was consumed (ignored: nobody handles it yet)
+        # the valid event after the forged one was consumed (ignored: the deployer does not handle it)
         def deployer_went_on() -> bool:
             text = httpx.get(stack.services[2].base_url + "/metrics", timeout=5).text
-            return _metric(text, "certrail_messages_consumed_total", {"type": CertificateDeployed.TYPE, "outcome": "ignored"}) >= 1
+            return _metric(text, "certrail_messages_consumed_total", {"type": IssuancePending.TYPE, "outcome": "ignored"}) >= 1
 
         await _wait_for(deployer_went_on, 60, "the deployer to consume the valid event")
         metrics = httpx.get(stack.services[0].base_url + "/metrics", timeout=5).text

@@ -24,7 +24,7 @@ from services.common.consumer import (
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import CONTENT_TYPE, Envelope, encode, make_event
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.events import CertificateDeployed, CertificateIssued, RequestAccepted
+from services.common.contracts.events import CertificateDeployed, CertificateIssued, IssuancePending, RequestAccepted
 from services.common.contracts.topics import Topics
 from services.common.fakes import RecordingPublisher
 from tests.unit.examples import NOW, examples
@@ -40,7 +40,7 @@ def _value(data_cls: type, event_id: str) -> bytes:
 def _record(
     key: bytes | None, offset: int, value: bytes | None, *, partition: int = 0, headers: tuple[tuple[str, bytes], ...] = ()
 ) -> InboundRecord:
-    return InboundRecord(topic="certrail.events", partition=partition, offset=offset, value=value, key=key, headers=headers)
+    return InboundRecord(topic="certrail.events.issuer", partition=partition, offset=offset, value=value, key=key, headers=headers)
 
 
 def _issued(*event_ids: str) -> list[InboundRecord]:
@@ -53,7 +53,7 @@ def _deploying(key_of):  # type: ignore[no-untyped-def]
 
     async def handler(envelope: Envelope) -> list[Outbound]:
         deployed = make_event(EXAMPLES[CertificateDeployed], id=f"out-{envelope.id}", source="/t", time=NOW, subject="c")
-        return [Outbound(topic=TOPICS.events, event=deployed, key=key_of(envelope))]
+        return [Outbound(topic=TOPICS.deployer_events, event=deployed, key=key_of(envelope))]
 
     return handler
 
@@ -193,7 +193,7 @@ async def test_poison_records_are_dead_lettered_and_the_rest_of_the_batch_handle
 
 async def test_outbound_records_carry_their_type_header() -> None:
     event = make_event(EXAMPLES[RequestAccepted], id="evt-1", source="/t", time=NOW, subject="c")
-    assert Outbound(topic=TOPICS.events, event=event, key="c").headers() == {
+    assert Outbound(topic=TOPICS.gateway_events, event=event, key="c").headers() == {
         "content-type": CONTENT_TYPE,
         "ce_type": RequestAccepted.TYPE,
     }
@@ -202,10 +202,12 @@ async def test_outbound_records_carry_their_type_header() -> None:
 @pytest.mark.parametrize(
     ("declared", "value", "expected"),
     [
-        pytest.param(RequestAccepted.TYPE, b"{not even json", Outcome.IGNORED, id="known-unhandled-type-skipped-unparsed"),
+        pytest.param(IssuancePending.TYPE, b"{not even json", Outcome.IGNORED, id="known-unhandled-type-skipped-unparsed"),
+        # a type whose producer does not own the topic is decoded: dead-lettered (PRODUCER_NOT_ALLOWED), never skipped
+        pytest.param(RequestAccepted.TYPE, _value(RequestAccepted, "x"), Outcome.DEAD_LETTERED, id="misrouted-type-is-decoded"),
         pytest.param(CertificateIssued.TYPE, b"{not even json", Outcome.DEAD_LETTERED, id="handled-type-is-decoded"),
         pytest.param("io.example.unknown.v1", b"{not even json", Outcome.DEAD_LETTERED, id="unknown-type-is-decoded"),
-        pytest.param(None, _value(RequestAccepted, "x"), Outcome.IGNORED, id="no-header-decoded-then-ignored"),
+        pytest.param(None, _value(IssuancePending, "x"), Outcome.IGNORED, id="no-header-decoded-then-ignored"),
     ],
 )
 async def test_skip_by_type_header(declared: str | None, value: bytes, expected: Outcome) -> None:

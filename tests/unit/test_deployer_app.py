@@ -1,7 +1,8 @@
 """The deployer app as wired by create_app, on FastStream's in-memory broker: once the
 connector's pin (ConnectorCreated) and the accepted request (RequestAccepted) came by on
-certrail.events, a CertificateIssued is installed on a bound file target (real files) and
-CertificateDeployed comes out; a ProvisionCertificate yields a signed request with no
+certrail.events.gateway, a CertificateIssued on certrail.events.issuer is installed on a bound
+file target (real files) and CertificateDeployed comes out on certrail.events.deployer; a
+ProvisionCertificate yields a signed request with no
 private key in it."""
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ async def test_create_app_deploys_and_provisions(tmp_path: Path) -> None:
     events: list[bytes] = []
     requests: list[bytes] = []
 
-    @runtime.broker.subscriber("certrail.events", group_id="observer-events")
+    @runtime.broker.subscriber("certrail.events.deployer", group_id="observer-events")
     async def on_event(body: Any) -> None:
         events.append(body if isinstance(body, bytes) else json.dumps(body).encode())
 
@@ -77,9 +78,9 @@ async def test_create_app_deploys_and_provisions(tmp_path: Path) -> None:
     async with TestKafkaBroker(runtime.broker) as broker:
         for fact, key in ((pin, b"sim"), (accepted, b"app-1")):
             await broker.publish(encode(make_event(fact, id=str(uuid.uuid4()), source="/t", time=NOW)),
-                                 topic="certrail.events", key=key)
+                                 topic="certrail.events.gateway", key=key)
         await broker.publish(encode(make_event(issued, id=str(uuid.uuid4()), source="/t", time=NOW, subject="app-1")),
-                             topic="certrail.events", key=b"app-1")
+                             topic="certrail.events.issuer", key=b"app-1")
         await broker.publish(encode(make_event(provision, id=str(uuid.uuid4()), source="/t", time=NOW, subject="bot-app")),
                              topic="certrail.provisioning", key=b"bot-app")
 

@@ -158,7 +158,7 @@ async def test_issued_certificate_is_deployed_to_every_bound_target_once(bench: 
     for out in first:
         assert isinstance(out.event.data, CertificateDeployed)
         assert out.event.data.verified_serial == envelope.data.serial
-        assert out.key == "web-1" and out.topic == "certrail.events" and out.event.causationid == envelope.id
+        assert out.key == "web-1" and out.topic == "certrail.events.deployer" and out.event.causationid == envelope.id
     # redelivery: nothing deployed again, the same events (ids, times, bytes) re-published
     again = await on_certificate_issued(bench.ctx, envelope)
     assert sorted(encode(o.event) for o in again) == sorted(encode(o.event) for o in first)

@@ -2,7 +2,7 @@
 handlers/projection.py; docs/decisions/0011-deployer-trusts-nothing.md): a table of named
 certificates against `check_issued`, and the projection it keeps of connector pins, profile key
 kinds and accepted certificate ids (with the key of the latest accepted CSR), fed by
-certrail.events records."""
+certrail.events.gateway records."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_check_issued(case: Case) -> None:
     assert "BEGIN" not in refused.value.message  # names and hashes, never a PEM
 
 
-# -- the projection, fed by certrail.events ----------------------------------------------------------------
+# -- the projection, fed by certrail.events.gateway ----------------------------------------------------------------
 
 
 @pytest.fixture

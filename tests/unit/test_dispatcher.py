@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.common.consumer import Dispatcher, InboundRecord, InvalidMessage, Outbound, Outcome
-from services.common.contracts.catalog import CATALOG
+from services.common.contracts.catalog import ALL_TYPES, CATALOG
 from services.common.contracts.deadletter import DeadLetter
 from services.common.contracts.envelope import Envelope, decode, encode, make_event
 from services.common.contracts.errors import ErrorCode
@@ -30,8 +30,20 @@ EXAMPLES = examples()
 TOPICS = Topics()
 
 
-def _record(value: bytes | None, offset: int = 5, key: bytes | None = b"web-frontend.example.com") -> InboundRecord:
-    return InboundRecord(topic="certrail.requests", partition=2, offset=offset, value=value, key=key, timestamp_ms=1_700_000_000_000)
+def _own_topic(value: bytes | None) -> str:
+    """The topic the producer of ``value``'s type owns (certrail.requests for anything undecodable)."""
+    try:
+        declared = json.loads(value or b"").get("type")
+    except (ValueError, AttributeError):
+        return TOPICS.requests
+    cls = CATALOG.get(declared) if isinstance(declared, str) else None
+    return TOPICS.topic_of(cls) if cls is not None and cls.CHANNEL != "commands" else TOPICS.requests
+
+
+def _record(value: bytes | None, offset: int = 5, key: bytes | None = b"web-frontend.example.com",
+            topic: str | None = None) -> InboundRecord:
+    return InboundRecord(topic=topic or _own_topic(value), partition=2, offset=offset, value=value, key=key,
+                         timestamp_ms=1_700_000_000_000)
 
 
 def _encoded(data_cls: type) -> bytes:
@@ -142,12 +154,12 @@ async def test_handled_message_publishes_the_handlers_output() -> None:
             accepted, id=message_id(envelope.id, accepted.TYPE), source="/certrail/gateway", time=NOW,
             subject=CERT_ID, correlationid="req-1", causationid=envelope.id,
         )
-        return [Outbound(topic=TOPICS.events, event=event, key=CERT_ID)]
+        return [Outbound(topic=TOPICS.topic_of(RequestAccepted), event=event, key=CERT_ID)]
 
     dispatcher, publisher, observer = _dispatcher({IssueRequested: handle})
     assert await dispatcher.dispatch(_record(_encoded(IssueRequested))) is Outcome.HANDLED
     assert [e.data for e in received] == [EXAMPLES[IssueRequested]]
-    assert [(o.topic, o.key, o.event.type) for o in publisher.sent] == [("certrail.events", CERT_ID, RequestAccepted.TYPE)]
+    assert [(o.topic, o.key, o.event.type) for o in publisher.sent] == [("certrail.events.gateway", CERT_ID, RequestAccepted.TYPE)]
     assert publisher.sent[0].event.causationid == "evt-1"
     assert observer.seen == [(IssueRequested.TYPE, Outcome.HANDLED, None)]
 
@@ -226,7 +238,7 @@ async def test_a_handler_failing_every_time_is_dead_lettered_with_handler_failed
     letter = _dead_letter(publisher)
     assert letter.code is ErrorCode.HANDLER_FAILED
     assert letter.reason == "the gateway handler failed 3 times: ValueError: cannot digest this serial"
-    assert (letter.source.topic, letter.source.partition, letter.source.offset) == ("certrail.requests", 2, 5)
+    assert (letter.source.topic, letter.source.partition, letter.source.offset) == ("certrail.events.issuer", 2, 5)
 
 
 async def test_a_handler_failing_fewer_than_n_times_is_handled() -> None:
@@ -282,3 +294,55 @@ async def test_the_dead_letter_reason_never_carries_statement_parameters_or_keys
     reason = _dead_letter(publisher).reason
     assert "s3cret" not in reason and "INSERT" not in reason and reason.endswith("IntegrityError: UNIQUE failed")
     assert "BEGIN" not in describe(ValueError(f"bad key {private_key_pem()}"))
+
+
+# -- the producer check (decision 0016): a type only from the topic its producer owns -------------------
+
+def _own(cls: type) -> str:
+    return TOPICS.commands("emca-test") if cls.CHANNEL == "commands" else TOPICS.topic_of(cls)
+
+
+_CANDIDATE_TOPICS = (TOPICS.requests, TOPICS.provisioning, *TOPICS.events_topics(), TOPICS.legacy_events,
+                     TOPICS.deadletter, TOPICS.audit_checkpoints, TOPICS.commands("emca-test"))
+_ROUTES = [pytest.param(cls, topic, topic == _own(cls), id=f"{cls.__name__}@{topic}")
+           for cls in ALL_TYPES for topic in _CANDIDATE_TOPICS]
+
+
+@pytest.mark.parametrize(("cls", "topic", "own"), _ROUTES)
+async def test_each_type_is_handled_only_on_its_producers_topic(cls: type, topic: str, own: bool) -> None:
+    handled: list[str] = []
+
+    async def handle(envelope: Envelope) -> Sequence[Outbound]:
+        handled.append(envelope.id)
+        return []
+
+    dispatcher, publisher, observer = _dispatcher({cls: handle})
+    outcome = await dispatcher.dispatch(_record(_encoded(cls), topic=topic))
+    if own:
+        assert (outcome, handled, publisher.sent) == (Outcome.HANDLED, ["evt-1"], [])
+        return
+    assert outcome is Outcome.DEAD_LETTERED and handled == []
+    letter = _dead_letter(publisher)
+    assert letter.code is ErrorCode.PRODUCER_NOT_ALLOWED
+    assert (letter.source.topic, letter.source.offset) == (topic, 5)
+    expected = "certrail.commands.<connector>" if cls.CHANNEL == "commands" else TOPICS.topic_of(cls)
+    assert letter.reason == f"{cls.TYPE} may only come from {expected}, it arrived on {topic}"
+    assert observer.seen == [(cls.TYPE, Outcome.DEAD_LETTERED, ErrorCode.PRODUCER_NOT_ALLOWED)]
+
+
+async def test_a_misrouted_type_without_a_handler_is_dead_lettered_too() -> None:
+    dispatcher, publisher, _ = _dispatcher()
+    forged = _record(_encoded(CertificateIssued), topic=TOPICS.deployer_events)
+    assert await dispatcher.dispatch(forged) is Outcome.DEAD_LETTERED
+    assert _dead_letter(publisher).reason == (
+        f"{CertificateIssued.TYPE} may only come from certrail.events.issuer, it arrived on certrail.events.deployer")
+
+
+async def test_any_connectors_command_topic_carries_commands() -> None:
+    from services.common.contracts.commands import IssueCertificate
+
+    dispatcher, publisher, _ = _dispatcher()
+    for connector in ("a", "emca-eu-2"):
+        record = _record(_encoded(IssueCertificate), topic=TOPICS.commands(connector))
+        assert await dispatcher.dispatch(record) is Outcome.IGNORED
+    assert publisher.sent == []

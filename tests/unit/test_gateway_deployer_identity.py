@@ -74,7 +74,7 @@ async def test_a_deployer_signed_csr_for_a_requester_held_profile_is_rejected_wi
         if profile == "web":  # requester-held: refused, and nothing for emCA
             assert outcome.answer.status == "rejected"
             ((topic, rejected),) = records
-            assert topic == TOPICS.events and isinstance(rejected, RequestRejected)
+            assert topic == TOPICS.gateway_events and isinstance(rejected, RequestRejected)
             assert rejected.error.code is ErrorCode.REQUESTER_NOT_AUTHORISED
         else:  # the bot-key profile it serves by design (its allowed requesters do not name the deployer)
             assert outcome.answer.status == "accepted"

@@ -69,7 +69,7 @@ async def test_a_signed_kafka_request_becomes_a_command_and_request_accepted(int
     (topic, command), (events_topic, accepted) = _events(outcome)
     assert topic == TOPICS.commands("emca") and isinstance(command, IssueCertificate)
     assert command.sans == ["dns:www.example.com"] and command.ca_profile == "TLS Server" and command.validity_days == 90
-    assert events_topic == TOPICS.events and isinstance(accepted, RequestAccepted)
+    assert events_topic == TOPICS.gateway_events and isinstance(accepted, RequestAccepted)
     assert accepted.command_id == outcome.answer.command_id and accepted.requester == "ci-pipeline"
 
 
@@ -104,7 +104,7 @@ async def test_rejections_have_stable_codes(intake: Intake, case: str, make, cod
     outcome = await intake.from_kafka(f"ev-{case}", make(), None)
     assert outcome.answer.status == "rejected" and outcome.answer.error["code"] == code.value  # type: ignore[index]
     ((topic, rejected),) = _events(outcome)
-    assert topic == TOPICS.events and isinstance(rejected, RequestRejected) and rejected.error.code is code
+    assert topic == TOPICS.gateway_events and isinstance(rejected, RequestRejected) and rejected.error.code is code
 
 
 async def test_unauthenticated_requests_do_not_claim_the_request_id(intake: Intake) -> None:

@@ -232,7 +232,7 @@ async def test_renewal_due_published_once_at_its_time(engine: Engine) -> None:
     result = await scheduler.tick()
     assert (result.renewals_due, result.expiring) == (1, 1)
     [message] = [m for m in publisher.sent if isinstance(m.event.data, RenewalDue)]
-    assert message.topic == TOPICS.events and message.key == "web/a"
+    assert message.topic == TOPICS.gateway_events and message.key == "web/a"
     assert message.event.id == renewal_due_id("web/a", "0a1b")
     assert message.event.time == clock.now and message.event.subject == "web/a"
     data = message.event.data

@@ -13,6 +13,7 @@ from services.common.kafka_acls import (
     ServiceGroups,
     acl_bindings,
     service_groups_from,
+    superseded_bindings,
 )
 
 
@@ -26,16 +27,32 @@ def test_writes_follow_the_prefix_and_the_producers_table(prefix: str) -> None:
     bindings = acl_bindings(Topics(prefix))
     p = prefix
     assert _rights(bindings, "requester", Operation.WRITE) == {(f"{p}.requests", "LITERAL")}
-    assert _rights(bindings, "issuer", Operation.WRITE) == {(f"{p}.events", "LITERAL"), (f"{p}.deadletter", "LITERAL")}
+    assert _rights(bindings, "issuer", Operation.WRITE) == {
+        (f"{p}.events.issuer", "LITERAL"), (f"{p}.deadletter", "LITERAL")}
     assert _rights(bindings, "deployer", Operation.WRITE) == {
-        (f"{p}.events", "LITERAL"), (f"{p}.requests", "LITERAL"), (f"{p}.deadletter", "LITERAL")}
+        (f"{p}.events.deployer", "LITERAL"), (f"{p}.requests", "LITERAL"), (f"{p}.deadletter", "LITERAL")}
     assert _rights(bindings, "auditor", Operation.WRITE) == {(f"{p}.audit.checkpoints", "LITERAL")}
     assert _rights(bindings, "gateway", Operation.WRITE) == {
-        (f"{p}.commands.", "PREFIXED"), (f"{p}.provisioning", "LITERAL"), (f"{p}.events", "LITERAL"),
+        (f"{p}.commands.", "PREFIXED"), (f"{p}.provisioning", "LITERAL"), (f"{p}.events.gateway", "LITERAL"),
         (f"{p}.deadletter", "LITERAL")}
     assert _rights(bindings, "auditor", Operation.READ) == {(f"{p}.", "PREFIXED")}
-    assert _rights(bindings, "deployer", Operation.READ) == {(f"{p}.provisioning", "LITERAL"), (f"{p}.events", "LITERAL")}
+    assert _rights(bindings, "deployer", Operation.READ) == {
+        (f"{p}.provisioning", "LITERAL"), (f"{p}.events.gateway", "LITERAL"), (f"{p}.events.issuer", "LITERAL")}
     assert not _rights(bindings, "requester", Operation.READ)
+
+
+def test_each_events_topic_has_exactly_one_writer_and_the_old_topic_none() -> None:
+    topics = Topics()
+    writers: dict[str, set[str]] = {}
+    for b in acl_bindings(topics):
+        if b.operation is Operation.WRITE and b.resource_type is ResourceType.TOPIC:
+            writers.setdefault(b.resource_name, set()).add(b.principal)
+    assert writers[topics.gateway_events] == {"User:gateway"}
+    assert writers[topics.issuer_events] == {"User:issuer"}
+    assert writers[topics.deployer_events] == {"User:deployer"}
+    assert topics.legacy_events not in writers
+    # no prefixed write rule reaches an events topic either
+    assert not [name for name in writers if topics.gateway_events.startswith(name) and name != topics.gateway_events]
 
 
 def test_only_the_gateway_creates_topics_and_only_command_topics() -> None:
@@ -70,3 +87,13 @@ def test_the_default_groups_are_the_services_defaults() -> None:
     for settings_class, group in ((GatewaySettings, defaults.gateway), (IssuerSettings, defaults.issuer),
                                   (DeployerSettings, defaults.deployer), (AuditorSettings, defaults.auditor)):
         assert settings_class.model_fields["group_id"].default == group
+
+
+def test_the_superseded_grants_are_decision_0012s_on_the_old_events_topic_and_none_of_the_table() -> None:
+    topics = Topics("acme")
+    old = superseded_bindings(topics)
+    assert {(b.principal, b.operation) for b in old} == {
+        ("User:gateway", Operation.WRITE), ("User:issuer", Operation.WRITE),
+        ("User:deployer", Operation.READ), ("User:deployer", Operation.WRITE)}
+    assert {(b.resource_name, b.pattern) for b in old} == {("acme.events", PatternType.LITERAL)}
+    assert not set(old) & set(acl_bindings(topics))

@@ -67,7 +67,9 @@ def test_asyncapi_document_names_every_topic_and_message() -> None:
         "certrail.requests",
         "certrail.commands.{connector}",
         "certrail.provisioning",
-        "certrail.events",
+        "certrail.events.gateway",
+        "certrail.events.issuer",
+        "certrail.events.deployer",
         "certrail.deadletter",
         "certrail.audit.checkpoints",
     }
@@ -79,3 +81,7 @@ def test_asyncapi_document_names_every_topic_and_message() -> None:
     for op in doc["operations"].values():
         channel = op["channel"]["$ref"].removeprefix("#/channels/")
         assert channel in doc["channels"]
+    by_address = {c["address"]: set(c["messages"]) for c in doc["channels"].values()}
+    for cls in ALL_TYPES:  # each message on exactly its producer's channel
+        holding = {address for address, names in by_address.items() if cls.__name__ in names}
+        assert holding == {f"certrail.{cls.CHANNEL}" if cls.CHANNEL != "commands" else "certrail.commands.{connector}"}

@@ -1,5 +1,5 @@
 """Admin events: who changed the configuration, what changed (secrets
-redacted) and the outcome. Published to ``certrail.events`` so the audit log
+redacted) and the outcome. Published by the gateway to ``certrail.events.gateway`` so the audit log
 holds every configuration change."""
 
 from __future__ import annotations
@@ -46,61 +46,61 @@ class _TokenEvent(_AdminEvent):
 
 class ConnectorCreated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_created.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "An emCA connector was created (or its creation refused)."
 
 
 class ConnectorUpdated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_updated.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "An emCA connector was edited."
 
 
 class ConnectorActivated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_activated.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "An emCA connector was activated."
 
 
 class ConnectorDeactivated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_deactivated.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "An emCA connector was deactivated."
 
 
 class ConnectorDeleted(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_deleted.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "An emCA connector was deleted (or its deletion refused)."
 
 
 class ProfileCreated(_ProfileEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.profile_created.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "A provisioning profile was created."
 
 
 class ProfileUpdated(_ProfileEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.profile_updated.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "A provisioning profile was edited."
 
 
 class ProfileDeleted(_ProfileEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.profile_deleted.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "A provisioning profile was deleted."
 
 
 class TokenCreated(_TokenEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.token_created.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "An API token was created (the token itself is never published)."
 
 
 class TokenRevoked(_TokenEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.token_revoked.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "An API token was revoked."
 
 

@@ -34,7 +34,7 @@ from services.common.contracts.identity import (
 
 class RequestAccepted(Message):
     TYPE: ClassVar[str] = "io.certrail.request.accepted.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "The gateway validated a request and published its command."
 
     request_id: RequestId
@@ -53,7 +53,7 @@ class RequestAccepted(Message):
 
 class RequestRejected(Message):
     TYPE: ClassVar[str] = "io.certrail.request.rejected.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "The gateway refused a request; the error says why."
 
     request_id: RequestId
@@ -65,7 +65,7 @@ class RequestRejected(Message):
 
 class IssuancePending(Message):
     TYPE: ClassVar[str] = "io.certrail.issuance.pending.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.issuer"
     SUMMARY: ClassVar[str] = "emCA holds the request for manual approval; the issuer polls it."
 
     issuance_id: IssuanceId
@@ -77,7 +77,7 @@ class IssuancePending(Message):
 
 class CertificateIssued(Message):
     TYPE: ClassVar[str] = "io.certrail.certificate.issued.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.issuer"
     SUMMARY: ClassVar[str] = "emCA issued a certificate; the issuer verified it against the CSR and the pinned CA."
 
     issuance_id: IssuanceId
@@ -100,7 +100,7 @@ class CertificateIssued(Message):
 
 class IssuanceFailed(Message):
     TYPE: ClassVar[str] = "io.certrail.issuance.failed.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.issuer"
     SUMMARY: ClassVar[str] = "An issuance ended without a certificate (request-permanent failure)."
 
     issuance_id: IssuanceId
@@ -112,7 +112,7 @@ class IssuanceFailed(Message):
 
 class CertificateRevoked(Message):
     TYPE: ClassVar[str] = "io.certrail.certificate.revoked.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.issuer"
     SUMMARY: ClassVar[str] = "emCA revoked a certificate."
 
     certificate_id: CertificateId
@@ -126,7 +126,7 @@ class CertificateRevoked(Message):
 
 class RevocationFailed(Message):
     TYPE: ClassVar[str] = "io.certrail.revocation.failed.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.issuer"
     SUMMARY: ClassVar[str] = "emCA refused a revocation."
 
     certificate_id: CertificateId
@@ -145,7 +145,7 @@ class TargetRef(Part):
 
 class CertificateDeployed(Message):
     TYPE: ClassVar[str] = "io.certrail.certificate.deployed.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.deployer"
     SUMMARY: ClassVar[str] = "The deployer installed a certificate on a target and verified it serves that serial."
 
     certificate_id: CertificateId
@@ -157,7 +157,7 @@ class CertificateDeployed(Message):
 
 class DeploymentFailed(Message):
     TYPE: ClassVar[str] = "io.certrail.deployment.failed.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.deployer"
     SUMMARY: ClassVar[str] = "Installing or verifying a certificate on a target failed; the previous one was restored."
 
     certificate_id: CertificateId
@@ -169,7 +169,7 @@ class DeploymentFailed(Message):
 
 class RenewalDue(Message):
     TYPE: ClassVar[str] = "io.certrail.renewal.due.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "A certificate reached its renewal time; its key holder should send a new CSR."
 
     certificate_id: CertificateId
@@ -184,7 +184,7 @@ class RenewalDue(Message):
 
 class CertificateExpiring(Message):
     TYPE: ClassVar[str] = "io.certrail.certificate.expiring.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "A certificate crossed an expiry notification threshold (once per threshold)."
 
     certificate_id: CertificateId
@@ -204,7 +204,7 @@ class ConnectorStatus(StrEnum):
 
 class ConnectorStatusChanged(Message):
     TYPE: ClassVar[str] = "io.certrail.connector.status_changed.v1"
-    CHANNEL: ClassVar[str] = "events"
+    CHANNEL: ClassVar[str] = "events.issuer"
     SUMMARY: ClassVar[str] = "An emCA connector went up, down, misconfigured or disabled."
 
     connector: ConnectorName

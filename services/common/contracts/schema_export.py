@@ -23,7 +23,12 @@ _CHANNEL_DOCS: dict[str, tuple[str, str]] = {
         "Commands for one emCA connector's issuer; one topic per connector, so one outage never blocks another.",
     ),
     "provisioning": ("certrail.provisioning", "Commands for the deployer's bots (bot-held keys); only the deployer reads them."),
-    "events": ("certrail.events", "Everything that happened: request outcomes, issuance, revocation, deployment, renewals, admin actions."),
+    "events.gateway": ("certrail.events.gateway", "What the gateway did: request outcomes, renewals due, expiry warnings, "
+                       "admin actions. Only the gateway writes it (decision 0016)."),
+    "events.issuer": ("certrail.events.issuer", "What the issuer did: issuance, revocation, connector status. Only the issuer "
+                      "writes it (decision 0016)."),
+    "events.deployer": ("certrail.events.deployer", "What the deployer did: deployments and their failures. Only the deployer "
+                        "writes it (decision 0016)."),
     "deadletter": ("certrail.deadletter", "Records a consumer could not decode or validate, with the reason and the original bytes."),
     "audit.checkpoints": ("certrail.audit.checkpoints", "The auditor's signed hash-chain heads, kept outside the database."),
 }
@@ -35,8 +40,12 @@ _OPERATIONS: list[tuple[str, str, str]] = [
     ("receiveCommands", "receive", "commands"),
     ("sendProvisioning", "send", "provisioning"),
     ("receiveProvisioning", "receive", "provisioning"),
-    ("sendEvents", "send", "events"),
-    ("receiveEvents", "receive", "events"),
+    ("sendGatewayEvents", "send", "events.gateway"),
+    ("receiveGatewayEvents", "receive", "events.gateway"),
+    ("sendIssuerEvents", "send", "events.issuer"),
+    ("receiveIssuerEvents", "receive", "events.issuer"),
+    ("sendDeployerEvents", "send", "events.deployer"),
+    ("receiveDeployerEvents", "receive", "events.deployer"),
     ("sendDeadLetters", "send", "deadletter"),
     ("sendCheckpoints", "send", "audit.checkpoints"),
 ]

@@ -10,7 +10,8 @@ Before anything is installed the certificate is held against what the deployer
 itself knows (trust.py: an accepted request, the connector's pinned issuing CA,
 the expected key); a refused certificate touches no target and ends in one
 DeploymentFailed per bound target (CERTIFICATE_NOT_REQUESTED, _UNTRUSTED or
-_MISMATCH), counted in certrail_deployer_refusals_total."""
+_MISMATCH), counted in certrail_deployer_refusals_total. A refusal that a gateway event not yet
+seen could cure parks the certificate instead, until that event or a deadline (parking.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import CertificateDeployed, CertificateIssued, DeploymentFailed, TargetRef
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
-from services.deployer import projection, store
+from services.deployer import parking, projection, store
 from services.deployer.context import DeployerContext
 from services.deployer.runner import deploy_with_rollback
 from services.deployer.targets.base import Bundle, TargetError
@@ -52,27 +53,85 @@ def _event(ctx: DeployerContext, envelope: Envelope, data: CertificateDeployed |
     event = make_event(data, id=message_id(envelope.id, data.TYPE, target), source=SOURCE, time=now,
                        subject=issued.certificate_id, correlationid=envelope.correlationid or issued.request_id,
                        causationid=envelope.id)
-    return Outbound(topic=ctx.topics.events, event=event, key=issued.certificate_id)
+    return Outbound(topic=ctx.topics.topic_of(type(data)), event=event, key=issued.certificate_id)
 
 
-def _targets(ctx: DeployerContext, issued: CertificateIssued) -> tuple[list[store.TargetSpec], bool]:
-    """The bound targets, and whether every one of them already has a stored outcome for this very
-    certificate (a redelivery; another certificate announced with the same serial is not one)."""
+@dataclass(frozen=True)
+class _Read:
+    """What one read transaction tells about a CertificateIssued before anything is decided."""
+
+    specs: list[store.TargetSpec]
+    replay: bool  # every bound target already has a stored outcome for this very certificate
+    refused: Refused | None
+    parked: bool
+    plan: _Plan | None  # when it may be installed (or is a replay)
+    bot_key_cause: str | None  # the bot-held key's cause id, to mark it issued
+
+
+def _read(ctx: DeployerContext, envelope: Envelope) -> _Read:
+    """The bound targets, whether this is a redelivery (another certificate announced with the same
+    serial is not one), why it must not be installed and whether it is parked (not for a replay: a
+    redelivery only re-publishes what was decided), and the plan: all in one read transaction."""
+    issued = envelope.data
+    assert isinstance(issued, CertificateIssued)
+    cid = issued.certificate_id
     with ctx.read() as session:
         specs = store.targets_for_profile(session, issued.profile, ctx.box)
-        replay = all((d := store.get_deployment(session, issued.certificate_id, issued.serial, spec.name)) is not None
-                     and d.status != "in_progress" and d.outcome and d.certificate_pem == issued.certificate for spec in specs)
-    return specs, replay
+        if not specs:
+            return _Read(specs, False, None, False, None, None)
+        deployments = store.list_deployments(session, cid)  # oldest first
+        mine = {d.target_name: d for d in deployments if d.serial == issued.serial}
+        replay = all((d := mine.get(spec.name)) is not None and d.status != "in_progress" and bool(d.outcome)
+                     and d.certificate_pem == issued.certificate for spec in specs)
+        refused, parked, bot_hashes = None, False, frozenset[str]()
+        if not replay:
+            expected = projection.expectation(session, cid, issued.connector)
+            bot_hashes = expected.bot_key_hashes
+            parked = ctx.park_s > 0 and parking.is_parked(session, envelope.id)
+            try:
+                check_issued(issued, expected)
+            except Refused as exc:
+                refused = exc
+        if refused is not None:
+            return _Read(specs, replay, refused, parked, None, None)
+        if replay:
+            bot_hashes = projection.bot_key_hashes(session, cid)
+        key = store.bot_key_by_public_key(session, cid, issued.public_key_sha256) if bot_hashes else None
+        done: dict[str, str] = {}
+        previous: dict[str, Bundle] = {}
+        for spec in specs:
+            existing = mine.get(spec.name)
+            if existing is not None and existing.status != "in_progress" and existing.outcome:
+                done[spec.name] = existing.outcome
+            last = [d for d in deployments if d.target_name == spec.name and d.status == "deployed" and d.serial != issued.serial]
+            if last:
+                prior = last[-1]
+                prior_key = store.bot_key_by_serial(session, cid, prior.serial) if bot_hashes else None
+                previous[spec.name] = Bundle(cid, prior.serial, prior.certificate_pem, prior.chain_pem,
+                                             ctx.box.decrypt(prior_key.encrypted_key) if prior_key else None)
+    key_pem = ctx.box.decrypt(key.encrypted_key) if key is not None else None
+    plan = _Plan(specs, key_pem, bool(bot_hashes) and key is None, done, previous)
+    return _Read(specs, replay, None, parked, plan, key.cause_id if key is not None else None)
 
 
-def _refusal(ctx: DeployerContext, issued: CertificateIssued) -> Refused | None:
-    with ctx.read() as session:
-        expected = projection.expectation(session, issued.certificate_id, issued.connector)
-    try:
-        check_issued(issued, expected)
-    except Refused as refused:
-        return refused
-    return None
+def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> bool:
+    """Park the certificate (once per event id); False when its deadline has passed."""
+    now = ctx.clock()
+    with ctx.write() as session:
+        first = not parking.is_parked(session, envelope.id)
+        deadline = parking.park(session, envelope, refused.code.value, now, ctx.park_s)
+    if first:
+        ctx.metrics.parked.labels(refused.code.value).inc()
+        issued = envelope.data
+        assert isinstance(issued, CertificateIssued)
+        log.info("parked %s serial %s (event %s) until %s: %s", issued.certificate_id, issued.serial, envelope.id,
+                 deadline.isoformat(), refused.message)
+    return deadline > now
+
+
+def _unpark(ctx: DeployerContext, event_id: str) -> None:
+    with ctx.write() as session:
+        parking.unpark(session, event_id)
 
 
 def _refuse(ctx: DeployerContext, envelope: Envelope, specs: list[store.TargetSpec], refused: Refused) -> list[Outbound]:
@@ -94,28 +153,9 @@ def _refuse(ctx: DeployerContext, envelope: Envelope, specs: list[store.TargetSp
     return out
 
 
-def _plan(ctx: DeployerContext, issued: CertificateIssued, specs: list[store.TargetSpec]) -> _Plan:
-    with ctx.read() as session:
-        key = store.bot_key_by_public_key(session, issued.certificate_id, issued.public_key_sha256)
-        bot_held = key is not None or store.has_bot_keys(session, issued.certificate_id)
-        done: dict[str, str] = {}
-        previous: dict[str, Bundle] = {}
-        for spec in specs:
-            existing = store.get_deployment(session, issued.certificate_id, issued.serial, spec.name)
-            if existing is not None and existing.status != "in_progress" and existing.outcome:
-                done[spec.name] = existing.outcome
-            last = [d for d in store.list_deployments(session, issued.certificate_id)
-                    if d.target_name == spec.name and d.status == "deployed" and d.serial != issued.serial]
-            if last:
-                prior = last[-1]
-                prior_key = store.bot_key_by_serial(session, issued.certificate_id, prior.serial)
-                previous[spec.name] = Bundle(issued.certificate_id, prior.serial, prior.certificate_pem, prior.chain_pem,
-                                             ctx.box.decrypt(prior_key.encrypted_key) if prior_key else None)
-    key_pem = ctx.box.decrypt(key.encrypted_key) if key is not None else None
-    if key is not None:
-        with ctx.write() as session:
-            store.mark_issued(session, key.cause_id, issued.serial, issued.certificate, ctx.clock())
-    return _Plan(specs, key_pem, bot_held and key is None, done, previous)
+def _mark_issued(ctx: DeployerContext, cause_id: str, issued: CertificateIssued) -> None:
+    with ctx.write() as session:
+        store.mark_issued(session, cause_id, issued.serial, issued.certificate, ctx.clock())
 
 
 def target_place(spec: store.TargetSpec, certificate_id: str) -> tuple[str, ...]:
@@ -134,7 +174,7 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
     if spec.name in plan.done:
         ctx.metrics.deployments.labels(spec.kind.value, "replayed").inc()
         event = decode(plan.done[spec.name].encode(), CATALOG)
-        return Outbound(topic=ctx.topics.events, event=event, key=issued.certificate_id)
+        return Outbound(topic=ctx.topics.topic_of(type(event.data)), event=event, key=issued.certificate_id)
 
     async def on_attempt(attempt: int) -> None:
         def record() -> None:
@@ -182,17 +222,28 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
     return outbound
 
 
-async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope, *, final: bool = False) -> list[Outbound]:
+    """Deploy, or refuse, or park (``final``: refuse what would be parked; the sweep of parking.py)."""
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
-    specs, replay = await asyncio.to_thread(_targets, ctx, issued)
-    if not specs:
+    read = await asyncio.to_thread(_read, ctx, envelope)
+    if not read.specs:
         log.info("certificate %s (profile %s) has no bound deployment target", issued.certificate_id, issued.profile)
         return []
-    if not replay:  # a redelivery only re-publishes what was decided
-        refused = await asyncio.to_thread(_refusal, ctx, issued)
-        if refused is not None:
-            return _refuse(ctx, envelope, specs, refused)
-    plan = await asyncio.to_thread(_plan, ctx, issued, specs)
+    if read.refused is not None:
+        may_park = read.refused.curable and ctx.park_s > 0 and not final
+        if may_park and await asyncio.to_thread(_park, ctx, envelope, read.refused):
+            return []
+        out = _refuse(ctx, envelope, read.specs, read.refused)
+        if read.parked or may_park:
+            await asyncio.to_thread(_unpark, ctx, envelope.id)
+        return out
+    plan = read.plan
+    assert plan is not None
+    if read.bot_key_cause is not None:
+        await asyncio.to_thread(_mark_issued, ctx, read.bot_key_cause, issued)
     bundle = Bundle(issued.certificate_id, issued.serial, issued.certificate, tuple(issued.chain), plan.key_pem)
-    return list(await asyncio.gather(*(_one(ctx, envelope, spec, bundle, plan) for spec in plan.specs)))
+    out = list(await asyncio.gather(*(_one(ctx, envelope, spec, bundle, plan) for spec in plan.specs)))
+    if read.parked or (read.replay and final):
+        await asyncio.to_thread(_unpark, ctx, envelope.id)
+    return out

@@ -1,7 +1,8 @@
-"""certrail.events records the deployer keeps a projection of (projection.py): RequestAccepted
+"""certrail.events.gateway records the deployer keeps a projection of (projection.py): RequestAccepted
 (the certificate ids the gateway accepted, with the key of the CSR the latest one carried),
 connector admin events (the pinned issuing CA) and profile admin events (whether the deployer
-generates the profile's keys). They publish nothing."""
+generates the profile's keys). They publish nothing of their own; an acceptance or a pin
+releases the certificates parked waiting for it (parking.py) and returns what those lead to."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from services.common.contracts.admin import (
 from services.common.contracts.envelope import Envelope
 from services.common.contracts.events import RequestAccepted
 from services.common.contracts.fields import KeyGeneration, RequestKind
-from services.deployer import projection
+from services.deployer import parking, projection
 from services.deployer.context import DeployerContext
+from services.deployer.handlers.parked import release as _release
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -36,13 +38,14 @@ async def on_request_accepted(ctx: DeployerContext, envelope: Envelope) -> list[
     if accepted.kind is RequestKind.REVOKE:
         return []
 
-    def save() -> None:
+    def save() -> list[parking.Parked]:
         with ctx.write() as session:
             projection.record_accepted(session, certificate_id=accepted.certificate_id, request_id=accepted.request_id,
                                        profile=accepted.profile, connector=accepted.connector,
                                        public_key_sha256=accepted.public_key_sha256, now=ctx.clock())
-    await asyncio.to_thread(save)
-    return []
+            return parking.waiting_for(session, certificate_id=accepted.certificate_id) if ctx.park_s > 0 else []
+    return await _release(ctx, await asyncio.to_thread(save))
+
 
 
 async def on_connector_event(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
@@ -60,13 +63,15 @@ async def on_connector_event(ctx: DeployerContext, envelope: Envelope) -> list[O
         raise InvalidMessage(f"{type(event).__name__} for connector {event.connector!r} carries no SHA-256 pin")
     replace = isinstance(event, ConnectorUpdated)  # a re-pin; a second ConnectorCreated never moves a pin
 
-    def save() -> bool:
+    def save() -> tuple[bool, list[parking.Parked]]:
         with ctx.write() as session:
-            return projection.set_pin(session, event.connector, pin, envelope.id, ctx.clock(), replace=replace)
-    if not await asyncio.to_thread(save):
+            stored = projection.set_pin(session, event.connector, pin, envelope.id, ctx.clock(), replace=replace)
+            return stored, parking.waiting_for(session, connector=event.connector) if stored and ctx.park_s > 0 else []
+    stored, parked = await asyncio.to_thread(save)
+    if not stored:
         log.warning("ignored %s %s for connector %s: it already has a pin (a pin moves only by re-pinning)",
                     type(event).__name__, envelope.id, event.connector)
-    return []
+    return await _release(ctx, parked)
 
 
 async def on_profile_event(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
