@@ -13,7 +13,7 @@ two issuing CAs ("certrail Sim Issuing CA P-256", and "certrail Sim Issuing CA R
   SQLite row and counters written (batched commits, flushed before the clock stops).
 - https: ``certrail emca-sim serve`` in its own process (free ports, a temporary data directory) and an
   ``httpx.AsyncClient`` at a fixed concurrency. The connector's dialect modules
-  (``services/issuer/emca/dialects``) build every request before the clock starts (V4.0.17's CMS signature and
+  (``services/common/emca/dialects``) build every request before the clock starts (V4.0.17's CMS signature and
   AES-GCM envelope; 4.2.3's AuthKey, ts and txn; 4.2.4+'s token, fetched once, and nonce) and parse every
   answer: V4.0.17 createCertificate (a new applicationId per call), V4.2.3 and V4.2.4+ createCertificates with
   one CSR per call, and with ``--batch`` CSRs per call. The server's CPU time comes from ``/proc/<pid>/stat``
@@ -65,7 +65,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from rich.console import Console
 from rich.table import Table
 
-from services.issuer.emca.dialects import v4_0_17, v4_2
+from services.common.emca.dialects import v4_0_17, v4_2
 
 SUBSCRIBER = "SUB-0001"
 CAS = {  # label -> (issuing CA of the default configuration, a profile it signs for)

@@ -7,7 +7,7 @@ One run: a Kafka broker (a `LocalKafka` on free ports, or ``KAFKA_BOOTSTRAP_SERV
 in its own process (free ports, a temporary data directory). Every CSR (P-256, one DNS SAN) is made before any clock
 starts. Each round measures, one after the other:
 
-- **direct**: N ``submit_csr`` calls through the real client (``services.issuer.emca.client.connect`` with
+- **direct**: N ``submit_csr`` calls through the real client (``services.common.emca.client.connect`` with
   ``HttpOptions.for_concurrency(C)``, the pool the issuer gives a connector) from C concurrent tasks in this
   process, after 2*C untimed warm-up calls. CPU of this process and of the simulator over the timed block.
 - **issuer**: a new connector (concurrency C, topic with 3 partitions) created through the registry
@@ -61,9 +61,9 @@ if str(ROOT) not in sys.path:  # run as a script: `bench` and `tests` are not in
 
 from bench.emca_sim_issuance import Simulator, machine_busy_seconds, process_cpu_seconds
 from services.common.contracts.events import CertificateIssued, IssuanceFailed
+from services.common.emca.client import connect
+from services.common.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
 from services.common.settings import KafkaSettings
-from services.issuer.emca.client import connect
-from services.issuer.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
 from tests.conftest import local_kafka_for_tests, make_kafka_settings
 from tests.emca_sim_helpers import sim_endpoint, sim_spec
 from tests.issuer_harness import IssuerBench, IssuerProcess, make_csr, metric

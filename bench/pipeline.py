@@ -91,11 +91,11 @@ from services.common.contracts.events import (
     RequestRejected,
 )
 from services.common.contracts.requests import IssueRequested
+from services.common.contracts.signing import signed
 from services.common.contracts.topics import Topics
+from services.common.emca.client import connect
+from services.common.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
 from services.common.kafka_config import producer_kwargs
-from services.gateway.policy import signed
-from services.issuer.emca.client import connect
-from services.issuer.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
 from tests.e2e.support import EmbeddedStack, cli
 from tests.emca_sim_helpers import sim_endpoint
 from tests.issuer_harness import make_csr

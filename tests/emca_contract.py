@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RevocationReason
-from services.issuer.emca.support import certificate_sha256, probe_csr_pem
-from services.issuer.emca.types import (
+from services.common.emca.support import certificate_sha256, probe_csr_pem
+from services.common.emca.types import (
     ConnectorFaultError,
     EmcaConnection,
     EmcaError,

@@ -12,7 +12,7 @@ from pydantic import SecretBytes, SecretStr
 
 from emca_sim.server import SimServer
 from services.common.connectors.models import ConnectorSecrets, ConnectorSpec
-from services.issuer.emca.types import EmcaEndpoint, EmcaVersion
+from services.common.emca.types import EmcaEndpoint, EmcaVersion
 
 USERS = {EmcaVersion.V4_0_17: "certrail-v4017", EmcaVersion.V4_2_3: "certrail-v423", EmcaVersion.V4_2_4: "certrail-v424"}
 ISSUING_CA = "certrail Sim Issuing CA P-256"

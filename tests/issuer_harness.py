@@ -10,9 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,13 +33,13 @@ from services.common.contracts.fields import RevocationReason
 from services.common.contracts.identity import issuance_id, message_id
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
+from services.common.emca.client import connect
+from services.common.emca.types import EmcaVersion
 from services.common.kafka_config import consumer_kwargs, producer_kwargs
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import ensure_topics
-from services.issuer.emca.client import connect
-from services.issuer.emca.types import EmcaVersion
-from tests.conftest import free_ports
+from tests.conftest import free_ports, poll_until
 from tests.emca_sim_helpers import sim_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,19 +67,6 @@ def metric(text: str, name: str, labels: dict[str, str] | None = None) -> float:
         if all(found.get(k) == v for k, v in (labels or {}).items()):
             total += float(match.group(2))
     return total
-
-
-async def poll(predicate: Callable[[], Any], what: str, timeout_s: float = 60.0, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 @dataclass
@@ -113,7 +98,7 @@ class IssuerProcess:
             except httpx.HTTPError:
                 return False
 
-        await poll(healthy, "the issuer to be healthy", timeout_s)
+        await poll_until(healthy, "the issuer to be healthy", timeout_s, interval_s=0.2)
 
     def metrics(self) -> str:
         return httpx.get(self.base_url + "/metrics", timeout=5).text
@@ -129,7 +114,8 @@ class IssuerProcess:
 
     async def wait_exit(self, timeout_s: float = 60.0) -> int:
         assert self.process is not None
-        await poll(lambda: self.process.poll() is not None, "the issuer to exit", timeout_s)  # type: ignore[union-attr]
+        await poll_until(lambda: self.process.poll() is not None, "the issuer to exit", timeout_s,  # type: ignore[union-attr]
+                         interval_s=0.2)
         return self.process.returncode
 
     def tail(self, lines: int = 60) -> str:
@@ -280,7 +266,7 @@ class IssuerBench:
                 and all(getattr(e.data, k) == v for k, v in match.items())]
 
     async def wait_for(self, cls: type, count: int = 1, timeout_s: float = 60.0, **match: Any) -> list[Any]:
-        await poll(lambda: len(self.of_type(cls, **match)) >= count,
-                   f"{count} {cls.__name__} {match or ''} (have {len(self.of_type(cls, **match))})\n"
-                   + "\n".join(p.tail(20) for p in self.processes), timeout_s)
+        await poll_until(lambda: len(self.of_type(cls, **match)) >= count,
+                         lambda: f"{count} {cls.__name__} {match or ''} (have {len(self.of_type(cls, **match))})\n"
+                         + "\n".join(p.tail(20) for p in self.processes), timeout_s, interval_s=0.2)
         return self.of_type(cls, **match)

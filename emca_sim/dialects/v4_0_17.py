@@ -5,7 +5,7 @@ createCertificate, createCertificateP7B, getCertificateByRequestID,
 getCertificate, revoke, getCertificateProfileList and
 getProfileInfoByProfileName, turning requests into `SimBackend` calls and
 results / `SimError`s into V4.0.17 envelopes. It shares no code with the
-connector's side (``services/issuer/emca/dialects/v4_0_17.py``); the golden
+connector's side (``services/common/emca/dialects/v4_0_17.py``); the golden
 vectors in ``tests/vectors/emca/v4_0_17/`` hold the two together.
 
 WIRE-FORMAT CHOICES

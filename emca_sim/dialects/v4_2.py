@@ -8,7 +8,7 @@ short-lived JWT from a token endpoint (``username``, ``password``, ``clientId``,
 operations getCAs, getProfiles, createCertificates, getCertificate,
 getCertificateChain, revoke, getCrl (suspend/reinstate exist but are not served here).
 Everything else below is OUR CHOICE, written once here and in docs/emca-api.md
-("4.2.x"); the connector's ``services/issuer/emca/dialects/v4_2.py`` states the
+("4.2.x"); the connector's ``services/common/emca/dialects/v4_2.py`` states the
 same contract and both are held to ``tests/vectors/emca/v4_2/``.
 
 Wire format (the contract)

@@ -29,8 +29,8 @@ from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCre
 from services.common.connectors.secretbox import SecretBoxError, SecretsSettings, generate_key, load_secret_box
 from services.common.connectors.usage import default_usage_checks
 from services.common.db import make_engine, safe_url
+from services.common.emca.client import connect
 from services.common.settings import DatabaseSettings, KafkaSettings
-from services.issuer.emca.client import connect
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 

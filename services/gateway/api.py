@@ -69,7 +69,7 @@ def create_api(
     settings). ``registry`` defaults to the real one (emCA client, Kafka topic creation, usage checks:
     provisioning profiles and live certificates)."""
     if registry is None:
-        from services.issuer.emca.client import connect
+        from services.common.emca.client import connect
 
         registry = ConnectorRegistry(runtime.engine, runtime.box, connect=connect, topics=KafkaTopicCreator(runtime.settings.kafka),
                                      usage_checks=[api_connectors.ProfileUsage(), LiveCertificateUsage(clock)], clock=clock)

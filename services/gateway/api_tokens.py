@@ -21,11 +21,11 @@ from services.common.connectors.secretbox import SecretBox
 from services.common.contracts.admin import AdminOutcome, TokenCreated, TokenRevoked
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.identity import Identity, ProfileName
+from services.common.contracts.signing import MIN_HMAC_KEY_BYTES
 from services.common.db import read_session, write_session
 from services.common.db_schema import GatewayRequesterKey
 from services.gateway import store
 from services.gateway.api_common import AdminPublisher, ApiCode, Problem, body_as, claims_of, in_thread, json_body_doc, require
-from services.gateway.policy.request_auth import MIN_HMAC_KEY_BYTES
 from services.gateway.policy.tokens import Action, NewToken, Role, TokenClaims, generate_token
 
 MAX_TOKEN_DAYS = 3650

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.common.contracts.errors import ErrorCode
-from services.issuer.emca.types import EmcaConnection, IssueOutcome, RequestPermanentError
+from services.common.emca.types import EmcaConnection, IssueOutcome, RequestPermanentError
 
 DEFAULT_MAX_CSRS = 10  # CERTRAIL_ISSUER_BATCH_MAX_CSRS; 1 turns sharing off (docs/decisions/0007, amendments)
 DEFAULT_MAX_CALLS = 2

@@ -31,8 +31,8 @@ from services.common.connectors.registry import ConnectorRegistry
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import ConnectorStatus
 from services.common.contracts.fields import ErrorInfo
-from services.issuer.emca.client import connect
-from services.issuer.emca.types import (
+from services.common.emca.client import connect
+from services.common.emca.types import (
     ConnectorFaultError,
     EmcaConnection,
     EmcaEndpoint,

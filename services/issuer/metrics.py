@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.issuer.emca.types import EmcaError
+from services.common.emca.types import EmcaError
 
 #: emCA call durations: a simulator answers in ~1-5 ms, a remote emCA in tens to hundreds
 EMCA_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

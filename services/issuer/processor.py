@@ -56,10 +56,7 @@ from services.common.contracts.events import (
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
-from services.issuer import state
-from services.issuer.batching import SubmitBatcher
-from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownConnector
-from services.issuer.emca.types import (
+from services.common.emca.types import (
     ConnectorFaultError,
     EmcaConnection,
     IssuedCertificate,
@@ -69,6 +66,9 @@ from services.issuer.emca.types import (
     TransientError,
     first_line,
 )
+from services.issuer import state
+from services.issuer.batching import SubmitBatcher
+from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownConnector
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.state import NewOperation, Operation, OpState, StoredRecord
 from services.issuer.verify import CertificateMismatch, verify_issued

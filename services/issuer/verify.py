@@ -43,7 +43,7 @@ from services.common.certificate_trust import (
 from services.common.certificate_trust import short as _short
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.identity import normalise_serial
-from services.issuer.emca.types import IssuedCertificate
+from services.common.emca.types import IssuedCertificate
 
 __all__ = ["CLOCK_SKEW", "CertificateMismatch", "VerifiedCertificate", "verify_issued"]
 

@@ -93,8 +93,8 @@ class Fuzzed:
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     from services.common.connectors.registry import ConnectorRegistry
     from services.common.connectors.usage import LiveCertificateUsage
+    from services.common.emca.client import connect
     from services.gateway.api_connectors import ProfileUsage
-    from services.issuer.emca.client import connect
 
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     db = DatabaseSettings(url=f"sqlite:///{tmp / f'gw-{uuid.uuid4().hex[:6]}.db'}")

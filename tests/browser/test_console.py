@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from emca_sim.server import start_in_thread
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, write_session
+from services.common.emca.types import EmcaVersion
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.stack import SERVICES, Stack
@@ -37,8 +37,7 @@ from services.deployer import store as deployer_store
 from services.deployer.targets.config import TargetKind
 from services.gateway.api_tokens import create_token
 from services.gateway.policy.tokens import Role
-from services.issuer.emca.types import EmcaVersion
-from tests.conftest import free_ports
+from tests.conftest import free_ports, wait_until
 from tests.emca_sim_helpers import ISSUING_CA, sim_endpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -90,14 +89,12 @@ def assert_accessible(page: Any) -> None:
 
 
 def wait_for(page: Any, url: str, predicate: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """Reloads ``url`` until ``predicate()`` holds on it; on failure shows the page's text."""
+    def shown() -> bool:
         page.goto(url)
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen within {timeout_s:.0f}s; page text:\n{page.inner_text('main')[:3000]}")
-        time.sleep(1.0)
+        return predicate()
+
+    wait_until(shown, lambda: f"{what}; page text:\n{page.inner_text('main')[:3000]}", timeout_s, interval_s=1.0)
 
 
 def sign_in(page: Any, base: str, token: str) -> None:

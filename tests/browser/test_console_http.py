@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from emca_sim.server import SimServer, start_in_thread
+from services.common.emca.types import EmcaVersion
 from services.common.settings import KafkaSettings
 from services.gateway.console import views
 from services.gateway.console.client import Reply
 from services.gateway.console.forms import Form
 from services.gateway.policy.tokens import Role
-from services.issuer.emca.types import EmcaVersion
 from tests.integration.test_gateway_api import Gateway, RecordingTopics, connector_json, open_gateway, secrets_of
 
 ISSUING_CA = "certrail Sim Issuing CA P-256"

@@ -17,11 +17,11 @@ from services.common.contracts.envelope import decode, encode, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import RequestAccepted, RequestRejected
 from services.common.contracts.requests import IssueRequested
+from services.common.contracts.signing import signed
 from services.common.db import make_engine
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.gateway.app import create_app
-from services.gateway.policy import signed
 from services.gateway.settings import GatewaySettings
 from tests.gateway_fixtures import HMAC_KEY, NOW, SECRETS_KEY, _csr, seed
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from services.common.contracts.identity import issuance_id
 from services.common.kafka_config import producer_kwargs
 from services.common.kafka_local import LocalKafka
+from tests.conftest import wait_until
 from tests.e2e.support import ROOT, EmbeddedStack, cli, wait_deployed
 from tests.issuer_harness import metric
 
@@ -183,10 +185,8 @@ def test_credentials_rotated_mid_load_then_fixed_through_the_api(stack: Embedded
     with stack.sim_admin() as admin:
         admin.post("/admin/applications/certrail-v424/rotate-credentials").raise_for_status()
     load.request(5)
-    deadline = time.monotonic() + 60
-    while metric(stack.metrics("issuer"), "certrail_issuer_connector_misconfigured", {"connector": "emca-demo"}) != 1:
-        assert time.monotonic() < deadline, "the connector was not marked misconfigured"
-        time.sleep(0.5)
+    wait_until(lambda: metric(stack.metrics("issuer"), "certrail_issuer_connector_misconfigured", {"connector": "emca-demo"}) == 1,
+               "the connector to be marked misconfigured", 60, interval_s=0.5)
     fresh = stack.sim_credentials()
     with stack.api("admin") as client:
         answer = client.patch("/v1/connectors/emca-demo", json={"password": fresh["password"], "client_id": fresh["client_id"]})
@@ -195,11 +195,13 @@ def test_credentials_rotated_mid_load_then_fixed_through_the_api(stack: Embedded
 
 
 def test_audit_verify_passes_after_everything(stack: EmbeddedStack) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        verify = cli(stack.tool_env(), "audit", "verify")
-        if verify.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(3)
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def verified() -> bool:
+        runs.append(cli(stack.tool_env(), "audit", "verify"))
+        return runs[-1].returncode == 0
+
+    wait_until(verified, lambda: f"`audit verify` to pass:\n{runs[-1].stdout}{runs[-1].stderr}", 90, interval_s=3)
+    verify = runs[-1]
     assert verify.returncode == 0, verify.stdout + verify.stderr
 

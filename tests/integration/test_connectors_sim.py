@@ -27,12 +27,12 @@ from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCre
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
+from services.common.emca.client import connect
+from services.common.emca.support import certificate_sha256
+from services.common.emca.types import EmcaConnection, EmcaVersion, HttpOptions, TransientError
 from services.common.kafka_config import admin_kwargs
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics
-from services.issuer.emca.client import connect
-from services.issuer.emca.support import certificate_sha256
-from services.issuer.emca.types import EmcaConnection, EmcaVersion, HttpOptions, TransientError
 from tests.conftest import free_ports
 from tests.emca_contract import EmcaConnectionContract
 from tests.emca_sim_helpers import USERS, VERSIONS, SimDriver, sim_credentials, sim_endpoint, sim_spec

@@ -6,7 +6,6 @@ keys, malformed input (always a 4xx problem, never a 5xx) and secrets never answ
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +39,8 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import CertificateIssued, RequestAccepted, RequestRejected
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
+from services.common.emca.client import connect
+from services.common.emca.types import EmcaVersion
 from services.common.kafka_config import admin_kwargs, consumer_kwargs, producer_kwargs
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
@@ -52,9 +53,7 @@ from services.gateway.intake import Intake, stored_records
 from services.gateway.policy.tokens import Role
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
-from services.issuer.emca.client import connect
-from services.issuer.emca.types import EmcaVersion
-from tests.conftest import free_ports
+from tests.conftest import free_ports, poll_until
 from tests.emca_sim_helpers import sim_spec
 
 ISSUING_CA = "certrail Sim Issuing CA P-256"
@@ -201,13 +200,15 @@ async def read_back(kafka: KafkaSettings, topics: list[str], count: int, timeout
     consumer = AIOKafkaConsumer(*topics, **consumer_kwargs(kafka, f"reader-{uuid.uuid4().hex[:8]}"))
     await consumer.start()
     found: list[Envelope] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(found) < count:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"read {len(found)} of {count} records from {topics}")
+
+    async def enough() -> bool:
+        if len(found) < count:
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 found.extend(decode(r.value, CATALOG) for r in records)
+        return len(found) >= count
+
+    try:
+        await poll_until(enough, lambda: f"{count} records from {topics} (read {len(found)})", timeout_s, interval_s=0)
     finally:
         await consumer.stop()
     return found

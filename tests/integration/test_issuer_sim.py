@@ -32,13 +32,14 @@ from services.common.contracts.events import (
     IssuanceFailed,
     IssuancePending,
 )
+from services.common.emca.client import connect
+from services.common.emca.support import probe_csr_pem
+from services.common.emca.types import EmcaVersion, HttpOptions
 from services.common.settings import KafkaSettings
-from services.issuer.emca.client import connect
-from services.issuer.emca.support import probe_csr_pem
-from services.issuer.emca.types import EmcaVersion, HttpOptions
 from services.issuer.processor import CRASH_EXIT_CODE
+from tests.conftest import poll_until
 from tests.emca_sim_helpers import ISSUING_CA, USERS, SimDriver, sim_endpoint, sim_spec
-from tests.issuer_harness import IssuerBench, metric, poll
+from tests.issuer_harness import IssuerBench, metric
 from tests.unit.examples import examples
 
 pytestmark = [pytest.mark.integration]
@@ -224,7 +225,8 @@ async def test_outage_of_one_connector_queues_its_commands_while_the_other_flows
 
     producer = asyncio.create_task(stream())
     try:
-        await poll(lambda: len(bench.of_type(CertificateIssued, connector=down)) >= 5, "issuance before the outage")
+        await poll_until(lambda: len(bench.of_type(CertificateIssued, connector=down)) >= 5, "issuance before the outage",
+                         interval_s=0.2)
         sim_driver.set_down(True)
         await bench.wait_for(ConnectorStatusChanged, connector=down, status=ConnectorStatus.DOWN)
         # a request with its own deadline fails with CA_UNAVAILABLE once the deadline passes while queued
@@ -246,14 +248,14 @@ async def test_outage_of_one_connector_queues_its_commands_while_the_other_flows
         stop.set()
         await producer
     for name in (down, up):
-        await poll(lambda name=name: {e.data.issuance_id for e in bench.of_type(CertificateIssued, connector=name)}
-                   >= set(sent[name]), f"every {name} command issued", 120)
+        await poll_until(lambda name=name: {e.data.issuance_id for e in bench.of_type(CertificateIssued, connector=name)}
+                         >= set(sent[name]), f"every {name} command issued", 120, interval_s=0.2)
     (expired,) = bench.of_type(IssuanceFailed)
     assert expired.data.issuance_id == hurried.issuance_id and expired.data.error.code is ErrorCode.CA_UNAVAILABLE
     # the queue age rose during the outage, then fell back
     assert max(ages) >= 20 and ages[-1] > ages[0]
-    await poll(lambda: metric(issuer.metrics(), "certrail_issuer_oldest_queued_command_age_seconds",
-                              {"connector": down}) < 5, "the queue age to fall", 30)
+    await poll_until(lambda: metric(issuer.metrics(), "certrail_issuer_oldest_queued_command_age_seconds",
+                                    {"connector": down}) < 5, "the queue age to fall", 30, interval_s=0.2)
     assert metric(issuer.metrics(), "certrail_issuer_connector_up", {"connector": down}) == 1
     sim_driver.clear_faults()
 
@@ -275,8 +277,8 @@ async def test_rotated_credentials_misconfigure_then_drain_after_the_fix(bench: 
     (changed,) = await bench.wait_for(ConnectorStatusChanged, connector=name, status=ConnectorStatus.MISCONFIGURED)
     assert changed.data.error is not None and changed.data.error.code is ErrorCode.CA_AUTH_FAILED
     assert bench.registry.get(name).status.value == "misconfigured"
-    await poll(lambda: metric(issuer.metrics(), "certrail_issuer_connector_misconfigured", {"connector": name}) == 1,
-               "the misconfigured metric")
+    await poll_until(lambda: metric(issuer.metrics(), "certrail_issuer_connector_misconfigured", {"connector": name}) == 1,
+                     "the misconfigured metric", interval_s=0.2)
     assert not bench.of_type(IssuanceFailed) and len(bench.of_type(CertificateIssued, connector=name)) == 1
 
     # the operator updates the connector with the new credentials: the queue drains, nothing failed
@@ -361,8 +363,8 @@ async def test_sigkill_at_random_moments_under_load(bench: IssuerBench, sim: Sim
         issuer.start(BATCHED)
         await issuer.wait_healthy()
     everything = [c for cs in commands.values() for c in cs]
-    await poll(lambda: {e.data.issuance_id for e in bench.of_type(CertificateIssued)} >= {c.issuance_id for c in everything},
-               "every command issued after the kills", 180)
+    await poll_until(lambda: {e.data.issuance_id for e in bench.of_type(CertificateIssued)} >= {c.issuance_id for c in everything},
+                     "every command issued after the kills", 180, interval_s=0.2)
     assert not bench.of_type(IssuanceFailed)
     issued = issued_by_key(sim)  # every command has its own key; 4.2.x batches carry no per-command applicationId
     dedupe = [key_of(c.csr) for c in commands[names[EmcaVersion.V4_0_17]]]

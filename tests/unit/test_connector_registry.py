@@ -18,9 +18,9 @@ from services.common.contracts.admin import AdminOutcome
 from services.common.contracts.errors import ErrorCode
 from services.common.db import make_engine, write_session
 from services.common.db_schema import CertificateInventory
+from services.common.emca.fake import FakeEmca
+from services.common.emca.types import EmcaVersion
 from services.common.settings import DatabaseSettings
-from services.issuer.emca.fake import FakeEmca
-from services.issuer.emca.types import EmcaVersion
 from tests.unit.test_connector_validation import CA, USERS, spec_for
 
 NOW = datetime(2026, 1, 20, 12, 0, tzinfo=UTC)

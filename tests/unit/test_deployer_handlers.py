@@ -35,6 +35,7 @@ from services.common.contracts.events import (
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration, RequestKind, RevocationReason
 from services.common.contracts.identity import issuance_id
 from services.common.contracts.requests import IssueRequested, RenewRequested
+from services.common.contracts.signing import request_signing_bytes
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
 from services.common.migrate import upgrade
@@ -49,7 +50,6 @@ from services.deployer.runner import RetryPolicy
 from services.deployer.targets.base import Bundle, TargetError, public_key_sha256
 from services.deployer.targets.config import TargetKind
 from services.deployer.targets.factory import build_target
-from services.gateway.policy.canonical import request_signing_bytes
 from tests.deployer_support import MiniCA
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from services.common.contracts.errors import ErrorCode
-from services.issuer.emca.client import connect
-from services.issuer.emca.fake import FakeEmca
-from services.issuer.emca.transport import classify_transport_error
-from services.issuer.emca.types import (
+from services.common.emca.client import connect
+from services.common.emca.fake import FakeEmca
+from services.common.emca.transport import classify_transport_error
+from services.common.emca.types import (
     POOL_CAP,
     ConnectorFaultError,
     EmcaEndpoint,

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.issuer.emca.fake import FakeEmca
-from services.issuer.emca.types import EmcaConnection, EmcaVersion
+from services.common.emca.fake import FakeEmca
+from services.common.emca.types import EmcaConnection, EmcaVersion
 from tests.emca_contract import EmcaConnectionContract
 
 USERS = {EmcaVersion.V4_0_17: "app-v4017", EmcaVersion.V4_2_3: "app-v423", EmcaVersion.V4_2_4: "app-v424"}

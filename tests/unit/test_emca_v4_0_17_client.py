@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from services.common.contracts.errors import ErrorCode
-from services.issuer.emca.dialects import v4_0_17 as v4
-from services.issuer.emca.dialects.v4_0_17 import FailureCategory as Cat
-from services.issuer.emca.dialects.v4_0_17 import FailureReason as Why
+from services.common.emca.dialects import v4_0_17 as v4
+from services.common.emca.dialects.v4_0_17 import FailureCategory as Cat
+from services.common.emca.dialects.v4_0_17 import FailureReason as Why
 from tests.unit.test_emca_v4_0_17_vectors import AES_KEY, KEYS
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -34,7 +34,7 @@ from emca_sim.backend import (
     SimErrorKind,
 )
 from emca_sim.dialects import v4_0_17 as server
-from services.issuer.emca.dialects import v4_0_17 as client
+from services.common.emca.dialects import v4_0_17 as client
 
 VECTORS_DIR = Path(__file__).resolve().parents[1] / "vectors" / "emca" / "v4_0_17"
 KEYS = json.loads((VECTORS_DIR / "keys.json").read_text(encoding="utf-8"))

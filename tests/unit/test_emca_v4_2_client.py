@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from services.common.contracts.fields import RevocationReason
-from services.issuer.emca.dialects.v4_2 import (
+from services.common.emca.dialects.v4_2 import (
     CATEGORIES,
     AccessToken,
     Credentials,
@@ -549,7 +549,7 @@ def test_the_connector_dialect_is_independent_of_the_simulator_and_of_io() -> No
     import ast
     from pathlib import Path
 
-    import services.issuer.emca.dialects.v4_2 as module
+    import services.common.emca.dialects.v4_2 as module
 
     tree = ast.parse(Path(module.__file__).read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

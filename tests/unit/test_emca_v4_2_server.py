@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 
 from emca_sim.backend import CaInfo, Dialect, Issued, Pending, ProfileInfo, RegisteredApp, SimError, SimErrorKind
 from emca_sim.dialects import v4_2 as server
-from services.issuer.emca.dialects import v4_2 as client
+from services.common.emca.dialects import v4_2 as client
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 SECRET = b"s" * 32

@@ -34,7 +34,7 @@ from emca_sim.backend import (
     SimErrorKind,
 )
 from emca_sim.dialects import v4_2 as server
-from services.issuer.emca.dialects import v4_2 as client
+from services.common.emca.dialects import v4_2 as client
 
 VECTOR_DIR = Path(__file__).resolve().parents[1] / "vectors" / "emca" / "v4_2"
 MATERIAL: dict[str, Any] = json.loads((VECTOR_DIR / "material.json").read_text())

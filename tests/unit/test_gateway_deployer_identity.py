@@ -18,12 +18,13 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import RequestRejected
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration, RequestKind
 from services.common.contracts.requests import IssueRequested
+from services.common.contracts.signing import signed
 from services.common.db import make_engine, write_session
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.gateway import store
 from services.gateway.intake import Intake, authorise_deployer, stored_records
-from services.gateway.policy import PolicyViolation, signed
+from services.gateway.policy import PolicyViolation
 from services.gateway.store import SqlRequesterKeys
 from tests.gateway_fixtures import BOX, HMAC_KEY, NOW, TOPICS, _csr, _profile, seed
 

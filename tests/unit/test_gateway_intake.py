@@ -23,13 +23,13 @@ from services.common.contracts.events import RequestAccepted, RequestRejected
 from services.common.contracts.fields import KeyAlgorithm, RevocationReason
 from services.common.contracts.identity import issuance_id
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
+from services.common.contracts.signing import signed
 from services.common.db import make_engine, write_session
 from services.common.db_schema import CertificateInventory
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.gateway import store
 from services.gateway.intake import Intake, Outcome, stored_records
-from services.gateway.policy import signed
 from services.gateway.policy.tokens import Role, TokenClaims
 from services.gateway.store import SqlRequesterKeys
 from tests.deployer_support import MiniCA

@@ -17,16 +17,20 @@ from jwt.api_jws import PyJWS
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RequestAuth, RevocationReason
 from services.common.contracts.requests import IssueRequested, RevokeRequested
-from services.gateway.policy.canonical import canonical_json, request_content_hash, request_signing_bytes
-from services.gateway.policy.profile import ProvisioningProfile
-from services.gateway.policy.request_auth import (
+from services.common.contracts.signing import (
     AuthScheme,
-    InMemoryRequesterKeys,
     JwsAlgorithm,
-    RequesterKey,
-    authorise_requester,
+    canonical_json,
+    request_signing_bytes,
     sign_request,
     signed,
+)
+from services.gateway.policy.canonical import request_content_hash
+from services.gateway.policy.profile import ProvisioningProfile
+from services.gateway.policy.request_auth import (
+    InMemoryRequesterKeys,
+    RequesterKey,
+    authorise_requester,
     verify_request_auth,
 )
 from services.gateway.policy.violation import PolicyViolation

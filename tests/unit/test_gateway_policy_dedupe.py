@@ -8,9 +8,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RevocationReason
 from services.common.contracts.requests import RevokeRequested
+from services.common.contracts.signing import signed
 from services.gateway.policy.canonical import request_content_hash
 from services.gateway.policy.dedupe import DedupeOutcome, StoredRequest, decide_dedupe
-from services.gateway.policy.request_auth import signed
 
 REQUEST = RevokeRequested(
     request_id="req-1", requester="ci-pipeline", certificate_id="web.example.com", reason=RevocationReason.SUPERSEDED

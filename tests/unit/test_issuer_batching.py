@@ -10,10 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.common.contracts.errors import ErrorCode
+from services.common.emca.fake import FakeEmca
+from services.common.emca.support import probe_csr_pem
+from services.common.emca.types import IssuedCertificate, RequestPermanentError, TransientError
 from services.issuer.batching import SubmitBatcher
-from services.issuer.emca.fake import FakeEmca
-from services.issuer.emca.support import probe_csr_pem
-from services.issuer.emca.types import IssuedCertificate, RequestPermanentError, TransientError
 from tests.emca_contract import make_csr
 
 PROFILE, SUBSCRIBER = "TLS Server", "SUB-0001"

@@ -14,9 +14,9 @@ from services.common.connectors.secretbox import generate_key
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import ConnectorStatus
 from services.common.contracts.fields import ErrorInfo
+from services.common.emca.fake import FakeEmca
+from services.common.emca.types import ConnectorFaultError, EmcaVersion, TransientError
 from services.issuer.connectors import ConnectorPool, RuntimeSettings
-from services.issuer.emca.fake import FakeEmca
-from services.issuer.emca.types import ConnectorFaultError, EmcaVersion, TransientError
 from services.issuer.metrics import IssuerMetrics
 from tests.unit.test_connector_registry import make_registry
 from tests.unit.test_connector_validation import spec_for

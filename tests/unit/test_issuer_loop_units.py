@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.common.db import make_engine
+from services.common.emca.types import TransientError
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.issuer import state
 from services.issuer.consumer_loop import _InFlight, _Partition
-from services.issuer.emca.types import TransientError
 from services.issuer.processor import CrashPoints, Revoked, Work
 from services.issuer.state import NewOperation, OpState, StoredRecord
 from services.issuer.writer import StateWriter, ThreadCalls

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from services.common.contracts.errors import ErrorCode
-from services.issuer.emca.support import certificate_sha256
-from services.issuer.emca.types import IssuedCertificate
+from services.common.emca.support import certificate_sha256
+from services.common.emca.types import IssuedCertificate
 from services.issuer.verify import CLOCK_SKEW, CertificateMismatch, VerifiedCertificate, verify_issued
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

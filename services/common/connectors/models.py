@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretBytes, Secre
 from services.common.contracts.admin import REDACTED, AdminOutcome
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import CONNECTOR_NAME_PATTERN
-from services.issuer.emca.types import EmcaVersion
+from services.common.emca.types import EmcaVersion
 
 __all__ = [
     "REDACTED",

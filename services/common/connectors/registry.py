@@ -43,10 +43,10 @@ from services.common.contracts.admin import AdminOutcome
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
 from services.common.db import read_session, write_session
+from services.common.emca.types import EmcaConnection, EmcaEndpoint
 from services.common.kafka_config import KafkaConfigError
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import DEFAULT_PARTITIONS, TopicAdminError, ensure_topics
-from services.issuer.emca.types import EmcaConnection, EmcaEndpoint
 
 __all__ = ["ConnectorRegistry", "KafkaTopicCreator", "TopicCreator", "input_error"]
 

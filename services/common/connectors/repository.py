@@ -28,7 +28,7 @@ from services.common.connectors.models import (
 )
 from services.common.connectors.secretbox import SecretBox, SecretBoxError
 from services.common.db_schema import EmcaConnectorRow
-from services.issuer.emca.types import EmcaEndpoint
+from services.common.emca.types import EmcaEndpoint
 
 __all__ = [
     "Pin",

@@ -23,11 +23,11 @@ from services.common.contracts.events import CertificateRevoked, RenewalDue
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration
 from services.common.contracts.identity import message_id
 from services.common.contracts.requests import IssueRequested, RenewRequested
+from services.common.contracts.signing import signed
 from services.deployer import projection, store
 from services.deployer.botkeys import generate_key, make_csr, names_of, private_pem
 from services.deployer.context import DeployerContext
 from services.deployer.targets.base import public_key_sha256
-from services.gateway.policy.request_auth import signed
 
 log = logging.getLogger(__name__)
 SOURCE = "/certrail/deployer"

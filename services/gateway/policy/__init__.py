@@ -8,8 +8,8 @@ Modules:
   subject rules, renewal policy), validated on creation;
 * `csr`: `validate_csr` (private key, parse, signature, key policy, SANs, domain and subject rules);
 * `names` / `domains` / `subject`: subjectAltName syntax, domain rules, subject rules;
-* `canonical`: the canonical JSON that requesters sign and dedupe hashes (spec for upstream teams);
-* `request_auth`: RequestAuth verification (HMAC-SHA256, JWS), requester keys, `sign_request`;
+* `canonical`: the dedupe content hash over the canonical JSON that requesters sign;
+* `request_auth`: RequestAuth verification (HMAC-SHA256, JWS) and requester keys;
 * `tokens`: API tokens (generate, hash, verify) and `authorise(claims, action, profile)`;
 * `dedupe`: `decide_dedupe` (NEW / SAME / CONFLICT).
 
@@ -18,9 +18,12 @@ Suggested order at the Kafka door: decode (dead letters, private keys) ->
 -> `validate_csr` -> connector enabled. At the HTTP door: `authenticate_token`
 -> `authorise` (which also checks the profile's allowed requesters) -> the same
 from `decide_dedupe` on.
+
+The signed-request contract itself (canonical bytes, schemes, `sign_request`,
+`signed`) is services/common/contracts/signing.py.
 """
 
-from services.gateway.policy.canonical import canonical_json, request_content_hash, request_signing_bytes
+from services.gateway.policy.canonical import request_content_hash
 from services.gateway.policy.csr import ValidatedCsr, resolve_sans, validate_csr
 from services.gateway.policy.dedupe import DedupeDecision, DedupeOutcome, StoredRequest, decide_dedupe
 from services.gateway.policy.domains import check_san_allowed, check_sans_allowed
@@ -36,14 +39,10 @@ from services.gateway.policy.profile import (
     SubjectRules,
 )
 from services.gateway.policy.request_auth import (
-    AuthScheme,
     InMemoryRequesterKeys,
-    JwsAlgorithm,
     RequesterKey,
     RequesterKeys,
     authorise_requester,
-    sign_request,
-    signed,
     verify_request_auth,
 )
 from services.gateway.policy.tokens import (
@@ -65,14 +64,12 @@ from services.gateway.policy.violation import PolicyViolation
 
 __all__ = [
     "Action",
-    "AuthScheme",
     "Decision",
     "DedupeDecision",
     "DedupeOutcome",
     "DomainRules",
     "EcCurve",
     "InMemoryRequesterKeys",
-    "JwsAlgorithm",
     "KeyPolicy",
     "KeyType",
     "NewToken",
@@ -93,7 +90,6 @@ __all__ = [
     "authenticate_token",
     "authorise",
     "authorise_requester",
-    "canonical_json",
     "check_san_allowed",
     "check_sans_allowed",
     "decide_dedupe",
@@ -101,10 +97,7 @@ __all__ = [
     "hash_token",
     "parse_san",
     "request_content_hash",
-    "request_signing_bytes",
     "resolve_sans",
-    "sign_request",
-    "signed",
     "token_id_of",
     "validate_csr",
     "verify_request_auth",

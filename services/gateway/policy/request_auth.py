@@ -1,8 +1,10 @@
 """Who sent a request on Kafka: the ``auth`` part (RequestAuth) verified against
 the requester's registered key, then the profile's allowed requesters.
 
-The signed bytes and the two schemes are specified in `canonical` (module
-docstring) for upstream teams. Here:
+The signed bytes, the two schemes and the client side (`sign_request`,
+`signed`) are the signed-request contract, services/common/contracts/signing.py
+(module docstring: the specification for upstream teams). Here, the gateway's
+policy:
 
 * `RequesterKey`: one registered key (an HMAC secret of at least 32 bytes, or
   an ES256 (P-256) or Ed25519 public key), bound to one requester identity;
@@ -10,8 +12,7 @@ docstring) for upstream teams. Here:
 * `verify_request_auth`: UNAUTHENTICATED (no auth, unknown key id) or
   REQUEST_SIGNATURE_INVALID (wrong scheme for the key, bad HMAC, bad or
   disallowed JWS);
-* `authorise_requester`: REQUESTER_NOT_AUTHORISED;
-* `sign_request` / `signed`: what clients (and tests) call to produce ``auth``.
+* `authorise_requester`: REQUESTER_NOT_AUTHORISED.
 
 The algorithm is pinned by the registered key, never taken from the token:
 HS256 for an HMAC secret, ES256 for a P-256 key, EdDSA for an Ed25519 key;
@@ -20,13 +21,10 @@ HS256 for an HMAC secret, ES256 for a P-256 key, EdDSA for an Ed25519 key;
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -36,36 +34,20 @@ from pydantic import BaseModel, ValidationError
 
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RequestAuth
-from services.gateway.policy.canonical import AUTH_MEMBER, request_signing_bytes
+from services.common.contracts.signing import (
+    AUTH_MEMBER,
+    MIN_HMAC_KEY_BYTES,
+    AuthScheme,
+    JwsAlgorithm,
+    PublicKey,
+    b64url,
+    check_public_key,
+    hmac_sha256_signature,
+    jws_algorithm_for,
+    request_signing_bytes,
+)
 from services.gateway.policy.profile import ProvisioningProfile
 from services.gateway.policy.violation import PolicyViolation, shown
-
-MIN_HMAC_KEY_BYTES = 32
-
-PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
-PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-
-
-class AuthScheme(StrEnum):
-    HMAC_SHA256 = "hmac-sha256"
-    JWS = "jws"
-
-
-class JwsAlgorithm(StrEnum):
-    HS256 = "HS256"
-    ES256 = "ES256"
-    EDDSA = "EdDSA"
-
-
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _check_public_key(key: PublicKey) -> None:
-    if isinstance(key, ec.EllipticCurvePublicKey) and not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError(f"an EC requester key must be P-256 (ES256), not {key.curve.name}")
-    if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-        raise ValueError(f"a requester public key must be EC P-256 or Ed25519, not {type(key).__name__}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +66,7 @@ class RequesterKey:
         if self.secret is not None and len(self.secret) < MIN_HMAC_KEY_BYTES:
             raise ValueError(f"an HMAC requester key needs at least {MIN_HMAC_KEY_BYTES} bytes, not {len(self.secret)}")
         if self.public_key is not None:
-            _check_public_key(self.public_key)
+            check_public_key(self.public_key)
 
     @classmethod
     def from_public_pem(cls, requester: str, key_id: str, pem: bytes) -> RequesterKey:
@@ -96,11 +78,9 @@ class RequesterKey:
     @property
     def jws_algorithm(self) -> JwsAlgorithm:
         """The only JWS ``alg`` this key verifies."""
-        if self.secret is not None:
-            return JwsAlgorithm.HS256
-        if isinstance(self.public_key, ed25519.Ed25519PublicKey):
-            return JwsAlgorithm.EDDSA
-        return JwsAlgorithm.ES256
+        if self.public_key is not None:
+            return jws_algorithm_for(self.public_key)
+        return JwsAlgorithm.HS256
 
 
 class RequesterKeys(Protocol):
@@ -126,52 +106,6 @@ class InMemoryRequesterKeys:
 
     def get(self, requester: str, key_id: str) -> RequesterKey | None:
         return self._keys.get((requester, key_id))
-
-
-# -- signing (clients) --------------------------------------------------------
-
-
-def sign_request(
-    data: BaseModel | Mapping[str, Any],
-    key_id: str,
-    key: bytes | PrivateKey,
-    *,
-    scheme: AuthScheme | None = None,
-    detached: bool = True,
-) -> RequestAuth:
-    """The ``auth`` part for a request's data (a request model or its ``data``
-    object; any ``auth`` in it is ignored). ``key`` is the HMAC secret (scheme
-    hmac-sha256 by default, or jws for an HS256 JWS) or a P-256 / Ed25519
-    private key (jws). JWS payloads are detached (RFC 7515 Appendix F) unless
-    ``detached`` is false; attached payloads fit only small requests (a
-    signature is at most 4096 characters)."""
-    payload = request_signing_bytes(data)
-    if isinstance(key, bytes):
-        if len(key) < MIN_HMAC_KEY_BYTES:
-            raise ValueError(f"an HMAC requester key needs at least {MIN_HMAC_KEY_BYTES} bytes")
-        scheme = scheme or AuthScheme.HMAC_SHA256
-        if scheme is AuthScheme.HMAC_SHA256:
-            signature = _b64url(hmac.new(key, payload, hashlib.sha256).digest())
-            return RequestAuth(scheme=scheme.value, key_id=key_id, signature=signature)
-        algorithm = JwsAlgorithm.HS256
-    else:
-        if scheme is AuthScheme.HMAC_SHA256:
-            raise ValueError("hmac-sha256 needs a shared secret, not a private key")
-        _check_public_key(key.public_key())
-        algorithm = JwsAlgorithm.EDDSA if isinstance(key, ed25519.Ed25519PrivateKey) else JwsAlgorithm.ES256
-    token = PyJWS().encode(payload, key, algorithm=algorithm.value, headers={"kid": key_id, "typ": None})
-    if detached:
-        header, _, signature = token.split(".")
-        token = f"{header}..{signature}"
-    return RequestAuth(scheme=AuthScheme.JWS.value, key_id=key_id, signature=token)
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def signed(request: M, key_id: str, key: bytes | PrivateKey, *, scheme: AuthScheme | None = None) -> M:
-    """``request`` (a request model) with its ``auth`` set by `sign_request`."""
-    return request.model_copy(update={AUTH_MEMBER: sign_request(request, key_id, key, scheme=scheme)})
 
 
 # -- verification (gateway) ---------------------------------------------------
@@ -203,7 +137,7 @@ def _auth_of(data: BaseModel | Mapping[str, Any]) -> tuple[str, RequestAuth | No
 def _verify_hmac(key: RequesterKey, auth: RequestAuth, payload: bytes) -> None:
     if key.secret is None:
         raise _bad(f"key {shown(auth.key_id)} is a {key.jws_algorithm} public key: sign with scheme jws, not hmac-sha256")
-    expected = _b64url(hmac.new(key.secret, payload, hashlib.sha256).digest())
+    expected = hmac_sha256_signature(key.secret, payload)
     if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("ascii")):
         raise _bad(
             f"the HMAC-SHA256 (key {shown(auth.key_id)}) does not match the canonical JSON of the request data"
@@ -231,7 +165,7 @@ def _verify_jws(key: RequesterKey, auth: RequestAuth, payload: bytes) -> None:
     if kid is not None and kid != auth.key_id:
         raise _bad(f"the JWS kid {shown(str(kid))} differs from the auth key_id {shown(auth.key_id)}")
     if parts[1] == "":
-        token = f"{parts[0]}.{_b64url(payload)}.{parts[2]}"
+        token = f"{parts[0]}.{b64url(payload)}.{parts[2]}"
     verification_key = key.secret if key.secret is not None else key.public_key
     try:
         signed_payload = jws.decode(token, verification_key, algorithms=[expected.value])  # type: ignore[arg-type]

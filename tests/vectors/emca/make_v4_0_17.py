@@ -3,7 +3,7 @@
     .venv/bin/python tests/vectors/emca/make_v4_0_17.py             # rewrite from the committed keys
     .venv/bin/python tests/vectors/emca/make_v4_0_17.py --new-keys  # new keys, certificates, CSR, BER sample
 
-Requests come from the connector's dialect module (services/issuer/emca/dialects/
+Requests come from the connector's dialect module (services/common/emca/dialects/
 v4_0_17.py) with a fixed nonce and clock; response bodies are written here, by
 hand, in the chosen result format. The committed files are the truth: the tests
 compare both the connector's and the simulator's sides to them, so run this only
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.issuer.emca.dialects import v4_0_17 as dialect
+from services.common.emca.dialects import v4_0_17 as dialect
 
 OUT = Path(__file__).resolve().parent / "v4_0_17"
 KEYS_FILE = OUT / "keys.json"

@@ -3,7 +3,7 @@
     .venv/bin/python tests/vectors/emca/make_v4_2.py
 
 The committed files are the truth: the connector's dialect
-(services/issuer/emca/dialects/v4_2.py) must build exactly their request bytes and
+(services/common/emca/dialects/v4_2.py) must build exactly their request bytes and
 parse their responses into their ``expected`` values, and the simulator's dialect
 (emca_sim/dialects/v4_2.py) must accept their requests and answer exactly their
 response bytes. This script is a third, independent spelling of the wire format

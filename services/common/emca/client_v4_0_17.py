@@ -22,16 +22,16 @@ import httpx
 
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RevocationReason
-from services.issuer.emca.dialects import v4_0_17 as wire
-from services.issuer.emca.support import (
+from services.common.emca.dialects import v4_0_17 as wire
+from services.common.emca.support import (
     certificate_sha256,
     crl_der_from,
     probe_application_id,
     probe_csr_pem,
     probe_went_through,
 )
-from services.issuer.emca.transport import HttpTransport
-from services.issuer.emca.types import (
+from services.common.emca.transport import HttpTransport
+from services.common.emca.types import (
     BatchOutcome,
     ConnectorFaultError,
     EmcaEndpoint,
@@ -88,7 +88,7 @@ def _outcome(result: wire.IssuedCertificate | wire.PendingApproval) -> IssueOutc
 
 
 class V4017Connection:
-    """One V4.0.17 emCA application. Build it with ``services.issuer.emca.client.connect``."""
+    """One V4.0.17 emCA application. Build it with ``services.common.emca.client.connect``."""
 
     def __init__(
         self,

@@ -21,10 +21,10 @@ import httpx
 
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RevocationReason
-from services.issuer.emca.dialects import v4_2 as wire
-from services.issuer.emca.support import crl_der_from, probe_application_id, probe_csr_pem, probe_went_through
-from services.issuer.emca.transport import HttpTransport
-from services.issuer.emca.types import (
+from services.common.emca.dialects import v4_2 as wire
+from services.common.emca.support import crl_der_from, probe_application_id, probe_csr_pem, probe_went_through
+from services.common.emca.transport import HttpTransport
+from services.common.emca.types import (
     BatchOutcome,
     ConnectorFaultError,
     EmcaEndpoint,
@@ -125,7 +125,7 @@ def _profile(entry: wire.ProfileEntry) -> ProfileInfo:
 
 
 class V42Connection:
-    """One 4.2.x emCA application. Build it with ``services.issuer.emca.client.connect``."""
+    """One 4.2.x emCA application. Build it with ``services.common.emca.client.connect``."""
 
     def __init__(
         self,

@@ -13,8 +13,8 @@ from cryptography.x509.oid import NameOID
 
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RevocationReason
-from services.issuer.emca.transport import RawResponse
-from services.issuer.emca.types import (
+from services.common.emca.transport import RawResponse
+from services.common.emca.types import (
     ConnectorFaultError,
     EmcaConnection,
     IssueOutcome,

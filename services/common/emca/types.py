@@ -1,9 +1,9 @@
 """The emCA connection: one interface over every dialect, its typed results and errors.
 
 `EmcaConnection` is what the issuer and the connector registry talk to. The real
-implementation (``services.issuer.emca.client.connect``) wraps the sans-IO
+implementation (``services.common.emca.client.connect``) wraps the sans-IO
 dialect modules (``dialects/v4_0_17.py``, ``dialects/v4_2.py``) in httpx; the
-fake (``services.issuer.emca.fake``) keeps a CA in memory for unit tests. Both
+fake (``services.common.emca.fake``) keeps a CA in memory for unit tests. Both
 pass the one contract test class (``tests/unit/emca_contract.py``).
 
 Every failure reaches the caller as an `EmcaError` of one of the three kinds of

@@ -16,9 +16,9 @@ from datetime import datetime
 
 import httpx
 
-from services.issuer.emca.client_v4_0_17 import V4017Connection
-from services.issuer.emca.client_v4_2 import V42Connection
-from services.issuer.emca.types import EmcaConnection, EmcaEndpoint, EmcaVersion, HttpOptions
+from services.common.emca.client_v4_0_17 import V4017Connection
+from services.common.emca.client_v4_2 import V42Connection
+from services.common.emca.types import EmcaConnection, EmcaEndpoint, EmcaVersion, HttpOptions
 
 __all__ = ["ConnectionFactory", "connect", "open_connection"]
 

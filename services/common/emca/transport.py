@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 
 from services.common.contracts.errors import ErrorCode
-from services.issuer.emca.types import ConnectorFaultError, EmcaError, HttpOptions, TransientError, first_line
+from services.common.emca.types import ConnectorFaultError, EmcaError, HttpOptions, TransientError, first_line
 
 __all__ = ["HttpTransport", "RawResponse", "classify_transport_error", "make_ssl_context"]
 

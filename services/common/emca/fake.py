@@ -26,8 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import RevocationReason
-from services.issuer.emca.support import certificate_sha256
-from services.issuer.emca.types import (
+from services.common.emca.support import certificate_sha256
+from services.common.emca.types import (
     BatchOutcome,
     ConnectorFaultError,
     EmcaEndpoint,
