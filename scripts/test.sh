@@ -22,6 +22,8 @@ bash scripts/promtool.sh
 .venv/bin/certrail kafka fetch
 
 .venv/bin/ruff check .
+# the type checker: the contracts and the shared runtime, strict (pyproject.toml [tool.mypy]; cache in .cache/mypy)
+.venv/bin/mypy
 .venv/bin/certrail schemas check
 
 exec .venv/bin/python -m pytest "$@"

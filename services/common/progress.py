@@ -45,7 +45,7 @@ class Stuck:
 
 def retry_delay(failures: int, *, initial_s: float = 0.2, max_s: float = 30.0) -> float:
     """Capped exponential backoff before retrying after the ``failures``-th failure in a row."""
-    return min(max_s, initial_s * 2 ** min(max(failures - 1, 0), 16))
+    return min(max_s, initial_s * 2.0 ** min(max(failures - 1, 0), 16))
 
 
 def describe(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -34,7 +34,7 @@ CONTENT_TYPE_HEADER = "content-type"
 #: (docs/decisions/0010-batched-consumption-and-ce-type-header.md); the body's ``type`` stays authoritative
 TYPE_HEADER = "ce_type"
 SPEC_VERSION = "1.0"
-DATA_CONTENT_TYPE = "application/json"
+DATA_CONTENT_TYPE: Final = "application/json"
 #: no certrail message is larger than this (a CSR, a leaf and a chain fit easily)
 MAX_MESSAGE_BYTES = 256 * 1024
 SCHEMA_URI_PREFIX = "urn:certrail:schema:"
@@ -108,12 +108,15 @@ class TypedEvent(CloudEvent):
 def envelope_model(message_cls: type[Message]) -> type[TypedEvent]:
     """The envelope model of one message type: the CloudEvents attributes with
     ``type`` and ``dataschema`` fixed and ``data`` the message's model."""
+    # Literal types of values known at run time only: no type checker can follow them, hence Any
+    type_literal: Any = Literal[message_cls.TYPE]
+    dataschema_literal: Any = Literal[message_cls.schema_uri()]
     model: type[TypedEvent] = create_model(
         message_cls.__name__ + "Event",
         __base__=TypedEvent,
         __doc__=f"{message_cls.TYPE}: {message_cls.SUMMARY}",
-        type=(Literal[message_cls.TYPE], ...),  # type: ignore[valid-type]
-        dataschema=(Literal[message_cls.schema_uri()], ...),  # type: ignore[valid-type]
+        type=(type_literal, ...),
+        dataschema=(dataschema_literal, ...),
         data=(message_cls, ...),
     )
     return model
