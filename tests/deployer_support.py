@@ -6,7 +6,6 @@ it fails."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import pwd
@@ -14,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from services.deployer.targets.base import Bundle
-from tests.conftest import free_ports
+from tests.conftest import free_ports, wait_until
 
 NGINX = "/usr/sbin/nginx"
 SSHD = "/usr/sbin/sshd"
@@ -114,17 +112,16 @@ class MiniCA:
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def listening() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"{what} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not listen on {port} within {timeout_s}s") from None
-            time.sleep(0.05)
+            return False
+
+    wait_until(listening, f"{what} to listen on {port}", timeout_s, interval_s=0.05)
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
@@ -190,19 +187,6 @@ http {{
 
     def stop(self) -> None:
         stop_process(self.process, signal.SIGQUIT)
-
-
-async def eventually(predicate, what: str, timeout_s: float = 30.0, interval_s: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 @dataclass

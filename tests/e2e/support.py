@@ -9,7 +9,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from pydantic import SecretStr
 
 from services.common.proc import port_free
 from services.common.settings import KafkaSettings
-from tests.conftest import free_ports
+from tests.conftest import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT_NAMES = ["KAFKA", "KAFKA_CONTROLLER", "GATEWAY", "ISSUER", "DEPLOYER", "AUDITOR", "SIM", "SIM_CRL", "SIM_ADMIN"]
@@ -64,10 +63,8 @@ class EmbeddedStack:
     def down(self) -> None:
         result = cli(self.env, "down")
         assert result.returncode == 0, result.stdout + result.stderr
-        deadline = time.monotonic() + 30
-        while not all(port_free("127.0.0.1", port) for port in self.ports.values()):
-            assert time.monotonic() < deadline, f"ports still listening after `certrail down`: {self.ports}"
-            time.sleep(0.5)
+        wait_until(lambda: all(port_free("127.0.0.1", port) for port in self.ports.values()),
+                   f"every port to be free after `certrail down`: {self.ports}", 30, interval_s=0.5)
 
     def logs(self, lines: int = 25) -> str:
         out = []
@@ -105,18 +102,19 @@ class EmbeddedStack:
     def kill(self, service: str, sig: int = signal.SIGKILL) -> None:
         pid = self.pid(service)
         os.kill(pid, sig)
-        deadline = time.monotonic() + 30
-        while True:
+
+        def dead() -> bool:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                return
+                return True
             try:  # our grandchild: reap it if it is a zombie of ours (it is not: started in its own session)
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-            assert time.monotonic() < deadline, f"{service} pid {pid} did not die"
-            time.sleep(0.1)
+            return False
+
+        wait_until(dead, f"{service} pid {pid} to die", 30, interval_s=0.1)
 
 
 def principal_env(var_dir: Path, principal: str) -> dict[str, str]:
@@ -128,15 +126,19 @@ def principal_env(var_dir: Path, principal: str) -> dict[str, str]:
 def wait_deployed(client: httpx.Client, certificate_id: str, *, not_serial: str | None = None,
                   timeout_s: float = 120) -> dict[str, Any]:
     """The inventory view once the certificate's current serial (other than ``not_serial``) is deployed."""
-    deadline = time.monotonic() + timeout_s
     view: dict[str, Any] = {}
-    while True:
+
+    def deployed() -> dict[str, Any] | None:
+        nonlocal view
         answer = client.get(f"/v1/certificates/{certificate_id}")
         view = answer.json() if answer.status_code == 200 else {}
-        inventory = view.get("inventory") or {}
+        inventory: dict[str, Any] = view.get("inventory") or {}
         serial = inventory.get("serial")
         if serial and serial != not_serial and any(
                 d["status"] == "deployed" and d["serial"] == serial for d in inventory.get("deployments", [])):
             return inventory
-        assert time.monotonic() < deadline, f"{certificate_id} not deployed within {timeout_s:.0f}s (last view: {view})"
-        time.sleep(0.5)
+        return None
+
+    found = wait_until(deployed, lambda: f"{certificate_id} to be deployed (last view: {view})", timeout_s, interval_s=0.5)
+    assert isinstance(found, dict)
+    return found

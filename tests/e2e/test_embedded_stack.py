@@ -15,7 +15,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from pydantic import SecretStr
 from services.common.kafka_config import admin_kwargs, producer_kwargs
 from services.common.proc import port_free
 from services.common.settings import KafkaSettings
-from tests.conftest import free_ports
+from tests.conftest import free_ports, wait_until
 from tests.e2e.support import principal_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,10 +65,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     finally:
         down = _cli(env, "down")
         assert down.returncode == 0, down.stdout + down.stderr
-        deadline = time.monotonic() + 30
-        while not all(port_free("127.0.0.1", port) for port in ports.values()):
-            assert time.monotonic() < deadline, f"ports still listening after `certrail down`: {ports}"
-            time.sleep(0.5)
+        wait_until(lambda: all(port_free("127.0.0.1", port) for port in ports.values()),
+                   f"every port to be free after `certrail down`: {ports}", 30, interval_s=0.5)
         assert not list((var_dir / "run").glob("*.pid")), "pid files left behind"
 
 
@@ -89,16 +86,21 @@ def _api(stack: dict[str, object], role: str) -> httpx.Client:
 
 
 def _wait_deployed(client: httpx.Client, certificate_id: str, *, not_serial: str | None = None, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    view: dict = {}
+
+    def deployed() -> dict | None:
+        nonlocal view
         view = client.get(f"/v1/certificates/{certificate_id}").json()
         inventory = view.get("inventory") or {}
         serial = inventory.get("serial")
         if serial and serial != not_serial and any(
                 d["status"] == "deployed" and d["serial"] == serial for d in inventory.get("deployments", [])):
             return inventory
-        assert time.monotonic() < deadline, f"{certificate_id} not deployed (last view: {view})"
-        time.sleep(0.5)
+        return None
+
+    found = wait_until(deployed, lambda: f"{certificate_id} to be deployed (last view: {view})", timeout_s, interval_s=0.5)
+    assert isinstance(found, dict)
+    return found
 
 
 def _demo_certificate(stack: dict[str, object]) -> str:
@@ -224,12 +226,14 @@ def test_audit_verifies_and_no_private_key_reached_kafka_or_the_audit_store(stac
     env["CERTRAIL_DB_URL"] = f"sqlite:///{var_dir / 'certrail.db'}"
     env.update(principal_env(var_dir, "admin"))  # the broker authenticates: the CLI tools are its admin principal
     env["CERTRAIL_AUDITOR_SIGNING_KEY_FILE"] = str(var_dir / "auditor" / "checkpoint-signing-key.pem")
-    deadline = time.monotonic() + 60
-    while True:  # the auditor stores asynchronously; verify once it has caught up
-        verify = _cli(env, "audit", "verify")
-        if verify.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def verified() -> bool:  # the auditor stores asynchronously; verify once it has caught up
+        runs.append(_cli(env, "audit", "verify"))
+        return runs[-1].returncode == 0
+
+    wait_until(verified, lambda: f"`audit verify` to pass:\n{runs[-1].stdout}{runs[-1].stderr}", 60, interval_s=2)
+    verify = runs[-1]
     assert verify.returncode == 0, verify.stdout + verify.stderr
     keys = list((var_dir / "deploy" / "demo-web" / "versions").glob("*/privkey.pem"))
     assert keys, "no deployed private keys to look for"

@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from services.common.proc import pid_exists
+from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,10 +41,7 @@ def test_prepare_worker_exits_when_the_auditor_is_killed() -> None:
             assert worker != parent.pid and not _is_gone(worker)
             os.kill(parent.pid, signal.SIGKILL)
             parent.wait(timeout=10)
-            deadline = time.monotonic() + 15
-            while not _is_gone(worker):
-                assert time.monotonic() < deadline, f"prepare worker {worker} outlived its killed parent"
-                time.sleep(0.1)
+            wait_until(lambda: _is_gone(worker), f"prepare worker {worker} to exit after its parent was killed", 15, interval_s=0.1)
         finally:
             if parent.poll() is None:
                 parent.kill()

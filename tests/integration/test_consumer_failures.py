@@ -128,10 +128,7 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
             response = await client.get("/health")
             return response if response.status_code == 503 else None
 
-        deadline = time.monotonic() + 60
-        while (response := await stalled_health()) is None:
-            assert time.monotonic() < deadline, "the consumer was never reported stalled"
-            await asyncio.sleep(0.2)
+        response = await poll_until(stalled_health, "the consumer to be reported stalled", 60, interval_s=0.2)
         body = response.json()
         verdict = body["checks"]["consumer:requests"]
         assert verdict.startswith(f"stalled: {topics.requests}/0@{stuck_offset} failed ")
@@ -150,10 +147,10 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
         # 3. the database is back: the records are handled, the consumer is healthy again, lag 0
         database_down.clear()
         await poll_until(lambda: {"stuck", "stuck-behind"} <= set(handled), "the stuck records after recovery", 60)
-        deadline = time.monotonic() + 30
-        while (await client.get("/health")).status_code != 200:
-            assert time.monotonic() < deadline, "the consumer stayed stalled after recovering"
-            await asyncio.sleep(0.2)
+        async def healthy() -> bool:
+            return (await client.get("/health")).status_code == 200
+
+        await poll_until(healthy, "the consumer to be healthy again after recovering", 30, interval_s=0.2)
         metrics = (await client.get("/metrics")).text
         assert _sample(metrics, "certrail_consumer_stalled", {"service": "gateway", "consumer": "requests"}) == 0
         assert _sample(metrics, "certrail_consumer_lag_records",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from services.common.settings import DatabaseSettings, KafkaSettings
 from services.gateway.api_common import authenticate
 from services.gateway.policy import PolicyViolation
 from services.gateway.policy.tokens import Role
-from tests.conftest import free_ports
+from tests.conftest import free_ports, poll_until, wait_until
 from tests.integration.test_gateway_api import (
     Gateway,
     RecordingTopics,
@@ -101,10 +100,7 @@ class Served:
 
     def __enter__(self) -> Served:
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
+        wait_until(lambda: self.server.started, "uvicorn to start", 20, interval_s=0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -134,13 +130,8 @@ def command_of(gw: Gateway, request_id: str) -> IssueCertificate | RenewCertific
 
 async def answer_when_asked(gw: Gateway, request_id: str, outcome: Any) -> None:
     """Play the issuer and the auditor: once the command is published, store ``outcome(command)``."""
-    for _ in range(200):
-        command = command_of(gw, request_id)
-        if command is not None:
-            play_auditor(gw, [outcome(command)])
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no command for {request_id}")
+    command = await poll_until(lambda: command_of(gw, request_id), f"a command for {request_id}", 10, interval_s=0.05)
+    play_auditor(gw, [outcome(command)])
 
 
 def failed_event(command: IssueCertificate | RenewCertificate) -> Envelope:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from pydantic import SecretStr
 from services.common.kafka_config import admin_kwargs, consumer_kwargs, faststream_broker_kwargs, producer_kwargs
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import DEFAULT_RETENTION_MS, delete_topics, ensure_topics
+from tests.conftest import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,15 @@ Records = list[ConsumerRecord[bytes, bytes]]
 async def _consume_until(consumer: AIOKafkaConsumer, count: int, deadline_s: float = 30.0) -> Records:
     """Poll until exactly ``count`` records arrived (or fail at the deadline); commit nothing."""
     records: Records = []
-    deadline = time.monotonic() + deadline_s
-    while len(records) < count:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"got {len(records)} of {count} records before the deadline"
-        batch = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000), max_records=count - len(records))
-        for partition_records in batch.values():
-            records.extend(partition_records)
+
+    async def arrived() -> bool:
+        if len(records) < count:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=count - len(records))
+            for partition_records in batch.values():
+                records.extend(partition_records)
+        return len(records) >= count
+
+    await poll_until(arrived, lambda: f"{count} records (got {len(records)})", deadline_s, interval_s=0)
     return records
 
 

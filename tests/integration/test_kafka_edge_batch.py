@@ -24,6 +24,7 @@ from services.common.kafka_config import consumer_kwargs, faststream_broker_kwar
 from services.common.kafka_edge import FastStreamPublisher, subscribe
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
+from tests.conftest import poll_until
 from tests.unit.examples import NOW, examples
 
 pytestmark = pytest.mark.integration
@@ -97,9 +98,11 @@ async def _run_consumer(kafka_settings: KafkaSettings, topics: Topics, group: st
     await broker.start()
     try:
         expected_end = PER_KEY * len(KEYS) + 1
-        async with asyncio.timeout(90):
-            while sum((await committed_offsets(kafka_settings, group)).values()) < expected_end:
-                await asyncio.sleep(0.2)
+
+        async def all_committed() -> bool:
+            return sum((await committed_offsets(kafka_settings, group)).values()) >= expected_end
+
+        await poll_until(all_committed, f"the group to commit up to {expected_end}", 90, interval_s=0.2)
     finally:
         await broker.stop()
 

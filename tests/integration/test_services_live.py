@@ -5,7 +5,6 @@ reason and carrying on, and stopping cleanly with nothing left behind."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from services.common.proc import port_free
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.stack import SERVICES, Stack
 from services.common.topics_admin import delete_topics, ensure_topics
-from tests.conftest import free_ports
+from tests.conftest import free_ports, poll_until
 from tests.unit.examples import CERT_ID, NOW, examples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,17 +37,6 @@ def _metric(text: str, name: str, labels: dict[str, str]) -> float:
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-async def _wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 async def test_four_services_dead_letter_poison_and_go_on(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
@@ -116,7 +104,7 @@ async def test_four_services_dead_letter_poison_and_go_on(kafka_settings: KafkaS
             text = httpx.get(stack.services[2].base_url + "/metrics", timeout=5).text
             return _metric(text, "certrail_messages_consumed_total", {"type": IssuancePending.TYPE, "outcome": "ignored"}) >= 1
 
-        await _wait_for(deployer_went_on, 60, "the deployer to consume the valid event")
+        await poll_until(deployer_went_on, "the deployer to consume the valid event", 60, interval_s=0.3, in_thread=True)
         metrics = httpx.get(stack.services[0].base_url + "/metrics", timeout=5).text
         assert _metric(metrics, "certrail_dead_letters_total", {"service": "gateway", "code": "UNDECODABLE"}) == 1
         assert "certrail_faststream_received_messages_total" in metrics
@@ -127,7 +115,7 @@ async def test_four_services_dead_letter_poison_and_go_on(kafka_settings: KafkaS
                 with read_session(engine) as session:
                     return {h.service for h in list_heartbeats(session)} == set(SERVICES)
 
-            await _wait_for(all_heartbeats, 30, "a heartbeat row from each service")
+            await poll_until(all_heartbeats, "a heartbeat row from each service", 30, interval_s=0.3, in_thread=True)
         finally:
             engine.dispose()
     finally:

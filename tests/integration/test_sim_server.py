@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 from emca_sim.backend import Issued, Pending
 from emca_sim.server import SimServer, start_in_thread
 from services.cli.emca_sim_cmd import app as cli_app
-from tests.conftest import free_ports
+from tests.conftest import free_ports, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -43,17 +43,6 @@ API_PATH = "/emCAServices/rest/getCertificateProfileList"  # any path: faults ap
 
 def trust(bundle: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(bundle))
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +196,7 @@ def test_admin_counters_and_manual_approval(sim: SimServer, admin: httpx.Client)
 def test_down_refuses_and_resets_then_up_restores(sim: SimServer, admin: httpx.Client, api: httpx.Client) -> None:
     assert api.get(API_PATH).status_code < 500
     api.close()  # no idle keep-alive connection left to count
-    wait_for(lambda: admin.get("/admin/faults").json()["connections"] == 0, what="idle connections to close")
+    wait_until(lambda: admin.get("/admin/faults").json()["connections"] == 0, "idle connections to close", 10, interval_s=0.02)
     set_faults(admin, slow_ms=5000)
     outcome: list[BaseException | httpx.Response] = []
 
@@ -220,7 +209,7 @@ def test_down_refuses_and_resets_then_up_restores(sim: SimServer, admin: httpx.C
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    wait_for(lambda: admin.get("/admin/faults").json()["connections"] >= 1, what="the request to be in flight")
+    wait_until(lambda: admin.get("/admin/faults").json()["connections"] >= 1, "the request to be in flight", 10, interval_s=0.02)
     started = time.monotonic()
     assert set_faults(admin, down=True)["down"] is True
     thread.join(10)
@@ -274,9 +263,9 @@ def test_flapping(sim: SimServer, admin: httpx.Client, api: httpx.Client) -> Non
             seen.append(state)
         return len(seen) >= 4  # e.g. down, up, down, up
 
-    wait_for(transitions, timeout=15, what="the API to flap")
+    wait_until(transitions, "the API to flap", 15, interval_s=0.02)
     set_faults(admin, flap=None)
-    assert wait_for(lambda: reachable(url, ca), what="the API to stay up")
+    assert wait_until(lambda: reachable(url, ca), "the API to stay up", 10, interval_s=0.02)
     assert admin.get("/admin/faults").json()["flap"] is None
 
 
@@ -355,7 +344,7 @@ def test_serve_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
          "--port", str(port), "--crl-port", str(crl_port), "--admin-port", str(admin_port)],
         cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: (tmp_path / "server.json").exists() or process.poll() is not None, timeout=30, what="server.json")
+        wait_until(lambda: (tmp_path / "server.json").exists() or process.poll() is not None, "server.json", 30, interval_s=0.02)
         assert process.poll() is None
         server = json.loads((tmp_path / "server.json").read_text())
         assert server["api_url"] == f"https://127.0.0.1:{port}"
