@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -66,6 +66,7 @@ from services.common.emca.types import (
     TransientError,
     first_line,
 )
+from services.common.runtime.keyed_loop import Work
 from services.issuer import state
 from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownConnector
@@ -103,37 +104,6 @@ class CrashPoints:
             log.critical("test crash point %s reached: exiting now", name)
             logging.shutdown()
             os._exit(CRASH_EXIT_CODE)
-
-
-class Revoked(Exception):
-    """The command's partition was revoked before the command reached emCA: the next owner does it."""
-
-
-class Work:
-    """One command in flight. Its partition may be revoked: before a critical section the
-    command stops; inside one (an emCA call, recording, publishing) it is left to finish."""
-
-    def __init__(self) -> None:
-        self.revoked = False
-        self.critical = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def check(self) -> None:
-        if self.revoked:
-            raise Revoked()
-
-    @asynccontextmanager
-    async def critical_section(self) -> Any:
-        self.check()
-        self.critical += 1
-        self.idle.clear()
-        try:
-            yield
-        finally:
-            self.critical -= 1
-            if self.critical == 0:
-                self.idle.set()
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
 from services.common.kafka_config import producer_kwargs
 from services.common.progress import ProgressTracker
+from services.common.runtime.keyed_loop import Work
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
 from services.issuer.consumer_loop import CONSUMER, IssuerConsumer, LoopSettings
 from services.issuer.metrics import IssuerMetrics
-from services.issuer.processor import Work
 from services.issuer.state import StoredRecord
 from tests.conftest import poll_until
 
