@@ -31,7 +31,7 @@ from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.issuer import state
 from services.issuer.state import NewOperation, OpState, StoredRecord
-from services.issuer.writer import StateWriter
+from services.common.runtime.writer import StateWriter
 
 
 def _cpu() -> float:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterat
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -14,11 +15,14 @@ from sqlalchemy.orm import Session
 from services.common.connectors.secretbox import SecretBox
 from services.common.contracts.topics import Topics
 from services.common.db import read_session, write_session
+from services.common.runtime.writer import SessionReads, SessionWriter
 from services.deployer.metrics import DeployerMetrics
 from services.deployer.runner import RetryPolicy
 from services.deployer.store import TargetSpec
 from services.deployer.targets.base import Bundle, DeploymentTarget
 from services.deployer.targets.factory import build_target
+
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -68,6 +72,22 @@ class DeployerContext:
     build_target: Callable[..., DeploymentTarget] = build_target
     #: certificates of a batch are deployed concurrently, but never two at once into the same place
     target_locks: KeyedLocks = field(default_factory=KeyedLocks, repr=False)
+
+    _writes: SessionWriter | None = field(default=None, init=False, repr=False)
+    _reads: SessionReads | None = field(default=None, init=False, repr=False)
+
+    async def write_in(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(session, *args)`` in a write transaction shared with the writes of the other records in
+        flight (group commit, services/common/runtime/writer.py); returns once it is committed."""
+        if self._writes is None:
+            self._writes = SessionWriter(self.engine, name="deployer-writes")
+        return await self._writes.run(fn, *args)
+
+    async def read_in(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(session, *args)`` in a read transaction shared with the reads of the other records in flight."""
+        if self._reads is None:
+            self._reads = SessionReads(self.engine, name="deployer-reads")
+        return await self._reads.run(fn, *args)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

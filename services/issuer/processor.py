@@ -73,7 +73,7 @@ from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownC
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.state import NewOperation, Operation, OpState, StoredRecord
 from services.issuer.verify import CertificateMismatch, verify_issued
-from services.issuer.writer import StateWriter, ThreadCalls
+from services.common.runtime.writer import StateWriter, ThreadCalls
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ The exactly-once protocol (DESIGN.md "Exactly-once effect", docs/issuer.md):
    leaves a settled row as it is, or with `load`) and re-publishes the same bytes.
 
 Each step, ``*_in(conn, ...)``, runs inside a transaction its caller holds: the issuer's
-`services.issuer.writer.StateWriter` runs the steps of all commands in flight in one transaction (a
+`services.common.runtime.writer.StateWriter` runs the steps of all commands in flight in one transaction (a
 group commit). They are SQLAlchemy Core statements on the ``issuer_operations`` table.
 """
 

@@ -18,7 +18,7 @@ from services.issuer import state
 from services.issuer.consumer_loop import _InFlight, _Partition
 from services.issuer.processor import CrashPoints
 from services.issuer.state import NewOperation, OpState, StoredRecord
-from services.issuer.writer import StateWriter, ThreadCalls
+from services.common.runtime.writer import StateWriter, ThreadCalls
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.orm import Session
+
 from services.common.consumer import Outbound
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import Envelope, decode, encode, make_event
@@ -68,58 +70,59 @@ class _Read:
     bot_key_cause: str | None  # the bot-held key's cause id, to mark it issued
 
 
-def _read(ctx: DeployerContext, envelope: Envelope) -> _Read:
+def _read(session: Session, ctx: DeployerContext, envelope: Envelope) -> _Read:
     """The bound targets, whether this is a redelivery (another certificate announced with the same
     serial is not one), why it must not be installed and whether it is parked (not for a replay: a
     redelivery only re-publishes what was decided), and the plan: all in one read transaction."""
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
     cid = issued.certificate_id
-    with ctx.read() as session:
-        specs = store.targets_for_profile(session, issued.profile, ctx.box)
-        if not specs:
-            return _Read(specs, False, None, False, None, None)
-        deployments = store.list_deployments(session, cid)  # oldest first
-        mine = {d.target_name: d for d in deployments if d.serial == issued.serial}
-        replay = all((d := mine.get(spec.name)) is not None and d.status != "in_progress" and bool(d.outcome)
-                     and d.certificate_pem == issued.certificate for spec in specs)
-        refused, parked, bot_hashes = None, False, frozenset[str]()
-        if not replay:
-            expected = projection.expectation(session, cid, issued.connector)
-            bot_hashes = expected.bot_key_hashes
-            parked = ctx.park_s > 0 and parking.is_parked(session, envelope.id)
-            try:
-                check_issued(issued, expected)
-            except Refused as exc:
-                refused = exc
-        if refused is not None:
-            return _Read(specs, replay, refused, parked, None, None)
-        if replay:
-            bot_hashes = projection.bot_key_hashes(session, cid)
-        key = store.bot_key_by_public_key(session, cid, issued.public_key_sha256) if bot_hashes else None
-        done: dict[str, str] = {}
-        previous: dict[str, Bundle] = {}
-        for spec in specs:
-            existing = mine.get(spec.name)
-            if existing is not None and existing.status != "in_progress" and existing.outcome:
-                done[spec.name] = existing.outcome
-            last = [d for d in deployments if d.target_name == spec.name and d.status == "deployed" and d.serial != issued.serial]
-            if last:
-                prior = last[-1]
-                prior_key = store.bot_key_by_serial(session, cid, prior.serial) if bot_hashes else None
-                previous[spec.name] = Bundle(cid, prior.serial, prior.certificate_pem, prior.chain_pem,
-                                             ctx.box.decrypt(prior_key.encrypted_key) if prior_key else None)
+    specs = store.targets_for_profile(session, issued.profile, ctx.box)
+    if not specs:
+        return _Read(specs, False, None, False, None, None)
+    deployments = store.list_deployments(session, cid)  # oldest first
+    mine = {d.target_name: d for d in deployments if d.serial == issued.serial}
+    replay = all((d := mine.get(spec.name)) is not None and d.status != "in_progress" and bool(d.outcome)
+                 and d.certificate_pem == issued.certificate for spec in specs)
+    refused, parked, bot_hashes = None, False, frozenset[str]()
+    if not replay:
+        expected = projection.expectation(session, cid, issued.connector)
+        bot_hashes = expected.bot_key_hashes
+        parked = ctx.park_s > 0 and parking.is_parked(session, envelope.id)
+        try:
+            check_issued(issued, expected)
+        except Refused as exc:
+            refused = exc
+    if refused is not None:
+        return _Read(specs, replay, refused, parked, None, None)
+    if replay:
+        bot_hashes = projection.bot_key_hashes(session, cid)
+    key = store.bot_key_by_public_key(session, cid, issued.public_key_sha256) if bot_hashes else None
+    done: dict[str, str] = {}
+    previous: dict[str, Bundle] = {}
+    for spec in specs:
+        existing = mine.get(spec.name)
+        if existing is not None and existing.status != "in_progress" and existing.outcome:
+            done[spec.name] = existing.outcome
+        last = [d for d in deployments if d.target_name == spec.name and d.status == "deployed" and d.serial != issued.serial]
+        if last:
+            prior = last[-1]
+            prior_key = store.bot_key_by_serial(session, cid, prior.serial) if bot_hashes else None
+            previous[spec.name] = Bundle(cid, prior.serial, prior.certificate_pem, prior.chain_pem,
+                                         ctx.box.decrypt(prior_key.encrypted_key) if prior_key else None)
     key_pem = ctx.box.decrypt(key.encrypted_key) if key is not None else None
     plan = _Plan(specs, key_pem, bool(bot_hashes) and key is None, done, previous)
     return _Read(specs, replay, None, parked, plan, key.cause_id if key is not None else None)
 
 
-def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> bool:
+async def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> bool:
     """Park the certificate (once per event id); False when its deadline has passed."""
     now = ctx.clock()
-    with ctx.write() as session:
+
+    def park(session: Session) -> tuple[bool, datetime]:
         first = not parking.is_parked(session, envelope.id)
-        deadline = parking.park(session, envelope, refused.code.value, now, ctx.park_s)
+        return first, parking.park(session, envelope, refused.code.value, now, ctx.park_s)
+    first, deadline = await ctx.write_in(park)
     if first:
         ctx.metrics.parked.labels(refused.code.value).inc()
         issued = envelope.data
@@ -129,9 +132,8 @@ def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> bool:
     return deadline > now
 
 
-def _unpark(ctx: DeployerContext, event_id: str) -> None:
-    with ctx.write() as session:
-        parking.unpark(session, event_id)
+async def _unpark(ctx: DeployerContext, event_id: str) -> None:
+    await ctx.write_in(parking.unpark, event_id)
 
 
 def _refuse(ctx: DeployerContext, envelope: Envelope, specs: list[store.TargetSpec], refused: Refused) -> list[Outbound]:
@@ -153,9 +155,8 @@ def _refuse(ctx: DeployerContext, envelope: Envelope, specs: list[store.TargetSp
     return out
 
 
-def _mark_issued(ctx: DeployerContext, cause_id: str, issued: CertificateIssued) -> None:
-    with ctx.write() as session:
-        store.mark_issued(session, cause_id, issued.serial, issued.certificate, ctx.clock())
+async def _mark_issued(ctx: DeployerContext, cause_id: str, issued: CertificateIssued) -> None:
+    await ctx.write_in(store.mark_issued, cause_id, issued.serial, issued.certificate, ctx.clock())
 
 
 def target_place(spec: store.TargetSpec, certificate_id: str) -> tuple[str, ...]:
@@ -177,12 +178,11 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
         return Outbound(topic=ctx.topics.topic_of(type(event.data)), event=event, key=issued.certificate_id)
 
     async def on_attempt(attempt: int) -> None:
-        def record() -> None:
-            with ctx.write() as session:
-                store.start_attempt(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
-                                    target_kind=spec.kind.value, cause_id=envelope.id, certificate_pem=issued.certificate,
-                                    chain_pem=tuple(issued.chain), public_key_sha256=issued.public_key_sha256, now=ctx.clock())
-        await asyncio.to_thread(record)
+        def record(session: Session) -> None:
+            store.start_attempt(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
+                                target_kind=spec.kind.value, cause_id=envelope.id, certificate_pem=issued.certificate,
+                                chain_pem=tuple(issued.chain), public_key_sha256=issued.public_key_sha256, now=ctx.clock())
+        await ctx.write_in(record)
 
     if plan.key_missing:
         await on_attempt(1)
@@ -211,14 +211,13 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
         status = "failed"
     outbound = _event(ctx, envelope, data, spec.name, now)
 
-    def finish() -> None:
-        with ctx.write() as session:
-            store.finish(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
-                         status=status, rolled_back=None if verified else rolled_back,
-                         error_code=None if result_error is None else result_error.code.value,
-                         error_message=None if result_error is None else result_error.message,
-                         outcome=encode(outbound.event).decode(), now=now)
-    await asyncio.to_thread(finish)
+    def finish(session: Session) -> None:
+        store.finish(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
+                     status=status, rolled_back=None if verified else rolled_back,
+                     error_code=None if result_error is None else result_error.code.value,
+                     error_message=None if result_error is None else result_error.message,
+                     outcome=encode(outbound.event).decode(), now=now)
+    await ctx.write_in(finish)
     return outbound
 
 
@@ -226,24 +225,24 @@ async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope, *, fin
     """Deploy, or refuse, or park (``final``: refuse what would be parked; the sweep of parking.py)."""
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
-    read = await asyncio.to_thread(_read, ctx, envelope)
+    read = await ctx.read_in(_read, ctx, envelope)
     if not read.specs:
         log.info("certificate %s (profile %s) has no bound deployment target", issued.certificate_id, issued.profile)
         return []
     if read.refused is not None:
         may_park = read.refused.curable and ctx.park_s > 0 and not final
-        if may_park and await asyncio.to_thread(_park, ctx, envelope, read.refused):
+        if may_park and await _park(ctx, envelope, read.refused):
             return []
         out = _refuse(ctx, envelope, read.specs, read.refused)
         if read.parked or may_park:
-            await asyncio.to_thread(_unpark, ctx, envelope.id)
+            await _unpark(ctx, envelope.id)
         return out
     plan = read.plan
     assert plan is not None
     if read.bot_key_cause is not None:
-        await asyncio.to_thread(_mark_issued, ctx, read.bot_key_cause, issued)
+        await _mark_issued(ctx, read.bot_key_cause, issued)
     bundle = Bundle(issued.certificate_id, issued.serial, issued.certificate, tuple(issued.chain), plan.key_pem)
     out = list(await asyncio.gather(*(_one(ctx, envelope, spec, bundle, plan) for spec in plan.specs)))
     if read.parked or (read.replay and final):
-        await asyncio.to_thread(_unpark, ctx, envelope.id)
+        await _unpark(ctx, envelope.id)
     return out

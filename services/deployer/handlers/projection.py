@@ -10,6 +10,8 @@ import asyncio
 import logging
 import re
 
+from sqlalchemy.orm import Session
+
 from services.common.consumer import InvalidMessage, Outbound
 from services.common.contracts.admin import (
     AdminOutcome,
@@ -38,13 +40,12 @@ async def on_request_accepted(ctx: DeployerContext, envelope: Envelope) -> list[
     if accepted.kind is RequestKind.REVOKE:
         return []
 
-    def save() -> list[parking.Parked]:
-        with ctx.write() as session:
-            projection.record_accepted(session, certificate_id=accepted.certificate_id, request_id=accepted.request_id,
-                                       profile=accepted.profile, connector=accepted.connector,
-                                       public_key_sha256=accepted.public_key_sha256, now=ctx.clock())
-            return parking.waiting_for(session, certificate_id=accepted.certificate_id) if ctx.park_s > 0 else []
-    return await _release(ctx, await asyncio.to_thread(save))
+    def save(session: Session) -> list[parking.Parked]:
+        projection.record_accepted(session, certificate_id=accepted.certificate_id, request_id=accepted.request_id,
+                                   profile=accepted.profile, connector=accepted.connector,
+                                   public_key_sha256=accepted.public_key_sha256, now=ctx.clock())
+        return parking.waiting_for(session, certificate_id=accepted.certificate_id) if ctx.park_s > 0 else []
+    return await _release(ctx, await ctx.write_in(save))
 
 
 

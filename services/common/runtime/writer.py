@@ -1,4 +1,5 @@
-"""Group commit of the issuer's state steps: one transaction for every command in flight.
+"""Group commit: one transaction for the steps of every record in flight (the service runtime's,
+decision 0017; first written for the issuer's state steps, which the text below describes).
 
 Each command waits for its own steps (`state.begin_attempt_in` before emCA is called,
 `state.record_outcome_in` before anything is published, ...), so the protocol of
@@ -14,6 +15,8 @@ transaction of its own, so a step fails alone and only its caller sees the error
 
 The grouping itself (`ThreadGroups`) also serves calls without a transaction (`ThreadCalls`: the
 verification of the certificates of one emCA answer in one thread hop instead of one hop each).
+`SessionWriter` and `SessionReads` are the same for ORM steps (``fn(session, ...)``): the writes of a
+group in one transaction, the reads of a group in one read transaction and one thread hop (the deployer).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+
+from services.common.db import read_session, write_session
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +58,9 @@ class ThreadGroups:
         self.groups = 0
         self.steps = 0
 
-    async def _enqueue(self, call: Callable[..., Any]) -> Any:
+    async def _enqueue(self, call: Callable[..., T]) -> T:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._queue.append(_Step(call, future))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush(), name=self._name)
@@ -109,8 +114,8 @@ class StateWriter(ThreadGroups):
     """Runs `state` steps (``fn(conn, *args)``) in group transactions. One per process and engine;
     use it from one event loop."""
 
-    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP) -> None:
-        super().__init__(max_group=max_group, name="issuer-state-writer")
+    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP, name: str = "issuer-state-writer") -> None:
+        super().__init__(max_group=max_group, name=name)
         self._engine = engine
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -126,7 +131,7 @@ class StateWriter(ThreadGroups):
         except Exception as exc:
             if len(group) == 1:
                 return [(False, exc)]
-            log.warning("a group of %d issuer state steps failed (%s): writing them one by one", len(group), exc)
+            log.warning("a group of %d %s steps failed (%s): writing them one by one", len(group), self._name, exc)
         results: list[tuple[bool, Any]] = []
         for step in group:
             try:
@@ -134,6 +139,59 @@ class StateWriter(ThreadGroups):
                     results.append((True, step.call(conn)))
             except Exception as exc:  # noqa: BLE001 - handed to the step's caller, who handles or raises it
                 results.append((False, exc))
+        return results
+
+
+class SessionWriter(ThreadGroups):
+    """`StateWriter` for ORM steps: ``await writer.run(fn, *args)`` runs ``fn(session, *args)`` with the
+    other steps queued meanwhile in one write Session and transaction (`db.write_session`), committed
+    before any caller resumes; a failed group is rolled back and its steps run again one transaction each."""
+
+    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP, name: str = "session-writer") -> None:
+        super().__init__(max_group=max_group, name=name)
+        self._engine = engine
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._enqueue(lambda session: fn(session, *args, **kwargs))
+
+    def _run_group(self, group: list[_Step]) -> list[tuple[bool, Any]]:
+        try:
+            with write_session(self._engine) as session:
+                return [(True, step.call(session)) for step in group]
+        except Exception as exc:
+            if len(group) == 1:
+                return [(False, exc)]
+            log.warning("a group of %d %s steps failed (%s): writing them one by one", len(group), self._name, exc)
+        results: list[tuple[bool, Any]] = []
+        for step in group:
+            try:
+                with write_session(self._engine) as session:
+                    results.append((True, step.call(session)))
+            except Exception as exc:  # noqa: BLE001 - handed to the step's caller, who handles or raises it
+                results.append((False, exc))
+        return results
+
+
+class SessionReads(ThreadGroups):
+    """``await reads.run(fn, *args)``: ``fn(session, *args)`` in a read-only Session (`db.read_session`)
+    shared with the reads queued meanwhile: one read transaction, one thread hop; an exception is its
+    caller's alone."""
+
+    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP, name: str = "session-reads") -> None:
+        super().__init__(max_group=max_group, name=name)
+        self._engine = engine
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._enqueue(lambda session: fn(session, *args, **kwargs))
+
+    def _run_group(self, group: list[_Step]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        with read_session(self._engine) as session:
+            for step in group:
+                try:
+                    results.append((True, step.call(session)))
+                except Exception as exc:  # noqa: BLE001 - handed to the step's caller, who handles or raises it
+                    results.append((False, exc))
         return results
 
 
