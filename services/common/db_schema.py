@@ -550,6 +550,36 @@ class GatewayLease(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class GatewayIssuedSerial(Base):
+    """The gateway's own projection of what the issuer issued and revoked for the certificates it
+    manages (services/gateway/issued.py; decision 0017): one row per certificate and serial, folded
+    from CertificateIssued and CertificateRevoked on ``certrail.events.issuer``. ``status`` is
+    active (the certificate's current serial), superseded or revoked. Renew, revoke and the
+    renewal scheduler read it; migration 0011 filled it once from the auditor's inventory."""
+
+    __tablename__ = "gateway_issued_serials"
+    __table_args__ = (
+        Index("ix_gateway_issued_serials_serial", "serial"),
+        Index("ix_gateway_issued_serials_status_not_after", "status", "not_after"),
+    )
+
+    certificate_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    issuer: Mapped[str | None] = mapped_column(String(1024))  # the issuing CA
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    profile: Mapped[str | None] = mapped_column(String(128))
+    connector: Mapped[str | None] = mapped_column(String(63))
+    sans: Mapped[str | None] = mapped_column(Text)  # JSON list
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    issuance_id: Mapped[str | None] = mapped_column(String(36))
+    event_id: Mapped[str | None] = mapped_column(String(128))  # the CertificateIssued's (migration-0011 when copied)
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # that event's time
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+
+
 # -- the deployer's tables (services/deployer; docs/deployer.md) -------------------------------------
 # Written only by services/deployer and `certrail targets`. Secrets (target secrets, bot-held
 # private keys) are Fernet tokens under the deployer's own key (CERTRAIL_DEPLOYER_KEYS).

@@ -121,8 +121,10 @@ def acl_bindings(topics: Topics, groups: ServiceGroups | None = None) -> list[Ac
     topic, group = ResourceType.TOPIC, ResourceType.GROUP
     O = Operation  # noqa: N806 - a short alias keeps the table readable
     rules: list[tuple[str, ResourceType, str, PatternType, Operation]] = [
-        # gateway: reads requests; writes commands (and creates a connector's topic), provisioning, its events, deadletter
+        # gateway: reads requests and the issuer's events (its projection of issued certificates); writes commands
+        # (and creates a connector's topic), provisioning, its events, deadletter
         ("gateway", topic, topics.requests, lit, O.READ),
+        ("gateway", topic, topics.issuer_events, lit, O.READ),
         ("gateway", topic, commands_prefix, pre, O.WRITE),
         ("gateway", topic, commands_prefix, pre, O.CREATE),
         ("gateway", topic, commands_prefix, pre, O.DESCRIBE_CONFIGS),

@@ -4,7 +4,10 @@ and through the HTTP API under ``/v1`` (bearer tokens; services/gateway/api.py).
 through one validation path (services/gateway/intake.py) and become commands on the
 connector's topic (or ProvisionCertificate for bot-key profiles) plus RequestAccepted, or a
 RequestRejected with a stable code. The renewal scheduler runs beside them (one active
-instance per database: services/gateway/scheduler.py). docs/gateway.md explains it all.
+instance per database: services/gateway/scheduler.py). From ``certrail.events.issuer`` the
+gateway folds CertificateIssued and CertificateRevoked into its own projection of issued
+certificates (services/gateway/issued.py), which renew, revoke and the scheduler read.
+docs/gateway.md explains it all.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from typing import Any
 from prometheus_client import Counter
 
 from services.common.connectors.secretbox import SecretBox, load_secret_box
-from services.common.consumer import CURRENT_RECORD, Outbound
-from services.common.contracts.envelope import Envelope
+from services.common.consumer import CURRENT_RECORD, Handler, Outbound
+from services.common.contracts.envelope import Envelope, Message
+from services.common.contracts.events import CertificateIssued, CertificateRevoked
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.topics import Topics
 from services.common.kafka_edge import send_all
 from services.common.runner import run_service
+from services.common.runtime.writer import SessionWriter
 from services.common.service_app import ServiceRuntime, Subscription, build_service
+from services.gateway import issued
 from services.gateway.intake import Intake, Outcome, outgoing_records
 from services.gateway.scheduler import Scheduler
 from services.gateway.settings import GatewaySettings
@@ -94,8 +100,21 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
         await holder["publish"](outcome.outbound)
         return []  # published above (stored records are re-published byte for byte)
 
-    handlers = {IssueRequested: on_request, RenewRequested: on_request, RevokeRequested: on_request}
-    service_app, service = build_service(SERVICE, settings, [Subscription(topics=[topics.requests])], handlers)
+    async def on_issuer_event(envelope: Envelope) -> list[Outbound]:
+        # the gateway's projection of issued certificates (issued.py), folded with the other records
+        # in flight in one write transaction; publishes nothing
+        await holder["issued_writes"].run(issued.apply_in, envelope)
+        return []
+
+    handlers: dict[type[Message], Handler] = {
+        IssueRequested: on_request, RenewRequested: on_request, RevokeRequested: on_request,
+        CertificateIssued: on_issuer_event, CertificateRevoked: on_issuer_event,
+    }
+    subscriptions = [Subscription(topics=[topics.requests]), Subscription(topics=[topics.issuer_events])]
+    service_app, service = build_service(SERVICE, settings, subscriptions, handlers)
+    # the issuer's other events (IssuancePending, IssuanceFailed, ...) are skipped by their ce_type header, unparsed
+    service.dispatcher.skip_by_type_header = True
+    holder["issued_writes"] = SessionWriter(service.engine, name="gateway-issued")
     box = load_secret_box(settings.secrets, create=True)
     requests = Counter("certrail_gateway_requests", "Requests answered, by door (kafka, http), kind (issue, renew, "
                        "revoke), status (accepted, rejected, replayed) and error code (empty when accepted).",

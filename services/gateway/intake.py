@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from services.auditor import inventory_read as inventory
 from services.common.connectors import repository as connectors_repo
 from services.common.connectors.models import ConnectorStatus
 from services.common.consumer import Outbound
@@ -40,8 +39,7 @@ from services.common.contracts.identity import issuance_id, message_id, root_mes
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.topics import Topics
 from services.common.db import write_session
-from services.common.db_schema import CertificateInventory
-from services.gateway import store
+from services.gateway import issued, store
 from services.gateway.policy import (
     PolicyViolation,
     ProvisioningProfile,
@@ -342,18 +340,18 @@ class Intake:
         return answer, [Outbound(topic, command_event, key=certificate_id),
                         Outbound(self._topics.topic_of(RequestAccepted), accepted_event, key=certificate_id)]
 
-    def _managed(self, session: Session, certificate_id: str | None) -> tuple[ProvisioningProfile, Any, Any]:
+    def _managed(self, session: Session, certificate_id: str | None) -> tuple[ProvisioningProfile, Any]:
         row = store.get_certificate(session, certificate_id) if certificate_id else None
         if row is None:
             raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate {certificate_id!r}")
-        view = inventory.get_certificate(session, row.certificate_id, self._clock())
-        return self._profile(session, row.profile), row, view
+        return self._profile(session, row.profile), row
 
     def _renew(self, session: Session, event_id: str, request: RenewRequested, caller: Caller,
                now: datetime) -> tuple[Answer, list[Outbound]]:
-        profile, row, view = self._managed(session, request.certificate_id)
+        profile, row = self._managed(session, request.certificate_id)
         caller.authorise(RequestKind.RENEW, profile)
-        replaces = request.replaces_serial or (view.serial if view is not None else None)
+        # the serial it replaces: the current one of the gateway's own projection of events.issuer (issued.py)
+        replaces = request.replaces_serial or issued.current_serial(session, row.certificate_id)
         if replaces is None:
             raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND,
                                   f"certificate {request.certificate_id!r} has no issued serial to renew yet")
@@ -382,17 +380,17 @@ class Intake:
                 now: datetime) -> tuple[Answer, list[Outbound]]:
         certificate_id = request.certificate_id
         if certificate_id is None and request.serial is not None:
-            owners = inventory.certificates_with_serial(session, request.serial) or list(session.scalars(
-                select(CertificateInventory.certificate_id).where(CertificateInventory.serial == request.serial)))
+            owners = issued.certificates_with_serial(session, request.serial)
             certificate_id = owners[0] if owners else None
             if certificate_id is None:
                 raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate has serial {request.serial}")
-        profile, row, view = self._managed(session, certificate_id)
+        profile, row = self._managed(session, certificate_id)
         caller.authorise(RequestKind.REVOKE, profile)
-        serial = request.serial or (view.serial if view is not None else None)
+        known = issued.serials_of(session, row.certificate_id)
+        serial = request.serial or issued.current_serial(session, row.certificate_id)
         if serial is None:
             raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"certificate {certificate_id!r} has no issued serial to revoke")
-        if view is not None and serial != view.serial and serial not in view.past_serials:
+        if serial not in known:
             raise PolicyViolation(ErrorCode.CERTIFICATE_NOT_FOUND, f"serial {serial} does not belong to certificate {certificate_id!r}")
         self._connector(session, profile.connector)
         command = RevokeCertificate(certificate_id=row.certificate_id, serial=serial, request_id=request.request_id,

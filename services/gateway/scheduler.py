@@ -6,7 +6,8 @@ One tick (``Scheduler.tick``), with the time ``now`` from the injected clock:
 
 1. take or renew the lease; a scheduler that does not hold it does nothing else;
 2. read a snapshot (one read transaction): the active, unexpired certificates
-   of the inventory (with the gateway's own record of each, when there is one),
+   of the gateway's projection of issued serials (services/gateway/issued.py,
+   folded from events.issuer; with the gateway's record of each certificate),
    the provisioning profiles, the notices already recorded for their current
    serials, the RenewalDue notices of the last minute per connector (the rate
    window), and the notices recorded but not yet acknowledged by Kafka;
@@ -72,7 +73,7 @@ from services.common.contracts.fields import KeyGeneration
 from services.common.contracts.identity import message_id, normalise_serial, renewal_due_id
 from services.common.contracts.topics import Topics
 from services.common.db import read_session, write_session
-from services.common.db_schema import CertificateInventory, GatewayCertificate, GatewayNotice, GatewayProfile
+from services.common.db_schema import GatewayCertificate, GatewayIssuedSerial, GatewayNotice, GatewayProfile
 from services.gateway.leases import acquire_lease, release_lease
 from services.gateway.policy.profile import ProvisioningProfile, RenewalPolicy
 
@@ -230,7 +231,8 @@ def expiry_bucket(not_after: datetime, now: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WatchedCertificate:
-    """An active certificate: inventory values, overridden by the gateway's own record where it has one."""
+    """An active certificate: its current serial's values, profile and connector overridden by the gateway's
+    record of the certificate (``gateway_certificates``), the requester only from there."""
 
     certificate_id: str
     serial: str
@@ -758,18 +760,18 @@ def _insert_pending(session: Session, notices: Sequence[PlannedNotice], now: dat
 
 
 def load_snapshot(session: Session, now: datetime) -> Snapshot:
-    """What a tick decides on, read in one transaction."""
-    inv = CertificateInventory
+    """What a tick decides on, read in one transaction. A certificate's current serial is its one
+    active row of ``gateway_issued_serials`` (services/gateway/issued.py keeps at most one)."""
+    s = GatewayIssuedSerial
     gc = GatewayCertificate
     n = GatewayNotice
     columns = (
-        inv.certificate_id, inv.serial, inv.not_before, inv.not_after, inv.status,
-        func.coalesce(gc.profile, inv.profile), func.coalesce(gc.connector, inv.connector),
-        func.coalesce(gc.requester, inv.requester), inv.request_id,
+        s.certificate_id, s.serial, s.not_before, s.not_after, s.status,
+        func.coalesce(gc.profile, s.profile), func.coalesce(gc.connector, s.connector), gc.requester, s.request_id,
     )
-    active = and_(inv.status == "active", inv.serial.is_not(None), inv.not_before.is_not(None), inv.not_after > now)
+    active = and_(s.status == "active", s.not_before.is_not(None), s.not_after > now)
     rows = session.execute(
-        select(*columns).outerjoin(gc, gc.certificate_id == inv.certificate_id).where(active).order_by(inv.certificate_id)
+        select(*columns).outerjoin(gc, gc.certificate_id == s.certificate_id).where(active).order_by(s.certificate_id)
     )
     certificates = [_watched(row) for row in rows]
 
@@ -780,23 +782,20 @@ def load_snapshot(session: Session, now: datetime) -> Snapshot:
         except ValidationError as exc:
             log.error("provisioning profile %r is stored invalid; its certificates are not scheduled: %s", name, exc)
 
+    of_notice = and_(s.certificate_id == n.certificate_id, s.serial == n.serial)
     sent = {
         (cid, serial, kind)
-        for cid, serial, kind in session.execute(
-            select(n.certificate_id, n.serial, n.kind)
-            .join(inv, and_(inv.certificate_id == n.certificate_id, inv.serial == n.serial))
-            .where(active)
-        )
+        for cid, serial, kind in session.execute(select(n.certificate_id, n.serial, n.kind).join(s, of_notice).where(active))
     }
 
-    connector = func.coalesce(gc.connector, inv.connector)
+    connector = func.coalesce(gc.connector, s.connector)
     recent = {
         name: count
         for name, count in session.execute(
             select(connector, func.count())
             .select_from(n)
             .outerjoin(gc, gc.certificate_id == n.certificate_id)
-            .outerjoin(inv, inv.certificate_id == n.certificate_id)
+            .outerjoin(s, of_notice)
             .where(n.kind == RENEWAL_DUE, n.sent_at > now - RATE_WINDOW)
             .group_by(connector)
         )
@@ -806,7 +805,7 @@ def load_snapshot(session: Session, now: datetime) -> Snapshot:
     pending: list[tuple[StoredNotice, WatchedCertificate | None]] = []
     pending_rows = session.execute(
         select(n.certificate_id, n.serial, n.kind, n.event_id, n.sent_at, *columns)
-        .outerjoin(inv, inv.certificate_id == n.certificate_id)
+        .outerjoin(s, of_notice)
         .outerjoin(gc, gc.certificate_id == n.certificate_id)
         # a notice is re-published only once it has been pending a while: a younger one may be in
         # flight in another gateway (its publish not yet acknowledged)

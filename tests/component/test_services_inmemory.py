@@ -31,6 +31,7 @@ from tests.unit.examples import CERT_ID, NOW, examples
 
 CASES: list[tuple[str, Callable[..., Any], type, str]] = [
     ("gateway", gateway_app, GatewaySettings, "certrail.requests"),
+    ("gateway", gateway_app, GatewaySettings, "certrail.events.issuer"),
     ("deployer", deployer_app, DeployerSettings, "certrail.provisioning"),
     ("deployer", deployer_app, DeployerSettings, "certrail.events.gateway"),
     ("deployer", deployer_app, DeployerSettings, "certrail.events.issuer"),

@@ -36,7 +36,7 @@ from services.common.contracts.catalog import CATALOG
 from services.common.contracts.commands import IssueCertificate, RevokeCertificate
 from services.common.contracts.envelope import CONTENT_TYPE, Envelope, decode, make_event
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.events import CertificateIssued, RequestAccepted, RequestRejected
+from services.common.contracts.events import CertificateIssued, CertificateRevoked, RequestAccepted, RequestRejected
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
 from services.common.emca.client import connect
@@ -45,6 +45,7 @@ from services.common.kafka_config import admin_kwargs, consumer_kwargs, producer
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
+from services.gateway import issued
 from services.gateway.api import create_api
 from services.gateway.api_connectors import ProfileUsage
 from services.gateway.api_tokens import create_token
@@ -303,7 +304,8 @@ async def with_profile(gw: Gateway, admin: str, **kwargs: Any) -> dict[str, Any]
 
 
 def play_auditor(gw: Gateway, extra: list[Envelope] = ()) -> None:  # type: ignore[assignment]
-    """Store every published record (and ``extra`` events) as the auditor would: audit log + inventory."""
+    """Store every published record (and ``extra`` events) as the auditor would: audit log + inventory; and fold
+    the issuer's events among them into the gateway's projection as its events.issuer consumer would (issued.py)."""
     values = [(t, k, v) for t, k, v in gw.published.records]
     values += [(gw.topics.topic_of(type(e.data)), e.subject, Outbound(gw.topics.topic_of(type(e.data)), e, key=e.subject).value())
                for e in extra]
@@ -312,6 +314,11 @@ def play_auditor(gw: Gateway, extra: list[Envelope] = ()) -> None:  # type: igno
                          key.encode() if key else None, value, ())
                for offset, (topic, key, value) in enumerate(values) if offset >= already]
     store_records(gw.engine, records, inventory_topics=gw.topics, now=datetime.now(UTC))
+    for record in records:
+        if record.topic == gw.topics.issuer_events:
+            envelope = decode(record.value, CATALOG)
+            if isinstance(envelope.data, CertificateIssued | CertificateRevoked):
+                issued.apply_event(gw.engine, envelope)
     gw._stored = len(values)  # type: ignore[attr-defined]
 
 

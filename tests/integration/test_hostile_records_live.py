@@ -102,7 +102,8 @@ async def test_hostile_json_is_dead_lettered_once_and_every_service_goes_on(kafk
         # each hostile record dead-lettered exactly once, with its code and coordinates
         expected = Counter({("gateway", topics.requests, 0): 1, ("gateway", topics.requests, 1): 1,
                             ("deployer", topics.provisioning, 0): 1, ("deployer", topics.provisioning, 1): 1,
-                            ("deployer", topics.issuer_events, 0): 1, ("deployer", topics.issuer_events, 1): 1})
+                            ("deployer", topics.issuer_events, 0): 1, ("deployer", topics.issuer_events, 1): 1,
+                            ("gateway", topics.issuer_events, 0): 1, ("gateway", topics.issuer_events, 1): 1})
         records = await _read_all(kafka_settings, topics.deadletter, lambda got: len(got) >= len(expected), settle_s=3)
         letters = [decode(r.value, CATALOG).data for r in records]
         assert all(isinstance(letter, DeadLetter) for letter in letters)

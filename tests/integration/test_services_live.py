@@ -82,6 +82,7 @@ async def test_four_services_dead_letter_poison_and_go_on(kafka_settings: KafkaS
             ("issuer", connector_topic, ErrorCode.NOT_CLOUDEVENT),
             ("deployer", topics.provisioning, ErrorCode.UNDECODABLE),
             ("deployer", topics.issuer_events, ErrorCode.PRODUCER_NOT_ALLOWED),
+            ("gateway", topics.issuer_events, ErrorCode.PRODUCER_NOT_ALLOWED),  # its projection of issued certificates
         }
         consumer = AIOKafkaConsumer(topics.deadletter, **consumer_kwargs(kafka_settings, f"test-dl-{prefix}"))
         await consumer.start()

@@ -25,10 +25,9 @@ from services.common.contracts.identity import issuance_id
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.signing import signed
 from services.common.db import make_engine, write_session
-from services.common.db_schema import CertificateInventory
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
-from services.gateway import store
+from services.gateway import issued, store
 from services.gateway.intake import Intake, Outcome, stored_records
 from services.gateway.policy.tokens import Role, TokenClaims
 from services.gateway.store import SqlRequesterKeys
@@ -160,7 +159,7 @@ async def test_request_accepted_carries_the_csrs_key_hash_the_deployer_will_expe
     held, renewed_key, bot_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     issued = await intake.from_kafka("ev-1", _issue(csr=_csr(key=held)), None)
     assert _accepted(issued).public_key_sha256 == _certificate_key_hash(held)
-    _inventory(engine, "cert-1", "1a2b")
+    _issued(engine, "cert-1", "1a2b")
     claims = TokenClaims(token_id="t1", identity="ci-pipeline", role=Role.REQUESTER)
     renewed = await intake.from_http(RenewRequested(request_id="rn-1", requester="ci-pipeline", certificate_id="cert-1",
                                                     csr=_csr(key=renewed_key)), claims)
@@ -181,14 +180,13 @@ async def test_request_accepted_carries_the_csrs_key_hash_the_deployer_will_expe
     assert _accepted(await intake.from_kafka("ev-b2", bot_csr, None)).public_key_sha256 == _certificate_key_hash(bot_key)
 
 
-def _inventory(engine: Engine, certificate_id: str, serial: str) -> None:
+def _issued(engine: Engine, certificate_id: str, serial: str) -> None:
+    """The certificate issued with ``serial``, as the gateway's projection folds the issuer's CertificateIssued."""
     with write_session(engine) as session:
-        session.add(CertificateInventory(
-            certificate_id=certificate_id, status="active", serial=serial, subject="CN=www.example.com",
-            sans=json.dumps(["dns:www.example.com"]), issuer="CN=CA", not_before=NOW - timedelta(days=1),
-            not_after=NOW + timedelta(days=89), connector="emca", profile="web", requester="ci-pipeline", request_id="req-1",
-            issuance_id=issuance_id(certificate_id, 1), public_key_sha256="0" * 64, revoked_at=None, revocation_reason=None,
-            last_error_code=None, last_event_id="e", last_event_type="t", last_event_at=NOW, created_at=NOW, updated_at=NOW))
+        issued.fold_issued(session, issued.Issued(
+            certificate_id=certificate_id, serial=serial, issuer="CN=CA", not_before=NOW - timedelta(days=1),
+            not_after=NOW + timedelta(days=89), profile="web", connector="emca", sans=["dns:www.example.com"],
+            request_id="req-1", issuance_id=issuance_id(certificate_id, 1), event_id="e", time=NOW))
 
 
 async def test_renew_and_revoke_through_http_claims(intake: Intake, engine: Engine) -> None:
@@ -197,7 +195,7 @@ async def test_renew_and_revoke_through_http_claims(intake: Intake, engine: Engi
     early = await intake.from_http(RenewRequested(request_id="rn-0", requester="ci-pipeline", certificate_id="cert-1",
                                                   csr=_csr()), claims)
     assert early.answer.error["code"] == ErrorCode.CERTIFICATE_NOT_FOUND.value  # type: ignore[index]
-    _inventory(engine, "cert-1", "1a2b")
+    _issued(engine, "cert-1", "1a2b")
     renewed = await intake.from_http(RenewRequested(request_id="rn-1", requester="ci-pipeline", certificate_id="cert-1",
                                                     csr=_csr()), claims)
     (topic, command), _ = _events(renewed)
@@ -254,7 +252,7 @@ def _ops(request: IssueRequested | RenewRequested | RevokeRequested) -> IssueReq
 async def test_a_rejection_names_only_a_certificate_the_caller_may_act_on(
         intake: Intake, engine: Engine, case: str, make, code: ErrorCode, named: str | None) -> None:  # type: ignore[no-untyped-def]
     assert (await intake.from_kafka("ev-1", _issue(), None)).answer.status == "accepted"  # cert-1 under web, ci-pipeline's
-    _inventory(engine, "cert-1", "1a2b")
+    _issued(engine, "cert-1", "1a2b")
     request = make()
     outcome = await intake.from_kafka(f"ev-{case}", request, None)
     assert outcome.answer.error["code"] == code.value, outcome.answer.error  # type: ignore[index]

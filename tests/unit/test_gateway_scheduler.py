@@ -24,9 +24,10 @@ from services.common.contracts.fields import KeyGeneration
 from services.common.contracts.identity import renewal_due_id
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
-from services.common.db_schema import Base, CertificateInventory, GatewayCertificate, GatewayNotice, GatewayProfile
+from services.common.db_schema import Base, GatewayCertificate, GatewayNotice, GatewayProfile
 from services.common.fakes import RecordingPublisher
 from services.common.settings import DatabaseSettings
+from services.gateway import issued
 from services.gateway.leases import get_lease
 from services.gateway.policy.profile import ProvisioningProfile, RenewalPolicy
 from services.gateway.scheduler import (
@@ -95,20 +96,18 @@ def put_certificate(
     lifetime: timedelta = timedelta(days=90),
     profile: str | None = "web",
     connector: str | None = "emca-a",
-    requester: str | None = "ci-pipeline",
     status: str = "active",
 ) -> None:
-    """Insert or replace the inventory row (a renewal replaces serial and validity)."""
+    """The certificate issued with ``serial`` at ``not_before`` (a renewal: the new serial replaces the
+    old one), then revoked when ``status`` says so, as the gateway's projection of events.issuer folds it."""
     with write_session(engine) as session:
-        session.merge(
-            CertificateInventory(
-                certificate_id=certificate_id, status=status, serial=serial, not_before=not_before,
-                not_after=not_before + lifetime, connector=connector, profile=profile, requester=requester,
-                request_id=f"req-{certificate_id}-{serial}", last_event_id=f"ev-{serial}",
-                last_event_type="io.certrail.certificate.issued.v1", last_event_at=not_before,
-                created_at=T0, updated_at=not_before,
-            )
-        )
+        issued.fold_issued(session, issued.Issued(
+            certificate_id=certificate_id, serial=serial, issuer="CN=CA", not_before=not_before,
+            not_after=not_before + lifetime, profile=profile, connector=connector, sans=[],
+            request_id=f"req-{certificate_id}-{serial}", issuance_id=None, event_id=f"ev-{serial}", time=not_before,
+        ))
+        if status == "revoked":
+            issued.fold_revoked(session, issued.Revoked(certificate_id, serial, connector, not_before, "keyCompromise"))
 
 
 def notices(engine: Engine) -> list[tuple[str, str, str, str]]:
@@ -217,8 +216,8 @@ def test_settings_are_validated() -> None:
 async def test_renewal_due_published_once_at_its_time(engine: Engine) -> None:
     add_profile(engine, "bots", "emca-a", key_generation="bot", bot_key_algorithm="EC-P256",
                 deployment_target="nginx-edge", renewal={"renew_before": "P30D"})
-    put_certificate(engine, "web/a", "0a1b", profile="bots", requester="inventory-requester")
-    with write_session(engine) as session:  # the gateway's own record wins over the inventory's
+    put_certificate(engine, "web/a", "0a1b", profile="bots")
+    with write_session(engine) as session:  # the gateway's record of the certificate (the requester is only there)
         session.add(GatewayCertificate(
             certificate_id="web/a", profile="bots", connector="emca-a", requester="deployer-bot",
             key_generation="bot", revision=1, sans='["a.example.com"]', created_at=T0, updated_at=T0,
@@ -278,7 +277,7 @@ async def test_renewed_certificate_gets_its_own_renewal_due(engine: Engine) -> N
     scheduler, publisher = make_scheduler(engine, clock)
     await scheduler.tick()
     renewed_at = T0 + timedelta(days=62)
-    put_certificate(engine, "web/a", "0c2d", not_before=renewed_at)  # the auditor saw the new serial
+    put_certificate(engine, "web/a", "0c2d", not_before=renewed_at)  # the gateway folded the new serial
 
     clock.now = renewed_at + timedelta(days=1)
     assert (await scheduler.tick()).renewals_due == 0  # the new serial is not due yet

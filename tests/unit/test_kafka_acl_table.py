@@ -36,6 +36,7 @@ def test_writes_follow_the_prefix_and_the_producers_table(prefix: str) -> None:
         (f"{p}.commands.", "PREFIXED"), (f"{p}.provisioning", "LITERAL"), (f"{p}.events.gateway", "LITERAL"),
         (f"{p}.deadletter", "LITERAL")}
     assert _rights(bindings, "auditor", Operation.READ) == {(f"{p}.", "PREFIXED")}
+    assert _rights(bindings, "gateway", Operation.READ) == {(f"{p}.requests", "LITERAL"), (f"{p}.events.issuer", "LITERAL")}
     assert _rights(bindings, "deployer", Operation.READ) == {
         (f"{p}.provisioning", "LITERAL"), (f"{p}.events.gateway", "LITERAL"), (f"{p}.events.issuer", "LITERAL")}
     assert not _rights(bindings, "requester", Operation.READ)

@@ -57,14 +57,6 @@ ALLOWED: dict[tuple[str, str], str] = {
         "(gateway_request_status)",
     ("services/gateway/console/routes.py", "imports services.auditor"):
         "issue 18: a certificate's timeline from the auditor's GET /internal/v1/timeline",
-    ("services/gateway/intake.py", "imports services.auditor"):
-        "issue 18: renew and revoke find the certificate (and a serial's owner) in the gateway's own projection of "
-        "issued and revoked certificates from events.issuer (no call to another service on the request path)",
-    ("services/gateway/intake.py", "table certificate_inventory"):
-        "issue 18: a serial's owner from the gateway's own projection of events.issuer",
-    ("services/gateway/scheduler.py", "table certificate_inventory"):
-        "issue 18: the gateway's own projection of issued and revoked certificates (not_after, profile, serial) "
-        "from events.issuer",
 }
 
 
