@@ -39,6 +39,7 @@ from services.common.contracts.identity import issuance_id, message_id, root_mes
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.topics import Topics
 from services.common.db import write_session
+from services.common.runtime.writer import SessionWriter, ThreadCalls
 from services.gateway import issued, store
 from services.gateway.policy import (
     PolicyViolation,
@@ -133,6 +134,10 @@ class Intake:
         self._keys = keys
         self._clock = clock
         self.deployer_identity = deployer_identity
+        # the Kafka door's work grouped across the requests in flight (services/common/runtime/writer.py):
+        # signature checks in one thread hop, the requests' transactions in one write transaction
+        self._kafka_calls: ThreadCalls | None = None
+        self._kafka_writes: SessionWriter | None = None
 
     # -- the doors -------------------------------------------------------------------------------------
 
@@ -156,14 +161,18 @@ class Intake:
                     data = load_json(raw_value)["data"]
                 except (DecodeError, KeyError, TypeError):
                     data = request
-            key = await asyncio.to_thread(verify_request_auth, data, self._keys)
+            if self._kafka_calls is None:
+                self._kafka_calls = ThreadCalls(name="gateway-request-auth")
+            key = await self._kafka_calls.run(verify_request_auth, data, self._keys)
             if key.requester != request.requester:
                 raise PolicyViolation(ErrorCode.REQUEST_SIGNATURE_INVALID,
                                       f"the request names requester {request.requester!r} but is signed by {key.requester!r}")
         except PolicyViolation as violation:
             return self._unauthenticated(event_id, request, kind, violation)
         caller = Caller(request.requester, deployer=request.requester == self.deployer_identity)
-        return await asyncio.to_thread(self._process, event_id, request, kind, caller)
+        if self._kafka_writes is None:
+            self._kafka_writes = SessionWriter(self._engine, name="gateway-intake")
+        return await self._kafka_writes.run(self._process_in, event_id, request, kind, caller)
 
     async def from_http(self, request: Request, claims: TokenClaims) -> Outcome:
         """A request from the HTTP API; the token already authenticated ``claims``."""
@@ -221,34 +230,39 @@ class Intake:
         return Outcome(answer, list(outbound))
 
     def _process(self, event_id: str, request: Request, kind: RequestKind, caller: Caller) -> Outcome:
+        with write_session(self._engine) as session:
+            return self._process_in(session, event_id, request, kind, caller)
+
+    def _process_in(self, session: Session, event_id: str, request: Request, kind: RequestKind, caller: Caller) -> Outcome:
+        """One request in the caller's write transaction: answered once per request id (a repeat is
+        replayed, a different request under the same id refused), then accepted or rejected and stored."""
         now = self._clock()
         content_hash = request_content_hash(request)
-        with write_session(self._engine) as session:
-            stored = store.get_request(session, request.request_id)
-            decision = decide_dedupe(
-                None if stored is None else StoredRequest(stored.request_id, stored.content_hash, stored),
-                request.request_id, content_hash)
-            if decision.outcome is DedupeOutcome.SAME:
-                assert stored is not None
-                return Outcome(Answer.from_dict(stored.answer, replayed=True), list(stored.outbound))
-            if decision.outcome is DedupeOutcome.CONFLICT:
-                assert decision.violation is not None
-                assert stored is not None
-                own = stored.requester == caller.identity  # someone else's request id: name nothing
-                answer, outbound = self._rejected(event_id, request, kind, decision.violation, now,
-                                                  self._named_certificate(session, request, kind, caller) if own else None)
-                return Outcome(answer, list(outbound))
-            try:
-                answer, outbound = self._accept(session, event_id, request, kind, caller, now)
-                status = "accepted"
-            except PolicyViolation as violation:
-                answer, outbound = self._rejected(event_id, request, kind, violation, now,
-                                                  self._named_certificate(session, request, kind, caller))
-                status = "rejected"
-            records = [{"topic": o.topic, "key": o.key, "value": o.value().decode("utf-8")} for o in outbound]
-            store.add_request(session, store.StoredAnswer(
-                request.request_id, content_hash, caller.identity, kind.value, answer.certificate_id, status,
-                answer.as_dict(), records, now))
+        stored = store.get_request(session, request.request_id)
+        decision = decide_dedupe(
+            None if stored is None else StoredRequest(stored.request_id, stored.content_hash, stored),
+            request.request_id, content_hash)
+        if decision.outcome is DedupeOutcome.SAME:
+            assert stored is not None
+            return Outcome(Answer.from_dict(stored.answer, replayed=True), list(stored.outbound))
+        if decision.outcome is DedupeOutcome.CONFLICT:
+            assert decision.violation is not None
+            assert stored is not None
+            own = stored.requester == caller.identity  # someone else's request id: name nothing
+            answer, outbound = self._rejected(event_id, request, kind, decision.violation, now,
+                                              self._named_certificate(session, request, kind, caller) if own else None)
+            return Outcome(answer, list(outbound))
+        try:
+            answer, outbound = self._accept(session, event_id, request, kind, caller, now)
+            status = "accepted"
+        except PolicyViolation as violation:
+            answer, outbound = self._rejected(event_id, request, kind, violation, now,
+                                              self._named_certificate(session, request, kind, caller))
+            status = "rejected"
+        records = [{"topic": o.topic, "key": o.key, "value": o.value().decode("utf-8")} for o in outbound]
+        store.add_request(session, store.StoredAnswer(
+            request.request_id, content_hash, caller.identity, kind.value, answer.certificate_id, status,
+            answer.as_dict(), records, now))
         return Outcome(answer, list(outbound))
 
     def _profile(self, session: Session, name: str | None) -> ProvisioningProfile:

@@ -203,3 +203,45 @@ def test_the_stored_record_holds_no_private_key(bench: Bench) -> None:  # noqa: 
     with bench.ctx.read() as session:
         (row,) = parking.waiting_for(session, certificate_id="web-1")
     assert "PRIVATE KEY" not in row.record and issued.data.certificate.strip().splitlines()[1] in row.record
+
+
+async def test_an_acceptance_written_between_the_read_and_the_park_is_not_missed(bench: Bench, clock: Clock) -> None:  # noqa: F811
+    """The acceptance's handler committed after the certificate's read found nothing, but before the
+    certificate was parked: the park's own transaction sees it, and the certificate is installed."""
+    issued = _unaccepted(bench)
+    original = projection.expectation
+    calls = {"n": 0}
+
+    def expectation_then_accept(session, certificate_id, connector):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        seen = original(session, certificate_id, connector)
+        if calls["n"] == 1:  # the read: now the gateway's acceptance lands, in a transaction of its own
+            with bench.ctx.write() as other:
+                projection.record_accepted(other, certificate_id="web-1", request_id="req-1", profile="web",
+                                           connector="sim", now=NOW)
+        return seen
+
+    projection.expectation = expectation_then_accept  # type: ignore[assignment]
+    try:
+        out = await on_certificate_issued(bench.ctx, issued)
+    finally:
+        projection.expectation = original  # type: ignore[assignment]
+    assert sorted(type(o.event.data).__name__ for o in out) == ["CertificateDeployed", "CertificateDeployed"]
+    assert _parked(bench.ctx) == [] and _metric(bench, "certrail_deployer_parked_total",
+                                                {"code": "CERTIFICATE_NOT_REQUESTED"}) == 0
+
+
+async def test_the_sweep_releases_a_parked_certificate_whose_acceptance_it_did_not_see(bench: Bench, clock: Clock) -> None:  # noqa: F811
+    """The acceptance was written while the certificate was being parked (on PostgreSQL two write
+    transactions do not wait for each other): the next sweep installs it, long before its deadline."""
+    issued = _unaccepted(bench)
+    assert await on_certificate_issued(bench.ctx, issued) == []
+    with bench.ctx.write() as session:  # the projection learns the acceptance without the handler's release
+        projection.record_accepted(session, certificate_id="web-1", request_id="req-1", profile="web", connector="sim",
+                                   now=NOW)
+    clock.now += timedelta(seconds=5)
+    published = Published()
+    assert await sweep_once(bench.ctx, published) == 0  # none was past its deadline
+    assert sorted(type(o.event.data).__name__ for o in published.out) == ["CertificateDeployed", "CertificateDeployed"]
+    assert _parked(bench.ctx) == [] and _metric(bench, "certrail_deployer_parked_certificates", {}) == 0
+    assert {t.installed.serial for t in bench.targets.values() if t.installed} == {issued.data.serial}

@@ -115,21 +115,31 @@ def _read(session: Session, ctx: DeployerContext, envelope: Envelope) -> _Read:
     return _Read(specs, replay, None, parked, plan, key.cause_id if key is not None else None)
 
 
-async def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> bool:
-    """Park the certificate (once per event id); False when its deadline has passed."""
+async def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> str:
+    """Park the certificate (once per event id): "parked", "expired" (its deadline has passed) or
+    "cured" (not parked: what it waited for was written between the read and this write)."""
     now = ctx.clock()
+    issued = envelope.data
+    assert isinstance(issued, CertificateIssued)
 
-    def park(session: Session) -> tuple[bool, datetime]:
-        first = not parking.is_parked(session, envelope.id)
-        return first, parking.park(session, envelope, refused.code.value, now, ctx.park_s)
-    first, deadline = await ctx.write_in(park)
+    def park(session: Session) -> tuple[str, bool, datetime | None]:
+        # checked again inside the write: an acceptance (or pin) committed after the read must not be
+        # missed, or the certificate would wait for an event that has already been applied
+        try:
+            check_issued(issued, projection.expectation(session, issued.certificate_id, issued.connector))
+        except Refused:
+            first = not parking.is_parked(session, envelope.id)
+            deadline = parking.park(session, envelope, refused.code.value, now, ctx.park_s)
+            return ("parked" if deadline > now else "expired"), first, deadline
+        parking.unpark(session, envelope.id)
+        return "cured", False, None
+    state, first, deadline = await ctx.write_in(park)
     if first:
+        assert deadline is not None
         ctx.metrics.parked.labels(refused.code.value).inc()
-        issued = envelope.data
-        assert isinstance(issued, CertificateIssued)
         log.info("parked %s serial %s (event %s) until %s: %s", issued.certificate_id, issued.serial, envelope.id,
                  deadline.isoformat(), refused.message)
-    return deadline > now
+    return state
 
 
 async def _unpark(ctx: DeployerContext, event_id: str) -> None:
@@ -221,8 +231,10 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
     return outbound
 
 
-async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope, *, final: bool = False) -> list[Outbound]:
-    """Deploy, or refuse, or park (``final``: refuse what would be parked; the sweep of parking.py)."""
+async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope, *, final: bool = False,
+                                cured: bool = False) -> list[Outbound]:
+    """Deploy, or refuse, or park (``final``: refuse what would be parked; the sweep of parking.py;
+    ``cured``: the second look after what it waited for was found while parking it)."""
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
     read = await ctx.read_in(_read, ctx, envelope)
@@ -231,8 +243,12 @@ async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope, *, fin
         return []
     if read.refused is not None:
         may_park = read.refused.curable and ctx.park_s > 0 and not final
-        if may_park and await _park(ctx, envelope, read.refused):
-            return []
+        if may_park:
+            parked = await _park(ctx, envelope, read.refused)
+            if parked == "parked":
+                return []
+            if parked == "cured" and not cured:
+                return await on_certificate_issued(ctx, envelope, final=final, cured=True)
         out = _refuse(ctx, envelope, read.specs, read.refused)
         if read.parked or may_park:
             await _unpark(ctx, envelope.id)

@@ -29,25 +29,31 @@ async def release(ctx: DeployerContext, parked: Sequence[parking.Parked]) -> lis
 
 
 async def sweep_once(ctx: DeployerContext, publish: Callable[[Sequence[Outbound]], Awaitable[None]]) -> int:
-    """Refuse the parked certificates whose deadline has passed and publish what that leads to
-    (DeploymentFailed per target, or a deployment when the cure arrived just in time); returns
-    how many were swept. Sets certrail_deployer_parked_certificates."""
+    """Check every parked certificate again and publish what that leads to: one whose cure has
+    arrived is installed (a release the acceptance's own handler could not see: the two were
+    written concurrently), one whose deadline has passed is refused for good (DeploymentFailed per
+    target), the rest keep waiting. Returns how many had passed their deadline. Sets
+    certrail_deployer_parked_certificates."""
+    now = ctx.clock()
 
-    def due() -> list[parking.Parked]:
+    def load() -> tuple[list[parking.Parked], list[parking.Parked]]:
         with ctx.read() as session:
-            return parking.due(session, ctx.clock())
-    swept = await asyncio.to_thread(due)
-    if swept:
-        out = await parking.retry_all(swept, lambda envelope, final: on_certificate_issued(ctx, envelope, final=final),
-                                      final=True, drop=lambda event_id: _drop(ctx, event_id))
-        if out:
-            await publish(out)
+            return parking.due(session, now), parking.waiting_for(session)
+    due, waiting = await asyncio.to_thread(load)
+    due_ids = {p.event_id for p in due}
+    retry = lambda envelope, final: on_certificate_issued(ctx, envelope, final=final)  # noqa: E731
+    out = await parking.retry_all(due, retry, final=True, drop=lambda event_id: _drop(ctx, event_id))
+    out += await parking.retry_all([p for p in waiting if p.event_id not in due_ids], retry, final=False,
+                                   drop=lambda event_id: _drop(ctx, event_id))
+    if out:
+        await publish(out)
 
     def count() -> int:
         with ctx.read() as session:
             return parking.count(session)
-    ctx.metrics.parked_now.set(await asyncio.to_thread(count))
-    return len(swept)
+    left = await asyncio.to_thread(count)
+    ctx.metrics.parked_now.set(left)
+    return len(due)
 
 
 async def sweep_forever(ctx: DeployerContext, publish: Callable[[Sequence[Outbound]], Awaitable[None]],
