@@ -1,6 +1,6 @@
 """The whole pipeline, end to end: certificates per second, latency, CPU per certificate of every process, peak RSS.
 
-    .venv/bin/python bench/pipeline.py --requests N [--concurrency C] [--quick]
+    .venv/bin/python bench/pipeline.py --requests N [--concurrency C] [--quick] [--db postgresql [--postgres-url URL]]
 
 One run, on one embedded stack (``certrail up --detach`` on free ports in a temporary var dir, through
 ``tests/e2e/support.EmbeddedStack``; its defaults: certificate verification on, acks=all, SQLite with the normal
@@ -37,6 +37,16 @@ durability, the demo connector ``emca-demo`` on the simulator's V4.2.4+ dialect,
    the certificate to a file (fsync, as the deployer does), insert one audit row into a SQLite table (WAL,
    ``synchronous=NORMAL``) and commit. No verification, no Kafka.
 
+``--db postgresql``: the stack runs on a fresh PostgreSQL database instead of its SQLite file: ``certrail_bench_<random>``,
+created on the server of ``--postgres-url`` (default ``$CERTRAIL_TEST_POSTGRES_URL``, else ``scripts/postgres.sh``'s; the
+role must be allowed to CREATE DATABASE) through its maintenance connection (the URL's own database, autocommit) and
+dropped (``WITH (FORCE)``) after ``certrail down`` unless ``--keep``. ``certrail up`` has no database option: the bench
+runs it with its ``DatabaseSettings`` replaced (``PgStack``), so the migrations, the services' ``CERTRAIL_DB_URL`` and the
+demo use the new database, and checks that they did (no ``var/certrail.db``, the database at the newest revision).
+The bench reads it through SQLAlchemy (``Db``, the same statements on both); when the server is local, its
+processes (the postmaster and every backend, whoever they serve) are one more row, ``postgresql``, of the CPU table
+(no RSS: shared memory). The naive loop stays on SQLite (the baseline: what a minimal script does).
+
 ``--profile-dir DIR --py-spy BINARY`` records each service (and the simulator) with py-spy during the burst
 (raw collapsed stacks, 50 Hz, ``--idle``: wall time, and ``--gil``: CPU); py-spy is no dependency, and a run with it
 is for finding where the time goes, not for its numbers.
@@ -65,7 +75,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,10 +89,15 @@ if str(ROOT) not in sys.path:  # run as a script: `bench` and `tests` are not in
     sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import TextClause, bindparam, create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from bench.emca_sim_issuance import CLOCK_TICKS, machine_busy_seconds
 from bench.issuer_throughput import measure_direct
 from services.cli.demo import CONNECTOR, stack_env
+from services.common import migrate
 from services.common.contracts.envelope import encode, make_event
 from services.common.contracts.events import (
     CertificateDeployed,
@@ -93,9 +110,11 @@ from services.common.contracts.events import (
 from services.common.contracts.requests import IssueRequested
 from services.common.contracts.signing import signed
 from services.common.contracts.topics import Topics
+from services.common.db import normalise_url, safe_url
 from services.common.emca.client import connect
 from services.common.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
 from services.common.kafka_config import producer_kwargs
+from services.common.settings import DatabaseSettings
 from tests.e2e.support import EmbeddedStack, cli
 from tests.emca_sim_helpers import sim_endpoint
 from tests.issuer_harness import make_csr
@@ -341,6 +360,82 @@ def roots_of(stack: EmbeddedStack) -> dict[str, int]:
     return roots
 
 
+# --- the database: the stack's SQLite file, or a fresh PostgreSQL database for the run ------------------------------
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://certrail:certrail@127.0.0.1:5432/certrail"  # scripts/postgres.sh
+#: `certrail up` takes no database option (services/cli/stack_cmd.py: always ``var/certrail.db``). This runs it with
+#: the one ``DatabaseSettings`` it makes replaced by the run's database: the migrations, the services' environment
+#: (``CERTRAIL_DB_URL``) and the demo all follow it. `PgStack.up` checks that they did.
+_UP_ON_URL = """
+import os
+from services.cli import stack_cmd
+from services.cli.main import app
+from services.common.settings import DatabaseSettings
+url = os.environ.pop("CERTRAIL_BENCH_DB_URL")
+stack_cmd.DatabaseSettings = lambda **_: DatabaseSettings(url=url)
+app(["up", "--detach"], prog_name="certrail")
+"""
+
+
+@contextmanager
+def postgres_database(server_url: str, keep: bool) -> Iterator[str]:
+    """A fresh database ``certrail_bench_<random>`` on the server, made and dropped through its maintenance connection
+    (the URL's database, autocommit); dropped at the end unless ``keep``. Yields its URL."""
+    server = normalise_url(server_url)
+    name = f"certrail_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 10})
+    try:
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        except OperationalError as exc:
+            raise RuntimeError(f"cannot create a database on {safe_url(server)} (is it running? `sudo bash scripts/postgres.sh`; "
+                               f"does the role have CREATEDB?): {exc.orig}") from exc
+        log(f"database {name} created on {safe_url(server)}")
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            if keep:
+                log(f"kept database {name}")
+            else:
+                with admin.connect() as connection:
+                    connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                log(f"database {name} dropped")
+    finally:
+        admin.dispose()
+
+
+@dataclass
+class PgStack(EmbeddedStack):
+    """The embedded stack on a PostgreSQL database instead of its SQLite file."""
+
+    db_url: str = ""
+
+    def tool_env(self, principal: str = "admin") -> dict[str, str]:
+        return {**super().tool_env(principal), "CERTRAIL_DB_URL": self.db_url}
+
+    def up(self) -> None:
+        result = subprocess.run([sys.executable, "-c", _UP_ON_URL], cwd=ROOT, env={**self.env, "CERTRAIL_BENCH_DB_URL": self.db_url},
+                                capture_output=True, text=True, timeout=300, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"certrail up on {safe_url(self.db_url)}: {result.stdout}{result.stderr}{self.logs()}")
+        self.up_output += result.stdout
+        settings = DatabaseSettings(url=self.db_url)
+        if (self.var_dir / "certrail.db").exists() or not migrate.check_at_head(settings):
+            raise RuntimeError(f"certrail up did not use {safe_url(self.db_url)} (services/cli/stack_cmd.py changed?)")
+
+
+def postmaster_pid(db: Db) -> int | None:
+    """The local server's postmaster (the parent of our backend), for its CPU; None when the server is not local."""
+    if db.engine.dialect.name != "postgresql" or db.engine.url.host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    (backend,) = db._rows(text("SELECT pg_backend_pid()"))[0]
+    fields = _stat(int(backend))
+    if fields is None or not process_name(int(fields[1])).startswith("postgres"):
+        return None
+    return int(fields[1])
+
+
 # --- requests -----------------------------------------------------------------------------------------------------
 
 
@@ -369,49 +464,69 @@ def record(request: Request) -> bytes:
 
 
 class Db:
-    """Cheap reads of the stack's SQLite file (its own connection; SELECTs only)."""
+    """Cheap reads of the stack's database (its own engine; SELECTs only), SQLite or PostgreSQL alike."""
 
-    def __init__(self, path: Path) -> None:
-        self.connection = sqlite3.connect(path, timeout=30)
+    def __init__(self, url: str | URL) -> None:
+        url = normalise_url(url)
+        if url.get_backend_name() == "sqlite":  # as the sqlite3 reader before: wait up to 30 s for a lock
+            self.engine = create_engine(url, connect_args={"timeout": 30})
+        else:
+            self.engine = create_engine(url, pool_size=1, pool_pre_ping=True)
 
     def close(self) -> None:
-        self.connection.close()
+        self.engine.dispose()
+
+    def _rows(self, statement: TextClause, **params: Any) -> list[tuple[Any, ...]]:
+        with self.engine.connect() as connection:  # one statement, no transaction left open between polls
+            return [tuple(row) for row in connection.execute(statement, params)]
+
+    def version(self) -> str:
+        if self.engine.dialect.name == "sqlite":
+            return sqlite3.sqlite_version  # the services' own sqlite3 (same interpreter)
+        return str(self._rows(text("SHOW server_version"))[0][0])
 
     def deployed(self, tag: str) -> int:
-        (count,) = self.connection.execute(
-            "SELECT COUNT(*) FROM certificate_deployments WHERE target_name = ? AND status = 'deployed' "
-            "AND certificate_id LIKE ?", (TARGET, f"{tag}-%")).fetchone()
+        (count,) = self._rows(_DEPLOYED, target=TARGET, pattern=f"{tag}-%")[0]
         return int(count)
 
     def failures(self, tag: str) -> list[tuple[str, str]]:
-        rows = self.connection.execute(
-            f"SELECT event_type, substr(CAST(value AS TEXT), 1, 600) FROM audit_records WHERE correlation_id LIKE ? "
-            f"AND event_type IN ({', '.join('?' * len(FAILURE_TYPES))})", (f"bench-{tag}-%", *FAILURE_TYPES)).fetchall()
-        return [(str(a), str(b)) for a, b in rows]
+        rows = self._rows(_FAILURES, pattern=f"bench-{tag}-%", types=list(FAILURE_TYPES))
+        return [(str(event_type), bytes(value or b"")[:600].decode(errors="replace")) for event_type, value in rows]
 
     def stage_times(self, tag: str) -> dict[str, dict[str, float]]:
         """certificate id -> {event type: first event time (epoch s)} for the stages of the pipeline."""
-        rows = self.connection.execute(
-            f"SELECT certificate_id, event_type, event_time FROM audit_records WHERE certificate_id LIKE ? "
-            f"AND event_type IN ({', '.join('?' * len(STAGES))}) ORDER BY id", (f"{tag}-%", *STAGES.values())).fetchall()
         out: dict[str, dict[str, float]] = {}
-        for certificate_id, event_type, event_time in rows:
+        for certificate_id, event_type, event_time in self._rows(_STAGE_TIMES, pattern=f"{tag}-%",
+                                                                 types=list(STAGES.values())):
             out.setdefault(certificate_id, {}).setdefault(event_type, _epoch(event_time))
         return out
 
     def deployed_times(self, tag: str) -> dict[str, tuple[float, float]]:
         """certificate id -> (CertificateDeployed event time, its audit row's stored_at), epoch seconds; first of each."""
-        rows = self.connection.execute(
-            "SELECT certificate_id, event_time, stored_at FROM audit_records WHERE event_type = ? AND certificate_id LIKE ? "
-            "ORDER BY id", (CertificateDeployed.TYPE, f"{tag}-%")).fetchall()
         out: dict[str, tuple[float, float]] = {}
-        for certificate_id, event_time, stored_at in rows:
+        for certificate_id, event_time, stored_at in self._rows(_DEPLOYED_TIMES, type=CertificateDeployed.TYPE,
+                                                                pattern=f"{tag}-%"):
             out.setdefault(certificate_id, (_epoch(event_time), _epoch(stored_at)))
         return out
 
 
-def _epoch(value: str) -> float:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+_DEPLOYED = text("SELECT COUNT(*) FROM certificate_deployments WHERE target_name = :target AND status = 'deployed' "
+                 "AND certificate_id LIKE :pattern")
+_FAILURES = text("SELECT event_type, value FROM audit_records WHERE correlation_id LIKE :pattern "
+                 "AND event_type IN :types").bindparams(bindparam("types", expanding=True))
+_STAGE_TIMES = text("SELECT certificate_id, event_type, event_time FROM audit_records WHERE certificate_id LIKE :pattern "
+                    "AND event_type IN :types ORDER BY id").bindparams(bindparam("types", expanding=True))
+_DEPLOYED_TIMES = text("SELECT certificate_id, event_time, stored_at FROM audit_records WHERE event_type = :type "
+                       "AND certificate_id LIKE :pattern ORDER BY id")
+
+
+def _epoch(value: str | datetime) -> float:
+    """SQLite's driver gives the stored text (naive UTC), psycopg an aware datetime (timestamptz)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
 
 
 async def wait_deployed(db: Db, tag: str, count: int, timeout_s: float, started: float) -> None:
@@ -623,15 +738,25 @@ def machine() -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(), "cpu": model,
-            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "command": shlex.join([".venv/bin/python", "bench/pipeline.py", *sys.argv[1:]])}
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,  # the naive loop's (and the stack's)
+            "command": shlex.join([".venv/bin/python", "bench/pipeline.py", *_shown(sys.argv[1:])])}
+
+
+def _shown(argv: Sequence[str]) -> list[str]:
+    """The arguments with the password of ``--postgres-url`` hidden."""
+    return [safe_url(value) if previous == "--postgres-url" else
+            "--postgres-url=" + safe_url(value.split("=", 1)[1]) if value.startswith("--postgres-url=") else value
+            for previous, value in zip(["", *argv], argv, strict=False)]
 
 
 def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phase], direct: Simple, naive: Simple,
            rss: dict[str, list[tuple[str, int, float]]], idle: dict[str, float]) -> str:
     burst = phases[0]
+    roles = (*ROLES, *(["postgresql"] if "postgresql" in burst.cpu_s else []))
+    database = (f"SQLite {info['sqlite']}" if info["database"] == "sqlite" else
+                f"PostgreSQL {info['database_version']} (naive loop: SQLite {info['sqlite']})")
     lines = [f"Pipeline (end to end), {info['date']}, {info['nproc']} x {info['cpu']}, Python {info['python']}, "
-             f"SQLite {info['sqlite']}", f"`{info['command']}`: N={args.requests}, concurrency {args.concurrency}", ""]
+             f"database {database}", f"`{info['command']}`: N={args.requests}, concurrency {args.concurrency}", ""]
     lines += ["| measurement | requests | certs/s | latency p50 / p95 / p99 s (deployed) | p99 s (audited) |",
               "|---|---|---|---|---|"]
     for phase in phases:
@@ -650,7 +775,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phas
     lines += ["", "CPU ms per certificate (and cores used) over each span:", "",
               "| process | " + " | ".join(p.name for p in phases) + f" | {direct.name} | {naive.name} | idle (cores) | peak RSS MiB |",
               "|---|" + "---|" * (len(phases) + 4)]
-    for role in (*ROLES, "other"):
+    for role in (*roles, "other"):
         cells = [f"{p.ms_per_cert(role):.2f} ({p.cpu_s.get(role, 0.0) / p.wall_s:.2f})" for p in phases]
         for other in (direct, naive):
             value = other.cpu_s.get(role)
@@ -659,9 +784,9 @@ def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phas
         memory = " + ".join(f"{mib:,.0f}" + ("" if index == 0 else f" ({name})")
                             for index, (name, _pid, mib) in enumerate(rss.get(role, []))) or "–"
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {idle.get(role, 0.0):.2f} | {memory} |")
-    total = sum(burst.ms_per_cert(role) for role in ROLES)
+    total = sum(burst.ms_per_cert(role) for role in roles)
     lines += ["", f"{burst.name}: all our processes {total:.2f} CPU ms per certificate; "
-              f"largest: {max(SERVICES + ('kafka',), key=burst.ms_per_cert)}",
+              f"largest: {max((*SERVICES, 'kafka', *roles[len(ROLES):]), key=burst.ms_per_cert)}",
               "goal: 2,000 certs/s end to end; p99 < 1 s at half the peak rate; each service < 200 MB RSS"]
     return "\n".join(lines)
 
@@ -672,7 +797,12 @@ def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phas
 async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     info = machine()
     hmac_key, connector = set_up(stack, args.concurrency)
+    db = Db(stack.db_url if isinstance(stack, PgStack) else f"sqlite:///{stack.var_dir / 'certrail.db'}")
+    info |= {"database": db.engine.dialect.name, "database_version": db.version()}
     roots = roots_of(stack)
+    postmaster = postmaster_pid(db)
+    if postmaster is not None:  # the server's CPU (all its backends: the machine should be idle but for this run)
+        roots["postgresql"] = postmaster
     log(f"processes: {roots}")
     log(f"making {args.warm + args.requests:,} signed requests and {args.requests + args.naive_requests + 1:,} "
         "more CSRs (not timed)")
@@ -681,7 +811,6 @@ async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> 
     direct_csrs = [make_csr(f"direct-{i}.bench.example.test") for i in range(args.requests)]
     direct_warm = [make_csr(f"direct-warm-{i}.bench.example.test") for i in range(2 * args.concurrency)]
     naive_csrs = [make_csr(f"naive-{i}.bench.example.test") for i in range(args.naive_requests + 1)]
-    db = Db(stack.var_dir / "certrail.db")
     producer = await producer_for(stack)
     sampler = Sampler(roots)
     sampler.start()
@@ -709,7 +838,7 @@ async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> 
         sampler.stop()
         await producer.stop()
         db.close()
-    rss = peak_rss(roots)
+    rss = peak_rss({role: pid for role, pid in roots.items() if role != "postgresql"})  # shared memory: no RSS of its own
     log("direct: the simulator over HTTPS through the real client")
     view = sim_view(stack, connector)
     measured = await measure_direct(None, view, EmcaVersion("V4.2.4+"), direct_csrs, direct_warm, args.concurrency,
@@ -720,10 +849,31 @@ async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> 
     naive = await measure_naive(view, naive_csrs, tmp / "naive", roots)
     log(f"naive: {naive.rate:,.1f} certs/s")
     print(report(info, args, phases, direct, naive, rss, idle))
-    return {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "idle_cores": idle,
+    shown = {k: safe_url(v) if k == "postgres_url" else str(v) for k, v in vars(args).items()}
+    return {"machine": info, "args": shown, "idle_cores": idle,
             "phases": [p.summary() for p in phases], "direct": direct.summary(), "naive": naive.summary(),
             "paced_timeline": {"columns": ["published_s", *(f"{k}_s" for k in STAGES), "audited_s"], "rows": timeline},
             "peak_rss_mib": {role: [[n, p, round(m, 1)] for n, p, m in rows] for role, rows in rss.items()}}
+
+
+def run(args: argparse.Namespace, make_stack: Callable[[Path], EmbeddedStack]) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="certrail-pipeline-"))
+    stack = make_stack(tmp / "var")
+    log(f"certrail up --detach in {stack.var_dir}")
+    results: dict[str, Any] | None = None
+    try:
+        stack.up()
+        results = asyncio.run(measure(stack, args, tmp))
+    finally:
+        log("certrail down")
+        try:
+            stack.down()
+        finally:
+            if args.keep or results is None:
+                log(f"kept {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -741,29 +891,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10 warm-up requests, 10 s paced")
     parser.add_argument("--profile-dir", type=Path, help="py-spy the services during the burst, collapsed stacks here")
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary (with --profile-dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary var dir (logs, database)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the stack's database: its SQLite file (default), or a fresh PostgreSQL database for the run")
+    parser.add_argument("--postgres-url", default=os.environ.get("CERTRAIL_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL,
+                        help="with --db postgresql: the server, as a URL whose role may CREATE DATABASE "
+                             "(default: $CERTRAIL_TEST_POSTGRES_URL, else scripts/postgres.sh's)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary var dir (logs, database) and the PostgreSQL database")
     parser.add_argument("--json", type=Path, help="write every number here too")
     args = parser.parse_args(argv)
     if args.naive_requests is None:
         args.naive_requests = args.requests
     if args.quick:
         args.warm, args.paced_seconds, args.idle_seconds = min(args.warm, 10), min(args.paced_seconds, 10.0), 3.0
-    tmp = Path(tempfile.mkdtemp(prefix="certrail-pipeline-"))
-    stack = EmbeddedStack(tmp / "var")
-    log(f"certrail up --detach in {stack.var_dir}")
-    results: dict[str, Any] | None = None
-    try:
-        stack.up()
-        results = asyncio.run(measure(stack, args, tmp))
-    finally:
-        log("certrail down")
-        try:
-            stack.down()
-        finally:
-            if args.keep or results is None:
-                log(f"kept {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+    if args.db == "postgresql":
+        with postgres_database(args.postgres_url, args.keep) as url:  # dropped after `certrail down`
+            results = run(args, lambda var_dir: PgStack(var_dir, db_url=url))
+    else:
+        results = run(args, EmbeddedStack)
     line = json.dumps(results)
     print(line)
     if args.json:
