@@ -17,6 +17,7 @@ replaces), revoke (a serial's owner; a serial belongs to the certificate) and th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -172,16 +173,20 @@ def _rows(session: Session, certificate_id: str) -> dict[str, dict[str, Any]]:
 
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
     """INSERT ... ON CONFLICT (certificate_id, serial) DO UPDATE every column."""
-    dialect = session.get_bind().dialect.name
+    session.execute(_upsert_statement(session.get_bind().dialect.name), rows)
+
+
+@functools.cache
+def _upsert_statement(dialect: str) -> Any:
+    """Built once per dialect: building it (its ``excluded`` columns) cost a third of the fold's CPU."""
     if dialect == "postgresql":
         statement: Any = postgresql.insert(_TABLE)
     elif dialect == "sqlite":
         statement = sqlite.insert(_TABLE)
     else:
         raise NotImplementedError(f"issued-certificate projection: unsupported database {dialect!r}")
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=_KEY, set_={name: statement.excluded[name] for name in _COLUMNS if name not in _KEY})
-    session.execute(statement, rows)
 
 
 # -- what renew, revoke and the scheduler read ------------------------------------------------------
