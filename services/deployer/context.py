@@ -67,6 +67,11 @@ class DeployerContext:
     #: how long a certificate refused for a curable reason waits for the gateway event that would cure it
     #: (parking.py); 0 refuses at once. The service sets it from CERTRAIL_DEPLOYER_PARK_SECONDS.
     park_s: float = 0.0
+    #: whether this process may have parked certificates (set when it parks one, reset by the sweep when
+    #: none is left): an acceptance looks for parked certificates only then. One parked by another
+    #: instance is released by that instance's or this one's sweep (parking.py)
+    maybe_parked: bool = True
+    park_attempts: int = 0  # counts parkings begun, so that the sweep never resets the flag over a new one
     clock: Callable[[], datetime] = _now
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     build_target: Callable[..., DeploymentTarget] = build_target

@@ -245,3 +245,14 @@ async def test_the_sweep_releases_a_parked_certificate_whose_acceptance_it_did_n
     assert sorted(type(o.event.data).__name__ for o in published.out) == ["CertificateDeployed", "CertificateDeployed"]
     assert _parked(bench.ctx) == [] and _metric(bench, "certrail_deployer_parked_certificates", {}) == 0
     assert {t.installed.serial for t in bench.targets.values() if t.installed} == {issued.data.serial}
+
+
+async def test_an_acceptance_looks_for_parked_certificates_only_while_some_may_be_parked(bench: Bench, clock: Clock) -> None:  # noqa: F811
+    published = Published()
+    await sweep_once(bench.ctx, published)  # nothing parked: acceptances skip the lookup
+    assert bench.ctx.maybe_parked is False
+    issued = _unaccepted(bench)
+    assert await on_certificate_issued(bench.ctx, issued) == []
+    assert bench.ctx.maybe_parked is True  # parking sets it again, and the acceptance releases it
+    out = await on_request_accepted(bench.ctx, _accepted())
+    assert sorted(type(o.event.data).__name__ for o in out) == ["CertificateDeployed", "CertificateDeployed"]

@@ -122,6 +122,9 @@ async def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> s
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
 
+    ctx.maybe_parked = True  # before the write: an acceptance handled meanwhile looks for it
+    ctx.park_attempts += 1
+
     def park(session: Session) -> tuple[str, bool, datetime | None]:
         # checked again inside the write: an acceptance (or pin) committed after the read must not be
         # missed, or the certificate would wait for an event that has already been applied

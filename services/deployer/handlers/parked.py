@@ -51,8 +51,11 @@ async def sweep_once(ctx: DeployerContext, publish: Callable[[Sequence[Outbound]
     def count() -> int:
         with ctx.read() as session:
             return parking.count(session)
+    started = ctx.park_attempts
     left = await asyncio.to_thread(count)
     ctx.metrics.parked_now.set(left)
+    if left == 0 and ctx.park_attempts == started:
+        ctx.maybe_parked = False  # until this process parks another
     return len(due)
 
 

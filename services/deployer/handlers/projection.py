@@ -44,7 +44,9 @@ async def on_request_accepted(ctx: DeployerContext, envelope: Envelope) -> list[
         projection.record_accepted(session, certificate_id=accepted.certificate_id, request_id=accepted.request_id,
                                    profile=accepted.profile, connector=accepted.connector,
                                    public_key_sha256=accepted.public_key_sha256, now=ctx.clock())
-        return parking.waiting_for(session, certificate_id=accepted.certificate_id) if ctx.park_s > 0 else []
+        if ctx.park_s <= 0 or not ctx.maybe_parked:
+            return []
+        return parking.waiting_for(session, certificate_id=accepted.certificate_id)
     return await _release(ctx, await ctx.write_in(save))
 
 
