@@ -28,10 +28,10 @@ from sqlalchemy import delete
 from services.common.db import make_engine
 from services.common.db_schema import IssuerOperation
 from services.common.migrate import upgrade
+from services.common.runtime.writer import StateWriter
 from services.common.settings import DatabaseSettings
 from services.issuer import state
 from services.issuer.state import NewOperation, OpState, StoredRecord
-from services.common.runtime.writer import StateWriter
 
 
 def _cpu() -> float:

@@ -67,13 +67,13 @@ from services.common.emca.types import (
     first_line,
 )
 from services.common.runtime.keyed_loop import Work
+from services.common.runtime.writer import StateWriter, ThreadCalls
 from services.issuer import state
 from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownConnector
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.state import NewOperation, Operation, OpState, StoredRecord
 from services.issuer.verify import CertificateMismatch, verify_issued
-from services.common.runtime.writer import StateWriter, ThreadCalls
 
 log = logging.getLogger(__name__)
 

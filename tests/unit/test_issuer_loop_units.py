@@ -13,12 +13,12 @@ from services.common.db import make_engine
 from services.common.emca.types import TransientError
 from services.common.migrate import upgrade
 from services.common.runtime.keyed_loop import Revoked, Work
+from services.common.runtime.writer import StateWriter, ThreadCalls
 from services.common.settings import DatabaseSettings
 from services.issuer import state
 from services.issuer.consumer_loop import _InFlight, _Partition
 from services.issuer.processor import CrashPoints
 from services.issuer.state import NewOperation, OpState, StoredRecord
-from services.common.runtime.writer import StateWriter, ThreadCalls
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
