@@ -88,6 +88,12 @@ def assert_accessible(page: Any) -> None:
     assert page.locator("main#main").count() == 1 and page.locator("h1").count() >= 1
 
 
+def visible(locator: Any, timeout_s: float = 30.0) -> None:
+    """Waits until ``locator`` is visible: after a click that submits a form the next page may still be
+    loading (``is_visible`` does not wait; under load the test read the old page)."""
+    locator.wait_for(state="visible", timeout=timeout_s * 1000)
+
+
 def wait_for(page: Any, url: str, predicate: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
     """Reloads ``url`` until ``predicate()`` holds on it; on failure shows the page's text."""
     def shown() -> bool:
@@ -165,7 +171,7 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
 
             # -- Integrations -> CA Connectors: empty, then Create emCA Connector -------------------------------
             page.get_by_role("link", name="CA Connectors").click()
-            assert page.get_by_text("No CA connector yet").is_visible()
+            visible(page.get_by_text("No CA connector yet"))
             shot(page, "connectors-empty")
             page.get_by_role("link", name="+ Create emCA connector").click()
             page.get_by_label("emCA version").select_option("V4.2.3")
@@ -206,12 +212,12 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             row = page.get_by_role("row", name=re.compile("emca-sim"))
             assert "Active" in row.inner_text() and "V4.2.3" in row.inner_text() and ISSUING_CA in row.inner_text()
             row.get_by_role("button", name="Test emca-sim").click()
-            assert page.get_by_text(re.compile("Test of emca-sim passed")).is_visible()
+            visible(page.get_by_text(re.compile("Test of emca-sim passed")))
             shot(page, "connectors-list")
 
             # -- Certificates -> Provisioning -> Configure Bot, choosing the connector as Certificate Authority -------
             page.get_by_role("link", name="Provisioning").click()
-            assert page.get_by_text("No provisioning bot yet").is_visible()
+            visible(page.get_by_text("No provisioning bot yet"))
             page.get_by_role("link", name="Configure bot").click()
             ca = page.get_by_label("Certificate Authority")
             options = ca.locator("option").all_inner_texts()
@@ -239,7 +245,7 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             page.get_by_role("link", name="CA Connectors").click()
             page.get_by_role("link", name="Delete emca-sim").click()
             page.get_by_role("button", name="Delete emca-sim").click()
-            assert page.get_by_text(re.compile("Delete emca-sim refused: CONNECTOR_IN_USE")).is_visible()
+            visible(page.get_by_text(re.compile("Delete emca-sim refused: CONNECTOR_IN_USE")))
             shot(page, "connector-delete-refused")
             sign_out(page)
 
@@ -270,7 +276,7 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             assert days >= 0
             page.get_by_label("Status").select_option("revoked")
             page.get_by_role("button", name="Filter").click()
-            assert page.get_by_text("No certificate matches these filters").is_visible()
+            visible(page.get_by_text("No certificate matches these filters"))
             page.get_by_label("Status").select_option("active")
             page.get_by_label("Expiring within (days)").fill(str(days + 1))
             page.get_by_label("Expiring within (days)").press("Enter")
@@ -281,7 +287,7 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             page.get_by_label("Reason (RFC 5280)").select_option("keyCompromise")
             assert_accessible(page)
             page.get_by_role("button", name="Revoke www-example-com").click()
-            assert page.get_by_text(re.compile(r"Revocation console-\S+ \(keyCompromise\) accepted")).is_visible()
+            visible(page.get_by_text(re.compile(r"Revocation console-\S+ \(keyCompromise\) accepted")))
             wait_for(page, cert_url, lambda: page.locator("#certificate-status").inner_text() == "revoked", "revoked")
             assert "certificate revoked" in page.locator("ol.timeline").inner_text()
             shot(page, "certificate-revoked")

@@ -66,7 +66,7 @@ WRITES = {
     "requester": {R},
 }
 READS = {
-    "gateway": {R},
+    "gateway": {R, EI},  # requests, and the issuer's events for its projection of issued certificates
     "issuer": {COMMANDS},
     "deployer": {P, EG, EI},
     "auditor": set(ALL_TOPICS),
