@@ -192,6 +192,7 @@ class SessionReads(ThreadGroups):
                     results.append((True, step.call(session)))
                 except Exception as exc:  # noqa: BLE001 - handed to the step's caller, who handles or raises it
                     results.append((False, exc))
+                    session.rollback()  # a failed step must not leave the next ones a failed transaction
         return results
 
 
