@@ -29,7 +29,6 @@ from sqlalchemy import Engine
 
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
-from services.auditor.inventory_read import INVENTORY_STATUSES, inventory_status_counts
 from services.auditor.keys import load_or_create_signing_key
 from services.auditor.metrics import AuditMetrics
 from services.auditor.settings import AuditorSettings
@@ -37,6 +36,7 @@ from services.auditor.sql import tune_for_ingest
 from services.auditor.verify_runs import latest_run
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session
+from services.common.inventory_read import INVENTORY_STATUSES, inventory_status_counts
 from services.common.kafka_edge import FastStreamPublisher, make_broker
 from services.common.metrics import PublisherMetrics, service_info
 from services.common.proc import exit_with_parent

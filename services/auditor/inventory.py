@@ -56,27 +56,13 @@ from services.common.contracts.events import (
 )
 from services.common.contracts.fields import ErrorInfo, RequestKind
 from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial, UTCDateTime
-
-
-class CertificateStatus(StrEnum):
-    PENDING = "pending"
-    ACTIVE = "active"
-    REVOKED = "revoked"
-    EXPIRED = "expired"  # derived when read
-    FAILED = "failed"
+from services.common.inventory_read import CertificateStatus
 
 
 class SerialStatus(StrEnum):
     ACTIVE = "active"
     SUPERSEDED = "superseded"
     REVOKED = "revoked"
-
-
-def effective_status(status: str, not_after: datetime | None, now: datetime) -> str:
-    """The status to show: an active certificate whose not_after has passed is expired."""
-    if status == CertificateStatus.ACTIVE and not_after is not None and not_after <= now:
-        return CertificateStatus.EXPIRED.value
-    return status
 
 
 _INVENTORY_COLUMNS = [c.name for c in CertificateInventory.__table__.columns]

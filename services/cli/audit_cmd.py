@@ -35,12 +35,12 @@ from services.auditor.export import exported_rows, write_csv, write_jsonl
 from services.auditor.keys import SigningKeyError, key_id, load_public_key_file, local_key_id
 from services.auditor.replay import ReplayError, diff_stores, parse_bound, replay
 from services.auditor.settings import AuditorSettings
-from services.auditor.trail import trail as build_trail
 from services.auditor.verify import VerifyReport
 from services.auditor.verify import verify as run_verify
 from services.auditor.verify_problems import Problem, ProblemKind
 from services.auditor.verify_runs import VerifyRun, record_run
 from services.common import migrate
+from services.common.audit_trail import trail as build_trail
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, normalise_url, read_session, safe_url, write_session
 from services.common.settings import DatabaseSettings

@@ -187,7 +187,7 @@ def _demo(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir
     console.print(f"[green]✓[/] demo certificate {result.certificate_id} serial {result.serial} deployed to {result.deployed_dir}")
     for path in result.files:
         console.print(f"    {path}")
-    from services.auditor.trail import trail as build_trail
+    from services.common.audit_trail import trail as build_trail
     from services.common.db import read_session
 
     engine = make_engine(db_settings)

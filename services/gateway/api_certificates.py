@@ -24,8 +24,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, V
 from sqlalchemy import select
 from starlette.responses import JSONResponse
 
-from services.auditor import inventory_read as inventory
-from services.auditor.trail import request_trail
+from services.common import inventory_read as inventory
+from services.common.audit_trail import request_trail
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import (
     CertificateIssued,

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.auditor import inventory_read as inventory
+from services.common import inventory_read as inventory
 from services.common.consumer import Outbound
 from services.common.contracts.events import RequestRejected
 from services.common.db import read_session

@@ -7,7 +7,7 @@ import pytest
 
 from services.auditor.chain import content_hash
 from services.auditor.records import INVALID_TYPE, RawRecord, content_of, envelope_attributes, prepare_batch, prepare_guarded
-from services.auditor.trail import _summary
+from services.common.audit_trail import _summary
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import encode, make_event
 from services.common.contracts.errors import ErrorCode

@@ -12,7 +12,6 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.auditor.chain import content_hash, row_hash
-from services.auditor.inventory import effective_status
 from services.auditor.records import AuditEntry, EnvelopeAttributes, content_of
 from services.auditor.replay import Bound, ReplayError, parse_bound
 from services.auditor.sql import (
@@ -27,6 +26,7 @@ from services.auditor.store import INSERT_COLUMNS, _row
 from services.auditor.verify import offsets_without_rows
 from services.common.db import make_engine, write_session
 from services.common.db_schema import AuditRecord
+from services.common.inventory_read import effective_status
 from services.common.settings import DatabaseSettings
 
 

@@ -452,10 +452,10 @@ def console_router(runtime: Any, api_app: Any, *, clock: Callable[[], datetime] 
 
     async def timeline(session: Session, certificate_id: str, detail: dict[str, Any]) -> list[dict[str, Any]]:
         """Admins and auditors (who may read the audit log) see every record naming the certificate
-        (services/auditor/trail.py); requesters the timelines of their own requests, through /v1."""
+        (services/common/audit_trail.py); requesters the timelines of their own requests, through /v1."""
         claims = TokenClaims(session.token_id, session.identity, Role(session.role), session.profiles)
         if authorise(claims, Action.AUDIT_READ).allowed:
-            from services.auditor.trail import trail
+            from services.common.audit_trail import trail
 
             def load() -> list[dict[str, Any]]:
                 with read_session(engine) as db:

@@ -1,4 +1,5 @@
-"""Reading the certificate inventory (inventory.py builds it): one certificate's view, the
+"""Reading the certificate inventory (services/auditor/inventory.py builds it; the gateway's API and
+console and the auditor's CLI read it: a shared read model until the auditor serves it by API, decision 0017): one certificate's view, the
 certificates that had a serial, lists for the API and renewal planning, and the status counts
 behind certrail_audit_inventory_certificates."""
 
@@ -7,12 +8,27 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.auditor.inventory import CertificateStatus, effective_status
 from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial
+
+
+class CertificateStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"  # derived when read
+    FAILED = "failed"
+
+
+def effective_status(status: str, not_after: datetime | None, now: datetime) -> str:
+    """The status to show: an active certificate whose not_after has passed is expired."""
+    if status == CertificateStatus.ACTIVE and not_after is not None and not_after <= now:
+        return CertificateStatus.EXPIRED.value
+    return status
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from services.auditor.inventory_read import certificates_with_serial
 from services.common.contracts.envelope import DecodeError, load_json
 from services.common.contracts.identity import normalise_serial
 from services.common.db_schema import AuditRecord
+from services.common.inventory_read import certificates_with_serial
 
 _SERIAL_LIKE = re.compile(r"^(0x)?[0-9a-fA-F:]{1,80}$")
 _SUMMARY_FIELDS = ("kind", "serial", "status", "reason", "connector", "profile", "requester", "replaces_serial")
