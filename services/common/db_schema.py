@@ -580,6 +580,24 @@ class GatewayIssuedSerial(Base):
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
 
 
+class GatewayRequestStatus(Base):
+    """The gateway's own projection of the issuer's outcome of each request it accepted
+    (services/gateway/request_status.py; decision 0017): one row per request id, folded from
+    IssuancePending, CertificateIssued, IssuanceFailed, CertificateRevoked and RevocationFailed on
+    ``certrail.events.issuer``. ``state`` is pending_approval, issued, failed or revoked; ``result``
+    the JSON object ``GET /v1/requests/{id}`` answers; the event it came from by id, type and time.
+    Migration 0012 filled it once from the audit log."""
+
+    __tablename__ = "gateway_request_status"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(24))
+    result: Mapped[str] = mapped_column(Text)  # JSON object
+    event_type: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[str] = mapped_column(String(128))
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 # -- the deployer's tables (services/deployer; docs/deployer.md) -------------------------------------
 # Written only by services/deployer and `certrail targets`. Secrets (target secrets, bot-held
 # private keys) are Fernet tokens under the deployer's own key (CERTRAIL_DEPLOYER_KEYS).

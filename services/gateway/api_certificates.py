@@ -5,7 +5,9 @@ Requests go through the same path as ``certrail.requests`` (services/gateway/int
 token's identity is the requester; the request id from the body is the dedupe key (the same
 body again gets the same answer; a different body under the same id DUPLICATE_REQUEST_CONFLICT).
 An accepted request answers 202 with its status URL; a rejected one a problem with the
-rejection's code (and it is recorded: its status URL shows it).
+rejection's code (and it is recorded: its status URL shows it). A request's state and result
+come from the gateway's own projection of the issuer's outcome events (request_status.py), never
+from the auditor's tables.
 """
 
 from __future__ import annotations
@@ -21,24 +23,15 @@ from typing import Annotated, Any
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from sqlalchemy import select
 from starlette.responses import JSONResponse
 
 from services.common import inventory_read as inventory
 from services.common.audit_trail import request_trail
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.events import (
-    CertificateIssued,
-    CertificateRevoked,
-    IssuanceFailed,
-    IssuancePending,
-    RevocationFailed,
-)
 from services.common.contracts.fields import CsrPem, RevocationReason, SanList
 from services.common.contracts.identity import CertificateId, ProfileName, RequestId, Serial
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.db import read_session
-from services.common.db_schema import AuditRecord
 from services.gateway import store
 from services.gateway.api_common import (
     Problem,
@@ -53,13 +46,12 @@ from services.gateway.api_common import (
 from services.gateway.intake import Answer
 from services.gateway.policy.tokens import ROLES, Action, Role, TokenClaims, may_read_profile, readable_profiles
 from services.gateway.policy.violation import shown
+from services.gateway.request_status import status_of
 
 log = logging.getLogger(__name__)
 
 PRIVATE_KEY_MARKER = "PRIVATE KEY-----"
 _CERTIFICATE_ID: TypeAdapter[str] = TypeAdapter(CertificateId)
-OUTCOME_TYPES = {CertificateIssued.TYPE: "issued", IssuanceFailed.TYPE: "failed", IssuancePending.TYPE: "pending_approval",
-                 CertificateRevoked.TYPE: "revoked", RevocationFailed.TYPE: "failed"}
 
 
 class _Body(BaseModel):
@@ -277,7 +269,8 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
                 stored = visible_request(session, claims, request_id, scope)
                 view = (inventory.get_certificate(session, stored.certificate_id, clock())  # type: ignore[arg-type]
                         if readable_certificate(session, scope, stored.certificate_id) else None)
-                outcome = _outcome(session, request_id) if stored.status == "accepted" else None
+                # the issuer's outcome as this gateway folded it (request_status.py): queued until then
+                outcome = status_of(session, request_id) if stored.status == "accepted" else None
             state, result = ("rejected", None) if stored.status == "rejected" else (outcome or ("queued", None))
             return {"request_id": request_id, "kind": stored.kind, "requester": stored.requester, "status": stored.status,
                     "state": state, "created_at": _iso(stored.created_at), "answer": stored.answer, "result": result,
@@ -307,27 +300,6 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
         return await in_thread(load)
 
     return api
-
-
-def _outcome(session: Any, request_id: str) -> tuple[str, dict[str, Any] | None] | None:
-    """What the issuer reported for an accepted request, from the audit log (the latest outcome)."""
-    rows = session.scalars(select(AuditRecord).where(AuditRecord.request_id == request_id,
-                                                     AuditRecord.event_type.in_(list(OUTCOME_TYPES)))
-                           .order_by(AuditRecord.id.desc()).limit(20)).all()
-    ranked = sorted(rows, key=lambda r: (r.event_type != IssuancePending.TYPE, r.id), reverse=True)
-    for row in ranked:
-        try:
-            data = json.loads(row.value or b"{}")["data"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        state = OUTCOME_TYPES[row.event_type]
-        if row.event_type == CertificateIssued.TYPE:
-            return state, {k: data.get(k) for k in ("serial", "certificate", "chain", "subject", "issuer", "sans", "not_before",
-                                                   "not_after", "issuance_id", "replaces_serial")}
-        if row.event_type == CertificateRevoked.TYPE:
-            return state, {k: data.get(k) for k in ("serial", "reason", "revoked_at")}
-        return state, {k: data.get(k) for k in ("error", "ca_request_id", "issuance_id", "serial") if k in data}
-    return None
 
 
 def answer_response(answer: Answer) -> JSONResponse:

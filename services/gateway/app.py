@@ -6,7 +6,9 @@ connector's topic (or ProvisionCertificate for bot-key profiles) plus RequestAcc
 RequestRejected with a stable code. The renewal scheduler runs beside them (one active
 instance per database: services/gateway/scheduler.py). From ``certrail.events.issuer`` the
 gateway folds CertificateIssued and CertificateRevoked into its own projection of issued
-certificates (services/gateway/issued.py), which renew, revoke and the scheduler read.
+certificates (services/gateway/issued.py), which renew, revoke and the scheduler read, and every
+outcome event into its requests' status (services/gateway/request_status.py), which
+``GET /v1/requests/{id}`` reads.
 docs/gateway.md explains it all.
 """
 
@@ -24,14 +26,20 @@ from prometheus_client import Counter
 from services.common.connectors.secretbox import SecretBox, load_secret_box
 from services.common.consumer import CURRENT_RECORD, Handler, Outbound
 from services.common.contracts.envelope import Envelope, Message
-from services.common.contracts.events import CertificateIssued, CertificateRevoked
+from services.common.contracts.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    IssuanceFailed,
+    IssuancePending,
+    RevocationFailed,
+)
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.topics import Topics
 from services.common.kafka_edge import send_all
 from services.common.runner import run_service
 from services.common.runtime.writer import SessionWriter
 from services.common.service_app import ServiceRuntime, Subscription, build_service
-from services.gateway import issued
+from services.gateway import issued, request_status
 from services.gateway.intake import Intake, Outcome, outgoing_records
 from services.gateway.scheduler import Scheduler
 from services.gateway.settings import GatewaySettings
@@ -101,20 +109,23 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
         return []  # published above (stored records are re-published byte for byte)
 
     async def on_issuer_event(envelope: Envelope) -> list[Outbound]:
-        # the gateway's projection of issued certificates (issued.py), folded with the other records
-        # in flight in one write transaction; publishes nothing
-        await holder["issued_writes"].run(issued.apply_in, envelope)
+        # the gateway's projections of issued certificates (issued.py) and of its requests' outcomes
+        # (request_status.py), folded with the other records in flight in one write transaction; publishes nothing
+        folded = await holder["issued_writes"].run(_fold_issuer_event, envelope)
+        holder["status_folds"].labels(folded.value).inc()
         return []
 
     handlers: dict[type[Message], Handler] = {
         IssueRequested: on_request, RenewRequested: on_request, RevokeRequested: on_request,
-        CertificateIssued: on_issuer_event, CertificateRevoked: on_issuer_event,
+        CertificateIssued: on_issuer_event, CertificateRevoked: on_issuer_event, IssuancePending: on_issuer_event,
+        IssuanceFailed: on_issuer_event, RevocationFailed: on_issuer_event,
     }
     subscriptions = [Subscription(topics=[topics.requests]), Subscription(topics=[topics.issuer_events])]
     service_app, service = build_service(SERVICE, settings, subscriptions, handlers)
-    # the issuer's other events (IssuancePending, IssuanceFailed, ...) are skipped by their ce_type header, unparsed
+    # the issuer's other events (ConnectorStatusChanged) are skipped by their ce_type header, unparsed
     service.dispatcher.skip_by_type_header = True
     holder["issued_writes"] = SessionWriter(service.engine, name="gateway-issued")
+    holder["status_folds"] = request_status.folds_counter(service.registry)
     box = load_secret_box(settings.secrets, create=True)
     requests = Counter("certrail_gateway_requests", "Requests answered, by door (kafka, http), kind (issue, renew, "
                        "revoke), status (accepted, rejected, replayed) and error code (empty when accepted).",
@@ -138,6 +149,13 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
         api = create_api(runtime)
     _start_scheduler(service_app, runtime)
     return PrefixRouter(service_app, api), runtime
+
+
+def _fold_issuer_event(session: Any, envelope: Envelope) -> request_status.Fold:
+    """One outcome event of events.issuer into both of the gateway's projections (one transaction)."""
+    if isinstance(envelope.data, CertificateIssued | CertificateRevoked):
+        issued.apply_in(session, envelope)
+    return request_status.apply_in(session, envelope)
 
 
 def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:

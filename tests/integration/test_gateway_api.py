@@ -45,7 +45,7 @@ from services.common.kafka_config import admin_kwargs, consumer_kwargs, producer
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
-from services.gateway import issued
+from services.gateway import issued, request_status
 from services.gateway.api import create_api
 from services.gateway.api_connectors import ProfileUsage
 from services.gateway.api_tokens import create_token
@@ -305,7 +305,8 @@ async def with_profile(gw: Gateway, admin: str, **kwargs: Any) -> dict[str, Any]
 
 def play_auditor(gw: Gateway, extra: list[Envelope] = ()) -> None:  # type: ignore[assignment]
     """Store every published record (and ``extra`` events) as the auditor would: audit log + inventory; and fold
-    the issuer's events among them into the gateway's projection as its events.issuer consumer would (issued.py)."""
+    the issuer's events among them into the gateway's projections as its events.issuer consumer would (issued.py,
+    request_status.py)."""
     values = [(t, k, v) for t, k, v in gw.published.records]
     values += [(gw.topics.topic_of(type(e.data)), e.subject, Outbound(gw.topics.topic_of(type(e.data)), e, key=e.subject).value())
                for e in extra]
@@ -319,6 +320,8 @@ def play_auditor(gw: Gateway, extra: list[Envelope] = ()) -> None:  # type: igno
             envelope = decode(record.value, CATALOG)
             if isinstance(envelope.data, CertificateIssued | CertificateRevoked):
                 issued.apply_event(gw.engine, envelope)
+            if isinstance(envelope.data, request_status.OUTCOME_EVENTS):
+                request_status.apply_event(gw.engine, envelope)
     gw._stored = len(values)  # type: ignore[attr-defined]
 
 

@@ -2,7 +2,7 @@
 CertificateIssued the issuer publishes on events.issuer is folded by the gateway's own consumer
 (channel events.issuer), so a later RevokeRequested that names only the serial finds its
 certificate without the auditor; a CertificateIssued for an id the gateway never accepted is
-ignored, and the issuer's other events are skipped by their type header."""
+ignored, and the issuer's IssuancePending is handled too (the request's status: request_status.py)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ async def test_a_revoke_by_serial_finds_the_certificate_issued_on_events_issuer(
         command = (await _commands(kafka, topics.commands("emca"), "req-1")).data
         assert isinstance(command, IssueCertificate)
 
-        # the issuer's records, as it publishes them: one not for the gateway, a forgery about an id
+        # the issuer's records, as it publishes them: its pending approval, a forgery about an id
         # the gateway never accepted, and the certificate
         ca = MiniCA()
         pending = IssuancePending(issuance_id=command.issuance_id, certificate_id="www", request_id="req-1",
@@ -125,7 +125,7 @@ async def test_a_revoke_by_serial_finds_the_certificate_issued_on_events_issuer(
         with read_session(engine) as session:
             assert issued.current_serial(session, "www") == "1a2b"
             assert issued.certificates_with_serial(session, "f0") == []  # the forgery: ignored
-        assert consumed(IssuancePending.TYPE, "ignored") == 1.0  # not for the gateway
+        assert consumed(IssuancePending.TYPE, "handled") == 1.0  # folded into the request's status
 
         revoke = signed(RevokeRequested(request_id="rv-1", requester="ci-pipeline", serial="1a2b",
                                         reason=RevocationReason.KEY_COMPROMISE), "k1", HMAC_KEY)

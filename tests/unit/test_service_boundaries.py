@@ -61,9 +61,6 @@ ALLOWED: dict[tuple[str, str], str] = {
         "call the issuer's API",
     ("services/common/connectors/usage.py", "table certificate_inventory"):
         "issue 18: the issuer answers whether a connector is in use from its own operations",
-    ("services/gateway/api_certificates.py", "table audit_records"):
-        "issue 18: a request's outcome from the gateway's own projection of events.issuer and events.deployer "
-        "(gateway_request_status)",
 }
 
 
