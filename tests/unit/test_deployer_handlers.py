@@ -80,7 +80,9 @@ class FakeTarget:
         self.calls.append("verify")
         if self.fail_verify is not None:
             raise self.fail_verify
-        assert self.installed is not None
+        if self.installed is None or self.installed.serial != bundle.serial:  # as every real kind (tests/target_contract.py)
+            held = "nothing" if self.installed is None else f"serial {self.installed.serial}"
+            raise TargetError(ErrorCode.VERIFY_FAILED, f"{self.name} holds {held}, not serial {bundle.serial}")
         return self.installed.serial
 
     async def rollback(self, bundle: Bundle) -> bool:

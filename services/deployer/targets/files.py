@@ -67,7 +67,7 @@ class FileTarget:
         return serial
 
     async def rollback(self, bundle: Bundle) -> bool:
-        if await self.directory(bundle).roll_back() is None:
+        if await self.directory(bundle).roll_back(bundle.serial) is None:
             return False
         await self._reload(ErrorCode.ROLLBACK_FAILED)
         return True

@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Sequence
 
 
 def _fsync_dir(path: str) -> None:
@@ -47,6 +48,27 @@ class LocalFileSystem:
         os.replace(temporary, path)
         _fsync_dir(directory)
 
+    def _write_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]]) -> None:
+        """A new version's files: written straight under their names (the directory is new and nothing
+        points at it until the caller's symlink swap), each fsynced, then the directory and its parent."""
+        self._makedirs(directory, dir_mode)
+        for name, data, mode in files:
+            descriptor = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            try:
+                os.fchmod(descriptor, mode)  # the umask may have narrowed it
+                view = memoryview(data)
+                while view:
+                    written = os.write(descriptor, view)
+                    view = view[written:]
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        _fsync_dir(directory)
+        _fsync_dir(os.path.dirname(directory.rstrip("/")) or ".")
+
+    async def write_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]]) -> None:
+        await asyncio.to_thread(self._write_files, directory, dir_mode, files)
+
     async def read_file(self, path: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read()
@@ -54,7 +76,7 @@ class LocalFileSystem:
     async def readlink(self, path: str) -> str | None:
         try:
             return os.readlink(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # absent, or a parent is a file: no link
             return None
 
     def _replace_symlink(self, path: str, target: str) -> None:

@@ -59,7 +59,7 @@ class NginxTarget:
 
     async def rollback(self, bundle: Bundle) -> bool:
         directory = self.directory(bundle)
-        if await directory.roll_back() is None:
+        if await directory.roll_back(bundle.serial) is None:
             return False
         try:
             certificate = (await directory.read_current(CERT_FILE)).decode()

@@ -66,6 +66,11 @@ class SftpFileSystem:
         await self._call(path, self._sftp.makedirs(path, asyncssh.SFTPAttrs(permissions=mode), exist_ok=True))
         await self._call(path, self._sftp.chmod(path, mode))  # the remote umask filters the mode at creation
 
+    async def write_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]]) -> None:
+        await self.makedirs(directory, dir_mode)
+        for name, data, mode in files:
+            await self.write_file(posixpath.join(directory, name), data, mode)
+
     async def write_file(self, path: str, data: bytes, mode: int) -> None:
         temporary = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import posixpath
 import uuid
+from collections.abc import Sequence
 from typing import Protocol
 
 from services.common.contracts.errors import ErrorCode
@@ -43,6 +44,11 @@ class FileSystem(Protocol):
 
     async def write_file(self, path: str, data: bytes, mode: int) -> None:
         """Atomically: the file is either absent/old or complete with ``mode``."""
+        ...
+
+    async def write_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]]) -> None:
+        """Create ``directory`` (``dir_mode``) and write each (name, data, mode) into it, all durable
+        (fsynced) when it returns; one call, so a local disk does it in one worker-thread hop."""
         ...
 
     async def read_file(self, path: str) -> bytes: ...
@@ -87,12 +93,12 @@ class VersionedDirectory:
         version = posixpath.join(VERSIONS, f"{bundle.serial}-{uuid.uuid4().hex[:8]}")
         directory = self.path(version)
         try:
-            await self.fs.makedirs(directory, self.dir_mode)
-            await self.fs.write_file(posixpath.join(directory, CERT_FILE), bundle.certificate_pem.encode(), self.cert_mode)
-            await self.fs.write_file(posixpath.join(directory, CHAIN_FILE), bundle.chain_text.encode(), self.cert_mode)
-            await self.fs.write_file(posixpath.join(directory, FULLCHAIN_FILE), bundle.fullchain_pem.encode(), self.cert_mode)
+            files = [(CERT_FILE, bundle.certificate_pem.encode(), self.cert_mode),
+                     (CHAIN_FILE, bundle.chain_text.encode(), self.cert_mode),
+                     (FULLCHAIN_FILE, bundle.fullchain_pem.encode(), self.cert_mode)]
             if bundle.private_key_pem is not None:
-                await self.fs.write_file(posixpath.join(directory, KEY_FILE), bundle.private_key_pem, self.key_mode)
+                files.append((KEY_FILE, bundle.private_key_pem, self.key_mode))
+            await self.fs.write_files(directory, self.dir_mode, files)
             old = await self.current_version()
             if old is not None:
                 await self.fs.replace_symlink(self.path(PREVIOUS), old)
@@ -101,8 +107,14 @@ class VersionedDirectory:
             raise TargetError(ErrorCode.INSTALL_FAILED, f"writing {directory} failed: {exc.strerror or exc}") from None
         return version
 
-    async def roll_back(self) -> str | None:
-        """Point ``current`` back at ``previous``; None when there is no previous version."""
+    async def roll_back(self, serial: str | None = None) -> str | None:
+        """Point ``current`` back at ``previous``; None when there is no previous version, or when
+        ``serial`` is given and ``current`` is not a version of it (its install failed before the
+        swap: what is current is the last good version and stays)."""
+        if serial is not None:
+            current = await self.current_version()
+            if current is None or not posixpath.basename(current).startswith(f"{serial}-"):
+                return None
         previous = await self.previous_version()
         if previous is None:
             return None

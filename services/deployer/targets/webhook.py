@@ -11,7 +11,10 @@ the raw body and refuse stale timestamps. The receiver acknowledges with 2xx and
 JSON body ``{"serial": "<the serial it installed>"}``: that serial is what verify
 checks. Connection errors, timeouts, 429 and 5xx are retried with capped
 exponential backoff (then TARGET_UNREACHABLE); other answers are INSTALL_FAILED.
-Rollback POSTs the previously deployed bundle with action "rollback".
+Rollback POSTs the previously deployed bundle with action "rollback", only when the
+receiver may have taken the failed one (it answered 2xx or 5xx, or the connection broke
+after the request went out): a receiver never reached, or one that refused (4xx, 429),
+changed nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class WebhookTarget:
         self._sleep = sleep
         self._clock = clock
         self._acknowledged: dict[str, str | None] = {}
+        self._delivered: set[str] = set()  # serials whose deploy the receiver may have acted on
 
     def _verify(self) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=self.config.ca_file) if self.config.ca_file else True
@@ -79,7 +83,11 @@ class WebhookTarget:
                     last = f"cannot connect ({exc})"
                 except httpx.TransportError as exc:
                     last = f"{type(exc).__name__} ({exc})"
+                    if action == "deploy" and not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                        self._delivered.add(bundle.serial)  # sent, answer lost: it may have installed it
                 else:
+                    if action == "deploy" and (response.is_success or response.status_code >= 500):
+                        self._delivered.add(bundle.serial)
                     if response.is_success:
                         try:
                             answer = response.json()
@@ -107,7 +115,7 @@ class WebhookTarget:
         return acknowledged
 
     async def rollback(self, bundle: Bundle) -> bool:
-        if self.previous is None or self.previous.serial == bundle.serial:
+        if self.previous is None or self.previous.serial == bundle.serial or bundle.serial not in self._delivered:
             return False
         acknowledged = await self._post(self.previous, "rollback", ErrorCode.ROLLBACK_FAILED)
         if acknowledged != self.previous.serial:
