@@ -202,7 +202,7 @@ def lifecycle_records(topics: Topics, certificates: int) -> list[tuple[str, byte
 
 
 async def produce(settings: KafkaSettings, records: list[tuple[str, bytes, bytes]]) -> float:
-    producer = AIOKafkaProducer(**producer_kwargs(settings), linger_ms=5, max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(**{**producer_kwargs(settings), "linger_ms": 5, "max_batch_size": 512 * 1024})
     await producer.start()
     started = time.perf_counter()
     try:

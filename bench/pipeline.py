@@ -552,8 +552,8 @@ async def wait_deployed(db: Db, tag: str, count: int, timeout_s: float, started:
 
 async def producer_for(stack: EmbeddedStack) -> AIOKafkaProducer:
     # an upstream system: the stack's broker authenticates it as the requester principal (certrail.requests only)
-    producer = AIOKafkaProducer(**producer_kwargs(stack.kafka_settings("requester")), linger_ms=5,
-                                max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**{**producer_kwargs(stack.kafka_settings("requester")), "linger_ms": 5,
+                                   "max_batch_size": 256 * 1024})
     await producer.start()
     return producer
 

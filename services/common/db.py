@@ -328,3 +328,15 @@ def _enable_wal(cursor: sqlite3.Cursor, busy_timeout_ms: int) -> None:
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def transaction_memo(session: Session, key: str) -> dict[Any, Any]:
+    """A dict that lives as long as the session's current transaction: what was read once in it
+    (the same answer for every step of a grouped transaction) and is forgotten at its end."""
+    session.connection()  # begins the transaction if nothing has yet
+    transaction = session.get_transaction()
+    held = session.info.get(key)
+    if held is None or held[0] is not transaction:
+        held = (transaction, {})
+        session.info[key] = held
+    return held[1]

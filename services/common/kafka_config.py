@@ -83,7 +83,18 @@ def producer_kwargs(settings: KafkaSettings) -> ClientKwargs:
     kwargs = client_kwargs(settings)
     kwargs["enable_idempotence"] = True
     kwargs["acks"] = "all"
+    kwargs.update(producer_tuning(settings))
     return kwargs
+
+
+def producer_tuning(settings: KafkaSettings) -> dict[str, int]:
+    """Batching of every producer (aiokafka's and FastStream's)."""
+    return {"linger_ms": settings.linger_ms, "max_batch_size": settings.max_batch_size}
+
+
+def fetch_tuning(settings: KafkaSettings) -> dict[str, int]:
+    """How every consumer (aiokafka's and FastStream's subscribers) fetches."""
+    return {"fetch_min_bytes": settings.fetch_min_bytes, "fetch_max_wait_ms": settings.fetch_max_wait_ms}
 
 
 def consumer_kwargs(settings: KafkaSettings, group_id: str) -> ClientKwargs:
@@ -101,6 +112,7 @@ def consumer_kwargs(settings: KafkaSettings, group_id: str) -> ClientKwargs:
     kwargs["auto_offset_reset"] = "earliest"
     kwargs["session_timeout_ms"] = settings.session_timeout_ms
     kwargs["heartbeat_interval_ms"] = settings.heartbeat_interval_ms
+    kwargs.update(fetch_tuning(settings))
     return kwargs
 
 
@@ -131,6 +143,7 @@ def faststream_broker_kwargs(settings: KafkaSettings) -> ClientKwargs:
         request_timeout_ms=settings.request_timeout_ms,
         enable_idempotence=True,
         acks="all",
+        **producer_tuning(settings),
     )
     security = faststream_security(settings)
     if security is not None:

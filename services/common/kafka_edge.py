@@ -35,7 +35,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CollectorRegistry
 
 from services.common.consumer import PENDING_ACKS, Dispatcher, InboundRecord, Outbound, TransientFailure
-from services.common.kafka_config import faststream_broker_kwargs
+from services.common.kafka_config import faststream_broker_kwargs, fetch_tuning
 from services.common.metrics import PublisherMetrics
 from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe, retry_delay
 from services.common.settings import KafkaSettings
@@ -136,6 +136,7 @@ def subscribe(
         batch=True,
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,
+        **fetch_tuning(settings),
         title=f"{group_id}:{pattern or ','.join(topics)}",
     )
 

@@ -45,6 +45,13 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=30_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     request_timeout_ms: int = Field(default=40_000, ge=1_000)
+    # throughput tuning, chosen by measurement (docs/benchmarks.md, "Kafka client settings")
+    linger_ms: int = Field(default=0, ge=0, le=1_000, description="How long a producer waits to fill a batch.")
+    max_batch_size: int = Field(default=16_384, ge=1_024, le=8_388_608,
+                                description="A producer's batch per partition, in bytes.")
+    fetch_min_bytes: int = Field(default=1, ge=1, le=8_388_608,
+                                 description="A fetch returns once this many bytes are there, or after fetch_max_wait_ms.")
+    fetch_max_wait_ms: int = Field(default=500, ge=0, le=10_000)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from services.common.consumer import Outbound
@@ -65,8 +65,11 @@ def park(session: Session, envelope: Envelope, code: str, now: datetime, park_s:
     return deadline
 
 
+_IS_PARKED = select(Row.event_id).where(Row.event_id == bindparam("event_id"))
+
+
 def is_parked(session: Session, event_id: str) -> bool:
-    return session.get(Row, event_id) is not None
+    return session.execute(_IS_PARKED, {"event_id": event_id}).first() is not None
 
 
 def unpark(session: Session, event_id: str) -> None:

@@ -13,12 +13,16 @@ Functions take a Session; only the deployer writes these tables."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from services.common.db import transaction_memo
 from services.common.db_schema import (
     DeployerAcceptedCertificateRow,
     DeployerBotKeyRow,
@@ -27,14 +31,23 @@ from services.common.db_schema import (
 )
 from services.deployer.trust import Expectation
 
+#: ``session.info`` key of the pins already read in a transaction
+_PINS_READ = "certrail.deployer.connector_pin"
+
 
 def connector_pin(session: Session, connector: str) -> str | None:
-    row = session.get(DeployerConnectorPinRow, connector)
-    return row.pinned_ca_sha256 if row is not None else None
+    """The connector's pinned issuing CA; read once per transaction (a grouped read of many
+    certificates of one connector asks once), forgotten when this module changes a pin."""
+    memo: dict[str, str | None] = transaction_memo(session, _PINS_READ)
+    if connector not in memo:
+        row = session.get(DeployerConnectorPinRow, connector)
+        memo[connector] = row.pinned_ca_sha256 if row is not None else None
+    return memo[connector]
 
 
 def set_pin(session: Session, connector: str, sha256: str, event_id: str, now: datetime, *, replace: bool) -> bool:
     """Record ``connector``'s pin; with ``replace`` False an existing pin stays. True when stored."""
+    session.info.pop(_PINS_READ, None)
     row = session.get(DeployerConnectorPinRow, connector)
     if row is None:
         session.add(DeployerConnectorPinRow(connector=connector, pinned_ca_sha256=sha256.lower(), event_id=event_id,
@@ -47,6 +60,7 @@ def set_pin(session: Session, connector: str, sha256: str, event_id: str, now: d
 
 
 def forget_pin(session: Session, connector: str) -> None:
+    session.info.pop(_PINS_READ, None)
     session.execute(delete(DeployerConnectorPinRow).where(DeployerConnectorPinRow.connector == connector))
 
 
@@ -78,19 +92,35 @@ class Accepted:
 def record_accepted(session: Session, *, certificate_id: str, request_id: str, profile: str | None, connector: str | None,
                     now: datetime, public_key_sha256: str | None = None) -> None:
     """The newest accepted request replaces the previous one, its key expectation included (a
-    renewal with a new CSR expects the new key; one without a hash expects none)."""
+    renewal with a new CSR expects the new key; one without a hash expects none). One statement
+    (INSERT ... ON CONFLICT DO UPDATE), on the path of every certificate."""
     key = public_key_sha256.lower() if public_key_sha256 is not None else None
-    row = session.get(DeployerAcceptedCertificateRow, certificate_id)
-    if row is None:
-        session.add(DeployerAcceptedCertificateRow(certificate_id=certificate_id, request_id=request_id, profile=profile,
-                                                   connector=connector, accepted_at=now, public_key_sha256=key))
+    session.execute(_accepted_upsert(session.get_bind().dialect.name), {
+        "certificate_id": certificate_id, "request_id": request_id, "profile": profile, "connector": connector,
+        "accepted_at": now, "public_key_sha256": key})
+
+
+@functools.cache
+def _accepted_upsert(dialect: str) -> Any:
+    table = DeployerAcceptedCertificateRow.__table__
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table)
     else:
-        row.request_id, row.profile, row.connector, row.accepted_at = request_id, profile, connector, now
-        row.public_key_sha256 = key
+        raise NotImplementedError(f"accepted certificates: unsupported database {dialect!r}")
+    return statement.on_conflict_do_update(
+        index_elements=["certificate_id"],
+        set_={name: statement.excluded[name] for name in ("request_id", "profile", "connector", "accepted_at",
+                                                          "public_key_sha256")})
+
+
+_ACCEPTED = (select(DeployerAcceptedCertificateRow.request_id, DeployerAcceptedCertificateRow.public_key_sha256)
+             .where(DeployerAcceptedCertificateRow.certificate_id == bindparam("certificate_id")))
 
 
 def accepted(session: Session, certificate_id: str) -> Accepted | None:
-    row = session.get(DeployerAcceptedCertificateRow, certificate_id)
+    row = session.execute(_ACCEPTED, {"certificate_id": certificate_id}).first()
     return None if row is None else Accepted(row.request_id, row.public_key_sha256)
 
 
@@ -109,5 +139,8 @@ def expectation(session: Session, certificate_id: str, connector: str) -> Expect
 
 def bot_key_hashes(session: Session, certificate_id: str) -> frozenset[str]:
     """The public-key hashes of every key this deployer generated for ``certificate_id``."""
-    return frozenset(session.scalars(select(DeployerBotKeyRow.public_key_sha256).where(
-        DeployerBotKeyRow.certificate_id == certificate_id)))
+    return frozenset(session.scalars(_BOT_KEY_HASHES, {"certificate_id": certificate_id}))
+
+
+_BOT_KEY_HASHES = select(DeployerBotKeyRow.public_key_sha256).where(
+    DeployerBotKeyRow.certificate_id == bindparam("certificate_id"))

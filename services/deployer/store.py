@@ -5,16 +5,19 @@ they are decrypted only where a target needs them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox
+from services.common.db import transaction_memo
 from services.common.db_schema import DeployerBindingRow, DeployerBotKeyRow, DeployerDeploymentRow, DeployerTargetRow
 from services.deployer.targets.config import CONFIG_MODELS, TargetKind, validate_secrets
 
@@ -51,6 +54,7 @@ def add_target(session: Session, box: SecretBox, name: str, kind: TargetKind, co
         raise ValueError(f"{kind} targets are not implemented yet (available: {', '.join(sorted(IMPLEMENTED_KINDS))})")
     parsed = parse_config(kind, config)
     validate_secrets(kind, secrets)
+    _forget_targets_read(session)
     row = session.get(DeployerTargetRow, name)
     if row is not None and not replace:
         raise ValueError(f"target {name!r} exists (remove it first, or replace it)")
@@ -92,16 +96,19 @@ def remove_target(session: Session, name: str) -> None:
     bound = session.scalars(select(DeployerBindingRow.profile).where(DeployerBindingRow.target_name == name)).all()
     if bound:
         raise ValueError(f"target {name!r} is bound to profile(s) {', '.join(sorted(bound))}: unbind it first")
+    _forget_targets_read(session)
     session.execute(delete(DeployerTargetRow).where(DeployerTargetRow.name == name))
 
 
 def bind(session: Session, profile: str, target_name: str, now: datetime) -> None:
     get_target(session, target_name)
+    _forget_targets_read(session)
     if session.get(DeployerBindingRow, (profile, target_name)) is None:
         session.add(DeployerBindingRow(profile=profile, target_name=target_name, created_at=now))
 
 
 def unbind(session: Session, profile: str, target_name: str) -> bool:
+    _forget_targets_read(session)
     result = session.execute(
         delete(DeployerBindingRow).where(DeployerBindingRow.profile == profile, DeployerBindingRow.target_name == target_name)
     )
@@ -117,8 +124,22 @@ def bindings(session: Session, profile: str | None = None) -> list[tuple[str, st
     return [(p, t) for p, t in session.execute(query)]
 
 
+#: ``session.info`` key of the targets already read in a transaction (`targets_for_profile`)
+_TARGETS_READ = "certrail.deployer.targets_for_profile"
+
+
 def targets_for_profile(session: Session, profile: str, box: SecretBox) -> list[TargetSpec]:
-    return [get_target(session, target, box) for _, target in bindings(session, profile)]
+    """The targets bound to ``profile``, secrets decrypted. Read (and decrypted) once per transaction:
+    the certificates of one grouped read share it; any change to targets or bindings made through
+    this module in the same session forgets it."""
+    memo: dict[str, list[TargetSpec]] = transaction_memo(session, _TARGETS_READ)
+    if profile not in memo:
+        memo[profile] = [get_target(session, target, box) for _, target in bindings(session, profile)]
+    return list(memo[profile])
+
+
+def _forget_targets_read(session: Session) -> None:
+    session.info.pop(_TARGETS_READ, None)
 
 
 # -- deployments -------------------------------------------------------------------------------------
@@ -149,38 +170,65 @@ def get_deployment(session: Session, certificate_id: str, serial: str, target_na
     return _deployment(row) if row is not None else None
 
 
+_DEPLOYMENTS = DeployerDeploymentRow.__table__
+
+
 def start_attempt(session: Session, *, certificate_id: str, serial: str, target_name: str, target_kind: str, cause_id: str,
-                  certificate_pem: str, chain_pem: tuple[str, ...], public_key_sha256: str, now: datetime) -> int:
-    """Record one more attempt (creating the row); returns the attempt number."""
-    row = session.get(DeployerDeploymentRow, (certificate_id, serial, target_name))
-    if row is None:
-        row = DeployerDeploymentRow(
-            certificate_id=certificate_id, serial=serial, target_name=target_name, target_kind=target_kind, status="in_progress",
-            attempts=0, cause_id=cause_id, certificate_pem=certificate_pem, chain_pem=json.dumps(list(chain_pem)),
-            public_key_sha256=public_key_sha256, started_at=now,
-        )
-        session.add(row)
-    row.attempts += 1
-    return row.attempts
+                  certificate_pem: str, chain_pem: tuple[str, ...], public_key_sha256: str, now: datetime) -> None:
+    """Record one more attempt: the row is created in_progress with one attempt, or its count goes up
+    (one statement: INSERT ... ON CONFLICT DO UPDATE)."""
+    session.execute(_attempt_statement(session.get_bind().dialect.name), {
+        "certificate_id": certificate_id, "serial": serial, "target_name": target_name, "target_kind": target_kind,
+        "status": "in_progress", "attempts": 1, "cause_id": cause_id, "certificate_pem": certificate_pem,
+        "chain_pem": json.dumps(list(chain_pem)), "public_key_sha256": public_key_sha256, "started_at": now})
+
+
+@functools.cache
+def _attempt_statement(dialect: str) -> Any:
+    """Built once per dialect (building an upsert costs more than running it)."""
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(_DEPLOYMENTS)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(_DEPLOYMENTS)
+    else:
+        raise NotImplementedError(f"deployments: unsupported database {dialect!r}")
+    return statement.on_conflict_do_update(index_elements=["certificate_id", "serial", "target_name"],
+                                           set_={"attempts": _DEPLOYMENTS.c.attempts + 1})
+
+
+_FINISH = (update(_DEPLOYMENTS)
+           .where(_DEPLOYMENTS.c.certificate_id == bindparam("k_certificate_id"), _DEPLOYMENTS.c.serial == bindparam("k_serial"),
+                  _DEPLOYMENTS.c.target_name == bindparam("k_target_name"))
+           .values(status=bindparam("status"), rolled_back=bindparam("rolled_back"), error_code=bindparam("error_code"),
+                   error_message=bindparam("error_message"), outcome=bindparam("outcome"), finished_at=bindparam("finished_at")))
 
 
 def finish(session: Session, *, certificate_id: str, serial: str, target_name: str, status: str, rolled_back: bool | None,
            error_code: str | None, error_message: str | None, outcome: str, now: datetime) -> None:
-    row = session.get(DeployerDeploymentRow, (certificate_id, serial, target_name))
-    assert row is not None, "finish() after start_attempt()"
-    row.status = status
-    row.rolled_back = rolled_back
-    row.error_code = error_code
-    row.error_message = error_message
-    row.outcome = outcome
-    row.finished_at = now
+    """The outcome of the attempts `start_attempt` recorded (an UPDATE of that row; none: a bug)."""
+    result = session.execute(_FINISH, {"k_certificate_id": certificate_id, "k_serial": serial, "k_target_name": target_name,
+                                       "status": status, "rolled_back": rolled_back, "error_code": error_code,
+                                       "error_message": error_message, "outcome": outcome, "finished_at": now})
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise AssertionError("finish() after start_attempt()")
+
+
+_DEPLOYMENT_COLUMNS = (_DEPLOYMENTS.c.certificate_id, _DEPLOYMENTS.c.serial, _DEPLOYMENTS.c.target_name,
+                       _DEPLOYMENTS.c.target_kind, _DEPLOYMENTS.c.status, _DEPLOYMENTS.c.attempts, _DEPLOYMENTS.c.rolled_back,
+                       _DEPLOYMENTS.c.error_code, _DEPLOYMENTS.c.outcome, _DEPLOYMENTS.c.certificate_pem,
+                       _DEPLOYMENTS.c.chain_pem)
+_ALL_DEPLOYMENTS = select(*_DEPLOYMENT_COLUMNS).order_by(_DEPLOYMENTS.c.started_at)
+_DEPLOYMENTS_OF = _ALL_DEPLOYMENTS.where(_DEPLOYMENTS.c.certificate_id == bindparam("certificate_id"))
 
 
 def list_deployments(session: Session, certificate_id: str | None = None) -> list[Deployment]:
-    query = select(DeployerDeploymentRow).order_by(DeployerDeploymentRow.started_at)
-    if certificate_id is not None:
-        query = query.where(DeployerDeploymentRow.certificate_id == certificate_id)
-    return [_deployment(row) for row in session.scalars(query)]
+    """Every deployment (of ``certificate_id``), oldest first (one prepared statement: this is on the
+    path of every certificate)."""
+    if certificate_id is None:
+        rows = session.execute(_ALL_DEPLOYMENTS)
+    else:
+        rows = session.execute(_DEPLOYMENTS_OF, {"certificate_id": certificate_id})
+    return [Deployment(*row[:10], tuple(json.loads(row[10]))) for row in rows]
 
 
 # -- bot-held keys -----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from services.common.contracts.fields import KeyGeneration, RequestKind
 from services.common.contracts.identity import issuance_id, message_id, root_message_id
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.topics import Topics
-from services.common.db import write_session
+from services.common.db import transaction_memo, write_session
 from services.common.runtime.writer import SessionWriter, ThreadCalls
 from services.gateway import issued, store
 from services.gateway.policy import (
@@ -123,6 +123,11 @@ def authorise_deployer(identity: str, kind: RequestKind, profile: ProvisioningPr
         what = "revoke" if kind is RequestKind.REVOKE else f"{kind.value} under a profile whose requesters hold their keys"
         raise PolicyViolation(ErrorCode.REQUESTER_NOT_AUTHORISED,
                               f"the deployer identity {identity!r} may not {what} (profile {profile.name!r})")
+
+
+#: ``session.info`` keys of what one transaction of requests read once (`transaction_memo`)
+_PROFILES_READ = "certrail.gateway.intake.profiles"
+_CONNECTORS_READ = "certrail.gateway.intake.connectors"
 
 
 class Intake:
@@ -266,13 +271,20 @@ class Intake:
         return Outcome(answer, list(outbound))
 
     def _profile(self, session: Session, name: str | None) -> ProvisioningProfile:
-        stored = store.get_profile(session, name) if name else None
+        # read and parsed once per transaction: the requests of one group commit share it (intake writes no profile)
+        memo = transaction_memo(session, _PROFILES_READ)
+        if name not in memo:
+            memo[name] = store.get_profile(session, name) if name else None
+        stored = memo[name]
         if stored is None:
             raise PolicyViolation(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {name!r}")
         return stored.profile
 
     def _connector(self, session: Session, name: str) -> None:
-        connector = connectors_repo.get_connector(session, name)
+        memo = transaction_memo(session, _CONNECTORS_READ)  # as profiles: once per transaction
+        if name not in memo:
+            memo[name] = connectors_repo.get_connector(session, name)
+        connector = memo[name]
         if connector is None:
             raise PolicyViolation(ErrorCode.CONNECTOR_NOT_FOUND, f"the profile's connector {name!r} does not exist")
         if connector.status is ConnectorStatus.DISABLED:

@@ -4,6 +4,7 @@ Each function takes a Session; callers own the transaction (services/common/db.p
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,11 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox
-from services.common.db import read_session
 from services.common.db_schema import (
     GatewayCertificate,
     GatewayProfile,
@@ -153,20 +153,33 @@ def _requester_key(requester: str, key_id: str, secret: bytes | None, public_key
     return RequesterKey(requester=requester, key_id=key_id, secret=secret)
 
 
-class SqlRequesterKeys:
-    """`RequesterKeys` over ``gateway_requester_keys`` (revoked keys are unknown)."""
+_REQUESTER_KEY = (select(GatewayRequesterKey.secret, GatewayRequesterKey.public_key_pem, GatewayRequesterKey.revoked_at)
+                  .where(GatewayRequesterKey.requester == bindparam("requester"),
+                         GatewayRequesterKey.key_id == bindparam("key_id")))
 
-    def __init__(self, engine: Engine, box: SecretBox) -> None:
+
+class SqlRequesterKeys:
+    """`RequesterKeys` over ``gateway_requester_keys`` (revoked keys are unknown).
+
+    Every lookup reads the row (a key revoked a moment ago is unknown at once); what is built from it
+    (the secret decrypted, the public key parsed) is kept for the same stored value only, so a
+    replaced or rotated key is never served from memory."""
+
+    def __init__(self, engine: Engine, box: SecretBox, *, built: int = 1024) -> None:
         self._engine = engine
         self._box = box
+        self._build = functools.lru_cache(maxsize=built)(self._build_key)
 
     def get(self, requester: str, key_id: str) -> RequesterKey | None:
-        with read_session(self._engine) as session:
-            row = session.get(GatewayRequesterKey, (requester, key_id))
-            if row is None or row.revoked_at is not None:
-                return None
-            secret = self._box.decrypt(row.secret) if row.secret is not None else None
-            return _requester_key(requester, key_id, secret, row.public_key_pem)
+        with self._engine.connect() as connection:
+            row = connection.execute(_REQUESTER_KEY, {"requester": requester, "key_id": key_id}).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return self._build(requester, key_id, row.secret, row.public_key_pem)
+
+    def _build_key(self, requester: str, key_id: str, token: bytes | None, public_key_pem: str | None) -> RequesterKey:
+        secret = self._box.decrypt(token) if token is not None else None
+        return _requester_key(requester, key_id, secret, public_key_pem)
 
 
 # -- requests (dedupe) ------------------------------------------------------------------------------------

@@ -261,3 +261,22 @@ async def test_a_rejection_names_only_a_certificate_the_caller_may_act_on(
     envelope = decode(value, CATALOG)
     assert isinstance(envelope.data, RequestRejected) and envelope.data.certificate_id == named
     assert (envelope.subject, key) == (named, named or request.request_id)
+
+
+def test_requester_keys_are_read_each_time_and_built_once_per_stored_value(engine: Engine) -> None:
+    keys = SqlRequesterKeys(engine, BOX)
+    with write_session(engine) as session:
+        store.add_requester_key(session, BOX, requester="rotating", key_id="k1", secret=b"a" * 32, public_key_pem=None,
+                                now=NOW)
+    first = keys.get("rotating", "k1")
+    assert first is not None and first.secret == b"a" * 32
+    assert keys.get("rotating", "k1") is first  # the same stored value: decrypted once
+    with write_session(engine) as session:  # replaced under the same id: the new secret at once
+        store.add_requester_key(session, BOX, requester="rotating", key_id="k1", secret=b"b" * 32, public_key_pem=None,
+                                now=NOW)
+    replaced = keys.get("rotating", "k1")
+    assert replaced is not None and replaced.secret == b"b" * 32
+    with write_session(engine) as session:  # revoked: unknown at once, whatever was built before
+        assert store.revoke_requester_key(session, "rotating", "k1", NOW)
+    assert keys.get("rotating", "k1") is None
+    assert keys.get("rotating", "unknown") is None

@@ -161,14 +161,25 @@ def test_faststream_security_matches_the_aiokafka_arguments(
 
 
 def test_faststream_broker_kwargs_are_idempotent_and_plaintext_has_no_security() -> None:
-    kwargs = faststream_broker_kwargs(settings(request_timeout_ms=9_000))
+    kwargs = faststream_broker_kwargs(settings(request_timeout_ms=9_000, linger_ms=7, max_batch_size=65_536))
     assert kwargs == {
         "bootstrap_servers": "broker-1:9092,broker-2:9092",
         "client_id": "certrail-unit",
         "request_timeout_ms": 9_000,
         "enable_idempotence": True,
         "acks": "all",
+        "linger_ms": 7,
+        "max_batch_size": 65_536,
     }
+
+
+def test_every_client_gets_the_measured_batching_settings() -> None:
+    tuned = settings(linger_ms=3, max_batch_size=32_768, fetch_min_bytes=4_096, fetch_max_wait_ms=20)
+    producer = producer_kwargs(tuned)
+    consumer = consumer_kwargs(tuned, "g")
+    assert (producer["linger_ms"], producer["max_batch_size"]) == (3, 32_768)
+    assert (consumer["fetch_min_bytes"], consumer["fetch_max_wait_ms"]) == (4_096, 20)
+    assert "linger_ms" not in consumer and "fetch_min_bytes" not in producer
 
 
 def test_faststream_broker_accepts_the_kwargs(cafile: Path) -> None:
