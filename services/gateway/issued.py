@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -54,6 +54,11 @@ ACTIVE, SUPERSEDED, REVOKED = "active", "superseded", "revoked"
 _TABLE = cast(Table, GatewayIssuedSerial.__table__)
 _COLUMNS = [c.name for c in _TABLE.columns]
 _KEY = [c.name for c in _TABLE.primary_key.columns]
+#: prebuilt, and Core (never an ORM object that a Core upsert of the same transaction would leave stale)
+_MANAGED = select(GatewayCertificate.__table__.c.certificate_id).where(
+    GatewayCertificate.__table__.c.certificate_id == bindparam("certificate_id"))
+_ROWS = select(_TABLE).where(_TABLE.c.certificate_id == bindparam("certificate_id"))
+_ROW = _ROWS.where(_TABLE.c.serial == bindparam("serial"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +119,7 @@ def apply_in(session: Session, event: Envelope) -> bool:
     data = event.data
     if not isinstance(data, CertificateIssued | CertificateRevoked):
         raise TypeError(f"the issued-certificate projection folds no {event.type}")
-    if session.get(GatewayCertificate, data.certificate_id) is None:
+    if session.execute(_MANAGED, {"certificate_id": data.certificate_id}).first() is None:
         log.warning("%s %s ignored: certificate id %r is not managed by this gateway (forged or foreign)",
                     event.type, event.id, data.certificate_id[:200])
         return False
@@ -150,8 +155,8 @@ def fold_issued(session: Session, fact: Issued) -> None:
 
 def fold_revoked(session: Session, fact: Revoked) -> None:
     """Record a revoked serial (also one whose issuance the gateway has not seen)."""
-    row = session.get(GatewayIssuedSerial, (fact.certificate_id, fact.serial))
-    values = _new_row(fact.certificate_id, fact.serial, connector=fact.connector) if row is None else _as_dict(row)
+    row = session.execute(_ROW, {"certificate_id": fact.certificate_id, "serial": fact.serial}).first()
+    values = _new_row(fact.certificate_id, fact.serial, connector=fact.connector) if row is None else dict(row._mapping)
     values.update(status=REVOKED, revoked_at=fact.revoked_at, revocation_reason=fact.reason)
     _upsert(session, [values])
 
@@ -162,13 +167,8 @@ def _new_row(certificate_id: str, serial: str, **values: Any) -> dict[str, Any]:
     return row
 
 
-def _as_dict(row: GatewayIssuedSerial) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in _COLUMNS}
-
-
 def _rows(session: Session, certificate_id: str) -> dict[str, dict[str, Any]]:
-    found = session.scalars(select(GatewayIssuedSerial).where(GatewayIssuedSerial.certificate_id == certificate_id))
-    return {row.serial: _as_dict(row) for row in found}
+    return {row.serial: dict(row._mapping) for row in session.execute(_ROWS, {"certificate_id": certificate_id})}
 
 
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:

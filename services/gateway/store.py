@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, bindparam, delete, func, select
+from sqlalchemy import Engine, Row, bindparam, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox
@@ -198,8 +199,14 @@ class StoredAnswer:
     created_at: datetime
 
 
+_REQUESTS = GatewayRequest.__table__
+#: prebuilt: every request is looked up (dedupe) and stored, on the path of every certificate
+_GET_REQUEST = select(_REQUESTS).where(_REQUESTS.c.request_id == bindparam("request_id"))
+_ADD_REQUEST = _REQUESTS.insert()
+
+
 def get_request(session: Session, request_id: str) -> StoredAnswer | None:
-    row = session.get(GatewayRequest, request_id)
+    row = session.execute(_GET_REQUEST, {"request_id": request_id}).first()
     if row is None:
         return None
     return StoredAnswer(row.request_id, row.content_hash, row.requester, row.kind, row.certificate_id, row.status,
@@ -207,12 +214,12 @@ def get_request(session: Session, request_id: str) -> StoredAnswer | None:
 
 
 def add_request(session: Session, answer: StoredAnswer) -> None:
-    session.add(GatewayRequest(
-        request_id=answer.request_id, content_hash=answer.content_hash, requester=answer.requester, kind=answer.kind,
-        certificate_id=answer.certificate_id, status=answer.status, answer=json.dumps(answer.answer),
-        outbound=json.dumps(answer.outbound), created_at=answer.created_at,
-    ))
-    session.flush()
+    """One INSERT, executed at once (a second request under the same id in the same transaction sees it, and a
+    duplicate fails here, not at the commit)."""
+    session.execute(_ADD_REQUEST, {
+        "request_id": answer.request_id, "content_hash": answer.content_hash, "requester": answer.requester,
+        "kind": answer.kind, "certificate_id": answer.certificate_id, "status": answer.status,
+        "answer": json.dumps(answer.answer), "outbound": json.dumps(answer.outbound), "created_at": answer.created_at})
 
 
 def requests_of_certificate(session: Session, certificate_id: str) -> list[StoredAnswer]:
@@ -225,33 +232,54 @@ def requests_of_certificate(session: Session, certificate_id: str) -> list[Store
 # -- managed certificates ----------------------------------------------------------------------------------
 
 
-def get_certificate(session: Session, certificate_id: str) -> GatewayCertificate | None:
-    return session.get(GatewayCertificate, certificate_id)
+_CERTIFICATES = GatewayCertificate.__table__
+_GET_CERTIFICATE = select(_CERTIFICATES).where(_CERTIFICATES.c.certificate_id == bindparam("certificate_id"))
+
+
+def get_certificate(session: Session, certificate_id: str) -> Row[Any] | None:
+    """The managed certificate's row (its columns as attributes: profile, connector, requester, sans, ...)."""
+    return session.execute(_GET_CERTIFICATE, {"certificate_id": certificate_id}).first()
 
 
 def next_revision(session: Session, *, certificate_id: str, profile: str, connector: str, requester: str,
                   key_generation: str, sans: Sequence[str], now: datetime) -> int:
-    """Record a new issuance of the certificate and return its revision (1 for a new certificate)."""
-    row = session.get(GatewayCertificate, certificate_id)
-    if row is None:
-        row = GatewayCertificate(certificate_id=certificate_id, profile=profile, connector=connector, requester=requester,
-                                 key_generation=key_generation, revision=1, sans=json.dumps(list(sans)), created_at=now,
-                                 updated_at=now)
-        session.add(row)
-    else:
-        row.revision += 1
-        row.connector = connector
-        row.sans = json.dumps(list(sans)) if sans else row.sans
-        row.updated_at = now
-    session.flush()
-    return row.revision
+    """Record a new issuance of the certificate and return its revision (1 for a new certificate): one
+    INSERT ... ON CONFLICT DO UPDATE ... RETURNING (the connector and, when given, the SANs as last requested)."""
+    statement = _revision_statement(session.get_bind().dialect.name, bool(sans))
+    return int(session.execute(statement, {
+        "certificate_id": certificate_id, "profile": profile, "connector": connector, "requester": requester,
+        "key_generation": key_generation, "revision": 1, "sans": json.dumps(list(sans)), "created_at": now,
+        "updated_at": now}).scalar_one())
 
 
 def ensure_certificate(session: Session, *, certificate_id: str, profile: str, connector: str, requester: str,
                        key_generation: str, sans: Sequence[str], now: datetime) -> None:
     """Record a managed certificate without an issuance yet (revision 0: the deployer bot makes its key first)."""
-    if session.get(GatewayCertificate, certificate_id) is None:
-        session.add(GatewayCertificate(certificate_id=certificate_id, profile=profile, connector=connector, requester=requester,
-                                       key_generation=key_generation, revision=0, sans=json.dumps(list(sans)),
-                                       created_at=now, updated_at=now))
-        session.flush()
+    session.execute(_ensure_statement(session.get_bind().dialect.name), {
+        "certificate_id": certificate_id, "profile": profile, "connector": connector, "requester": requester,
+        "key_generation": key_generation, "revision": 0, "sans": json.dumps(list(sans)), "created_at": now,
+        "updated_at": now})
+
+
+def _dialect_insert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert(_CERTIFICATES)
+    if dialect == "sqlite":
+        return sqlite.insert(_CERTIFICATES)
+    raise NotImplementedError(f"managed certificates: unsupported database {dialect!r}")
+
+
+@functools.cache
+def _revision_statement(dialect: str, with_sans: bool) -> Any:
+    statement = _dialect_insert(dialect)
+    values: dict[str, Any] = {"revision": _CERTIFICATES.c.revision + 1, "connector": statement.excluded.connector,
+                              "updated_at": statement.excluded.updated_at}
+    if with_sans:
+        values["sans"] = statement.excluded.sans
+    return statement.on_conflict_do_update(index_elements=["certificate_id"], set_=values).returning(
+        _CERTIFICATES.c.revision)
+
+
+@functools.cache
+def _ensure_statement(dialect: str) -> Any:
+    return _dialect_insert(dialect).on_conflict_do_nothing(index_elements=["certificate_id"])

@@ -216,3 +216,14 @@ def test_migration_0011_fills_the_projection_once_from_the_inventory(db_settings
         assert _rows(engine, "later") == {}
     finally:
         engine.dispose()
+
+
+def test_an_issuance_its_renewal_and_a_revocation_folded_in_one_transaction(engine: Engine) -> None:
+    # the service folds the records in flight in one write transaction: each fold sees the ones before it
+    _managed(engine, CERT)
+    with write_session(engine) as session:
+        issued.apply_in(session, _issued(1, timedelta(minutes=1)))
+        issued.apply_in(session, _issued(2, timedelta(minutes=2)))
+        issued.apply_in(session, _revoked(2, timedelta(minutes=3)))
+        issued.apply_in(session, _issued(3, timedelta(minutes=4)))
+    assert _statuses(engine) == {"1": "superseded", "2": "revoked", "3": "active"} and _current(engine) == "3"
