@@ -340,3 +340,11 @@ def transaction_memo(session: Session, key: str) -> dict[Any, Any]:
         held = (transaction, {})
         session.info[key] = held
     return held[1]
+
+
+def core(session: Session) -> Connection:
+    """The session's connection, for prebuilt Core statements on a hot path: about half the cost of
+    ``Session.execute`` (no ORM execution layer). Pending ORM changes are flushed first (a no-op on a
+    clean session), so the statement sees them as ``Session.execute``'s autoflush would."""
+    session.flush()
+    return session.connection()

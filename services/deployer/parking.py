@@ -33,6 +33,7 @@ from services.common.consumer import Outbound
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import DecodeError, Envelope, decode, encode
 from services.common.contracts.events import CertificateIssued
+from services.common.db import core
 from services.common.db_schema import DeployerParkedCertificateRow as Row
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,11 @@ def park(session: Session, envelope: Envelope, code: str, now: datetime, park_s:
     return deadline
 
 
-_IS_PARKED = select(Row.event_id).where(Row.event_id == bindparam("event_id"))
+_IS_PARKED = select(Row.__table__.c.event_id).where(Row.__table__.c.event_id == bindparam("event_id"))
 
 
 def is_parked(session: Session, event_id: str) -> bool:
-    return session.execute(_IS_PARKED, {"event_id": event_id}).first() is not None
+    return core(session).execute(_IS_PARKED, {"event_id": event_id}).first() is not None
 
 
 def unpark(session: Session, event_id: str) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.common.db import transaction_memo
+from services.common.db import core, transaction_memo
 from services.common.db_schema import (
     DeployerAcceptedCertificateRow,
     DeployerBotKeyRow,
@@ -32,6 +32,8 @@ from services.common.db_schema import (
 from services.deployer.trust import Expectation
 
 #: ``session.info`` key of the pins already read in a transaction
+_PIN = select(DeployerConnectorPinRow.__table__.c.pinned_ca_sha256).where(
+    DeployerConnectorPinRow.__table__.c.connector == bindparam("connector"))
 _PINS_READ = "certrail.deployer.connector_pin"
 
 
@@ -40,8 +42,7 @@ def connector_pin(session: Session, connector: str) -> str | None:
     certificates of one connector asks once), forgotten when this module changes a pin."""
     memo: dict[str, str | None] = transaction_memo(session, _PINS_READ)
     if connector not in memo:
-        row = session.get(DeployerConnectorPinRow, connector)
-        memo[connector] = row.pinned_ca_sha256 if row is not None else None
+        memo[connector] = core(session).execute(_PIN, {"connector": connector}).scalar()
     return memo[connector]
 
 
@@ -95,7 +96,7 @@ def record_accepted(session: Session, *, certificate_id: str, request_id: str, p
     renewal with a new CSR expects the new key; one without a hash expects none). One statement
     (INSERT ... ON CONFLICT DO UPDATE), on the path of every certificate."""
     key = public_key_sha256.lower() if public_key_sha256 is not None else None
-    session.execute(_accepted_upsert(session.get_bind().dialect.name), {
+    core(session).execute(_accepted_upsert(session.get_bind().dialect.name), {
         "certificate_id": certificate_id, "request_id": request_id, "profile": profile, "connector": connector,
         "accepted_at": now, "public_key_sha256": key})
 
@@ -115,12 +116,13 @@ def _accepted_upsert(dialect: str) -> Any:
                                                           "public_key_sha256")})
 
 
-_ACCEPTED = (select(DeployerAcceptedCertificateRow.request_id, DeployerAcceptedCertificateRow.public_key_sha256)
-             .where(DeployerAcceptedCertificateRow.certificate_id == bindparam("certificate_id")))
+_ACCEPTED_TABLE = DeployerAcceptedCertificateRow.__table__
+_ACCEPTED = (select(_ACCEPTED_TABLE.c.request_id, _ACCEPTED_TABLE.c.public_key_sha256)
+             .where(_ACCEPTED_TABLE.c.certificate_id == bindparam("certificate_id")))
 
 
 def accepted(session: Session, certificate_id: str) -> Accepted | None:
-    row = session.execute(_ACCEPTED, {"certificate_id": certificate_id}).first()
+    row = core(session).execute(_ACCEPTED, {"certificate_id": certificate_id}).first()
     return None if row is None else Accepted(row.request_id, row.public_key_sha256)
 
 
@@ -139,8 +141,8 @@ def expectation(session: Session, certificate_id: str, connector: str) -> Expect
 
 def bot_key_hashes(session: Session, certificate_id: str) -> frozenset[str]:
     """The public-key hashes of every key this deployer generated for ``certificate_id``."""
-    return frozenset(session.scalars(_BOT_KEY_HASHES, {"certificate_id": certificate_id}))
+    return frozenset(core(session).execute(_BOT_KEY_HASHES, {"certificate_id": certificate_id}).scalars())
 
 
-_BOT_KEY_HASHES = select(DeployerBotKeyRow.public_key_sha256).where(
-    DeployerBotKeyRow.certificate_id == bindparam("certificate_id"))
+_BOT_KEY_HASHES = select(DeployerBotKeyRow.__table__.c.public_key_sha256).where(
+    DeployerBotKeyRow.__table__.c.certificate_id == bindparam("certificate_id"))

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox
-from services.common.db import transaction_memo
+from services.common.db import core, transaction_memo
 from services.common.db_schema import DeployerBindingRow, DeployerBotKeyRow, DeployerDeploymentRow, DeployerTargetRow
 from services.deployer.targets.config import CONFIG_MODELS, TargetKind, validate_secrets
 
@@ -177,7 +177,7 @@ def start_attempt(session: Session, *, certificate_id: str, serial: str, target_
                   certificate_pem: str, chain_pem: tuple[str, ...], public_key_sha256: str, now: datetime) -> None:
     """Record one more attempt: the row is created in_progress with one attempt, or its count goes up
     (one statement: INSERT ... ON CONFLICT DO UPDATE)."""
-    session.execute(_attempt_statement(session.get_bind().dialect.name), {
+    core(session).execute(_attempt_statement(session.get_bind().dialect.name), {
         "certificate_id": certificate_id, "serial": serial, "target_name": target_name, "target_kind": target_kind,
         "status": "in_progress", "attempts": 1, "cause_id": cause_id, "certificate_pem": certificate_pem,
         "chain_pem": json.dumps(list(chain_pem)), "public_key_sha256": public_key_sha256, "started_at": now})
@@ -206,10 +206,10 @@ _FINISH = (update(_DEPLOYMENTS)
 def finish(session: Session, *, certificate_id: str, serial: str, target_name: str, status: str, rolled_back: bool | None,
            error_code: str | None, error_message: str | None, outcome: str, now: datetime) -> None:
     """The outcome of the attempts `start_attempt` recorded (an UPDATE of that row; none: a bug)."""
-    result = session.execute(_FINISH, {"k_certificate_id": certificate_id, "k_serial": serial, "k_target_name": target_name,
+    result = core(session).execute(_FINISH, {"k_certificate_id": certificate_id, "k_serial": serial, "k_target_name": target_name,
                                        "status": status, "rolled_back": rolled_back, "error_code": error_code,
                                        "error_message": error_message, "outcome": outcome, "finished_at": now})
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         raise AssertionError("finish() after start_attempt()")
 
 
@@ -225,9 +225,9 @@ def list_deployments(session: Session, certificate_id: str | None = None) -> lis
     """Every deployment (of ``certificate_id``), oldest first (one prepared statement: this is on the
     path of every certificate)."""
     if certificate_id is None:
-        rows = session.execute(_ALL_DEPLOYMENTS)
+        rows = core(session).execute(_ALL_DEPLOYMENTS)
     else:
-        rows = session.execute(_DEPLOYMENTS_OF, {"certificate_id": certificate_id})
+        rows = core(session).execute(_DEPLOYMENTS_OF, {"certificate_id": certificate_id})
     return [Deployment(*row[:10], tuple(json.loads(row[10]))) for row in rows]
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from services.common.contracts.envelope import Envelope
 from services.common.contracts.events import CertificateIssued, CertificateRevoked
-from services.common.db import write_session
+from services.common.db import core, write_session
 from services.common.db_schema import GatewayCertificate, GatewayIssuedSerial
 
 __all__ = [
@@ -119,7 +119,7 @@ def apply_in(session: Session, event: Envelope) -> bool:
     data = event.data
     if not isinstance(data, CertificateIssued | CertificateRevoked):
         raise TypeError(f"the issued-certificate projection folds no {event.type}")
-    if session.execute(_MANAGED, {"certificate_id": data.certificate_id}).first() is None:
+    if core(session).execute(_MANAGED, {"certificate_id": data.certificate_id}).first() is None:
         log.warning("%s %s ignored: certificate id %r is not managed by this gateway (forged or foreign)",
                     event.type, event.id, data.certificate_id[:200])
         return False
@@ -155,7 +155,7 @@ def fold_issued(session: Session, fact: Issued) -> None:
 
 def fold_revoked(session: Session, fact: Revoked) -> None:
     """Record a revoked serial (also one whose issuance the gateway has not seen)."""
-    row = session.execute(_ROW, {"certificate_id": fact.certificate_id, "serial": fact.serial}).first()
+    row = core(session).execute(_ROW, {"certificate_id": fact.certificate_id, "serial": fact.serial}).first()
     values = _new_row(fact.certificate_id, fact.serial, connector=fact.connector) if row is None else dict(row._mapping)
     values.update(status=REVOKED, revoked_at=fact.revoked_at, revocation_reason=fact.reason)
     _upsert(session, [values])
@@ -168,12 +168,12 @@ def _new_row(certificate_id: str, serial: str, **values: Any) -> dict[str, Any]:
 
 
 def _rows(session: Session, certificate_id: str) -> dict[str, dict[str, Any]]:
-    return {row.serial: dict(row._mapping) for row in session.execute(_ROWS, {"certificate_id": certificate_id})}
+    return {row.serial: dict(row._mapping) for row in core(session).execute(_ROWS, {"certificate_id": certificate_id})}
 
 
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
     """INSERT ... ON CONFLICT (certificate_id, serial) DO UPDATE every column."""
-    session.execute(_upsert_statement(session.get_bind().dialect.name), rows)
+    core(session).execute(_upsert_statement(session.get_bind().dialect.name), rows)
 
 
 @functools.cache

@@ -46,7 +46,7 @@ from services.common.contracts.events import (
     IssuancePending,
     RevocationFailed,
 )
-from services.common.db import write_session
+from services.common.db import core, write_session
 from services.common.db_schema import GatewayRequest, GatewayRequestStatus
 
 __all__ = ["OUTCOME_EVENTS", "PENDING_APPROVAL", "Fold", "Outcome", "apply_event", "apply_in", "fold", "folds_counter",
@@ -139,7 +139,7 @@ _UPDATE = (update(_STATUS).where(_STATUS.c.request_id == bindparam("key"))
 def fold(session: Session, outcome: Outcome) -> Fold:
     """Record ``outcome`` as its request's status if the gateway accepted that request about that
     certificate and it outranks what is recorded; what it did, as a `Fold`."""
-    request = session.execute(_REQUEST, {"request_id": outcome.request_id}).first()
+    request = core(session).execute(_REQUEST, {"request_id": outcome.request_id}).first()
     if request is None:
         verdict = Fold.UNKNOWN_REQUEST
     elif request.status != "accepted":
@@ -155,17 +155,17 @@ def fold(session: Session, outcome: Outcome) -> Fold:
 
 def _record(session: Session, outcome: Outcome) -> Fold:
     """Core statements, executed at once: a later fold of the same request in this transaction sees it."""
-    row = session.execute(_RECORDED, {"request_id": outcome.request_id}).first()
+    row = core(session).execute(_RECORDED, {"request_id": outcome.request_id}).first()
     values = {"state": outcome.state, "result": json.dumps(outcome.result), "event_type": outcome.event_type,
               "event_id": outcome.event_id, "event_time": outcome.time}
     if row is None:
-        session.execute(_INSERT, {"request_id": outcome.request_id, **values})
+        core(session).execute(_INSERT, {"request_id": outcome.request_id, **values})
         return Fold.FOLDED
     if row.event_id == outcome.event_id:
         return Fold.REDELIVERED
     if not outranks(outcome.state, outcome.time, row.state, row.event_time):
         return Fold.KEPT
-    session.execute(_UPDATE, {"key": outcome.request_id, **values})
+    core(session).execute(_UPDATE, {"key": outcome.request_id, **values})
     return Fold.FOLDED
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox
+from services.common.db import core
 from services.common.db_schema import (
     GatewayCertificate,
     GatewayProfile,
@@ -206,7 +207,7 @@ _ADD_REQUEST = _REQUESTS.insert()
 
 
 def get_request(session: Session, request_id: str) -> StoredAnswer | None:
-    row = session.execute(_GET_REQUEST, {"request_id": request_id}).first()
+    row = core(session).execute(_GET_REQUEST, {"request_id": request_id}).first()
     if row is None:
         return None
     return StoredAnswer(row.request_id, row.content_hash, row.requester, row.kind, row.certificate_id, row.status,
@@ -216,7 +217,7 @@ def get_request(session: Session, request_id: str) -> StoredAnswer | None:
 def add_request(session: Session, answer: StoredAnswer) -> None:
     """One INSERT, executed at once (a second request under the same id in the same transaction sees it, and a
     duplicate fails here, not at the commit)."""
-    session.execute(_ADD_REQUEST, {
+    core(session).execute(_ADD_REQUEST, {
         "request_id": answer.request_id, "content_hash": answer.content_hash, "requester": answer.requester,
         "kind": answer.kind, "certificate_id": answer.certificate_id, "status": answer.status,
         "answer": json.dumps(answer.answer), "outbound": json.dumps(answer.outbound), "created_at": answer.created_at})
@@ -238,7 +239,7 @@ _GET_CERTIFICATE = select(_CERTIFICATES).where(_CERTIFICATES.c.certificate_id ==
 
 def get_certificate(session: Session, certificate_id: str) -> Row[Any] | None:
     """The managed certificate's row (its columns as attributes: profile, connector, requester, sans, ...)."""
-    return session.execute(_GET_CERTIFICATE, {"certificate_id": certificate_id}).first()
+    return core(session).execute(_GET_CERTIFICATE, {"certificate_id": certificate_id}).first()
 
 
 def next_revision(session: Session, *, certificate_id: str, profile: str, connector: str, requester: str,
@@ -246,7 +247,7 @@ def next_revision(session: Session, *, certificate_id: str, profile: str, connec
     """Record a new issuance of the certificate and return its revision (1 for a new certificate): one
     INSERT ... ON CONFLICT DO UPDATE ... RETURNING (the connector and, when given, the SANs as last requested)."""
     statement = _revision_statement(session.get_bind().dialect.name, bool(sans))
-    return int(session.execute(statement, {
+    return int(core(session).execute(statement, {
         "certificate_id": certificate_id, "profile": profile, "connector": connector, "requester": requester,
         "key_generation": key_generation, "revision": 1, "sans": json.dumps(list(sans)), "created_at": now,
         "updated_at": now}).scalar_one())
@@ -255,7 +256,7 @@ def next_revision(session: Session, *, certificate_id: str, profile: str, connec
 def ensure_certificate(session: Session, *, certificate_id: str, profile: str, connector: str, requester: str,
                        key_generation: str, sans: Sequence[str], now: datetime) -> None:
     """Record a managed certificate without an issuance yet (revision 0: the deployer bot makes its key first)."""
-    session.execute(_ensure_statement(session.get_bind().dialect.name), {
+    core(session).execute(_ensure_statement(session.get_bind().dialect.name), {
         "certificate_id": certificate_id, "profile": profile, "connector": connector, "requester": requester,
         "key_generation": key_generation, "revision": 0, "sans": json.dumps(list(sans)), "created_at": now,
         "updated_at": now})
