@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -216,9 +217,7 @@ class Dispatcher:
     async def dispatch_batch(self, records: Sequence[InboundRecord]) -> list[Outcome]:
         """Handles ``records`` (one fetched batch) and returns once everything they published is
         acknowledged; raises if any record failed (the caller leaves the batch uncommitted)."""
-        chains: dict[tuple[str, int, bytes | None], list[int]] = {}
-        for index, record in enumerate(records):
-            chains.setdefault((record.topic, record.partition, record.key), []).append(index)
+        chains = key_chains(records)
         outcomes: list[Outcome | None] = [None] * len(records)
         slots = asyncio.Semaphore(self.batch_concurrency)
 
@@ -233,7 +232,7 @@ class Dispatcher:
         acks = PendingAcks()
         token = PENDING_ACKS.set(acks)
         try:
-            results = await asyncio.gather(*(run(indexes) for indexes in chains.values()), return_exceptions=True)
+            results = await asyncio.gather(*(run(indexes) for indexes in chains), return_exceptions=True)
         finally:
             PENDING_ACKS.reset(token)
         ack_failure: Exception | None = None
@@ -310,6 +309,30 @@ class Dispatcher:
 
     async def _dead_letter(self, record: InboundRecord, code: ErrorCode, reason: str) -> None:
         await self.publisher.publish([dead_letter_for(record, code, reason, self.service, self.topics, self.clock())])
+
+
+def key_chains(records: Sequence[InboundRecord]) -> list[list[int]]:
+    """The batch's records (their indexes) in chains handled one after the other, the chains concurrently:
+    one chain per key, across the topics of the subscription (decision 0017: records of one key from two
+    topics are handed over in the order they were produced, so that a certificate's acceptance is applied
+    before its issuance arriving in the same batch), each partition's records in offset order, the
+    partitions merged by record timestamp; records without a key: one chain per partition."""
+    partitions: dict[tuple[str, int, bytes | None], list[int]] = {}
+    for index, record in enumerate(records):
+        partitions.setdefault((record.topic, record.partition, record.key), []).append(index)
+    by_key: dict[bytes, list[list[int]]] = {}
+    chains: list[list[int]] = []
+    for (_, _, key), indexes in partitions.items():
+        if key is None:
+            chains.append(indexes)
+        else:
+            by_key.setdefault(key, []).append(indexes)
+    for lists in by_key.values():
+        if len(lists) == 1:
+            chains.append(lists[0])
+        else:  # a stable merge: each partition's own order is kept whatever its timestamps say
+            chains.append(list(heapq.merge(*lists, key=lambda i: records[i].timestamp_ms or 0)))
+    return chains
 
 
 def producer_violation(topics: Topics, message_class: type[Message], topic: str) -> str | None:

@@ -20,6 +20,7 @@ from services.common.consumer import (
     Outbound,
     Outcome,
     TransientFailure,
+    key_chains,
 )
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import CONTENT_TYPE, Envelope, encode, make_event
@@ -229,3 +230,20 @@ async def test_without_the_option_a_type_header_is_not_trusted() -> None:
     headers = (("ce_type", RequestAccepted.TYPE.encode()),)
     assert await dispatcher.dispatch(_record(b"c", 0, b"{not even json", headers=headers)) is Outcome.DEAD_LETTERED
     assert [out.topic for out in publisher.sent] == [TOPICS.deadletter]
+
+
+def test_one_chain_per_key_across_topics_in_production_order() -> None:
+    def record(topic: str, partition: int, offset: int, key: bytes | None, ts: int) -> InboundRecord:
+        return InboundRecord(topic=topic, partition=partition, offset=offset, value=b"{}", key=key, timestamp_ms=ts)
+
+    records = [
+        record("events.issuer", 0, 7, b"web-1", 2_000),  # 0: issued after ...
+        record("events.issuer", 0, 8, b"web-2", 1_500),  # 1
+        record("events.gateway", 3, 40, b"web-1", 1_000),  # 2: ... its acceptance, fetched later in the batch
+        record("events.gateway", 3, 41, b"web-1", 2_500),  # 3
+        record("events.issuer", 0, 9, b"web-1", 1_900),  # 4: an older timestamp, yet after offset 7 of its partition
+        record("requests", 1, 5, None, 3_000),  # 5: no key: a chain of its partition
+        record("requests", 1, 6, None, 100),  # 6
+    ]
+    chains = sorted(key_chains(records))
+    assert chains == sorted([[2, 0, 4, 3], [1], [5, 6]])
