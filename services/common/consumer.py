@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import heapq
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -92,7 +93,7 @@ class InboundRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Outbound:
     """A message to publish: where, under which key, and the event."""
 
@@ -101,6 +102,11 @@ class Outbound:
     key: str | None = None
 
     def value(self) -> bytes:
+        """The record's bytes, encoded once (the gateway stores them with the request, then publishes them)."""
+        return self._value
+
+    @functools.cached_property
+    def _value(self) -> bytes:
         return encode(self.event)
 
     def headers(self) -> dict[str, str]:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from services.common.consumer import Outbound
 from services.common.contracts.catalog import CATALOG
-from services.common.contracts.envelope import Envelope, decode, encode, make_event
+from services.common.contracts.envelope import Envelope, decode, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import CertificateDeployed, CertificateIssued, DeploymentFailed, TargetRef
 from services.common.contracts.fields import ErrorInfo
@@ -229,7 +229,7 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
                      status=status, rolled_back=None if verified else rolled_back,
                      error_code=None if result_error is None else result_error.code.value,
                      error_message=None if result_error is None else result_error.message,
-                     outcome=encode(outbound.event).decode(), now=now)
+                     outcome=outbound.value().decode(), now=now)
     await ctx.write_in(finish)
     return outbound
 
