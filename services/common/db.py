@@ -347,4 +347,13 @@ def core(session: Session) -> Connection:
     ``Session.execute`` (no ORM execution layer). Pending ORM changes are flushed first (a no-op on a
     clean session), so the statement sees them as ``Session.execute``'s autoflush would."""
     session.flush()
-    return session.connection()
+    transaction = session.get_transaction()
+    held = session.info.get(_CORE_CONNECTION)
+    if held is not None and held[0] is transaction and transaction is not None:
+        return held[1]  # type: ignore[no-any-return]
+    connection = session.connection()
+    session.info[_CORE_CONNECTION] = (session.get_transaction(), connection)
+    return connection
+
+
+_CORE_CONNECTION = "certrail.db.core_connection"

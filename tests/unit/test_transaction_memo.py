@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox, generate_key
-from services.common.db import make_engine, read_session, transaction_memo, write_session
+from services.common.db import core, make_engine, read_session, transaction_memo, write_session
+from services.common.db_schema import DeployerConnectorPinRow
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.deployer import projection, store
@@ -101,3 +102,13 @@ def test_transaction_memo_lives_exactly_as_long_as_the_transaction(engine) -> No
         transaction_memo(session, "k")["profile"] = "again"
         session.commit()
         assert "profile" not in transaction_memo(session, "k")
+
+
+def test_core_sees_pending_orm_changes_and_follows_the_transaction(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        session.add(DeployerConnectorPinRow(connector="sim", pinned_ca_sha256="ab" * 32, event_id="e1", updated_at=NOW))
+        first = core(session)
+        assert first.execute(text("SELECT count(*) FROM deployer_connector_pins")).scalar() == 1  # flushed first
+        assert core(session) is first
+        session.rollback()
+        assert core(session).execute(text("SELECT count(*) FROM deployer_connector_pins")).scalar() == 0
