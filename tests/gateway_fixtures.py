@@ -1,26 +1,33 @@
-"""Seed data for gateway tests: connectors, profiles, requester keys and CSRs."""
+"""Seed data for gateway tests: connectors, profiles, requester keys and CSRs; the auditor's internal API
+in-process (`auditor_api`) for a gateway built in the test's process."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from services.auditor.internal_api import create_internal_app
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration
 from services.common.contracts.topics import Topics
 from services.common.db import write_session
 from services.common.db_schema import EmcaConnectorRow
+from services.common.internal_api import InternalClient
 from services.gateway import store
+from services.gateway.auditor_api import AuditorApi
 from services.gateway.policy import DomainRules, ProvisioningProfile
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 TOPICS = Topics("certrail")
 HMAC_KEY = b"k" * 32
+INTERNAL_TOKEN = SecretStr("internal-test-token-" + "x" * 24)
 SECRETS_KEY = generate_key()
 BOX = SecretBox([SECRETS_KEY])
 
@@ -68,3 +75,11 @@ def seed(engine: Engine) -> None:
         store.put_profile(session, _profile("offline", "off"), NOW)
         store.add_requester_key(session, BOX, requester="ci-pipeline", key_id="k1", secret=HMAC_KEY, public_key_pem=None, now=NOW)
         store.add_requester_key(session, BOX, requester="ops", key_id="k1", secret=HMAC_KEY, public_key_pem=None, now=NOW)
+
+
+def auditor_api(engine: Engine, token: SecretStr | None = INTERNAL_TOKEN) -> AuditorApi:
+    """The gateway's client of the auditor's internal API, served in-process (httpx's ASGI transport) by the
+    auditor's real routes over ``engine`` (the database the test's auditor rows are in); ``token``: what the
+    client presents (the auditor expects `INTERNAL_TOKEN`)."""
+    app = create_internal_app(engine, INTERNAL_TOKEN, lambda: datetime.now(UTC))
+    return AuditorApi(InternalClient("http://auditor", token, transport=httpx.ASGITransport(app=app), service="auditor"))

@@ -6,7 +6,8 @@ shared Dispatcher: its own aiokafka loop (consumer_loop.py) stores each fetched
 batch in one transaction and commits offsets only after it, and it stores
 undecodable records raw instead of dead-lettering them (the other consumers of
 those topics dead-letter them). FastStream serves the HTTP side (``/health``,
-``/metrics``) and its idempotent producer publishes the checkpoints.
+``/metrics``) and its idempotent producer publishes the checkpoints; ``/internal/v1`` on the same port
+serves the inventory and timelines to the gateway (internal_api.py, decision 0020).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -29,6 +31,8 @@ from sqlalchemy import Engine
 
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
+from services.auditor.internal_api import create_internal_app
+from services.auditor.inventory_read import INVENTORY_STATUSES, inventory_status_counts
 from services.auditor.keys import load_or_create_signing_key
 from services.auditor.metrics import AuditMetrics
 from services.auditor.settings import AuditorSettings
@@ -36,7 +40,7 @@ from services.auditor.sql import tune_for_ingest
 from services.auditor.verify_runs import latest_run
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session
-from services.common.inventory_read import INVENTORY_STATUSES, inventory_status_counts
+from services.common.internal_api import InternalApiSettings, configured_token, mount_internal
 from services.common.kafka_edge import FastStreamPublisher, make_broker
 from services.common.metrics import PublisherMetrics, service_info
 from services.common.proc import exit_with_parent
@@ -163,7 +167,9 @@ def prepare_pool_factory(processes: int) -> Callable[[], Executor]:
     return make
 
 
-def create_app(settings: AuditorSettings) -> tuple[AsgiFastStream, AuditorRuntime]:
+def create_app(settings: AuditorSettings, internal: InternalApiSettings | None = None) -> tuple[Any, AuditorRuntime]:
+    """The auditor; ``internal``: where the internal API's token is (None: no token, every ``/internal/v1``
+    request is refused)."""
     topics = Topics(settings.kafka.topic_prefix)
     registry = CollectorRegistry(auto_describe=True)
     instance_id = new_instance_id()
@@ -224,10 +230,11 @@ def create_app(settings: AuditorSettings) -> tuple[AsgiFastStream, AuditorRuntim
         after_startup=[runtime.start],
         on_shutdown=[runtime.stop],
     )
-    return app, runtime
+    token = configured_token(internal) if internal is not None else None  # decision 0020
+    return mount_internal(app, create_internal_app(engine, token, utc_now)), runtime
 
 
 def main() -> None:
     settings = AuditorSettings()
-    app, _ = create_app(settings)
+    app, _ = create_app(settings, InternalApiSettings())
     run_service(app, settings)

@@ -31,16 +31,17 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.auditor.admin_trail import admin_trail
 from services.auditor.export import exported_rows, write_csv, write_jsonl
 from services.auditor.keys import SigningKeyError, key_id, load_public_key_file, local_key_id
 from services.auditor.replay import ReplayError, diff_stores, parse_bound, replay
 from services.auditor.settings import AuditorSettings
+from services.auditor.trail import trail as build_trail
 from services.auditor.verify import VerifyReport
 from services.auditor.verify import verify as run_verify
 from services.auditor.verify_problems import Problem, ProblemKind
 from services.auditor.verify_runs import VerifyRun, record_run
 from services.common import migrate
-from services.common.audit_trail import trail as build_trail
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, normalise_url, read_session, safe_url, write_session
 from services.common.settings import DatabaseSettings
@@ -98,10 +99,24 @@ def _show(value: datetime | None) -> str:
 
 @app.command()
 def trail(
-    identifier: Annotated[str, typer.Argument(metavar="ID", help="A certificate id, request id, serial or event id.")],
+    identifier: Annotated[str | None, typer.Argument(metavar="ID", help="A certificate id, request id, serial or event id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON Lines instead of a table.")] = False,
+    connector: Annotated[str | None, typer.Option("--connector", help="Admin events about this connector.")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="Admin events about this provisioning profile.")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Admin events about this API token id.")] = None,
+    requester: Annotated[str | None, typer.Option("--requester", help="Admin events about this requester's keys.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Admin events by this actor (token identity, console user, cli:<user>).")] = None,
 ) -> None:
-    """The timeline of a certificate, a request or a serial, in order."""
+    """The timeline of a certificate, a request or a serial, in order; or, with --connector, --profile,
+    --token, --requester and/or --actor, the configuration changes (admin events) that match them all."""
+    admin_filters = {"connector": connector, "profile": profile, "token": token, "requester": requester}
+    if actor is not None or any(v is not None for v in admin_filters.values()):
+        if identifier is not None:
+            raise _fail("give an ID or admin-event filters (--connector, --profile, --token, --requester, --actor), not both")
+        _admin_trail(actor, admin_filters, as_json)
+        return
+    if identifier is None:
+        raise _fail("give an ID, or admin-event filters (--connector, --profile, --token, --requester, --actor)")
     settings = _settings()
     engine = make_engine(settings.db)
     try:
@@ -123,6 +138,32 @@ def trail(
         details = entry.summary + (f" [duplicate of {entry.duplicate_of}]" if entry.duplicate_of else "")
         table.add_row(_show(entry.timestamp), f"{entry.topic}/{entry.partition}@{entry.offset}",
                       entry.event_type or "-", entry.event_id or "-", details)
+    Console(width=200).print(table)
+
+
+def _admin_trail(actor: str | None, subjects: dict[str, str | None], as_json: bool) -> None:
+    settings = _settings()
+    engine = make_engine(settings.db)
+    try:
+        with _errors(settings), read_session(engine) as session:
+            entries = admin_trail(session, actor=actor, **subjects)
+    finally:
+        engine.dispose()
+    shown = ", ".join(f"{k} {v}" for k, v in {**subjects, "actor": actor}.items() if v is not None)
+    if not entries:
+        raise _fail(f"no admin event in the audit log matches {shown}", code=1)
+    if as_json:
+        for entry in entries:
+            row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(entry).items()}
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    table = Table(title=f"configuration changes: {shown}")
+    for column in ("time (Kafka)", "where", "type", "event id", "details"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        details = entry.summary + (f" [duplicate of {entry.duplicate_of}]" if entry.duplicate_of else "")
+        table.add_row(_show(entry.timestamp), f"{entry.topic}/{entry.partition}@{entry.offset}", entry.event_type,
+                      entry.event_id or "-", details)
     Console(width=200).print(table)
 
 

@@ -7,6 +7,11 @@ secrets) and, for ``create``, ``CERTRAIL_KAFKA_*`` (the connector's command topi
 Secrets never come from arguments: each is read from an environment variable or prompted for
 with hidden input (files for the PFX, the AES key and the CA bundle). Failures print
 ``error: <CODE>: <message>`` and exit with 1 (2 for invalid input). See docs/connectors.md.
+
+Every change (create, update, enable, disable, delete, rotate-secrets) goes through the
+gateway's one configuration path (services/gateway/config/; decision 0019): refused ones too,
+it is recorded as an admin event naming ``cli:<OS user>`` or ``--actor``, which the running
+gateway publishes (the CLI needs no Kafka for it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -31,6 +37,8 @@ from services.common.connectors.usage import default_usage_checks
 from services.common.db import make_engine, safe_url
 from services.common.emca.client import connect
 from services.common.settings import DatabaseSettings, KafkaSettings
+from services.gateway.config import connectors as config_connectors
+from services.gateway.config.actor import Actor, cli_actor_name
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
@@ -53,6 +61,7 @@ Pfx = Annotated[Path | None, typer.Option("--pfx", exists=True, dir_okay=False, 
 AesKeyFile = Annotated[Path | None, typer.Option("--aes-key-file", exists=True, dir_okay=False, help="V4.0.17: file with the AES key.")]
 SimDir = Annotated[Path | None, typer.Option("--from-sim-dir", file_okay=False, help="Take URL, trust and credentials from an emCA simulator's data dir.")]
 SimUser = Annotated[str | None, typer.Option("--sim-user", help="The simulator application (default: the version's).")]
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who acts, as the admin event names it (default: cli:<OS user>).")]
 
 
 def _fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
@@ -89,6 +98,14 @@ def _registry(*, create_key: bool = False) -> Iterator[ConnectorRegistry]:
         yield ConnectorRegistry(engine, box, connect=connect, topics=KafkaTopicCreator(KafkaSettings()), usage_checks=checks)
     finally:
         engine.dispose()
+
+
+def _actor(registry: ConnectorRegistry, given: str | None) -> Actor:
+    try:
+        name = cli_actor_name(given)
+    except ValueError as exc:
+        _fail("INVALID_INPUT", str(exc), 2)
+    return Actor(config_connectors.registry_engine(registry), name, lambda: datetime.now(UTC))
 
 
 def _secret(env: str, prompt: str) -> str:
@@ -140,6 +157,7 @@ def create(
     name: Name, version: Version = None, base_url: BaseUrl = None, username: Username = None, issuing_ca: IssuingCa = None,
     subscriber_id: Subscriber = None, profile: Profile = None, concurrency: Concurrency = None, ca_bundle: CaBundle = None,
     pfx: Pfx = None, aes_key_file: AesKeyFile = None, from_sim_dir: SimDir = None, sim_user: SimUser = None, as_json: Json = False,
+    actor: ActorOption = None,
 ) -> None:
     """Validate a new connector against emCA, pin its issuing CA, create its command topic, store it enabled."""
     values: dict[str, Any] = {}
@@ -171,7 +189,7 @@ def create(
     with _errors():
         spec = ConnectorSpec.model_validate({"name": name, **values, "secrets": ConnectorSecrets.model_validate(secrets)})
         with _registry(create_key=True) as registry:
-            change = asyncio.run(registry.create(spec))
+            change = asyncio.run(config_connectors.create_connector(_actor(registry, actor), registry, spec))
     if as_json:
         _print(change.change, True)
         return
@@ -190,7 +208,7 @@ def update(
     set_aes_key: Annotated[bool, typer.Option("--set-aes-key", help=f"New AES key ({AES_KEY_ENV} or prompt).")] = False,
     set_pfx_password: Annotated[bool, typer.Option("--set-pfx-password", help=f"({PFX_PASSWORD_ENV} or prompt).")] = False,
     repin: Annotated[bool, typer.Option("--repin", help="Accept a changed issuing CA certificate.")] = False,
-    from_sim_dir: SimDir = None, sim_user: SimUser = None, as_json: Json = False,
+    from_sim_dir: SimDir = None, sim_user: SimUser = None, as_json: Json = False, actor: ActorOption = None,
 ) -> None:
     """Edit a connector: validated again; stored only when every check passes."""
     values: dict[str, Any] = {}
@@ -217,7 +235,7 @@ def update(
     with _errors():
         edit = ConnectorEdit.model_validate({**values, "remove_ca_bundle": no_ca_bundle, "repin": repin})
         with _registry() as registry:
-            change = asyncio.run(registry.update(name, edit))
+            change = asyncio.run(config_connectors.update_connector(_actor(registry, actor), registry, name, edit))
     _print(change.change, as_json)
     if not as_json:
         changed = ", ".join(f"{k}={v}" for k, v in change.change.items()) or "nothing changed"
@@ -269,38 +287,38 @@ def test(name: Name) -> None:
 
 
 @app.command()
-def enable(name: Name) -> None:
+def enable(name: Name, actor: ActorOption = None) -> None:
     """Validate, then enable."""
     with _errors():
         with _registry() as registry:
-            asyncio.run(registry.enable(name))
+            asyncio.run(config_connectors.enable_connector(_actor(registry, actor), registry, name))
     typer.echo(f"connector {name}: enabled")
 
 
 @app.command()
-def disable(name: Name, reason: Annotated[str | None, typer.Option("--reason")] = None) -> None:
+def disable(name: Name, reason: Annotated[str | None, typer.Option("--reason")] = None, actor: ActorOption = None) -> None:
     """Disable (the gateway stops routing to it; its queue is kept)."""
     with _errors():
         with _registry() as registry:
-            registry.disable(name, reason)
+            asyncio.run(config_connectors.disable_connector(_actor(registry, actor), registry, name, reason))
     typer.echo(f"connector {name}: disabled")
 
 
 @app.command()
-def delete(name: Name) -> None:
+def delete(name: Name, actor: ActorOption = None) -> None:
     """Delete (refused while a profile or a live certificate uses it; the command topic is kept)."""
     with _errors():
         with _registry() as registry:
-            registry.delete(name)
+            asyncio.run(config_connectors.delete_connector(_actor(registry, actor), registry, name))
     typer.echo(f"connector {name}: deleted")
 
 
 @app.command("rotate-secrets")
-def rotate_secrets() -> None:
+def rotate_secrets(actor: ActorOption = None) -> None:
     """Re-encrypt every connector's secrets under the first key of CERTRAIL_SECRETS_KEYS."""
     with _errors():
         with _registry() as registry:
-            report = registry.rotate_secrets()
+            report = config_connectors.rotate_secrets(_actor(registry, actor), registry)
     typer.echo(f"rotated {len(report.rotated)}, already current {len(report.already_current)}, failed {len(report.failed)}")
     for name, why in report.failed.items():
         typer.echo(f"  {name}: {why}", err=True)

@@ -24,8 +24,10 @@ from services.deployer import store as deployer_store
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.settings import DeployerSettings
 from services.gateway import store as gateway_store
+from services.gateway.config.actor import Actor
+from services.gateway.config.tokens import create_token
 from services.gateway.policy import PolicyViolation
-from services.gateway.policy.tokens import Role, generate_token, token_id_of
+from services.gateway.policy.tokens import Role, token_id_of
 
 CONNECTOR = "emca-demo"
 PROFILE = "demo-web"
@@ -61,11 +63,9 @@ def _token(engine: Engine, path: Path, identity: str, role: Role) -> str:
             stored = None
         if stored is not None and stored.revoked_at is None:
             return token
-    new = generate_token()
-    with write_session(engine) as session:
-        gateway_store.add_token(session, token_id=new.token_id, token_hash=new.token_hash, identity=identity, role=role,
-                                profiles=None, description="certrail up demo", created_by="certrail up",
-                                now=datetime.now(UTC), expires_at=None)
+    # through the one path of configuration changes (decision 0019): an audited TokenCreated by "certrail up"
+    new, _ = create_token(Actor(engine, "cli:certrail-up", lambda: datetime.now(UTC)), identity=identity, role=role,
+                          profiles=None, description="certrail up demo", expires_at=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(new.token + "\n")

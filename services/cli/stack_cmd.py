@@ -84,7 +84,7 @@ def up(
         "CERTRAIL_DB_URL": db_settings.url,
         "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(var_dir / "auditor" / "checkpoint-signing-key.pem"),
         **stack_env(var_dir),
-    }
+    }  # Stack adds the internal API's token file (var/internal-api.token, 0600) and the auditor's URL
     try:  # each service its own Kafka principal (passwords created once with var/kafka)
         service_env = {name: kafka.client_env(name) for name in SERVICES}
     except LocalKafkaError as exc:
@@ -187,7 +187,7 @@ def _demo(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir
     console.print(f"[green]✓[/] demo certificate {result.certificate_id} serial {result.serial} deployed to {result.deployed_dir}")
     for path in result.files:
         console.print(f"    {path}")
-    from services.common.audit_trail import trail as build_trail
+    from services.auditor.trail import trail as build_trail
     from services.common.db import read_session
 
     engine = make_engine(db_settings)

@@ -1,13 +1,14 @@
-"""`certrail tokens ...`: HTTP API tokens, written straight to the database (``CERTRAIL_DB_*``).
+"""`certrail tokens ...`: HTTP API tokens, in the gateway's database (``CERTRAIL_DB_*``).
 
 This is how the first admin token exists; later ones can come from ``POST /v1/tokens``. The
-token is printed once and only its SHA-256 is stored. Tokens made here are not announced as
-TokenCreated events (the CLI does not talk to Kafka); the API's are. See docs/gateway.md.
+token is printed once and only its SHA-256 is stored. A change goes through the gateway's one
+configuration path (services/gateway/config/; decision 0019): the token and its admin event
+(TokenCreated/TokenRevoked, actor ``cli:<os user>`` or ``--actor``) are written in one
+transaction, and the running gateway publishes the event (the CLI needs no Kafka). See docs/gateway.md.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,12 +25,16 @@ from services.common.contracts.identity import Identity, ProfileName
 from services.common.db import make_engine, safe_url
 from services.common.settings import DatabaseSettings
 from services.gateway.api_common import Problem
-from services.gateway.api_tokens import MAX_TOKEN_DAYS, create_token, list_tokens, revoke_token
+from services.gateway.api_tokens import MAX_TOKEN_DAYS, list_tokens
+from services.gateway.config import tokens as config_tokens
+from services.gateway.config.actor import Actor, cli_actor_name
 from services.gateway.policy.tokens import Role
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who acts, as the admin event names it (default: cli:<OS user>).")]
+RECORDED = "recorded as an admin event; the gateway publishes it"
 
 
 def _fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
@@ -70,6 +75,7 @@ def create(
     profile: Annotated[list[str] | None, typer.Option("--profile", help="Scope to this profile (repeat); default: all.")] = None,
     expires_in_days: Annotated[int | None, typer.Option("--expires-in-days", min=1, max=MAX_TOKEN_DAYS)] = None,
     description: Annotated[str | None, typer.Option("--description", help="What the token is for.")] = None,
+    actor: ActorOption = None,
     as_json: Json = False,
 ) -> None:
     """Create a token and print it once (only its hash is stored)."""
@@ -79,24 +85,26 @@ def create(
         _fail("SCHEMA_VIOLATION", "the description is longer than 256 characters", 2)
     now = datetime.now(UTC)
     expires = now + timedelta(days=expires_in_days) if expires_in_days else None
+    acting = _actor(actor)
     with _engine() as engine:
-        new, described = create_token(engine, identity=identity, role=role, profiles=profiles, description=description,
-                                      created_by=f"cli:{_user()}", now=now, expires_at=expires)
+        new, described = config_tokens.create_token(Actor(engine, acting, lambda: now), identity=identity, role=role,
+                                                    profiles=profiles, description=description, expires_at=expires)
     if as_json:
         typer.echo(json.dumps({**described, "token": new.token}, indent=2))
         return
     scope = ", ".join(described["profiles"]) if described["profiles"] is not None else "every profile"
     typer.echo(f"created token {new.token_id}: role {role.value}, identity {identity}, scope {scope}, "
                f"expires {described['expires_at'] or 'never'}", err=True)
+    typer.echo(f"{RECORDED} (actor {acting})", err=True)
     typer.echo("store it now, it is not shown again:", err=True)
     typer.echo(new.token)
 
 
-def _user() -> str:
+def _actor(given: str | None) -> str:
     try:
-        return getpass.getuser()[:100]
-    except (OSError, KeyError):
-        return "unknown"
+        return cli_actor_name(given)
+    except ValueError as exc:
+        _fail("SCHEMA_VIOLATION", str(exc), 2)
 
 
 @app.command("list")
@@ -116,8 +124,10 @@ def list_(as_json: Json = False) -> None:
 
 
 @app.command()
-def revoke(token_id: Annotated[str, typer.Argument(help="The token id (ctr_<token id>_...).")]) -> None:
+def revoke(token_id: Annotated[str, typer.Argument(help="The token id (ctr_<token id>_...).")],
+           actor: ActorOption = None) -> None:
     """Revoke a token (it answers 401 from now on)."""
+    acting = _actor(actor)
     with _engine() as engine:
-        revoke_token(engine, token_id, datetime.now(UTC))
-    typer.echo(f"token {token_id}: revoked")
+        config_tokens.revoke_token(Actor(engine, acting, lambda: datetime.now(UTC)), token_id)
+    typer.echo(f"token {token_id}: revoked ({RECORDED}, actor {acting})")

@@ -598,6 +598,27 @@ class GatewayRequestStatus(Base):
     event_time: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class GatewayAdminOutbox(Base):
+    """An admin event written in the same transaction as the configuration change it describes
+    (services/gateway/config/; decision 0019). ``value`` is the CloudEvent exactly as published;
+    ``sent_at`` is set once Kafka acknowledged it. The relay publishes unsent rows in ``seq`` order."""
+
+    __tablename__ = "gateway_admin_outbox"
+    __table_args__ = (
+        UniqueConstraint("event_id"),
+        Index("ix_gateway_admin_outbox_sent_at", "sent_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(64))  # the topic without its prefix (the relay's prefix applies)
+    key: Mapped[str | None] = mapped_column(String(300))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 # -- the deployer's tables (services/deployer; docs/deployer.md) -------------------------------------
 # Written only by services/deployer and `certrail targets`. Secrets (target secrets, bot-held
 # private keys) are Fernet tokens under the deployer's own key (CERTRAIL_DEPLOYER_KEYS).

@@ -1,19 +1,14 @@
-"""Reading the certificate inventory (services/auditor/inventory.py builds it; the gateway's API and
-console and the auditor's CLI read it: a shared read model until the auditor serves it by API, decision 0017): one certificate's view, the
-certificates that had a serial, lists for the API and renewal planning, and the status counts
-behind certrail_audit_inventory_certificates."""
+"""The certificate inventory's view as other services see it: the auditor builds the inventory
+(services/auditor/inventory.py) and serves it (services/auditor/inventory_read.py, ``/internal/v1/certificates``,
+decision 0020); the gateway reads it through that API. This module is the shared contract: the view,
+its statuses, and its JSON form on the internal API. It reads no table."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
-
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial
+from typing import Any
 
 
 class CertificateStatus(StrEnum):
@@ -53,87 +48,25 @@ class CertificateView:
     deployments: tuple[tuple[str, str, str, str], ...]  # (kind, name, status, serial)
 
 
-def get_certificate(session: Session, certificate_id: str, now: datetime) -> CertificateView | None:
-    """The inventory view of one certificate, or None."""
-    row = session.get(CertificateInventory, certificate_id)
-    if row is None:
-        return None
-    serials = session.scalars(
-        select(CertificateSerial)
-        .where(CertificateSerial.certificate_id == certificate_id)
-        .order_by(CertificateSerial.issued_at, CertificateSerial.serial)
-    ).all()
-    deployments = session.scalars(
-        select(CertificateDeployment)
-        .where(CertificateDeployment.certificate_id == certificate_id)
-        .order_by(CertificateDeployment.target_kind, CertificateDeployment.target_name)
-    ).all()
-    return CertificateView(
-        certificate_id=row.certificate_id,
-        status=effective_status(row.status, row.not_after, now),
-        serial=row.serial,
-        past_serials=tuple(s.serial for s in serials if s.serial != row.serial),
-        subject=row.subject,
-        sans=tuple(json.loads(row.sans)) if row.sans else (),
-        issuer=row.issuer,
-        not_before=row.not_before,
-        not_after=row.not_after,
-        connector=row.connector,
-        profile=row.profile,
-        requester=row.requester,
-        last_event_type=row.last_event_type,
-        last_event_at=row.last_event_at,
-        last_error_code=row.last_error_code,
-        deployments=tuple((d.target_kind, d.target_name, d.status, d.serial) for d in deployments),
-    )
+_NAMES = tuple(f.name for f in fields(CertificateView))
+_TIMES = ("not_before", "not_after", "last_event_at")
 
 
-def certificates_with_serial(session: Session, serial: str) -> list[str]:
-    """The certificate ids that ever had ``serial`` (normally one)."""
-    return list(
-        session.scalars(
-            select(CertificateSerial.certificate_id)
-            .where(CertificateSerial.serial == serial)
-            .order_by(CertificateSerial.certificate_id)
-        )
-    )
+def view_to_json(view: CertificateView) -> dict[str, Any]:
+    """The view as the internal API answers it (times in ISO 8601, tuples as lists)."""
+    values: dict[str, Any] = {name: getattr(view, name) for name in _NAMES}
+    for name in _TIMES:
+        values[name] = values[name].isoformat() if values[name] is not None else None
+    values["past_serials"], values["sans"] = list(view.past_serials), list(view.sans)
+    values["deployments"] = [list(d) for d in view.deployments]
+    return values
 
 
-def list_certificates(
-    session: Session,
-    now: datetime,
-    *,
-    status: str | None = None,
-    not_after_before: datetime | None = None,
-    limit: int = 1000,
-) -> list[CertificateView]:
-    """Inventory views ordered by not_after (soonest first; never issued last), optionally
-    only one (effective) status, or only those expiring before a time (renewal planning)."""
-    query = select(CertificateInventory.certificate_id).order_by(
-        CertificateInventory.not_after.is_(None), CertificateInventory.not_after, CertificateInventory.certificate_id
-    )
-    if not_after_before is not None:
-        query = query.where(CertificateInventory.not_after < not_after_before)
-    if status == CertificateStatus.EXPIRED:
-        query = query.where(CertificateInventory.status == CertificateStatus.ACTIVE.value, CertificateInventory.not_after <= now)
-    elif status == CertificateStatus.ACTIVE:
-        query = query.where(CertificateInventory.status == status, CertificateInventory.not_after > now)
-    elif status is not None:
-        query = query.where(CertificateInventory.status == status)
-    views = (get_certificate(session, cid, now) for cid in session.scalars(query.limit(limit)))
-    return [v for v in views if v is not None]
-
-
-#: the statuses certrail_audit_inventory_certificates reports ("expired": active and past not_after)
-INVENTORY_STATUSES = ("pending", "active", "expired", "revoked", "failed")
-
-
-def inventory_status_counts(session: Session, now: datetime) -> dict[str, int]:
-    """How many inventory certificates have each effective status."""
-    inv = CertificateInventory
-    counts: dict[str, int] = {}
-    expired = (inv.status == CertificateStatus.ACTIVE.value) & (inv.not_after.is_not(None)) & (inv.not_after <= now)
-    for status, is_expired, n in session.execute(select(inv.status, expired, func.count()).group_by(inv.status, expired)):
-        key = "expired" if is_expired else status
-        counts[key] = counts.get(key, 0) + int(n)
-    return counts
+def view_from_json(values: dict[str, Any]) -> CertificateView:
+    """The inverse of `view_to_json` (KeyError/TypeError/ValueError on a malformed answer)."""
+    found = {name: values[name] for name in _NAMES}
+    for name in _TIMES:
+        found[name] = datetime.fromisoformat(found[name]) if found[name] is not None else None
+    found["past_serials"], found["sans"] = tuple(found["past_serials"]), tuple(found["sans"])
+    found["deployments"] = tuple((str(k), str(n), str(s), str(serial)) for k, n, s, serial in found["deployments"])
+    return CertificateView(**found)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from services.common.internal_api import ensure_token_file
 from services.common.proc import pid_exists, port_free
 
 SERVICES = ("gateway", "issuer", "deployer", "auditor")
@@ -27,6 +28,8 @@ SIM = "emca-sim"
 #: the simulator's API, CRL and admin ports in the embedded stack
 DEFAULT_SIM_PORTS = (8443, 8444, 8445)
 DEFAULT_PORTS = {"gateway": 8080, "issuer": 8081, "deployer": 8082, "auditor": 8083}
+#: the services' internal API token (decision 0020), created once in the var dir
+INTERNAL_TOKEN_FILE = "internal-api.token"
 
 
 class StackError(RuntimeError):
@@ -60,6 +63,8 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         prefix = f"CERTRAIL_{self.name.upper()}_"
         env = {**os.environ, **self.env, f"{prefix}HTTP_HOST": self.host, f"{prefix}HTTP_PORT": str(self.port)}
+        if env.get("CERTRAIL_INTERNAL_TOKEN_FILE") and not env.get("CERTRAIL_INTERNAL_TOKEN"):
+            ensure_token_file(Path(env["CERTRAIL_INTERNAL_TOKEN_FILE"]))  # 0600; kept when it exists
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 self.argv(),
@@ -135,6 +140,9 @@ class Stack:
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # the services' internal API (decision 0020): one token in the var dir; the gateway finds the auditor
+        self.env = {"CERTRAIL_INTERNAL_TOKEN_FILE": str(self.var_dir / INTERNAL_TOKEN_FILE),
+                    "CERTRAIL_GATEWAY_AUDITOR_URL": f"http://{self.host}:{self.ports['auditor']}", **self.env}
         self.services = [ServiceProcess(n, self.ports[n], self.host, self.var_dir, {**self.env, **self.service_env.get(n, {})})
                          for n in SERVICES]
         if self.sim_ports is not None:

@@ -35,6 +35,7 @@ from services.gateway import api_certificates, api_connectors, api_profiles, api
 from services.gateway.api_common import AdminPublisher, ApiCode, Problem, authenticate, bearer, validation_problem
 from services.gateway.api_openapi import document_problems
 from services.gateway.api_throttle import AuthThrottle, client_address, presented_token_id, throttle_from
+from services.gateway.auditor_api import AuditorApi
 from services.gateway.policy import PolicyViolation, ProvisioningProfile
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,12 @@ def create_api(
     registry: ConnectorRegistry | None = None,
     clock: Callable[[], datetime] = _utc_now,
     throttle: AuthThrottle | None = None,
+    auditor: AuditorApi | None = None,
 ) -> FastAPI:
     """The HTTP API over ``runtime`` (a GatewayRuntime: engine, topics, intake, box, publish_records,
     settings). ``registry`` defaults to the real one (emCA client, Kafka topic creation, usage checks:
-    provisioning profiles and live certificates)."""
+    provisioning profiles and live certificates). ``auditor``: the client of the auditor's internal API
+    (certificate views and timelines; default: ``settings.auditor_url``, decision 0020)."""
     if registry is None:
         from services.common.emca.client import connect
 
@@ -82,9 +85,12 @@ def create_api(
 
     app.include_router(api_connectors.router(registry, admin))
     app.include_router(api_profiles.router(runtime.engine, admin, clock))
-    app.include_router(api_certificates.router(runtime, clock))
+    if auditor is None:
+        auditor = AuditorApi.from_settings(runtime.settings)
+    app.state.auditor = auditor  # the console's certificate timeline reads it too
+    app.include_router(api_certificates.router(runtime, clock, auditor))
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
-    app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock))
+    app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock, admin))
     from services.gateway.console import console_router  # the web console: a client of this API
     app.include_router(console_router(runtime, app, clock=clock, throttle=throttle))
 

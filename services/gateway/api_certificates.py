@@ -7,7 +7,11 @@ body again gets the same answer; a different body under the same id DUPLICATE_RE
 An accepted request answers 202 with its status URL; a rejected one a problem with the
 rejection's code (and it is recorded: its status URL shows it). A request's state and result
 come from the gateway's own projection of the issuer's outcome events (request_status.py), never
-from the auditor's tables.
+from the auditor's tables. Certificate views (the inventory) and timelines come from the auditor's
+internal API (auditor_api.py, decision 0020): the gateway authorises with its own tables (tokens,
+profiles, each managed certificate's profile) and passes the caller's scope; when the auditor does not
+answer, those reads are 503 (`AUDITOR_UNAVAILABLE_CODE`) and a request's status still answers, without
+its certificate view (``certificate_error``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -23,17 +26,20 @@ from typing import Annotated, Any
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from sqlalchemy import select
 from starlette.responses import JSONResponse
 
-from services.common import inventory_read as inventory
-from services.common.audit_trail import request_trail
+from services.common.audit_trail import entry_to_json
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import CsrPem, RevocationReason, SanList
 from services.common.contracts.identity import CertificateId, ProfileName, RequestId, Serial
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.db import read_session
+from services.common.db_schema import GatewayIssuedSerial
+from services.common.inventory_read import CertificateView
 from services.gateway import store
 from services.gateway.api_common import (
+    ApiCode,
     Problem,
     claims_of,
     in_thread,
@@ -43,6 +49,7 @@ from services.gateway.api_common import (
     read_body,
     validation_problem,
 )
+from services.gateway.auditor_api import AuditorApi, AuditorUnavailable
 from services.gateway.intake import Answer
 from services.gateway.policy.tokens import ROLES, Action, Role, TokenClaims, may_read_profile, readable_profiles
 from services.gateway.policy.violation import shown
@@ -51,6 +58,9 @@ from services.gateway.request_status import status_of
 log = logging.getLogger(__name__)
 
 PRIVATE_KEY_MARKER = "PRIVATE KEY-----"
+#: the code of a 503 when the auditor (certificate views, timelines) does not answer. errors.py has no code for
+#: "another certrail service is unavailable" (issue 18 report): CA_UNREACHABLE is the closest existing one
+AUDITOR_UNAVAILABLE_CODE = ApiCode.SERVICE_UNAVAILABLE
 _CERTIFICATE_ID: TypeAdapter[str] = TypeAdapter(CertificateId)
 
 
@@ -95,7 +105,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def view_dict(view: inventory.CertificateView | None) -> dict[str, Any] | None:
+def view_dict(view: CertificateView | None) -> dict[str, Any] | None:
     if view is None:
         return None
     return {"certificate_id": view.certificate_id, "status": view.status, "serial": view.serial,
@@ -113,12 +123,21 @@ def read_scope(session: Any, claims: TokenClaims) -> frozenset[str] | None:
     return readable_profiles(claims, [p.profile for p in store.list_profiles(session)])
 
 
-def certificate_profile(session: Any, certificate_id: str, now: datetime) -> tuple[Any, Any, str | None]:
-    """The gateway's row, the inventory's view and the profile of a certificate (Nones when unknown)."""
+def certificate_profile(session: Any, certificate_id: str) -> tuple[Any, str | None]:
+    """The gateway's row and the profile of a certificate (Nones when unknown), from the gateway's own
+    tables only: the managed certificate, else its projection of issued certificates (scope checks never
+    depend on the auditor)."""
     row = store.get_certificate(session, certificate_id)
-    view = inventory.get_certificate(session, certificate_id, now)
-    profile = row.profile if row is not None else (view.profile if view is not None else None)
-    return row, view, profile
+    if row is not None:
+        return row, row.profile
+    issued_under = session.scalars(select(GatewayIssuedSerial.profile).where(
+        GatewayIssuedSerial.certificate_id == certificate_id, GatewayIssuedSerial.profile.is_not(None)).limit(1)).first()
+    return None, issued_under
+
+
+def unavailable_problem(exc: AuditorUnavailable) -> Problem:
+    return Problem(AUDITOR_UNAVAILABLE_CODE, f"certificate views and timelines are served by the auditor: {exc}; "
+                   "try again later", status=503, headers={"Retry-After": "5"})
 
 
 def _strings(value: Any) -> Any:
@@ -146,7 +165,7 @@ def path_id(certificate_id: str) -> str:
         raise validation_problem(exc.errors(include_input=False, include_url=False), ("path", "certificate_id")) from None
 
 
-def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
+def router(runtime: Any, clock: Callable[[], datetime], auditor: AuditorApi) -> APIRouter:
     api = APIRouter(tags=["certificates"])
     engine = runtime.engine
 
@@ -209,25 +228,26 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
     ) -> dict[str, Any]:
         now = clock()
 
-        def load() -> list[dict[str, Any]]:
-            before = now + timedelta(days=expiring_within_days) if expiring_within_days is not None else None
+        def load_scope() -> frozenset[str] | None:
             with read_session(engine) as session:
-                views = inventory.list_certificates(session, now, status=status.value if status else None,
-                                                    not_after_before=before, limit=100_000)
-                scope = read_scope(session, claims)
-            chosen = [v for v in views if may_read_profile(scope, v.profile) and (profile is None or v.profile == profile)
-                      and (connector is None or v.connector == connector)]
-            return [view_dict(v) for v in chosen[:limit]]  # type: ignore[misc]
+                return read_scope(session, claims)
 
-        return {"certificates": await in_thread(load)}
+        scope = await in_thread(load_scope)
+        if scope is not None and not scope:
+            return {"certificates": []}  # the token may read no profile: nothing to ask
+        before = now + timedelta(days=expiring_within_days) if expiring_within_days is not None else None
+        try:
+            views = await auditor.certificates(scope, status=status.value if status else None, not_after_before=before,
+                                               profile=profile, connector=connector, limit=limit)
+        except AuditorUnavailable as exc:
+            raise unavailable_problem(exc) from None
+        return {"certificates": [view_dict(v) for v in views if may_read_profile(scope, v.profile)]}
 
     @api.get("/v1/certificates/{certificate_id:path}", summary="Show a certificate")
     async def show(certificate_id: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        def load() -> dict[str, Any]:
+        def load() -> tuple[Any, list[dict[str, Any]]]:
             with read_session(engine) as session:
-                row, view, profile = certificate_profile(session, certificate_id, clock())
-                if row is None and view is None:
-                    raise Problem(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate {shown(certificate_id)}")
+                row, profile = certificate_profile(session, certificate_id)
                 if not may_read_profile(read_scope(session, claims), profile):  # not even its existence is told
                     raise Problem(ErrorCode.CERTIFICATE_NOT_FOUND,
                                   f"no managed certificate {shown(certificate_id)} visible to this token")
@@ -236,10 +256,17 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
                 managed = None if row is None else {
                     "profile": row.profile, "connector": row.connector, "requester": row.requester,
                     "key_generation": row.key_generation, "revision": row.revision, "sans": json.loads(row.sans)}
-            return {"certificate_id": certificate_id, "status": view.status if view is not None else "requested",
-                    "managed": managed, "inventory": view_dict(view), "requests": requests}
+            return managed, requests
 
-        return await in_thread(load)
+        managed, requests = await in_thread(load)
+        try:
+            view = await auditor.certificate(certificate_id)
+        except AuditorUnavailable as exc:
+            raise unavailable_problem(exc) from None
+        if managed is None and view is None:
+            raise Problem(ErrorCode.CERTIFICATE_NOT_FOUND, f"no managed certificate {shown(certificate_id)}")
+        return {"certificate_id": certificate_id, "status": view.status if view is not None else "requested",
+                "managed": managed, "inventory": view_dict(view), "requests": requests}
 
     def visible_request(session: Any, claims: TokenClaims, request_id: str,
                         scope: frozenset[str] | None) -> store.StoredAnswer:
@@ -251,7 +278,7 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
             raise Problem("REQUEST_NOT_FOUND", f"no request {shown(request_id)}", status=404)
         if stored.requester == claims.identity:  # one's own requests, whatever the token's scope
             return stored
-        profile = certificate_profile(session, stored.certificate_id, clock())[2] if stored.certificate_id else None
+        profile = certificate_profile(session, stored.certificate_id)[1] if stored.certificate_id else None
         if claims.role in (Role.ADMIN, Role.AUDITOR) and may_read_profile(scope, profile):
             return stored
         raise Problem("REQUEST_NOT_FOUND", f"no request {shown(request_id)} visible to this token", status=404)
@@ -259,45 +286,57 @@ def router(runtime: Any, clock: Callable[[], datetime]) -> APIRouter:
     def readable_certificate(session: Any, scope: frozenset[str] | None, certificate_id: str | None) -> bool:
         if certificate_id is None:
             return False
-        return scope is None or may_read_profile(scope, certificate_profile(session, certificate_id, clock())[2])
+        return scope is None or may_read_profile(scope, certificate_profile(session, certificate_id)[1])
 
     @api.get("/v1/requests/{request_id}", tags=["requests"], summary="A request's status and its certificate")
     async def request_status(request_id: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        def load() -> dict[str, Any]:
+        def load() -> tuple[store.StoredAnswer, bool, Any]:
             with read_session(engine) as session:
                 scope = read_scope(session, claims)
                 stored = visible_request(session, claims, request_id, scope)
-                view = (inventory.get_certificate(session, stored.certificate_id, clock())  # type: ignore[arg-type]
-                        if readable_certificate(session, scope, stored.certificate_id) else None)
+                readable = readable_certificate(session, scope, stored.certificate_id)
                 # the issuer's outcome as this gateway folded it (request_status.py): queued until then
                 outcome = status_of(session, request_id) if stored.status == "accepted" else None
-            state, result = ("rejected", None) if stored.status == "rejected" else (outcome or ("queued", None))
-            return {"request_id": request_id, "kind": stored.kind, "requester": stored.requester, "status": stored.status,
-                    "state": state, "created_at": _iso(stored.created_at), "answer": stored.answer, "result": result,
-                    "certificate": view_dict(view)}
+            return stored, readable, outcome
 
-        return await in_thread(load)
+        stored, readable, outcome = await in_thread(load)
+        view, error = None, None
+        if readable and stored.certificate_id is not None:
+            try:
+                view = await auditor.certificate(stored.certificate_id)
+            except AuditorUnavailable as exc:  # the status is the gateway's own: answered without the view
+                problem = unavailable_problem(exc)
+                error = {"code": problem.code, "message": problem.message}
+        state, result = ("rejected", None) if stored.status == "rejected" else (outcome or ("queued", None))
+        answer = {"request_id": request_id, "kind": stored.kind, "requester": stored.requester, "status": stored.status,
+                  "state": state, "created_at": _iso(stored.created_at), "answer": stored.answer, "result": result,
+                  "certificate": view_dict(view)}
+        return answer if error is None else {**answer, "certificate_error": error}
 
     @api.get("/v1/requests/{request_id}/timeline", tags=["requests"], summary="The audit trail of a request")
     async def request_timeline(request_id: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        def load() -> dict[str, Any]:
+        def visible() -> frozenset[str] | None:
             with read_session(engine) as session:
                 scope = read_scope(session, claims)
                 visible_request(session, claims, request_id, scope)
-                found = request_trail(session, request_id)
-                readable = {c for c in {e.certificate_id for e in found.entries} | set(found.certificate_ids)
-                            if c is not None and readable_certificate(session, scope, c)}
-            entries = []
-            for entry in found.entries:
-                if entry.certificate_id is not None and entry.certificate_id not in readable:
-                    continue  # a record about a certificate the token may not read (e.g. stored before 2026-12)
-                item = asdict(entry)
-                item["timestamp"], item["event_time"] = _iso(entry.timestamp), _iso(entry.event_time)
-                entries.append(item)
-            return {"request_id": request_id, "certificate_ids": [c for c in found.certificate_ids if c in readable],
-                    "entries": entries}
+            return scope
 
-        return await in_thread(load)
+        scope = await in_thread(visible)
+        try:
+            found = await auditor.request_trail(request_id)
+        except AuditorUnavailable as exc:
+            raise unavailable_problem(exc) from None
+
+        def readable_of(named: set[str]) -> set[str]:
+            with read_session(engine) as session:
+                return {c for c in named if readable_certificate(session, scope, c)}
+
+        named = {e.certificate_id for e in found.entries if e.certificate_id is not None} | set(found.certificate_ids)
+        readable = await in_thread(readable_of, named)
+        # a record about a certificate the token may not read (e.g. stored before 2026-12) is left out
+        entries = [entry_to_json(e) for e in found.entries if e.certificate_id is None or e.certificate_id in readable]
+        return {"request_id": request_id, "certificate_ids": [c for c in found.certificate_ids if c in readable],
+                "entries": entries}
 
     return api
 

@@ -1,5 +1,6 @@
 """What every HTTP route shares: the problem format, bearer-token authentication, body parsing
-(strict models, no input echoed back), and publishing admin events.
+(strict models, no input echoed back), and publishing the admin events a request's configuration
+changes wrote to the outbox (services/gateway/config/).
 
 A problem is ``{"code": <stable code>, "message": <human text>}`` (plus context such as
 ``request_id`` or ``errors``). Codes are ``ErrorCode`` values, the connector registry's
@@ -12,9 +13,7 @@ import asyncio
 import email.parser
 import email.policy
 import json
-import logging
 import math
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,21 +26,16 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
 from services.common.connectors.models import RegistryCode
-from services.common.consumer import Outbound
-from services.common.contracts.admin import AdminOutcome
-from services.common.contracts.envelope import Message, make_event
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.fields import ErrorInfo
-from services.common.contracts.identity import root_message_id
 from services.common.contracts.topics import Topics
 from services.common.db import read_session
 from services.gateway import store
+from services.gateway.config import outbox
+from services.gateway.config.actor import Actor
+from services.gateway.config.outbox import event_error  # noqa: F401 - re-exported (tests, older imports)
 from services.gateway.policy import PolicyViolation
 from services.gateway.policy.tokens import Action, TokenClaims, authenticate_token, authorise, token_id_of
 
-log = logging.getLogger(__name__)
-
-SOURCE = "/certrail/gateway/api"
 #: the largest request body the API reads (a connector with a PFX and a CA bundle fits easily)
 MAX_BODY_BYTES = 2 * 1024 * 1024
 #: JSON bodies: the deepest nesting, the longest number literal and the most values (strings, numbers, ...) read
@@ -64,6 +58,7 @@ class ApiCode(StrEnum):
     PROFILE_EXISTS = "PROFILE_EXISTS"
     PROFILE_IN_USE = "PROFILE_IN_USE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"  # another certrail service the answer needs (the auditor) did not answer
 
 
 _STATUS: dict[str, int] = {
@@ -87,6 +82,7 @@ _STATUS: dict[str, int] = {
     ApiCode.PROFILE_EXISTS: 409,
     ApiCode.PROFILE_IN_USE: 409,
     ApiCode.INTERNAL_ERROR: 500,
+    ApiCode.SERVICE_UNAVAILABLE: 503,
 }
 
 
@@ -322,42 +318,20 @@ def require(claims: TokenClaims, action: Action) -> None:
 
 @dataclass(frozen=True)
 class AdminPublisher:
-    """Publishes admin events (ConnectorCreated, ProfileDeleted, TokenRevoked, ...) to the gateway's events topic,
-    succeeded or refused, naming the acting identity. Each action gets its own id."""
+    """Publishes the admin events a request's configuration changes wrote to the outbox
+    (services/gateway/config/; decision 0019), once the change committed. A publish that fails
+    leaves them to the gateway's outbox relay."""
 
     publish_records: Callable[..., Any]
     topics: Topics
     clock: Callable[[], datetime]
 
-    async def publish(self, cls: type[Message], *, actor: str, subject_field: str, subject: str, outcome: AdminOutcome,
-                      change: dict[str, Any] | None = None, code: str | None = None, message: str | None = None) -> None:
-        error = None
-        if outcome is AdminOutcome.REFUSED:
-            error = event_error(code or ErrorCode.HANDLER_REJECTED, message or "refused")
-        try:
-            data = cls.model_validate({subject_field: subject, "actor": actor, "outcome": outcome,
-                                       "change": dict(list((change or {}).items())[:64]), "error": error}, strict=False)
-        except ValidationError as exc:  # e.g. a refused create whose name is not even a valid name
-            log.info("admin event %s about %r not published: %s", cls.__name__, subject[:80],
-                     exc.errors(include_input=False)[0]["msg"])
-            return
-        action = uuid.uuid4().hex
-        event = make_event(data, id=root_message_id("http", f"{cls.TYPE}:{subject}:{action}", cls.TYPE), source=SOURCE,
-                           time=self.clock(), subject=None, correlationid=action)
-        await self.publish_records([Outbound(self.topics.topic_of(cls), event, key=f"{subject_field}:{subject}")])
+    def actor(self, engine: Any, identity: str) -> Actor:
+        return Actor(engine, identity, self.clock)
 
-
-def event_error(code: str, message: str) -> ErrorInfo:
-    """An admin event's error. Codes outside ErrorCode (the registry's and the API's) travel as
-    HANDLER_REJECTED (INVALID_INPUT as SCHEMA_VIOLATION) with the precise code leading the message."""
-    try:
-        error_code = ErrorCode(code)
-        text = message
-    except ValueError:
-        error_code = ErrorCode.SCHEMA_VIOLATION if code == RegistryCode.INVALID_INPUT else ErrorCode.HANDLER_REJECTED
-        text = f"{code}: {message}"
-    text = text.strip() or str(code)
-    return ErrorInfo(code=error_code, message=text if len(text) <= 2000 else text[:1999] + "…")
+    async def flush(self, actor: Actor) -> None:
+        recorded, actor.recorded[:] = list(actor.recorded), []
+        await outbox.publish_recorded(actor.engine, self.topics, self.publish_records, recorded, self.clock())
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:

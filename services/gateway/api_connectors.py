@@ -1,14 +1,15 @@
 """``/v1/connectors``: the emCA connector registry over HTTP (admins write; admins and auditors
 read). Create and edit take JSON (files base64: ``pfx_base64``, ``ca_bundle_base64``, or the bundle
 as ``ca_bundle_pem`` text) or ``multipart/form-data`` (the same fields, the PFX and the CA bundle
-as file parts ``pfx`` and ``ca_bundle``). Every change, refused ones too, is published as an
-admin event; secrets are never answered (``***``)."""
+as file parts ``pfx`` and ``ca_bundle``). Every change, refused ones too, goes through
+services/gateway/config/connectors.py and is recorded as an admin event (decision 0019); secrets
+are never answered (``***``)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -26,16 +27,7 @@ from services.common.connectors.models import (
     EmcaVersion,
 )
 from services.common.connectors.registry import ConnectorRegistry, input_error
-from services.common.contracts.admin import (
-    REDACTED,
-    AdminOutcome,
-    ConnectorActivated,
-    ConnectorCreated,
-    ConnectorDeactivated,
-    ConnectorDeleted,
-    ConnectorUpdated,
-)
-from services.common.contracts.envelope import Message
+from services.common.contracts.admin import REDACTED
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import CONNECTOR_NAME_PATTERN
 from services.gateway import store
@@ -52,16 +44,11 @@ from services.gateway.api_common import (
     require,
     validation_problem,
 )
+from services.gateway.config import connectors as config_connectors
+from services.gateway.config.actor import Actor
 from services.gateway.policy.tokens import Action, TokenClaims
 from services.gateway.policy.violation import shown
 
-EVENTS: dict[ChangeAction, type[Message]] = {
-    ChangeAction.CREATED: ConnectorCreated,
-    ChangeAction.UPDATED: ConnectorUpdated,
-    ChangeAction.ACTIVATED: ConnectorActivated,
-    ChangeAction.DEACTIVATED: ConnectorDeactivated,
-    ChangeAction.DELETED: ConnectorDeleted,
-}
 FILE_FIELDS = {"pfx": "pfx_base64", "ca_bundle": "ca_bundle_base64"}
 
 
@@ -253,46 +240,41 @@ def _described(values: dict[str, Any]) -> dict[str, Any]:
 def router(registry: ConnectorRegistry, admin: AdminPublisher) -> APIRouter:
     api = APIRouter(prefix="/v1/connectors", tags=["connectors"])
 
-    async def published(change: ConnectorChange, actor: str) -> None:
-        await admin.publish(EVENTS[change.action], actor=actor, subject_field="connector", subject=change.connector,
-                            outcome=change.outcome, change=dict(change.change), code=change.error_code,
-                            message=change.error_message)
-
-    async def refused(action: ChangeAction, name: str, actor: str, problem: Problem,
+    async def refused(actor: Actor, action: ChangeAction, name: str, problem: Problem,
                       change: dict[str, Any] | None = None) -> Problem:
-        await admin.publish(EVENTS[action], actor=actor, subject_field="connector", subject=name, outcome=AdminOutcome.REFUSED,
-                            change=change or {}, code=problem.code, message=problem.message)
+        await in_thread(config_connectors.record_refusal, actor, action, name, problem.code, problem.message, change)
         return problem
 
-    async def write(action: ChangeAction, name: str, claims: TokenClaims) -> None:
+    async def write(actor: Actor, action: ChangeAction, name: str, claims: TokenClaims) -> None:
         try:
             require(claims, Action.CONNECTOR_WRITE)
         except Problem as problem:
-            raise await refused(action, name, claims.identity, problem) from None
+            raise await refused(actor, action, name, problem) from None
 
-    async def failed(error: ConnectorError, action: ChangeAction, name: str, actor: str) -> Problem:
-        problem = Problem(str(error.code), error.message)
-        if error.change is not None:
-            await published(error.change, actor)
-        elif error.code != ErrorCode.CONNECTOR_NOT_FOUND:
-            await refused(action, name, actor, problem)
-        return problem
+    async def changed(actor: Actor, run: Awaitable[ConnectorChange]) -> ConnectorChange:
+        try:
+            return await run
+        except ConnectorError as error:
+            raise Problem(str(error.code), error.message) from None
+        finally:
+            await admin.flush(actor)
 
     @api.post("", status_code=201, summary="Create a connector (validated against emCA before it is enabled)",
               openapi_extra=json_body_doc(ConnectorCreateBody, multipart=ConnectorMultipart))
     async def create(request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        values = await _fields(request)
-        name = values.get("name") if isinstance(values.get("name"), str) else ""
-        await write(ChangeAction.CREATED, name, claims)
+        actor = admin.actor(config_connectors.registry_engine(registry), claims.identity)
         try:
-            spec = spec_from(values)
-        except Problem as problem:
-            raise await refused(ChangeAction.CREATED, name, claims.identity, problem, _described(values)) from None
-        try:
-            change = await registry.create(spec)
-        except ConnectorError as error:
-            raise await failed(error, ChangeAction.CREATED, spec.name, claims.identity) from None
-        await published(change, claims.identity)
+            values = await _fields(request)
+            given = values.get("name")
+            name = given if isinstance(given, str) else ""
+            await write(actor, ChangeAction.CREATED, name, claims)
+            try:
+                spec = spec_from(values)
+            except Problem as problem:
+                raise await refused(actor, ChangeAction.CREATED, name, problem, _described(values)) from None
+        finally:
+            await admin.flush(actor)
+        change = await changed(actor, config_connectors.create_connector(actor, registry, spec))
         assert change.connector_after is not None
         return {**change.connector_after.describe(), "command_topic": change.change.get("command_topic")}
 
@@ -313,39 +295,40 @@ def router(registry: ConnectorRegistry, admin: AdminPublisher) -> APIRouter:
     @api.patch("/{name}", summary="Edit a connector (validated again; stored only when every check passes)",
                openapi_extra=json_body_doc(ConnectorEditBody))
     async def edit(name: str, request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        values = await _fields(request)
-        await write(ChangeAction.UPDATED, name, claims)
+        actor = admin.actor(config_connectors.registry_engine(registry), claims.identity)
         try:
-            connector_edit = edit_from(values)
-        except Problem as problem:
-            raise await refused(ChangeAction.UPDATED, name, claims.identity, problem, _described(values)) from None
-        try:
-            change = await registry.update(name, connector_edit)
-        except ConnectorError as error:
-            raise await failed(error, ChangeAction.UPDATED, name, claims.identity) from None
-        await published(change, claims.identity)
+            values = await _fields(request)
+            await write(actor, ChangeAction.UPDATED, name, claims)
+            try:
+                connector_edit = edit_from(values)
+            except Problem as problem:
+                raise await refused(actor, ChangeAction.UPDATED, name, problem, _described(values)) from None
+        finally:
+            await admin.flush(actor)
+        change = await changed(actor, config_connectors.update_connector(actor, registry, name, connector_edit))
         assert change.connector_after is not None
         return {**change.connector_after.describe(), "changed": change.change}
 
+    async def simple(action: ChangeAction, name: str, claims: TokenClaims, run: Callable[[Actor], Awaitable[ConnectorChange]]
+                     ) -> ConnectorChange:
+        actor = admin.actor(config_connectors.registry_engine(registry), claims.identity)
+        try:
+            await write(actor, action, name, claims)
+        finally:
+            await admin.flush(actor)
+        return await changed(actor, run(actor))
+
     @api.post("/{name}/activate", summary="Validate, then enable")
     async def activate(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        await write(ChangeAction.ACTIVATED, name, claims)
-        try:
-            change = await registry.enable(name)
-        except ConnectorError as error:
-            raise await failed(error, ChangeAction.ACTIVATED, name, claims.identity) from None
-        await published(change, claims.identity)
+        change = await simple(ChangeAction.ACTIVATED, name, claims,
+                              lambda actor: config_connectors.enable_connector(actor, registry, name))
         assert change.connector_after is not None
         return change.connector_after.describe()
 
     @api.post("/{name}/deactivate", summary="Disable (no new requests are routed to it; its queue is kept)")
     async def deactivate(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        await write(ChangeAction.DEACTIVATED, name, claims)
-        try:
-            change = await in_thread(registry.disable, name, f"deactivated by {claims.identity}")
-        except ConnectorError as error:
-            raise await failed(error, ChangeAction.DEACTIVATED, name, claims.identity) from None
-        await published(change, claims.identity)
+        change = await simple(ChangeAction.DEACTIVATED, name, claims, lambda actor: config_connectors.disable_connector(
+            actor, registry, name, f"deactivated by {claims.identity}"))
         assert change.connector_after is not None
         return change.connector_after.describe()
 
@@ -363,11 +346,6 @@ def router(registry: ConnectorRegistry, admin: AdminPublisher) -> APIRouter:
 
     @api.delete("/{name}", status_code=204, summary="Delete (refused while a profile or a live certificate uses it)")
     async def delete(name: str, claims: TokenClaims = Depends(claims_of)) -> None:
-        await write(ChangeAction.DELETED, name, claims)
-        try:
-            change = await in_thread(registry.delete, name)
-        except ConnectorError as error:
-            raise await failed(error, ChangeAction.DELETED, name, claims.identity) from None
-        await published(change, claims.identity)
+        await simple(ChangeAction.DELETED, name, claims, lambda actor: config_connectors.delete_connector(actor, registry, name))
 
     return api

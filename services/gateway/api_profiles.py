@@ -1,7 +1,8 @@
 """``/v1/profiles``: provisioning profiles ("provisioning bots"). Admins write (a token scoped to
 profiles writes only those); every role reads what its token may see. The body is a
 `ProvisioningProfile` as JSON; its connector must exist; a profile that certificates are managed
-under cannot be deleted. Every change, refused ones too, is published as an admin event."""
+under cannot be deleted. Every change, refused ones too, goes through services/gateway/config/
+(the table and its admin event in one transaction; decision 0019)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import Engine
 
-from services.common.connectors import repository as connectors_repo
-from services.common.contracts.admin import AdminOutcome, ProfileCreated, ProfileDeleted, ProfileUpdated
+from services.common.contracts.admin import ProfileCreated, ProfileDeleted, ProfileUpdated
 from services.common.contracts.envelope import Message
 from services.common.contracts.errors import ErrorCode
-from services.common.db import read_session, write_session
+from services.common.db import read_session
 from services.gateway import store
 from services.gateway.api_common import (
     AdminPublisher,
-    ApiCode,
     Problem,
     claims_of,
     in_thread,
@@ -28,22 +27,15 @@ from services.gateway.api_common import (
     json_values,
     parse_model,
 )
+from services.gateway.config import profiles as config_profiles
+from services.gateway.config.change import refuse
 from services.gateway.policy import ProvisioningProfile
 from services.gateway.policy.tokens import Action, Role, TokenClaims, authorise, readable_profiles
 from services.gateway.policy.violation import shown
 
 
-def _changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in after.items() if before.get(k) != v}
-
-
 def router(engine: Engine, admin: AdminPublisher, clock: Callable[[], datetime]) -> APIRouter:
     api = APIRouter(prefix="/v1/profiles", tags=["profiles"])
-
-    async def refuse(cls: type[Message], name: str, actor: str, problem: Problem) -> Problem:
-        await admin.publish(cls, actor=actor, subject_field="profile", subject=name, outcome=AdminOutcome.REFUSED,
-                            code=problem.code, message=problem.message)
-        return problem
 
     def may_write(claims: TokenClaims, name: str) -> None:
         # scoped tokens write only their profiles; the check needs only the name
@@ -52,39 +44,26 @@ def router(engine: Engine, admin: AdminPublisher, clock: Callable[[], datetime])
         if claims.profiles is not None and name not in claims.profiles:
             raise Problem(ErrorCode.REQUESTER_NOT_AUTHORISED, f"token {claims.token_id} is not scoped to profile {name!r}")
 
-    def save(profile: ProvisioningProfile, *, create: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        with write_session(engine) as session:
-            existing = store.get_profile(session, profile.name)
-            if create and existing is not None:
-                raise Problem(ApiCode.PROFILE_EXISTS, f"profile {profile.name!r} exists (PUT /v1/profiles/{profile.name} replaces it)")
-            if not create and existing is None:
-                raise Problem(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {profile.name!r}")
-            if connectors_repo.get_connector(session, profile.connector) is None:
-                raise Problem(ErrorCode.CONNECTOR_NOT_FOUND, f"the profile names connector {profile.connector!r}, which does not exist",
-                              status=422)
-            stored = store.put_profile(session, profile, clock())
-        before = existing.profile.model_dump(mode="json") if existing is not None else {}
-        return stored.describe(), _changed(before, profile.model_dump(mode="json"))
-
     async def write(cls: type[Message], request: Request, claims: TokenClaims, name: str | None, create: bool) -> dict[str, Any]:
+        actor = admin.actor(engine, claims.identity)
         subject = name
         try:
-            if name is not None:
-                may_write(claims, name)
-            _, values = await json_values(request)
-            if subject is None and isinstance(values.get("name"), str):
-                subject = values["name"]
-            profile = parse_model(ProvisioningProfile, values)
-            if name is not None and profile.name != name:
-                raise Problem(ErrorCode.SCHEMA_VIOLATION, f"the body names profile {profile.name!r}, the path {name!r}",
-                              errors=[{"field": "body.name", "message": "must equal the name in the path"}])
-            may_write(claims, profile.name)
-            described, change = await in_thread(lambda: save(profile, create=create))
-        except Problem as problem:
-            raise await refuse(cls, subject or "-", claims.identity, problem) from None
-        await admin.publish(cls, actor=claims.identity, subject_field="profile", subject=profile.name,
-                            outcome=AdminOutcome.SUCCEEDED, change=change)
-        return described
+            try:
+                if name is not None:
+                    may_write(claims, name)
+                _, values = await json_values(request)
+                if subject is None and isinstance(values.get("name"), str):
+                    subject = values["name"]
+                profile = parse_model(ProvisioningProfile, values)
+                if name is not None and profile.name != name:
+                    raise Problem(ErrorCode.SCHEMA_VIOLATION, f"the body names profile {profile.name!r}, the path {name!r}",
+                                  errors=[{"field": "body.name", "message": "must equal the name in the path"}])
+                may_write(claims, profile.name)
+            except Problem as problem:
+                raise await in_thread(refuse, actor, cls, {"profile": subject or "-"}, problem) from None
+            return await in_thread(lambda: config_profiles.put_profile(actor, profile, create=create))
+        finally:
+            await admin.flush(actor)
 
     @api.post("", status_code=201, summary="Create a provisioning profile", openapi_extra=json_body_doc(ProvisioningProfile))
     async def create(request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
@@ -125,23 +104,14 @@ def router(engine: Engine, admin: AdminPublisher, clock: Callable[[], datetime])
 
     @api.delete("/{name}", status_code=204, summary="Delete a provisioning profile (refused while certificates use it)")
     async def delete(name: str, claims: TokenClaims = Depends(claims_of)) -> None:
-        def remove() -> None:
-            with write_session(engine) as session:
-                if store.get_profile(session, name) is None:
-                    raise Problem(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {name!r}")
-                used = store.certificates_of_profile(session, name)
-                if used:
-                    raise Problem(ApiCode.PROFILE_IN_USE, f"{used} managed certificate(s) use profile {name!r}")
-                store.delete_profile(session, name)
-
+        actor = admin.actor(engine, claims.identity)
         try:
-            may_write(claims, name)
-            await in_thread(remove)
-        except Problem as problem:
-            if problem.code != ErrorCode.PROFILE_NOT_FOUND:
-                raise await refuse(ProfileDeleted, name, claims.identity, problem) from None
-            raise
-        await admin.publish(ProfileDeleted, actor=claims.identity, subject_field="profile", subject=name,
-                            outcome=AdminOutcome.SUCCEEDED)
+            try:
+                may_write(claims, name)
+            except Problem as problem:
+                raise await in_thread(refuse, actor, ProfileDeleted, {"profile": name}, problem) from None
+            await in_thread(config_profiles.delete_profile, actor, name)
+        finally:
+            await admin.flush(actor)
 
     return api

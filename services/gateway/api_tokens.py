@@ -1,16 +1,13 @@
 """``/v1/tokens`` (API tokens: created by admins, shown once, hashed at rest) and
 ``/v1/requesters/{requester}/keys`` (the keys that sign requests on ``certrail.requests``).
-`create_token` and `revoke_token` are shared with ``certrail tokens`` (the CLI writes the
-database directly: that is how the first admin token exists)."""
+Every change goes through services/gateway/config/ (the table and its admin event in one
+transaction; decision 0019), as ``certrail tokens`` does."""
 
 from __future__ import annotations
 
 import base64
-import binascii
-import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -18,18 +15,20 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import Engine
 
 from services.common.connectors.secretbox import SecretBox
-from services.common.contracts.admin import AdminOutcome, TokenCreated, TokenRevoked
+from services.common.contracts.admin import RequesterKeyAdded, RequesterKeyRevoked, TokenCreated, TokenRevoked
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.identity import Identity, ProfileName
 from services.common.contracts.signing import MIN_HMAC_KEY_BYTES
-from services.common.db import read_session, write_session
-from services.common.db_schema import GatewayRequesterKey
+from services.common.db import read_session
 from services.gateway import store
-from services.gateway.api_common import AdminPublisher, ApiCode, Problem, body_as, claims_of, in_thread, json_body_doc, require
-from services.gateway.policy.tokens import Action, NewToken, Role, TokenClaims, generate_token
+from services.gateway.api_common import AdminPublisher, Problem, body_as, claims_of, in_thread, json_body_doc, require
+from services.gateway.config import tokens as config_tokens
+from services.gateway.config.actor import Actor
+from services.gateway.config.change import refuse
+from services.gateway.config.tokens import REFUSED_TOKEN_ID, KeyScheme
+from services.gateway.policy.tokens import Action, NewToken, Role, TokenClaims
 
 MAX_TOKEN_DAYS = 3650
-REFUSED_TOKEN_ID = "none"  # the token id of a refused creation's event (no token exists)
 
 
 class TokenBody(BaseModel):
@@ -44,11 +43,6 @@ class TokenBody(BaseModel):
     expires_at: AwareDatetime | None = None
 
 
-class KeyScheme(StrEnum):
-    HMAC = "hmac-sha256"  # also JWS HS256
-    PUBLIC_KEY = "jws"  # JWS with an EC P-256 or Ed25519 public key
-
-
 class RequesterKeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,30 +55,10 @@ class RequesterKeyBody(BaseModel):
 
 def create_token(engine: Engine, *, identity: str, role: Role, profiles: Sequence[str] | None, description: str | None,
                  created_by: str, now: datetime, expires_at: datetime | None) -> tuple[NewToken, dict[str, Any]]:
-    """Store a new token (its hash) and return it with its description; PROFILE_NOT_FOUND when a
-    scope names a profile that does not exist."""
-    if expires_at is not None and expires_at <= now:
-        raise Problem(ErrorCode.SCHEMA_VIOLATION, "the token would already be expired",
-                      errors=[{"field": "body.expires_at", "message": "must be in the future"}])
-    new = generate_token()
-    with write_session(engine) as session:
-        for name in profiles or ():
-            if store.get_profile(session, name) is None:
-                raise Problem(ErrorCode.PROFILE_NOT_FOUND, f"the scope names profile {name!r}, which does not exist", status=422)
-        store.add_token(session, token_id=new.token_id, token_hash=new.token_hash, identity=identity, role=role,
-                        profiles=list(profiles) if profiles is not None else None, description=description,
-                        created_by=created_by, now=now, expires_at=expires_at)
-    described = {"token_id": new.token_id, "identity": identity, "role": role.value,
-                 "profiles": sorted(profiles) if profiles is not None else None, "description": description,
-                 "created_by": created_by, "created_at": now.isoformat(),
-                 "expires_at": expires_at.isoformat() if expires_at else None}
-    return new, described
-
-
-def revoke_token(engine: Engine, token_id: str, now: datetime) -> None:
-    with write_session(engine) as session:
-        if not store.revoke_token(session, token_id, now):
-            raise Problem(ApiCode.TOKEN_NOT_FOUND, f"no token {token_id!r}", status=404)
+    """`services.gateway.config.tokens.create_token` by ``created_by`` at ``now`` (its TokenCreated stays in the
+    outbox for the gateway's relay): how tests and seeding code make a token."""
+    return config_tokens.create_token(Actor(engine, created_by, lambda: now), identity=identity, role=role,
+                                      profiles=profiles, description=description, expires_at=expires_at)
 
 
 def list_tokens(engine: Engine) -> list[dict[str, Any]]:
@@ -92,35 +66,28 @@ def list_tokens(engine: Engine) -> list[dict[str, Any]]:
         return store.list_tokens(session)
 
 
-def _change(described: dict[str, Any]) -> dict[str, Any]:
-    return {k: described[k] for k in ("identity", "role", "profiles", "description", "expires_at")}
-
-
 def tokens_router(engine: Engine, admin: AdminPublisher, clock: Callable[[], datetime]) -> APIRouter:
     api = APIRouter(prefix="/v1/tokens", tags=["tokens"])
-
-    async def refuse(cls: type[TokenCreated] | type[TokenRevoked], token_id: str, actor: str, problem: Problem) -> Problem:
-        await admin.publish(cls, actor=actor, subject_field="token_id", subject=token_id, outcome=AdminOutcome.REFUSED,
-                            code=problem.code, message=problem.message)
-        return problem
 
     @api.post("", status_code=201, summary="Create an API token (the token is answered once, never again)",
               openapi_extra=json_body_doc(TokenBody))
     async def create(request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
+        actor = admin.actor(engine, claims.identity)
         try:
-            require(claims, Action.TOKEN_MANAGE)
-            body = await body_as(request, TokenBody)
-            if body.expires_in_days is not None and body.expires_at is not None:
-                raise Problem(ErrorCode.SCHEMA_VIOLATION, "give expires_in_days or expires_at, not both")
+            try:
+                require(claims, Action.TOKEN_MANAGE)
+                body = await body_as(request, TokenBody)
+                if body.expires_in_days is not None and body.expires_at is not None:
+                    raise Problem(ErrorCode.SCHEMA_VIOLATION, "give expires_in_days or expires_at, not both")
+            except Problem as problem:
+                raise await in_thread(refuse, actor, TokenCreated, {"token_id": REFUSED_TOKEN_ID}, problem) from None
             now = clock()
             expires = body.expires_at or (now + timedelta(days=body.expires_in_days) if body.expires_in_days else None)
-            new, described = await in_thread(lambda: create_token(
-                engine, identity=body.identity, role=body.role, profiles=body.profiles, description=body.description,
-                created_by=claims.identity, now=now, expires_at=expires))
-        except Problem as problem:
-            raise await refuse(TokenCreated, REFUSED_TOKEN_ID, claims.identity, problem) from None
-        await admin.publish(TokenCreated, actor=claims.identity, subject_field="token_id", subject=new.token_id,
-                            outcome=AdminOutcome.SUCCEEDED, change=_change(described))
+            new, described = await in_thread(lambda: config_tokens.create_token(
+                actor, identity=body.identity, role=body.role, profiles=body.profiles, description=body.description,
+                expires_at=expires))
+        finally:
+            await admin.flush(actor)
         return {**described, "token": new.token, "note": "store the token now: it is never shown again"}
 
     @api.get("", summary="List API tokens (never the tokens themselves)")
@@ -130,71 +97,61 @@ def tokens_router(engine: Engine, admin: AdminPublisher, clock: Callable[[], dat
 
     @api.delete("/{token_id}", status_code=204, summary="Revoke an API token")
     async def revoke(token_id: str, claims: TokenClaims = Depends(claims_of)) -> None:
+        actor = admin.actor(engine, claims.identity)
         try:
-            require(claims, Action.TOKEN_MANAGE)
-            await in_thread(revoke_token, engine, token_id, clock())
-        except Problem as problem:
-            if problem.code != ApiCode.TOKEN_NOT_FOUND:
-                raise await refuse(TokenRevoked, token_id, claims.identity, problem) from None
-            raise
-        await admin.publish(TokenRevoked, actor=claims.identity, subject_field="token_id", subject=token_id,
-                            outcome=AdminOutcome.SUCCEEDED, change={"revoked": True})
+            try:
+                require(claims, Action.TOKEN_MANAGE)
+            except Problem as problem:
+                raise await in_thread(refuse, actor, TokenRevoked, {"token_id": token_id}, problem) from None
+            await in_thread(config_tokens.revoke_token, actor, token_id)
+        finally:
+            await admin.flush(actor)
 
     return api
 
 
-def keys_router(engine: Engine, box: SecretBox, clock: Callable[[], datetime]) -> APIRouter:
+def keys_router(engine: Engine, box: SecretBox, clock: Callable[[], datetime], admin: AdminPublisher | None = None) -> APIRouter:
+    """``admin``: publishes each change's event at once; without it, the gateway's outbox relay publishes them."""
     api = APIRouter(prefix="/v1/requesters/{requester}/keys", tags=["requester keys"])
+
+    async def flush(actor: Actor) -> None:
+        if admin is not None:
+            await admin.flush(actor)
 
     @api.post("", status_code=201, summary="Register a key that signs the requester's Kafka requests",
               openapi_extra=json_body_doc(RequesterKeyBody))
     async def add(requester: Identity, request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        require(claims, Action.TOKEN_MANAGE)
-        body = await body_as(request, RequesterKeyBody)
-        secret: bytes | None = None
-        generated = False
-        if body.scheme is KeyScheme.HMAC:
-            if body.public_key_pem is not None:
-                raise Problem(ErrorCode.SCHEMA_VIOLATION, "an hmac-sha256 key has no public_key_pem")
-            if body.secret_base64 is None:
-                secret, generated = secrets.token_bytes(32), True
-            else:
-                try:
-                    secret = base64.b64decode(body.secret_base64.get_secret_value(), validate=True)
-                except (binascii.Error, ValueError):
-                    raise Problem(ErrorCode.SCHEMA_VIOLATION, "secret_base64 is not base64") from None
-        elif body.public_key_pem is None or body.secret_base64 is not None:
-            raise Problem(ErrorCode.SCHEMA_VIOLATION, "a jws key needs public_key_pem and no secret_base64")
-
-        def save() -> None:
-            with write_session(engine) as session:
-                existing = session.get(GatewayRequesterKey, (requester, body.key_id))
-                if existing is not None and existing.revoked_at is None:
-                    raise Problem("REQUESTER_KEY_EXISTS", f"requester {requester!r} has a key {body.key_id!r}: revoke it first "
-                                  "or choose another key id", status=409)
-                try:
-                    store.add_requester_key(session, box, requester=requester, key_id=body.key_id, secret=secret,
-                                            public_key_pem=body.public_key_pem, now=clock())
-                except (ValueError, TypeError) as exc:
-                    raise Problem(ErrorCode.SCHEMA_VIOLATION, f"the key is not usable: {exc}") from None
-
-        await in_thread(save)
+        actor = Actor(engine, claims.identity, clock)
+        about = {"requester": requester, "key_id": "-"}
+        try:
+            try:
+                require(claims, Action.TOKEN_MANAGE)
+                body = await body_as(request, RequesterKeyBody)
+            except Problem as problem:
+                raise await in_thread(refuse, actor, RequesterKeyAdded, about, problem) from None
+            secret = await in_thread(lambda: config_tokens.add_requester_key(
+                actor, box, requester=requester, key_id=body.key_id, scheme=body.scheme,
+                secret_base64=body.secret_base64.get_secret_value() if body.secret_base64 is not None else None,
+                public_key_pem=body.public_key_pem))
+        finally:
+            await flush(actor)
         answer: dict[str, Any] = {"requester": requester, "key_id": body.key_id, "scheme": body.scheme.value}
-        if generated:
-            assert secret is not None
+        if secret is not None:
             answer["secret_base64"] = base64.b64encode(secret).decode("ascii")
             answer["note"] = "store the secret now: it is never shown again"
         return answer
 
     @api.delete("/{key_id}", status_code=204, summary="Revoke a requester key")
     async def revoke(requester: str, key_id: str, claims: TokenClaims = Depends(claims_of)) -> None:
-        require(claims, Action.TOKEN_MANAGE)
-
-        def remove() -> None:
-            with write_session(engine) as session:
-                if not store.revoke_requester_key(session, requester, key_id, clock()):
-                    raise Problem(ApiCode.REQUESTER_KEY_NOT_FOUND, f"requester {requester!r} has no key {key_id!r}", status=404)
-
-        await in_thread(remove)
+        actor = Actor(engine, claims.identity, clock)
+        try:
+            try:
+                require(claims, Action.TOKEN_MANAGE)
+            except Problem as problem:
+                raise await in_thread(refuse, actor, RequesterKeyRevoked, {"requester": requester, "key_id": key_id},
+                                      problem) from None
+            await in_thread(lambda: config_tokens.revoke_requester_key(actor, requester=requester, key_id=key_id))
+        finally:
+            await flush(actor)
 
     return api

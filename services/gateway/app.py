@@ -40,6 +40,7 @@ from services.common.runner import run_service
 from services.common.runtime.writer import SessionWriter
 from services.common.service_app import ServiceRuntime, Subscription, build_service
 from services.gateway import issued, request_status
+from services.gateway.config.outbox import OutboxRelay
 from services.gateway.intake import Intake, Outcome, outgoing_records
 from services.gateway.scheduler import Scheduler
 from services.gateway.settings import GatewaySettings
@@ -148,6 +149,7 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
     if create_api is not None:
         api = create_api(runtime)
     _start_scheduler(service_app, runtime)
+    _start_outbox_relay(service_app, runtime)
     return PrefixRouter(service_app, api), runtime
 
 
@@ -175,6 +177,27 @@ def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
         except TimeoutError:
             for task in runtime.tasks:
                 task.cancel()
+
+    service_app.after_startup(start)
+    service_app.on_shutdown(stop)
+
+
+def _start_outbox_relay(service_app: Any, runtime: GatewayRuntime) -> None:
+    """Publish the admin events of configuration changes still in the outbox (written by the CLI, or
+    left by a failed publish): all at start, then every few seconds (services/gateway/config/outbox.py)."""
+    relay = OutboxRelay(runtime.engine, runtime.topics, runtime.publish_records, utc_now)
+    task: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        task.append(asyncio.create_task(relay.run_forever(), name="gateway-admin-outbox"))
+
+    async def stop() -> None:
+        relay.stop()
+        try:
+            await asyncio.wait_for(asyncio.gather(*task, return_exceptions=True), 10)
+        except TimeoutError:
+            for running in task:
+                running.cancel()
 
     service_app.after_startup(start)
     service_app.on_shutdown(stop)

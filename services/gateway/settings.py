@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.connectors.secretbox import SecretsSettings
+from services.common.internal_api import InternalApiSettings
 from services.common.service_app import ServiceSettings
 from services.gateway.scheduler import SchedulerSettings
 
@@ -32,3 +33,8 @@ class GatewaySettings(ServiceSettings):
         description="Failed authentications per presented token id within the window (0: no limit).")
     auth_failure_window_s: float = Field(default=60.0, gt=0, le=86_400,
                                          description="The sliding window of failed authentications, in seconds.")
+    auditor_url: str = Field(default="http://127.0.0.1:8083", pattern=r"^https?://", max_length=2000,
+                             description="The auditor's HTTP port: certificate views and timelines come from its "
+                                         "/internal/v1 API (decision 0020); https verifies the auditor's certificate.")
+    internal: InternalApiSettings = Field(default_factory=InternalApiSettings,
+                                          description="The internal API token file and client limits (CERTRAIL_INTERNAL_*).")

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from services.auditor.app import prepare_pool_factory
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.consumer_loop import AuditConsumer, LoopSettings
+from services.auditor.inventory_read import get_certificate
 from services.auditor.kafka_reader import kafka_reader
 from services.auditor.keys import key_id
 from services.auditor.metrics import AuditMetrics
@@ -36,7 +37,6 @@ from services.common.contracts.events import CertificateDeployed, CertificateIss
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import AuditRecord
-from services.common.inventory_read import get_certificate
 from services.common.kafka_config import producer_kwargs
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics

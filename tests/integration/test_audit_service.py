@@ -25,6 +25,7 @@ import pytest
 from aiokafka import TopicPartition
 from sqlalchemy import select
 
+from services.auditor.inventory_read import get_certificate
 from services.auditor.kafka_reader import kafka_reader
 from services.auditor.records import envelope_attributes
 from services.common import migrate
@@ -33,7 +34,6 @@ from services.common.contracts.events import CertificateDeployed, CertificateIss
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import AuditRecord
-from services.common.inventory_read import get_certificate
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
 from tests.conftest import free_ports, poll_until

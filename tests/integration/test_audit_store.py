@@ -19,11 +19,12 @@ from sqlalchemy import Engine, delete, func, select, update
 
 from services.auditor.chain import GENESIS, content_hash, row_hash
 from services.auditor.export import exported_rows, write_csv, write_jsonl
+from services.auditor.inventory_read import get_certificate
 from services.auditor.records import RawRecord, prepare_batch
 from services.auditor.store import store_entries, store_records
+from services.auditor.trail import trail
 from services.auditor.verify_store import ProblemKind, scan_store, stored_content
 from services.common import migrate
-from services.common.audit_trail import trail
 from services.common.contracts.envelope import Message, encode, make_event
 from services.common.contracts.events import (
     CertificateDeployed,
@@ -39,7 +40,6 @@ from services.common.contracts.requests import IssueRequested
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import AuditChainHead, AuditRecord, CertificateInventory
-from services.common.inventory_read import get_certificate
 from services.common.settings import DatabaseSettings
 from tests.unit.examples import CERT_ID, NOW, SERIAL, examples, private_key_pem
 
@@ -397,7 +397,7 @@ def test_listing_the_inventory_for_renewals(engine: Engine) -> None:
             ),
         ],
     )
-    from services.common.inventory_read import list_certificates
+    from services.auditor.inventory_read import list_certificates
 
     with read_session(engine) as session:
         assert [v.certificate_id for v in list_certificates(session, NOW)] == [

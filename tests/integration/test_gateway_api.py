@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,12 +50,14 @@ from services.gateway.api import create_api
 from services.gateway.api_connectors import ProfileUsage
 from services.gateway.api_tokens import create_token
 from services.gateway.app import GatewayRuntime
+from services.gateway.auditor_api import AuditorApi
 from services.gateway.intake import Intake, stored_records
 from services.gateway.policy.tokens import Role
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
 from tests.conftest import free_ports, poll_until
 from tests.emca_sim_helpers import sim_spec
+from tests.gateway_fixtures import auditor_api
 
 ISSUING_CA = "certrail Sim Issuing CA P-256"
 
@@ -139,9 +141,10 @@ class Gateway:
 
 
 def open_gateway(tmp_path: Path, kafka: KafkaSettings, *, published: Published | None = None,
-                 registry_topics: Any = None) -> Gateway:
+                 registry_topics: Any = None, auditor: Callable[[Engine], AuditorApi] = auditor_api) -> Gateway:
     """The API over a new SQLite database. ``registry_topics``: a TopicCreator for the connector
-    registry (default: the real one, creating command topics on ``kafka``)."""
+    registry (default: the real one, creating command topics on ``kafka``); ``auditor``: the client of
+    the auditor's internal API over the database (default: its real routes, in-process)."""
     db = DatabaseSettings(url=f"sqlite:///{tmp_path / f'gw-{uuid.uuid4().hex[:6]}.db'}")
     upgrade(db)
     engine = make_engine(db)
@@ -155,7 +158,7 @@ def open_gateway(tmp_path: Path, kafka: KafkaSettings, *, published: Published |
     if registry_topics is not None:
         registry = ConnectorRegistry(engine, box, connect=connect, topics=registry_topics,
                                      usage_checks=[ProfileUsage(), LiveCertificateUsage()])
-    app = create_api(runtime, registry=registry)
+    app = create_api(runtime, registry=registry, auditor=auditor(engine))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
     return Gateway(engine, runtime, published, client)
 

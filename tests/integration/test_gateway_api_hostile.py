@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common import inventory_read as inventory
+from services.auditor import inventory_read as inventory
 from services.common.consumer import Outbound
 from services.common.contracts.events import RequestRejected
 from services.common.db import read_session
@@ -29,7 +29,7 @@ from services.gateway.api_throttle import AuthThrottle
 from services.gateway.policy.throttle import ThrottleLimits
 from services.gateway.policy.tokens import Role
 from tests.browser.test_console_http import hidden, sign_in
-from tests.gateway_fixtures import _connector
+from tests.gateway_fixtures import _connector, auditor_api
 from tests.integration.test_gateway_api import (
     Gateway,
     RecordingTopics,
@@ -258,7 +258,7 @@ async def throttled(gateway: Gateway) -> AsyncIterator[tuple[Gateway, httpx.Asyn
     registry = CollectorRegistry()
     throttle = AuthThrottle(ThrottleLimits(per_address=4, per_identity=2, window_s=60), registry=registry,
                             monotonic=lambda: now[0])
-    app = create_api(gateway.runtime, registry=None, throttle=throttle)  # type: ignore[arg-type]
+    app = create_api(gateway.runtime, registry=None, throttle=throttle, auditor=auditor_api(gateway.engine))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
         yield gateway, client, now, registry
 

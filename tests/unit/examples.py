@@ -142,6 +142,9 @@ def examples() -> dict[type[Message], Message]:
         admin.ProfileDeleted(profile="web", **admin_common),
         admin.TokenCreated(token_id="tok_12345", change={"role": "requester", "profiles": ["web"]}, **admin_common),
         admin.TokenRevoked(token_id="tok_12345", **admin_common),
+        admin.RequesterKeyAdded(requester="ci-pipeline", key_id="2026-11", change={"scheme": "hmac-sha256", "secret": "***"},
+                                **admin_common),
+        admin.RequesterKeyRevoked(requester="ci-pipeline", key_id="2026-11", change={"revoked": True}, **admin_common),
         deadletter.DeadLetter(
             code=ErrorCode.UNDECODABLE, reason="value is not JSON", consumer="gateway",
             source=deadletter.SourceRecord(topic="certrail.requests", partition=0, offset=7),

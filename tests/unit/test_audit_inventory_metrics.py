@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from services.auditor.inventory_read import inventory_status_counts
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import CertificateInventory
-from services.common.inventory_read import inventory_status_counts
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 

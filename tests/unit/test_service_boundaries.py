@@ -44,18 +44,6 @@ SCHEMA_MODULES = ("services/common/db_schema.py", "services/common/migrations/")
 
 #: (module, what it crosses) -> "issue 18: <what replaces it>"
 ALLOWED: dict[tuple[str, str], str] = {
-    ("services/common/audit_trail.py", "table audit_records"):
-        "issue 18: the auditor serves its inventory and timelines by API (GET /internal/v1/...); until then this "
-        "shared read model is the one place outside the auditor that reads its tables (gateway API, console, CLI)",
-    ("services/common/inventory_read.py", "table certificate_deployments"):
-        "issue 18: the auditor serves its inventory and timelines by API (GET /internal/v1/...); until then this "
-        "shared read model is the one place outside the auditor that reads its tables (gateway API, console, CLI)",
-    ("services/common/inventory_read.py", "table certificate_inventory"):
-        "issue 18: the auditor serves its inventory and timelines by API (GET /internal/v1/...); until then this "
-        "shared read model is the one place outside the auditor that reads its tables (gateway API, console, CLI)",
-    ("services/common/inventory_read.py", "table certificate_serials"):
-        "issue 18: the auditor serves its inventory and timelines by API (GET /internal/v1/...); until then this "
-        "shared read model is the one place outside the auditor that reads its tables (gateway API, console, CLI)",
     ("services/common/connectors/repository.py", "table emca_connectors"):
         "issue 18: the connector registry moves into the issuer, its only writer; the gateway's admin API and the CLI "
         "call the issuer's API",

@@ -94,6 +94,11 @@ class ConnectorRegistry:
         self._usage_checks = list(usage_checks) if usage_checks is not None else default_usage_checks(clock)
         self._clock = clock
 
+    @property
+    def engine(self) -> Engine:
+        """The database the registry writes (the gateway's admin outbox is written beside it: decision 0019)."""
+        return self._engine
+
     # -- reading ---------------------------------------------------------------------------------
 
     def list(self) -> list[Connector]:

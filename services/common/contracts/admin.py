@@ -23,6 +23,7 @@ class AdminOutcome(StrEnum):
 
 Change = Annotated[dict[str, JsonValue], Field(max_length=64)]
 TokenId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,64}$")]
+KeyId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 
 
 class _AdminEvent(Message):
@@ -42,6 +43,11 @@ class _ProfileEvent(_AdminEvent):
 
 class _TokenEvent(_AdminEvent):
     token_id: TokenId
+
+
+class _RequesterKeyEvent(_AdminEvent):
+    requester: Identity
+    key_id: KeyId
 
 
 class ConnectorCreated(_ConnectorEvent):
@@ -104,6 +110,18 @@ class TokenRevoked(_TokenEvent):
     SUMMARY: ClassVar[str] = "An API token was revoked."
 
 
+class RequesterKeyAdded(_RequesterKeyEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.requester_key_added.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "A key that signs a requester's Kafka requests was registered (never the secret)."
+
+
+class RequesterKeyRevoked(_RequesterKeyEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.requester_key_revoked.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "A requester key was revoked."
+
+
 ADMIN_TYPES: list[type[Message]] = [
     ConnectorCreated,
     ConnectorUpdated,
@@ -115,4 +133,6 @@ ADMIN_TYPES: list[type[Message]] = [
     ProfileDeleted,
     TokenCreated,
     TokenRevoked,
+    RequesterKeyAdded,
+    RequesterKeyRevoked,
 ]

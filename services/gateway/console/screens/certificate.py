@@ -3,14 +3,14 @@ Revoke with an RFC 5280 reason."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from services.common.db import read_session
+from services.gateway.api_certificates import unavailable_problem
+from services.gateway.auditor_api import AuditorApi, AuditorUnavailable
 from services.gateway.console import views
 from services.gateway.console.client import seg
 from services.gateway.console.context import Console, ConsoleDep
@@ -23,22 +23,20 @@ CERTIFICATES = f"{PREFIX}/certificates"
 router = APIRouter(prefix=CERTIFICATES)
 
 
-async def timeline(console: Console, session: Session, certificate_id: str, detail: dict[str, Any]) -> list[dict[str, Any]]:
-    """Admins and auditors (who may read the audit log) see every record naming the certificate
-    (services/common/audit_trail.py); requesters the timelines of their own requests, through /v1."""
+async def timeline(console: Console, session: Session, certificate_id: str, detail: dict[str, Any],
+                   auditor: AuditorApi) -> list[dict[str, Any]]:
+    """Admins and auditors (who may read the audit log) see every record naming the certificate (the
+    auditor's internal API, decision 0020; the page was shown only after ``/v1`` let them read the
+    certificate); requesters the timelines of their own requests, through /v1."""
     claims = TokenClaims(session.token_id, session.identity, Role(session.role), session.profiles)
     if authorise(claims, Action.AUDIT_READ).allowed:
-        from services.common.audit_trail import trail
-
-        def load() -> list[dict[str, Any]]:
-            with read_session(console.engine) as db:
-                found = trail(db, certificate_id)
-            request_ids = {r["request_id"] for r in detail.get("requests", [])}
-            return [{"timestamp": e.timestamp.isoformat() if e.timestamp else None, "event_type": e.event_type,
-                     "topic": e.topic, "summary": e.summary, "duplicate_of": e.duplicate_of, "request_id": e.request_id}
-                    for e in found.entries if e.certificate_id == certificate_id or e.request_id in request_ids]
-
-        return await asyncio.to_thread(load)
+        try:
+            found = await auditor.certificate_trail(certificate_id)
+        except AuditorUnavailable as exc:
+            raise unavailable_problem(exc) from None
+        return [{"timestamp": e.timestamp.isoformat() if e.timestamp else None, "event_type": e.event_type,
+                 "topic": e.topic, "summary": e.summary, "duplicate_of": e.duplicate_of, "request_id": e.request_id}
+                for e in found.entries]
     merged: dict[int, dict[str, Any]] = {}
     for req in detail.get("requests", [])[:50]:
         reply = await console.call(session, "GET", f"/v1/requests/{seg(req['request_id'])}/timeline")
@@ -71,7 +69,7 @@ async def certificate(request: Request, console: ConsoleDep, certificate_id: str
     inventory = detail.get("inventory") or {}
     days = views.days_left(inventory.get("not_after"), console.clock())
     return page(console, request, "certificate.html", session, cert=detail, inventory=inventory,
-                requests=list(reversed(states)), entries=await timeline(console, session, certificate_id, detail),
+                requests=list(reversed(states)), entries=await timeline(console, session, certificate_id, detail, request.app.state.auditor),
                 days=days, urgency=views.urgency(days, detail.get("status", "")), reasons=views.REASONS,
                 revoke_request_id=f"console-{uuid.uuid4()}", section="certificates")
 
