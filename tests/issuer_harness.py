@@ -182,8 +182,8 @@ class IssuerBench:
         # fetches of up to 64 KiB or 50 ms rather than one per event: the reader shares the CPUs with what it
         # watches (bench/issuer_throughput.py measured a quarter less broker CPU per certificate this way)
         self._consumer = AIOKafkaConsumer(self.topics.issuer_events, self.topics.deadletter,
-                                          **consumer_kwargs(self.kafka, f"reader-{uuid.uuid4().hex[:8]}"),
-                                          fetch_min_bytes=65536, fetch_max_wait_ms=50)
+                                          **{**consumer_kwargs(self.kafka, f"reader-{uuid.uuid4().hex[:8]}"),
+                                             "fetch_min_bytes": 65536, "fetch_max_wait_ms": 50})
         await self._consumer.start()
         self._reader = asyncio.create_task(self._read())
         return self
