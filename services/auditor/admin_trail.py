@@ -1,8 +1,9 @@
 """Who changed the configuration: the admin events in the audit log (``certrail audit trail
---connector/--profile/--actor/--token/--requester``), in the order Kafka stamped them.
+--connector/--profile/--actor/--token/--requester/--target``), in the order Kafka stamped them.
 
 Admin events (io.certrail.admin.*, docs/audit.md) are keyed ``<subject field>:<name>``
-(``connector:ca-one``, ``profile:web``, ``token_id:0123456789ab``, ``requester:ci``); the subject
+(``connector:ca-one``, ``profile:web``, ``token_id:0123456789ab``, ``requester:ci``; the deployer's
+target and binding events ``target:edge``); the subject
 filters use that key, the actor is read from each event's data."""
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from services.common.db_schema import AuditRecord
 
 ADMIN_TYPE_PREFIX = "io.certrail.admin."
 #: the filters, by the subject field of the events they match
-SUBJECT_FIELDS = {"connector": "connector", "profile": "profile", "token": "token_id", "requester": "requester"}
+SUBJECT_FIELDS = {"connector": "connector", "profile": "profile", "token": "token_id", "requester": "requester",
+                  "target": "target"}
 MAX_ROWS = 100_000
 
 
@@ -55,6 +57,9 @@ def _data(value: bytes | None) -> dict[str, Any]:
 
 
 def _subject(data: dict[str, Any]) -> str:
+    if isinstance(data.get("target"), str):  # a target, or a binding of a profile to it
+        bound = f" <- profile {data['profile']}" if isinstance(data.get("profile"), str) else ""
+        return f"target:{data['target']}{bound}"
     for field in ("connector", "profile", "token_id", "requester"):
         if isinstance(data.get(field), str):
             extra = f"/{data['key_id']}" if field == "requester" and isinstance(data.get("key_id"), str) else ""

@@ -105,18 +105,19 @@ def trail(
     profile: Annotated[str | None, typer.Option("--profile", help="Admin events about this provisioning profile.")] = None,
     token: Annotated[str | None, typer.Option("--token", help="Admin events about this API token id.")] = None,
     requester: Annotated[str | None, typer.Option("--requester", help="Admin events about this requester's keys.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Admin events about this deployment target and its bindings.")] = None,
     actor: Annotated[str | None, typer.Option("--actor", help="Admin events by this actor (token identity, console user, cli:<user>).")] = None,
 ) -> None:
     """The timeline of a certificate, a request or a serial, in order; or, with --connector, --profile,
-    --token, --requester and/or --actor, the configuration changes (admin events) that match them all."""
-    admin_filters = {"connector": connector, "profile": profile, "token": token, "requester": requester}
+    --token, --requester, --target and/or --actor, the configuration changes (admin events) that match them all."""
+    admin_filters = {"connector": connector, "profile": profile, "token": token, "requester": requester, "target": target}
     if actor is not None or any(v is not None for v in admin_filters.values()):
         if identifier is not None:
-            raise _fail("give an ID or admin-event filters (--connector, --profile, --token, --requester, --actor), not both")
+            raise _fail("give an ID or admin-event filters (--connector, --profile, --token, --requester, --target, --actor), not both")
         _admin_trail(actor, admin_filters, as_json)
         return
     if identifier is None:
-        raise _fail("give an ID, or admin-event filters (--connector, --profile, --token, --requester, --actor)")
+        raise _fail("give an ID, or admin-event filters (--connector, --profile, --token, --requester, --target, --actor)")
     settings = _settings()
     engine = make_engine(settings.db)
     try:

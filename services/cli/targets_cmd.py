@@ -5,6 +5,11 @@ Settings come from the environment: ``CERTRAIL_DB_*`` (the database) and
 encrypts target secrets). Secrets are read from files or environment variables, never
 from the command line, and are never shown.
 
+add/remove/bind/unbind go through the deployer's one configuration path (services/deployer/config/):
+a target is probed before it is stored, and each change (or its refusal) is recorded with its admin
+event (actor ``cli:<OS user>`` or ``--actor``), which the running deployer publishes to
+``<prefix>.events.deployer``.
+
     certrail targets add edge --kind nginx --config-file edge.json
     certrail targets add hook --kind webhook --config '{"url": "https://..."}' --secret-file hmac_secret=/run/hook.secret
     certrail targets add web1 --kind ssh --config-file web1.json --secret-file client_key=/run/certrail/web1_ed25519
@@ -14,6 +19,7 @@ from the command line, and are never shown.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -29,14 +35,20 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.common import migrate
 from services.common.connectors.secretbox import SecretBoxError
-from services.common.db import make_engine, read_session, safe_url, write_session
+from services.common.db import make_engine, read_session, safe_url
 from services.common.settings import DatabaseSettings
 from services.deployer import store
+from services.deployer.config import targets as one_path
+from services.deployer.config.change import Actor, ConfigCode, Refused
 from services.deployer.keys import deployer_box
 from services.deployer.settings import DeployerSettings
 from services.deployer.targets.config import TargetKind
+from services.gateway.config.actor import cli_actor_name
 
 app = typer.Typer(no_args_is_help=True, help=__doc__)
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who acts, as the admin event names it (default: cli:<OS user>).")]
+#: refusals answered with exit code 2 (the input), as before the path; the others exit 1
+INPUT_CODES = frozenset({ConfigCode.INVALID_INPUT, ConfigCode.TARGET_EXISTS, ConfigCode.TARGET_IN_USE})
 
 
 def _fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
@@ -55,6 +67,8 @@ def _engine() -> Iterator[Engine]:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors(include_url=False))
         _fail("INVALID_INPUT", problems, 2)
+    except Refused as refused:
+        _fail(refused.code, refused.message, 2 if refused.code in INPUT_CODES else 1)
     except store.TargetNotFound as exc:
         _fail("TARGET_NOT_FOUND", str(exc))
     except ValueError as exc:
@@ -65,6 +79,18 @@ def _engine() -> Iterator[Engine]:
         _fail("DATABASE_ERROR", str(getattr(exc, "orig", None) or exc).splitlines()[0])
     finally:
         engine.dispose()
+
+
+def _recorded(actor: Actor) -> None:
+    if actor.recorded:
+        typer.echo(f"recorded as an admin event (actor {actor.name}); the running deployer publishes it", err=True)
+
+
+def _actor(engine: Engine, given: str | None) -> Actor:
+    try:
+        return Actor(engine, cli_actor_name(given), lambda: datetime.now(UTC))
+    except ValueError as exc:
+        _fail("INVALID_INPUT", str(exc), 2)
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -86,8 +112,9 @@ def add(
     secret_file: Annotated[list[str], typer.Option(help="NAME=PATH: a secret read from a file (hmac_secret=..., client_key=...).")] = [],  # noqa: B006
     secret_env: Annotated[list[str], typer.Option(help="NAME=VARIABLE: a secret read from an environment variable.")] = [],  # noqa: B006
     replace: Annotated[bool, typer.Option(help="Replace an existing target of that name.")] = False,
+    actor: ActorOption = None,
 ) -> None:
-    """Add (validated) a deployment target."""
+    """Add (validated and probed) a deployment target."""
     if (config is None) == (config_file is None):
         _fail("INVALID_INPUT", "give --config or --config-file", 2)
     try:
@@ -106,9 +133,11 @@ def add(
         if not os.environ.get(variable):
             _fail("INVALID_INPUT", f"the environment variable {variable} (secret {secret_name}) is not set", 2)
         secrets[secret_name] = os.environ[variable]
-    with _engine() as engine, write_session(engine) as session:
-        spec = store.add_target(session, deployer_box(DeployerSettings()), name, kind, parsed, secrets, datetime.now(UTC),
-                                replace=replace)
+    with _engine() as engine:
+        acting = _actor(engine, actor)
+        spec = asyncio.run(one_path.put_target(acting, deployer_box(DeployerSettings()), name=name, kind=kind,
+                                               config=parsed, secrets=secrets, replace=replace))
+    _recorded(acting)
     typer.echo(f"target {spec.name} ({spec.kind}) stored" + (f"; secrets: {', '.join(spec.secret_names)}" if secrets else ""))
 
 
@@ -135,26 +164,30 @@ def show(name: str) -> None:
 
 
 @app.command()
-def remove(name: str) -> None:
+def remove(name: str, actor: ActorOption = None) -> None:
     """Remove a target (refused while a profile is bound to it)."""
-    with _engine() as engine, write_session(engine) as session:
-        store.remove_target(session, name)
+    with _engine() as engine:
+        acting = _actor(engine, actor)
+        one_path.remove_target(acting, name)
+    _recorded(acting)
     typer.echo(f"target {name} removed")
 
 
 @app.command()
-def bind(profile: str, target: str) -> None:
+def bind(profile: str, target: str, actor: ActorOption = None) -> None:
     """Deploy the certificates of PROFILE to TARGET (a profile may have several targets)."""
-    with _engine() as engine, write_session(engine) as session:
-        store.bind(session, profile, target, datetime.now(UTC))
+    with _engine() as engine:
+        acting = _actor(engine, actor)
+        one_path.bind(acting, profile, target)
+    _recorded(acting)
     typer.echo(f"profile {profile} -> target {target}")
 
 
 @app.command()
-def unbind(profile: str, target: str) -> None:
+def unbind(profile: str, target: str, actor: ActorOption = None) -> None:
     """Stop deploying PROFILE's certificates to TARGET."""
-    with _engine() as engine, write_session(engine) as session:
-        removed = store.unbind(session, profile, target)
-    if not removed:
-        _fail("BINDING_NOT_FOUND", f"profile {profile} is not bound to target {target}")
+    with _engine() as engine:
+        acting = _actor(engine, actor)
+        one_path.unbind(acting, profile, target)
+    _recorded(acting)
     typer.echo(f"profile {profile} no longer deploys to {target}")

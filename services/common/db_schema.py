@@ -620,6 +620,27 @@ class GatewayAdminOutbox(Base):
 
 
 # -- the deployer's tables (services/deployer; docs/deployer.md) -------------------------------------
+
+
+class DeployerAdminOutbox(Base):
+    """The deployer's admin events (targets and bindings), written in the transaction of the change
+    (services/deployer/config/; decisions 0019, migration 0014); the deployer's relay publishes unsent
+    rows in ``seq`` order with the stored bytes. Never a secret value: secret names only."""
+
+    __tablename__ = "deployer_admin_outbox"
+    __table_args__ = (
+        UniqueConstraint("event_id"),
+        Index("ix_deployer_admin_outbox_sent_at", "sent_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str | None] = mapped_column(String(300))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 # Written only by services/deployer and `certrail targets`. Secrets (target secrets, bot-held
 # private keys) are Fernet tokens under the deployer's own key (CERTRAIL_DEPLOYER_KEYS).
 

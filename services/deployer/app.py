@@ -8,6 +8,10 @@
   a fresh key, stored encrypted, and its CSR as a signed request (handlers/bot.py);
 - RequestAccepted, connector and profile admin events -> its own projection of what it may
   trust (handlers/projection.py; docs/decisions/0011-deployer-trusts-nothing.md).
+
+Its deployment targets and bindings change through one path (config/) that records an admin event in
+``deployer_admin_outbox``; a relay publishes those to its events topic (config/outbox.py). ``/internal/v1``
+on its HTTP port serves and changes them (internal_api.py, decision 0020).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from faststream.asgi import AsgiFastStream
 
-from services.common.consumer import Handler, Outbound
+from services.common.consumer import Handler, Outbound, utc_now
 from services.common.contracts.admin import (
     ConnectorCreated,
     ConnectorDeleted,
@@ -31,13 +36,17 @@ from services.common.contracts.commands import ProvisionCertificate
 from services.common.contracts.envelope import Envelope, Message
 from services.common.contracts.events import CertificateIssued, CertificateRevoked, RenewalDue, RequestAccepted
 from services.common.contracts.topics import Topics
+from services.common.internal_api import InternalApiSettings, configured_token, mount_internal
+from services.common.kafka_edge import send_all
 from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
+from services.deployer.config.outbox import OutboxRelay
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
 from services.deployer.handlers.deploy import on_certificate_issued
 from services.deployer.handlers.parked import sweep_forever
 from services.deployer.handlers.projection import on_connector_event, on_profile_event, on_request_accepted
+from services.deployer.internal_api import create_internal_app
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.metrics import DeployerMetrics
 from services.deployer.runner import RetryPolicy
@@ -63,7 +72,10 @@ def handlers(ctx: DeployerContext) -> dict[type[Message], Handler]:
     return {cls: partial(handler, ctx) for cls, handler in table.items()}
 
 
-def create_app(settings: DeployerSettings) -> tuple[AsgiFastStream, ServiceRuntime]:
+def create_app(settings: DeployerSettings, internal: InternalApiSettings | None = None) -> tuple[Any, ServiceRuntime]:
+    """The deployer; ``internal``: where the internal API's token is (None: no token, every ``/internal/v1``
+    request is refused). The first element serves ``/internal/v1`` and passes the rest (``/health``,
+    ``/metrics``, the lifespan) to the FastStream app, its ``service_app``."""
     topics = Topics(settings.kafka.topic_prefix)
     app, runtime = build_service(SERVICE, settings, [Subscription(topics=[topics.provisioning, topics.gateway_events, topics.issuer_events])])
     ctx = DeployerContext(
@@ -83,10 +95,49 @@ def create_app(settings: DeployerSettings) -> tuple[AsgiFastStream, ServiceRunti
     # IssuancePending, CertificateDeployed and the like are not for the deployer: skip them
     # by their ce_type header, unparsed (docs/decisions/0010-batched-consumption-and-ce-type-header.md)
     runtime.dispatcher.skip_by_type_header = True
-    return app, runtime
+    relay = _start_outbox_relay(app, runtime)
+    token = configured_token(internal) if internal is not None else None  # decision 0020
+    return InternalMount(app, create_internal_app(runtime.engine, ctx.box, token, utc_now, changed=relay.wake)), runtime
+
+
+class InternalMount:
+    """``/internal/...`` to the internal API, everything else to ``service_app`` (the FastStream app)."""
+
+    def __init__(self, service_app: AsgiFastStream, internal_app: Any) -> None:
+        self.service_app = service_app
+        self._app = mount_internal(service_app, internal_app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
+def _start_outbox_relay(app: AsgiFastStream, runtime: ServiceRuntime) -> OutboxRelay:
+    """Publish the admin events of target and binding changes (written by the CLI or the internal API)
+    from the outbox: all at start, then every few seconds or when woken (config/outbox.py)."""
+
+    async def send(records: Any) -> None:
+        await send_all(runtime.broker, records)
+
+    relay = OutboxRelay(runtime.engine, runtime.topics, send, utc_now)
+    task: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        task.append(asyncio.create_task(relay.run_forever(), name="deployer-admin-outbox"))
+
+    async def stop() -> None:
+        relay.stop()
+        try:
+            await asyncio.wait_for(asyncio.gather(*task, return_exceptions=True), 10)
+        except TimeoutError:
+            for running in task:
+                running.cancel()
+
+    app.after_startup(start)
+    app.on_shutdown(stop)
+    return relay
 
 
 def main() -> None:
     settings = DeployerSettings()
-    app, _ = create_app(settings)
+    app, _ = create_app(settings, InternalApiSettings())
     run_service(app, settings)

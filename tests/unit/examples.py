@@ -145,6 +145,13 @@ def examples() -> dict[type[Message], Message]:
         admin.RequesterKeyAdded(requester="ci-pipeline", key_id="2026-11", change={"scheme": "hmac-sha256", "secret": "***"},
                                 **admin_common),
         admin.RequesterKeyRevoked(requester="ci-pipeline", key_id="2026-11", change={"revoked": True}, **admin_common),
+        admin.TargetCreated(target="edge", change={"kind": "webhook", "config": {"url": "https://hooks.example/in"},
+                                                   "secrets": {"hmac_secret": "***"}}, **admin_common),
+        admin.TargetUpdated(target="edge", change={"kind": "file", "config": {"dir": "/etc/ssl/edge"}, "secrets": {}},
+                            **admin_common),
+        admin.TargetDeleted(target="edge", change={"kind": "file"}, **admin_common),
+        admin.TargetBound(target="edge", profile="web", change={"bound": True}, **admin_common),
+        admin.TargetUnbound(target="edge", profile="web", change={"bound": False}, **admin_common),
         deadletter.DeadLetter(
             code=ErrorCode.UNDECODABLE, reason="value is not JSON", consumer="gateway",
             source=deadletter.SourceRecord(topic="certrail.requests", partition=0, offset=7),

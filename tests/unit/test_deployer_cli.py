@@ -13,6 +13,7 @@ from services.cli.main import app
 from services.common.connectors.secretbox import generate_key
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
+from tests.tls_listener import tls_listener
 
 
 @pytest.fixture
@@ -29,14 +30,16 @@ def test_targets_add_bind_list_show_remove(cli: CliRunner, tmp_path: Path, monke
     monkeypatch.setenv("HOOK_SECRET", secret)
     ok = cli.invoke(app, ["targets", "add", "files", "--kind", "file", "--config", json.dumps({"dir": str(tmp_path / "certs")})])
     assert ok.exit_code == 0, ok.output
-    hook = cli.invoke(app, ["targets", "add", "hook", "--kind", "webhook", "--config", '{"url": "https://hook.test/in"}',
-                            "--secret-env", "hmac_secret=HOOK_SECRET"])
+    with tls_listener(tmp_path) as (port, ca_file):  # the target is probed before it is stored
+        hook_config = {"url": f"https://localhost:{port}/in", "ca_file": str(ca_file)}
+        hook = cli.invoke(app, ["targets", "add", "hook", "--kind", "webhook", "--config", json.dumps(hook_config),
+                                "--secret-env", "hmac_secret=HOOK_SECRET"])
     assert hook.exit_code == 0, hook.output
     assert cli.invoke(app, ["targets", "bind", "web", "files"]).exit_code == 0
     listed = cli.invoke(app, ["targets", "list"]).output
     assert "files\tfile\tprofiles: web" in listed and "hook\twebhook\tprofiles: -" in listed
     shown = cli.invoke(app, ["targets", "show", "hook"])
-    assert secret not in shown.output and json.loads(shown.output)["config"]["url"] == "https://hook.test/in"
+    assert secret not in shown.output and json.loads(shown.output)["config"]["url"] == hook_config["url"]
 
     refused = cli.invoke(app, ["targets", "remove", "files"])
     assert refused.exit_code == 2 and "unbind it first" in refused.output

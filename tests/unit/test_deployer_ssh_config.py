@@ -83,7 +83,7 @@ async def test_nothing_listening_is_target_unreachable_and_there_is_nothing_to_r
     assert await target.rollback(_bundle()) is False  # never reached the host: no second connection attempt
 
 
-def test_targets_add_kind_ssh_stores_the_client_key_encrypted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_targets_add_kind_ssh_is_validated_and_probed_before_it_is_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'certrail.db'}"
     upgrade(DatabaseSettings(url=url))
     monkeypatch.setenv("CERTRAIL_DB_URL", url)
@@ -94,9 +94,9 @@ def test_targets_add_kind_ssh_stores_the_client_key_encrypted(tmp_path: Path, mo
     config = {**BASE, "reload_command": ["systemctl", "reload", "nginx"]}
     added = cli.invoke(app, ["targets", "add", "web1", "--kind", "ssh", "--config", json.dumps(config),
                              "--secret-file", f"client_key={key_file}"])
-    assert added.exit_code == 0, added.output
-    shown = cli.invoke(app, ["targets", "show", "web1"])
-    assert json.loads(shown.output)["secrets"] == ["(encrypted)"] and "PRIVATE KEY" not in shown.output
+    # valid, but probed before it is stored (services/deployer/config/): the host does not exist
+    assert added.exit_code == 1 and "TARGET_UNREACHABLE" in added.output and "PRIVATE KEY" not in added.output
+    assert cli.invoke(app, ["targets", "show", "web1"]).exit_code == 1  # not stored
 
     no_key = cli.invoke(app, ["targets", "add", "web2", "--kind", "ssh", "--config", json.dumps(BASE)])
     assert no_key.exit_code == 2 and "client_key" in no_key.output

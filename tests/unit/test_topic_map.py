@@ -9,10 +9,12 @@ from services.common.contracts.catalog import ALL_TYPES
 from services.common.contracts.commands import COMMAND_TYPES
 from services.common.contracts.topics import Topics
 
-GATEWAY = {events.RequestAccepted, events.RequestRejected, events.RenewalDue, events.CertificateExpiring, *admin.ADMIN_TYPES}
+DEPLOYER_ADMIN = {admin.TargetCreated, admin.TargetUpdated, admin.TargetDeleted, admin.TargetBound, admin.TargetUnbound}
+GATEWAY = {events.RequestAccepted, events.RequestRejected, events.RenewalDue, events.CertificateExpiring,
+           *(set(admin.ADMIN_TYPES) - DEPLOYER_ADMIN)}
 ISSUER = {events.IssuancePending, events.CertificateIssued, events.IssuanceFailed, events.CertificateRevoked,
           events.RevocationFailed, events.ConnectorStatusChanged}
-DEPLOYER = {events.CertificateDeployed, events.DeploymentFailed}
+DEPLOYER = {events.CertificateDeployed, events.DeploymentFailed, *DEPLOYER_ADMIN}  # targets and bindings (issue 19)
 
 
 @pytest.mark.parametrize("prefix", ["certrail", "acme.certrail"])

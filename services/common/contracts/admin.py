@@ -1,5 +1,6 @@
 """Admin events: who changed the configuration, what changed (secrets
-redacted) and the outcome. Published by the gateway to ``certrail.events.gateway`` so the audit log
+redacted) and the outcome. Published by the gateway to ``certrail.events.gateway`` (and, for
+deployment targets and bindings, by the deployer to ``certrail.events.deployer``) so the audit log
 holds every configuration change."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class AdminOutcome(StrEnum):
 Change = Annotated[dict[str, JsonValue], Field(max_length=64)]
 TokenId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,64}$")]
 KeyId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]  # the deployer's TARGET_NAME_PATTERN
 
 
 class _AdminEvent(Message):
@@ -110,6 +112,15 @@ class TokenRevoked(_TokenEvent):
     SUMMARY: ClassVar[str] = "An API token was revoked."
 
 
+class _TargetEvent(_AdminEvent):
+    target: TargetName
+
+
+class _BindingEvent(_AdminEvent):
+    target: TargetName
+    profile: ProfileName
+
+
 class RequesterKeyAdded(_RequesterKeyEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.requester_key_added.v1"
     CHANNEL: ClassVar[str] = "events.gateway"
@@ -120,6 +131,39 @@ class RequesterKeyRevoked(_RequesterKeyEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.requester_key_revoked.v1"
     CHANNEL: ClassVar[str] = "events.gateway"
     SUMMARY: ClassVar[str] = "A requester key was revoked."
+
+
+# -- the deployer's configuration (services/deployer/config/), on its own events topic -----------------
+
+
+class TargetCreated(_TargetEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.target_created.v1"
+    CHANNEL: ClassVar[str] = "events.deployer"
+    SUMMARY: ClassVar[str] = "A deployment target was added, after its probe (or its addition refused); secret names only."
+
+
+class TargetUpdated(_TargetEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.target_updated.v1"
+    CHANNEL: ClassVar[str] = "events.deployer"
+    SUMMARY: ClassVar[str] = "A deployment target was replaced (or its replacement refused); secret names only."
+
+
+class TargetDeleted(_TargetEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.target_deleted.v1"
+    CHANNEL: ClassVar[str] = "events.deployer"
+    SUMMARY: ClassVar[str] = "A deployment target was removed (or its removal refused while bound)."
+
+
+class TargetBound(_BindingEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.target_bound.v1"
+    CHANNEL: ClassVar[str] = "events.deployer"
+    SUMMARY: ClassVar[str] = "A profile's certificates are deployed to a target from now on."
+
+
+class TargetUnbound(_BindingEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.target_unbound.v1"
+    CHANNEL: ClassVar[str] = "events.deployer"
+    SUMMARY: ClassVar[str] = "A profile's certificates are no longer deployed to a target."
 
 
 ADMIN_TYPES: list[type[Message]] = [
@@ -135,4 +179,9 @@ ADMIN_TYPES: list[type[Message]] = [
     TokenRevoked,
     RequesterKeyAdded,
     RequesterKeyRevoked,
+    TargetCreated,
+    TargetUpdated,
+    TargetDeleted,
+    TargetBound,
+    TargetUnbound,
 ]
