@@ -1,9 +1,13 @@
 """Seed data for gateway tests: connectors, profiles, requester keys and CSRs; the auditor's internal API
-in-process (`auditor_api`) for a gateway built in the test's process."""
+in-process (`auditor_api`), and the deployer's (`deployer_api`), for a gateway built in the test's process."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -19,9 +23,14 @@ from services.common.contracts.fields import KeyAlgorithm, KeyGeneration
 from services.common.contracts.topics import Topics
 from services.common.db import write_session
 from services.common.db_schema import EmcaConnectorRow
-from services.common.internal_api import InternalClient
+from services.common.internal_api import InternalApiSettings, InternalClient
+from services.common.migrate import upgrade
+from services.common.settings import DatabaseSettings, KafkaSettings
+from services.deployer.app import create_app as create_deployer
+from services.deployer.settings import DeployerSettings
 from services.gateway import store
 from services.gateway.auditor_api import AuditorApi
+from services.gateway.deployer_api import DeployerApi, Endpoint
 from services.gateway.policy import DomainRules, ProvisioningProfile
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -83,3 +92,32 @@ def auditor_api(engine: Engine, token: SecretStr | None = INTERNAL_TOKEN) -> Aud
     client presents (the auditor expects `INTERNAL_TOKEN`)."""
     app = create_internal_app(engine, INTERNAL_TOKEN, lambda: datetime.now(UTC))
     return AuditorApi(InternalClient("http://auditor", token, transport=httpx.ASGITransport(app=app), service="auditor"))
+
+
+@dataclass
+class InProcessDeployer:
+    """The real deployer app (services/deployer/app.py's create_app; not started: no Kafka, its admin events
+    stay in its outbox) over its own migrated SQLite database, expecting `INTERNAL_TOKEN`."""
+
+    app: Any
+    engine: Engine
+
+    @classmethod
+    def open(cls, directory: Path) -> InProcessDeployer:
+        db = DatabaseSettings(url=f"sqlite:///{directory / f'deployer-{uuid.uuid4().hex[:6]}.db'}")
+        upgrade(db)
+        settings = DeployerSettings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9", topic_prefix="t-nokafka.certrail"),
+                                    db=db, http_port=0, keys=SecretStr(generate_key()), request_key=SecretStr("r" * 32),
+                                    keys_file=directory / "deployer.keys", request_key_file=directory / "deployer-request.key")
+        app, runtime = create_deployer(settings, InternalApiSettings(token=INTERNAL_TOKEN))
+        return cls(app, runtime.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def deployer_api(deployer_app: Any, token: SecretStr | None = INTERNAL_TOKEN) -> DeployerApi:
+    """The gateway's client of the deployer's internal API, served in-process (httpx's ASGI transport) by
+    ``deployer_app`` (services/deployer/app.py's create_app, expecting `INTERNAL_TOKEN`); ``token``: what the
+    client presents."""
+    return DeployerApi(Endpoint("http://deployer", token), httpx.ASGITransport(app=deployer_app))

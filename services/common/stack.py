@@ -140,9 +140,10 @@ class Stack:
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # the services' internal API (decision 0020): one token in the var dir; the gateway finds the auditor
+        # the services' internal API (decision 0020): one token in the var dir; the gateway finds the auditor and the deployer
         self.env = {"CERTRAIL_INTERNAL_TOKEN_FILE": str(self.var_dir / INTERNAL_TOKEN_FILE),
-                    "CERTRAIL_GATEWAY_AUDITOR_URL": f"http://{self.host}:{self.ports['auditor']}", **self.env}
+                    "CERTRAIL_GATEWAY_AUDITOR_URL": f"http://{self.host}:{self.ports['auditor']}",
+                    "CERTRAIL_GATEWAY_DEPLOYER_URL": f"http://{self.host}:{self.ports['deployer']}", **self.env}
         self.services = [ServiceProcess(n, self.ports[n], self.host, self.var_dir, {**self.env, **self.service_env.get(n, {})})
                          for n in SERVICES]
         if self.sim_ports is not None:

@@ -9,7 +9,8 @@ scope (403), reads included (a requester reads only the profiles that list it). 
 SCHEMA_VIOLATION with the field path, and input values are never echoed (they may be secrets).
 
 Routes: api_connectors.py (connectors), api_profiles.py (provisioning profiles),
-api_certificates.py (certificates and requests), api_tokens.py (tokens and requester keys).
+api_certificates.py (certificates and requests), api_tokens.py (tokens and requester keys),
+api_targets.py (deployment targets and bindings, served by the deployer).
 docs/gateway.md describes the API with curl examples.
 """
 
@@ -31,11 +32,12 @@ from starlette.responses import JSONResponse, Response
 from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
 from services.common.connectors.usage import LiveCertificateUsage
 from services.common.contracts.errors import ErrorCode
-from services.gateway import api_certificates, api_connectors, api_profiles, api_tokens
+from services.gateway import api_certificates, api_connectors, api_profiles, api_targets, api_tokens
 from services.gateway.api_common import AdminPublisher, ApiCode, Problem, authenticate, bearer, validation_problem
 from services.gateway.api_openapi import document_problems
 from services.gateway.api_throttle import AuthThrottle, client_address, presented_token_id, throttle_from
 from services.gateway.auditor_api import AuditorApi
+from services.gateway.deployer_api import DeployerApi
 from services.gateway.policy import PolicyViolation, ProvisioningProfile
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     api_certificates.RevokeBody,
     api_tokens.TokenBody,
     api_tokens.RequesterKeyBody,
+    api_targets.TargetBody,
 )
 
 
@@ -66,11 +69,13 @@ def create_api(
     clock: Callable[[], datetime] = _utc_now,
     throttle: AuthThrottle | None = None,
     auditor: AuditorApi | None = None,
+    deployer: DeployerApi | None = None,
 ) -> FastAPI:
     """The HTTP API over ``runtime`` (a GatewayRuntime: engine, topics, intake, box, publish_records,
     settings). ``registry`` defaults to the real one (emCA client, Kafka topic creation, usage checks:
     provisioning profiles and live certificates). ``auditor``: the client of the auditor's internal API
-    (certificate views and timelines; default: ``settings.auditor_url``, decision 0020)."""
+    (certificate views and timelines; default: ``settings.auditor_url``, decision 0020); ``deployer``: the client of
+    the deployer's (deployment targets and bindings; default: ``settings.deployer_url``)."""
     if registry is None:
         from services.common.emca.client import connect
 
@@ -89,6 +94,7 @@ def create_api(
         auditor = AuditorApi.from_settings(runtime.settings)
     app.state.auditor = auditor  # the console's certificate timeline reads it too
     app.include_router(api_certificates.router(runtime, clock, auditor))
+    app.include_router(api_targets.router(deployer or DeployerApi.from_settings(runtime.settings)))
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
     app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock, admin))
     from services.gateway.console import console_router  # the web console: a client of this API

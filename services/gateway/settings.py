@@ -36,5 +36,8 @@ class GatewaySettings(ServiceSettings):
     auditor_url: str = Field(default="http://127.0.0.1:8083", pattern=r"^https?://", max_length=2000,
                              description="The auditor's HTTP port: certificate views and timelines come from its "
                                          "/internal/v1 API (decision 0020); https verifies the auditor's certificate.")
+    deployer_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://", max_length=2000,
+                              description="The deployer's HTTP port: deployment targets and bindings are read and changed "
+                                          "through its /internal/v1 API (decision 0020); https verifies its certificate.")
     internal: InternalApiSettings = Field(default_factory=InternalApiSettings,
                                           description="The internal API token file and client limits (CERTRAIL_INTERNAL_*).")

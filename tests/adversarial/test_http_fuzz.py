@@ -46,7 +46,7 @@ from services.gateway.intake import Intake, stored_records
 from services.gateway.policy.tokens import Role
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
-from tests.gateway_fixtures import _connector, _profile, auditor_api
+from tests.gateway_fixtures import InProcessDeployer, _connector, _profile, auditor_api, deployer_api
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     runtime = GatewayRuntime(service, settings, intake, box, _Published())  # type: ignore[arg-type]
     registry = ConnectorRegistry(engine, box, connect=lambda endpoint: connect(endpoint, transport=_NoNetwork()), topics=_NoTopics(),
                                  usage_checks=[ProfileUsage(), LiveCertificateUsage()])
-    app = create_api(runtime, registry=registry, auditor=auditor_api(engine))  # the auditor's internal API, in-process
+    deployer = InProcessDeployer.open(tmp)  # the deployer's internal API (targets), in-process
+    app = create_api(runtime, registry=registry, auditor=auditor_api(engine),  # the auditor's internal API, in-process
+                     deployer=deployer_api(deployer.app))
 
     def token(role: Role, identity: str, profiles: list[str] | None = None) -> str:
         new, _ = create_token(engine, identity=identity, role=role, profiles=profiles, description=None, created_by="fuzz",
@@ -126,6 +128,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
 
     yield Fuzzed(app, {"admin": token(Role.ADMIN, "root-admin"), "requester": token(Role.REQUESTER, "alice", ["web"])})
     engine.dispose()
+    deployer.close()
 
 
 def _fuzz(operation: Any, token: str, mode: GenerationMode) -> str | None:
