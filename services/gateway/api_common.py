@@ -26,13 +26,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
 from services.common.connectors.models import RegistryCode
+from services.common.contracts.admin import event_error  # noqa: F401 - re-exported (tests, older imports)
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
 from services.common.db import read_session
 from services.gateway import store
 from services.gateway.config import outbox
 from services.gateway.config.actor import Actor
-from services.gateway.config.outbox import event_error  # noqa: F401 - re-exported (tests, older imports)
 from services.gateway.policy import PolicyViolation
 from services.gateway.policy.tokens import Action, TokenClaims, authenticate_token, authorise, token_id_of
 

@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, JsonValue
 
 from services.common.contracts.envelope import Message
+from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import ConnectorName, Identity, ProfileName
 
@@ -185,3 +186,17 @@ ADMIN_TYPES: list[type[Message]] = [
     TargetBound,
     TargetUnbound,
 ]
+
+
+def event_error(code: str, message: str) -> ErrorInfo:
+    """An admin event's error (the gateway's and the deployer's configuration paths). Codes outside
+    ErrorCode (a path's or the API's own) travel as HANDLER_REJECTED (INVALID_INPUT as SCHEMA_VIOLATION)
+    with the precise code leading the message."""
+    try:
+        error_code = ErrorCode(code)
+        text = message
+    except ValueError:
+        error_code = ErrorCode.SCHEMA_VIOLATION if code == "INVALID_INPUT" else ErrorCode.HANDLER_REJECTED
+        text = f"{code}: {message}"
+    text = text.strip() or str(code)
+    return ErrorInfo(code=error_code, message=text if len(text) <= 2000 else text[:1999] + "…")

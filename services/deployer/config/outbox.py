@@ -19,10 +19,9 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from services.common.contracts.admin import AdminOutcome
+from services.common.contracts.admin import AdminOutcome, event_error
 from services.common.contracts.envelope import Message, encode, make_event, record_headers
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import root_message_id
 from services.common.contracts.topics import Topics
 from services.common.db import read_session, write_session
@@ -36,19 +35,6 @@ MAX_CHANGE_FIELDS = 64
 PUBLISH_ERRORS = (KafkaError, SQLAlchemyError, OSError, TimeoutError, RuntimeError)
 #: sends (topic, key, value, headers) records and waits for their acknowledgements
 SendRecords = Callable[[Sequence[tuple[str, str | None, bytes, dict[str, str]]]], Awaitable[None]]
-
-
-def event_error(code: str, message: str) -> ErrorInfo:
-    """Codes outside ErrorCode (the path's own) travel as HANDLER_REJECTED (INVALID_INPUT as
-    SCHEMA_VIOLATION) with the precise code leading the message."""
-    try:
-        error_code = ErrorCode(code)
-        text = message
-    except ValueError:
-        error_code = ErrorCode.SCHEMA_VIOLATION if code == "INVALID_INPUT" else ErrorCode.HANDLER_REJECTED
-        text = f"{code}: {message}"
-    text = text.strip() or str(code)
-    return ErrorInfo(code=error_code, message=text if len(text) <= 2000 else text[:1999] + "…")
 
 
 def record(session: Session, cls: type[Message], *, about: dict[str, str], actor: str, outcome: AdminOutcome, now: datetime,

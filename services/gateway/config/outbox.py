@@ -19,11 +19,9 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from services.common.connectors.models import RegistryCode
-from services.common.contracts.admin import AdminOutcome
+from services.common.contracts.admin import AdminOutcome, event_error
 from services.common.contracts.envelope import Message, encode, make_event
 from services.common.contracts.errors import ErrorCode
-from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import root_message_id
 from services.common.contracts.topics import Topics
 from services.common.db import read_session, write_session
@@ -36,19 +34,6 @@ MAX_CHANGE_FIELDS = 64
 #: what a failed publish or outbox read raises (the broker's errors, the database's, a timeout)
 PUBLISH_ERRORS = (KafkaError, SQLAlchemyError, OSError, TimeoutError, RuntimeError)
 PublishRecords = Callable[[Sequence[dict[str, Any]]], Awaitable[None]]
-
-
-def event_error(code: str, message: str) -> ErrorInfo:
-    """An admin event's error. Codes outside ErrorCode (the registry's and the API's) travel as
-    HANDLER_REJECTED (INVALID_INPUT as SCHEMA_VIOLATION) with the precise code leading the message."""
-    try:
-        error_code = ErrorCode(code)
-        text = message
-    except ValueError:
-        error_code = ErrorCode.SCHEMA_VIOLATION if code == RegistryCode.INVALID_INPUT else ErrorCode.HANDLER_REJECTED
-        text = f"{code}: {message}"
-    text = text.strip() or str(code)
-    return ErrorInfo(code=error_code, message=text if len(text) <= 2000 else text[:1999] + "…")
 
 
 def record(session: Session, cls: type[Message], *, about: dict[str, str], actor: str, outcome: AdminOutcome, now: datetime,
