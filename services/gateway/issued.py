@@ -12,7 +12,7 @@ Both are idempotent upserts keyed by certificate id and serial, so a redelivered
 nothing. An event about a certificate id the gateway does not manage (no ``gateway_certificates``
 row: forged, foreign or from another installation) is ignored and logged. Renew (the serial it
 replaces), revoke (a serial's owner; a serial belongs to the certificate) and the renewal scheduler
-(services/gateway/scheduler.py) read this table, never the auditor's inventory.
+(services/gateway/scheduler/) read this table, never the auditor's inventory.
 """
 
 from __future__ import annotations
