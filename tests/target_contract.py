@@ -10,19 +10,33 @@ previously deployed bundle) and then looks at the system itself, not at what the
 A subclass provides a ``driver`` fixture, a `TargetDriver`: what a test can see of and do to the
 system behind one target. `RemoteTargetContract` adds the cases of kinds whose system is
 reached over the network (the system does not answer).
+
+`WebhookReceiver` and `serve_receiver` are the webhook kind's system: a real HTTPS receiver on
+loopback (tests/integration/test_target_contract.py, tests/integration/test_deployer_webhook.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
-from dataclasses import dataclass
-from typing import Protocol
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
 from services.common.contracts.errors import ErrorCode
 from services.deployer.runner import Result, RetryPolicy, deploy_with_rollback
 from services.deployer.targets.base import Bundle, DeploymentTarget, TargetError
+from tests.deployer_support import MiniCA, key_pem
 
 CERTIFICATE_ID = "web/contract.deploy.test"
 NAME = "contract.deploy.test"
@@ -214,3 +228,77 @@ class RemoteTargetContract:
         error = assert_failed(result, ErrorCode.TARGET_UNREACHABLE, driver, current, bundle)
         assert error.transient and result.attempts == 2 and result.rolled_back is False, result
         assert await driver.observed() == Installed.of(current, carries_key=driver.carries_key)
+
+
+@dataclass
+class WebhookReceiver:
+    """A webhook receiver as a real one should be: it installs a bundle only with a valid, fresh
+    HMAC-SHA256 signature over the timestamp and the body, and answers the serial it installed.
+    ``fail_next``: statuses answered first (5xx, 429); ``refused_serials``: bundles it answers 422."""
+
+    secret: bytes
+    fail_next: list[int] = field(default_factory=list)
+    refused_serials: set[str] = field(default_factory=set)
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def installed(self) -> dict[str, Any] | None:
+        """The last deploy or rollback it accepted."""
+        with self.lock:
+            return self.accepted[-1] if self.accepted else None
+
+    def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        if self.fail_next:
+            return self.fail_next.pop(0), {"error": "try later"}
+        timestamp = headers.get("x-certrail-timestamp", "")
+        expected = "v1=" + hmac.new(self.secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(headers.get("x-certrail-signature", ""), expected):
+            self.refused.append("bad signature")
+            return 401, {"error": "bad signature"}
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > 300:
+            self.refused.append("stale")
+            return 401, {"error": "stale"}
+        bundle = json.loads(body)
+        if bundle["serial"] in self.refused_serials:
+            return 422, {"error": "refused"}
+        with self.lock:
+            self.accepted.append(bundle)
+        return 200, {"serial": bundle["serial"]}
+
+
+@contextmanager
+def serve_receiver(receiver: WebhookReceiver, ca: MiniCA, directory: Path) -> Iterator[int]:
+    """``receiver`` over HTTPS on 127.0.0.1 (a certificate from ``ca`` for receiver.test and 127.0.0.1,
+    its files in ``directory``) while the block runs; its port."""
+    certificate, key = ca.leaf(["receiver.test"], ips=("127.0.0.1",))
+    (directory / "receiver.pem").write_text(certificate + "".join(ca.chain))
+    (directory / "receiver.key").write_bytes(key_pem(key))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["content-length"]))
+            status, answer = receiver.handle({k.lower(): v for k, v in self.headers.items()}, body)
+            raw = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "receiver.pem", directory / "receiver.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

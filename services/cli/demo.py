@@ -3,10 +3,13 @@ registers a demo emCA connector against the simulator (validated like any other)
 deployer's request key, a provisioning profile whose keys the deployer bot generates, binds
 it to a file target under ``var/deploy``, and puts one certificate through
 issue -> deploy -> audit. Every step is idempotent: running it again reuses what exists and
-requests one more certificate."""
+requests one more certificate. The target and its binding go through the deployer's one path of
+configuration changes (services/deployer/config/, as `certrail targets`): the target is probed, and
+each change is an admin event naming the local operator (``cli:<OS user>``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -19,12 +22,15 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from services.common.db import read_session, write_session
+from services.common.db import read_session
 from services.deployer import store as deployer_store
+from services.deployer.config.change import Actor as DeployerActor
+from services.deployer.config.change import Refused
+from services.deployer.config.targets import bind, put_target
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.settings import DeployerSettings
 from services.gateway import store as gateway_store
-from services.gateway.config.actor import Actor
+from services.gateway.config.actor import Actor, cli_actor_name
 from services.gateway.config.tokens import create_token
 from services.gateway.policy import PolicyViolation
 from services.gateway.policy.tokens import Role, token_id_of
@@ -157,14 +163,19 @@ def _deployer_settings(var_dir: Path) -> DeployerSettings:
 
 
 def _bind_file_target(engine: Engine, var_dir: Path, deploy_dir: Path) -> None:
+    """Add the try-out file target (when missing) and bind the demo profile to it (when not bound), through
+    the deployer's one path: probed, recorded as TargetCreated / TargetBound by the local operator."""
     box = deployer_box(_deployer_settings(var_dir))
-    now = datetime.now(UTC)
-    with write_session(engine) as session:
-        existing = {spec.name for spec in deployer_store.list_targets(session)}
-        if TARGET not in existing:
-            deployer_store.add_target(session, box, TARGET, deployer_store.TargetKind("file"), {"dir": str(deploy_dir)}, {}, now)
-        if (PROFILE, TARGET) not in set(deployer_store.bindings(session, PROFILE)):
-            deployer_store.bind(session, PROFILE, TARGET, now)
+    actor = DeployerActor(engine, cli_actor_name(), lambda: datetime.now(UTC))
+    with read_session(engine) as session:
+        exists = TARGET in {spec.name for spec in deployer_store.list_targets(session)}
+    try:
+        if not exists:
+            asyncio.run(put_target(actor, box, name=TARGET, kind="file", config={"dir": str(deploy_dir)}, secrets={},
+                                   replace=False))
+        bind(actor, PROFILE, TARGET)
+    except Refused as refused:
+        raise DemoError(f"the demo's file target {TARGET} -> {deploy_dir}: {refused.code}: {refused.message}") from None
 
 
 def stack_env(var_dir: Path) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from faststream.asgi import AsgiFastStream
 
+from services.common.admin_outbox import start_relay
 from services.common.consumer import Handler, Outbound, utc_now
 from services.common.contracts.admin import (
     ConnectorCreated,
@@ -119,21 +120,7 @@ def _start_outbox_relay(app: AsgiFastStream, runtime: ServiceRuntime) -> OutboxR
         await send_all(runtime.broker, records)
 
     relay = OutboxRelay(runtime.engine, runtime.topics, send, utc_now)
-    task: list[asyncio.Task[None]] = []
-
-    async def start() -> None:
-        task.append(asyncio.create_task(relay.run_forever(), name="deployer-admin-outbox"))
-
-    async def stop() -> None:
-        relay.stop()
-        try:
-            await asyncio.wait_for(asyncio.gather(*task, return_exceptions=True), 10)
-        except TimeoutError:
-            for running in task:
-                running.cancel()
-
-    app.after_startup(start)
-    app.on_shutdown(stop)
+    start_relay(app, relay, "deployer-admin-outbox")
     return relay
 
 

@@ -12,6 +12,9 @@ Routes (docs/deployer.md, "Targets API (internal)"):
 - ``POST /internal/v1/targets/{name}/probe`` -> ``{"target", "reachable", "code", "message"}``
 - ``GET /internal/v1/bindings?profile=`` -> ``{"bindings": [{"profile", "target"}...]}``
 - ``PUT`` / ``DELETE /internal/v1/profiles/{profile}/targets/{target}`` -> 201 (200: already bound) / 204
+- ``POST /internal/v1/refusals`` body ``{"action", "target", "profile", "code", "message", "fields"}``: a change
+  the caller refused itself (the gateway: 403, 422), recorded as its admin event with outcome refused
+  -> 201 ``{"recorded": true|false}`` (false: the names cannot be a target's or a profile's)
 
 A view is ``{"name", "kind", "config", "secrets": [names], "profiles"}``: never a secret value. Errors are
 ``{"code", "message"}`` with a stable code; a refused body is described without its input.
@@ -24,7 +27,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -61,6 +64,20 @@ class TargetBody(BaseModel):
     kind: str = Field(max_length=32)
     config: dict[str, Any]
     secrets: dict[str, Annotated[str, Field(max_length=65536)]] = Field(default_factory=dict, max_length=16)
+
+
+class RefusalReport(BaseModel):
+    """A change the caller refused before asking for it: what it was, why, and the names of the refused
+    body's fields (never their values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["put_target", "remove_target", "bind", "unbind"]
+    target: str = Field(min_length=1, max_length=200)
+    profile: str | None = Field(default=None, min_length=1, max_length=200)
+    code: str = Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+    message: str = Field(min_length=1, max_length=2000)
+    fields: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=64)
 
 
 def _problem(code: str, message: str, status: int) -> JSONResponse:
@@ -181,6 +198,18 @@ def create_internal_app(engine: Engine, box: SecretBox, token: Any, clock: Calla
         finally:
             changed()
         return Response(status_code=204)
+
+    @app.post("/internal/v1/refusals", status_code=201)
+    async def refusal(report: RefusalReport, acting: Actor = Depends(actor)) -> dict[str, bool]:
+        if report.action in ("bind", "unbind") and report.profile is None:
+            raise Refused(ConfigCode.INVALID_INPUT, f"a refused {report.action} names its profile")
+        try:
+            recorded = await asyncio.to_thread(
+                one_path.record_refusal, acting, report.action, target=report.target, profile=report.profile,
+                code=report.code, message=report.message, fields=report.fields)
+        finally:
+            changed()
+        return {"recorded": recorded}
 
     return app
 

@@ -4,7 +4,7 @@ and through the HTTP API under ``/v1`` (bearer tokens; services/gateway/api.py).
 through one validation path (services/gateway/intake.py) and become commands on the
 connector's topic (or ProvisionCertificate for bot-key profiles) plus RequestAccepted, or a
 RequestRejected with a stable code. The renewal scheduler runs beside them (one active
-instance per database: services/gateway/scheduler.py). From ``certrail.events.issuer`` the
+instance per database: services/gateway/scheduler/). From ``certrail.events.issuer`` the
 gateway folds CertificateIssued and CertificateRevoked into its own projection of issued
 certificates (services/gateway/issued.py), which renew, revoke and the scheduler read, and every
 outcome event into its requests' status (services/gateway/request_status.py), which
@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from services.common.admin_outbox import start_relay
 from services.common.connectors.secretbox import SecretBox, load_secret_box
 from services.common.consumer import CURRENT_RECORD, Handler, Outbound
 from services.common.contracts.envelope import Envelope, Message
@@ -185,22 +186,7 @@ def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
 def _start_outbox_relay(service_app: Any, runtime: GatewayRuntime) -> None:
     """Publish the admin events of configuration changes still in the outbox (written by the CLI, or
     left by a failed publish): all at start, then every few seconds (services/gateway/config/outbox.py)."""
-    relay = OutboxRelay(runtime.engine, runtime.topics, runtime.publish_records, utc_now)
-    task: list[asyncio.Task[None]] = []
-
-    async def start() -> None:
-        task.append(asyncio.create_task(relay.run_forever(), name="gateway-admin-outbox"))
-
-    async def stop() -> None:
-        relay.stop()
-        try:
-            await asyncio.wait_for(asyncio.gather(*task, return_exceptions=True), 10)
-        except TimeoutError:
-            for running in task:
-                running.cancel()
-
-    service_app.after_startup(start)
-    service_app.on_shutdown(stop)
+    start_relay(service_app, OutboxRelay(runtime.engine, runtime.topics, runtime.publish_records, utc_now), "gateway-admin-outbox")
 
 
 def main() -> None:

@@ -174,6 +174,17 @@ class DeployerApi:
     async def unbind(self, profile: str, target: str, actor: str) -> None:
         await self._call("DELETE", f"/internal/v1/profiles/{_seg(profile)}/targets/{_seg(target)}", actor=actor)
 
+    async def report_refusal(self, action: str, *, target: str, profile: str | None, actor: str, code: str, message: str,
+                             fields: list[str]) -> bool:
+        """Have the deployer record a change the gateway refused (its admin event, outcome refused); whether it
+        was recorded (False: the names cannot be a target's or a profile's)."""
+        body = {"action": action, "target": target[:200], "profile": profile[:200] if profile else None, "code": code[:64],
+                "message": message[:MAX_MESSAGE_CHARS], "fields": [f[:200] for f in fields[:64]]}
+        answered = await self._call("POST", "/internal/v1/refusals", actor=actor, json=body)
+        if not isinstance(answered.body, dict) or not isinstance(answered.body.get("recorded"), bool):
+            raise DeployerUnavailable("the deployer's answer to a refusal does not fit the contract")
+        return bool(answered.body["recorded"])
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,19 @@ async def every_record(kafka: KafkaSettings, prefix: str) -> list[tuple[str, byt
     return found
 
 
+def checked(client: httpx.AsyncClient, answers: list[str]) -> Callable[..., Awaitable[Any]]:
+    """``await api(method, path, status, **kwargs)``: a call through ``client`` that must answer ``status``;
+    its JSON (None when empty). Every answer's text is kept in ``answers`` (to look for secrets in)."""
+
+    async def api(method: str, path: str, status: int, **kwargs: Any) -> Any:
+        answer = await client.request(method, path, **kwargs)
+        assert answer.status_code == status, (method, path, answer.text)
+        answers.append(answer.text)
+        return answer.json() if answer.content else None
+
+    return api
+
+
 def admin_events(records: list[tuple[str, bytes, bytes]], topic: str) -> list[Any]:
     return [decode(value, CATALOG) for t, value, _ in records if t == topic]
 
@@ -146,11 +159,7 @@ async def test_every_change_through_every_door_is_one_admin_record_without_secre
     expected: list[tuple[str, str, str, str]] = [("TokenCreated", "", OPERATOR, "succeeded")]
     answers: list[str] = []
     try:
-        async def api(method: str, path: str, status: int, **kwargs: Any) -> Any:
-            answer = await client.request(method, path, **kwargs)
-            assert answer.status_code == status, (method, path, answer.text)
-            answers.append(answer.text)
-            return answer.json() if answer.content else None
+        api = checked(client, answers)
 
         # -- the HTTP API: every change, as root-admin
         await api("POST", "/v1/connectors", 201, json=connector_json(sim, EmcaVersion.V4_0_17, "ca-one"))

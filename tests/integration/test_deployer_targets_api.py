@@ -35,7 +35,7 @@ from services.deployer.app import create_app
 from services.deployer.settings import DeployerSettings
 from services.gateway.config.actor import cli_actor_name
 from tests.conftest import free_ports, poll_until
-from tests.integration.test_config_changes_live import every_record, forms
+from tests.integration.test_config_changes_live import checked, every_record, forms
 from tests.tls_listener import tls_listener
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,11 +68,7 @@ async def test_targets_and_bindings_through_the_internal_api_and_the_cli(kafka_s
     answers: list[str] = []
     (closed_port,) = free_ports(1)
     try:
-        async def api(method: str, path: str, status: int, **kwargs: Any) -> Any:
-            answer = await client.request(method, path, **kwargs)
-            assert answer.status_code == status, (method, path, answer.text)
-            answers.append(answer.text)
-            return answer.json() if answer.content else None
+        api = checked(client, answers)
 
         # -- the token and the actor
         for headers in ({"Authorization": ""}, {"Authorization": "Bearer " + "w" * 40}):

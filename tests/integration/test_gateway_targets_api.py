@@ -4,12 +4,14 @@ internal routes over a migrated SQLite database) in-process, joined by httpx's A
 
 An admin adds a file target (the deployer probes it), binds it, lists, unbinds and removes it, each change
 recorded in the deployer's admin outbox with the token's identity as the actor; requester and auditor
-tokens may not write; ssh and webhook targets whose probe fails are refused with the deployer's code (and
+tokens may not write, and their refused changes are recorded there too (as are bodies the gateway refuses;
+the deployer down does not change the refusal; a refusal report without the internal token is refused); ssh and webhook targets whose probe fails are refused with the deployer's code (and
 recorded); the deployer down or refusing the gateway's token is 503 SERVICE_UNAVAILABLE with Retry-After;
 and no secret value is in any answer."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,15 +64,18 @@ class Bench:
                          throttle=throttle_from(runtime.settings, CollectorRegistry()))
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
 
+    def outbox(self) -> list[str]:
+        """The deployer's admin events as stored (its outbox, in order)."""
+        with read_session(self.deployer_engine) as session:
+            return list(session.scalars(select(DeployerAdminOutbox.value).order_by(DeployerAdminOutbox.seq)).all())
+
+    def events(self) -> list[Any]:
+        return [decode(value.encode(), CATALOG).data for value in self.outbox()]
+
     def recorded(self) -> list[tuple[str, str, str | None, str, str]]:
         """The deployer's admin events (its outbox, in order): type, target, profile, actor, outcome."""
-        with read_session(self.deployer_engine) as session:
-            values = session.scalars(select(DeployerAdminOutbox.value).order_by(DeployerAdminOutbox.seq)).all()
-        found = []
-        for value in values:
-            data = decode(value.encode(), CATALOG).data
-            found.append((type(data).__name__, data.target, getattr(data, "profile", None), data.actor, data.outcome.value))
-        return found
+        return [(type(data).__name__, data.target, getattr(data, "profile", None), data.actor, data.outcome.value)
+                for data in self.events()]
 
 
 @pytest.fixture
@@ -149,7 +154,14 @@ async def test_only_admins_write_and_requesters_do_not_read(bench: Bench) -> Non
         assert (await gw.call("GET", path, auditor)).status_code == 200
         assert (await gw.call("GET", path, requester)).status_code == 403
     assert (await gw.call("GET", "/v1/targets", None)).status_code == 401
-    assert [e[0] for e in bench.recorded()] == ["TargetCreated"]  # nothing else reached the deployer
+    assert (await gw.call("DELETE", "/v1/targets/files", None)).status_code == 401  # not an admin change: not recorded
+    # each refused change is recorded by the deployer with the token's identity; a probe changes nothing
+    door = [(kind, target, profile, who, "refused") for who in ("ci-pipeline", "audit-team")
+               for kind, target, profile in (("TargetCreated", "other", None), ("TargetDeleted", "files", None),
+                                             ("TargetBound", "files", "web"), ("TargetUnbound", "files", "web"))]
+    assert bench.recorded() == [("TargetCreated", "files", None, "root-admin", "succeeded"), *door]
+    for data in bench.events()[1:]:
+        assert (data.error.code, data.change) == ("REQUESTER_NOT_AUTHORISED", {})
 
 
 async def test_targets_whose_probe_fails_are_refused_with_the_deployers_code(bench: Bench) -> None:
@@ -176,9 +188,49 @@ async def test_targets_whose_probe_fails_are_refused_with_the_deployers_code(ben
     assert (await gw.call("GET", "/v1/targets", admin)).json() == {"targets": []}
     me = "root-admin"
     assert bench.recorded() == [("TargetCreated", "hook", None, me, "refused"), ("TargetCreated", "web1", None, me, "refused"),
-                                ("TargetCreated", "bad", None, me, "refused")]
+                                *[("TargetCreated", "bad", None, me, "refused")] * 4]
+    # the gateway's own refusals: the code, and the fields by name only
+    door = bench.events()[3:]
+    assert [d.error.code for d in door] == ["SCHEMA_VIOLATION", "SCHEMA_VIOLATION", "HANDLER_REJECTED"]
+    assert [d.change for d in door] == [{"fields": ["body.password"]}, {"fields": ["body.secrets.hmac_secret"]}, {}]
     key_body = "".join(ssh_key.splitlines()[1:-1])  # the base64 body of the OpenSSH key
-    assert_no_secret([a.text for a in gw.answers], HMAC, key_body, SECRET_FIELD)
+    assert_no_secret([a.text for a in gw.answers] + bench.outbox(), HMAC, key_body, SECRET_FIELD)
+
+
+async def test_a_refusal_is_answered_when_the_deployer_cannot_record_it(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
+    gw = bench.gw
+    auditor = gw.token(Role.AUDITOR, "audit-team")
+    (closed_port,) = free_ports(1)
+    api = DeployerApi(Endpoint(f"http://127.0.0.1:{closed_port}", INTERNAL_TOKEN, timeout_s=2))
+    client = bench.with_deployer(api)
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.gateway.api_targets"):
+            answer = await client.delete("/v1/targets/files", headers={"Authorization": f"Bearer {auditor}"})
+        assert (answer.status_code, answer.json()["code"]) == (403, "REQUESTER_NOT_AUTHORISED")
+        warned = [r.getMessage() for r in caplog.records if r.name == "services.gateway.api_targets"]
+        assert len(warned) == 1 and "REQUESTER_NOT_AUTHORISED" in warned[0] and "not recorded" in warned[0]
+    finally:
+        await client.aclose()
+        await api.aclose()
+    assert bench.recorded() == []
+
+
+async def test_a_refusal_report_needs_the_internal_token_and_an_actor(bench: Bench) -> None:
+    report = {"action": "remove_target", "target": "files", "code": "REQUESTER_NOT_AUTHORISED", "message": "forged"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bench.deployer), base_url="http://deployer") as deployer:
+        for headers in ({}, {"Authorization": "Bearer " + "w" * 40}, {"Authorization": f"Basic {INTERNAL_TOKEN.get_secret_value()}"}):
+            forged = await deployer.post("/internal/v1/refusals", json=report, headers={**headers, "X-Certrail-Actor": "mallory"})
+            assert (forged.status_code, forged.json()["code"]) == (401, "UNAUTHENTICATED")
+        internal = {"Authorization": f"Bearer {INTERNAL_TOKEN.get_secret_value()}"}
+        anonymous = await deployer.post("/internal/v1/refusals", json=report, headers=internal)
+        assert (anonymous.status_code, anonymous.json()["code"]) == (400, "ACTOR_REQUIRED")
+        unnamed = await deployer.post("/internal/v1/refusals", json={**report, "action": "bind"},
+                                      headers={**internal, "X-Certrail-Actor": "root-admin"})
+        assert (unnamed.status_code, unnamed.json()["code"]) == (422, "INVALID_INPUT")
+        assert bench.recorded() == []
+        taken = await deployer.post("/internal/v1/refusals", json=report, headers={**internal, "X-Certrail-Actor": "root-admin"})
+        assert (taken.status_code, taken.json()) == (201, {"recorded": True})
+    assert bench.recorded() == [("TargetDeleted", "files", None, "root-admin", "refused")]
 
 
 async def test_secrets_are_write_only(bench: Bench) -> None:

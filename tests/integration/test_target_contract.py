@@ -15,18 +15,11 @@ scripts/deployer_deps.sh; without them their kinds are skipped (under CI they fa
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import os
-import ssl
 import stat
 import subprocess
-import threading
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from pathlib import Path
 
 import asyncssh
@@ -44,7 +37,16 @@ from services.deployer.targets.ssh import SshTarget
 from services.deployer.targets.webhook import WebhookTarget
 from tests.conftest import free_ports, poll_until
 from tests.deployer_support import MiniCA, NginxServer, SshServer, key_pem
-from tests.target_contract import CERTIFICATE_ID, NAME, Installed, RemoteTargetContract, TargetContract, split_pem
+from tests.target_contract import (
+    CERTIFICATE_ID,
+    NAME,
+    Installed,
+    RemoteTargetContract,
+    TargetContract,
+    WebhookReceiver,
+    serve_receiver,
+    split_pem,
+)
 
 # the service's reload: refuses a version whose serial is listed in $1 (as `nginx -t` refuses a
 # certificate), then runs the rest of its arguments, if any (the real reload)
@@ -225,31 +227,6 @@ class SshDriver(DirectoryDriver):
 WEBHOOK_SECRET = "contract-webhook-secret-" + "s" * 24
 
 
-@dataclass
-class Receiver:
-    """An HTTPS receiver that installs a bundle only with a valid, fresh signature, and keeps what
-    it installed (the last deploy or rollback it accepted)."""
-
-    secret: bytes
-    refused_serials: set[str] = field(default_factory=set)
-    installed: dict | None = None  # type: ignore[type-arg]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, dict]:  # type: ignore[type-arg]
-        timestamp = headers.get("x-certrail-timestamp", "")
-        expected = "v1=" + hmac.new(self.secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(headers.get("x-certrail-signature", ""), expected):
-            return 401, {"error": "bad signature"}
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > 300:
-            return 401, {"error": "stale"}
-        bundle = json.loads(body)
-        if bundle["serial"] in self.refused_serials:
-            return 422, {"error": "refused"}
-        with self.lock:
-            self.installed = bundle
-        return 200, {"serial": bundle["serial"]}
-
-
 class WebhookDriver:
     kind = "webhook"
     baseline: Bundle | None = None
@@ -259,52 +236,23 @@ class WebhookDriver:
         self.tmp = tmp
         self.ca = MiniCA()
         self.carries_key = include_private_key
-        self.receiver = Receiver(WEBHOOK_SECRET.encode())
+        self.receiver = WebhookReceiver(WEBHOOK_SECRET.encode())
         self.root = self.ca.write_root(tmp / "receiver-root.pem")
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = ExitStack()
+        self._port: int | None = None
 
     async def start(self) -> None:
-        certificate, key = self.ca.leaf(["receiver.test"], ips=("127.0.0.1",))
-        (self.tmp / "receiver.pem").write_text(certificate + "".join(self.ca.chain))
-        (self.tmp / "receiver.key").write_bytes(key_pem(key))
-        receiver = self.receiver
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["content-length"]))
-                status, answer = receiver.handle({k.lower(): v for k, v in self.headers.items()}, body)
-                raw = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.tmp / "receiver.pem", self.tmp / "receiver.key")
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
-        self._thread.start()
+        self._port = self._serving.enter_context(serve_receiver(self.receiver, self.ca, self.tmp))
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._serving.close()
 
     def bundle(self) -> Bundle:
         return self.ca.bundle(CERTIFICATE_ID, [NAME])  # bot-held: the key reaches the receiver only when configured
 
     def target(self, previous: Bundle | None, *, port: int | None = None, secret: str = WEBHOOK_SECRET) -> WebhookTarget:
-        assert self._server is not None
-        url = f"https://127.0.0.1:{port or self._server.server_address[1]}/certrail"
+        assert self._port is not None
+        url = f"https://127.0.0.1:{port or self._port}/certrail"
         config = WebhookTargetConfig(url=url, ca_file=str(self.root), attempts=2, backoff_initial_s=0.01, backoff_max_s=0.02,
                                      timeout_s=5.0, include_private_key=self.carries_key)
         return WebhookTarget("contract-webhook", config, secret, previous=previous)
@@ -322,8 +270,7 @@ class WebhookDriver:
         self.refuse(bundle)  # a receiver that answers no installs nothing
 
     async def observed(self) -> Installed | None:
-        with self.receiver.lock:
-            body = self.receiver.installed
+        body = self.receiver.installed
         if body is None:
             return None
         key = body.get("private_key")

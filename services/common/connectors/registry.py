@@ -6,6 +6,11 @@ Every change returns a `ConnectorChange` (secrets as "***") that the gateway pub
 admin event; a refusal raises `ConnectorError` carrying the refused change. Nothing is
 published to Kafka here: creating a connector only creates its command topic.
 
+Each writing method (create, update, enable, disable, delete, rotate_secrets) takes ``record``: a
+caller's ``record(session, change)`` run inside the method's own write transaction once the change is
+made, so that what it writes (the gateway's admin event: decision 0019) commits with the change or not at
+all; when it raises, the change is rolled back and the error propagates.
+
     registry = ConnectorRegistry(engine, box, connect=client.connect, topics=KafkaTopicCreator(kafka))
     change = await registry.create(spec)          # validated against emCA, pinned, topic created, stored enabled
 
@@ -22,6 +27,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from services.common.connectors import repository as repo
 from services.common.connectors.models import (
@@ -48,7 +54,14 @@ from services.common.kafka_config import KafkaConfigError
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import DEFAULT_PARTITIONS, TopicAdminError, ensure_topics
 
-__all__ = ["ConnectorRegistry", "KafkaTopicCreator", "TopicCreator", "input_error"]
+__all__ = ["ConnectorRegistry", "KafkaTopicCreator", "RecordChange", "TopicCreator", "input_error"]
+
+#: a caller's hook run inside a change's write transaction with the change made (see the module doc)
+RecordChange = Callable[[Session, ConnectorChange], None]
+
+
+def _no_record(session: Session, change: ConnectorChange) -> None:
+    """The default ``record``: nothing beside the change."""
 
 
 class TopicCreator(Protocol):
@@ -144,7 +157,7 @@ class ConnectorRegistry:
         failure = report.failure
         return LastTest(ok=report.ok, tested_at=report.tested_at, code=str(failure.code) if failure else None, message=report.summary())
 
-    async def create(self, spec: ConnectorSpec) -> ConnectorChange:
+    async def create(self, spec: ConnectorSpec, *, record: RecordChange = _no_record) -> ConnectorChange:
         """Validate against emCA, pin the issuing CA, create the command topic, store enabled."""
         described = spec.describe()
         with read_session(self._engine) as session:
@@ -166,14 +179,17 @@ class ConnectorRegistry:
                 stored = repo.insert_connector(
                     session, spec, box=self._box, pin=report.pin, last_test=self._last_test(report), now=self._clock()
                 )
+                change = {**described, "status": stored.status.value, "pinned_ca_sha256": stored.pinned_ca_sha256,
+                          "command_topic": topic}
+                created = ConnectorChange(ChangeAction.CREATED, spec.name, AdminOutcome.SUCCEEDED, change, connector_after=stored)
+                record(session, created)
         except IntegrityError:
             raise self._refused(
                 ChangeAction.CREATED, spec.name, RegistryCode.CONNECTOR_EXISTS, f"connector {spec.name!r} exists", described
             ) from None
-        change = {**described, "status": stored.status.value, "pinned_ca_sha256": stored.pinned_ca_sha256, "command_topic": topic}
-        return ConnectorChange(ChangeAction.CREATED, spec.name, AdminOutcome.SUCCEEDED, change, connector_after=stored)
+        return created
 
-    async def update(self, name: str, edit: ConnectorEdit) -> ConnectorChange:
+    async def update(self, name: str, edit: ConnectorEdit, *, record: RecordChange = _no_record) -> ConnectorChange:
         """Apply an edit: validated like a new connector; stored only when every check passes.
         A misconfigured connector becomes enabled; a disabled one stays disabled."""
         connector, current = self.spec(name)
@@ -198,11 +214,14 @@ class ConnectorRegistry:
                 session, spec, box=self._box, pin=report.pin, last_test=self._last_test(report), now=self._clock(),
                 expected_revision=connector.revision, status=status,
             )
-        if stored is None:
-            raise self._refused(ChangeAction.UPDATED, name, RegistryCode.CHANGED_MEANWHILE, "changed by someone else meanwhile: retry", change)
-        if stored.status is not connector.status:
-            change["status"] = stored.status.value
-        return ConnectorChange(ChangeAction.UPDATED, name, AdminOutcome.SUCCEEDED, change, connector_after=stored)
+            if stored is None:  # nothing was written
+                raise self._refused(ChangeAction.UPDATED, name, RegistryCode.CHANGED_MEANWHILE,
+                                    "changed by someone else meanwhile: retry", change)
+            if stored.status is not connector.status:
+                change["status"] = stored.status.value
+            updated = ConnectorChange(ChangeAction.UPDATED, name, AdminOutcome.SUCCEEDED, change, connector_after=stored)
+            record(session, updated)
+        return updated
 
     async def test(self, name: str) -> tuple[Connector, ValidationReport]:
         """Validate a stored connector now and record the result. A pass re-enables a misconfigured
@@ -223,7 +242,7 @@ class ConnectorRegistry:
             raise ConnectorError(ErrorCode.CONNECTOR_NOT_FOUND, f"no connector named {name!r}")
         return stored, report
 
-    async def enable(self, name: str) -> ConnectorChange:
+    async def enable(self, name: str, *, record: RecordChange = _no_record) -> ConnectorChange:
         """Validate, then enable; refused (status unchanged) when a check fails."""
         stored, report = await self.test(name)
         if stored.last_test is None or not stored.last_test.ok:
@@ -233,14 +252,19 @@ class ConnectorRegistry:
             raise self._refused(ChangeAction.ACTIVATED, name, _code(code), message, {"status": ConnectorStatus.ENABLED.value})
         with write_session(self._engine) as session:
             after = repo.set_status(session, name, ConnectorStatus.ENABLED, None, now=self._clock())
-        return ConnectorChange(ChangeAction.ACTIVATED, name, AdminOutcome.SUCCEEDED, {"status": "enabled"}, connector_after=after)
+            enabled = ConnectorChange(ChangeAction.ACTIVATED, name, AdminOutcome.SUCCEEDED, {"status": "enabled"}, connector_after=after)
+            record(session, enabled)
+        return enabled
 
-    def disable(self, name: str, reason: str | None = None) -> ConnectorChange:
+    def disable(self, name: str, reason: str | None = None, *, record: RecordChange = _no_record) -> ConnectorChange:
         with write_session(self._engine) as session:
             after = repo.set_status(session, name, ConnectorStatus.DISABLED, reason, now=self._clock())
-        if after is None:
-            raise ConnectorError(ErrorCode.CONNECTOR_NOT_FOUND, f"no connector named {name!r}")
-        return ConnectorChange(ChangeAction.DEACTIVATED, name, AdminOutcome.SUCCEEDED, {"status": "disabled"}, connector_after=after)
+            if after is None:  # nothing was written
+                raise ConnectorError(ErrorCode.CONNECTOR_NOT_FOUND, f"no connector named {name!r}")
+            disabled = ConnectorChange(ChangeAction.DEACTIVATED, name, AdminOutcome.SUCCEEDED, {"status": "disabled"},
+                                       connector_after=after)
+            record(session, disabled)
+        return disabled
 
     def mark_misconfigured(self, name: str, code: ErrorCode, message: str) -> Connector | None:
         """The issuer saw a connector fault: an enabled connector becomes misconfigured (requests stay queued)."""
@@ -250,22 +274,28 @@ class ConnectorRegistry:
                 return current
             return repo.set_status(session, name, ConnectorStatus.MISCONFIGURED, f"{code}: {message}", now=self._clock())
 
-    def delete(self, name: str) -> ConnectorChange:
+    def delete(self, name: str, *, record: RecordChange = _no_record) -> ConnectorChange:
         """Delete, unless a usage check finds a use. The command topic is kept (it is audit history)."""
+        deleted = ConnectorChange(ChangeAction.DELETED, name, AdminOutcome.SUCCEEDED, {})
         with write_session(self._engine) as session:
             if repo.get_connector(session, name) is None:
                 raise ConnectorError(ErrorCode.CONNECTOR_NOT_FOUND, f"no connector named {name!r}")
             uses = [f"{check.name}: {use}" for check in self._usage_checks for use in check.usages(session, name)]
             if not uses:
                 repo.delete_connector(session, name)
+                record(session, deleted)
         if uses:
             raise self._refused(ChangeAction.DELETED, name, RegistryCode.CONNECTOR_IN_USE, "still in use: " + "; ".join(uses), {})
-        return ConnectorChange(ChangeAction.DELETED, name, AdminOutcome.SUCCEEDED, {})
+        return deleted
 
-    def rotate_secrets(self) -> repo.RotationReport:
-        """Re-encrypt every connector's secrets under the current (first) key."""
+    def rotate_secrets(self, *, record: RecordChange = _no_record) -> repo.RotationReport:
+        """Re-encrypt every connector's secrets under the current (first) key; ``record`` sees a ConnectorUpdated
+        change (``secrets_reencrypted``) for each connector re-encrypted."""
         with write_session(self._engine) as session:
-            return repo.rotate_secrets(session, self._box)
+            report = repo.rotate_secrets(session, self._box)
+            for name in report.rotated:
+                record(session, ConnectorChange(ChangeAction.UPDATED, name, AdminOutcome.SUCCEEDED, {"secrets_reencrypted": True}))
+        return report
 
 
 def _pin_message(connector: Connector, report: ValidationReport) -> str:

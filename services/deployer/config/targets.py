@@ -121,6 +121,33 @@ def bind(actor: Actor, profile: str, target: str) -> bool:
     return True
 
 
+#: what a caller that refused a change itself may report (record_refusal): its event class
+REPORTED: dict[str, type[TargetCreated | TargetUpdated | TargetDeleted | TargetBound | TargetUnbound] | None] = {
+    "put_target": None,  # TargetUpdated when the target exists, else TargetCreated (as put_target's own refusals)
+    "remove_target": TargetDeleted,
+    "bind": TargetBound,
+    "unbind": TargetUnbound,
+}
+
+
+def record_refusal(actor: Actor, action: str, *, target: str, profile: str | None, code: str, message: str,
+                   fields: list[str]) -> bool:
+    """Record a change that its caller refused before asking for it (the gateway's door: the token may not
+    change targets, the body is not a target): its event, outcome refused, ``code`` and ``message``, and
+    ``change.fields``: the names of the refused body's fields (never a value). A refused put is
+    TargetUpdated when the target exists now, else TargetCreated: what put_target would record. False when
+    the event cannot name its subject (a name that is not a target's or a profile's): nothing recorded."""
+    cls = REPORTED[action]
+    about = {"target": target}
+    if cls is None:
+        cls = TargetUpdated if _exists(actor, target) else TargetCreated
+    elif cls in (TargetBound, TargetUnbound):
+        about["profile"] = profile or ""
+    before = len(actor.recorded)
+    refuse(actor, cls, about, Refused(code, message), {"fields": sorted({f[:200] for f in fields})[:64]} if fields else {})
+    return len(actor.recorded) > before
+
+
 def unbind(actor: Actor, profile: str, target: str) -> None:
     """BINDING_NOT_FOUND (not recorded) when ``profile`` does not deploy to ``target``."""
     _profile(profile)

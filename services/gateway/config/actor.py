@@ -1,28 +1,15 @@
-"""Who changes the configuration (the admin events' ``actor``)."""
+"""Who changes the configuration (the admin events' ``actor``): `Actor` (services/common/admin_outbox.py)
+and the CLI's name for it."""
 
 from __future__ import annotations
 
 import getpass
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 
-from sqlalchemy import Engine
-
+from services.common.admin_outbox import Actor
 from services.common.contracts.identity import IDENTITY_PATTERN
 
-
-@dataclass
-class Actor:
-    """Who changes the configuration, through which database: the token identity (HTTP API and
-    console), or ``cli:<os user>`` / ``--actor`` (CLI). ``recorded`` collects the outbox rows
-    written for this actor's changes, for the door to publish after the commit."""
-
-    engine: Engine
-    name: str
-    clock: Callable[[], datetime]
-    recorded: list[int] = field(default_factory=list)
+__all__ = ["Actor", "cli_actor_name"]
 
 
 def cli_actor_name(given: str | None = None) -> str:
