@@ -1,8 +1,10 @@
 """The web console in a real browser (Playwright + Debian's Chromium) against the real services:
 the four certrail services as subprocesses (services/common/stack.py) on the test run's Kafka
 broker and a SQLite database, and the emCA simulator. An admin signs in with a token, creates an
-emCA connector (first a validation failure shown next to its field, then success), configures a
-provisioning bot choosing it in the Certificate Authority dropdown; a requester signs in,
+emCA connector (first a validation failure shown next to its field, then success), adds a file
+deployment target on the Targets screen, configures a provisioning bot choosing the connector in the
+Certificate Authority dropdown and the target on the same page (removing the target is then refused
+while the bot uses it); a requester signs in,
 requests a certificate, watches it get issued on its page (timeline from the audit store) and
 revokes it. Screenshots of every screen are saved under the test's tmp dir (the path is printed).
 Accessibility basics are checked on every form: each field has a label; forms submit with Enter.
@@ -25,16 +27,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from emca_sim.server import start_in_thread
-from services.common.connectors.secretbox import SecretBox, generate_key
+from services.common.connectors.secretbox import generate_key
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine, write_session
+from services.common.db import make_engine
 from services.common.emca.types import EmcaVersion
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.stack import SERVICES, Stack
 from services.common.topics_admin import delete_topics, ensure_topics
-from services.deployer import store as deployer_store
-from services.deployer.targets.config import TargetKind
 from services.gateway.api_tokens import create_token
 from services.gateway.policy.tokens import Role
 from tests.conftest import free_ports, wait_until
@@ -215,6 +215,32 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             visible(page.get_by_text(re.compile("Test of emca-sim passed")))
             shot(page, "connectors-list")
 
+            # -- Integrations -> Deployment Targets: add a file target (the deployer probes it first) ----------------
+            page.get_by_role("link", name="Deployment Targets").click()
+            visible(page.get_by_text("No deployment target yet"))
+            shot(page, "targets-empty")
+            page.get_by_role("link", name="+ Add target").click()
+            page.get_by_label("Kind", exact=True).select_option("webhook")
+            assert page.get_by_label("HMAC secret").is_visible() and not page.get_by_label(re.compile("^Directory")).is_visible()
+            page.get_by_label("Kind", exact=True).select_option("file")
+            assert page.get_by_label(re.compile("^Directory")).is_visible() and not page.get_by_label("HMAC secret").is_visible()
+            page.get_by_label("Target name").fill("web-files")
+            page.get_by_label(re.compile("^Directory")).fill(str(tmp_path / "deploy"))
+            assert_accessible(page)
+            shot(page, "add-target-form")
+            page.get_by_label(re.compile("^Directory")).press("Enter")  # keyboard submit
+            page.wait_for_url(re.compile(r".*/console/integrations/targets$"))
+            assert page.get_by_text("Target web-files probed and added (file).").is_visible()
+            row = page.get_by_role("row", name=re.compile("web-files"))
+            assert "file" in row.inner_text() and str(tmp_path / "deploy") in row.inner_text()
+            row.get_by_role("button", name="Probe now web-files").click()
+            visible(page.get_by_text("Probe of web-files: reachable."))
+            shot(page, "targets-list")
+            page.get_by_role("link", name="Edit web-files").click()
+            assert page.get_by_label(re.compile("^Directory")).input_value() == str(tmp_path / "deploy")
+            assert_accessible(page)
+            shot(page, "edit-target-form")
+
             # -- Certificates -> Provisioning -> Configure Bot, choosing the connector as Certificate Authority -------
             page.get_by_role("link", name="Provisioning").click()
             visible(page.get_by_text("No provisioning bot yet"))
@@ -228,18 +254,27 @@ def test_console_end_to_end(browser: Any, screenshots: Path, kafka_settings: Kaf
             page.get_by_label("Allowed requesters").fill("web-team")
             page.get_by_label("DNS suffixes").fill("example.com")
             page.get_by_label("Validity (days)").fill("60")
+            page.get_by_label("web-files").check()  # the deployment target, on the same page as the CA
             assert_accessible(page)
             shot(page, "configure-bot")
             page.get_by_label("Validity (days)").press("Enter")
             page.wait_for_url(re.compile(r".*/console/certificates/provisioning$"))
-            assert page.get_by_role("row", name=re.compile("web")).get_by_text("emca-sim").is_visible()
+            visible(page.get_by_text("Provisioning bot web configured on emca-sim. Targets: deploys now to web-files."))
+            row = page.get_by_role("row", name=re.compile("web"))
+            assert row.get_by_text("emca-sim").is_visible() and row.get_by_text("web-files").is_visible()
             shot(page, "provisioning-list")
-            # the deployer installs the bot's certificates on a file target (deployer-side configuration:
-            # `certrail targets add` + `bind`, which the console does not cover)
-            with write_session(engine) as session:
-                deployer_store.add_target(session, SecretBox([generate_key()]), "web-files", TargetKind.FILE,
-                                          {"dir": str(tmp_path / "deploy")}, {}, datetime.now(UTC))
-                deployer_store.bind(session, "web", "web-files", datetime.now(UTC))
+            page.get_by_role("link", name="Edit web").click()
+            assert page.get_by_label("web-files").is_checked()
+            shot(page, "edit-bot")
+
+            # -- the target cannot be removed while the bot deploys to it ------------------------------------
+            page.get_by_role("link", name="Deployment Targets").click()
+            page.get_by_role("link", name="Remove web-files").click()
+            assert_accessible(page)
+            shot(page, "remove-target-confirm")
+            page.get_by_role("button", name="Remove web-files").click()
+            visible(page.get_by_text(re.compile("Remove web-files refused: TARGET_IN_USE")))
+            shot(page, "target-remove-refused")
 
             # -- the connector cannot be deleted while the bot uses it ---------------------------------------
             page.get_by_role("link", name="CA Connectors").click()

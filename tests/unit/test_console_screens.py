@@ -3,8 +3,10 @@
 gateway's API app. The table below was written down from the single ``console_router`` before the
 split; the split must serve exactly it, in the same order (the first route that matches wins, so
 order is behaviour: ``/certificates/provisioning`` before ``/certificates/{id:path}``, the catch-all
-last), and send each request to the same handler. No database and no sign-in are needed: every
-route answers an anonymous request (a redirect to sign-in, the sign-in page, a 403 or a 404)."""
+last), and send each request to the same handler. Routes added since: Integrations → Deployment
+Targets (``/integrations/targets``, issue 19), after the connectors. No database and no sign-in
+are needed: every route answers an anonymous request (a redirect to sign-in, the sign-in page, a
+403 or a 404)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,13 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", "/console/integrations/connectors/{name}/edit", "connector_edit"),
     ("POST", "/console/integrations/connectors/{name}/{action}", "connector_action"),
     ("GET", "/console/integrations/connectors/{name}/delete", "connector_delete_confirm"),
+    ("GET", "/console/integrations/targets", "targets"),
+    ("GET", "/console/integrations/targets/new", "target_new"),
+    ("POST", "/console/integrations/targets/new", "target_create"),
+    ("GET", "/console/integrations/targets/{name}/edit", "target_edit_form"),
+    ("POST", "/console/integrations/targets/{name}/edit", "target_edit"),
+    ("POST", "/console/integrations/targets/{name}/{action}", "target_action"),
+    ("GET", "/console/integrations/targets/{name}/delete", "target_delete_confirm"),
     ("GET", "/console/certificates/provisioning", "profiles"),
     ("GET", "/console/certificates/provisioning/new", "profile_new"),
     ("POST", "/console/certificates/provisioning/new", "profile_create"),
@@ -132,6 +141,15 @@ SIGN_IN = "/console/signin?next="
     ("POST", "/console/integrations/connectors/ca-1/delete", "connector_action", 303, None),
     ("GET", "/console/integrations/connectors/ca-1/delete", "connector_delete_confirm", 303, None),
     ("GET", "/console/integrations/connectors/ca-1/test", "not_found", 404, None),
+    ("GET", "/console/integrations/targets", "targets", 303, SIGN_IN + "%2Fconsole%2Fintegrations%2Ftargets"),
+    ("GET", "/console/integrations/targets/new?kind=ssh", "target_new", 303, None),
+    ("POST", "/console/integrations/targets/new", "target_create", 303, None),
+    ("GET", "/console/integrations/targets/files-1/edit", "target_edit_form", 303, None),
+    ("POST", "/console/integrations/targets/files-1/edit", "target_edit", 303, None),
+    ("POST", "/console/integrations/targets/files-1/probe", "target_action", 303, None),
+    ("POST", "/console/integrations/targets/files-1/delete", "target_action", 303, None),
+    ("GET", "/console/integrations/targets/files-1/delete", "target_delete_confirm", 303, None),
+    ("GET", "/console/integrations/targets/files-1/probe", "not_found", 404, None),
     ("GET", "/console/certificates/provisioning", "profiles", 303, None),
     ("GET", "/console/certificates/provisioning/new", "profile_new", 303, None),
     ("POST", "/console/certificates/provisioning/new", "profile_create", 303, None),

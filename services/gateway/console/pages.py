@@ -52,9 +52,14 @@ def redirect(url: str) -> Response:
     return finish(RedirectResponse(url, status_code=303))
 
 
+def claims_of(session: Session) -> TokenClaims:
+    """The session's token as the API sees it (checked again by `signed_in` at every request)."""
+    return TokenClaims(session.token_id, session.identity, Role(session.role), session.profiles)
+
+
 def page(console: Console, request: Request, template: str, session: Session | None, *, status: int = 200,
          **context: Any) -> Response:
-    claims = None if session is None else TokenClaims(session.token_id, session.identity, Role(session.role), session.profiles)
+    claims = None if session is None else claims_of(session)
     nav = {
         "connectors": claims is not None and authorise(claims, Action.CONNECTOR_READ).allowed,
         "connectors_write": claims is not None and authorise(claims, Action.CONNECTOR_WRITE).allowed,

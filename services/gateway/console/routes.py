@@ -28,6 +28,7 @@ from services.gateway.console.screens import (
     provisioning,
     requests,
     signin,
+    targets,
 )
 from services.gateway.console.sessions import Sessions
 
@@ -37,6 +38,7 @@ SCREENS: tuple[APIRouter, ...] = (
     home.router,
     signin.router,
     connectors.router,
+    targets.router,
     provisioning.router,
     inventory.router,
     requests.router,

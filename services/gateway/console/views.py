@@ -64,6 +64,7 @@ CODE_FIELDS = {
     "CONNECTOR_EXISTS": "name",
     "CONNECTOR_NOT_FOUND": "connector",
     "PROFILE_EXISTS": "name",
+    "TARGET_EXISTS": "name",
 }
 HINTS = {
     "CA_TLS_UNTRUSTED": "Upload the CA bundle that emCA's HTTPS certificate chains to.",
@@ -131,7 +132,8 @@ def problem_errors(reply: Reply, known: set[str], aliases: dict[str, str] | None
     if code == "INVALID_INPUT":  # "loc: msg; loc: msg"
         for part in message.split("; "):
             loc, sep, text = part.partition(": ")
-            errors.add(_field_of_path(loc, known, aliases) if sep else None, text if sep else part)
+            name = _field_of_path(loc, known, aliases) if sep else None
+            errors.add(name, text if name else part)  # "the ssh client_key cannot be used: ..." keeps its start
         return errors
     errors.add(None, f"{code}: {message}")
     return errors
@@ -187,9 +189,10 @@ def connector_status(status: str) -> str:
 
 PROFILE_FIELD_NAMES = {"name", "connector", "ca_profile", "key_generation", "bot_key_algorithm", "allowed_requesters",
                        "dns_suffixes", "dns_names", "allow_wildcards", "ip_networks", "rsa_min_bits", "ec_curves",
-                       "validity_days", "renew_before_days", "renew_at_fraction", "deployment_target"}
+                       "validity_days", "renew_before_days", "renew_at_fraction", "targets"}
 PROFILE_ALIASES = {"domain_rules": "dns_suffixes", "key_policy": "rsa_min_bits", "renewal": "renew_before_days",
-                   "renew_before": "renew_before_days", "rsa_max_bits": "rsa_min_bits", "ed25519": "ec_curves"}
+                   "renew_before": "renew_before_days", "rsa_max_bits": "rsa_min_bits", "ed25519": "ec_curves",
+                   "deployment_target": "targets"}
 
 
 def _lines(value: str) -> list[str]:
@@ -213,8 +216,9 @@ def profile_body(form: Form) -> dict[str, Any]:
     body["validity_days"] = int(validity) if validity.isdigit() else validity or None
     if body["key_generation"] == "bot":
         body["bot_key_algorithm"] = form.text("bot_key_algorithm") or None
-    if form.text("deployment_target"):
-        body["deployment_target"] = form.text("deployment_target")
+    target = deployment_target(form)
+    if target:
+        body["deployment_target"] = target
     renewal: dict[str, Any] = {}
     days, fraction = form.text("renew_before_days"), form.text("renew_at_fraction")
     if days:
@@ -226,6 +230,19 @@ def profile_body(form: Form) -> dict[str, Any]:
             renewal["renew_at_fraction"] = fraction
     body["renewal"] = renewal
     return body
+
+
+def deployment_target(form: Form) -> str | None:
+    """The profile's ``deployment_target`` (the target a bot-held key is generated beside; decision 0021) from
+    the targets chosen on the page: the stored one while it stays chosen, else the first chosen one. With none
+    chosen, a stored name that was not on the page (no target the deployer lists) is kept; when the targets
+    could not be listed (no ``targets_listed`` in the form) the stored one is kept."""
+    chosen, shown, stored = form.getlist("targets"), form.getlist("shown_targets"), form.text("stored_target")
+    if not form.get("targets_listed"):
+        return stored or None
+    if chosen:
+        return stored if stored in chosen else chosen[0]
+    return stored if stored and stored not in shown else None
 
 
 def profile_values(profile: dict[str, Any]) -> dict[str, Any]:
@@ -250,8 +267,9 @@ def profile_values(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def profile_form_values(form: Form) -> dict[str, Any]:
-    values: dict[str, Any] = {k: v for k, v in form.fields.items() if k != "csrf"}
+    values: dict[str, Any] = {k: v for k, v in form.fields.items() if k not in ("csrf", "stored_target", "shown_targets")}
     values["ec_curves"] = form.getlist("ec_curves")
+    values["deployment_target"] = form.text("stored_target")
     return values
 
 

@@ -16,6 +16,23 @@
       select.addEventListener("change", sync);
       sync();
     }
+    // Add/Edit deployment target: show only the chosen kind's fields (hidden ones are disabled, so never sent)
+    var kind = document.querySelector("[data-kind-select], [data-kind-fixed]");
+    if (kind) {
+      var syncKind = function () {
+        var chosen = kind.getAttribute("data-kind-fixed") || kind.value;
+        document.querySelectorAll("[data-kinds]").forEach(function (box) {
+          var shown = box.getAttribute("data-kinds").split("|").indexOf(chosen) >= 0;
+          box.hidden = !shown;
+          box.querySelectorAll("input, select, textarea").forEach(function (el) {
+            el.disabled = !shown;
+            el.required = shown && box.hasAttribute("data-required");
+          });
+        });
+      };
+      kind.addEventListener("change", syncKind);
+      syncKind();
+    }
     // "Did you mean ...?": fill the field with the near match and focus it
     document.querySelectorAll("button[data-fill]").forEach(function (button) {
       button.addEventListener("click", function () {
