@@ -473,7 +473,7 @@ class LeafTemplate:
             )
             return builder if eku is None else builder.add_extension(eku, critical=False)
 
-        return cls(profile=profile, ca=ca, validity=timedelta(days=profile.validity_days),
+        return cls(profile=profile, ca=ca, validity=profile.validity,
                    ca_not_after=ca.certificate.not_valid_after_utc,
                    bases={kind: base(key_usage) for kind, key_usage in usages.items()})
 

@@ -8,8 +8,10 @@ connector must type the issuing CA's and the profile's names as written here.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +23,9 @@ CaKeyType = Literal["EC-P256", "EC-P384", "RSA-2048", "RSA-3072", "RSA-4096"]
 SubjectKeyType = Literal["EC-P256", "EC-P384", "EC-P521", "RSA-2048", "RSA-3072", "RSA-4096", "Ed25519"]
 KeyUsageName = Literal["digitalSignature", "nonRepudiation", "keyEncipherment", "dataEncipherment", "keyAgreement"]
 ExtendedKeyUsageName = Literal["serverAuth", "clientAuth", "codeSigning", "emailProtection", "timeStamping", "OCSPSigning"]
+
+#: the shortest leaf validity a profile may have: less cannot cross a real pipeline before it expires
+MIN_VALIDITY_SECONDS = 30
 
 _ALL_SUBJECT_KEY_TYPES: tuple[SubjectKeyType, ...] = ("EC-P256", "EC-P384", "RSA-2048", "RSA-3072", "RSA-4096")
 
@@ -71,11 +76,31 @@ class ProfileConfig(_Model):
     profile_id: str = Field(min_length=1)
     issuing_ca: str
     validity_days: int = Field(default=90, ge=1, le=36135)
+    #: a validity shorter than a day (short-lived certificates, renewal tests); replaces ``validity_days``
+    validity_seconds: int | None = Field(default=None, ge=MIN_VALIDITY_SECONDS, le=86400 * 36135)
     key_usages: tuple[KeyUsageName, ...] = ("digitalSignature", "keyEncipherment")
     extended_key_usages: tuple[ExtendedKeyUsageName, ...] = ("serverAuth",)
     key_types: tuple[SubjectKeyType, ...] = _ALL_SUBJECT_KEY_TYPES
     san: SanRules = SanRules()
     manual_approval: bool = False
+
+    @model_validator(mode="after")
+    def _one_validity(self) -> ProfileConfig:
+        if self.validity_seconds is not None and "validity_days" in self.model_fields_set:
+            raise ValueError(f"profile {self.name!r}: give validity_days or validity_seconds, not both")
+        return self
+
+    @property
+    def validity(self) -> timedelta:
+        """How long its leaf certificates are valid from the moment of issuance."""
+        if self.validity_seconds is not None:
+            return timedelta(seconds=self.validity_seconds)
+        return timedelta(days=self.validity_days)
+
+    @property
+    def catalogue_validity_days(self) -> int:
+        """The validity the API's profile listings report, in whole days as emCA's do (a shorter one: 1)."""
+        return max(1, math.ceil(self.validity / timedelta(days=1)))
 
 
 class ApplicationConfig(_Model):

@@ -193,7 +193,7 @@ class SimEmca:
     @staticmethod
     def _info(profile: ProfileConfig) -> ProfileInfo:
         return ProfileInfo(name=profile.name, profile_id=profile.profile_id, issuing_ca=profile.issuing_ca,
-                           validity_days=profile.validity_days, key_types=tuple(profile.key_types),
+                           validity_days=profile.catalogue_validity_days, key_types=tuple(profile.key_types),
                            manual_approval=profile.manual_approval)
 
     def profiles(self) -> list[ProfileInfo]:

@@ -10,13 +10,24 @@ import httpx
 import pytest
 from pydantic import SecretBytes, SecretStr
 
+from emca_sim.config import ProfileConfig, SimConfig
 from emca_sim.server import SimServer
 from services.common.connectors.models import ConnectorSecrets, ConnectorSpec
 from services.common.emca.types import EmcaEndpoint, EmcaVersion
 
 USERS = {EmcaVersion.V4_0_17: "certrail-v4017", EmcaVersion.V4_2_3: "certrail-v423", EmcaVersion.V4_2_4: "certrail-v424"}
 ISSUING_CA = "certrail Sim Issuing CA P-256"
+#: the certificate profile of `short_lived_config`
+SHORT_PROFILE = "TLS Server Short"
 VERSIONS = pytest.mark.parametrize("version", list(EmcaVersion), ids=str)
+
+
+def short_lived_config(validity_seconds: int = 90) -> SimConfig:
+    """The default simulator configuration plus the profile `SHORT_PROFILE` ("TLS Server Short", id 1901,
+    on the P-256 issuing CA) whose leaves are valid ``validity_seconds`` (for renewal tests)."""
+    defaults = SimConfig()
+    short = ProfileConfig(name=SHORT_PROFILE, profile_id="1901", issuing_ca=ISSUING_CA, validity_seconds=validity_seconds)
+    return defaults.model_copy(update={"profiles": (*defaults.profiles, short)})
 
 
 def sim_credentials(sim: SimServer, version: EmcaVersion) -> dict[str, Any]:

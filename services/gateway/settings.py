@@ -13,7 +13,7 @@ from services.gateway.scheduler import SchedulerSettings
 
 
 class GatewaySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="CERTRAIL_GATEWAY_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="CERTRAIL_GATEWAY_", env_nested_delimiter="__", extra="forbid")
 
     http_port: int = Field(default=8080, ge=0, le=65535)
     group_id: str = Field(default="certrail-gateway", min_length=1, max_length=200)

@@ -130,9 +130,13 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
         (RenewalPolicy(), T0 + timedelta(days=90), T0 + timedelta(days=60)),  # default 2/3
         (RenewalPolicy(renew_at_fraction=0.5), T0 + timedelta(days=90), T0 + timedelta(days=45)),
         (RenewalPolicy(renew_before=timedelta(days=30)), T0 + timedelta(days=90), T0 + timedelta(days=60)),
-        (RenewalPolicy(renew_before=timedelta(days=30)), T0 + timedelta(days=10), T0),  # never before not_before
+        # not shorter than the lifetime (a CA template shorter than the profile's validity_days): 2/3, not "due at once"
+        (RenewalPolicy(renew_before=timedelta(days=30)), T0 + timedelta(days=9), T0 + timedelta(days=6)),
+        (RenewalPolicy(renew_before=timedelta(seconds=90)), T0 + timedelta(seconds=90), T0 + timedelta(seconds=60)),
+        (RenewalPolicy(renew_before=timedelta(seconds=30)), T0 + timedelta(seconds=90), T0 + timedelta(seconds=60)),
     ],
-    ids=["default-two-thirds", "fraction", "renew-before", "renew-before-longer-than-lifetime"],
+    ids=["default-two-thirds", "fraction", "renew-before", "renew-before-longer-than-lifetime",
+         "renew-before-equal-to-lifetime", "renew-before-short-lived"],
 )
 def test_renewal_time(policy: RenewalPolicy, not_after: datetime, expected: datetime) -> None:
     assert policy.renewal_time(T0, not_after) == expected

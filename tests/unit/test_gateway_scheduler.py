@@ -156,7 +156,8 @@ NA = T0 + timedelta(days=90)
         pytest.param(RenewalPolicy(), NB + timedelta(days=60), id="default-two-thirds"),
         pytest.param(RenewalPolicy(renew_at_fraction=0.5), NB + timedelta(days=45), id="fraction-half"),
         pytest.param(RenewalPolicy(renew_before=timedelta(days=30)), NA - timedelta(days=30), id="renew-before"),
-        pytest.param(RenewalPolicy(renew_before=timedelta(days=200)), NB, id="renew-before-longer-than-lifetime"),
+        pytest.param(RenewalPolicy(renew_before=timedelta(days=200)), NB + timedelta(days=60),
+                     id="renew-before-longer-than-lifetime-falls-back-to-two-thirds"),
     ],
 )
 def test_renewal_time_without_jitter(policy: RenewalPolicy, expected: datetime) -> None:
@@ -209,6 +210,23 @@ def test_settings_are_validated() -> None:
     with pytest.raises(ValidationError):
         SchedulerSettings(max_renewals_per_connector_per_minute=0)
 
+
+
+def test_settings_come_from_the_environment_one_by_one_or_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.gateway.settings import GatewaySettings
+
+    monkeypatch.setenv("CERTRAIL_GATEWAY_SCHEDULER__INTERVAL_S", "2")
+    monkeypatch.setenv("CERTRAIL_GATEWAY_SCHEDULER__LEASE_TTL_S", "10")
+    scheduler = GatewaySettings().scheduler
+    assert (scheduler.interval_s, scheduler.lease_ttl_s) == (2.0, 10.0)
+    monkeypatch.delenv("CERTRAIL_GATEWAY_SCHEDULER__INTERVAL_S")
+    monkeypatch.delenv("CERTRAIL_GATEWAY_SCHEDULER__LEASE_TTL_S")
+    monkeypatch.setenv("CERTRAIL_GATEWAY_SCHEDULER", '{"interval_s": 3, "lease_ttl_s": 12}')
+    scheduler = GatewaySettings().scheduler
+    assert (scheduler.interval_s, scheduler.lease_ttl_s) == (3.0, 12.0)
+    monkeypatch.setenv("CERTRAIL_GATEWAY_SCHEDULER__LEASE_TTL_S", "1")  # below interval_s: refused, not ignored
+    with pytest.raises(ValidationError, match="must exceed interval_s"):
+        GatewaySettings()
 
 # -- RenewalDue through the scheduler ---------------------------------------------------------------
 

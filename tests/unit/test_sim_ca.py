@@ -497,3 +497,43 @@ def test_documented_config_example_loads(tmp_path: Path) -> None:
 def test_config_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         SimConfig.model_validate(bad)
+
+
+SHORT_TOML = """
+[[profiles]]
+name = "TLS Server Short"
+profile_id = "1901"
+issuing_ca = "certrail Sim Issuing CA P-256"
+validity_seconds = 90
+"""
+
+
+def test_a_profile_can_issue_certificates_valid_for_seconds(tmp_path: Path) -> None:
+    """``validity_seconds`` (short-lived certificates, the documented example): the leaf lives that long after
+    issuance (plus the usual one-minute backdating, as for every leaf); the catalogue still reports whole days (1)."""
+    docs = Path(__file__).resolve().parents[2] / "docs" / "emca-simulator.md"
+    assert SHORT_TOML.strip() in docs.read_text(), "keep docs/emca-simulator.md's short-lived example in step"
+    (tmp_path / "sim.toml").write_text(SHORT_TOML)
+    short = load_config(tmp_path / "sim.toml").profiles[0]
+    config = SimConfig().model_copy(update={"profiles": (*SimConfig().profiles, short)})
+    with SimEmca(tmp_path / "data", config) as sim:
+        before = datetime.now(UTC).replace(microsecond=0)
+        cert = x509.load_pem_x509_certificate(issued(sim, make_csr("short.example.com"), "TLS Server Short")
+                                              .certificate_pem.encode())
+        after = datetime.now(UTC)
+        assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(seconds=90, minutes=1)
+        assert before + timedelta(seconds=90) <= cert.not_valid_after_utc <= after + timedelta(seconds=90)
+        info = sim.profile("TLS Server Short")
+        assert info is not None and info.validity_days == 1
+        assert sim.profile("TLS Server").validity_days == 90  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", [
+    {"validity_seconds": 29},  # shorter than a pipeline can carry
+    {"validity_seconds": 0},
+    {"validity_seconds": 90, "validity_days": 1},  # one or the other
+    {"validity_seconds": "1m"},
+])
+def test_short_validity_is_validated(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        ProfileConfig.model_validate({"name": "P", "profile_id": "1", "issuing_ca": P256_CA, **bad})

@@ -277,7 +277,11 @@ class SubjectRules(_Strict):
 class RenewalPolicy(_Strict):
     """When a certificate is renewed: ``renew_before`` its expiry, or once
     ``renew_at_fraction`` of its lifetime has passed; neither given means a
-    fraction of 2/3. (The scheduler adds its jitter to this time.)"""
+    fraction of 2/3. A ``renew_before`` not shorter than the certificate's actual
+    lifetime (the CA's template decides it, not ``validity_days``) falls back to
+    the 2/3 fraction, as cert-manager does: otherwise every new certificate would
+    be due at once, a renewal loop (docs/decisions/0022-renew-before-longer-than-lifetime.md).
+    (The scheduler adds its jitter to this time.)"""
 
     renew_before: timedelta | None = None
     renew_at_fraction: float | None = None
@@ -304,13 +308,14 @@ class RenewalPolicy(_Strict):
 
     def renewal_time(self, not_before: datetime, not_after: datetime) -> datetime:
         """When a certificate valid from ``not_before`` to ``not_after`` is due
-        (before any jitter); never before ``not_before``."""
+        (before any jitter); always after ``not_before``."""
         if not_after <= not_before:
             raise ValueError("not_after must be after not_before")
-        if self.renew_before is not None:
-            return max(not_before, not_after - self.renew_before)
+        lifetime = not_after - not_before
+        if self.renew_before is not None and self.renew_before < lifetime:
+            return not_after - self.renew_before
         fraction = self.renew_at_fraction if self.renew_at_fraction is not None else DEFAULT_RENEW_AT_FRACTION
-        return not_before + (not_after - not_before) * fraction
+        return not_before + lifetime * fraction
 
 
 class ProvisioningProfile(_Strict):

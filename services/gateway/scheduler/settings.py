@@ -1,4 +1,6 @@
-"""The renewal scheduler's settings (``CERTRAIL_GATEWAY_SCHEDULER__*``, embedded in the gateway's settings)."""
+"""The renewal scheduler's settings, embedded in the gateway's settings: from the environment one by one,
+``CERTRAIL_GATEWAY_SCHEDULER__INTERVAL_S=2``, or as one JSON object,
+``CERTRAIL_GATEWAY_SCHEDULER='{"interval_s": 2, "lease_ttl_s": 10}'``; docs/gateway-scheduler.md."""
 
 from __future__ import annotations
 
