@@ -89,6 +89,40 @@ async def test_a_target_is_stored_with_its_event_and_no_secret_value(engine: Eng
     assert outbox(engine)[-1][0] == TargetUpdated.__name__
 
 
+
+async def test_a_replace_keeps_the_stored_secrets_it_leaves_out(engine: Engine) -> None:
+    box = SecretBox([generate_key()])
+    seen: list[dict[str, str]] = []
+
+    async def probe(spec: store.TargetSpec) -> None:
+        seen.append(dict(spec.secrets))
+
+    await path.put_target(actor(engine), box, name="hook", kind="webhook", config={"url": "https://h.test/in"},
+                          secrets={"hmac_secret": HMAC}, replace=False, probe=probe)
+    await path.put_target(actor(engine), box, name="hook", kind="webhook", config={"url": "https://h.test/v2"},
+                          secrets={}, replace=True, probe=probe)
+    assert seen[-1] == {"hmac_secret": HMAC}  # probed with the kept secret
+    name, data, raw = outbox(engine)[-1]
+    assert name == "TargetUpdated" and data.change["secrets"] == {} and data.change["secrets_kept"] == ["hmac_secret"]
+    assert data.change["config"]["url"] == "https://h.test/v2" and HMAC not in raw
+    with read_session(engine) as session:
+        assert store.get_target(session, "hook", box).secrets == {"hmac_secret": HMAC}
+
+    # a new secret given replaces the stored one; nothing is kept
+    other = "another-webhook-secret-" + "z" * 32
+    await path.put_target(actor(engine), box, name="hook", kind="webhook", config={"url": "https://h.test/v2"},
+                          secrets={"hmac_secret": other}, replace=True, probe=probe)
+    assert "secrets_kept" not in outbox(engine)[-1][1].change
+    with read_session(engine) as session:
+        assert store.get_target(session, "hook", box).secrets == {"hmac_secret": other}
+
+    # stored secrets the deployer's key can no longer read cannot be kept: refused, with what to do
+    with pytest.raises(Refused) as refused:
+        await path.put_target(actor(engine), SecretBox([generate_key()]), name="hook", kind="webhook",
+                              config={"url": "https://h.test/v3"}, secrets={}, replace=True, probe=probe)
+    assert refused.value.code == ConfigCode.INVALID_INPUT and "give them again" in refused.value.message
+    assert outbox(engine)[-1][1].outcome == "refused"
+
 async def test_a_failed_probe_refuses_the_target_and_records_only_the_refusal(engine: Engine) -> None:
     with pytest.raises(Refused) as refused:
         await path.put_target(actor(engine), SecretBox([generate_key()]), name="hook", kind="webhook",

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.common.connectors.secretbox import SecretBox
+from services.common.connectors.secretbox import SecretBox, SecretBoxError
 from services.common.contracts.admin import REDACTED, TargetBound, TargetCreated, TargetDeleted, TargetUnbound, TargetUpdated
 from services.common.contracts.identity import PROFILE_NAME_PATTERN
 from services.common.db import read_session
@@ -21,7 +21,7 @@ from services.deployer import store
 from services.deployer.config.change import Actor, ConfigCode, Refused, changing, refuse
 from services.deployer.config.probe import probe_target
 from services.deployer.targets.base import TargetError
-from services.deployer.targets.config import TargetKind, validate_secrets
+from services.deployer.targets.config import SECRET_FIELDS, TargetKind, validate_secrets
 
 Probe = Callable[[store.TargetSpec], Awaitable[None]]
 
@@ -34,6 +34,19 @@ def _invalid(exc: Exception) -> Refused:
     return Refused(ConfigCode.INVALID_INPUT, text)
 
 
+def _kept_secrets(actor: Actor, box: SecretBox, name: str, kind: TargetKind, given: dict[str, str]) -> dict[str, str]:
+    """The stored secrets a replace of ``name`` leaves out, when the stored target is of the same kind."""
+    wanted = set(SECRET_FIELDS[kind]) - set(given)
+    if not wanted:
+        return {}
+    with read_session(actor.engine) as session:
+        row = session.get(DeployerTargetRow, name)
+        if row is None or row.kind != kind.value or row.secrets is None:
+            return {}
+        stored = store.get_target(session, name, box).secrets
+    return {n: v for n, v in stored.items() if n in wanted}
+
+
 def _exists(actor: Actor, name: str) -> bool:
     with read_session(actor.engine) as session:
         return session.get(DeployerTargetRow, name) is not None
@@ -43,7 +56,11 @@ async def put_target(actor: Actor, box: SecretBox, *, name: str, kind: str, conf
                      replace: bool, probe: Probe = probe_target) -> store.TargetSpec:
     """Add (or, with ``replace``, replace) a target after validating and probing it. Refused:
     INVALID_INPUT, TARGET_EXISTS (without ``replace``), or the probe's code (TARGET_UNREACHABLE,
-    INSTALL_FAILED). A refusal is recorded (when ``name`` is a valid name)."""
+    INSTALL_FAILED). A refusal is recorded (when ``name`` is a valid name).
+
+    A replace that leaves out a secret the stored target of the same kind holds keeps the stored
+    value (an edit of a webhook's URL does not need its HMAC secret again); the event names the
+    secrets given (``secrets``) and the ones kept (``secrets_kept``), never a value."""
     existed = await asyncio.to_thread(_exists, actor, name)
     cls = TargetUpdated if existed else TargetCreated
     about = {"target": name}
@@ -57,6 +74,14 @@ async def put_target(actor: Actor, box: SecretBox, *, name: str, kind: str, conf
         if not re.fullmatch(store.TARGET_NAME_PATTERN, name):
             raise ValueError(f"target name {name!r} must match {store.TARGET_NAME_PATTERN}")
         parsed = store.parse_config(target_kind, config)
+        if existed and replace:
+            try:
+                kept = await asyncio.to_thread(_kept_secrets, actor, box, name, target_kind, secrets)
+            except SecretBoxError as exc:
+                raise ValueError(f"the stored secrets of target {name!r} cannot be read ({exc}): give them again") from None
+            if kept:
+                change["secrets_kept"] = sorted(kept)
+                secrets = {**kept, **secrets}
         validate_secrets(target_kind, secrets)
     except (ValueError, ValidationError) as exc:
         raise await refused(_invalid(exc)) from None

@@ -79,7 +79,7 @@ def _number(text: str) -> int | float | str:
 
 def target_body(form: Form, kind: str) -> dict[str, Any]:
     """``{"kind", "config", "secrets"}`` from the form: only ``kind``'s fields; a blank optional field is left
-    out (the kind's default applies); a PUT replaces the whole target, so the secrets are sent every time."""
+    out (the kind's default applies); a blank secret is left out, so an edit keeps the stored one."""
     config: dict[str, Any] = {}
     secrets: dict[str, str] = {}
     for f in fields_of(kind):
