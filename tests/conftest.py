@@ -8,6 +8,10 @@ The broker is, in this order of preference:
    machine's Java) on free ports, with a SASL_SSL listener too. Its jars are
    fetched once into the project's ``.cache``.
 
+``CERTRAIL_TEST_KAFKA_BROKERS=3`` (opt-in; default 1) makes (3) a local three-node KRaft
+cluster instead (`LocalKafkaCluster`, docs/scaling.md): topics then get replication factor 3
+and min.insync.replicas 2.
+
 It is started once per test run and stopped at its end. Test consumers use
 short session timeouts so that a closed or killed consumer's partitions move
 quickly.
@@ -33,6 +37,7 @@ from sqlalchemy import Engine
 
 from services.common import migrate
 from services.common.db import make_engine
+from services.common.kafka_cluster import LocalKafkaCluster, NodePorts
 from services.common.kafka_local import DEFAULT_KAFKA_VERSION, LocalKafka
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
@@ -136,7 +141,7 @@ def local_kafka_for_tests(data_dir: Path, *, sasl_ssl: bool, **overrides: object
     return LocalKafka(**values)  # type: ignore[arg-type]
 
 
-def sasl_ssl_settings(kafka: LocalKafka, mechanism: str = "PLAIN") -> KafkaSettings:
+def sasl_ssl_settings(kafka: LocalKafka | LocalKafkaCluster, mechanism: str = "PLAIN") -> KafkaSettings:
     """Client settings for a LocalKafka's SASL_SSL listener."""
     assert kafka.sasl_ssl_bootstrap_servers is not None, "this LocalKafka has no SASL_SSL listener"
     credentials = kafka.sasl_credentials()
@@ -147,6 +152,27 @@ def sasl_ssl_settings(kafka: LocalKafka, mechanism: str = "PLAIN") -> KafkaSetti
         sasl_username=credentials.username,
         sasl_password=SecretStr(credentials.password.get_secret_value()),
         ssl_cafile=kafka.ssl_cafile,
+    )
+
+
+def kafka_brokers_for_tests() -> int:
+    """``CERTRAIL_TEST_KAFKA_BROKERS``: 1 (the default, one broker) or more (a local cluster)."""
+    value = os.environ.get("CERTRAIL_TEST_KAFKA_BROKERS", "").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"CERTRAIL_TEST_KAFKA_BROKERS must be a positive number, not {value!r}")
+    return int(value)
+
+
+def local_kafka_cluster_for_tests(data_dir: Path, brokers: int) -> LocalKafkaCluster:
+    """A LocalKafkaCluster on free ports (SASL_SSL listeners too), unauthenticated like the single test broker."""
+    ports = free_ports(3 * brokers)
+    return LocalKafkaCluster(
+        cache_dir=KAFKA_CACHE_DIR,
+        data_dir=data_dir,
+        brokers=brokers,
+        ports=[NodePorts(*ports[i : i + 3]) for i in range(0, 3 * brokers, 3)],
+        heap_max="384m",
+        authentication=False,
     )
 
 
@@ -186,7 +212,8 @@ class SessionKafka:
 
     settings: KafkaSettings
     local: LocalKafka | None
-    kind: str  # "env", "testcontainers" or "local"
+    kind: str  # "env", "testcontainers", "local" or "cluster"
+    cluster: LocalKafkaCluster | None = None  # CERTRAIL_TEST_KAFKA_BROKERS=3
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +221,14 @@ def session_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionK
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if external:
         yield SessionKafka(make_kafka_settings(external), None, "env")
+        return
+    if kafka_brokers_for_tests() > 1:
+        cluster = local_kafka_cluster_for_tests(tmp_path_factory.mktemp("kafka-cluster"), kafka_brokers_for_tests())
+        try:
+            cluster.start(wait_timeout=BROKER_START_TIMEOUT_S * 2)
+            yield SessionKafka(make_kafka_settings(cluster.bootstrap_servers), None, "cluster", cluster)
+        finally:
+            cluster.stop()
         return
     if _docker_answers():
         with warnings.catch_warnings():
@@ -247,6 +282,9 @@ def kafka_sasl_ssl(session_kafka: SessionKafka, tmp_path_factory: pytest.TempPat
     """
     if session_kafka.local is not None and session_kafka.local.sasl_ssl_port is not None:
         yield sasl_ssl_settings(session_kafka.local)
+        return
+    if session_kafka.cluster is not None:
+        yield sasl_ssl_settings(session_kafka.cluster)
         return
     kafka = local_kafka_for_tests(tmp_path_factory.mktemp("kafka-sasl-ssl"), sasl_ssl=True)
     try:

@@ -1,8 +1,10 @@
-"""`certrail kafka start|stop|status`: the local single-node Apache Kafka (KRaft);
+"""`certrail kafka start|stop|status`: the local single-node Apache Kafka (KRaft), or with
+``start --brokers 3`` a local three-node cluster (docs/scaling.md);
 `certrail kafka acls apply|show`: certrail's principals' ACLs on any cluster.
 
 Every option can also come from the environment (``CERTRAIL_KAFKA_LOCAL_*``);
-``stop`` and ``status`` find the broker through ``--data-dir`` (its pid file).
+``stop`` and ``status`` find the broker through ``--data-dir`` (its pid file), and a
+cluster through the ``cluster.json`` it writes there.
 The local broker authenticates (SASL/SCRAM-SHA-512, ACLs) unless started with
 ``--no-authentication``; `start` applies certrail's ACLs to it.
 """
@@ -28,6 +30,7 @@ from services.common.kafka_acls import (
     service_groups_from,
     superseded_bindings,
 )
+from services.common.kafka_cluster import ClusterStatus, LocalKafkaCluster, strided_ports
 from services.common.kafka_config import KafkaConfigError
 from services.common.kafka_local import DEFAULT_KAFKA_VERSION, KafkaStatus, LocalKafka, LocalKafkaError
 from services.common.settings import KafkaSettings
@@ -50,6 +53,15 @@ Pom = Annotated[
     typer.Option(envvar=f"{_ENV}POM", help="The pom listing the broker's artifacts (default: tools/kafka/pom.xml)."),
 ]
 JavaHome = Annotated[Path | None, typer.Option(envvar="JAVA_HOME", help="Java 17+ to run (default: java on PATH).")]
+Brokers = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        envvar=f"{_ENV}BROKERS",
+        help="1: a single node; 3: a three-node KRaft cluster (node i on port+2i, controller-port+2i, "
+        "sasl-ssl-port+2i; data in DATA_DIR/node-<i>). Default: what DATA_DIR holds, else 1.",
+    ),
+]
 Authentication = Annotated[
     bool,
     typer.Option(
@@ -88,6 +100,56 @@ def _local_kafka(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+def _local_cluster(
+    brokers: int,
+    host: str,
+    port: int,
+    controller_port: int,
+    sasl_ssl_port: int | None,
+    data_dir: Path,
+    cache_dir: Path,
+    version: str,
+    pom: Path | None = None,
+    java_home: Path | None = None,
+    authentication: bool = True,
+) -> LocalKafkaCluster:
+    try:
+        return LocalKafkaCluster(
+            cache_dir=cache_dir, data_dir=data_dir, brokers=brokers,
+            ports=strided_ports(brokers, port, controller_port, sasl_ssl_port), version=version, host=host,
+            pom_path=pom, java_home=java_home, authentication=authentication,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _stored_cluster(data_dir: Path, cache_dir: Path = Path(".cache")) -> LocalKafkaCluster | None:
+    """The cluster ``data_dir`` holds (its cluster.json), or None for a single broker's data dir."""
+    try:
+        return LocalKafkaCluster.load(data_dir, cache_dir)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _fail(Exception(f"cannot read the cluster layout in {data_dir}: {exc}")) from exc
+
+
+def _describe_cluster(cluster: LocalKafkaCluster, status: ClusterStatus) -> str:
+    if not status.any_running:
+        return f"Kafka cluster ({len(status.nodes)} nodes) is stopped (data dir {status.data_dir})"
+    state = "running" if status.running else "DEGRADED (not every node runs)"
+    lines = [f"Kafka cluster of {len(status.nodes)} nodes is {state} on {status.bootstrap_servers}"]
+    for node, node_status in zip(cluster.nodes, status.nodes, strict=True):
+        where = f"pid {node_status.pid}" if node_status.running else "stopped"
+        lines.append(f"  node {node.node_id}: {node.bootstrap_servers} (controller :{node.controller_port}), {where}, "
+                     f"log {node_status.log_file}")
+    try:
+        quorum = cluster.describe_quorum(timeout=10.0)
+        lines.append(f"  controller quorum: voters {list(quorum.voters)}, active controller node {quorum.leader_id} "
+                     f"(epoch {quorum.leader_epoch})")
+    except (KafkaError, LocalKafkaError, OSError, TimeoutError) as exc:
+        lines.append(f"  controller quorum: cannot describe it ({type(exc).__name__})")
+    lines.append(f"  data dir:  {status.data_dir}")
+    return "\n".join(lines)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -133,22 +195,44 @@ def start(
     pom: Pom = None,
     java_home: JavaHome = None,
     authentication: Authentication = True,
-    wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to answer.")] = 90.0,
+    brokers: Brokers = None,
+    wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker(s) to answer.")] = 90.0,
 ) -> None:
-    """Fetch (once), format (once) and start the broker, apply certrail's ACLs; return when it answers."""
-    kafka = _local_kafka(host, port, controller_port, sasl_ssl_port, data_dir, cache_dir, version, pom, java_home,
-                         authentication)
+    """Fetch (once), format (once) and start the broker (or cluster), apply certrail's ACLs; return when it answers."""
+    stored = _stored_cluster(data_dir, cache_dir)
+    if brokers is None:
+        brokers = len(stored.nodes) if stored is not None else 1
+    kafka: LocalKafka | LocalKafkaCluster
+    if brokers == 1:
+        if stored is not None:
+            raise _fail(LocalKafkaError(f"{data_dir} holds a {len(stored.nodes)}-node cluster; "
+                                        "pass --brokers with that number or use another --data-dir"))
+        kafka = _local_kafka(host, port, controller_port, sasl_ssl_port, data_dir, cache_dir, version, pom, java_home,
+                             authentication)
+    else:
+        kafka = _local_cluster(brokers, host, port, controller_port, sasl_ssl_port, data_dir, cache_dir, version, pom,
+                               java_home, authentication)
+        wait_timeout = max(wait_timeout, 60.0 * brokers)  # three JVMs starting on a small machine
+    first = kafka if isinstance(kafka, LocalKafka) else kafka.nodes[0]
     try:
-        if not kafka.is_fetched():
-            typer.echo(f"Fetching Apache Kafka {version} with Maven into {kafka.libs_dir} (once) ...")
-        if not kafka.status().running:
-            typer.echo(f"Starting Kafka {version} ...")
-        status = kafka.start(wait_timeout=wait_timeout)
+        if not first.is_fetched():
+            typer.echo(f"Fetching Apache Kafka {version} with Maven into {first.libs_dir} (once) ...")
+        if isinstance(kafka, LocalKafka):
+            if not kafka.status().running:
+                typer.echo(f"Starting Kafka {version} ...")
+            status = kafka.start(wait_timeout=wait_timeout)
+            already, description = status.already_running, _describe(status)
+        else:
+            if not kafka.status().running:
+                typer.echo(f"Starting a {brokers}-node Kafka {version} cluster ...")
+            cluster_status = kafka.start(wait_timeout=wait_timeout)
+            already, description = cluster_status.already_running, _describe_cluster(kafka, cluster_status)
     except LocalKafkaError as exc:
         raise _fail(exc) from exc
-    if status.already_running:
+    if already:
         typer.echo("Kafka was already running.")
-    typer.echo(_describe(status))
+    typer.echo(description)
+    sasl_ssl_bootstrap = kafka.sasl_ssl_bootstrap_servers
     if authentication:
         try:
             prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
@@ -159,10 +243,10 @@ def start(
         typer.echo(f"  ACLs:      {len(bindings)} for topic prefix {prefix!r} (`certrail kafka acls show`)")
         typer.echo(f"  principals: passwords in {kafka.principals_file} (0600); for the CLI tools: "
                    f"set -a; . {kafka.env_file(ADMIN)}; set +a")
-        if status.sasl_ssl_bootstrap_servers:
-            typer.echo(f"  SASL_SSL:  {status.sasl_ssl_bootstrap_servers} (SCRAM-SHA-512, the same principals); "
+        if sasl_ssl_bootstrap:
+            typer.echo(f"  SASL_SSL:  {sasl_ssl_bootstrap} (SCRAM-SHA-512, the same principals); "
                        f"CA file {kafka.ssl_cafile}")
-    elif status.sasl_ssl_bootstrap_servers:
+    elif sasl_ssl_bootstrap:
         credentials = kafka.sasl_credentials()
         typer.echo(f"  SASL user: {credentials.username} (password in {kafka.data_dir / 'credentials.json'})")
         typer.echo(f"  CA file:   {kafka.ssl_cafile}")
@@ -176,7 +260,15 @@ def stop(
     data_dir: DataDir = Path("var/kafka"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean shutdown before SIGKILL.")] = 30.0,
 ) -> None:
-    """Stop the broker (clean shutdown; SIGKILL only as a last resort)."""
+    """Stop the broker, or every node of the cluster in --data-dir (clean shutdown; SIGKILL only as a last resort)."""
+    cluster = _stored_cluster(data_dir)
+    if cluster is not None:
+        try:
+            count = cluster.stop(timeout=max(timeout, 60.0))
+        except LocalKafkaError as exc:
+            raise _fail(exc) from exc
+        typer.echo(f"Kafka cluster stopped ({count} of {len(cluster.nodes)} nodes were running).")
+        return
     kafka = _local_kafka(host, port, controller_port, None, data_dir, Path(".cache"), DEFAULT_KAFKA_VERSION)
     try:
         stopped = kafka.stop(timeout=timeout)
@@ -193,7 +285,14 @@ def status(
     sasl_ssl_port: SaslSslPort = None,
     data_dir: DataDir = Path("var/kafka"),
 ) -> None:
-    """Tell whether the broker runs (exit code 0) or not (exit code 3)."""
+    """Tell whether the broker (every node of a cluster) runs (exit code 0) or not (exit code 3)."""
+    cluster = _stored_cluster(data_dir)
+    if cluster is not None:
+        cluster_status = cluster.status()
+        typer.echo(_describe_cluster(cluster, cluster_status))
+        if not cluster_status.running:
+            raise typer.Exit(code=3)
+        return
     kafka = _local_kafka(host, port, controller_port, sasl_ssl_port, data_dir, Path(".cache"), DEFAULT_KAFKA_VERSION)
     current = kafka.status()
     typer.echo(_describe(current))

@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals may hold secrets (database URL, passwords)
 )
-app.add_typer(kafka_cmd.app, name="kafka", help="The local single-node Apache Kafka broker (KRaft).")
+app.add_typer(kafka_cmd.app, name="kafka", help="The local Apache Kafka broker (KRaft): one node, or a three-node cluster with --brokers 3.")
 app.add_typer(topics_cmd.app, name="topics", help="certrail's Kafka topics.")
 app.add_typer(schemas_cmd.app, name="schemas", help="JSON Schema and AsyncAPI documents of the messages.")
 app.add_typer(db_cmd.app, name="db", help="The SQL database (migrations).")

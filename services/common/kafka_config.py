@@ -58,6 +58,11 @@ def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
     return context
 
 
+def bootstrap_list(settings: KafkaSettings) -> list[str]:
+    """``host:port,host:port`` as a list of ``host:port``."""
+    return [server.strip() for server in settings.bootstrap_servers.split(",") if server.strip()]
+
+
 def client_kwargs(settings: KafkaSettings) -> ClientKwargs:
     """What every aiokafka client takes: bootstrap, identity, security, timeouts."""
     _check_no_stray_sasl(settings)
@@ -136,9 +141,10 @@ def faststream_security(settings: KafkaSettings) -> BaseSecurity | None:
 
 
 def faststream_broker_kwargs(settings: KafkaSettings) -> ClientKwargs:
-    """Keyword arguments for ``faststream.kafka.KafkaBroker``."""
+    """Keyword arguments for ``faststream.kafka.KafkaBroker``. FastStream takes several bootstrap
+    servers as a list (a comma-separated string would be read as one host), aiokafka either way."""
     kwargs = ClientKwargs(
-        bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_servers=bootstrap_list(settings),
         client_id=settings.client_id,
         request_timeout_ms=settings.request_timeout_ms,
         enable_idempotence=True,

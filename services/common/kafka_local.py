@@ -49,7 +49,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +110,8 @@ class KafkaStatus:
 
 
 class LocalKafka:
-    """One local single-node Kafka broker (``process.roles=broker,controller``)."""
+    """One local Kafka node (``process.roles=broker,controller``): the single broker, or one
+    node of a `services.common.kafka_cluster.LocalKafkaCluster`."""
 
     def __init__(
         self,
@@ -126,7 +127,18 @@ class LocalKafka:
         java_home: Path | None = None,
         heap_max: str = "1g",
         authentication: bool = True,
+        node_id: int = 1,
+        quorum_voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
+        broker_config: Mapping[str, str] | None = None,
+        shared_dir: Path | None = None,
     ) -> None:
+        """One node. The defaults make the single broker; a node of a cluster
+        (`services.common.kafka_cluster`) also gets its ``node_id``, the ``quorum_voters``
+        ({node id: controller port}, all on ``host``; None: a one-node ``--standalone`` quorum),
+        the ``cluster_id`` to format with (None: a random one), ``broker_config`` lines that
+        replace or add to the defaults, and the ``shared_dir`` where the secrets every node must
+        share live (principals, SASL user, TLS material, env files; None: ``data_dir``)."""
         if not re.fullmatch(r"[0-9A-Za-z.\-]+", version):
             raise ValueError(f"invalid Kafka version {version!r}")
         ports = [p for p in (port, controller_port, sasl_ssl_port) if p is not None]
@@ -145,6 +157,13 @@ class LocalKafka:
         self._java_home = java_home
         self._heap_max = heap_max
         self.authentication = authentication
+        if quorum_voters is not None and quorum_voters.get(node_id) != controller_port:
+            raise ValueError(f"the quorum voters {dict(quorum_voters)} must name node {node_id} on its controller port")
+        self.node_id = node_id
+        self.quorum_voters = dict(quorum_voters) if quorum_voters is not None else None
+        self.cluster_id = cluster_id
+        self._broker_config = dict(broker_config or {})
+        self.shared_dir = Path(shared_dir).absolute() if shared_dir is not None else self.data_dir
         self._java: str | None = None
 
     # ------------------------------------------------------------------ paths
@@ -179,20 +198,20 @@ class LocalKafka:
     @property
     def ssl_cafile(self) -> Path:
         """The CA certificate (PEM) that signed the SASL_SSL listener's certificate."""
-        return self.data_dir / "tls" / "ca.pem"
+        return self.shared_dir / "tls" / "ca.pem"
 
     @property
     def _keystore_file(self) -> Path:
-        return self.data_dir / "tls" / "server.pem"
+        return self.shared_dir / "tls" / "server.pem"
 
     @property
     def _credentials_file(self) -> Path:
-        return self.data_dir / "credentials.json"
+        return self.shared_dir / "credentials.json"
 
     @property
     def principals_file(self) -> Path:
         """The SCRAM-SHA-512 password of each principal (JSON, 0600), created with the data dir."""
-        return self.data_dir / "principals.json"
+        return self.shared_dir / "principals.json"
 
     @property
     def _principals_marker(self) -> Path:
@@ -201,7 +220,7 @@ class LocalKafka:
 
     def env_file(self, principal: str) -> Path:
         """``CERTRAIL_KAFKA_*`` lines (0600) for a principal's CLI tools; written on start."""
-        return self.data_dir / f"{principal}.env"
+        return self.shared_dir / f"{principal}.env"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -287,6 +306,18 @@ class LocalKafka:
             self._check_same_listeners(pid)
             self._wait_ready(pid, time.monotonic() + wait_timeout)
             return self._status(pid, already_running=True)
+        pid = self.launch()
+        try:
+            self._wait_ready(pid, time.monotonic() + wait_timeout)
+        except BaseException:
+            self._terminate(pid, timeout=10.0)
+            self.pid_file.unlink(missing_ok=True)
+            raise
+        return self._status(pid)
+
+    def launch(self) -> int:
+        """Fetch, format and prepare as needed, then launch the JVM without waiting for it to
+        answer (a cluster's nodes answer only once a quorum of them runs); return its pid."""
         self.pid_file.unlink(missing_ok=True)
         self._check_ports_free()
         java = self._find_java()
@@ -302,14 +333,12 @@ class LocalKafka:
         self._format_storage_once(java, credentials, principals)
         if self.authentication:
             self._write_env_files()
-        process = self._launch(java)
-        try:
-            self._wait_ready(process.pid, time.monotonic() + wait_timeout)
-        except BaseException:
-            self._terminate(process.pid, timeout=10.0)
-            self.pid_file.unlink(missing_ok=True)
-            raise
-        return self._status(process.pid)
+        return self._launch(java).pid
+
+    def wait_ready(self, pid: int, wait_timeout: float) -> KafkaStatus:
+        """Wait until the node launched as ``pid`` answers a metadata request (see `launch`)."""
+        self._wait_ready(pid, time.monotonic() + wait_timeout)
+        return self._status(pid)
 
     def _launch(self, java: str) -> subprocess.Popen[bytes]:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -554,8 +583,8 @@ class LocalKafka:
         lines = [
             "# Written by certrail (services/common/kafka_local.py) on every start; edits are overwritten.",
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={_hostport(adv, self.controller_port)}",
+            f"node.id={self.node_id}",
+            self._quorum_line(adv),
             "controller.listener.names=CONTROLLER",
             f"inter.broker.listener.name={self._client_listener}",
             f"log.dirs={self.log_dirs}",
@@ -602,7 +631,13 @@ class LocalKafka:
             f"advertised.listeners={','.join(advertised)}",
             f"listener.security.protocol.map={','.join(protocol_map)}",
         ]
-        write_private(self.server_properties, "\n".join(lines) + "\n")
+        write_private(self.server_properties, "\n".join(_override(lines, self._broker_config)) + "\n")
+
+    def _quorum_line(self, adv: str) -> str:
+        if self.quorum_voters is None:
+            return f"controller.quorum.bootstrap.servers={_hostport(adv, self.controller_port)}"
+        voters = ",".join(f"{node}@{_hostport(adv, port)}" for node, port in sorted(self.quorum_voters.items()))
+        return f"controller.quorum.voters={voters}"  # a static quorum: formatted without --standalone
 
     def _write_log4j_config(self) -> None:
         log_dir = self.data_dir / "logs"
@@ -625,9 +660,9 @@ class LocalKafka:
             str(self.libs_dir / "*"),
             STORAGE_TOOL_CLASS,
             "format",
-            "--standalone",
+            *(["--standalone"] if self.quorum_voters is None else []),
             "-t",
-            kafka_random_uuid(),
+            self.cluster_id or kafka_random_uuid(),
             "-c",
             str(self.server_properties),
             "--add-scram",
@@ -798,6 +833,13 @@ def _read_properties(path: Path) -> dict[str, str]:
         return {}
     pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _override(lines: list[str], config: Mapping[str, str]) -> list[str]:
+    """``key=value`` lines with the keys of ``config`` replaced (in place) or added (at the end)."""
+    keys = [line.split("=", 1)[0] if "=" in line and not line.startswith("#") else "" for line in lines]
+    out = [f"{key}={config[key]}" if key in config else line for key, line in zip(keys, lines, strict=True)]
+    return out + [f"{key}={value}" for key, value in config.items() if key not in keys]
 
 
 def _tail_text(text: str, lines: int) -> str:

@@ -1,6 +1,8 @@
 """Create and reconcile certrail's Kafka topics.
 
-`ensure_topics` is idempotent: it creates missing topics, raises the partition
+`ensure_topics` is idempotent: it creates missing topics (replication factor min(3, the
+brokers registered with the cluster, a stopped one included; min.insync.replicas min(2, that):
+RF 3 and min ISR 2 on the local three-node cluster, 1 and 1 on the single broker), raises the partition
 count of existing ones when it is lower than asked (never lowers it: that would
 break per-key ordering), and sets ``retention.ms`` and ``min.insync.replicas``.
 The topics are the audit source, so retention is long by default (10 years);
@@ -19,7 +21,10 @@ from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import for_code
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import IncompatibleBrokerVersion, for_code
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Boolean, CompactArray, CompactString, Int8, Int16, Int32, Schema, TaggedFields
 
 from services.common.kafka_config import admin_kwargs
 from services.common.settings import KafkaSettings
@@ -71,7 +76,10 @@ async def ensure_topics(
     """Make ``topics`` exist with the given layout and configs; return what changed.
 
     ``replication_factor`` defaults to min(3, number of brokers) and
-    ``min_insync_replicas`` to min(2, replication factor).
+    ``min_insync_replicas`` to min(2, replication factor). The brokers counted are those
+    registered with the cluster, fenced (stopped) ones included where the cluster tells
+    (Kafka 4.0+), so that a topic created while a broker is down is not created with fewer
+    replicas for good: its creation is refused until enough brokers are up.
     """
     if partitions < 1:
         raise ValueError("partitions must be at least 1")
@@ -84,8 +92,8 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(**admin_kwargs(settings))
     await admin.start()
     try:
-        cluster = await admin.describe_cluster()
-        brokers = len(cluster["brokers"])
+        live = len((await admin.describe_cluster())["brokers"])
+        brokers = max(live, await _registered_brokers(settings))
         rf = replication_factor if replication_factor is not None else min(3, brokers)
         if not 1 <= rf <= brokers:
             raise ValueError(f"replication_factor {rf} must be between 1 and the cluster's {brokers} brokers")
@@ -99,6 +107,11 @@ async def ensure_topics(
         )
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
+        if missing and rf > live:
+            raise TopicAdminError(
+                f"cannot create {', '.join(missing)} with replication factor {rf}: only {live} of the "
+                f"cluster's {brokers} brokers are up; start the others (or wait for them) and retry"
+            )
         raced = await _create(admin, missing, spec, settings.request_timeout_ms)
         report.created.extend(n for n in missing if n not in raced)
         for name in (n for n in names if n in existing or n in raced):
@@ -217,3 +230,64 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], partit
         if time.monotonic() >= deadline:
             raise TopicAdminError(f"topics {pending} have no leader for every partition after {timeout_ms} ms")
         await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------- DescribeCluster v2 (KIP-1073)
+class _DescribeClusterResponse_v2(Response):  # type: ignore[misc]  # noqa: N801 - aiokafka is untyped; its naming
+    API_KEY = 60
+    API_VERSION = 2
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        ("error_message", CompactString("utf-8")),
+        ("endpoint_type", Int8),
+        ("cluster_id", CompactString("utf-8")),
+        ("controller_id", Int32),
+        ("brokers", CompactArray(
+            ("broker_id", Int32),
+            ("host", CompactString("utf-8")),
+            ("port", Int32),
+            ("rack", CompactString("utf-8")),
+            ("is_fenced", Boolean),
+            ("tags", TaggedFields),
+        )),
+        ("cluster_authorized_operations", Int32),
+        ("tags", TaggedFields),
+    )  # fmt: skip
+
+
+class _DescribeClusterRequest_v2(RequestStruct):  # type: ignore[misc]  # noqa: N801
+    FLEXIBLE_VERSION = True
+    API_KEY = 60
+    API_VERSION = 2
+    RESPONSE_TYPE = _DescribeClusterResponse_v2
+    SCHEMA = Schema(
+        ("include_cluster_authorized_operations", Boolean),
+        ("endpoint_type", Int8),
+        ("include_fenced_brokers", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class _DescribeClusterWithFenced(Request[_DescribeClusterRequest_v2]):  # type: ignore[misc]
+    API_KEY = 60
+
+    def build(self, request_struct_class: type[_DescribeClusterRequest_v2]) -> _DescribeClusterRequest_v2:
+        return request_struct_class(False, 1, True, {})  # endpoint type 1: brokers
+
+
+async def _registered_brokers(settings: KafkaSettings) -> int:
+    """How many brokers are registered, fenced ones included (0 where the cluster cannot tell:
+    before Kafka 4.0; then the live brokers count). DescribeCluster needs no ACL."""
+    client = AIOKafkaClient(**admin_kwargs(settings))
+    try:
+        await client.bootstrap()
+        try:
+            response = await client.send(client.get_random_node(), _DescribeClusterWithFenced())
+        except (IncompatibleBrokerVersion, NotImplementedError):  # no v2 on this cluster
+            return 0
+    finally:
+        await client.close()
+    if response.error_code:
+        raise TopicAdminError(f"cannot describe the cluster: {for_code(response.error_code).__name__}")
+    return len(response.brokers)

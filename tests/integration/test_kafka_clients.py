@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -176,7 +177,8 @@ async def test_ensure_topics_is_idempotent_and_sets_partitions_and_configs(kafka
             assert await _partition_count(kafka_settings, name) == 3
             configs = await _topic_configs(kafka_settings, name)
             assert configs["retention.ms"] == str(DEFAULT_RETENTION_MS)
-            assert configs["min.insync.replicas"] == "1"  # min(2, replication factor 1)
+            # min(2, replication factor): 1 on the single test broker, 2 on the opt-in three-node cluster
+            assert configs["min.insync.replicas"] == ("2" if os.environ.get("CERTRAIL_TEST_KAFKA_BROKERS", "1") == "3" else "1")
 
         again = await ensure_topics(kafka_settings, names, partitions=3)
         assert again.unchanged == names and not again.created and not again.updated

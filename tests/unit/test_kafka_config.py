@@ -161,9 +161,10 @@ def test_faststream_security_matches_the_aiokafka_arguments(
 
 
 def test_faststream_broker_kwargs_are_idempotent_and_plaintext_has_no_security() -> None:
+    # several bootstrap servers as a list: FastStream reads a comma-separated string as one host
     kwargs = faststream_broker_kwargs(settings(request_timeout_ms=9_000, linger_ms=7, max_batch_size=65_536))
     assert kwargs == {
-        "bootstrap_servers": "broker-1:9092,broker-2:9092",
+        "bootstrap_servers": ["broker-1:9092", "broker-2:9092"],
         "client_id": "certrail-unit",
         "request_timeout_ms": 9_000,
         "enable_idempotence": True,
