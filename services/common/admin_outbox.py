@@ -8,8 +8,8 @@
   and ``message``) rolls the change back and `refuse` records only the refusal, in a transaction of its
   own. The `Actor` collects the rows written for its door.
 - `OutboxRelay` publishes every unsent row in ``seq`` order, with the stored bytes (the same event id),
-  then marks it sent: all rows at start, then every ``interval`` (or at once when woken) the rows older
-  than ``grace``. `start_relay` runs it beside a service. Each service gives the publish callable that
+  then marks it sent: every ``interval`` (or at once when woken) the rows older than ``grace``, from
+  the first round on (a fresher row may be in its door's hands: decision 0019). `start_relay` runs it beside a service. Each service gives the publish callable that
   puts rows on its topics; the one difference between the services is who publishes a fresh row: the
   gateway's door at once after its commit (`publish_recorded`; the relay's grace leaves fresh rows to
   it), the deployer's API by waking its relay.
@@ -210,8 +210,10 @@ class ChangePath(Generic[R]):
 
 
 class OutboxRelay:
-    """Publishes every unsent row of ``outbox``, in ``seq`` order: all of them at start, then every
-    ``interval`` (or at once after `wake`) the rows older than ``grace`` (None: every row). A failed
+    """Publishes every unsent row of ``outbox``, in ``seq`` order: every ``interval`` (or at once after
+    `wake`) the rows older than ``grace`` (None: every row), the first round at start included: a
+    fresher row may be being published by its door at that moment (the gateway answers its API before
+    this relay's first round), and taking it too would put its event on the topic twice. A failed
     publish is retried on the next round, with the same bytes."""
 
     def __init__(self, outbox: AdminOutbox, engine: Engine, publish: Publish, clock: Callable[[], datetime], *,
@@ -221,10 +223,11 @@ class OutboxRelay:
         self._stopped = asyncio.Event()
         self._woken = asyncio.Event()
         self.failures = 0
+        self.rounds = 0  # rounds run by run_forever
 
-    async def relay_once(self, *, everything: bool = False) -> int:
+    async def relay_once(self) -> int:
         """One round: the number of rows published."""
-        cutoff = None if everything or self._grace is None else self._clock() - self._grace
+        cutoff = None if self._grace is None else self._clock() - self._grace
         published = 0
         while True:
             rows = await asyncio.to_thread(self._outbox.unsent, self._engine, created_before=cutoff)
@@ -237,12 +240,11 @@ class OutboxRelay:
         self._woken.set()
 
     async def run_forever(self) -> None:
-        everything = True
         while not self._stopped.is_set():
             self._woken.clear()
             try:
-                count = await self.relay_once(everything=everything)
-                everything = False
+                count = await self.relay_once()
+                self.rounds += 1
                 if count:
                     log.info("%s outbox relay published %d admin event(s)", self._name, count)
             except PUBLISH_ERRORS as exc:  # broker or database down: the rows stay unsent, next round

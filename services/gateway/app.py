@@ -185,7 +185,7 @@ def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
 
 def _start_outbox_relay(service_app: Any, runtime: GatewayRuntime) -> None:
     """Publish the admin events of configuration changes still in the outbox (written by the CLI, or
-    left by a failed publish): all at start, then every few seconds (services/gateway/config/outbox.py)."""
+    left by a failed publish): every few seconds, those older than a grace (services/gateway/config/outbox.py)."""
     start_relay(service_app, OutboxRelay(runtime.engine, runtime.topics, runtime.publish_records, utc_now), "gateway-admin-outbox")
 
 

@@ -43,7 +43,7 @@ async def publish_recorded(engine: Engine, topics: Topics, publish_records: Publ
 
 class OutboxRelay(admin_outbox.OutboxRelay):
     """The gateway's relay: every ``interval`` the unsent rows older than ``grace`` (younger ones are being
-    published by the door that wrote them); at start all of them."""
+    published by the door that wrote them), from the first round at start on."""
 
     def __init__(self, engine: Engine, topics: Topics, publish_records: PublishRecords, clock: Callable[[], datetime], *,
                  interval: timedelta = timedelta(seconds=2), grace: timedelta = timedelta(seconds=10)) -> None:
