@@ -42,7 +42,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
@@ -61,7 +60,6 @@ from services.auditor.store import BatchResult, store_entries
 from services.common.contracts.topics import Topics
 from services.common.failures import is_transient
 from services.common.kafka_config import consumer_kwargs
-from services.common.metrics import CHANNELS
 from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe
 from services.common.settings import KafkaSettings
 
@@ -70,7 +68,6 @@ log = logging.getLogger(__name__)
 PIPELINE_DEPTH = 2  # batches in flight: one being written, one fetched and being prepared
 #: the auditor's consumer, as the progress tracker and /health name it
 CONSUMER = "audit"
-_CHANNELS = ("commands", *CHANNELS, "other")
 
 
 @dataclass(frozen=True)
@@ -134,8 +131,8 @@ class AuditConsumer:
         self._checkpointer = checkpointer
         self._clock = clock
         self.progress = progress
-        if progress is not None:
-            progress.register(CONSUMER)
+        if progress is not None:  # lag, oldest unstored record's age, no progress: per partition, shared
+            progress.register(CONSUMER, assignment=lambda: self.assigned)
         self._pool_factory = prepare_pool
         self._pool: Executor | None = None
         # on SQLite the worker also formats the times as SQLite stores them (off this process's GIL)
@@ -233,6 +230,8 @@ class AuditConsumer:
         for tp, records in fetched.items():
             if records:
                 batch.first[tp], batch.last[tp] = records[0].offset, records[-1].offset
+                if self.progress is not None:
+                    self.progress.fetched(CONSUMER, tp.topic, tp.partition, records[0].offset, records[0].timestamp)
                 batch.records.extend(raw_record(r) for r in records)
         if self._pool_factory is not None:
             if self._pool is None:
@@ -279,7 +278,7 @@ class AuditConsumer:
                         self.progress.failed(CONSUMER, tp.topic, tp.partition, batch.first[tp], kind, describe(exc))
                 for tp in keep:  # the position the lag counts from: the first record not stored
                     self.next_offsets[tp] = batch.first[tp]
-                self._seek_back(consumer, batch, assigned)
+                await self._seek_back(consumer, batch, assigned)
                 await self._backoff()
                 return
             self._failures = 0
@@ -318,27 +317,32 @@ class AuditConsumer:
             entries = self._prepare(records)
         return store_entries(self._engine, entries, inventory_topics=self._topics, now=now)
 
-    def _seek_back(self, consumer: AIOKafkaConsumer, failed: _Batch, assigned: set[TopicPartition]) -> None:
-        """Rewind the failed batch's partitions to its first offsets; batches fetched
-        after it are stale (a new generation), and aiokafka drops records it buffered
-        from before the seek."""
+    async def _seek_back(self, consumer: AIOKafkaConsumer, failed: _Batch, assigned: set[TopicPartition]) -> None:
+        """Rewind every assigned partition to its first record not stored: the failed batch's to its
+        first offsets, the others to where storing stopped (or, where this instance stored nothing
+        yet, to the group's committed offset). Batches fetched after the failed one are stale (a new
+        generation) whatever partitions they hold, and aiokafka drops records it buffered from before
+        the seek; rewinding only the failed batch's partitions skipped the records of the others
+        that a stale batch held (found by certrail_consumer_no_progress_seconds, issue 23)."""
         self.generation += 1
-        for tp, offset in failed.first.items():
-            if tp in assigned:
+        for tp in assigned:
+            offset = failed.first.get(tp, self.next_offsets.get(tp))
+            if offset is None:
+                offset = await consumer.committed(tp)
+            if offset is not None:
                 consumer.seek(tp, offset)
+            else:  # nothing committed by the group either: from the beginning (auto_offset_reset=earliest)
+                await consumer.seek_to_beginning(tp)
 
     def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         now = time.monotonic()
         if now - self._lag_updated < 1.0:
             return
         self._lag_updated = now
-        lag: dict[str, int] = defaultdict(int)
+        if self.progress is None:
+            return
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             position = self.next_offsets.get(tp)
             if highwater is not None and position is not None:
-                lag[self.metrics.channel(tp.topic)] += max(0, highwater - position)
-                if self.progress is not None:
-                    self.progress.set_lag(CONSUMER, tp.topic, tp.partition, highwater - position)
-        for channel in _CHANNELS:
-            self.metrics.lag.labels(channel).set(lag.get(channel, 0))
+                self.progress.set_lag(CONSUMER, tp.topic, tp.partition, highwater - position)

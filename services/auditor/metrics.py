@@ -79,12 +79,6 @@ class AuditMetrics:
             ["status"],
             registry=registry,
         )
-        self.lag = Gauge(
-            "certrail_audit_consumer_lag_records",
-            "Records in Kafka not yet stored, summed over this instance's partitions, by channel.",
-            ["channel"],
-            registry=registry,
-        )
         self.assigned = Gauge(
             "certrail_audit_assigned_partitions", "Partitions assigned to this auditor instance.", registry=registry
         )

@@ -27,6 +27,8 @@ from services.common.kafka_acls import (
 )
 from services.common.kafka_local import LocalKafka, LocalKafkaError
 from services.common.migrate import upgrade
+from services.common.prometheus_local import DEFAULT_PORT as PROMETHEUS_PORT
+from services.common.prometheus_local import RULES_DIR, PrometheusMissing, PrometheusProcess, find_binary, prometheus_process
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.stack import DEFAULT_PORTS, DEFAULT_SIM_PORTS, SERVICES, Stack, StackError
 from services.common.topics_admin import TopicAdminError, ensure_topics
@@ -69,6 +71,15 @@ def up(
     sim_crl_port: Annotated[int, typer.Option(envvar=f"{_ENV}SIM_CRL_PORT", help="emCA simulator CRL port.")] = DEFAULT_SIM_PORTS[1],
     sim_admin_port: Annotated[int, typer.Option(envvar=f"{_ENV}SIM_ADMIN_PORT", help="emCA simulator admin port.")] = DEFAULT_SIM_PORTS[2],
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Put one demo certificate through issue -> deploy -> audit.")] = True,
+    with_prometheus: Annotated[bool, typer.Option(
+        "--with-prometheus/--without-prometheus", envvar=f"{_ENV}WITH_PROMETHEUS",
+        help="Also start a real Prometheus (the prometheus binary; scripts/promtool.sh installs it) scraping the "
+             "services, with certrail's alert rules.")] = False,
+    prometheus_port: Annotated[int, typer.Option(envvar=f"{_ENV}PROMETHEUS_PORT", help="Prometheus's port.")] = PROMETHEUS_PORT,
+    prometheus_scrape_interval: Annotated[float, typer.Option(
+        envvar=f"{_ENV}PROMETHEUS_SCRAPE_INTERVAL", help="Prometheus's scrape and rule evaluation interval (seconds).")] = 15.0,
+    prometheus_rules_dir: Annotated[Path, typer.Option(
+        envvar=f"{_ENV}PROMETHEUS_RULES_DIR", help="The alert rule files (*.yml) Prometheus loads.")] = RULES_DIR,
 ) -> None:
     """Start the embedded stack: local Kafka, the emCA simulator, topics, SQLite, the four services;
     then a demo certificate goes through issue -> deploy -> audit."""
@@ -90,8 +101,19 @@ def up(
     except LocalKafkaError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    extras: list[PrometheusProcess] = []
+    if with_prometheus:
+        try:
+            binary = find_binary()
+        except PrometheusMissing as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+        prometheus = prometheus_process(var_dir, host="127.0.0.1", port=prometheus_port, service_ports=ports,
+                                        rules_dir=prometheus_rules_dir.absolute(), scrape_interval_s=prometheus_scrape_interval)
+        prometheus.binary = binary
+        extras.append(prometheus)
     stack = Stack(var_dir=var_dir, ports=ports, env=env, sim_ports=(sim_port, sim_crl_port, sim_admin_port),
-                  service_env=service_env)
+                  service_env=service_env, extras=extras)
     running = stack.running_pids()
     if running and len(running) == len(stack.services):
         console.print(f"certrail is already running ({', '.join(f'{n} pid {p}' for n, p in running.items())}).")
@@ -124,7 +146,7 @@ def up(
         console.print(f"[green]✓[/] database {var_dir / 'certrail.db'} at the latest schema")
         with console.status("Starting the emCA simulator, gateway, issuer, deployer, auditor ...", spinner="dots"):
             stack.start(timeout_s=120)
-        console.print("[green]✓[/] emCA simulator and services healthy")
+        console.print("[green]✓[/] emCA simulator and services healthy" + (", Prometheus ready" if extras else ""))
         if demo:
             _demo(console, stack, db_settings, var_dir)
     except (LocalKafkaError, KafkaAclError, TopicAdminError, KafkaError, StackError, DemoError) as exc:
@@ -161,7 +183,9 @@ def down(
 ) -> None:
     """Stop everything `certrail up` started (harmless when nothing runs)."""
     var_dir = var_dir.absolute()
-    stack = Stack(var_dir=var_dir, sim_ports=DEFAULT_SIM_PORTS)
+    # Prometheus too, whether or not `up` started it (found by its pid file, like the services)
+    prometheus = prometheus_process(var_dir, host="127.0.0.1", port=PROMETHEUS_PORT, service_ports=DEFAULT_PORTS)
+    stack = Stack(var_dir=var_dir, sim_ports=DEFAULT_SIM_PORTS, extras=[prometheus])
     stopped = stack.stop()
     kafka_stopped = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port).stop()
     parts = [f"stopped {', '.join(stopped)}" if stopped else "no service was running"]
@@ -214,10 +238,15 @@ def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
     for svc in stack.services:
         if svc is stack.sim:
             table.add_row(svc.name, f"https://{svc.host}:{stack.sim.admin_port}/admin/health", f"API {svc.base_url}")
+        elif isinstance(svc, PrometheusProcess):
+            table.add_row(svc.name, f"{svc.base_url}/-/ready", f"UI and API {svc.base_url} (alerts: {svc.base_url}/alerts)")
         else:
             table.add_row(svc.name, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
     gateway = next(s for s in stack.services if s.name == "gateway")
     console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
+    for svc in stack.services:
+        if isinstance(svc, PrometheusProcess):
+            console.print(f"Prometheus: {svc.base_url} (config {svc.config_file}, rules {svc.rules_dir})")
     console.print(table)
     console.print(f"Kafka: {kafka.bootstrap_servers} (SASL/SCRAM-SHA-512)   logs: {stack.var_dir / 'log'}/")
     if kafka.env_file("admin").is_file():

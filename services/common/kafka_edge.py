@@ -18,7 +18,10 @@ consumer plumbing. Handlers and the Dispatcher never import a broker library.
   itself): before the batch is handed back the edge waits a capped, doubling backoff, and
   tells the progress tracker which record failed, so /health and
   ``certrail_consumer_stalled`` show a consumer that keeps failing on the same offset;
-  ``certrail_consumer_lag_records`` is set from each batch (success or not).
+  ``certrail_consumer_lag_records`` is set from each batch (when it starts, and when it ends, success
+  or not), and the batch's first record per partition is what
+  ``certrail_consumer_oldest_unprocessed_age_seconds`` and ``certrail_consumer_no_progress_seconds``
+  measure until the batch is handled (services/common/consumer_positions.py).
 """
 
 from __future__ import annotations
@@ -142,11 +145,13 @@ def subscribe(
 
     name = consumer_name or pattern or ",".join(topics)
     if progress is not None:
-        progress.register(name)
+        progress.register(name, assignment=lambda: _assignment(subscriber))
 
     @subscriber
     async def on_batch(body: Any, msg: KafkaMessage) -> None:  # noqa: ARG001 - the bodies are decoded by the dispatcher
         records = [inbound_from(record) for record in _records_of(msg.raw_message)]
+        if progress is not None:
+            _started(progress, name, subscriber, records)
         try:
             await dispatcher.dispatch_batch(records)
         except Exception as exc:
@@ -169,6 +174,23 @@ async def _failed(progress: ProgressTracker, name: str, records: list[InboundRec
     log.warning("%s: %s/%d@%d failed (%s), %d times in a row; the batch is retried in %.1fs", name, failed.topic,
                 failed.partition, failed.offset, describe(cause), count, delay)
     await asyncio.sleep(delay)
+
+
+def _started(progress: ProgressTracker, name: str, subscriber: Any, records: list[InboundRecord]) -> None:
+    """A batch is about to be handled: its first record per partition waits (age, no progress) until it is."""
+    seen: set[tuple[str, int]] = set()
+    for record in records:
+        if (record.topic, record.partition) not in seen:
+            seen.add((record.topic, record.partition))
+            progress.fetched(name, record.topic, record.partition, record.offset, record.timestamp_ms)
+    _report_lag(progress, name, subscriber, records, done=False)
+
+
+def _assignment(subscriber: Any) -> Any:
+    """The partitions the subscriber's consumer holds now (None before it runs, or on the test broker)."""
+    consumer = getattr(subscriber, "consumer", None)
+    assignment = getattr(consumer, "assignment", None)
+    return assignment() if callable(assignment) else None
 
 
 def _spans(records: Sequence[InboundRecord]) -> dict[tuple[str, int], tuple[int, int]]:

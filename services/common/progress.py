@@ -10,8 +10,10 @@ or a loop that polls again, clears it. Metrics (one name and label set for every
 - ``certrail_consumer_handler_failures_total{service,consumer,kind}``: ``transient``
   (database, Kafka, network: retried, never dead-lettered), ``failed`` (anything else: retried
   up to the attempt limit, then dead-lettered with HANDLER_FAILED), ``restart`` (the loop died);
-- ``certrail_consumer_lag_records{service,consumer,topic,partition}``: records between the
-  consumer's position (the first unfinished offset while stuck) and the partition's end.
+- per partition, ``{service,consumer,topic,partition}`` (services/common/consumer_positions.py):
+  ``certrail_consumer_lag_records`` (records between the consumer's position, the first unfinished
+  offset, and the partition's end), ``certrail_consumer_oldest_unprocessed_age_seconds`` and
+  ``certrail_consumer_no_progress_seconds`` (records waiting while the position does not move).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.exc import StatementError
 
+from services.common.consumer_positions import Assignment, ConsumerPositions
 from services.common.contracts.redaction import contains_private_key
 
 #: what counts as a failure, for ``certrail_consumer_handler_failures_total``
@@ -82,15 +85,14 @@ class ProgressTracker:
             "attempt limit), restart (the consumer loop restarted).",
             ["service", "consumer", "kind"], registry=registry,
         )
-        self.lag = Gauge(
-            "certrail_consumer_lag_records",
-            "Records between the consumer's position (its first unfinished offset) and the end of the partition.",
-            ["service", "consumer", "topic", "partition"], registry=registry,
-        )
+        self.positions = ConsumerPositions(service, clock=clock)
+        registry.register(self.positions)
 
-    def register(self, consumer: str) -> None:
-        """Make the consumer's series exist (stalled 0) before anything happens."""
+    def register(self, consumer: str, assignment: Assignment | None = None) -> None:
+        """Make the consumer's series exist (stalled 0) before anything happens; ``assignment`` says which
+        partitions it holds now (the positions of the others are forgotten)."""
         self._stuck.setdefault(consumer, {})
+        self.positions.track(consumer, assignment)
         self.stalled_gauge.labels(self.service, consumer).set(0)
         for kind in (TRANSIENT, FAILED, RESTART):
             self.failures.labels(self.service, consumer, kind)
@@ -122,6 +124,15 @@ class ProgressTracker:
             del stuck[(topic, partition)]
         self._restarts.pop(consumer, None)
         self._refresh(consumer)
+        self.positions.progressed(consumer, topic, partition, next_offset)
+
+    def fetched(self, consumer: str, topic: str, partition: int, offset: int, timestamp_ms: int | None) -> None:
+        """The record at ``offset`` (Kafka timestamp ``timestamp_ms``) was fetched and is not finished yet."""
+        self.positions.fetched(consumer, topic, partition, offset, timestamp_ms)
+
+    def held(self, consumer: str, topic: str, partition: int) -> None:
+        """The service holds the partition on purpose (paused while its connector is down): not a stall."""
+        self.positions.held(consumer, topic, partition)
 
     def restarted(self, consumer: str, error: str) -> int:
         """The consumer's loop failed and starts again; returns the restarts in a row."""
@@ -137,7 +148,7 @@ class ProgressTracker:
             self._refresh(consumer)
 
     def set_lag(self, consumer: str, topic: str, partition: int, records: int) -> None:
-        self.lag.labels(self.service, consumer, topic, str(partition)).set(max(0, records))
+        self.positions.set_lag(consumer, topic, partition, records)
 
     # -- what /health reads -------------------------------------------------------------------------
 

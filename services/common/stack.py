@@ -14,7 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +138,8 @@ class Stack:
     sim_ports: tuple[int, int, int] | None = None
     #: one service's own environment on top of ``env`` (e.g. its Kafka principal's credentials)
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: more supervised processes started after the services (`certrail up --with-prometheus`: Prometheus)
+    extras: Sequence[ServiceProcess] = ()
 
     def __post_init__(self) -> None:
         # the services' internal API (decision 0020): one token in the var dir; the gateway finds the auditor and the deployer
@@ -149,6 +151,7 @@ class Stack:
         if self.sim_ports is not None:
             api, crl, admin = self.sim_ports
             self.services.insert(0, SimProcess(SIM, api, self.host, self.var_dir, self.env, crl_port=crl, admin_port=admin))
+        self.services.extend(self.extras)
 
     @property
     def sim(self) -> SimProcess | None:

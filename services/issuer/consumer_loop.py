@@ -121,7 +121,6 @@ class IssuerConsumer(KeyedLoop):
         wall_ms = time.time() * 1000
         oldest: dict[str, float] = defaultdict(float)
         in_flight: dict[str, int] = defaultdict(int)
-        lag: dict[str, int] = defaultdict(int)
         paused: dict[str, int] = defaultdict(int)
         paused_set = consumer.paused()
         connectors = {self.connector_of(tp.topic) for tp in self.assigned} | {r.name for r in self._pool.runtimes()}
@@ -133,15 +132,11 @@ class IssuerConsumer(KeyedLoop):
                 for entry in partition.in_flight.values():
                     if entry.timestamp_ms is not None and entry.timestamp_ms > 0:
                         oldest[connector] = max(oldest[connector], (wall_ms - entry.timestamp_ms) / 1000)
-                highwater = consumer.highwater(tp)
-                if highwater is not None and partition.committed is not None:
-                    lag[connector] += max(0, highwater - partition.committed)
             if tp in paused_set:
                 paused[connector] += 1
         for connector in connectors:
             self.metrics.oldest_queued_age.labels(connector).set(oldest.get(connector, 0.0))
             self.metrics.in_flight.labels(connector).set(in_flight.get(connector, 0))
-            self.metrics.lag.labels(connector).set(lag.get(connector, 0))
             self.metrics.paused.labels(connector).set(paused.get(connector, 0))
 
 

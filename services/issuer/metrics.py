@@ -54,10 +54,6 @@ class IssuerMetrics:
             "certrail_issuer_commands_in_flight", "Commands fetched and not yet finished, per connector.", ["connector"],
             registry=registry,
         )
-        self.lag = Gauge(
-            "certrail_issuer_consumer_lag_records", "Records between the committed offset and the end of the log, per connector.",
-            ["connector"], registry=registry,
-        )
         self.paused = Gauge(
             "certrail_issuer_partitions_paused", "Assigned partitions currently paused, per connector.", ["connector"],
             registry=registry,

@@ -159,7 +159,7 @@ async def test_the_auditor_service_and_the_investigators_commands(stack: dict[st
             assert get_certificate(session, CERT_ID, NOW).status == "revoked"  # type: ignore[union-attr]
     finally:
         engine.dispose()
-    assert "certrail_audit_commit_duration_seconds_bucket" in metrics and "certrail_audit_consumer_lag_records" in metrics
+    assert "certrail_audit_commit_duration_seconds_bucket" in metrics and "certrail_consumer_lag_records" in metrics
 
     async def checkpoints_published() -> int:
         async with kafka_reader(stack["kafka"]) as consumer:  # type: ignore[arg-type]

@@ -139,6 +139,16 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
         lag = _sample(metrics, "certrail_consumer_lag_records",
                       {"service": "gateway", "consumer": "requests", "topic": topics.requests, "partition": "0"})
         assert lag == 2  # the stuck record and the one behind it
+        partition0 = {"service": "gateway", "consumer": "requests", "topic": topics.requests, "partition": "0"}
+        waited = _sample(metrics, "certrail_consumer_no_progress_seconds", partition0)
+        assert waited is not None and waited > 0
+
+        async def still_waiting_longer() -> bool:  # measured at scrape time: it grows while nothing moves
+            text = (await client.get("/metrics")).text
+            return (_sample(text, "certrail_consumer_no_progress_seconds", partition0) or 0) > waited + 0.5 and (
+                _sample(text, "certrail_consumer_oldest_unprocessed_age_seconds", partition0) or 0) > 0.5
+
+        await poll_until(still_waiting_longer, "no progress and the stuck record's age to grow", 10, interval_s=0.2)
         transient = _sample(metrics, "certrail_consumer_handler_failures_total",
                             {"service": "gateway", "consumer": "requests", "kind": "transient"})
         assert transient is not None and transient >= 2
@@ -155,6 +165,8 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
         assert _sample(metrics, "certrail_consumer_stalled", {"service": "gateway", "consumer": "requests"}) == 0
         assert _sample(metrics, "certrail_consumer_lag_records",
                        {"service": "gateway", "consumer": "requests", "topic": topics.requests, "partition": "0"}) == 0
+        assert _sample(metrics, "certrail_consumer_no_progress_seconds", partition0) == 0
+        assert _sample(metrics, "certrail_consumer_oldest_unprocessed_age_seconds", partition0) == 0
         failed = _sample(metrics, "certrail_consumer_handler_failures_total",
                          {"service": "gateway", "consumer": "requests", "kind": "failed"})
         assert failed == 3

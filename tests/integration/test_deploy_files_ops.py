@@ -39,13 +39,14 @@ REQUIRED_ALERTS = {
 
 # -- what the code defines -------------------------------------------------------------------------
 
-_DEFINITION = re.compile(r"\b(Counter|PromCounter|Gauge|Histogram|Summary|Info|Enum)\(\s*\"(certrail_[a-z0-9_]+)\"")
+_DEFINITION = re.compile(r"\b(Counter|PromCounter|Gauge|GaugeMetricFamily|Histogram|Summary|Info|Enum)\(\s*\"(certrail_[a-z0-9_]+)\"")
 _SUFFIXES = {
     "Counter": ("_total", "_created"),
     "PromCounter": ("_total", "_created"),
     "Histogram": ("_bucket", "_count", "_sum", "_created"),
     "Summary": ("", "_count", "_sum", "_created"),
     "Gauge": ("",),
+    "GaugeMetricFamily": ("",),
     "Info": ("_info",),
     "Enum": ("",),
 }
@@ -227,11 +228,11 @@ def test_dashboard_structure() -> None:
     # what the issue asks the dashboard to show
     exprs = " ".join(t["expr"] for p in graphs for t in p["targets"])
     for needle in (
-        "io.certrail.request.(accepted|rejected)",  # request rate and outcomes
+        "certrail_gateway_requests_total",  # request rate and outcomes (both doors)
         "certrail_issuer_emca_request_duration_seconds_bucket",  # emCA latency per connector
         "certrail_issuer_emca_errors_total",  # emCA errors per connector
         "certrail_issuer_oldest_queued_command_age_seconds",  # queue age
-        "certrail_issuer_consumer_lag_records",  # lag
+        "certrail_consumer_lag_records",  # lag
         "certrail_gateway_certificates_by_days_to_expiry",  # days to expiry
         "certrail_deployer_deployments_total",  # deployments
         "certrail_audit_records_stored_total",  # audit ingest

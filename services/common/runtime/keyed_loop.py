@@ -147,6 +147,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self._loop.partitions.setdefault(tp, Partition())
+        self._loop.assigned = frozenset(self._consumer.assignment())
         self._loop.on_assigned(self._consumer)
         log.info("%s partitions assigned: %s", self._loop.consumer_name,
                  ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(assigned)) or "none")
@@ -168,8 +169,9 @@ class KeyedLoop:
         self._pattern = pattern
         self._clock = clock
         self.progress = progress
+        self.assigned: frozenset[TopicPartition] = frozenset()
         if progress is not None:
-            progress.register(consumer_name)
+            progress.register(consumer_name, assignment=lambda: self.assigned)
         self.partitions: dict[TopicPartition, Partition] = {}
         self._tails: dict[tuple[str, bytes], asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
@@ -177,7 +179,6 @@ class KeyedLoop:
         self._last_commit = 0.0
         self._last_metrics = 0.0
         self.finished = 0
-        self.assigned: frozenset[TopicPartition] = frozenset()
         self.running = False
 
     # -- what a service provides -------------------------------------------------------------------------
@@ -289,6 +290,8 @@ class KeyedLoop:
         self._tails[key] = task
         task.add_done_callback(lambda done: self._forget_tail(key, done))
         partition.add(record.offset, InFlight(work, task, record.timestamp))
+        if self.progress is not None:
+            self.progress.fetched(self.consumer_name, record.topic, record.partition, record.offset, record.timestamp)
 
     def _forget_tail(self, key: tuple[str, bytes], done: asyncio.Task[None]) -> None:
         if self._tails.get(key) is done:
@@ -406,6 +409,7 @@ class KeyedLoop:
         await self._commit(consumer, force=True, only=revoked)
         for tp in revoked:
             self.partitions.pop(tp, None)
+        self.assigned = self.assigned - revoked
         if revoked:
             log.info("%s partitions released: %d", self.consumer_name, len(revoked))
 
@@ -424,4 +428,6 @@ class KeyedLoop:
                 if partition is not None and highwater is not None and partition.committed is not None:
                     # the committed offset is the first unfinished one
                     self.progress.set_lag(self.consumer_name, tp.topic, tp.partition, highwater - partition.committed)
+                if self.must_wait(tp):  # held on purpose (the issuer: its connector is down): not a stall
+                    self.progress.held(self.consumer_name, tp.topic, tp.partition)
         self.observe(consumer)
