@@ -55,6 +55,7 @@ from services.common.contracts.events import (
     TargetRef,
 )
 from services.common.contracts.fields import ErrorInfo, RequestKind
+from services.common.contracts.revocation import RevocationConfirmed, RevocationUnconfirmed
 from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial, UTCDateTime
 from services.common.inventory_read import CertificateStatus
 
@@ -107,6 +108,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     DeploymentFailed.TYPE: ("serial", "target", "rolled_back", "error"),
     RenewalDue.TYPE: (),
     CertificateExpiring.TYPE: (),
+    RevocationConfirmed.TYPE: ("serial", "reason", "confirmed_at", "crl_number"),
+    RevocationUnconfirmed.TYPE: ("serial", "reason", "given_up_at"),
 }
 HANDLED_TYPES = frozenset(_FIELDS)
 #: RequestRejected codes that refuse the caller, not the certificate: they never change an inventory row.
@@ -317,7 +320,33 @@ def _issued(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
         public_key_sha256=f["public_key_sha256"],
         revoked_at=serial["revoked_at"],
         revocation_reason=serial["revocation_reason"],
+        revocation_check=serial["revocation_check"],  # the current serial's (a check may arrive before its issuance)
+        revocation_checked_at=serial["revocation_checked_at"],
     )
+
+
+class RevocationCheck(StrEnum):
+    CONFIRMED = "confirmed"
+    UNCONFIRMED = "unconfirmed"
+
+
+def _revocation_checked(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
+    """What the issuer found on the CA's CRL after a revocation, on the serial and (when it is the current one) the
+    certificate. Both events follow a revocation emCA accepted: the serial is revoked whichever arrives first. A
+    confirmation is a fact on a signed CRL: it stands against an unconfirmed check of another revocation command."""
+    serial = state.serial(event.certificate_id, f["serial"])
+    serial["status"] = SerialStatus.REVOKED.value
+    serial["revocation_reason"] = serial["revocation_reason"] or f["reason"]
+    if serial["revocation_check"] != RevocationCheck.CONFIRMED:
+        confirmed = event.type == RevocationConfirmed.TYPE
+        serial.update(
+            revocation_check=(RevocationCheck.CONFIRMED if confirmed else RevocationCheck.UNCONFIRMED).value,
+            revocation_checked_at=f["confirmed_at"] if confirmed else f["given_up_at"],
+            revocation_crl_number=f.get("crl_number"),
+        )
+    row, _ = state.certificate(event, create=False)
+    if row is not None and row["serial"] == f["serial"]:
+        row.update(revocation_check=serial["revocation_check"], revocation_checked_at=serial["revocation_checked_at"])
 
 
 def _accepted(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
@@ -362,9 +391,8 @@ def _apply(state: _State, event: InventoryEvent) -> None:
             # also when only a rejection or a revocation failure is newer: the current request failed
             row["status"] = CertificateStatus.FAILED.value
     elif kind == CertificateRevoked.TYPE:
-        state.serial(event.certificate_id, f["serial"]).update(
-            status=SerialStatus.REVOKED.value, revoked_at=f["revoked_at"], revocation_reason=f["reason"]
-        )
+        revoked = state.serial(event.certificate_id, f["serial"])
+        revoked.update(status=SerialStatus.REVOKED.value, revoked_at=f["revoked_at"], revocation_reason=f["reason"])
         row, _ = state.certificate(event, create=False)
         if row is not None and row["serial"] in (None, f["serial"]):
             row.update(
@@ -372,6 +400,8 @@ def _apply(state: _State, event: InventoryEvent) -> None:
                 serial=f["serial"],
                 revoked_at=f["revoked_at"],
                 revocation_reason=f["reason"],
+                revocation_check=revoked["revocation_check"],
+                revocation_checked_at=revoked["revocation_checked_at"],
             )
     elif kind in (CertificateDeployed.TYPE, DeploymentFailed.TYPE):
         target = state.deployment(event, f["target_kind"], f["target_name"])
@@ -386,6 +416,8 @@ def _apply(state: _State, event: InventoryEvent) -> None:
                 updated_at=event.time,
             )
         state.certificate(event, create=False)
+    elif kind in (RevocationConfirmed.TYPE, RevocationUnconfirmed.TYPE):
+        _revocation_checked(state, event, f)
     elif kind == RequestRejected.TYPE and f["error"] in _NOT_ABOUT_THE_CERTIFICATE:
         return  # a refused caller's rejection says nothing about the certificate it named (gateways before 2026-12)
     elif kind in (RequestRejected.TYPE, RevocationFailed.TYPE):

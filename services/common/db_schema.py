@@ -321,6 +321,9 @@ class CertificateInventory(Base):
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_event_id: Mapped[str] = mapped_column(String(128))
+    #: the current serial's revocation on the CA's CRL: confirmed | unconfirmed (None: not checked or not revoked)
+    revocation_check: Mapped[str | None] = mapped_column(String(16))
+    revocation_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_event_type: Mapped[str] = mapped_column(String(200))
     last_event_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -344,6 +347,10 @@ class CertificateSerial(Base):
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    #: confirmed | unconfirmed: what the issuer found on the CA's CRL (RevocationConfirmed / RevocationUnconfirmed)
+    revocation_check: Mapped[str | None] = mapped_column(String(16))
+    revocation_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revocation_crl_number: Mapped[str | None] = mapped_column(String(64))
 
 
 class CertificateDeployment(Base):
@@ -440,6 +447,40 @@ class IssuerOperation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IssuerRevocationCheck(Base):
+    """A revocation emCA accepted, to be confirmed on the CA's CRL (services/issuer/revocation/; docs/issuer.md
+    "Revocation confirmed"). Written with the revocation's outcome (one transaction), polled by the instance that
+    holds ``topic``/``partition`` until ``state`` is confirmed or unconfirmed; ``outcome`` holds the exact records
+    to publish (as issuer_operations' does), ``published_at`` is set once they are acknowledged."""
+
+    __tablename__ = "issuer_revocation_checks"
+    __table_args__ = (Index("ix_issuer_revocation_checks_due", "state", "next_check_at"),)
+
+    check_id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the CertificateRevoked event's id
+    certificate_id: Mapped[str] = mapped_column(String(200))
+    serial: Mapped[str] = mapped_column(String(64))
+    connector: Mapped[str] = mapped_column(String(63))
+    reason: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str] = mapped_column(String(128))
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    topic: Mapped[str] = mapped_column(String(249))
+    partition: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # pending | confirmed | unconfirmed
+    distribution_point: Mapped[str | None] = mapped_column(String(2048))
+    checks: Mapped[int] = mapped_column(Integer)
+    last_cause: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)  # JSON ErrorInfo of the last failure
+    crl_number: Mapped[str | None] = mapped_column(String(64))
+    crl_this_update: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    listed_reason: Mapped[str | None] = mapped_column(String(32))
+    next_check_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 # -- the gateway (services/gateway/store.py; docs/gateway.md) ------------------------------------------
@@ -625,7 +666,8 @@ class GatewayAdminOutbox(Base):
 class DeployerAdminOutbox(Base):
     """The deployer's admin events (targets and bindings), written in the transaction of the change
     (services/deployer/config/; decisions 0019, migration 0014); the deployer's relay publishes unsent
-    rows in ``seq`` order with the stored bytes. Never a secret value: secret names only."""
+    rows in ``seq`` order with the stored bytes. Never a secret value: secret names only. It also carries the
+    deployer's BotKeyDestroyed events, written with the key's destruction (migration 0016, decision 0026)."""
 
     __tablename__ = "deployer_admin_outbox"
     __table_args__ = (
@@ -699,12 +741,19 @@ class DeployerBotKeyRow(Base):
     """A private key the deployer generated for a bot-held certificate, encrypted under the
     deployer's key, matched to its certificate by the public-key hash. ``cause_id`` is the
     message that made it (ProvisionCertificate, RenewalDue, CertificateRevoked), so a
-    redelivery reuses the key and re-publishes the same request (``request_event``)."""
+    redelivery reuses the key and re-publishes the same request (``request_event``).
+
+    Key retention (migration 0016, decision 0026): ``superseded_at`` is when the key stopped being
+    needed (a newer key's certificate deployed, or its serial revoked) and ``retire_reason`` why; the
+    retention sweep destroys it after the grace period (at once for key_compromise): ``private_key``
+    becomes NULL and ``destroyed_at`` is set. The row stays as a tombstone (the hash, the CSR and the
+    certificate: what a renewal of that serial and the trust checks still need)."""
 
     __tablename__ = "deployer_bot_keys"
     __table_args__ = (
         UniqueConstraint("certificate_id", "public_key_sha256"),
         Index("ix_deployer_bot_keys_serial", "certificate_id", "serial"),
+        Index("ix_deployer_bot_keys_retention", "destroyed_at", "superseded_at"),
     )
 
     cause_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -712,7 +761,7 @@ class DeployerBotKeyRow(Base):
     profile: Mapped[str] = mapped_column(String(128))
     public_key_sha256: Mapped[str] = mapped_column(String(64))
     key_algorithm: Mapped[str] = mapped_column(String(16))
-    private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    private_key: Mapped[bytes | None] = mapped_column(LargeBinary)  # None: destroyed
     private_key_key_id: Mapped[str] = mapped_column(String(16))
     csr_pem: Mapped[str] = mapped_column(Text)
     request_id: Mapped[str] = mapped_column(String(128))
@@ -723,6 +772,9 @@ class DeployerBotKeyRow(Base):
     certificate_pem: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    retire_reason: Mapped[str | None] = mapped_column(String(16))  # superseded | key_compromise
+    destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 # -- the deployer's projections (services/deployer/projection.py; docs/decisions/0011-deployer-trusts-nothing.md) --

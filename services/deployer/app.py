@@ -9,6 +9,9 @@
 - RequestAccepted, connector and profile admin events -> its own projection of what it may
   trust (handlers/projection.py; docs/decisions/0011-deployer-trusts-nothing.md).
 
+Bot-held keys no longer needed are destroyed by a retention sweep on a timer (retirement.py; at once for
+a keyCompromise revocation), each with a BotKeyDestroyed through the outbox below (decision 0026).
+
 Its deployment targets and bindings change through one path (config/) that records an admin event in
 ``deployer_admin_outbox``; a relay publishes those to its events topic (config/outbox.py). ``/internal/v1``
 on its HTTP port serves and changes them (internal_api.py, decision 0020).
@@ -50,6 +53,7 @@ from services.deployer.handlers.projection import on_connector_event, on_profile
 from services.deployer.internal_api import create_internal_app
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.metrics import DeployerMetrics
+from services.deployer.retirement import sweep_keys_forever
 from services.deployer.runner import RetryPolicy
 from services.deployer.settings import DeployerSettings
 
@@ -83,7 +87,7 @@ def create_app(settings: DeployerSettings, internal: InternalApiSettings | None 
         engine=runtime.engine, box=deployer_box(settings), topics=topics, metrics=DeployerMetrics(runtime.registry),
         requester=settings.requester, request_key_id=settings.request_key_id, request_key=request_signing_key(settings),
         retry=RetryPolicy(settings.attempts, settings.backoff_initial_s, settings.backoff_max_s),
-        park_s=settings.park_seconds,
+        park_s=settings.park_seconds, key_retention_s=settings.key_retention_s,
     )
     runtime.dispatcher.handlers = handlers(ctx)
     if ctx.park_s > 0:
@@ -97,6 +101,12 @@ def create_app(settings: DeployerSettings, internal: InternalApiSettings | None 
     # by their ce_type header, unparsed (docs/decisions/0010-batched-consumption-and-ce-type-header.md)
     runtime.dispatcher.skip_by_type_header = True
     relay = _start_outbox_relay(app, runtime)
+    ctx.wake_outbox = relay.wake  # a destroyed key's BotKeyDestroyed is in the outbox: publish it now
+
+    async def start_key_sweep() -> None:
+        runtime.tasks.append(asyncio.create_task(sweep_keys_forever(ctx, settings.key_sweep_interval_s),
+                                                 name="deployer-key-retention"))
+    app.after_startup(start_key_sweep)
     token = configured_token(internal) if internal is not None else None  # decision 0020
     return InternalMount(app, create_internal_app(runtime.engine, ctx.box, token, utc_now, changed=relay.wake)), runtime
 

@@ -72,6 +72,11 @@ class DeployerContext:
     #: instance is released by that instance's or this one's sweep (parking.py)
     maybe_parked: bool = True
     park_attempts: int = 0  # counts parkings begun, so that the sweep never resets the flag over a new one
+    #: how long a superseded bot-held key is kept before it is destroyed (retention.py); the service sets it
+    #: from CERTRAIL_DEPLOYER_KEY_RETENTION_S
+    key_retention_s: float = 7 * 86400.0
+    #: called after a write queued an event in the deployer's outbox (BotKeyDestroyed): wakes its relay
+    wake_outbox: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = _now
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     build_target: Callable[..., DeploymentTarget] = build_target

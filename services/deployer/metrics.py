@@ -46,3 +46,17 @@ class DeployerMetrics:
             "certrail_deployer_parked_certificates", "Certificates parked right now (refused for good at their deadline).",
             registry=registry,
         )
+        self.keys_destroyed = Counter(
+            "certrail_deployer_keys_destroyed_total",
+            "Bot-held private keys destroyed, by reason (superseded after the grace period, key_compromise at once).",
+            ["reason"], registry=registry,
+        )
+        self.keys_held = Gauge(
+            "certrail_deployer_keys_held", "Bot-held private keys stored (encrypted) right now, as of the last retention "
+            "sweep: every instance reports the same table, so aggregate with max, not sum.", registry=registry,
+        )
+        self.key_copies = Counter(
+            "certrail_deployer_retired_key_copies_total",
+            "Copies of destroyed keys on targets, by target kind and outcome (removed, in_use, not_removable, failed).",
+            ["kind", "outcome"], registry=registry,
+        )

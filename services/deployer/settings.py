@@ -37,3 +37,9 @@ class DeployerSettings(ServiceSettings):
         "How long a certificate refused for a reason a gateway event not yet seen could cure (no accepted request, "
         "no pin for its connector, not the accepted CSR's key) waits for that event before it is refused for good; "
         "0 refuses at once (docs/deployer.md, 'Parked certificates')."))
+    key_retention_s: float = Field(default=7 * 86400.0, ge=0, le=10 * 365 * 86400, description=(
+        "How long a superseded bot-held key (its certificate renewed and the new one deployed, or its serial revoked) "
+        "is kept before it is destroyed; a keyCompromise revocation destroys the key at once (docs/deployer.md, "
+        "'Key retention')."))
+    key_sweep_interval_s: float = Field(default=60.0, gt=0, le=86400,
+                                        description="How often the retention sweep looks for keys to destroy.")

@@ -247,12 +247,17 @@ class BotKey:
     status: str
     serial: str | None
     certificate_pem: str | None
-    encrypted_key: bytes = field(repr=False)
+    encrypted_key: bytes | None = field(repr=False)  # None: destroyed (retention.py), the row is a tombstone
+    created_at: datetime | None = None
+    superseded_at: datetime | None = None
+    retire_reason: str | None = None
+    destroyed_at: datetime | None = None
 
 
 def _bot_key(row: DeployerBotKeyRow) -> BotKey:
     return BotKey(row.cause_id, row.certificate_id, row.profile, row.public_key_sha256, row.key_algorithm, row.csr_pem,
-                  row.request_id, row.request_event, row.status, row.serial, row.certificate_pem, row.private_key)
+                  row.request_id, row.request_event, row.status, row.serial, row.certificate_pem, row.private_key,
+                  row.created_at, row.superseded_at, row.retire_reason, row.destroyed_at)
 
 
 def bot_key_by_cause(session: Session, cause_id: str) -> BotKey | None:

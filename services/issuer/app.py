@@ -3,8 +3,9 @@ with its own aiokafka loop (consumer_loop.py), talks to emCA through the connect
 connectors (connectors.py), records intents and outcomes (state.py) and publishes
 IssuancePending, CertificateIssued, IssuanceFailed, CertificateRevoked, RevocationFailed and
 ConnectorStatusChanged to its own ``certrail.events.issuer`` through an idempotent aiokafka producer of its own
-(acks=all; `EventProducer`). FastStream serves ``/health`` and ``/metrics``. docs/issuer.md
-explains it all.
+(acks=all; `EventProducer`). After each revocation a background task confirms it on the CA's CRL
+(services/issuer/revocation/: RevocationConfirmed or RevocationUnconfirmed). FastStream serves ``/health``
+and ``/metrics``. docs/issuer.md explains it all.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from services.issuer.connectors import ConnectorPool, RuntimeSettings
 from services.issuer.consumer_loop import IssuerConsumer, LoopSettings
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.processor import SOURCE, ApprovalSettings, CrashPoints, Processor
+from services.issuer.revocation.confirmer import ConfirmSettings, RevocationConfirmer
+from services.issuer.revocation.metrics import RevocationMetrics
+from services.issuer.revocation.source import PoolCrlSource
 from services.issuer.settings import IssuerSettings
 from services.issuer.state import StoredRecord
 
@@ -116,6 +120,7 @@ class IssuerRuntime:
     started_at: datetime = field(default_factory=utc_now)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     consumer_task: asyncio.Task[None] | None = None
+    confirmer: RevocationConfirmer | None = None
 
     def consumer_alive(self) -> bool:
         return self.consumer_task is not None and not self.consumer_task.done()
@@ -129,6 +134,8 @@ class IssuerRuntime:
         self.tasks.append(asyncio.create_task(heartbeat_forever(
             self.engine, self.name, self.instance_id, self.started_at, self.settings.heartbeat_interval_s), name="issuer-heartbeat"))
         self.tasks.append(asyncio.create_task(self.pool.refresh_forever(), name="issuer-connectors"))
+        if self.confirmer is not None:  # revocations confirmed on the CRL: beside the command loop, never in it
+            self.tasks.append(asyncio.create_task(self.confirmer.run_forever(), name="issuer-revocation-checks"))
 
     async def stop(self) -> None:
         """Let commands at emCA finish, commit what is finished, leave the group."""
@@ -180,12 +187,22 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
                         rate_per_s=settings.drain_rate_per_s),
         on_status,
     )
+    confirmer = RevocationConfirmer(
+        engine=engine, source=PoolCrlSource(pool), publish=publish_raw, topics=topics, metrics=RevocationMetrics(registry),
+        clock=utc_now, event_source=SOURCE,
+        settings=ConfirmSettings(timeout_s=settings.revocation_confirm_timeout_s,
+                                 poll_initial_s=settings.revocation_confirm_poll_initial_s,
+                                 poll_max_s=settings.revocation_confirm_poll_max_s),
+        # the checks of revocations commanded on this instance's partitions (as pending approvals are)
+        partitions=lambda: {(tp.topic, tp.partition) for tp in consumer.assigned},
+    )
     processor = Processor(
         engine=engine, pool=pool, publish=publish_raw, topics=topics, metrics=metrics, clock=utc_now, crash=crash,
         batcher=SubmitBatcher(max_csrs=settings.batch_max_csrs, max_calls=settings.batch_calls,
                               on_call=metrics.emca_batch_csrs.observe),
         approvals=ApprovalSettings(poll_initial_s=settings.approval_poll_initial_s, poll_max_s=settings.approval_poll_max_s,
                                    timeout=timedelta(seconds=settings.approval_timeout_s)),
+        confirmer=confirmer,
     )
     consumer = IssuerConsumer(
         kafka=settings.kafka,
@@ -199,7 +216,7 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         engine=engine, progress=ProgressTracker(registry, SERVICE, stall_after=settings.stall_after_failures),
     )
     runtime = IssuerRuntime(SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, pool, consumer,
-                            producer)
+                            producer, confirmer=confirmer)
 
     @get(include_in_schema=False)
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001

@@ -72,6 +72,8 @@ from services.issuer import state
 from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownConnector
 from services.issuer.metrics import IssuerMetrics
+from services.issuer.revocation import store as revocation_store
+from services.issuer.revocation.confirmer import RevocationConfirmer
 from services.issuer.state import NewOperation, Operation, OpState, StoredRecord
 from services.issuer.verify import CertificateMismatch, verify_issued
 
@@ -137,6 +139,7 @@ class Processor:
         crash: CrashPoints | None = None,
         approvals: ApprovalSettings | None = None,
         batcher: SubmitBatcher | None = None,
+        confirmer: RevocationConfirmer | None = None,
     ) -> None:
         self._engine = engine
         self._pool = pool
@@ -149,6 +152,7 @@ class Processor:
         self._writer = StateWriter(engine)
         self._verifier = ThreadCalls(name="issuer-verify")  # the certificates of one answer: one thread hop
         self._batcher = batcher or SubmitBatcher(on_call=metrics.emca_batch_csrs.observe)
+        self._confirmer = confirmer  # revocations emCA accepted are handed over to it (checked on the CRL)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -448,9 +452,13 @@ class Processor:
         if revocation.already_revoked:
             log.info("serial %s was already revoked at emCA (connector %s)", data.serial, runtime.name)
         records = [self._event(envelope, revoked, data.certificate_id, now)]
-        await self._step(state.record_outcome_in, new.op_key, OpState.REVOKED, records, now, serial=data.serial)
+        # the hand-over: the check to confirm it on the CA's CRL is stored with the outcome (one transaction)
+        check = None if self._confirmer is None else self._confirmer.check_for(envelope, data, new.topic, new.partition, now)
+        await self._step(revocation_store.record_revoked_in, new.op_key, records, now, serial=data.serial, check=check)
         self._crash.reached("after_db_commit")
         await self._emit(records)
+        if self._confirmer is not None:
+            self._confirmer.wake()
         return "revoked"
 
     # -- pending approvals -------------------------------------------------------------------------------

@@ -45,6 +45,14 @@ class IssuerSettings(ServiceSettings):
     approval_timeout_s: float = Field(default=7 * 86400.0, gt=0, description="A pending approval older than this fails.")
     pending_poll_interval_s: float = Field(default=2.0, gt=0)
 
+    revocation_confirm_timeout_s: float = Field(
+        default=86400.0, gt=0, description="How long after emCA accepts a revocation its CRL may take to list the serial with "
+        "the requested reason before RevocationUnconfirmed (and the alert): at least the CA's CRL publication interval.")
+    revocation_confirm_poll_initial_s: float = Field(
+        default=5.0, gt=0, description="First read of the CRL after a revocation; each further read of a check waits twice "
+                                       "as long, up to revocation_confirm_poll_max_s.")
+    revocation_confirm_poll_max_s: float = Field(default=300.0, gt=0, description="Cap of the CRL polling backoff.")
+
     test_crash_point: str | None = Field(
         default=None,
         description="TEST ONLY: after_emca_response|after_db_commit|after_publish[:n] exits the process abruptly there.",

@@ -100,6 +100,9 @@ def _decode_outcome(text: str | None) -> tuple[StoredRecord, ...]:
     return tuple(StoredRecord(item["topic"], item["key"], item["value"].encode("utf-8")) for item in json.loads(text))
 
 
+#: the stored form of records to publish, shared with the revocation checks (services/issuer/revocation/store.py)
+encode_outcome, decode_outcome = _encode_outcome, _decode_outcome
+
 _TABLE = IssuerOperation.__table__
 _KEY = _TABLE.c.op_key
 

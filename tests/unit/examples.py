@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.common.contracts import admin, audit, commands, deadletter, events, requests
+from services.common.contracts import admin, audit, commands, deadletter, events, requests, revocation
 from services.common.contracts.envelope import Message
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import ErrorInfo, KeyAlgorithm, KeyGeneration, RequestAuth, RequestKind, RevocationReason
 from services.common.contracts.identity import issuance_id
+from services.common.contracts.keys import BotKeyDestroyed, KeyCopy, KeyCopyOutcome, KeyRetirementReason
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CERT_ID = "web-frontend.example.com"
@@ -115,10 +116,26 @@ def examples() -> dict[type[Message], Message]:
             reason=RevocationReason.KEY_COMPROMISE, revoked_at=NOW, replace=True,
         ),
         events.RevocationFailed(certificate_id=CERT_ID, serial=SERIAL, request_id="req-3", connector="emca-prod", error=err),
+        revocation.RevocationConfirmed(
+            certificate_id=CERT_ID, serial=SERIAL, request_id="req-3", connector="emca-prod",
+            reason=RevocationReason.KEY_COMPROMISE, distribution_point="http://pki.example.test/crl/issuing-ca-1.crl",
+            crl_number="42", crl_this_update=NOW, revoked_at_ca=NOW, confirmed_at=NOW,
+        ),
+        revocation.RevocationUnconfirmed(
+            certificate_id=CERT_ID, serial=SERIAL, request_id="req-3", connector="emca-prod",
+            reason=RevocationReason.KEY_COMPROMISE, cause=revocation.UnconfirmedCause.NOT_LISTED,
+            distribution_point="http://pki.example.test/crl/issuing-ca-1.crl", crl_number="41", crl_this_update=NOW,
+            checks=12, deadline=NOW, given_up_at=NOW,
+        ),
         events.CertificateDeployed(certificate_id=CERT_ID, serial=SERIAL, target=target, verified_serial=SERIAL, deployed_at=NOW),
         events.DeploymentFailed(
             certificate_id=CERT_ID, serial=SERIAL, target=target, rolled_back=True,
             error=ErrorInfo(code=ErrorCode.VERIFY_FAILED, message="nginx still serves serial 01"),
+        ),
+        BotKeyDestroyed(
+            certificate_id=CERT_ID, serial=SERIAL, profile="web", public_key_sha256=hashlib.sha256(b"spki").hexdigest(),
+            reason=KeyRetirementReason.SUPERSEDED, superseded_at=NOW, destroyed_at=NOW + timedelta(days=7),
+            copies=[KeyCopy(target=target, outcome=KeyCopyOutcome.REMOVED)],
         ),
         events.RenewalDue(
             certificate_id=CERT_ID, serial=SERIAL, profile="web", connector="emca-prod",

@@ -248,7 +248,7 @@ def test_a_lifecycle_folds_to_the_same_rows_in_every_arrival_order(engine: Engin
         "issuance_id": ISSUANCE_2, "public_key_sha256": EX[CertificateIssued].public_key_sha256,  # type: ignore[attr-defined]
         "revoked_at": at(120), "revocation_reason": "keyCompromise", "last_error_code": None,
         "last_event_id": "v-1", "last_event_type": CertificateRevoked.TYPE, "last_event_at": at(120),
-        "created_at": at(0), "updated_at": at(61),
+        "created_at": at(0), "updated_at": at(61), "revocation_check": None, "revocation_checked_at": None,
     }]
     assert [(s["serial"], s["status"], s["issued_at"], s["request_id"]) for s in expected["certificate_serials"]] == [
         (SERIAL, "superseded", at(2), "req-1"), (RENEWED, "revoked", at(61), "req-2"),
@@ -275,7 +275,7 @@ def base_row(**update: Any) -> dict[str, Any]:
         "public_key_sha256": EX[CertificateIssued].public_key_sha256,  # type: ignore[attr-defined]
         "revoked_at": None, "revocation_reason": None, "last_error_code": None,
         "last_event_id": "i-1", "last_event_type": CertificateIssued.TYPE, "last_event_at": at(2),
-        "created_at": at(0), "updated_at": at(2),
+        "created_at": at(0), "updated_at": at(2), "revocation_check": None, "revocation_checked_at": None,
     }
     row.update(update)
     return row
@@ -325,7 +325,7 @@ def test_an_issuance_failure_arriving_after_a_later_retry_keeps_the_certificate_
         "not_after": None, "connector": "emca-prod", "profile": "web", "requester": "ci-pipeline", "request_id": "req-2",
         "issuance_id": ISSUANCE_2, "public_key_sha256": None, "revoked_at": None, "revocation_reason": None,
         "last_error_code": None, "last_event_id": "a-2", "last_event_type": RequestAccepted.TYPE, "last_event_at": at(10),
-        "created_at": at(0), "updated_at": at(10),
+        "created_at": at(0), "updated_at": at(10), "revocation_check": None, "revocation_checked_at": None,
     }
     assert certificate_row(sqlite_engine) == expected
     # in event order the retry's acceptance ends the failure the same way
@@ -381,5 +381,6 @@ def test_the_current_requests_failure_arriving_after_a_newer_rejection_still_fai
         "public_key_sha256": None, "revoked_at": None, "revocation_reason": None,
         "last_error_code": ErrorCode.KEY_POLICY_VIOLATION.value, "last_event_id": "r-9",
         "last_event_type": RequestRejected.TYPE, "last_event_at": at(10), "created_at": at(0), "updated_at": at(10),
+        "revocation_check": None, "revocation_checked_at": None,
     }
     assert certificate_row(sqlite_engine, "c") == certificate_row(sqlite_engine, "e") == expected

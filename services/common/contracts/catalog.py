@@ -8,12 +8,16 @@ from services.common.contracts.commands import COMMAND_TYPES
 from services.common.contracts.deadletter import DeadLetter
 from services.common.contracts.envelope import Catalog, Message
 from services.common.contracts.events import EVENT_TYPES
+from services.common.contracts.keys import KEY_EVENT_TYPES
 from services.common.contracts.requests import REQUEST_TYPES
+from services.common.contracts.revocation import REVOCATION_EVENT_TYPES
 
 ALL_TYPES: list[type[Message]] = [
     *REQUEST_TYPES,
     *COMMAND_TYPES,
     *EVENT_TYPES,
+    *KEY_EVENT_TYPES,
+    *REVOCATION_EVENT_TYPES,
     *ADMIN_TYPES,
     DeadLetter,
     AuditCheckpoint,

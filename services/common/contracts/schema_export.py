@@ -27,7 +27,7 @@ _CHANNEL_DOCS: dict[str, tuple[str, str]] = {
                        "admin actions. Only the gateway writes it (decision 0016)."),
     "events.issuer": ("certrail.events.issuer", "What the issuer did: issuance, revocation, connector status. Only the issuer "
                       "writes it (decision 0016)."),
-    "events.deployer": ("certrail.events.deployer", "What the deployer did: deployments and their failures. Only the deployer "
+    "events.deployer": ("certrail.events.deployer", "What the deployer did: deployments and their failures, destroyed bot-held keys. Only the deployer "
                         "writes it (decision 0016)."),
     "deadletter": ("certrail.deadletter", "Records a consumer could not decode or validate, with the reason and the original bytes."),
     "audit.checkpoints": ("certrail.audit.checkpoints", "The auditor's signed hash-chain heads, kept outside the database."),

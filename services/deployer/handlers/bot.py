@@ -7,7 +7,10 @@ request (same id, same CSR) instead of making another key.
 
 A ProvisionCertificate for a profile the deployer knows to be requester-held (its projection of
 the profile admin events) is dead-lettered with REQUESTER_NOT_AUTHORISED: no key, no request
-(docs/decisions/0011-deployer-trusts-nothing.md)."""
+(docs/decisions/0011-deployer-trusts-nothing.md).
+
+A CertificateRevoked first supersedes the revoked serial's key; for keyCompromise it is destroyed at once
+(retirement.py, decision 0026)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from services.common.contracts.signing import signed
 from services.deployer import projection, store
 from services.deployer.botkeys import generate_key, make_csr, names_of, private_pem
 from services.deployer.context import DeployerContext
+from services.deployer.retirement import on_serial_revoked
 from services.deployer.targets.base import public_key_sha256
 
 log = logging.getLogger(__name__)
@@ -130,6 +134,7 @@ async def on_renewal_due(ctx: DeployerContext, envelope: Envelope) -> list[Outbo
 async def on_revoked(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
     revoked = envelope.data
     assert isinstance(revoked, CertificateRevoked)
+    await on_serial_revoked(ctx, envelope)  # its key superseded; destroyed at once for keyCompromise (retirement.py)
     if not revoked.replace:
         return []
     out = await _replace(ctx, envelope, revoked.certificate_id, revoked.serial, None)

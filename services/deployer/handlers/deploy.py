@@ -29,7 +29,7 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import CertificateDeployed, CertificateIssued, DeploymentFailed, TargetRef
 from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
-from services.deployer import parking, projection, store
+from services.deployer import parking, projection, retention_store, store
 from services.deployer.context import DeployerContext
 from services.deployer.runner import deploy_with_rollback
 from services.deployer.targets.base import Bundle, TargetError
@@ -46,6 +46,7 @@ class _Plan:
     key_missing: bool
     done: dict[str, str]  # target name -> stored outcome (already deployed or failed)
     previous: dict[str, Bundle]
+    key_cause: str | None = None  # the bot-held key's cause id: its deployment supersedes the older keys
 
 
 def _event(ctx: DeployerContext, envelope: Envelope, data: CertificateDeployed | DeploymentFailed, target: str,
@@ -108,10 +109,12 @@ def _read(session: Session, ctx: DeployerContext, envelope: Envelope) -> _Read:
         if last:
             prior = last[-1]
             prior_key = store.bot_key_by_serial(session, cid, prior.serial) if bot_hashes else None
+            prior_pem = prior_key.encrypted_key if prior_key is not None else None  # None: destroyed (retirement.py)
             previous[spec.name] = Bundle(cid, prior.serial, prior.certificate_pem, prior.chain_pem,
-                                         ctx.box.decrypt(prior_key.encrypted_key) if prior_key else None)
-    key_pem = ctx.box.decrypt(key.encrypted_key) if key is not None else None
-    plan = _Plan(specs, key_pem, bool(bot_hashes) and key is None, done, previous)
+                                         ctx.box.decrypt(prior_pem) if prior_pem is not None else None)
+    key_pem = ctx.box.decrypt(key.encrypted_key) if key is not None and key.encrypted_key is not None else None
+    plan = _Plan(specs, key_pem, bool(bot_hashes) and key_pem is None, done, previous,
+                 key.cause_id if key is not None else None)
     return _Read(specs, replay, None, parked, plan, key.cause_id if key is not None else None)
 
 
@@ -230,6 +233,8 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
                      error_code=None if result_error is None else result_error.code.value,
                      error_message=None if result_error is None else result_error.message,
                      outcome=outbound.value().decode(), now=now)
+        if status == "deployed" and plan.key_cause is not None:  # the older keys are superseded (retention.py)
+            retention_store.supersede_older(session, issued.certificate_id, plan.key_cause, now)
     await ctx.write_in(finish)
     return outbound
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -91,3 +91,12 @@ class DeploymentTarget(Protocol):
     async def verify(self, bundle: Bundle) -> str: ...
 
     async def rollback(self, bundle: Bundle) -> bool: ...
+
+
+@runtime_checkable
+class KeyRetiring(Protocol):
+    """A target kind that keeps per-serial versions and can remove a retired key's copies (file, nginx, ssh:
+    targets/versioned.py). ``retire_key`` removes the versions of ``serial`` with that key except the one the
+    service serves now; True when no copy is left, False when the serial is current there (left as is)."""
+
+    async def retire_key(self, certificate_id: str, serial: str, public_key_sha256: str) -> bool: ...

@@ -41,6 +41,15 @@ async def check_installed(directory: VersionedDirectory, bundle: Bundle) -> str:
     return serial
 
 
+async def retire_in(directory: VersionedDirectory, serial: str, public_key_sha256: str) -> bool:
+    """`VersionedDirectory.retire` with its OSError as a TargetError (KeyRetiring)."""
+    try:
+        return await directory.retire(serial, public_key_sha256)
+    except OSError as exc:
+        raise TargetError(ErrorCode.INSTALL_FAILED, f"removing retired versions under {directory.root} failed: "
+                                                    f"{exc.strerror or exc}") from None
+
+
 class FileTarget:
     kind = "file"
 
@@ -71,3 +80,7 @@ class FileTarget:
             return False
         await self._reload(ErrorCode.ROLLBACK_FAILED)
         return True
+
+    async def retire_key(self, certificate_id: str, serial: str, public_key_sha256: str) -> bool:
+        directory = VersionedDirectory(self.fs, self.config.directory_for(certificate_id), **self.config.modes())
+        return await retire_in(directory, serial, public_key_sha256)

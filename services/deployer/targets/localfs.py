@@ -110,3 +110,13 @@ class LocalFileSystem:
     async def remove_tree(self, path: str) -> None:
         await asyncio.to_thread(shutil.rmtree, path)
 
+    def _remove_link(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        _fsync_dir(os.path.dirname(path) or ".")
+
+    async def remove_link(self, path: str) -> None:
+        await asyncio.to_thread(self._remove_link, path)
+

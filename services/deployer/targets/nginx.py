@@ -13,7 +13,7 @@ from services.common.contracts.errors import ErrorCode
 from services.deployer.targets.base import Bundle, TargetError, certificate_serial
 from services.deployer.targets.commands import run_command
 from services.deployer.targets.config import NginxTargetConfig
-from services.deployer.targets.files import check_installed
+from services.deployer.targets.files import check_installed, retire_in
 from services.deployer.targets.localfs import LocalFileSystem
 from services.deployer.targets.probe import probe_for_serial
 from services.deployer.targets.versioned import CERT_FILE, CHAIN_FILE, FileSystem, VersionedDirectory
@@ -69,3 +69,8 @@ class NginxTarget:
         await self._test_and_reload(ErrorCode.ROLLBACK_FAILED)
         await self._probe(certificate, chain, certificate_serial(certificate), ErrorCode.ROLLBACK_FAILED)
         return True
+
+    async def retire_key(self, certificate_id: str, serial: str, public_key_sha256: str) -> bool:
+        """nginx reads only current/: removing other versions needs no reload."""
+        directory = VersionedDirectory(self.fs, self.config.directory_for(certificate_id), **self.config.modes())
+        return await retire_in(directory, serial, public_key_sha256)

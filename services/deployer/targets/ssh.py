@@ -34,7 +34,7 @@ import asyncssh
 from services.common.contracts.errors import ErrorCode
 from services.deployer.targets.base import Bundle, TargetError, certificate_serial
 from services.deployer.targets.config import SshTargetConfig
-from services.deployer.targets.files import check_installed
+from services.deployer.targets.files import check_installed, retire_in
 from services.deployer.targets.probe import probe_for_serial
 from services.deployer.targets.sshfs import SftpFileSystem, quoted, unreachable
 from services.deployer.targets.versioned import CERT_FILE, CHAIN_FILE, VersionedDirectory
@@ -203,6 +203,10 @@ class SshTarget:
                                                              f"{served}, not the previous {expected}")
             await self._probe(certificate, chain, expected, ErrorCode.ROLLBACK_FAILED)
         return True
+
+    async def retire_key(self, certificate_id: str, serial: str, public_key_sha256: str) -> bool:
+        async with self._session(Bundle(certificate_id, serial, ""), ErrorCode.INSTALL_FAILED) as session:
+            return await retire_in(session.directory, serial, public_key_sha256)
 
     async def _read(self, operation: Any) -> Any:
         try:

@@ -129,6 +129,12 @@ class SftpFileSystem:
     async def remove_tree(self, path: str) -> None:
         await self._call(path, self._sftp.rmtree(path))
 
+    async def remove_link(self, path: str) -> None:
+        try:
+            await self._call(path, self._sftp.remove(path))
+        except FileNotFoundError:
+            return
+
     async def file_mode(self, path: str) -> int:
         attrs = await self._call(path, self._sftp.stat(path))
         return stat.S_IMODE(attrs.permissions or 0)

@@ -25,8 +25,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
+from cryptography import x509
+
 from services.common.contracts.errors import ErrorCode
-from services.deployer.targets.base import Bundle, TargetError
+from services.deployer.targets.base import Bundle, TargetError, public_key_sha256
 
 CERT_FILE = "cert.pem"
 CHAIN_FILE = "chain.pem"
@@ -64,6 +66,10 @@ class FileSystem(Protocol):
     async def listdir(self, path: str) -> list[str]: ...
 
     async def remove_tree(self, path: str) -> None: ...
+
+    async def remove_link(self, path: str) -> None:
+        """Remove the symlink ``path`` (not what it points at); absent: nothing to do."""
+        ...
 
     async def file_mode(self, path: str) -> int: ...
 
@@ -134,6 +140,45 @@ class VersionedDirectory:
         for entry in await self.fs.listdir(self.path(VERSIONS)):
             relative = posixpath.join(VERSIONS, entry)
             if relative not in keep:
-                await self.fs.remove_tree(self.path(relative))
+                await self._remove_version(relative)
                 removed.append(relative)
         return removed
+
+    async def _remove_version(self, relative: str) -> None:
+        """Remove a version directory; one already gone is not an error (another deployer instance's key
+        retirement, or its prune, may have removed it first)."""
+        try:
+            await self.fs.remove_tree(self.path(relative))
+        except FileNotFoundError:
+            pass
+
+    async def retire(self, serial: str, key_sha256: str) -> bool:
+        """Remove every version of ``serial`` whose certificate has the key ``key_sha256``, except the
+        current one (what the service serves is never touched); ``previous`` goes with the version it points
+        at (a superseded serial is not rolled back to). True when no copy is left; False when ``current``
+        is such a version (it stays). Raises OSError."""
+        current = await self.current_version()
+        in_use = False
+        for entry in await self.fs.listdir(self.path(VERSIONS)):
+            relative = posixpath.join(VERSIONS, entry)
+            if not entry.startswith(f"{serial}-") or not await self._has_key(relative, key_sha256):
+                continue
+            if relative == current:
+                in_use = True
+                continue
+            if await self.previous_version() == relative:
+                await self.fs.remove_link(self.path(PREVIOUS))
+            await self._remove_version(relative)
+        return not in_use
+
+    async def _has_key(self, version: str, key_sha256: str) -> bool:
+        """Whether the certificate of ``version`` is of that key (a shared directory may hold another
+        certificate's version with the same serial from another CA)."""
+        try:
+            pem = await self.fs.read_file(self.path(version, CERT_FILE))
+        except FileNotFoundError:
+            return True  # an install that failed before its certificate was written: the key file may be there
+        try:
+            return public_key_sha256(x509.load_pem_x509_certificate(pem)) == key_sha256
+        except ValueError:
+            return False
