@@ -55,7 +55,7 @@ from services.common.contracts.events import (
     TargetRef,
 )
 from services.common.contracts.fields import ErrorInfo, RequestKind
-from services.common.contracts.revocation import RevocationConfirmed, RevocationUnconfirmed
+from services.common.contracts.revocation import RevocationConfirmed, RevocationUnconfirmed, RevokedOutOfBand
 from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial, UTCDateTime
 from services.common.inventory_read import CertificateStatus
 
@@ -110,6 +110,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     CertificateExpiring.TYPE: (),
     RevocationConfirmed.TYPE: ("serial", "reason", "confirmed_at", "crl_number"),
     RevocationUnconfirmed.TYPE: ("serial", "reason", "given_up_at"),
+    RevokedOutOfBand.TYPE: ("serial", "reason", "revoked_at_ca", "detected_at", "crl_number"),
 }
 HANDLED_TYPES = frozenset(_FIELDS)
 #: RequestRejected codes that refuse the caller, not the certificate: they never change an inventory row.
@@ -328,6 +329,23 @@ def _issued(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
 class RevocationCheck(StrEnum):
     CONFIRMED = "confirmed"
     UNCONFIRMED = "unconfirmed"
+    OUT_OF_BAND = "out_of_band"  # on the CA's CRL, and certrail never asked for it (RevokedOutOfBand)
+
+
+def _revoked_out_of_band(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
+    """A serial the issuer found on its CA's CRL that certrail did not revoke: revoked (out of band) on the serial and,
+    when it is the current one, the certificate. A revocation certrail recorded first keeps its own time and reason."""
+    serial = state.serial(event.certificate_id, f["serial"])
+    serial.update(status=SerialStatus.REVOKED.value, revoked_at=serial["revoked_at"] or f["revoked_at_ca"],
+                  revocation_reason=serial["revocation_reason"] or f["reason"])
+    if serial["revocation_check"] is None:
+        serial.update(revocation_check=RevocationCheck.OUT_OF_BAND.value, revocation_checked_at=f["detected_at"],
+                      revocation_crl_number=f.get("crl_number"))
+    row, _ = state.certificate(event, create=False)
+    if row is not None and row["serial"] == f["serial"]:
+        row.update(status=CertificateStatus.REVOKED.value, revoked_at=serial["revoked_at"],
+                   revocation_reason=serial["revocation_reason"], revocation_check=serial["revocation_check"],
+                   revocation_checked_at=serial["revocation_checked_at"])
 
 
 def _revocation_checked(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
@@ -418,6 +436,8 @@ def _apply(state: _State, event: InventoryEvent) -> None:
         state.certificate(event, create=False)
     elif kind in (RevocationConfirmed.TYPE, RevocationUnconfirmed.TYPE):
         _revocation_checked(state, event, f)
+    elif kind == RevokedOutOfBand.TYPE:
+        _revoked_out_of_band(state, event, f)
     elif kind == RequestRejected.TYPE and f["error"] in _NOT_ABOUT_THE_CERTIFICATE:
         return  # a refused caller's rejection says nothing about the certificate it named (gateways before 2026-12)
     elif kind in (RequestRejected.TYPE, RevocationFailed.TYPE):

@@ -184,3 +184,12 @@ def reject(request_id: str, reason: Annotated[str | None, typer.Option(help="Why
     """Reject a held request."""
     _show(_Admin(data_dir, admin_url, token, ca_file).call("POST", f"/admin/pending/{request_id}/reject",
                                                            {"reason": reason} if reason else {}))
+
+
+@app.command("revoke")
+def revoke_at_ca(serial: Annotated[str, typer.Argument(help="The certificate's serial (hex).")],
+                 reason: Annotated[str, typer.Option(help="RFC 5280 reason name, e.g. keyCompromise, superseded.")] = "unspecified",
+                 data_dir: DataDir = None, admin_url: AdminUrl = None, token: Token = None, ca_file: CaFile = None) -> None:
+    """Revoke a certificate directly at the CA, as an emCA administrator would: outside certrail (its CRL lists it;
+    certrail's CRL watch reports it as RevokedOutOfBand)."""
+    _show(_Admin(data_dir, admin_url, token, ca_file).call("POST", f"/admin/certificates/{serial}/revoke", {"reason": reason}))

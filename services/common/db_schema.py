@@ -483,6 +483,49 @@ class IssuerRevocationCheck(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class IssuerWatchedSerial(Base):
+    """A serial the issuer issued, watched on its CA's CRL for a revocation certrail did not ask for
+    (services/issuer/revocation/watch*.py; docs/issuer.md "Revocations made outside certrail"). Filled from the
+    issuer's own issued operations (once per serial); ``state`` becomes revoked_out_of_band once its CRL lists it,
+    with ``outcome`` the exact RevokedOutOfBand records (published once; ``published_at`` once acknowledged)."""
+
+    __tablename__ = "issuer_watched_serials"
+    __table_args__ = (Index("ix_issuer_watched_serials_live", "connector", "state", "not_after"),)
+
+    connector: Mapped[str] = mapped_column(String(63), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    certificate_id: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    op_key: Mapped[str] = mapped_column(String(200))  # the issuance's issuer_operations row
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    distribution_point: Mapped[str | None] = mapped_column(String(2048))  # None: the certificate names none
+    state: Mapped[str] = mapped_column(String(24))  # live | revoked_out_of_band
+    reason: Mapped[str | None] = mapped_column(String(32))
+    revoked_at_ca: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    crl_number: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    detected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IssuerCrlWatch(Base):
+    """Per connector: when its CRL was last read for the out-of-band watch and how it went (every issuer
+    instance reports these as metrics; the owner of the connector's partition 0 runs the watch)."""
+
+    __tablename__ = "issuer_crl_watch"
+
+    connector: Mapped[str] = mapped_column(String(63), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())  # the first attempt
+    last_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    failures: Mapped[int] = mapped_column(Integer)  # consecutive failed rounds
+    last_error: Mapped[str | None] = mapped_column(String(2000))
+    crl_number: Mapped[str | None] = mapped_column(String(64))
+    live_serials: Mapped[int] = mapped_column(Integer)
+
+
 # -- the gateway (services/gateway/store.py; docs/gateway.md) ------------------------------------------
 
 
@@ -800,6 +843,8 @@ class DeployerProfileKindRow(Base):
 
     profile: Mapped[str] = mapped_column(String(128), primary_key=True)
     key_generation: Mapped[str] = mapped_column(String(16))
+    #: the profile's on_revocation (keep | remove; migration 0018, decision 0028); None: never said (keep)
+    on_revocation: Mapped[str | None] = mapped_column(String(16))
     event_id: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

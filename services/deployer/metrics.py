@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.deployer.targets.config import TargetKind
+
+#: the outcomes of certrail_deployer_deployments_total, target_attempts_total (result) and rollbacks_total
+DEPLOYMENT_OUTCOMES = ("deployed", "failed", "replayed", "refused")
+ATTEMPT_RESULTS = ("ok", "retry", "failed")
+ROLLBACK_OUTCOMES = ("restored", "nothing", "failed")
+
 
 class DeployerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -59,4 +66,18 @@ class DeployerMetrics:
             "certrail_deployer_retired_key_copies_total",
             "Copies of destroyed keys on targets, by target kind and outcome (removed, in_use, not_removable, failed).",
             ["kind", "outcome"], registry=registry,
+        )
+        # Every (kind, outcome) series exists at 0 from the start, so that the first failure is an increase
+        # Prometheus can see (CertrailDeploymentFailures reads increase(); decision 0029).
+        for kind in TargetKind:
+            for outcome in DEPLOYMENT_OUTCOMES:
+                self.deployments.labels(kind.value, outcome)
+            for result in ATTEMPT_RESULTS:
+                self.attempts.labels(kind.value, result)
+            for outcome in ROLLBACK_OUTCOMES:
+                self.rollbacks.labels(kind.value, outcome)
+        self.undeployments = Counter(
+            "certrail_deployer_undeployments_total",
+            "Revoked certificates taken off a target (profile on_revocation: remove), by target kind and outcome "
+            "(removed, not_serving, not_removable, failed).", ["kind", "outcome"], registry=registry,
         )

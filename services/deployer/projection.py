@@ -4,7 +4,7 @@ it installs or provisions anything (docs/decisions/0011-deployer-trusts-nothing.
 - connector -> pinned issuing CA SHA-256 (ConnectorCreated: the pin taken at creation, never
   replaced by another ConnectorCreated; ConnectorUpdated carrying ``pinned_ca_sha256``: a
   deliberate re-pin; ConnectorDeleted: forgotten);
-- profile -> key generation (ProfileCreated / ProfileUpdated / ProfileDeleted);
+- profile -> key generation and on_revocation (ProfileCreated / ProfileUpdated / ProfileDeleted);
 - certificate ids the gateway accepted an issue or renew request for (RequestAccepted), each with
   the key hash of the CSR its latest accepted request carried (None: no CSR, or a record from
   before RequestAccepted had the field).
@@ -76,6 +76,22 @@ def set_profile_kind(session: Session, profile: str, key_generation: str, event_
         session.add(DeployerProfileKindRow(profile=profile, key_generation=key_generation, event_id=event_id, updated_at=now))
     else:
         row.key_generation, row.event_id, row.updated_at = key_generation, event_id, now
+
+
+def profile_on_revocation(session: Session, profile: str) -> str | None:
+    """The profile's on_revocation as last announced (None: never said, or the profile is unknown here)."""
+    row = session.get(DeployerProfileKindRow, profile)
+    return row.on_revocation if row is not None else None
+
+
+def set_on_revocation(session: Session, profile: str, on_revocation: str, event_id: str, now: datetime) -> bool:
+    """Record the profile's on_revocation (migration 0018); False when the profile is unknown here (its
+    ProfileCreated, which carries key_generation, has not been seen)."""
+    row = session.get(DeployerProfileKindRow, profile)
+    if row is None:
+        return False
+    row.on_revocation, row.event_id, row.updated_at = on_revocation, event_id, now
+    return True
 
 
 def forget_profile(session: Session, profile: str) -> None:

@@ -35,6 +35,7 @@ from services.common.contracts.events import (
     RevocationFailed,
 )
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
+from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.topics import Topics
 from services.common.kafka_edge import send_all
 from services.common.runner import run_service
@@ -43,6 +44,7 @@ from services.common.service_app import ServiceRuntime, Subscription, build_serv
 from services.gateway import issued, request_status
 from services.gateway.config.outbox import OutboxRelay
 from services.gateway.intake import Intake, Outcome, outgoing_records
+from services.gateway.out_of_band import on_revoked_out_of_band
 from services.gateway.scheduler import Scheduler
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
@@ -121,12 +123,14 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
         IssueRequested: on_request, RenewRequested: on_request, RevokeRequested: on_request,
         CertificateIssued: on_issuer_event, CertificateRevoked: on_issuer_event, IssuancePending: on_issuer_event,
         IssuanceFailed: on_issuer_event, RevocationFailed: on_issuer_event,
+        RevokedOutOfBand: lambda e: on_revoked_out_of_band(holder["engine"], topics, holder["publish"], utc_now, e),
     }
     subscriptions = [Subscription(topics=[topics.requests]), Subscription(topics=[topics.issuer_events])]
     service_app, service = build_service(SERVICE, settings, subscriptions, handlers)
     # the issuer's other events (ConnectorStatusChanged) are skipped by their ce_type header, unparsed
     service.dispatcher.skip_by_type_header = True
     holder["issued_writes"] = SessionWriter(service.engine, name="gateway-issued")
+    holder["engine"] = service.engine
     holder["status_folds"] = request_status.folds_counter(service.registry)
     box = load_secret_box(settings.secrets, create=True)
     requests = Counter("certrail_gateway_requests", "Requests answered, by door (kafka, http), kind (issue, renew, "

@@ -4,7 +4,8 @@ connectors (connectors.py), records intents and outcomes (state.py) and publishe
 IssuancePending, CertificateIssued, IssuanceFailed, CertificateRevoked, RevocationFailed and
 ConnectorStatusChanged to its own ``certrail.events.issuer`` through an idempotent aiokafka producer of its own
 (acks=all; `EventProducer`). After each revocation a background task confirms it on the CA's CRL
-(services/issuer/revocation/: RevocationConfirmed or RevocationUnconfirmed). FastStream serves ``/health``
+(services/issuer/revocation/: RevocationConfirmed or RevocationUnconfirmed), and another watches each connector's
+CRL for revocations made outside certrail (RevokedOutOfBand). FastStream serves ``/health``
 and ``/metrics``. docs/issuer.md explains it all.
 """
 
@@ -47,6 +48,9 @@ from services.issuer.processor import SOURCE, ApprovalSettings, CrashPoints, Pro
 from services.issuer.revocation.confirmer import ConfirmSettings, RevocationConfirmer
 from services.issuer.revocation.metrics import RevocationMetrics
 from services.issuer.revocation.source import PoolCrlSource
+from services.issuer.revocation.watch_decision import owned_connectors
+from services.issuer.revocation.watch_metrics import WatchMetrics
+from services.issuer.revocation.watcher import CrlWatcher, WatchSettings
 from services.issuer.settings import IssuerSettings
 from services.issuer.state import StoredRecord
 
@@ -121,6 +125,7 @@ class IssuerRuntime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     consumer_task: asyncio.Task[None] | None = None
     confirmer: RevocationConfirmer | None = None
+    watcher: CrlWatcher | None = None
 
     def consumer_alive(self) -> bool:
         return self.consumer_task is not None and not self.consumer_task.done()
@@ -136,6 +141,8 @@ class IssuerRuntime:
         self.tasks.append(asyncio.create_task(self.pool.refresh_forever(), name="issuer-connectors"))
         if self.confirmer is not None:  # revocations confirmed on the CRL: beside the command loop, never in it
             self.tasks.append(asyncio.create_task(self.confirmer.run_forever(), name="issuer-revocation-checks"))
+        if self.watcher is not None:  # revocations made outside certrail: beside the command loop, never in it
+            self.tasks.append(asyncio.create_task(self.watcher.run_forever(), name="issuer-crl-watch"))
 
     async def stop(self) -> None:
         """Let commands at emCA finish, commit what is finished, leave the group."""
@@ -196,6 +203,13 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         # the checks of revocations commanded on this instance's partitions (as pending approvals are)
         partitions=lambda: {(tp.topic, tp.partition) for tp in consumer.assigned},
     )
+    watcher = CrlWatcher(
+        engine=engine, source=PoolCrlSource(pool), publish=publish_raw, topics=topics,
+        metrics=WatchMetrics(registry, settings.crl_watch_interval_s), clock=utc_now, event_source=SOURCE,
+        settings=WatchSettings(interval_s=settings.crl_watch_interval_s, retry_s=settings.crl_watch_retry_s),
+        # the connectors whose command topic's partition 0 this instance holds (decision 0030)
+        owned=lambda: owned_connectors(((tp.topic, tp.partition) for tp in consumer.assigned), topics),
+    )
     processor = Processor(
         engine=engine, pool=pool, publish=publish_raw, topics=topics, metrics=metrics, clock=utc_now, crash=crash,
         batcher=SubmitBatcher(max_csrs=settings.batch_max_csrs, max_calls=settings.batch_calls,
@@ -216,7 +230,7 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         engine=engine, progress=ProgressTracker(registry, SERVICE, stall_after=settings.stall_after_failures),
     )
     runtime = IssuerRuntime(SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, pool, consumer,
-                            producer, confirmer=confirmer)
+                            producer, confirmer=confirmer, watcher=watcher)
 
     @get(include_in_schema=False)
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001

@@ -52,6 +52,11 @@ class IssuerSettings(ServiceSettings):
         default=5.0, gt=0, description="First read of the CRL after a revocation; each further read of a check waits twice "
                                        "as long, up to revocation_confirm_poll_max_s.")
     revocation_confirm_poll_max_s: float = Field(default=300.0, gt=0, description="Cap of the CRL polling backoff.")
+    crl_watch_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often each connector's CRL is read to find live certificates revoked at the "
+        "CA outside certrail (RevokedOutOfBand): once per distribution point per interval, not per certificate.")
+    crl_watch_retry_s: float = Field(default=300.0, gt=0, description="The next try after a failed CRL watch round "
+                                                                       "(never later than crl_watch_interval_s).")
 
     test_crash_point: str | None = Field(
         default=None,

@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,30 @@ def dashboard_targets() -> list[tuple[str, str]]:
     return out
 
 
-def shorter_for_copy(destination: Path, for_s: int) -> dict[str, dict[str, Any]]:
-    """deploy/prometheus/rules with every alert's ``for`` cut to ``for_s`` seconds (expressions and
-    everything else unchanged) in ``destination``; returns the original rules by alert name."""
+@dataclass(frozen=True)
+class Substitution:
+    """One parameter of an alert's expression that the live test's copy shortens: every occurrence of
+    ``production`` (exactly ``count`` of them) becomes ``test``, which the production expression must not hold,
+    so that the copy turns back into the production expression by the reverse replacement."""
+
+    production: str
+    test: str
+    count: int
+
+    def apply(self, expr: str) -> str:
+        assert expr.count(self.production) == self.count, f"{self.production!r} in {expr!r}: want {self.count}"
+        assert self.test not in expr, f"{self.test!r} is already in {expr!r}: the copy could not be reverted"
+        return expr.replace(self.production, self.test)
+
+    def revert(self, expr: str) -> str:
+        return expr.replace(self.test, self.production)
+
+
+def shorter_for_copy(destination: Path, for_s: int,
+                     substitutions: Mapping[str, Substitution] | None = None) -> dict[str, dict[str, Any]]:
+    """deploy/prometheus/rules with every alert's ``for`` cut to ``for_s`` seconds and the expressions of
+    the alerts named in ``substitutions`` shortened by theirs (everything else unchanged) in ``destination``;
+    returns the original rules by alert name."""
     destination.mkdir(parents=True, exist_ok=True)
     originals: dict[str, dict[str, Any]] = {}
     for path in sorted(RULES.glob("*.yml")):
@@ -111,7 +133,10 @@ def shorter_for_copy(destination: Path, for_s: int) -> dict[str, dict[str, Any]]
                     originals[rule["alert"]] = dict(rule)
                     if "for" in rule:
                         rule["for"] = f"{for_s}s"
+                    if rule["alert"] in (substitutions or {}):
+                        rule["expr"] = (substitutions or {})[rule["alert"]].apply(rule["expr"])
         (destination / path.name).write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
+    assert set(substitutions or {}) <= set(originals), f"no such alerts: {set(substitutions or {}) - set(originals)}"
     return originals
 
 

@@ -18,6 +18,7 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import ErrorInfo, KeyAlgorithm, KeyGeneration, RequestAuth, RequestKind, RevocationReason
 from services.common.contracts.identity import issuance_id
 from services.common.contracts.keys import BotKeyDestroyed, KeyCopy, KeyCopyOutcome, KeyRetirementReason
+from services.common.contracts.undeploy import CertificateUndeployed, TargetUndeployment, UndeployOutcome
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CERT_ID = "web-frontend.example.com"
@@ -127,10 +128,21 @@ def examples() -> dict[type[Message], Message]:
             distribution_point="http://pki.example.test/crl/issuing-ca-1.crl", crl_number="41", crl_this_update=NOW,
             checks=12, deadline=NOW, given_up_at=NOW,
         ),
+        revocation.RevokedOutOfBand(
+            certificate_id=CERT_ID, serial=SERIAL, connector="emca-prod", reason="keyCompromise", revoked_at_ca=NOW,
+            crl_number="43", distribution_point="http://pki.example.test/crl/issuing-ca-1.crl", detected_at=NOW,
+        ),
         events.CertificateDeployed(certificate_id=CERT_ID, serial=SERIAL, target=target, verified_serial=SERIAL, deployed_at=NOW),
         events.DeploymentFailed(
             certificate_id=CERT_ID, serial=SERIAL, target=target, rolled_back=True,
             error=ErrorInfo(code=ErrorCode.VERIFY_FAILED, message="nginx still serves serial 01"),
+        ),
+        CertificateUndeployed(
+            certificate_id=CERT_ID, serial=SERIAL, request_id="req-3", profile="web", reason=RevocationReason.CESSATION_OF_OPERATION,
+            targets=[TargetUndeployment(target=target, outcome=UndeployOutcome.REMOVED),
+                     TargetUndeployment(target=events.TargetRef(name="edge-hook", kind="webhook"),
+                                        outcome=UndeployOutcome.NOT_REMOVABLE)],
+            undeployed_at=NOW,
         ),
         BotKeyDestroyed(
             certificate_id=CERT_ID, serial=SERIAL, profile="web", public_key_sha256=hashlib.sha256(b"spki").hexdigest(),

@@ -11,6 +11,7 @@ from services.common.contracts.events import EVENT_TYPES
 from services.common.contracts.keys import KEY_EVENT_TYPES
 from services.common.contracts.requests import REQUEST_TYPES
 from services.common.contracts.revocation import REVOCATION_EVENT_TYPES
+from services.common.contracts.undeploy import UNDEPLOY_EVENT_TYPES
 
 ALL_TYPES: list[type[Message]] = [
     *REQUEST_TYPES,
@@ -18,6 +19,7 @@ ALL_TYPES: list[type[Message]] = [
     *EVENT_TYPES,
     *KEY_EVENT_TYPES,
     *REVOCATION_EVENT_TYPES,
+    *UNDEPLOY_EVENT_TYPES,
     *ADMIN_TYPES,
     DeadLetter,
     AuditCheckpoint,

@@ -73,4 +73,21 @@ class RevocationUnconfirmed(Message):
     given_up_at: AwareDatetime
 
 
-REVOCATION_EVENT_TYPES: list[type[Message]] = [RevocationConfirmed, RevocationUnconfirmed]
+class RevokedOutOfBand(Message):
+    TYPE: ClassVar[str] = "io.certrail.revocation.out-of-band.v1"
+    CHANNEL: ClassVar[str] = "events.issuer"
+    SUMMARY: ClassVar[str] = ("A live serial certrail issued is on its CA's CRL (signed by the pinned issuing CA) though "
+                              "certrail never asked to revoke it: revoked at the CA directly (decision 0030). Once per serial.")
+
+    certificate_id: CertificateId
+    serial: Serial
+    connector: ConnectorName
+    #: the CRL entry's reason as RFC 5280 names it (no reasonCode: unspecified; may be certificateHold)
+    reason: Annotated[str, Field(pattern=r"^[A-Za-z]{1,32}$")]
+    revoked_at_ca: AwareDatetime  # the CRL entry's revocationDate
+    crl_number: CrlNumber | None = None  # None: the CRL carries no CRLNumber extension
+    distribution_point: DistributionPoint
+    detected_at: AwareDatetime
+
+
+REVOCATION_EVENT_TYPES: list[type[Message]] = [RevocationConfirmed, RevocationUnconfirmed, RevokedOutOfBand]

@@ -10,7 +10,8 @@ the profile admin events) is dead-lettered with REQUESTER_NOT_AUTHORISED: no key
 (docs/decisions/0011-deployer-trusts-nothing.md).
 
 A CertificateRevoked first supersedes the revoked serial's key; for keyCompromise it is destroyed at once
-(retirement.py, decision 0026)."""
+(retirement.py, decision 0026). Without a replacement, a profile with ``on_revocation: remove`` has the serial
+taken off its targets (handlers/undeploy.py, decision 0028)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from services.common.contracts.signing import signed
 from services.deployer import projection, store
 from services.deployer.botkeys import generate_key, make_csr, names_of, private_pem
 from services.deployer.context import DeployerContext
+from services.deployer.handlers.undeploy import undeploy_revoked
 from services.deployer.retirement import on_serial_revoked
 from services.deployer.targets.base import public_key_sha256
 
@@ -134,6 +136,8 @@ async def on_renewal_due(ctx: DeployerContext, envelope: Envelope) -> list[Outbo
 async def on_revoked(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
     revoked = envelope.data
     assert isinstance(revoked, CertificateRevoked)
+    if not revoked.replace:  # first, so that a keyCompromise destruction below finds the copies already gone
+        await undeploy_revoked(ctx, envelope)  # profile on_revocation: remove -> off its targets (handlers/undeploy.py)
     await on_serial_revoked(ctx, envelope)  # its key superseded; destroyed at once for keyCompromise (retirement.py)
     if not revoked.replace:
         return []

@@ -1,7 +1,7 @@
 """certrail.events.gateway records the deployer keeps a projection of (projection.py): RequestAccepted
 (the certificate ids the gateway accepted, with the key of the CSR the latest one carried),
 connector admin events (the pinned issuing CA) and profile admin events (whether the deployer
-generates the profile's keys). They publish nothing of their own; an acceptance or a pin
+generates the profile's keys, and whether a revoked certificate is removed from its targets: on_revocation). They publish nothing of their own; an acceptance or a pin
 releases the certificates parked waiting for it (parking.py) and returns what those lead to."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from services.common.contracts.admin import (
 from services.common.contracts.envelope import Envelope
 from services.common.contracts.events import RequestAccepted
 from services.common.contracts.fields import KeyGeneration, RequestKind
+from services.common.contracts.undeploy import OnRevocation
 from services.deployer import parking, projection
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.parked import release as _release
@@ -32,6 +33,7 @@ from services.deployer.handlers.parked import release as _release
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _KINDS = {k.value for k in KeyGeneration}
+_ON_REVOCATION = {o.value for o in OnRevocation}
 
 
 async def on_request_accepted(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
@@ -86,12 +88,24 @@ async def on_profile_event(ctx: DeployerContext, envelope: Envelope) -> list[Out
         await asyncio.to_thread(_write, ctx, lambda session: projection.forget_profile(session, event.profile))
         return []
     kind = event.change.get("key_generation")
-    if kind is None:
-        return []  # an edit that kept the key generation
-    if not isinstance(kind, str) or kind not in _KINDS:
+    on_revocation = event.change.get("on_revocation")
+    if kind is None and on_revocation is None:
+        return []  # an edit that kept both
+    if kind is not None and (not isinstance(kind, str) or kind not in _KINDS):
         raise InvalidMessage(f"{type(event).__name__} for profile {event.profile!r}: unknown key_generation {kind!r}")
-    await asyncio.to_thread(_write, ctx, lambda session: projection.set_profile_kind(
-        session, event.profile, kind, envelope.id, ctx.clock()))
+    if on_revocation is not None and (not isinstance(on_revocation, str) or on_revocation not in _ON_REVOCATION):
+        raise InvalidMessage(f"{type(event).__name__} for profile {event.profile!r}: unknown on_revocation {on_revocation!r}")
+
+    def save(session: Session) -> None:
+        now = ctx.clock()
+        if kind is not None:
+            projection.set_profile_kind(session, event.profile, kind, envelope.id, now)
+            session.flush()  # a new row is found by set_on_revocation below
+        if on_revocation is not None and not projection.set_on_revocation(session, event.profile, on_revocation,
+                                                                           envelope.id, now):
+            log.warning("ignored on_revocation of profile %s (%s): its creation was never seen here", event.profile,
+                        envelope.id)
+    await asyncio.to_thread(_write, ctx, save)
     return []
 
 

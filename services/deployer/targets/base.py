@@ -100,3 +100,12 @@ class KeyRetiring(Protocol):
     service serves now; True when no copy is left, False when the serial is current there (left as is)."""
 
     async def retire_key(self, certificate_id: str, serial: str, public_key_sha256: str) -> bool: ...
+
+
+@runtime_checkable
+class ServedRemoving(Protocol):
+    """A target kind that can take a revoked certificate back (file, nginx, ssh: targets/files.py). ``remove_served``
+    removes ``serial``'s files (and key) when the target serves that serial and reloads the service; True when
+    removed, False when it serves another serial (left untouched). Raises TargetError (the files put back)."""
+
+    async def remove_served(self, certificate_id: str, serial: str) -> bool: ...

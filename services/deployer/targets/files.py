@@ -4,6 +4,8 @@ and an optional reload command."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from cryptography import x509
 
 from services.common.contracts.errors import ErrorCode
@@ -50,6 +52,37 @@ async def retire_in(directory: VersionedDirectory, serial: str, public_key_sha25
                                                     f"{exc.strerror or exc}") from None
 
 
+async def remove_served_in(directory: VersionedDirectory, serial: str,
+                           reload: Callable[[ErrorCode], Awaitable[None]]) -> bool:
+    """`ServedRemoving` on a versioned directory: unlink ``current`` when it is a version of ``serial``, run
+    ``reload`` (the service lets go of the files), then delete every version of the serial (key included).
+    False, touching nothing, when ``current`` is another serial. A failed reload puts ``current`` back and
+    raises: the service keeps a consistent set of files (an nginx whose configuration needs them refuses
+    ``nginx -t`` and keeps serving)."""
+    try:
+        version = await directory.unserve(serial)
+    except OSError as exc:
+        raise TargetError(ErrorCode.INSTALL_FAILED, f"unlinking {directory.root}/current failed: {exc.strerror or exc}") from None
+    if version is None:
+        return False
+    try:
+        await reload(ErrorCode.INSTALL_FAILED)
+    except TargetError as exc:
+        try:
+            await directory.serve_again(version)
+        except OSError as again:
+            raise TargetError(exc.code, f"{exc.message}; putting {directory.root}/current back failed too: "
+                                        f"{again.strerror or again}") from None
+        raise TargetError(exc.code, f"{exc.message}; {directory.root}/current was put back, the serial is still served",
+                          transient=exc.transient) from None
+    try:
+        await directory.purge(serial)
+    except OSError as exc:
+        raise TargetError(ErrorCode.INSTALL_FAILED, f"the service no longer reads serial {serial}, but deleting its "
+                                                    f"files under {directory.root} failed: {exc.strerror or exc}") from None
+    return True
+
+
 class FileTarget:
     kind = "file"
 
@@ -84,3 +117,7 @@ class FileTarget:
     async def retire_key(self, certificate_id: str, serial: str, public_key_sha256: str) -> bool:
         directory = VersionedDirectory(self.fs, self.config.directory_for(certificate_id), **self.config.modes())
         return await retire_in(directory, serial, public_key_sha256)
+
+    async def remove_served(self, certificate_id: str, serial: str) -> bool:
+        directory = VersionedDirectory(self.fs, self.config.directory_for(certificate_id), **self.config.modes())
+        return await remove_served_in(directory, serial, self._reload)

@@ -13,7 +13,7 @@ from services.common.contracts.errors import ErrorCode
 from services.deployer.targets.base import Bundle, TargetError, certificate_serial
 from services.deployer.targets.commands import run_command
 from services.deployer.targets.config import NginxTargetConfig
-from services.deployer.targets.files import check_installed, retire_in
+from services.deployer.targets.files import check_installed, remove_served_in, retire_in
 from services.deployer.targets.localfs import LocalFileSystem
 from services.deployer.targets.probe import probe_for_serial
 from services.deployer.targets.versioned import CERT_FILE, CHAIN_FILE, FileSystem, VersionedDirectory
@@ -74,3 +74,9 @@ class NginxTarget:
         """nginx reads only current/: removing other versions needs no reload."""
         directory = VersionedDirectory(self.fs, self.config.directory_for(certificate_id), **self.config.modes())
         return await retire_in(directory, serial, public_key_sha256)
+
+    async def remove_served(self, certificate_id: str, serial: str) -> bool:
+        """``nginx -t`` and a reload without the files: refused (and the files put back) when the
+        configuration still reads them."""
+        directory = VersionedDirectory(self.fs, self.config.directory_for(certificate_id), **self.config.modes())
+        return await remove_served_in(directory, serial, self._test_and_reload)

@@ -34,7 +34,7 @@ import asyncssh
 from services.common.contracts.errors import ErrorCode
 from services.deployer.targets.base import Bundle, TargetError, certificate_serial
 from services.deployer.targets.config import SshTargetConfig
-from services.deployer.targets.files import check_installed, retire_in
+from services.deployer.targets.files import check_installed, remove_served_in, retire_in
 from services.deployer.targets.probe import probe_for_serial
 from services.deployer.targets.sshfs import SftpFileSystem, quoted, unreachable
 from services.deployer.targets.versioned import CERT_FILE, CHAIN_FILE, VersionedDirectory
@@ -207,6 +207,12 @@ class SshTarget:
     async def retire_key(self, certificate_id: str, serial: str, public_key_sha256: str) -> bool:
         async with self._session(Bundle(certificate_id, serial, ""), ErrorCode.INSTALL_FAILED) as session:
             return await retire_in(session.directory, serial, public_key_sha256)
+
+    async def remove_served(self, certificate_id: str, serial: str) -> bool:
+        async with self._session(Bundle(certificate_id, serial, ""), ErrorCode.INSTALL_FAILED) as session:
+            async def reload(code: ErrorCode) -> None:
+                await self._reload(session, code)
+            return await remove_served_in(session.directory, serial, reload)
 
     async def _read(self, operation: Any) -> Any:
         try:

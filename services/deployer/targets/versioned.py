@@ -171,6 +171,33 @@ class VersionedDirectory:
             await self._remove_version(relative)
         return not in_use
 
+    async def unserve(self, serial: str) -> str | None:
+        """Stop serving ``serial``: when ``current`` is a version of it, remove the ``current`` link and return
+        that version (for `serve_again`); None, touching nothing, when ``current`` is another serial or absent
+        (a newer serial already deployed stays). Raises OSError."""
+        current = await self.current_version()
+        if current is None or not posixpath.basename(current).startswith(f"{serial}-"):
+            return None
+        await self.fs.remove_link(self.path(CURRENT))
+        return current
+
+    async def serve_again(self, version: str) -> None:
+        """Undo `unserve` (the service refused to run without the files). Raises OSError."""
+        await self.fs.replace_symlink(self.path(CURRENT), version)
+
+    async def purge(self, serial: str) -> None:
+        """Remove every version of ``serial`` (its key file with it) and ``previous`` when it points at one;
+        never the current version. Raises OSError."""
+        current = await self.current_version()
+        previous = await self.previous_version()
+        for entry in await self.fs.listdir(self.path(VERSIONS)):
+            relative = posixpath.join(VERSIONS, entry)
+            if not entry.startswith(f"{serial}-") or relative == current:
+                continue
+            if previous == relative:
+                await self.fs.remove_link(self.path(PREVIOUS))
+            await self._remove_version(relative)
+
     async def _has_key(self, version: str, key_sha256: str) -> bool:
         """Whether the certificate of ``version`` is of that key (a shared directory may hold another
         certificate's version with the same serial from another CA)."""

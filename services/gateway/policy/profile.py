@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from services.common.contracts.commands import ValidityDays
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration, ShortText
 from services.common.contracts.identity import ConnectorName, Identity, ProfileName
+from services.common.contracts.undeploy import OnRevocation
 from services.gateway.policy.names import NameSyntaxError, normalise_dns_name
 
 #: RSA keys shorter than this are never allowed, whatever a profile says
@@ -318,6 +319,14 @@ class RenewalPolicy(_Strict):
         return not_before + lifetime * fraction
 
 
+class ExternalRevocation(StrEnum):
+    """What the gateway does when a certificate of the profile is found revoked at the CA outside certrail
+    (RevokedOutOfBand; docs/decisions/0030)."""
+
+    NOTIFY = "notify"  # nothing but the event and the inventory state: an operator decides
+    REPLACE = "replace"  # a RenewalDue at once, as the scheduler's: bot keys renewed by the deployer, else the requester's
+
+
 class ProvisioningProfile(_Strict):
     """A provisioning profile ("provisioning bot"): which emCA connector and
     certificate profile issue it, who may ask, and what the certificate may hold."""
@@ -334,6 +343,12 @@ class ProvisioningProfile(_Strict):
     validity_days: ValidityDays
     renewal: RenewalPolicy = Field(default_factory=RenewalPolicy)
     deployment_target: ShortText | None = None  # an opaque target name the deployer resolves
+    on_external_revocation: ExternalRevocation = ExternalRevocation.NOTIFY
+    #: what happens to a revoked certificate on its targets when the revocation asks for no replacement
+    #: (``replace=false``): kept installed, or removed from every target serving it (the deployer; decision 0028)
+    on_revocation: OnRevocation = Field(default=OnRevocation.KEEP, description=(
+        "keep: a revoked certificate stays installed unless a replacement is deployed over it; remove: the deployer "
+        "removes it (and its key files) from every target serving the revoked serial. Ignored for replace=true."))
 
     @field_validator("allowed_requesters")
     @classmethod

@@ -45,6 +45,11 @@ class SchedulerMetrics:
             "certrail_gateway_scheduler_unschedulable_certificates",
             "Active certificates whose renewal cannot be scheduled, by reason.", ["reason"], registry=registry,
         )
+        self.overdue = Gauge(
+            "certrail_gateway_renewals_overdue", "Current certificates not renewed an hour (or half the time left to "
+            "expiry, if sooner) after their renewal time, asked or not (set by the active scheduler; 0 elsewhere).",
+            ["connector"], registry=registry,
+        )
         self.leader = Gauge(
             "certrail_gateway_scheduler_leader", "1 while this gateway's scheduler holds the lease.", registry=registry,
         )
@@ -72,6 +77,7 @@ class SchedulerMetrics:
             for _, label in EXPIRY_BUCKETS:
                 self.by_expiry.labels(label).set(0)
             self.waiting.clear()
+            self.overdue.clear()
 
     def planned(self, plan: Plan) -> None:
         for label, count in plan.buckets.items():
@@ -81,4 +87,7 @@ class SchedulerMetrics:
         self.waiting.clear()
         for connector, count in plan.waiting.items():
             self.waiting.labels(connector).set(count)
+        self.overdue.clear()
+        for connector, count in plan.overdue.items():
+            self.overdue.labels(connector).set(count)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -95,6 +95,7 @@ class Plan:
     waiting: dict[str, int] = field(default_factory=dict)  # connector -> due renewals held back
     unschedulable: dict[str, int] = field(default_factory=dict)  # reason -> certificates
     buckets: dict[str, int] = field(default_factory=dict)  # expiry bucket -> certificates
+    overdue: dict[str, int] = field(default_factory=dict)  # connector -> certificates not renewed long past due (`overdue`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,17 @@ def _expiring(
     return PlannedNotice(cert.certificate_id, cert.serial, expiring_kind(days), outbound, connector, threshold_days=days)
 
 
+#: a renewal is overdue this long after the certificate's renewal time (or halfway to its expiry, if sooner)
+OVERDUE_GRACE = timedelta(hours=1)
+
+
+def overdue(policy: RenewalPolicy, not_before: datetime, not_after: datetime, now: datetime) -> bool:
+    """Whether a certificate still current at ``now`` should have been renewed by then: its renewal time (before
+    jitter, the latest it can be due) passed by more than OVERDUE_GRACE or half the time left from it to expiry."""
+    due = policy.renewal_time(not_before, not_after)
+    return now > due + min(OVERDUE_GRACE, (not_after - due) / 2)
+
+
 def plan_tick(snapshot: Snapshot, now: datetime, settings: SchedulerSettings, topics: Topics) -> Plan:
     """What one tick publishes: new RenewalDue (rate-limited per connector, oldest-due first) and
     CertificateExpiring notices, and the re-publication of pending ones. New notices carry ``now``
@@ -166,6 +178,7 @@ def plan_tick(snapshot: Snapshot, now: datetime, settings: SchedulerSettings, to
     # built only for the notices this tick sends.
     buckets = dict.fromkeys((label for _, label in EXPIRY_BUCKETS), 0)
     unschedulable: Counter[str] = Counter()
+    late: Counter[str] = Counter()
     due: list[tuple[datetime, str, WatchedCertificate, _Renewable]] = []
     expiring: list[tuple[datetime, str, WatchedCertificate, int]] = []
     for cert in snapshot.certificates:
@@ -178,6 +191,11 @@ def plan_tick(snapshot: Snapshot, now: datetime, settings: SchedulerSettings, to
             unschedulable[what] += 1
             continue
         if (cert.certificate_id, cert.serial, RENEWAL_DUE) in snapshot.sent:
+            try:
+                if overdue(what.policy, cert.not_before, cert.not_after, now):  # asked, and still not renewed
+                    late[what.connector] += 1
+            except ValueError:
+                pass  # counted as invalid below when it is not sent yet; a sent one was valid then
             continue
         try:
             earliest = what.policy.renewal_time(cert.not_before, cert.not_after) - jitter_window(
@@ -192,6 +210,8 @@ def plan_tick(snapshot: Snapshot, now: datetime, settings: SchedulerSettings, to
             continue
         if at <= now:
             due.append((at, cert.certificate_id, cert, what))
+            if overdue(what.policy, cert.not_before, cert.not_after, now):  # not even asked yet (rate limit, outage)
+                late[what.connector] += 1
 
     due.sort(key=lambda item: (item[0], item[1]))  # oldest due first
     budget: dict[str, int] = {}
@@ -230,6 +250,7 @@ def plan_tick(snapshot: Snapshot, now: datetime, settings: SchedulerSettings, to
         waiting=dict(waiting),
         unschedulable=dict(unschedulable),
         buckets=buckets,
+        overdue=dict(late),
     )
 
 
