@@ -22,6 +22,7 @@ from services.common.settings import KafkaSettings
 from services.gateway.console import bindings, target_views, views
 from services.gateway.console.client import Reply
 from services.gateway.console.forms import Form
+from services.gateway.policy import ProvisioningProfile
 from services.gateway.policy.tokens import Role
 from tests.gateway_fixtures import InProcessDeployer, deployer_api, seed
 from tests.integration.test_gateway_api import Gateway, RecordingTopics, connector_json, open_gateway, secrets_of
@@ -172,6 +173,25 @@ async def test_connector_validation_bot_dropdown_and_delete_refused(gateway: Gat
     assert "configured on ca-one" in profiles.text and "P30D before expiry" in profiles.text
     edit = await client.get("/console/certificates/provisioning/web/edit")
     assert 'value="30"' in edit.text and '<option value="ca-one" data-default-profile="TLS Server" selected>' in edit.text
+
+    # an edit keeps what the form does not show (subject rules, the RSA ceiling: the PUT replaces the whole
+    # profile) and carries the revocation choices it does show
+    admin = gateway.token(Role.ADMIN, "a3")
+    spec = {k: v for k, v in (await gateway.call("GET", "/v1/profiles/web", admin)).json().items()
+            if k in ProvisioningProfile.model_fields}
+    spec["subject_rules"] = {**spec["subject_rules"], "allowed_attributes": ["CN", "O"]}
+    spec["key_policy"] = {**spec["key_policy"], "rsa_max_bits": 3072}
+    spec["on_external_revocation"] = "replace"
+    assert (await gateway.call("PUT", "/v1/profiles/web", admin, json=spec)).status_code == 200
+    shown = await client.get("/console/certificates/provisioning/web/edit")
+    assert 'id="f-oer-replace" name="on_external_revocation" value="replace" checked' in shown.text
+    assert 'id="f-or-keep" name="on_revocation" value="keep" checked' in shown.text
+    edited = await client.post("/console/certificates/provisioning/web/edit",
+                               data={**body, "validity_days": "60", "on_revocation": "remove", "on_external_revocation": "replace"})
+    assert edited.status_code == 303, edited.text
+    after = (await gateway.call("GET", "/v1/profiles/web", admin)).json()
+    assert (after["validity_days"], after["on_revocation"], after["on_external_revocation"]) == (60, "remove", "replace")
+    assert after["key_policy"]["rsa_max_bits"] == 3072 and after["subject_rules"] == spec["subject_rules"]
 
     await client.post("/console/integrations/connectors/ca-one/delete", data={"csrf": csrf})
     refused_delete = await client.get("/console/integrations/connectors")

@@ -229,7 +229,25 @@ def profile_body(form: Form) -> dict[str, Any]:
         except ValueError:
             renewal["renew_at_fraction"] = fraction
     body["renewal"] = renewal
+    body["on_revocation"] = form.text("on_revocation") or "keep"
+    body["on_external_revocation"] = form.text("on_external_revocation") or "notify"
     return body
+
+
+#: a profile's parts the form shows only some fields of: the stored ones it does not show are kept on an edit
+_PARTLY_SHOWN = ("key_policy", "domain_rules")
+
+
+def profile_edit_body(stored: dict[str, Any], body: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
+    """The PUT body of an edit: the form's fields over the stored profile (``fields``: the profile's own fields,
+    whatever else the API's view carries is dropped), so what the form does not show (subject rules, the RSA
+    ceiling and exponent, Ed25519, and any field added later) is kept rather than reset to its default."""
+    merged = {k: v for k, v in stored.items() if k in fields}
+    merged.update(body)
+    for part in _PARTLY_SHOWN:
+        if isinstance(stored.get(part), dict) and isinstance(body.get(part), dict):
+            merged[part] = {**stored[part], **body[part]}
+    return merged
 
 
 def deployment_target(form: Form) -> str | None:
@@ -263,6 +281,8 @@ def profile_values(profile: dict[str, Any]) -> dict[str, Any]:
         "renew_before_days": match.group(1) if match else str(before),
         "renew_at_fraction": "" if renewal.get("renew_at_fraction") is None else str(renewal["renew_at_fraction"]),
         "deployment_target": profile.get("deployment_target") or "",
+        "on_revocation": profile.get("on_revocation") or "keep",
+        "on_external_revocation": profile.get("on_external_revocation") or "notify",
     }
 
 

@@ -17,8 +17,11 @@ from services.gateway.console.context import Console, ConsoleDep
 from services.gateway.console.forms import Form
 from services.gateway.console.pages import PREFIX, guarded, page, posted, redirect, refused, signed_in
 from services.gateway.console.sessions import Session
+from services.gateway.policy import ProvisioningProfile
 
 PROVISIONING = f"{PREFIX}/certificates/provisioning"
+#: the fields of a provisioning profile (an edit keeps the stored ones the form does not show)
+PROFILE_FIELDS = frozenset(ProvisioningProfile.model_fields)
 
 router = APIRouter(prefix=PROVISIONING)
 
@@ -116,6 +119,9 @@ async def profile_edit_form(request: Request, console: ConsoleDep, name: str) ->
 async def profile_edit(request: Request, console: ConsoleDep, name: str) -> Response:
     session, form = await posted(console, request)
     body = {**views.profile_body(form), "name": name}
+    stored = await console.call(session, "GET", f"/v1/profiles/{seg(name)}")
+    if stored.ok:  # what the form does not show is kept (the PUT replaces the whole profile)
+        body = views.profile_edit_body(stored.body, body, PROFILE_FIELDS)
     reply = await console.call(session, "PUT", f"/v1/profiles/{seg(name)}", json=body)
     if reply.ok:
         return await _saved(console, request, session, form, name,
