@@ -4,8 +4,10 @@ SQLite, the four services)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +18,7 @@ from rich.table import Table
 
 from services.cli.demo import DemoError, run_demo, stack_env
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine
+from services.common.db import make_engine, safe_url
 from services.common.kafka_acls import (
     ADMIN,
     KafkaAclError,
@@ -25,12 +27,14 @@ from services.common.kafka_acls import (
     service_groups_from,
     superseded_bindings,
 )
+from services.common.kafka_cluster import LAYOUT_FILE, LocalKafkaCluster, strided_ports
 from services.common.kafka_local import LocalKafka, LocalKafkaError
 from services.common.migrate import upgrade
 from services.common.prometheus_local import DEFAULT_PORT as PROMETHEUS_PORT
 from services.common.prometheus_local import RULES_DIR, PrometheusMissing, PrometheusProcess, find_binary, prometheus_process
 from services.common.settings import DatabaseSettings, KafkaSettings
-from services.common.stack import DEFAULT_PORTS, DEFAULT_SIM_PORTS, SERVICES, Stack, StackError
+from services.common.stack import DEFAULT_PORTS, DEFAULT_SIM_PORTS, INSTANCE_PORT_STEP, SERVICES, Stack, StackError
+from services.common.stack_db import DEFAULT_POSTGRES_URL, StackDatabaseError, drop_database, postgres_database, sqlite_url
 from services.common.topics_admin import TopicAdminError, ensure_topics
 
 _ENV = "CERTRAIL_UP_"
@@ -40,15 +44,44 @@ KafkaPort = Annotated[int, typer.Option(envvar=f"{_ENV}KAFKA_PORT", help="Local 
 ControllerPort = Annotated[int, typer.Option(envvar=f"{_ENV}KAFKA_CONTROLLER_PORT", help="Local Kafka controller port.")]
 
 
+#: what `certrail up` remembers of its shape for `certrail down` and the next `up` (no secret)
+LAYOUT = "stack.json"
+
+
+class DbKind(StrEnum):
+    sqlite = "sqlite"
+    postgresql = "postgresql"
+
+
 def _port_option(service: str) -> object:
-    return typer.Option(envvar=f"{_ENV}{service.upper()}_PORT", help=f"The {service}'s health/metrics port.")
+    return typer.Option(envvar=f"{_ENV}{service.upper()}_PORT",
+                        help=f"The {service}'s health/metrics port (of its first instance with --instances).")
 
 
-def _kafka(var_dir: Path, cache_dir: Path, kafka_port: int, controller_port: int) -> LocalKafka:
-    return LocalKafka(cache_dir=cache_dir, data_dir=var_dir / "kafka", port=kafka_port, controller_port=controller_port)
+def _kafka(var_dir: Path, cache_dir: Path, kafka_port: int, controller_port: int,
+           brokers: int | None = None) -> LocalKafka | LocalKafkaCluster:
+    """The single broker, or with ``brokers`` > 1 (or a cluster already in ``var/kafka``) a local KRaft cluster
+    whose node i listens on ``kafka_port`` + 2(i-1) and ``controller_port`` + 2(i-1) (docs/scaling.md)."""
+    data_dir = var_dir / "kafka"
+    if brokers is None:
+        stored = LocalKafkaCluster.load(data_dir, cache_dir)
+        if stored is not None:
+            return stored
+        brokers = 1
+    if brokers == 1:
+        if (data_dir / LAYOUT_FILE).is_file():
+            raise LocalKafkaError(f"{data_dir} holds a Kafka cluster: pass its --brokers or use another --var-dir")
+        return LocalKafka(cache_dir=cache_dir, data_dir=data_dir, port=kafka_port, controller_port=controller_port)
+    return LocalKafkaCluster(cache_dir=cache_dir, data_dir=data_dir, brokers=brokers,
+                             ports=strided_ports(brokers, kafka_port, controller_port, None))
 
 
-async def _prepare_kafka(kafka: LocalKafka, topic_prefix: str) -> str:
+def _layout(var_dir: Path) -> dict[str, int]:
+    path = var_dir / LAYOUT
+    return {k: int(v) for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+async def _prepare_kafka(kafka: LocalKafka | LocalKafkaCluster, topic_prefix: str) -> str:
     """As the admin principal: certrail's ACLs, then its topics. Returns the topics' summary."""
     admin = kafka.client_settings(ADMIN, topic_prefix)
     topics = Topics(topic_prefix)
@@ -80,15 +113,38 @@ def up(
         envvar=f"{_ENV}PROMETHEUS_SCRAPE_INTERVAL", help="Prometheus's scrape and rule evaluation interval (seconds).")] = 15.0,
     prometheus_rules_dir: Annotated[Path, typer.Option(
         envvar=f"{_ENV}PROMETHEUS_RULES_DIR", help="The alert rule files (*.yml) Prometheus loads.")] = RULES_DIR,
+    instances: Annotated[int, typer.Option(
+        min=1, envvar=f"{_ENV}INSTANCES", help="Instances of each service, in one consumer group per service; "
+        "instance i listens on its service's port + --port-step * (i-1).")] = 1,
+    port_step: Annotated[int, typer.Option(
+        min=1, envvar=f"{_ENV}PORT_STEP", help="With --instances: the port distance between instances.")] = INSTANCE_PORT_STEP,
+    brokers: Annotated[int | None, typer.Option(
+        min=1, envvar=f"{_ENV}KAFKA_BROKERS", help="Kafka brokers: 1 (a single broker) or a local KRaft cluster of this "
+        "many nodes on --kafka-port + 2i / --kafka-controller-port + 2i (default: what var/kafka holds, else 1).")] = None,
+    db: Annotated[DbKind, typer.Option(
+        envvar=f"{_ENV}DB", help="sqlite: var/certrail.db; postgresql: a database of the stack's own "
+        "(certrail_<random>) created on the server of --postgres-url, remembered in var/database.json.")] = DbKind.sqlite,
+    postgres_url: Annotated[str, typer.Option(
+        envvar=f"{_ENV}POSTGRES_URL", help="With --db postgresql: the server, as a URL whose role may CREATE DATABASE "
+        "(default: scripts/postgres.sh's).", show_default=False)] = DEFAULT_POSTGRES_URL,
 ) -> None:
     """Start the embedded stack: local Kafka, the emCA simulator, topics, SQLite, the four services;
     then a demo certificate goes through issue -> deploy -> audit."""
     console = Console()
     var_dir = var_dir.absolute()
     ports = {"gateway": gateway_port, "issuer": issuer_port, "deployer": deployer_port, "auditor": auditor_port}
-    kafka = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port)
+    if with_prometheus and instances > 1:
+        console.print("[red]error:[/] --with-prometheus scrapes one instance of each service; it is not available "
+                      "with --instances (docs/scaling.md)")
+        raise typer.Exit(2)
+    try:
+        kafka = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port, brokers)
+        db_url = sqlite_url(var_dir) if db is DbKind.sqlite else postgres_database(var_dir, postgres_url)
+    except (LocalKafkaError, StackDatabaseError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
     topic_prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
-    db_settings = DatabaseSettings(url=f"sqlite:///{var_dir / 'certrail.db'}")
+    db_settings = DatabaseSettings(url=db_url)
     env = {
         "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "CERTRAIL_KAFKA_TOPIC_PREFIX": topic_prefix,
@@ -113,7 +169,8 @@ def up(
         prometheus.binary = binary
         extras.append(prometheus)
     stack = Stack(var_dir=var_dir, ports=ports, env=env, sim_ports=(sim_port, sim_crl_port, sim_admin_port),
-                  service_env=service_env, extras=extras)
+                  service_env=service_env, extras=extras, instances=instances, port_step=port_step)
+    kafka_timeout = 120.0 if isinstance(kafka, LocalKafka) else 60.0 * len(kafka.nodes)  # JVMs starting on a small machine
     running = stack.running_pids()
     if running and len(running) == len(stack.services):
         console.print(f"certrail is already running ({', '.join(f'{n} pid {p}' for n, p in running.items())}).")
@@ -123,29 +180,34 @@ def up(
         return
     if running and detach:
         # part of a detached run died: start what is missing (Kafka too, if it stopped)
-        missing = [svc for svc in stack.services if svc.name not in running]
+        missing = [svc for svc in stack.services if svc.label not in running]
         try:
-            kafka.start(wait_timeout=120)
+            kafka.start(wait_timeout=kafka_timeout)
             for svc in missing:
                 svc.start()
             stack.wait_healthy(120)
         except (LocalKafkaError, StackError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from exc
-        console.print(f"[green]✓[/] restarted {', '.join(s.name for s in missing)}")
+        console.print(f"[green]✓[/] restarted {', '.join(s.label for s in missing)}")
         return
+    if instances > 1 or not isinstance(kafka, LocalKafka):  # for `certrail down` and `certrail up` again
+        (var_dir / LAYOUT).parent.mkdir(parents=True, exist_ok=True)
+        (var_dir / LAYOUT).write_text(json.dumps({"instances": instances, "port_step": port_step}) + "\n")
+    else:
+        (var_dir / LAYOUT).unlink(missing_ok=True)
     try:
         with console.status("Starting Apache Kafka (the first run fetches it with Maven) ...", spinner="dots"):
-            status = kafka.start(wait_timeout=120)
+            status = kafka.start(wait_timeout=kafka_timeout)
         console.print(f"[green]✓[/] Kafka {'was already running' if status.already_running else 'started'} on {status.bootstrap_servers}")
         with console.status("Applying ACLs and creating topics ...", spinner="dots"):
             summary = asyncio.run(_prepare_kafka(kafka, topic_prefix))
         console.print(f"[green]✓[/] ACLs for {', '.join(SERVICES)} and requester; topics: {summary}")
         with console.status("Migrating the database ...", spinner="dots"):
             upgrade(db_settings)
-        console.print(f"[green]✓[/] database {var_dir / 'certrail.db'} at the latest schema")
+        console.print(f"[green]✓[/] database {safe_url(db_settings.url)} at the latest schema")
         with console.status("Starting the emCA simulator, gateway, issuer, deployer, auditor ...", spinner="dots"):
-            stack.start(timeout_s=120)
+            stack.start(timeout_s=120 * instances)
         console.print("[green]✓[/] emCA simulator and services healthy" + (", Prometheus ready" if extras else ""))
         if demo:
             _demo(console, stack, db_settings, var_dir)
@@ -180,16 +242,27 @@ def down(
     cache_dir: CacheDir = Path(".cache"),
     kafka_port: KafkaPort = 9092,
     kafka_controller_port: ControllerPort = 9093,
+    drop_db: Annotated[bool, typer.Option(
+        "--drop-database", help="Also drop the PostgreSQL database `certrail up --db postgresql` made for this var dir.")] = False,
 ) -> None:
     """Stop everything `certrail up` started (harmless when nothing runs)."""
     var_dir = var_dir.absolute()
+    layout = _layout(var_dir)
     # Prometheus too, whether or not `up` started it (found by its pid file, like the services)
     prometheus = prometheus_process(var_dir, host="127.0.0.1", port=PROMETHEUS_PORT, service_ports=DEFAULT_PORTS)
-    stack = Stack(var_dir=var_dir, sim_ports=DEFAULT_SIM_PORTS, extras=[prometheus])
+    stack = Stack(var_dir=var_dir, sim_ports=DEFAULT_SIM_PORTS, extras=[prometheus], instances=layout.get("instances", 1),
+                  port_step=layout.get("port_step", INSTANCE_PORT_STEP))
     stopped = stack.stop()
     kafka_stopped = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port).stop()
     parts = [f"stopped {', '.join(stopped)}" if stopped else "no service was running"]
     parts.append("Kafka stopped" if kafka_stopped else "Kafka was not running")
+    if drop_db:
+        try:
+            dropped = drop_database(var_dir)
+        except StackDatabaseError as exc:
+            typer.echo("; ".join(parts) + f"; error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        parts.append(f"database {dropped} dropped" if dropped else "no PostgreSQL database to drop")
     typer.echo("; ".join(parts) + ".")
 
 
@@ -230,7 +303,7 @@ def _demo(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir
                   f"{var_dir / 'demo' / 'requester.token'} (requester); `certrail request --help`")
 
 
-def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
+def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka | LocalKafkaCluster) -> None:
     table = Table(title="certrail endpoints")
     table.add_column("service")
     table.add_column("health")
@@ -241,9 +314,9 @@ def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka) -> None:
         elif isinstance(svc, PrometheusProcess):
             table.add_row(svc.name, f"{svc.base_url}/-/ready", f"UI and API {svc.base_url} (alerts: {svc.base_url}/alerts)")
         else:
-            table.add_row(svc.name, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
-    gateway = next(s for s in stack.services if s.name == "gateway")
-    console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
+            table.add_row(svc.label, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
+    for gateway in stack.instances_of("gateway"):
+        console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
     for svc in stack.services:
         if isinstance(svc, PrometheusProcess):
             console.print(f"Prometheus: {svc.base_url} (config {svc.config_file}, rules {svc.rules_dir})")

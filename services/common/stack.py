@@ -30,6 +30,8 @@ DEFAULT_SIM_PORTS = (8443, 8444, 8445)
 DEFAULT_PORTS = {"gateway": 8080, "issuer": 8081, "deployer": 8082, "auditor": 8083}
 #: the services' internal API token (decision 0020), created once in the var dir
 INTERNAL_TOKEN_FILE = "internal-api.token"
+#: `certrail up --instances N`: instance i of a service listens on its port + 10 * (i - 1) (gateway 8080, 8090, ...)
+INSTANCE_PORT_STEP = 10
 
 
 class StackError(RuntimeError):
@@ -45,14 +47,21 @@ class ServiceProcess:
     env: Mapping[str, str]
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    #: which of several instances of the service this is (1..N); None: the only one (`certrail up` without --instances)
+    instance: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The process's name in pid files, logs and messages: ``gateway``, or ``gateway-2`` of several instances."""
+        return self.name if self.instance is None else f"{self.name}-{self.instance}"
 
     @property
     def pid_file(self) -> Path:
-        return self.var_dir / "run" / f"{self.name}.pid"
+        return self.var_dir / "run" / f"{self.label}.pid"
 
     @property
     def log_file(self) -> Path:
-        return self.var_dir / "log" / f"{self.name}.log"
+        return self.var_dir / "log" / f"{self.label}.log"
 
     @property
     def base_url(self) -> str:
@@ -140,14 +149,22 @@ class Stack:
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     #: more supervised processes started after the services (`certrail up --with-prometheus`: Prometheus)
     extras: Sequence[ServiceProcess] = ()
+    #: instances of each service (`certrail up --instances N`): instance i of a service listens on its port
+    #: + ``port_step`` * (i - 1), in the same consumer group; with 1 the processes are named as before (``gateway``)
+    instances: int = 1
+    port_step: int = INSTANCE_PORT_STEP
 
     def __post_init__(self) -> None:
         # the services' internal API (decision 0020): one token in the var dir; the gateway finds the auditor and the deployer
         self.env = {"CERTRAIL_INTERNAL_TOKEN_FILE": str(self.var_dir / INTERNAL_TOKEN_FILE),
                     "CERTRAIL_GATEWAY_AUDITOR_URL": f"http://{self.host}:{self.ports['auditor']}",
                     "CERTRAIL_GATEWAY_DEPLOYER_URL": f"http://{self.host}:{self.ports['deployer']}", **self.env}
-        self.services = [ServiceProcess(n, self.ports[n], self.host, self.var_dir, {**self.env, **self.service_env.get(n, {})})
-                         for n in SERVICES]
+        if self.instances < 1:
+            raise StackError(f"instances must be at least 1, got {self.instances}")
+        numbers: list[int | None] = [None] if self.instances == 1 else list(range(1, self.instances + 1))
+        self.services = [ServiceProcess(n, self.ports[n] + self.port_step * ((i or 1) - 1), self.host, self.var_dir,
+                                        {**self.env, **self.service_env.get(n, {})}, instance=i)
+                         for i in numbers for n in SERVICES]
         if self.sim_ports is not None:
             api, crl, admin = self.sim_ports
             self.services.insert(0, SimProcess(SIM, api, self.host, self.var_dir, self.env, crl_port=crl, admin_port=admin))
@@ -158,16 +175,19 @@ class Stack:
         return next((s for s in self.services if isinstance(s, SimProcess)), None)
 
     def running_pids(self) -> dict[str, int]:
-        """Services recorded in pid files whose process is still alive."""
+        """Services recorded in pid files whose process is still alive, by label (``gateway``, ``gateway-2``)."""
         alive = {}
         for svc in self.services:
             pid = _read_pid(svc.pid_file)
             if pid is not None and _alive(pid):
-                alive[svc.name] = pid
+                alive[svc.label] = pid
         return alive
 
+    def instances_of(self, service: str) -> list[ServiceProcess]:
+        return [s for s in self.services if s.name == service]
+
     def check_ports(self) -> None:
-        busy = [f"{s.name} port {port}" for s in self.services for port in s.ports() if not port_free(self.host, port)]
+        busy = [f"{s.label} port {port}" for s in self.services for port in s.ports() if not port_free(self.host, port)]
         if busy:
             raise StackError(
                 f"port(s) already in use on {self.host}: {', '.join(busy)}; "
@@ -191,11 +211,11 @@ class Stack:
             for svc in list(pending):
                 code = svc.exited()
                 if code is not None:
-                    raise StackError(f"{svc.name} exited with status {code} while starting:\n{tail(svc.log_file)}")
+                    raise StackError(f"{svc.label} exited with status {code} while starting:\n{tail(svc.log_file)}")
                 if svc.healthy():
                     pending.remove(svc)
             if pending and time.monotonic() > deadline:
-                names = ", ".join(s.name for s in pending)
+                names = ", ".join(s.label for s in pending)
                 raise StackError(f"not healthy after {timeout_s:.0f}s: {names}\n{tail(pending[0].log_file)}")
             if pending:
                 time.sleep(0.25)
@@ -206,10 +226,10 @@ class Stack:
         for svc in self.services:
             if svc.process is not None and svc.exited() is not None:
                 if svc.restarts >= max_restarts:
-                    raise StackError(f"{svc.name} keeps exiting (restarted {svc.restarts} times):\n{tail(svc.log_file)}")
+                    raise StackError(f"{svc.label} keeps exiting (restarted {svc.restarts} times):\n{tail(svc.log_file)}")
                 svc.restarts += 1
                 svc.start()
-                restarted.append(svc.name)
+                restarted.append(svc.label)
         return restarted
 
     def stop(self, timeout_s: float = 20.0) -> list[str]:
@@ -219,7 +239,7 @@ class Stack:
             pid = _read_pid(svc.pid_file)
             if pid is not None and _alive(pid):
                 _terminate(pid, timeout_s)
-                stopped.append(svc.name)
+                stopped.append(svc.label)
             if svc.process is not None:
                 svc.process.poll()
             svc.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,86 @@
+"""The embedded stack's database (`certrail up --db sqlite|postgresql`).
+
+SQLite: ``<var>/certrail.db``, as always. PostgreSQL: a database of the stack's own,
+``certrail_<random>``, created once on the server of ``--postgres-url`` (its role may CREATE
+DATABASE) through the URL's own database, and remembered in ``<var>/database.json`` (0600: the
+URLs hold the password), so that the next `certrail up` with the same var dir finds it again.
+`certrail down --drop-database` drops it (``WITH (FORCE)``) and forgets it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from services.common.db import normalise_url, safe_url
+from services.common.kafka_principals import write_private
+
+#: the server scripts/postgres.sh provides
+DEFAULT_POSTGRES_URL: Final = "postgresql+psycopg://certrail:certrail@127.0.0.1:5432/certrail"
+URL_FILE: Final = "database.json"
+
+
+class StackDatabaseError(RuntimeError):
+    """The stack's PostgreSQL database could not be made or dropped; the message says why (no password)."""
+
+
+def sqlite_url(var_dir: Path) -> str:
+    return f"sqlite:///{var_dir / 'certrail.db'}"
+
+
+def _stored(var_dir: Path) -> dict[str, str] | None:
+    path = var_dir / URL_FILE
+    return dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def stored_url(var_dir: Path) -> str | None:
+    stored = _stored(var_dir)
+    return None if stored is None else stored["url"]
+
+
+def postgres_database(var_dir: Path, server_url: str) -> str:
+    """The URL of the stack's PostgreSQL database: the one ``var_dir`` remembers, else a fresh one on the server."""
+    known = stored_url(var_dir)
+    if known is not None:
+        return known
+    server = normalise_url(server_url)
+    if server.get_backend_name() != "postgresql":
+        raise StackDatabaseError(f"--postgres-url must be a PostgreSQL URL, got {safe_url(server)}")
+    name = f"certrail_{uuid.uuid4().hex[:12]}"
+    _execute(server, f'CREATE DATABASE "{name}"')
+    url = server.set(database=name).render_as_string(hide_password=False)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    server_text = server.render_as_string(hide_password=False)
+    write_private(var_dir / URL_FILE, json.dumps({"url": url, "server": server_text}, indent=1) + "\n")
+    return url
+
+
+def drop_database(var_dir: Path) -> str | None:
+    """Drop the database ``var_dir`` remembers (and forget it); returns its URL without password, or None."""
+    stored = _stored(var_dir)
+    if stored is None:
+        return None
+    url, server = normalise_url(stored["url"]), normalise_url(stored["server"])
+    _execute(server, f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+    (var_dir / URL_FILE).unlink()
+    return safe_url(url)
+
+
+def _execute(server_url: object, statement: str) -> None:
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool,  # type: ignore[call-overload]
+                           connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(statement)
+    except OperationalError as exc:
+        raise StackDatabaseError(f"{statement.split(' ', 1)[0].lower()} database on {safe_url(engine.url)} failed "
+                                 f"(is the server running? `sudo bash scripts/postgres.sh`; may the role CREATE DATABASE?): "
+                                 f"{exc.orig}") from exc
+    finally:
+        engine.dispose()
