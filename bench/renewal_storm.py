@@ -66,12 +66,16 @@ def storm(count: int, connectors: int, limit: int, interval_s: float) -> dict[st
     drained_at: dict[str, datetime] = {}
     per_connector = Counter(c.connector for c in fleet)
     done: Counter[str] = Counter()
+    busiest_tick: Counter[str] = Counter()  # connector -> most RenewalDue it got in one tick
     while len(drained_at) < len(per_connector):
         recent = {c: len(times) - bisect.bisect_right(times, now - RATE_WINDOW) for c, times in sent_at.items()}
         snapshot = Snapshot(certificates=fleet, profiles=profiles, sent=sent, recent_renewals=recent, pending=[])
         started = time.process_time()
         plan = plan_tick(snapshot, now, settings, topics)
         tick_cpu.append(time.process_time() - started)
+        for connector, in_tick in Counter(n.connector for n in plan.renewals).items():
+            assert connector is not None
+            busiest_tick[connector] = max(busiest_tick[connector], in_tick)
         for notice in plan.renewals:
             assert notice.connector is not None
             sent.add((notice.certificate_id, notice.serial, RENEWAL_DUE))
@@ -94,6 +98,7 @@ def storm(count: int, connectors: int, limit: int, interval_s: float) -> dict[st
         "ticks": len(tick_cpu),
         "drain_minutes": {c: round((t - start).total_seconds() / 60, 1) for c, t in sorted(drained_at.items())},
         "busiest_sliding_minute": dict(sorted(busiest.items())),
+        "busiest_tick": dict(sorted(busiest_tick.items())),
         "tick_cpu_ms_mean": round(1000 * sum(tick_cpu) / len(tick_cpu), 1),
         "tick_cpu_ms_max": round(1000 * max(tick_cpu), 1),
         "jitter_only_busiest_minute": max(due_minutes.values()),

@@ -23,6 +23,7 @@ from tests.unit.test_gateway_scheduler import (
     T0,
     FakeClock,
     add_profile,
+    check_pruning,
     make_scheduler,
     notices,
     of_type,
@@ -130,3 +131,7 @@ async def test_no_repeated_renewal_due_across_ticks_restarts_and_a_split_brain(e
     assert len(total) == 6
     recorded = [n for n in notices(engine) if n[2] == "renewal_due"]
     assert sorted(n[3] for n in recorded) == sorted(renewal_due_id(f"web/{i}", format(0x10 + i, "x")) for i in range(6))
+
+
+async def test_notices_of_long_expired_serials_are_pruned(engine: Engine) -> None:
+    await check_pruning(engine)

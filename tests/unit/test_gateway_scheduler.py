@@ -38,8 +38,10 @@ from services.gateway.scheduler import (
     certificate_expiring_id,
     jitter_window,
     renewal_at,
+    store,
     tightest_threshold,
 )
+from services.gateway.scheduler.plan import per_tick_allowance
 from tests.conftest import poll_until
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -319,23 +321,36 @@ async def test_rate_limit_per_connector_oldest_due_first(engine: Engine) -> None
     scheduler, publisher = make_scheduler(engine, clock, settings)
 
     result = await scheduler.tick()
-    assert (result.renewals_due, result.waiting) == (3, 3)
+    # 2 a minute with a tick every 30 s: 1 a tick (the minute's allowance spread over its ticks, not a burst)
+    assert (result.renewals_due, result.waiting) == (2, 4)
     due = of_type(publisher.sent, RenewalDue)
-    assert sorted(d.certificate_id for d in due if d.connector == "emca-a") == ["a/3", "a/4"]  # oldest due
+    assert [d.certificate_id for d in due if d.connector == "emca-a"] == ["a/4"]  # the oldest due
     assert [d.certificate_id for d in due if d.connector == "emca-b"] == ["b/0"]  # not limited by emca-a
 
-    clock.advance(timedelta(seconds=30))  # the minute has not passed
-    assert (await scheduler.tick()).renewals_due == 0
-    clock.advance(timedelta(seconds=31))
-    assert (await scheduler.tick()).renewals_due == 2
-    clock.advance(timedelta(seconds=61))
+    clock.advance(timedelta(seconds=30))  # one in the sliding minute: one more allowed
+    assert (await scheduler.tick()).renewals_due == 1
+    clock.advance(timedelta(seconds=1))  # two in the sliding minute: none
     result = await scheduler.tick()
-    assert (result.renewals_due, result.waiting) == (1, 0)
+    assert (result.renewals_due, result.waiting) == (0, 3)
+    clock.advance(timedelta(seconds=30))  # the first one left the minute
+    assert (await scheduler.tick()).renewals_due == 1
+    clock.advance(timedelta(seconds=30))
+    result = await scheduler.tick()
+    assert (result.renewals_due, result.waiting) == (1, 1)
+    clock.advance(timedelta(minutes=5))
+    assert (await scheduler.tick()).renewals_due == 1
     clock.advance(timedelta(minutes=5))
     assert (await scheduler.tick()).renewals_due == 0
     a_ids = [d.certificate_id for d in of_type(publisher.sent, RenewalDue) if d.connector == "emca-a"]
-    assert a_ids[2:] == ["a/2", "a/1", "a/0"]  # then in due order
-    assert len(set(a_ids)) == 5
+    assert a_ids == ["a/4", "a/3", "a/2", "a/1", "a/0"]  # in due order, each once
+
+
+@pytest.mark.parametrize(("limit", "interval_s", "per_tick"), [(60, 30, 30), (2, 30, 1), (1, 1, 1), (600, 1, 10),
+                                                               (100, 120, 100), (7, 20, 3)])
+def test_the_allowance_of_a_minute_is_spread_over_its_ticks(limit: int, interval_s: float, per_tick: int) -> None:
+    settings = SchedulerSettings(max_renewals_per_connector_per_minute=limit, interval_s=interval_s,
+                                 lease_ttl_s=interval_s * 3)
+    assert per_tick_allowance(settings) == per_tick
 
 
 async def test_certificates_not_due_or_not_schedulable(engine: Engine) -> None:
@@ -521,6 +536,54 @@ async def test_pending_notice_of_a_renewed_certificate_is_dropped(engine: Engine
     result = await scheduler.tick()
     assert (result.republished, result.renewals_due) == (0, 0)
     assert publisher.sent == [] and notices(engine) == []
+
+
+async def test_notices_of_long_expired_serials_are_pruned_and_pending_ones_kept(engine: Engine) -> None:
+    await check_pruning(engine)
+
+
+async def check_pruning(engine: Engine) -> None:
+    """(shared with the integration test, which runs it on PostgreSQL too)"""
+    add_profile(engine)
+    put_certificate(engine, "web/a", "0a1b")  # lives T0 .. T0 + 90 d
+    settings = SchedulerSettings(jitter_fraction=0.0, notice_retention=timedelta(days=30))
+    clock = FakeClock(T0 + timedelta(days=61))
+    first, _ = make_scheduler(engine, clock, settings)
+    assert (await first.tick()).renewals_due == 1
+    put_certificate(engine, "web/a", "0c2d", not_before=clock.now)  # renewed: 0c2d lives T0 + 61 d .. T0 + 151 d
+    of_0a1b = [row for row in notices(engine) if row[1] == "0a1b"]
+    assert of_0a1b and all(not row[3].startswith(PENDING_PREFIX) for row in of_0a1b)
+
+    # 0a1b expired 10 days ago (less than the retention): kept
+    registry = CollectorRegistry()
+    second, _ = make_scheduler(engine, FakeClock(T0 + timedelta(days=100)), settings, holder="gw-2", registry=registry)
+    clock.advance(timedelta(days=39))
+    await second.tick()
+    assert [row for row in notices(engine) if row[1] == "0a1b"] == of_0a1b
+    assert registry.get_sample_value("certrail_gateway_scheduler_notices_pruned_total") == 0
+
+    # 0a1b expired 31 days ago and its notices are older than the retention: gone; the live serial's and the
+    # pending one stay
+    registry = CollectorRegistry()
+    third, _ = make_scheduler(engine, FakeClock(T0 + timedelta(days=121)), settings, holder="gw-3", registry=registry)
+    await third.tick()
+    remaining = notices(engine)
+    assert not [row for row in remaining if row[1] == "0a1b"]
+    assert [row for row in remaining if row[1] == "0c2d"]
+    assert registry.get_sample_value("certrail_gateway_scheduler_notices_pruned_total") == len(of_0a1b)
+
+    # a notice still pending (recorded, its publication in flight) is never pruned, however old
+    with write_session(engine) as session:
+        session.add(GatewayNotice(certificate_id="web/old", serial="0e0f", kind="renewal_due",
+                                  event_id=PENDING_PREFIX + "ev-old", sent_at=T0))
+    with write_session(engine) as session:
+        assert store.prune_notices(session, T0 + timedelta(days=365)) == 2  # the two of 0c2d, not the pending one
+    assert notices(engine) == [("web/old", "0e0f", "renewal_due", PENDING_PREFIX + "ev-old")]
+
+
+def test_notice_retention_shorter_than_a_day_is_refused() -> None:
+    with pytest.raises(ValidationError, match="notice_retention"):
+        SchedulerSettings(notice_retention=timedelta(hours=1))
 
 
 # -- the loop and the metrics -----------------------------------------------------------------------

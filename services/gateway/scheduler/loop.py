@@ -70,6 +70,7 @@ class Scheduler:
         self.metrics = SchedulerMetrics(registry if registry is not None else CollectorRegistry())
         self._leader = False
         self._stopping = asyncio.Event()
+        self._next_prune = 0.0  # time.monotonic() of the next prune (the first leader tick prunes)
 
     @property
     def is_leader(self) -> bool:
@@ -149,6 +150,10 @@ class Scheduler:
             if notice.threshold_days is not None:
                 self.metrics.expiring.labels(str(notice.threshold_days)).inc()
         self.metrics.republished.inc(len(plan.retries))
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self._settings.prune_interval_s
+            pruned = await asyncio.to_thread(self._prune, now)
+            self.metrics.pruned.inc(pruned)
         return TickResult(
             leader=True,
             renewals_due=len(renewals),
@@ -186,6 +191,14 @@ class Scheduler:
                 return None
             store.delete_dropped(session, dropped)
             return store.insert_pending(session, notices, now)
+
+    def _prune(self, now: datetime) -> int:
+        with write_session(self._engine) as session:
+            pruned = store.prune_notices(session, now - self._settings.notice_retention)
+        if pruned:
+            log.info("renewal scheduler deleted %d notices of serials expired over %s ago", pruned,
+                     self._settings.notice_retention)
+        return pruned
 
     def _mark_sent(self, notices: Sequence[PlannedNotice]) -> None:
         with write_session(self._engine) as session:

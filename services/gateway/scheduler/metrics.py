@@ -32,6 +32,10 @@ class SchedulerMetrics:
             "certrail_gateway_scheduler_pending_notices_dropped_total",
             "Pending notices dropped because their certificate was renewed or is no longer active.", registry=registry,
         )
+        self.pruned = PromCounter(
+            "certrail_gateway_scheduler_notices_pruned_total",
+            "Sent notices deleted once their serial had expired longer ago than the retention.", registry=registry,
+        )
         self.publish_failures = PromCounter(
             "certrail_gateway_scheduler_publish_failures_total", "Ticks whose publication failed (retried next tick).",
             registry=registry,

@@ -5,6 +5,7 @@ notices, and the pending notices to publish again or drop."""
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -170,6 +171,12 @@ def overdue(policy: RenewalPolicy, not_before: datetime, not_after: datetime, no
     return now > due + min(OVERDUE_GRACE, (not_after - due) / 2)
 
 
+def per_tick_allowance(settings: SchedulerSettings) -> int:
+    """The minute's allowance spread over the ticks of a minute (at least one per tick), so that a storm is sent
+    as an even stream rather than the whole minute's worth in the first tick and nothing in the next ones."""
+    return max(1, math.ceil(settings.max_renewals_per_connector_per_minute * min(settings.interval_s, 60.0) / 60.0))
+
+
 def plan_tick(snapshot: Snapshot, now: datetime, settings: SchedulerSettings, topics: Topics) -> Plan:
     """What one tick publishes: new RenewalDue (rate-limited per connector, oldest-due first) and
     CertificateExpiring notices, and the re-publication of pending ones. New notices carry ``now``
@@ -218,8 +225,10 @@ def plan_tick(snapshot: Snapshot, now: datetime, settings: SchedulerSettings, to
     renewals: list[PlannedNotice] = []
     waiting: Counter[str] = Counter()
     limit = settings.max_renewals_per_connector_per_minute
+    per_tick = per_tick_allowance(settings)
     for _, _, cert, what in due:
-        left = budget.setdefault(what.connector, max(0, limit - snapshot.recent_renewals.get(what.connector, 0)))
+        left = budget.setdefault(
+            what.connector, min(per_tick, max(0, limit - snapshot.recent_renewals.get(what.connector, 0))))
         if left == 0:
             waiting[what.connector] += 1
             continue

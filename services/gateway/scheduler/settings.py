@@ -25,6 +25,11 @@ class SchedulerSettings(BaseModel):
     expiry_thresholds_days: list[int] = Field(default_factory=lambda: [30, 14, 7], max_length=20)
     max_renewals_per_connector_per_minute: int = Field(default=60, ge=1, le=1_000_000)
     max_expiry_notices_per_tick: int = Field(default=1000, ge=1, le=1_000_000)
+    notice_retention: timedelta = Field(
+        default=timedelta(days=30),
+        description="a sent notice is deleted once it is this old and its serial expired at least this long ago",
+    )
+    prune_interval_s: float = Field(default=3600.0, gt=0, le=86400, description="seconds between two prunes")
 
     @field_validator("expiry_thresholds_days")
     @classmethod
@@ -41,6 +46,13 @@ class SchedulerSettings(BaseModel):
     def _jitter_max(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):
             raise ValueError("jitter_max must not be negative")
+        return value
+
+    @field_validator("notice_retention")
+    @classmethod
+    def _retention(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("notice_retention must be at least one day (a shorter one could send a notice twice)")
         return value
 
     @model_validator(mode="after")

@@ -39,6 +39,26 @@ def delete_dropped(session: Session, dropped: Sequence[StoredNotice]) -> None:
         session.execute(delete(table).where(*_notice_key(stored), table.c.event_id == stored.event_id))
 
 
+def prune_notices(session: Session, cutoff: datetime, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` sent notices older than ``cutoff`` whose serial expired before ``cutoff`` (or that the
+    gateway no longer knows): no tick or redelivery consults them again. Pending ones are never deleted here."""
+    n, s = GatewayNotice, GatewayIssuedSerial
+    live_serial = (
+        select(s.serial)
+        .where(s.certificate_id == n.certificate_id, s.serial == n.serial, s.not_after >= cutoff)
+        .exists()
+    )
+    keys = (
+        select(n.certificate_id, n.serial, n.kind)
+        .where(n.sent_at < cutoff, n.event_id.not_like(f"{PENDING_PREFIX}%"), ~live_serial)
+        .limit(limit)
+    )
+    old = session.execute(keys).all()
+    for certificate_id, serial, kind in old:
+        session.execute(delete(n).where(n.certificate_id == certificate_id, n.serial == serial, n.kind == kind))
+    return len(old)
+
+
 def mark_sent(session: Session, notices: Sequence[PlannedNotice]) -> None:
     """Strip the pending prefix (one executemany); a row changed meanwhile is left alone."""
     table = _NOTICES
