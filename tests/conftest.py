@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import signal
 import socket
 import time
 import uuid
@@ -38,7 +39,7 @@ from sqlalchemy import Engine
 from services.common import migrate
 from services.common.db import make_engine
 from services.common.kafka_cluster import LocalKafkaCluster, NodePorts
-from services.common.kafka_local import DEFAULT_KAFKA_VERSION, LocalKafka
+from services.common.kafka_local import DEFAULT_KAFKA_VERSION, LocalKafka, reap_exited_brokers
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
 
@@ -344,3 +345,21 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 from tests.postgres_fixtures import *  # noqa: F403 - PostgreSQL fixtures (postgres_url, db_settings)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A broker this run started and nobody stopped is a leak: name it (and stop it) rather than leave it to the
+    interpreter's exit, which only warns about a process it never waited for."""
+    leaked = reap_exited_brokers()
+    if not leaked:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for pid in leaked:
+        if reporter is not None:
+            reporter.write_line(f"LEAK: a Kafka broker this test run started (pid {pid}) was still running at the end; "
+                                "stopping it", red=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    reap_after = time.monotonic() + 10
+    while reap_exited_brokers() and time.monotonic() < reap_after:
+        time.sleep(0.1)

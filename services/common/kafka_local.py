@@ -737,6 +737,16 @@ class LocalKafka:
 # ---------------------------------------------------------------------- helpers
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # brokers started by this process, to poll and reap
 
+
+def reap_exited_brokers() -> list[int]:
+    """Collect the exit status of brokers this process started that have exited since (stopped by another process,
+    e.g. ``certrail down``), so that none stays a zombie; returns the pids of those still running."""
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+    return sorted(_CHILDREN)
+
+
 _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by certrail on every start of the local broker. -->
 <Configuration status="WARN" shutdownHook="disable">

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from services.common.kafka_local import reap_exited_brokers
 from services.common.proc import port_free
 from services.common.settings import KafkaSettings
 from tests.conftest import free_ports, wait_until
@@ -65,6 +66,7 @@ class EmbeddedStack:
         assert result.returncode == 0, result.stdout + result.stderr
         wait_until(lambda: all(port_free("127.0.0.1", port) for port in self.ports.values()),
                    f"every port to be free after `certrail down`: {self.ports}", 30, interval_s=0.5)
+        reap_exited_brokers()  # a broker a test restarted from this process, stopped by `certrail down`
 
     def logs(self, lines: int = 25) -> str:
         out = []

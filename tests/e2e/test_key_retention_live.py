@@ -9,7 +9,6 @@ revocation through the API destroys the live key at once, well inside the grace 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,54 +19,49 @@ import tests.e2e.test_renewal_live as renewal
 from services.common.contracts.keys import BotKeyDestroyed, KeyCopyOutcome, KeyRetirementReason
 from services.common.settings import KafkaSettings
 from tests.conftest import wait_until
+from tests.e2e.process_stack import ProcessStack, check
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RETENTION_S = 15
 
 
 @pytest.fixture
-def live(kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[renewal.Live]:
-    # the stack's processes inherit the environment: the deployer's retention settings are set through it
-    monkeypatch.setenv("CERTRAIL_DEPLOYER_KEY_RETENTION_S", str(RETENTION_S))
-    monkeypatch.setenv("CERTRAIL_DEPLOYER_KEY_SWEEP_INTERVAL_S", "0.5")
-    yield from renewal.live.__wrapped__(kafka_settings, tmp_path)  # type: ignore[attr-defined]
+def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[ProcessStack]:
+    yield from renewal.renewal_stack(kafka_settings, tmp_path, env={
+        "CERTRAIL_DEPLOYER_KEY_RETENTION_S": str(RETENTION_S), "CERTRAIL_DEPLOYER_KEY_SWEEP_INTERVAL_S": "0.5"})
 
 
-def _key_rows(live: renewal.Live, certificate_id: str) -> dict[str, tuple[bool, str | None]]:
+def _key_rows(live: ProcessStack, certificate_id: str) -> dict[str, tuple[bool, str | None]]:
     """serial -> (key material still stored, destroyed_at)."""
-    rows = renewal._rows(live, "SELECT serial, private_key IS NOT NULL, destroyed_at FROM deployer_bot_keys "
-                               "WHERE certificate_id = ? AND serial IS NOT NULL", certificate_id)
+    rows = live.rows("SELECT serial, private_key IS NOT NULL, destroyed_at FROM deployer_bot_keys "
+                     "WHERE certificate_id = ? AND serial IS NOT NULL", certificate_id)
     return {serial: (bool(held), destroyed) for serial, held, destroyed in rows}
 
 
-def _versions(live: renewal.Live) -> list[str]:
+def _versions(live: ProcessStack) -> list[str]:
     return sorted(p.name.rsplit("-", 1)[0] for p in (live.var / "deploy" / "versions").iterdir())
 
 
-def _destroyed(live: renewal.Live, certificate_id: str, serial: str) -> BotKeyDestroyed | None:
-    events = renewal._events(live, live.topics.deployer_events, BotKeyDestroyed.TYPE, certificate_id)
+def _destroyed(live: ProcessStack, certificate_id: str, serial: str) -> BotKeyDestroyed | None:
+    events = live.events(live.topics.deployer_events, BotKeyDestroyed.TYPE, certificate_id)
     found = [e.data for e in events if isinstance(e.data, BotKeyDestroyed) and e.data.serial == serial]
     return found[0] if found else None
 
 
-def _audited(live: renewal.Live, certificate_id: str) -> list[bytes]:
-    connection = sqlite3.connect(live.db, timeout=10)
-    try:
-        return [value for (value,) in connection.execute(
-            "SELECT value FROM audit_records WHERE event_type = ? AND subject = ?", (BotKeyDestroyed.TYPE, certificate_id))]
-    finally:
-        connection.close()
+def _audited(live: ProcessStack, certificate_id: str) -> list[bytes]:
+    return [value for (value,) in live.rows("SELECT value FROM audit_records WHERE event_type = ? AND subject = ?",
+                                            BotKeyDestroyed.TYPE, certificate_id)]
 
 
 @pytest.mark.timeout(300)
-def test_a_renewed_key_is_retired_after_its_grace_and_a_compromised_one_at_once(live: renewal.Live) -> None:
+def test_a_renewed_key_is_retired_after_its_grace_and_a_compromised_one_at_once(live: ProcessStack) -> None:
     bot_id = f"keys.{renewal.DOMAIN}"
-    renewal._check(live.requester.post("/v1/certificates", json={
+    check(live.requester.post("/v1/certificates", json={
         "request_id": f"issue-{bot_id}", "profile": renewal.BOT_PROFILE, "certificate_id": bot_id,
         "sans": [f"dns:{bot_id}"]}), 202)
 
     def renewed() -> list[str] | None:
-        ordered = [s for (s,) in renewal._rows(live, "SELECT serial FROM gateway_issued_serials WHERE certificate_id = ?"
+        ordered = [s for (s,) in live.rows("SELECT serial FROM gateway_issued_serials WHERE certificate_id = ?"
                                                      " ORDER BY issued_at", bot_id)]
         return ordered if len(ordered) >= 2 and set(ordered[:2]) <= set(renewal._deployed_serials(live, bot_id)) else None
 
@@ -91,12 +85,12 @@ def test_a_renewed_key_is_retired_after_its_grace_and_a_compromised_one_at_once(
     # keyCompromise of the serial in service: its key destroyed at once (not after the grace period)
     current = renewal._current_serial(live, bot_id)
     assert current is not None and current != first
-    renewal._check(live.requester.post(f"/v1/certificates/{bot_id}/revoke", json={
+    check(live.requester.post(f"/v1/certificates/{bot_id}/revoke", json={
         "request_id": f"revoke-{current}", "reason": "keyCompromise", "serial": current}), 202)
     compromised = wait_until(lambda: _destroyed(live, bot_id, current), f"{bot_id} serial {current} destroyed", 60,
                              interval_s=0.5)
     assert isinstance(compromised, BotKeyDestroyed) and compromised.reason is KeyRetirementReason.KEY_COMPROMISE
     assert compromised.destroyed_at - compromised.superseded_at < timedelta(seconds=RETENTION_S)
     assert _key_rows(live, bot_id)[current][0] is False
-    for envelope in renewal._events(live, live.topics.deployer_events, BotKeyDestroyed.TYPE, bot_id):
+    for envelope in live.events(live.topics.deployer_events, BotKeyDestroyed.TYPE, bot_id):
         assert "PRIVATE KEY" not in envelope.data.model_dump_json()

@@ -14,200 +14,85 @@ leaves live 90 seconds, the gateway's scheduler ticking every second.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import secrets
-import sqlite3
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from emca_sim.server import start_in_thread
-from services.common.connectors.secretbox import generate_key
-from services.common.contracts.catalog import CATALOG
-from services.common.contracts.envelope import Envelope, decode
 from services.common.contracts.events import CertificateDeployed, CertificateExpiring, CertificateIssued, RenewalDue
 from services.common.contracts.identity import renewal_due_id
 from services.common.contracts.requests import RenewRequested
-from services.common.contracts.topics import Topics
-from services.common.db import make_engine
-from services.common.emca.types import EmcaVersion
-from services.common.kafka_config import client_kwargs
-from services.common.migrate import upgrade
-from services.common.settings import DatabaseSettings, KafkaSettings
-from services.common.stack import SERVICES, Stack
-from services.common.topics_admin import delete_topics, ensure_topics
-from services.gateway.api_tokens import create_token
-from services.gateway.policy.tokens import Role
+from services.common.settings import KafkaSettings
 from services.gateway.scheduler import certificate_expiring_id
-from tests.conftest import free_ports, wait_until
-from tests.emca_sim_helpers import ISSUING_CA, SHORT_PROFILE, short_lived_config, sim_endpoint
+from tests.conftest import wait_until
+from tests.e2e.process_stack import DEPLOYER, ProcessStack, process_stack
+from tests.e2e.process_stack import check as _check
+from tests.e2e.process_stack import csr as _csr
+from tests.emca_sim_helpers import SHORT_PROFILE, short_lived_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONNECTOR, BOT_PROFILE, CSR_PROFILE, TARGET = "emca-short", "short-bot", "short-csr", "short-files"
-DEPLOYER, REQUESTER = "certrail-deployer", "web-team"
+REQUESTER = "web-team"
 DOMAIN = "renew.certrail.test"
 VALIDITY_S = 90  # the simulator backdates by a minute: lifetime 150 s, due at 60 % = 30 s after issuance (less jitter)
 SCHEDULER = {"interval_s": 1.0, "lease_ttl_s": 5.0}
 
 
-@dataclass
-class Live:
-    stack: Stack
-    var: Path
-    db: Path
-    topics: Topics
-    kafka: KafkaSettings
-    admin: httpx.Client
-    requester: httpx.Client
-
-
-def _check(response: httpx.Response, *ok: int) -> dict[str, Any]:
-    assert response.status_code in ok, f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
-    return response.json() if response.content else {}
-
-
-def _csr(name: str) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-           .sign(key, hashes.SHA256()))
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
 
 @pytest.fixture
-def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[Live]:
-    prefix = f"t{uuid.uuid4().hex[:8]}.certrail"
-    topics = Topics(prefix)
-    kafka = kafka_settings.model_copy(update={"topic_prefix": prefix})
-    asyncio.run(ensure_topics(kafka, list(topics.fixed()), partitions=1))
-    db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'certrail.db'}")
-    upgrade(db)
-    engine = make_engine(db)
-    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    request_key = secrets.token_urlsafe(32)
-    env = {
-        "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "CERTRAIL_KAFKA_TOPIC_PREFIX": prefix,
-        "CERTRAIL_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "CERTRAIL_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-        "CERTRAIL_DB_URL": db.url,
-        "CERTRAIL_SECRETS_KEYS": generate_key(),
-        "CERTRAIL_DEPLOYER_KEYS": generate_key(),
-        "CERTRAIL_DEPLOYER_REQUEST_KEY": request_key,
-        "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(tmp_path / "auditor" / "checkpoint-signing-key.pem"),
-        "CERTRAIL_ISSUER_TOPIC_REFRESH_INTERVAL_MS": "1000",
-        "CERTRAIL_ISSUER_REGISTRY_POLL_S": "0.5",
-        # the scheduler's settings are one JSON value (GatewaySettings has no nested env delimiter)
-        "CERTRAIL_GATEWAY_SCHEDULER": json.dumps(SCHEDULER),
-    }
-    admin_token, _ = create_token(engine, identity="platform-admin", role=Role.ADMIN, profiles=None, description="renewal e2e",
-                                  created_by="tests", now=_now(), expires_at=None)
-    requester_token, _ = create_token(engine, identity=REQUESTER, role=Role.REQUESTER, profiles=None,
-                                      description="renewal e2e", created_by="tests", now=_now(), expires_at=None)
-    engine.dispose()
-    stack = Stack(var_dir=tmp_path / "var", ports=ports, env=env)
-    base = f"http://127.0.0.1:{ports['gateway']}"
+def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[ProcessStack]:
+    yield from renewal_stack(kafka_settings, tmp_path)
+
+
+def renewal_stack(kafka_settings: KafkaSettings, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[ProcessStack]:
+    """The stack with the short-lived connector, the bot and CSR profiles and the file target (also the key
+    retention test's, with its ``env``)."""
     with start_in_thread(tmp_path / "emca-sim", port=0, crl_port=0, admin_port=0, config=short_lived_config(VALIDITY_S)) as sim, \
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_token.token}"}, timeout=30) as admin, \
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {requester_token.token}"}, timeout=30) as requester:
-        try:
-            stack.start(120.0)
-            endpoint = sim_endpoint(sim, EmcaVersion.V4_2_4)
-            _check(admin.post("/v1/connectors", json={
-                "name": CONNECTOR, "version": "V4.2.4+", "base_url": endpoint.base_url, "username": endpoint.username,
-                "issuing_ca": ISSUING_CA, "subscriber_id": "SUB-0001", "default_profile": SHORT_PROFILE,
-                "ca_bundle_pem": endpoint.ca_bundle_pem, "password": endpoint.password, "client_id": endpoint.client_id}), 201)
-            _check(admin.post(f"/v1/requesters/{DEPLOYER}/keys", json={
-                "key_id": "deployer-1", "secret_base64": base64.b64encode(request_key.encode()).decode()}), 201)
-            common = {"connector": CONNECTOR, "ca_profile": SHORT_PROFILE, "domain_rules": {"dns_suffixes": [DOMAIN]},
-                      "validity_days": 1}
-            _check(admin.post("/v1/profiles", json={
-                **common, "name": BOT_PROFILE, "key_generation": "bot", "bot_key_algorithm": "EC-P256",
-                "allowed_requesters": [REQUESTER, DEPLOYER], "deployment_target": TARGET,
-                "renewal": {"renew_at_fraction": 0.6}}), 201)
-            # renew_before longer than the template's 90 s: the 2/3 fraction applies (decision 0022), not "due at once"
-            _check(admin.post("/v1/profiles", json={
-                **common, "name": CSR_PROFILE, "key_generation": "requester", "allowed_requesters": [REQUESTER],
-                "renewal": {"renew_before": "PT1H"}}), 201)
-            _check(admin.put(f"/v1/targets/{TARGET}", json={"kind": "file", "config": {"dir": str(tmp_path / "deploy")}}), 201)
-            _check(admin.put(f"/v1/profiles/{BOT_PROFILE}/targets/{TARGET}"), 201)
-            yield Live(stack, tmp_path, tmp_path / "certrail.db", topics, kafka, admin, requester)
-        finally:
-            stack.stop()
-            asyncio.run(delete_topics(kafka, [*topics.fixed(), topics.commands(CONNECTOR)]))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC) - timedelta(seconds=5)
+            process_stack(kafka_settings, tmp_path, requester=REQUESTER, description="renewal e2e",
+                          env={"CERTRAIL_GATEWAY_SCHEDULER": json.dumps(SCHEDULER), **(env or {})}) as live:
+        live.add_connector(CONNECTOR, sim, default_profile=SHORT_PROFILE)
+        live.add_deployer_key()
+        common = {"connector": CONNECTOR, "ca_profile": SHORT_PROFILE, "domain_rules": {"dns_suffixes": [DOMAIN]},
+                  "validity_days": 1}
+        _check(live.admin.post("/v1/profiles", json={
+            **common, "name": BOT_PROFILE, "key_generation": "bot", "bot_key_algorithm": "EC-P256",
+            "allowed_requesters": [REQUESTER, DEPLOYER], "deployment_target": TARGET,
+            "renewal": {"renew_at_fraction": 0.6}}), 201)
+        # renew_before longer than the template's 90 s: the 2/3 fraction applies (decision 0022), not "due at once"
+        _check(live.admin.post("/v1/profiles", json={
+            **common, "name": CSR_PROFILE, "key_generation": "requester", "allowed_requesters": [REQUESTER],
+            "renewal": {"renew_before": "PT1H"}}), 201)
+        live.file_target(TARGET, BOT_PROFILE)
+        yield live
 
 
 # -- reading what happened ------------------------------------------------------------------------------------
 
 
-async def _read_topic(kafka: KafkaSettings, topic: str) -> list[Envelope]:
-    """Every record of ``topic`` from its beginning up to its end now, decoded."""
-    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        out: list[Envelope] = []
-        async with asyncio.timeout(30):
-            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-                for records in (await consumer.getmany(*partitions, timeout_ms=500)).values():
-                    out += [decode(record.value, CATALOG) for record in records]
-        return out
-    finally:
-        await consumer.stop()
-
-
-def _events(live: Live, topic: str, event_type: str, certificate_id: str) -> list[Envelope]:
-    return [e for e in asyncio.run(_read_topic(live.kafka, topic)) if e.type == event_type and e.subject == certificate_id]
-
-
-def _rows(live: Live, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    connection = sqlite3.connect(live.db, timeout=10)
-    try:
-        return connection.execute(sql, args).fetchall()
-    finally:
-        connection.close()
-
-
-def _serial_states(live: Live, certificate_id: str) -> tuple[dict[str, str], dict[str, str]]:
+def _serial_states(live: ProcessStack, certificate_id: str) -> tuple[dict[str, str], dict[str, str]]:
     """(auditor inventory, gateway projection): serial -> status."""
-    inventory = dict(_rows(live, "SELECT serial, status FROM certificate_serials WHERE certificate_id = ?", certificate_id))
-    gateway = dict(_rows(live, "SELECT serial, status FROM gateway_issued_serials WHERE certificate_id = ?", certificate_id))
+    inventory = dict(live.rows("SELECT serial, status FROM certificate_serials WHERE certificate_id = ?", certificate_id))
+    gateway = dict(live.rows("SELECT serial, status FROM gateway_issued_serials WHERE certificate_id = ?", certificate_id))
     return inventory, gateway
 
 
-def _deployed_serials(live: Live, certificate_id: str) -> list[str]:
-    rows = _rows(live, "SELECT serial FROM deployer_deployments WHERE certificate_id = ? AND target_name = ? AND status = 'deployed'"
+def _deployed_serials(live: ProcessStack, certificate_id: str) -> list[str]:
+    rows = live.rows("SELECT serial FROM deployer_deployments WHERE certificate_id = ? AND target_name = ? AND status = 'deployed'"
                  " ORDER BY serial", certificate_id, TARGET)
     return [serial for (serial,) in rows]
 
 
-def _current_file_serial(live: Live) -> str:
+def _current_file_serial(live: ProcessStack) -> str:
     path = live.var / "deploy" / "current" / "cert.pem"
     return format(x509.load_pem_x509_certificate(path.read_bytes()).serial_number, "x")
 
 
-def _current_serial(live: Live, certificate_id: str) -> str | None:
+def _current_serial(live: ProcessStack, certificate_id: str) -> str | None:
     answer = live.admin.get(f"/v1/certificates/{certificate_id}")
     inventory = (answer.json().get("inventory") or {}) if answer.status_code == 200 else {}
     return inventory.get("serial")
@@ -217,7 +102,7 @@ def _current_serial(live: Live, certificate_id: str) -> str | None:
 
 
 @pytest.mark.timeout(300)
-def test_short_lived_certificates_renew_by_themselves(live: Live) -> None:
+def test_short_lived_certificates_renew_by_themselves(live: ProcessStack) -> None:
     bot_id, csr_id = f"www.{DOMAIN}", f"api.{DOMAIN}"
     _check(live.requester.post("/v1/certificates", json={
         "request_id": f"issue-{bot_id}", "profile": BOT_PROFILE, "certificate_id": bot_id, "sans": [f"dns:{bot_id}"]}), 202)
@@ -227,7 +112,7 @@ def test_short_lived_certificates_renew_by_themselves(live: Live) -> None:
     # -- the requester-held certificate: its CertificateExpiring (the tightest threshold, 7 days, at once), then
     #    a renewal through the API replaces it
     first_csr = wait_until(lambda: _current_serial(live, csr_id), f"{csr_id} to be issued", 90, interval_s=0.5)
-    expiring = wait_until(lambda: _events(live, live.topics.gateway_events, CertificateExpiring.TYPE, csr_id),
+    expiring = wait_until(lambda: live.events(live.topics.gateway_events, CertificateExpiring.TYPE, csr_id),
                           f"a CertificateExpiring for {csr_id}", 60, interval_s=1)
     assert isinstance(expiring, list) and expiring[0].data.serial == first_csr and expiring[0].data.threshold_days == 7
     assert expiring[0].id == certificate_expiring_id(csr_id, first_csr, 7)
@@ -242,7 +127,7 @@ def test_short_lived_certificates_renew_by_themselves(live: Live) -> None:
     def renewed_twice() -> list[str] | None:
         """The serials in issuance order once three are deployed and each older one is superseded, the
         newest active, in both the auditor's inventory and the gateway's projection."""
-        ordered = [s for (s,) in _rows(live, "SELECT serial FROM gateway_issued_serials WHERE certificate_id = ?"
+        ordered = [s for (s,) in live.rows("SELECT serial FROM gateway_issued_serials WHERE certificate_id = ?"
                                              " ORDER BY issued_at", bot_id)]
         if len(ordered) < 3 or not set(ordered[:3]) <= set(_deployed_serials(live, bot_id)):
             return None
@@ -256,18 +141,18 @@ def test_short_lived_certificates_renew_by_themselves(live: Live) -> None:
     serials = found[:3]
     assert len(set(serials)) == 3
     # each deployed to the file target in turn (verified there), each with a fresh key made by the deployer
-    deployed = sorted(_events(live, live.topics.deployer_events, CertificateDeployed.TYPE, bot_id), key=lambda e: e.time)
+    deployed = sorted(live.events(live.topics.deployer_events, CertificateDeployed.TYPE, bot_id), key=lambda e: e.time)
     assert list(dict.fromkeys(e.data.serial for e in deployed if e.data.serial in serials)) == serials
     assert all(e.data.verified_serial == e.data.serial and e.data.target.name == TARGET for e in deployed)
-    issued = {e.data.serial: e.data for e in _events(live, live.topics.issuer_events, CertificateIssued.TYPE, bot_id)}
+    issued = {e.data.serial: e.data for e in live.events(live.topics.issuer_events, CertificateIssued.TYPE, bot_id)}
     assert len({issued[s].public_key_sha256 for s in serials}) == 3
     assert [issued[s].replaces_serial for s in serials] == [None, *serials[:2]]
-    now_issued = [s for (s,) in _rows(live, "SELECT serial FROM gateway_issued_serials WHERE certificate_id = ?"
+    now_issued = [s for (s,) in live.rows("SELECT serial FROM gateway_issued_serials WHERE certificate_id = ?"
                                           " ORDER BY issued_at", bot_id)]
     assert _current_file_serial(live) in now_issued[2:]  # the newest deployed (a fourth may have come meanwhile)
 
     # the RenewalDue events: deterministic ids, one per replaced serial, to the deployer (bot key)
-    dues = {e.id: e for e in _events(live, live.topics.gateway_events, RenewalDue.TYPE, bot_id)}
+    dues = {e.id: e for e in live.events(live.topics.gateway_events, RenewalDue.TYPE, bot_id)}
     for replaced in serials[:2]:
         event = dues.get(renewal_due_id(bot_id, replaced))
         assert event is not None, f"no RenewalDue for {bot_id} serial {replaced}: {sorted(dues)}"
@@ -275,7 +160,7 @@ def test_short_lived_certificates_renew_by_themselves(live: Live) -> None:
     assert {e.data.serial for e in dues.values()} <= set(now_issued)  # never one for a serial it did not have
 
     # nobody asked: each renewal request is the deployer's, caused by the RenewalDue of the serial it replaces
-    renewals = _events(live, live.topics.requests, RenewRequested.TYPE, bot_id)
+    renewals = live.events(live.topics.requests, RenewRequested.TYPE, bot_id)
     by_replaced = {e.data.replaces_serial: e for e in renewals}
     assert set(serials[:2]) <= set(by_replaced), by_replaced
     for replaced in serials[:2]:
@@ -283,10 +168,10 @@ def test_short_lived_certificates_renew_by_themselves(live: Live) -> None:
         assert request.data.requester == DEPLOYER and request.causationid == renewal_due_id(bot_id, replaced)
 
     # the requester-held certificate gets its RenewalDue too (for its requester: the deployer makes no key for it)
-    due = wait_until(lambda: _events(live, live.topics.gateway_events, RenewalDue.TYPE, csr_id),
+    due = wait_until(lambda: live.events(live.topics.gateway_events, RenewalDue.TYPE, csr_id),
                      f"a RenewalDue for the requester-held {csr_id}", 60, interval_s=1)
     assert isinstance(due, list)
     assert all(e.data.key_generation.value == "requester" and e.id == renewal_due_id(csr_id, e.data.serial) for e in due)
     # renew_before (1 h) exceeds the lifetime: due at 2/3 of it less jitter, well after issuance (notBefore + 60 s)
     assert all(e.data.renew_at >= e.data.not_after - timedelta(seconds=VALIDITY_S) + timedelta(seconds=20) for e in due), due
-    assert not [e for e in _events(live, live.topics.requests, RenewRequested.TYPE, csr_id) if e.data.requester == DEPLOYER]
+    assert not [e for e in live.events(live.topics.requests, RenewRequested.TYPE, csr_id) if e.data.requester == DEPLOYER]

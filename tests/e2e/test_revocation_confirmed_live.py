@@ -14,45 +14,31 @@ run's Kafka broker and a SQLite file, two emCA simulators.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sqlite3
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
 from emca_sim.server import SimServer, start_in_thread
-from services.common.connectors.secretbox import generate_key
-from services.common.contracts.catalog import CATALOG
-from services.common.contracts.envelope import Envelope, decode
+from services.common.contracts.envelope import Envelope
 from services.common.contracts.events import CertificateIssued, CertificateRevoked
 from services.common.contracts.revocation import RevocationConfirmed, RevocationUnconfirmed, UnconfirmedCause
-from services.common.contracts.topics import Topics
-from services.common.db import make_engine
-from services.common.emca.types import EmcaVersion
-from services.common.kafka_config import client_kwargs
-from services.common.migrate import upgrade
-from services.common.settings import DatabaseSettings, KafkaSettings
-from services.common.stack import SERVICES, Stack
-from services.common.topics_admin import delete_topics, ensure_topics
-from services.gateway.api_tokens import create_token
-from services.gateway.policy.tokens import Role
+from services.common.settings import KafkaSettings
 from services.issuer.revocation.crl_check import distribution_points
-from tests.conftest import free_ports, wait_until
-from tests.emca_sim_helpers import ISSUING_CA, sim_endpoint
+from tests.conftest import wait_until
+from tests.e2e.process_stack import ProcessStack, process_stack, read_topic
+from tests.e2e.process_stack import check as _check
+from tests.e2e.process_stack import csr as _csr
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,123 +79,35 @@ class FrozenCrl:
         self.server.server_close()
 
 
-@dataclass
-class Live:
-    var: Path
-    db: Path
-    topics: Topics
-    kafka: KafkaSettings
-    issuer_url: str
-    requester: httpx.Client
-    sims: dict[str, SimServer]
-
-
-def _check(response: httpx.Response, *ok: int) -> dict[str, Any]:
-    assert response.status_code in ok, f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
-    return response.json() if response.content else {}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC) - timedelta(seconds=5)
-
-
-def _csr(name: str) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-           .sign(key, hashes.SHA256()))
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
 @pytest.fixture
-def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[Live]:
-    prefix = f"t{uuid.uuid4().hex[:8]}.certrail"
-    topics = Topics(prefix)
-    kafka = kafka_settings.model_copy(update={"topic_prefix": prefix})
-    asyncio.run(ensure_topics(kafka, list(topics.fixed()), partitions=1))
-    db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'certrail.db'}")
-    upgrade(db)
-    engine = make_engine(db)
-    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    env = {
-        "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "CERTRAIL_KAFKA_TOPIC_PREFIX": prefix,
-        "CERTRAIL_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "CERTRAIL_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-        "CERTRAIL_DB_URL": db.url,
-        "CERTRAIL_SECRETS_KEYS": generate_key(),
-        "CERTRAIL_DEPLOYER_KEYS": generate_key(),
-        "CERTRAIL_DEPLOYER_REQUEST_KEY": secrets.token_urlsafe(32),
-        "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(tmp_path / "auditor" / "checkpoint-signing-key.pem"),
-        "CERTRAIL_ISSUER_TOPIC_REFRESH_INTERVAL_MS": "1000",
-        "CERTRAIL_ISSUER_REGISTRY_POLL_S": "0.5",
-        "CERTRAIL_ISSUER_REVOCATION_CONFIRM_TIMEOUT_S": str(CONFIRM_TIMEOUT_S),
-        "CERTRAIL_ISSUER_REVOCATION_CONFIRM_POLL_INITIAL_S": "1",
-        "CERTRAIL_ISSUER_REVOCATION_CONFIRM_POLL_MAX_S": "3",
-    }
-    admin_token, _ = create_token(engine, identity="platform-admin", role=Role.ADMIN, profiles=None,
-                                  description="revocation e2e", created_by="tests", now=_now(), expires_at=None)
-    requester_token, _ = create_token(engine, identity=REQUESTER, role=Role.REQUESTER, profiles=None,
-                                      description="revocation e2e", created_by="tests", now=_now(), expires_at=None)
-    engine.dispose()
-    stack = Stack(var_dir=tmp_path / "var", ports=ports, env=env)
-    base = f"http://127.0.0.1:{ports['gateway']}"
+def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[ProcessStack]:
     with FrozenCrl() as frozen, \
             start_in_thread(tmp_path / "sim-live", port=0, crl_port=0, admin_port=0) as sim_live, \
             start_in_thread(tmp_path / "sim-stale", port=0, crl_port=0, admin_port=0,
                             public_base_url=frozen.base_url) as sim_stale, \
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_token.token}"}, timeout=30) as admin, \
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {requester_token.token}"}, timeout=30) as requester:
+            process_stack(kafka_settings, tmp_path, requester=REQUESTER, description="revocation e2e", env={
+                "CERTRAIL_ISSUER_REVOCATION_CONFIRM_TIMEOUT_S": str(CONFIRM_TIMEOUT_S),
+                "CERTRAIL_ISSUER_REVOCATION_CONFIRM_POLL_INITIAL_S": "1",
+                "CERTRAIL_ISSUER_REVOCATION_CONFIRM_POLL_MAX_S": "3"}) as live:
         # the stale CA's distribution point: its CRL as published now, before any revocation, and never again
         frozen.body = httpx.get(f"{sim_stale.endpoints.crl_base_url}/crl/{CA_SLUG}.crl", timeout=10).content
-        try:
-            stack.start(120.0)
-            for name, sim in ((LIVE, sim_live), (STALE, sim_stale)):
-                endpoint = sim_endpoint(sim, EmcaVersion.V4_2_4)
-                _check(admin.post("/v1/connectors", json={
-                    "name": name, "version": "V4.2.4+", "base_url": endpoint.base_url, "username": endpoint.username,
-                    "issuing_ca": ISSUING_CA, "subscriber_id": "SUB-0001", "default_profile": "TLS Server",
-                    "ca_bundle_pem": endpoint.ca_bundle_pem, "password": endpoint.password,
-                    "client_id": endpoint.client_id}), 201)
-                _check(admin.post("/v1/profiles", json={
-                    "name": f"web-{name}", "connector": name, "ca_profile": "TLS Server", "key_generation": "requester",
-                    "domain_rules": {"dns_suffixes": [DOMAIN]}, "validity_days": 1, "allowed_requesters": [REQUESTER]}), 201)
-            yield Live(tmp_path, tmp_path / "certrail.db", topics, kafka, f"http://127.0.0.1:{ports['issuer']}", requester,
-                       {LIVE: sim_live, STALE: sim_stale})
-        finally:
-            stack.stop()
-            asyncio.run(delete_topics(kafka, [*topics.fixed(), topics.commands(LIVE), topics.commands(STALE)]))
+        for name, sim in ((LIVE, sim_live), (STALE, sim_stale)):
+            live.add_connector(name, sim)
+            _check(live.admin.post("/v1/profiles", json={
+                "name": f"web-{name}", "connector": name, "ca_profile": "TLS Server", "key_generation": "requester",
+                "domain_rules": {"dns_suffixes": [DOMAIN]}, "validity_days": 1, "allowed_requesters": [REQUESTER]}), 201)
+        yield live
 
 
 # -- reading what happened ------------------------------------------------------------------------------------
 
 
-async def _read_topic(kafka: KafkaSettings, topic: str) -> list[Envelope]:
-    """Every record of ``topic`` from its beginning up to its end now, decoded."""
-    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        out: list[Envelope] = []
-        async with asyncio.timeout(30):
-            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-                for records in (await consumer.getmany(*partitions, timeout_ms=500)).values():
-                    out += [decode(record.value, CATALOG) for record in records]
-        return out
-    finally:
-        await consumer.stop()
-
-
-def _issuer_events(live: Live, event_type: str, certificate_id: str) -> list[Envelope]:
-    return [e for e in asyncio.run(_read_topic(live.kafka, live.topics.issuer_events))
+def _issuer_events(live: ProcessStack, event_type: str, certificate_id: str) -> list[Envelope]:
+    return [e for e in asyncio.run(read_topic(live.kafka, live.topics.issuer_events))
             if e.type == event_type and e.subject == certificate_id]
 
 
-def _serial_check(live: Live, certificate_id: str, serial: str) -> tuple[Any, ...] | None:
+def _serial_check(live: ProcessStack, certificate_id: str, serial: str) -> tuple[Any, ...] | None:
     connection = sqlite3.connect(live.db, timeout=10)
     try:
         return connection.execute(
@@ -220,7 +118,7 @@ def _serial_check(live: Live, certificate_id: str, serial: str) -> tuple[Any, ..
         connection.close()
 
 
-def _issue(live: Live, connector: str, certificate_id: str) -> CertificateIssued:
+def _issue(live: ProcessStack, connector: str, certificate_id: str) -> CertificateIssued:
     _check(live.requester.post("/v1/certificates", json={
         "request_id": f"issue-{certificate_id}", "profile": f"web-{connector}", "certificate_id": certificate_id,
         "csr": _csr(certificate_id)}), 202)
@@ -232,12 +130,12 @@ def _issue(live: Live, connector: str, certificate_id: str) -> CertificateIssued
     return issued
 
 
-def _revoke(live: Live, certificate_id: str, serial: str) -> None:
+def _revoke(live: ProcessStack, certificate_id: str, serial: str) -> None:
     _check(live.requester.post(f"/v1/certificates/{certificate_id}/revoke", json={
         "request_id": f"revoke-{certificate_id}", "reason": "keyCompromise", "serial": serial}), 202)
 
 
-def _openssl_verify(live: Live, sim: SimServer, leaf_pem: str, crl_der: bytes, name: str) -> subprocess.CompletedProcess[str]:
+def _openssl_verify(live: ProcessStack, sim: SimServer, leaf_pem: str, crl_der: bytes, name: str) -> subprocess.CompletedProcess[str]:
     leaf, crl = live.var / f"{name}.leaf.pem", live.var / f"{name}.crl.pem"
     leaf.write_text(leaf_pem)
     crl.write_bytes(x509.load_der_x509_crl(crl_der).public_bytes(serialization.Encoding.PEM))
@@ -249,7 +147,7 @@ def _openssl_verify(live: Live, sim: SimServer, leaf_pem: str, crl_der: bytes, n
 
 
 @pytest.mark.timeout(300)
-def test_a_revocation_is_confirmed_on_the_crl_or_reported_unconfirmed(live: Live) -> None:
+def test_a_revocation_is_confirmed_on_the_crl_or_reported_unconfirmed(live: ProcessStack) -> None:
     live_id, stale_id = f"www.{DOMAIN}", f"api.{DOMAIN}"
     issued = _issue(live, LIVE, live_id)
     stale = _issue(live, STALE, stale_id)

@@ -11,172 +11,85 @@ RenewRequested -> a new serial issued and deployed to the target. The notify pro
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import secrets
-import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 
-from emca_sim.server import SimServer, start_in_thread
-from services.common.connectors.secretbox import generate_key
+from emca_sim.server import start_in_thread
 from services.common.contracts.events import CertificateDeployed, CertificateIssued, RenewalDue
 from services.common.contracts.identity import renewal_due_id
 from services.common.contracts.requests import RenewRequested
 from services.common.contracts.revocation import RevokedOutOfBand
-from services.common.contracts.topics import Topics
-from services.common.db import make_engine
-from services.common.emca.types import EmcaVersion
-from services.common.migrate import upgrade
-from services.common.settings import DatabaseSettings, KafkaSettings
-from services.common.stack import SERVICES, Stack
-from services.common.topics_admin import delete_topics, ensure_topics
-from services.gateway.api_tokens import create_token
-from services.gateway.policy.tokens import Role
-from tests.conftest import free_ports, wait_until
-from tests.e2e.test_renewal_live import _csr, _read_topic
-from tests.emca_sim_helpers import ISSUING_CA, sim_endpoint
+from services.common.settings import KafkaSettings
+from tests.conftest import wait_until
+from tests.e2e.process_stack import DEPLOYER, ProcessStack, process_stack
+from tests.e2e.process_stack import check as _check
+from tests.e2e.process_stack import csr as _csr
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONNECTOR, BOT_PROFILE, CSR_PROFILE, TARGET = "emca-oob", "oob-bot", "oob-csr", "oob-files"
-DEPLOYER, REQUESTER = "certrail-deployer", "web-team"
+REQUESTER = "web-team"
 DOMAIN = "oob.certrail.test"
 WATCH_INTERVAL_S = 4
 WATCHER_IDLE_S = 5  # WatchSettings.idle_s: how often the watcher looks at its connectors
 
 
-@dataclass
-class Live:
-    var: Path
-    db: Path
-    topics: Topics
-    kafka: KafkaSettings
-    requester: httpx.Client
-    sim: SimServer
-
-
-def _check(response: httpx.Response, *ok: int) -> dict[str, Any]:
-    assert response.status_code in ok, f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
-    return response.json() if response.content else {}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC) - timedelta(seconds=5)
-
-
 @pytest.fixture
-def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[Live]:
-    prefix = f"t{uuid.uuid4().hex[:8]}.certrail"
-    topics = Topics(prefix)
-    kafka = kafka_settings.model_copy(update={"topic_prefix": prefix})
-    asyncio.run(ensure_topics(kafka, list(topics.fixed()), partitions=1))
-    db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'certrail.db'}")
-    upgrade(db)
-    engine = make_engine(db)
-    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    request_key = secrets.token_urlsafe(32)
-    env = {
-        "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "CERTRAIL_KAFKA_TOPIC_PREFIX": prefix,
-        "CERTRAIL_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "CERTRAIL_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-        "CERTRAIL_DB_URL": db.url,
-        "CERTRAIL_SECRETS_KEYS": generate_key(),
-        "CERTRAIL_DEPLOYER_KEYS": generate_key(),
-        "CERTRAIL_DEPLOYER_REQUEST_KEY": request_key,
-        "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(tmp_path / "auditor" / "checkpoint-signing-key.pem"),
-        "CERTRAIL_ISSUER_TOPIC_REFRESH_INTERVAL_MS": "1000",
-        "CERTRAIL_ISSUER_REGISTRY_POLL_S": "0.5",
-        "CERTRAIL_ISSUER_CRL_WATCH_INTERVAL_S": str(WATCH_INTERVAL_S),
-        "CERTRAIL_ISSUER_CRL_WATCH_RETRY_S": "1",
-    }
-    admin_token, _ = create_token(engine, identity="platform-admin", role=Role.ADMIN, profiles=None,
-                                  description="out-of-band e2e", created_by="tests", now=_now(), expires_at=None)
-    requester_token, _ = create_token(engine, identity=REQUESTER, role=Role.REQUESTER, profiles=None,
-                                      description="out-of-band e2e", created_by="tests", now=_now(), expires_at=None)
-    engine.dispose()
-    stack = Stack(var_dir=tmp_path / "var", ports=ports, env=env)
-    base = f"http://127.0.0.1:{ports['gateway']}"
+def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[ProcessStack]:
     with start_in_thread(tmp_path / "emca-sim", port=0, crl_port=0, admin_port=0) as sim, \
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_token.token}"}, timeout=30) as admin, \
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {requester_token.token}"}, timeout=30) as requester:
-        try:
-            stack.start(120.0)
-            endpoint = sim_endpoint(sim, EmcaVersion.V4_2_4)
-            _check(admin.post("/v1/connectors", json={
-                "name": CONNECTOR, "version": "V4.2.4+", "base_url": endpoint.base_url, "username": endpoint.username,
-                "issuing_ca": ISSUING_CA, "subscriber_id": "SUB-0001", "default_profile": "TLS Server",
-                "ca_bundle_pem": endpoint.ca_bundle_pem, "password": endpoint.password, "client_id": endpoint.client_id}), 201)
-            _check(admin.post(f"/v1/requesters/{DEPLOYER}/keys", json={
-                "key_id": "deployer-1", "secret_base64": base64.b64encode(request_key.encode()).decode()}), 201)
-            common = {"connector": CONNECTOR, "ca_profile": "TLS Server", "domain_rules": {"dns_suffixes": [DOMAIN]},
-                      "validity_days": 1}
-            _check(admin.post("/v1/profiles", json={
-                **common, "name": BOT_PROFILE, "key_generation": "bot", "bot_key_algorithm": "EC-P256",
-                "allowed_requesters": [REQUESTER, DEPLOYER], "deployment_target": TARGET,
-                "on_external_revocation": "replace"}), 201)
-            _check(admin.post("/v1/profiles", json={  # on_external_revocation: notify, the default
-                **common, "name": CSR_PROFILE, "key_generation": "requester", "allowed_requesters": [REQUESTER]}), 201)
-            _check(admin.put(f"/v1/targets/{TARGET}", json={"kind": "file", "config": {"dir": str(tmp_path / "deploy")}}), 201)
-            _check(admin.put(f"/v1/profiles/{BOT_PROFILE}/targets/{TARGET}"), 201)
-            yield Live(tmp_path, tmp_path / "certrail.db", topics, kafka, requester, sim)
-        finally:
-            stack.stop()
-            asyncio.run(delete_topics(kafka, [*topics.fixed(), topics.commands(CONNECTOR)]))
+            process_stack(kafka_settings, tmp_path, requester=REQUESTER, description="out-of-band e2e", env={
+                "CERTRAIL_ISSUER_CRL_WATCH_INTERVAL_S": str(WATCH_INTERVAL_S),
+                "CERTRAIL_ISSUER_CRL_WATCH_RETRY_S": "1"}) as stack:
+        stack.add_connector(CONNECTOR, sim)
+        stack.add_deployer_key()
+        common = {"connector": CONNECTOR, "ca_profile": "TLS Server", "domain_rules": {"dns_suffixes": [DOMAIN]},
+                  "validity_days": 1}
+        _check(stack.admin.post("/v1/profiles", json={
+            **common, "name": BOT_PROFILE, "key_generation": "bot", "bot_key_algorithm": "EC-P256",
+            "allowed_requesters": [REQUESTER, DEPLOYER], "deployment_target": TARGET,
+            "on_external_revocation": "replace"}), 201)
+        _check(stack.admin.post("/v1/profiles", json={  # on_external_revocation: notify, the default
+            **common, "name": CSR_PROFILE, "key_generation": "requester", "allowed_requesters": [REQUESTER]}), 201)
+        stack.file_target(TARGET, BOT_PROFILE)
+        yield stack
 
 
-def _events(live: Live, topic: str, event_type: str, certificate_id: str) -> list[Any]:
-    return [e for e in asyncio.run(_read_topic(live.kafka, topic)) if e.type == event_type and e.subject == certificate_id]
-
-
-def _rows(live: Live, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    connection = sqlite3.connect(live.db, timeout=10)
-    try:
-        return connection.execute(sql, args).fetchall()
-    finally:
-        connection.close()
-
-
-def _issued(live: Live, certificate_id: str) -> CertificateIssued:
-    found = wait_until(lambda: _events(live, live.topics.issuer_events, CertificateIssued.TYPE, certificate_id),
+def _issued(live: ProcessStack, certificate_id: str) -> CertificateIssued:
+    found = wait_until(lambda: live.events(live.topics.issuer_events, CertificateIssued.TYPE, certificate_id),
                        f"{certificate_id} issued", 90, interval_s=0.5)
     assert isinstance(found, list)
     return found[0].data
 
 
-def _deployed(live: Live, certificate_id: str) -> set[str]:
-    return {s for (s,) in _rows(live, "SELECT serial FROM deployer_deployments WHERE certificate_id = ? AND target_name = ?"
+def _deployed(live: ProcessStack, certificate_id: str) -> set[str]:
+    return {s for (s,) in live.rows("SELECT serial FROM deployer_deployments WHERE certificate_id = ? AND target_name = ?"
                                 " AND status = 'deployed'", certificate_id, TARGET)}
 
 
-def _revoke_at_ca(live: Live, serial: str) -> datetime:
+def _revoke_at_ca(live: ProcessStack, serial: str) -> datetime:
     """``certrail emca-sim revoke``: the CA's administrator, not certrail."""
     certrail = Path(sys.executable).parent / "certrail"
     done = subprocess.run([str(certrail), "emca-sim", "revoke", serial, "--reason", "keyCompromise", "--data-dir",
-                           str(live.sim.data_dir)], capture_output=True, text=True, timeout=60, check=False)
+                           str(live.sims[CONNECTOR].data_dir)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return datetime.now(UTC)
 
 
-def _inventory(live: Live, certificate_id: str, serial: str) -> tuple[Any, ...] | None:
-    found = _rows(live, "SELECT status, revocation_check, revocation_reason FROM certificate_serials"
+def _inventory(live: ProcessStack, certificate_id: str, serial: str) -> tuple[Any, ...] | None:
+    found = live.rows("SELECT status, revocation_check, revocation_reason FROM certificate_serials"
                         " WHERE certificate_id = ? AND serial = ?", certificate_id, serial)
     return found[0] if found else None
 
 
 @pytest.mark.timeout(300)
-def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: Live) -> None:
+def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: ProcessStack) -> None:
     bot_id, csr_id = f"www.{DOMAIN}", f"api.{DOMAIN}"
     _check(live.requester.post("/v1/certificates", json={
         "request_id": f"issue-{bot_id}", "profile": BOT_PROFILE, "certificate_id": bot_id, "sans": [f"dns:{bot_id}"]}), 202)
@@ -189,14 +102,14 @@ def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: L
 
     # -- noticed within one watch interval (plus the watcher's idle round), once per serial
     for certificate_id, serial, request_id in ((bot_id, bot.serial, bot.request_id), (csr_id, csr.serial, csr.request_id)):
-        found = wait_until(lambda c=certificate_id: _events(live, live.topics.issuer_events, RevokedOutOfBand.TYPE, c),
+        found = wait_until(lambda c=certificate_id: live.events(live.topics.issuer_events, RevokedOutOfBand.TYPE, c),
                            f"RevokedOutOfBand for {certificate_id}", WATCH_INTERVAL_S + WATCHER_IDLE_S + 30, interval_s=0.5)
         assert isinstance(found, list) and len(found) == 1
         event = found[0].data
         assert isinstance(event, RevokedOutOfBand)
         assert (event.serial, event.reason, event.connector) == (serial, "keyCompromise", CONNECTOR)
         assert event.detected_at - revoked_at[certificate_id] <= timedelta(seconds=WATCH_INTERVAL_S + WATCHER_IDLE_S + 5)
-        assert event.distribution_point.startswith(live.sim.endpoints.public_base_url)
+        assert event.distribution_point.startswith(live.sims[CONNECTOR].endpoints.public_base_url)
         assert found[0].correlationid == request_id  # the issuance's request (the deployer's, for a bot-held key)
         wait_until(lambda c=certificate_id, s=serial: _inventory(live, c, s) == ("revoked", "out_of_band", "keyCompromise"),
                    lambda c=certificate_id, s=serial: f"the inventory to show {c} revoked out of band: {_inventory(live, c, s)}",
@@ -204,26 +117,26 @@ def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: L
 
     # -- replace: a new key, a new serial, deployed; caused by the RenewalDue of the revoked serial
     def replaced() -> str | None:
-        issued = [e.data for e in _events(live, live.topics.issuer_events, CertificateIssued.TYPE, bot_id)]
+        issued = [e.data for e in live.events(live.topics.issuer_events, CertificateIssued.TYPE, bot_id)]
         new = [i.serial for i in issued if i.replaces_serial == bot.serial]
         return new[0] if new and new[0] in _deployed(live, bot_id) else None
 
     new_serial = wait_until(replaced, lambda: f"{bot_id} replaced and deployed (deployed: {_deployed(live, bot_id)})",
                             90, interval_s=0.5)
     assert isinstance(new_serial, str) and new_serial != bot.serial
-    [due] = _events(live, live.topics.gateway_events, RenewalDue.TYPE, bot_id)
+    [due] = live.events(live.topics.gateway_events, RenewalDue.TYPE, bot_id)
     assert due.id == renewal_due_id(bot_id, bot.serial) and due.data.key_generation.value == "bot"
-    [request] = [e for e in _events(live, live.topics.requests, RenewRequested.TYPE, bot_id)
+    [request] = [e for e in live.events(live.topics.requests, RenewRequested.TYPE, bot_id)
                  if e.data.replaces_serial == bot.serial]
     assert request.data.requester == DEPLOYER and request.causationid == due.id
     wait_until(lambda: format(x509.load_pem_x509_certificate(
         (live.var / "deploy" / "current" / "cert.pem").read_bytes()).serial_number, "x") == new_serial,
         "the target to serve the new serial", 30, interval_s=0.5)
-    assert any(e.data.serial == new_serial for e in _events(live, live.topics.deployer_events, CertificateDeployed.TYPE, bot_id))
+    assert any(e.data.serial == new_serial for e in live.events(live.topics.deployer_events, CertificateDeployed.TYPE, bot_id))
     wait_until(lambda: _inventory(live, bot_id, new_serial) == ("active", None, None),
                lambda: f"the inventory to show {new_serial} active: {_inventory(live, bot_id, new_serial)}", 30, interval_s=0.5)
 
     # -- notify: nothing but the event and the inventory state
-    assert not _events(live, live.topics.gateway_events, RenewalDue.TYPE, csr_id)
-    assert len(_events(live, live.topics.issuer_events, RevokedOutOfBand.TYPE, bot_id)) == 1  # not again next interval
-    assert _rows(live, "SELECT COUNT(*) FROM issuer_watched_serials WHERE state = ?", "revoked_out_of_band") == [(2,)]
+    assert not live.events(live.topics.gateway_events, RenewalDue.TYPE, csr_id)
+    assert len(live.events(live.topics.issuer_events, RevokedOutOfBand.TYPE, bot_id)) == 1  # not again next interval
+    assert live.rows("SELECT COUNT(*) FROM issuer_watched_serials WHERE state = ?", "revoked_out_of_band") == [(2,)]
