@@ -7,6 +7,8 @@
 #   - the StandardAuthorizer, nothing allowed without an ACL, super users broker and admin
 #   - one SCRAM user per principal, created when the storage is formatted (first start only)
 # The ACLs themselves are applied by the `migrate` service (`certrail kafka acls apply`).
+# The replication settings are those of the tested local cluster (CLUSTER_BROKER_CONFIG in
+# services/common/kafka_cluster.py; tests/unit/test_compose_matches_tested.py compares them).
 set -euo pipefail
 for name in KAFKA_NODE_ID CLUSTER_ID KAFKA_CONTROLLER_QUORUM_VOTERS KAFKA_ADVERTISED_LISTENERS KAFKA_BROKER_PASSWORD \
             KAFKA_ADMIN_PASSWORD KAFKA_GATEWAY_PASSWORD KAFKA_ISSUER_PASSWORD KAFKA_DEPLOYER_PASSWORD \
@@ -40,8 +42,11 @@ log.dirs=${KAFKA_LOG_DIRS:-/var/lib/kafka/data}
 offsets.topic.replication.factor=3
 transaction.state.log.replication.factor=3
 transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
 min.insync.replicas=2
 default.replication.factor=3
+unclean.leader.election.enable=false
 auto.create.topics.enable=false
 PROPS
 cat > "$client" <<PROPS

@@ -33,7 +33,15 @@ from services.common.migrate import upgrade
 from services.common.prometheus_local import DEFAULT_PORT as PROMETHEUS_PORT
 from services.common.prometheus_local import RULES_DIR, PrometheusMissing, PrometheusProcess, find_binary, prometheus_process
 from services.common.settings import DatabaseSettings, KafkaSettings
-from services.common.stack import DEFAULT_PORTS, DEFAULT_SIM_PORTS, INSTANCE_PORT_STEP, SERVICES, Stack, StackError
+from services.common.stack import (
+    DEFAULT_PORTS,
+    DEFAULT_SIM_PORTS,
+    INSTANCE_PORT_STEP,
+    SERVICES,
+    Stack,
+    StackError,
+    instance_ports,
+)
 from services.common.stack_db import DEFAULT_POSTGRES_URL, StackDatabaseError, drop_database, postgres_database, sqlite_url
 from services.common.topics_admin import TopicAdminError, ensure_topics
 
@@ -56,6 +64,19 @@ class DbKind(StrEnum):
 def _port_option(service: str) -> object:
     return typer.Option(envvar=f"{_ENV}{service.upper()}_PORT",
                         help=f"The {service}'s health/metrics port (of its first instance with --instances).")
+
+
+def services_env(var_dir: Path, bootstrap_servers: str, topic_prefix: str, db_url: str) -> dict[str, str]:
+    """The settings every service of the stack gets (`Stack` adds the internal API's token file, var/internal-api.token,
+    and every instance's URL of the auditor and the deployer; each service its Kafka principal). docker-compose.yml gives
+    its containers the same settings (tests/unit/test_compose_matches_tested.py)."""
+    return {
+        "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "CERTRAIL_KAFKA_TOPIC_PREFIX": topic_prefix,
+        "CERTRAIL_DB_URL": db_url,
+        "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(var_dir / "auditor" / "checkpoint-signing-key.pem"),
+        **stack_env(var_dir),
+    }
 
 
 def _kafka(var_dir: Path, cache_dir: Path, kafka_port: int, controller_port: int,
@@ -133,10 +154,6 @@ def up(
     console = Console()
     var_dir = var_dir.absolute()
     ports = {"gateway": gateway_port, "issuer": issuer_port, "deployer": deployer_port, "auditor": auditor_port}
-    if with_prometheus and instances > 1:
-        console.print("[red]error:[/] --with-prometheus scrapes one instance of each service; it is not available "
-                      "with --instances (docs/scaling.md)")
-        raise typer.Exit(2)
     try:
         kafka = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port, brokers)
         db_url = sqlite_url(var_dir) if db is DbKind.sqlite else postgres_database(var_dir, postgres_url)
@@ -145,13 +162,7 @@ def up(
         raise typer.Exit(1) from exc
     topic_prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
     db_settings = DatabaseSettings(url=db_url)
-    env = {
-        "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "CERTRAIL_KAFKA_TOPIC_PREFIX": topic_prefix,
-        "CERTRAIL_DB_URL": db_settings.url,
-        "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(var_dir / "auditor" / "checkpoint-signing-key.pem"),
-        **stack_env(var_dir),
-    }  # Stack adds the internal API's token file (var/internal-api.token, 0600) and the auditor's URL
+    env = services_env(var_dir, kafka.bootstrap_servers, topic_prefix, db_settings.url)
     try:  # each service its own Kafka principal (passwords created once with var/kafka)
         service_env = {name: kafka.client_env(name) for name in SERVICES}
     except LocalKafkaError as exc:
@@ -164,7 +175,8 @@ def up(
         except PrometheusMissing as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from exc
-        prometheus = prometheus_process(var_dir, host="127.0.0.1", port=prometheus_port, service_ports=ports,
+        prometheus = prometheus_process(var_dir, host="127.0.0.1", port=prometheus_port,  # every instance of each service
+                                        service_ports=instance_ports(ports, instances, port_step),
                                         rules_dir=prometheus_rules_dir.absolute(), scrape_interval_s=prometheus_scrape_interval)
         prometheus.binary = binary
         extras.append(prometheus)
@@ -181,6 +193,8 @@ def up(
     if running and detach:
         # part of a detached run died: start what is missing (Kafka too, if it stopped)
         missing = [svc for svc in stack.services if svc.label not in running]
+        if instances > _layout(var_dir).get("instances", 1):  # more instances than before: `certrail down` stops them all
+            (var_dir / LAYOUT).write_text(json.dumps({"instances": instances, "port_step": port_step}) + "\n")
         try:
             kafka.start(wait_timeout=kafka_timeout)
             for svc in missing:

@@ -8,9 +8,11 @@ Each service's HTTP port (the one serving ``/health`` and ``/metrics``) also ser
 or with a wrong one is answered 401 UNAUTHENTICATED and logged without the header. The token is never
 logged, answered or put in an event.
 
-`InternalClient` is the caller's side: one pooled httpx client with timeouts and the bearer header (TLS
-verification on for https URLs). Every failure to get an answer (refused, timeout, 5xx, 401: a token
-mismatch is a misconfiguration) is one `InternalUnavailable`; a 404 is `None`.
+`InternalClient` is the caller's side: pooled httpx clients with timeouts and the bearer header (TLS
+verification on for https URLs), one per instance of the service it calls when its base URL lists several
+(comma-separated; a call goes to the next instance when one gives no answer: services/common/internal_failover.py,
+decision 0031). Every failure to get an answer (refused, timeout, 5xx, 401: a token mismatch is a
+misconfiguration) is one `InternalUnavailable`; a 404 is `None`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.responses import JSONResponse
 
 from services.common.contracts.errors import ErrorCode
+from services.common.internal_failover import FailoverClient, base_urls
 
 INTERNAL_PREFIX = "/internal/"
 #: the shortest token accepted from a file (``certrail up`` writes 43 characters)
@@ -146,25 +149,28 @@ class InternalUnavailable(Exception):
 
 
 class InternalClient:
-    """GETs JSON from another service's ``/internal/v1``; the httpx client is made at the first call
-    (inside the running event loop) and closed by `aclose`."""
+    """GETs JSON from another service's ``/internal/v1``, at ``base_url`` (one URL, or several instances'
+    comma-separated or as a sequence, decision 0031); the httpx clients are made at the first call (inside the
+    running event loop) and closed by `aclose`."""
 
-    def __init__(self, base_url: str, token: SecretStr | None, *, timeout_s: float = 5.0, max_connections: int = 16,
-                 transport: httpx.AsyncBaseTransport | None = None, service: str = "service") -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str | Sequence[str], token: SecretStr | None, *, timeout_s: float = 5.0,
+                 max_connections: int = 16, transport: httpx.AsyncBaseTransport | None = None,
+                 service: str = "service") -> None:
+        self.base_urls = base_urls(base_url)
+        self.base_url = self.base_urls[0]
         self.service = service
         self._token = token
-        self._timeout = httpx.Timeout(timeout_s)
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: FailoverClient | None = None
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> FailoverClient:
         if self._client is None:
             headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"} if self._token is not None else {}
-            self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self._timeout,
-                                             limits=self._limits, transport=self._transport,  # verify=True (https)
-                                             follow_redirects=False)
+            self._client = FailoverClient(self.base_urls, headers=headers, timeout_s=self._timeout_s,
+                                          max_connections=self._max_connections, transport=self._transport,
+                                          service=self.service)
         return self._client
 
     async def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
@@ -172,7 +178,7 @@ class InternalClient:
         if self._token is None:
             raise InternalUnavailable(f"no internal API token is configured for calls to the {self.service}")
         try:
-            answer = await self._http().get(path, params=params)
+            answer = await self._http().request("GET", path, params=params)
         except httpx.HTTPError as exc:  # refused, timeout, protocol: the message names no header
             log.warning("internal call to the %s failed: GET %s: %s", self.service, path, type(exc).__name__)
             raise InternalUnavailable(f"the {self.service} did not answer ({type(exc).__name__})") from None

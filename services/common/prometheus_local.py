@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +44,14 @@ def find_binary() -> Path:
     )
 
 
-def scrape_config(targets: Mapping[str, str], *, rules_dir: Path, scrape_interval_s: float,
+def scrape_config(targets: Mapping[str, str | Sequence[str]], *, rules_dir: Path, scrape_interval_s: float,
                   evaluation_interval_s: float, self_target: str | None = None) -> dict[str, object]:
-    """Prometheus configuration: one job ``certrail-<service>`` per ``service -> host:port`` (the job
-    names deploy/prometheus/prometheus.yml uses, so rules and dashboards work unchanged)."""
+    """Prometheus configuration: one job ``certrail-<service>`` per ``service -> host:port`` (or the
+    ``host:port`` of each of its instances, `certrail up --instances N`: one target each, told apart by
+    Prometheus's ``instance`` label), under the job names deploy/prometheus/prometheus.yml uses, so rules
+    and dashboards work unchanged."""
     jobs: list[dict[str, object]] = [
-        {"job_name": f"certrail-{service}", "static_configs": [{"targets": [target]}]}
+        {"job_name": f"certrail-{service}", "static_configs": [{"targets": [target] if isinstance(target, str) else list(target)}]}
         for service, target in sorted(targets.items())
     ]
     if self_target is not None:
@@ -74,7 +76,7 @@ def _duration(seconds: float) -> str:
 class PrometheusProcess(ServiceProcess):
     """Prometheus as a stack process: ``targets`` maps each service to the ``host:port`` it serves /metrics on."""
 
-    targets: Mapping[str, str] = field(default_factory=dict)
+    targets: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
     rules_dir: Path = RULES_DIR
     scrape_interval_s: float = 15.0
     evaluation_interval_s: float = 15.0
@@ -114,13 +116,15 @@ class PrometheusProcess(ServiceProcess):
             return False
 
 
-def prometheus_process(var_dir: Path, *, host: str, port: int, service_ports: Mapping[str, int],
+def prometheus_process(var_dir: Path, *, host: str, port: int, service_ports: Mapping[str, int | Sequence[int]],
                        rules_dir: Path = RULES_DIR, scrape_interval_s: float = 15.0,
                        evaluation_interval_s: float | None = None) -> PrometheusProcess:
-    """The stack's Prometheus, scraping every service's metrics port on ``host``."""
+    """The stack's Prometheus, scraping every service's metrics port on ``host`` (a sequence of ports: every
+    instance's)."""
     return PrometheusProcess(
         NAME, port, host, var_dir, {},
-        targets={service: f"{host}:{service_port}" for service, service_port in service_ports.items()},
+        targets={service: f"{host}:{ports}" if isinstance(ports, int) else [f"{host}:{p}" for p in ports]
+                 for service, ports in service_ports.items()},
         rules_dir=rules_dir, scrape_interval_s=scrape_interval_s,
         evaluation_interval_s=scrape_interval_s if evaluation_interval_s is None else evaluation_interval_s,
     )

@@ -34,6 +34,12 @@ INTERNAL_TOKEN_FILE = "internal-api.token"
 INSTANCE_PORT_STEP = 10
 
 
+def instance_ports(ports: Mapping[str, int], instances: int, port_step: int = INSTANCE_PORT_STEP) -> dict[str, list[int]]:
+    """Each service's ports of its ``instances`` instances (instance i: its port + ``port_step`` * (i - 1)), e.g.
+    for the scrape targets of `certrail up --with-prometheus --instances N`."""
+    return {service: [port + port_step * i for i in range(instances)] for service, port in ports.items()}
+
+
 class StackError(RuntimeError):
     """The stack could not be started or stopped; the message says why."""
 
@@ -155,12 +161,15 @@ class Stack:
     port_step: int = INSTANCE_PORT_STEP
 
     def __post_init__(self) -> None:
-        # the services' internal API (decision 0020): one token in the var dir; the gateway finds the auditor and the deployer
-        self.env = {"CERTRAIL_INTERNAL_TOKEN_FILE": str(self.var_dir / INTERNAL_TOKEN_FILE),
-                    "CERTRAIL_GATEWAY_AUDITOR_URL": f"http://{self.host}:{self.ports['auditor']}",
-                    "CERTRAIL_GATEWAY_DEPLOYER_URL": f"http://{self.host}:{self.ports['deployer']}", **self.env}
         if self.instances < 1:
             raise StackError(f"instances must be at least 1, got {self.instances}")
+        # the services' internal API (decision 0020): one token in the var dir; the gateway finds every instance of the
+        # auditor and the deployer, and asks the next when one gives no answer (decision 0031)
+        self.env = {"CERTRAIL_INTERNAL_TOKEN_FILE": str(self.var_dir / INTERNAL_TOKEN_FILE),
+                    "CERTRAIL_GATEWAY_AUDITOR_URL": ",".join(self.instance_urls("auditor")),
+                    "CERTRAIL_GATEWAY_DEPLOYER_URL": ",".join(self.instance_urls("deployer")),
+                    # possible duplicates (decision 0032): any issuer instance answers (they share the issuer's state)
+                    "CERTRAIL_GATEWAY_ISSUER_URL": ",".join(self.instance_urls("issuer")), **self.env}
         numbers: list[int | None] = [None] if self.instances == 1 else list(range(1, self.instances + 1))
         self.services = [ServiceProcess(n, self.ports[n] + self.port_step * ((i or 1) - 1), self.host, self.var_dir,
                                         {**self.env, **self.service_env.get(n, {})}, instance=i)
@@ -169,6 +178,13 @@ class Stack:
             api, crl, admin = self.sim_ports
             self.services.insert(0, SimProcess(SIM, api, self.host, self.var_dir, self.env, crl_port=crl, admin_port=admin))
         self.services.extend(self.extras)
+
+    def instance_ports(self, service: str) -> list[int]:
+        """The health/metrics ports of every instance of ``service``, instance 1 first."""
+        return instance_ports(self.ports, self.instances, self.port_step)[service]
+
+    def instance_urls(self, service: str) -> list[str]:
+        return [f"http://{self.host}:{port}" for port in self.instance_ports(service)]
 
     @property
     def sim(self) -> SimProcess | None:

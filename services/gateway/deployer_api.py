@@ -11,7 +11,7 @@ secret names only, never a value."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +20,7 @@ import httpx
 from pydantic import SecretStr
 
 from services.common.internal_api import InternalUnavailable, configured_token
+from services.common.internal_failover import FailoverClient, base_urls
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ def view_of(body: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the deployer is and how to call it."""
+    """Where the deployer is (one base URL, or its instances', comma-separated or as a sequence: a call goes to
+    the next when one gives no answer, decision 0031) and how to call it."""
 
-    base_url: str
+    base_url: str | Sequence[str]
     token: SecretStr | None = field(repr=False)
     timeout_s: float = 5.0
     max_connections: int = 16
@@ -96,7 +98,7 @@ class DeployerApi:
     def __init__(self, endpoint: Endpoint | Callable[[], Endpoint], transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._endpoint = endpoint
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: FailoverClient | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> DeployerApi:
@@ -108,15 +110,15 @@ class DeployerApi:
 
         return cls(endpoint, transport)
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> FailoverClient:
         if self._client is None:
             endpoint = self._endpoint if isinstance(self._endpoint, Endpoint) else self._endpoint()
             if endpoint.token is None:
                 raise DeployerUnavailable("no internal API token is configured for calls to the deployer")
-            limits = httpx.Limits(max_connections=endpoint.max_connections, max_keepalive_connections=endpoint.max_connections)
-            self._client = httpx.AsyncClient(base_url=endpoint.base_url.rstrip("/"), timeout=httpx.Timeout(endpoint.timeout_s),
-                                             limits=limits, transport=self._transport, follow_redirects=False,  # verify=True (https)
-                                             headers={"Authorization": f"Bearer {endpoint.token.get_secret_value()}"})
+            self._client = FailoverClient(base_urls(endpoint.base_url), timeout_s=endpoint.timeout_s,
+                                          max_connections=endpoint.max_connections, transport=self._transport,
+                                          headers={"Authorization": f"Bearer {endpoint.token.get_secret_value()}"},
+                                          service="deployer")
         return self._client
 
     async def _call(self, method: str, path: str, *, actor: str | None = None, json: Any = None,

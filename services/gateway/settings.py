@@ -11,6 +11,9 @@ from services.common.internal_api import InternalApiSettings
 from services.common.service_app import ServiceSettings
 from services.gateway.scheduler import SchedulerSettings
 
+#: one base URL, or several instances' comma-separated (decision 0031)
+BASE_URLS = r"^\s*https?://[^,\s]+(\s*,\s*https?://[^,\s]+)*\s*$"
+
 
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CERTRAIL_GATEWAY_", env_nested_delimiter="__", extra="forbid")
@@ -33,11 +36,18 @@ class GatewaySettings(ServiceSettings):
         description="Failed authentications per presented token id within the window (0: no limit).")
     auth_failure_window_s: float = Field(default=60.0, gt=0, le=86_400,
                                          description="The sliding window of failed authentications, in seconds.")
-    auditor_url: str = Field(default="http://127.0.0.1:8083", pattern=r"^https?://", max_length=2000,
+    auditor_url: str = Field(default="http://127.0.0.1:8083", pattern=BASE_URLS, max_length=2000,
                              description="The auditor's HTTP port: certificate views and timelines come from its "
-                                         "/internal/v1 API (decision 0020); https verifies the auditor's certificate.")
-    deployer_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://", max_length=2000,
+                                         "/internal/v1 API (decision 0020); https verifies the auditor's certificate. "
+                                         "Several instances' URLs, comma-separated: a call goes to the next when one "
+                                         "gives no answer (decision 0031).")
+    deployer_url: str = Field(default="http://127.0.0.1:8082", pattern=BASE_URLS, max_length=2000,
                               description="The deployer's HTTP port: deployment targets and bindings are read and changed "
-                                          "through its /internal/v1 API (decision 0020); https verifies its certificate.")
+                                          "through its /internal/v1 API (decision 0020); https verifies its certificate. "
+                                          "Several instances' URLs, comma-separated, as for auditor_url (decision 0031).")
+    issuer_url: str = Field(default="http://127.0.0.1:8081", pattern=BASE_URLS, max_length=2000,
+                            description="The issuer's HTTP port: possible duplicates are listed and resolved through its "
+                                        "/internal/v1 API (decision 0032); https verifies its certificate. Several "
+                                        "instances' URLs, comma-separated: a call goes to the next when one gives no answer.")
     internal: InternalApiSettings = Field(default_factory=InternalApiSettings,
                                           description="The internal API token file and client limits (CERTRAIL_INTERNAL_*).")

@@ -1,8 +1,10 @@
 """Scale-out under faults (issue 21): `certrail up --instances 2 --brokers 3 --db postgresql` (a three-node KRaft
 cluster, two instances of the gateway, issuer, deployer and auditor, a fresh PostgreSQL database), a steady load of
 HMAC-signed requests published to certrail.requests as an upstream system does, on a V4.0.17 connector; meanwhile, in
-this order: SIGKILL of the broker leading a commands partition and its restart; SIGKILL of one instance of each service
-(one at a time; the gateway killed is the scheduler's leader) and its restart; SIGSTOP of one issuer instance for longer
+this order: SIGKILL of the broker leading a commands partition and its restart; SIGKILL of the active KRaft controller
+(found with DescribeQuorum) and its restart; SIGKILL of one instance of each service (one at a time; the gateway killed
+is the scheduler's leader; while deployer-1 and auditor-1 are dead, every gateway still answers the operator's reads that
+need them: the internal API clients fail over, decision 0031) and its restart; SIGSTOP of one issuer instance for longer
 than the session timeout, then SIGCONT. Afterwards: every request issued exactly once by the simulator (counted per
 CSR public key), deployed exactly once, every offset of every partition of every certrail topic in the audit store,
 `certrail audit verify` passing, and no consumer group with lag. Every process is stopped and the database dropped
@@ -46,6 +48,7 @@ from services.common.contracts.topics import Topics
 from services.common.emca.types import EmcaVersion
 from services.common.kafka_cluster import LocalKafkaCluster
 from services.common.kafka_config import admin_kwargs, producer_kwargs
+from services.common.kafka_local import LocalKafkaError
 from services.common.settings import KafkaSettings
 from services.common.stack_db import stored_url
 from tests.conftest import wait_until
@@ -369,6 +372,52 @@ def commands_leader(stack: ScaleStack) -> tuple[int, list[int]]:
     return int(partition["leader"]), sorted(int(n) for n in partition["isr"])
 
 
+class FullIsr:
+    """When partition 0 of the connector's commands topic has all 3 replicas in sync again, polled once a second in a
+    thread of its own, so that the next faults need not wait for a restarted node to catch up."""
+
+    def __init__(self, stack: ScaleStack, since: float) -> None:
+        self.after_s: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(stack, since), name="scale-isr", daemon=True)
+        self._thread.start()
+
+    def _watch(self, stack: ScaleStack, since: float) -> None:
+        while not self._stop.wait(1.0):
+            if len(commands_leader(stack)[1]) == 3:
+                self.after_s = time.monotonic() - since
+                return
+
+    def wait(self, timeout_s: float) -> float:
+        wait_until(lambda: self.after_s is not None, "the restarted node back in the ISR", timeout_s, interval_s=0.5)
+        assert self.after_s is not None
+        return self.after_s
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def active_controller(stack: ScaleStack) -> int:
+    """The active KRaft controller's node id (DescribeQuorum), -1 while none is elected or no node answers."""
+    try:
+        return stack.cluster().describe_quorum(timeout=10).leader_id
+    except (KafkaError, LocalKafkaError, TimeoutError):
+        return -1
+
+
+def operator_reads_answered(stack: ScaleStack, service: str) -> None:
+    """Every gateway answers an operator's read that needs ``service`` (the deployer: targets; the auditor: the
+    inventory), while one instance of it is dead."""
+    path, count = {"deployer": ("/v1/targets", lambda body: [t["name"] for t in body["targets"]].count(TARGET)),
+                   "auditor": (f"/v1/certificates?profile={PROFILE}&limit=5", lambda body: min(len(body["certificates"]), 1))}[service]
+    for instance in (1, 2):
+        with stack.api("admin") as admin:
+            answer = admin.get(f"http://127.0.0.1:{stack.port('gateway', instance)}{path}")
+        assert answer.status_code == 200, f"gateway-{instance} {path} with {service}-1 dead: {answer.status_code} {answer.text[:300]}"
+        assert count(answer.json()) == 1, answer.text[:300]
+
+
 def scheduler_leaders(stack: ScaleStack) -> list[int]:
     leaders = []
     for instance in (1, 2):
@@ -396,6 +445,7 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
     hmac_key = set_up(stack)
     engine = db(stack)
     load = Load(stack, hmac_key)
+    rejoined: FullIsr | None = None
     try:
         # the instances share the work: each group has two members, exactly one gateway schedules renewals
         load.burst(10)
@@ -421,8 +471,27 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
         wait_until(lambda: len(commands_leader(stack)[1]) == 3, "node back in the ISR", 180, interval_s=1)
         timings["broker: ISR 3 again after the kill"] = time.monotonic() - killed
 
-        # 2. SIGKILL of one instance of each service, one at a time (the gateway: the scheduler's leader)
-        for service, instance in (("gateway", scheduler_leaders(stack)[0]), ("issuer", 1), ("deployer", 2), ("auditor", 1)):
+        # 2. SIGKILL of the active controller (each node is broker and controller), then its restart
+        controller = active_controller(stack)
+        assert controller > 0, controller
+        pid = cluster.node(controller).status().pid
+        assert pid is not None
+        sent_before = load.published()
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: active_controller(stack) not in (controller, -1), f"another active controller than node {controller}",
+                   60, interval_s=0.2)
+        timings["controller: another active controller"] = time.monotonic() - killed
+        wait_until(lambda: commands_leader(stack)[0] not in (controller, -1) and controller not in commands_leader(stack)[1],
+                   f"node {controller} out of the ISR", 60, interval_s=0.5)
+        timings["controller: its partitions moved"] = time.monotonic() - killed
+        wait_until(lambda n=sent_before: len(load.acked) >= n + 6, "acknowledged sends with the controller dead", 60,  # type: ignore[misc]
+                   interval_s=0.2)
+        cluster.node(controller).launch()  # not waited for: the JVM starts and catches up while the next faults go on
+        rejoined = FullIsr(stack, killed)
+
+        # 3. SIGKILL of one instance of each service, one at a time (the gateway: the scheduler's leader)
+        for service, instance in (("gateway", scheduler_leaders(stack)[0]), ("issuer", 1), ("deployer", 1), ("auditor", 1)):
             label = f"{service}-{instance}"
             pid = pid_of(stack, label)
             published = load.published()
@@ -432,10 +501,14 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
                 other = 3 - instance
                 wait_until(lambda o=other: scheduler_leaders(stack) == [o], "the other gateway to take the lease", 60,  # type: ignore[misc]
                            interval_s=1)
+            if service in ("deployer", "auditor"):  # the gateways' internal API clients ask instance 2
+                operator_reads_answered(stack, service)
             wait_until(lambda n=published: load.published() >= n + 6, "load while an instance is dead", 30, interval_s=0.2)  # type: ignore[misc]
             timings[f"restart {label}"] = restart_missing(stack)
 
-        # 3. SIGSTOP of one issuer instance for longer than the session timeout, then SIGCONT
+        timings["controller: ISR 3 again after the kill"] = rejoined.wait(240)
+
+        # 4. SIGSTOP of one issuer instance for longer than the session timeout, then SIGCONT
         pid = pid_of(stack, "issuer-2")
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -444,6 +517,8 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
             os.kill(pid, signal.SIGCONT)
         wait_until(lambda n=load.published(): load.published() >= n + 10, "load after the stall", 30, interval_s=0.2)  # type: ignore[misc]
     finally:
+        if rejoined is not None:
+            rejoined.stop()
         load.stop()
     timings["faults"] = time.monotonic() - began
 

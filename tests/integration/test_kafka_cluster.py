@@ -1,4 +1,5 @@
-"""The local three-node KRaft cluster: replication, a broker's and the controller's loss.
+"""The local three-node KRaft cluster: replication and a broker's loss (the controller's loss is tested under the
+product's load in tests/e2e/test_scale_out.py).
 
 One authenticated cluster (SCRAM principals, ACLs, SASL_SSL listeners: the single broker's
 settings) for the module, started on free ports in a tmp dir and stopped at the end whatever
@@ -27,9 +28,8 @@ from pydantic import SecretStr
 
 from services.common.contracts.topics import Topics
 from services.common.kafka_acls import ADMIN, REQUESTER, SCRAM_MECHANISM, ServiceGroups, acl_bindings, apply_acls
-from services.common.kafka_cluster import CLUSTER_BROKER_CONFIG, LocalKafkaCluster, NodePorts, QuorumInfo
+from services.common.kafka_cluster import CLUSTER_BROKER_CONFIG, LocalKafkaCluster, NodePorts
 from services.common.kafka_config import admin_kwargs, consumer_kwargs, producer_kwargs
-from services.common.kafka_local import LocalKafkaError
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import TopicAdminError, ensure_topics
 from tests.conftest import KAFKA_CACHE_DIR, free_ports, make_kafka_settings, poll_until
@@ -267,32 +267,3 @@ async def test_losing_a_partition_leader_moves_the_leader_and_restarting_it_rest
     print(f"\nbroker loss: new leader after {new_leader_s:.1f}s; restarted node answering after {answering_s:.1f}s, "
           f"ISR 3 again {isr_back_s:.1f}s after the restart, "
           f"slowest acks=all send {traffic.slowest_ack_s:.1f}s, {len(traffic.acked)} records, none lost")  # fmt: skip
-
-
-async def test_losing_the_active_controller_elects_another_and_writes_go_on(cluster: LocalKafkaCluster) -> None:
-    admin = as_principal(cluster, ADMIN)
-    await poll_until(lambda: fully_replicated(admin, TOPICS.fixed()), "every partition in sync", FAILOVER_TIMEOUT_S)
-    before = cluster.describe_quorum()
-    assert before.voters == (1, 2, 3) and before.leader_id in before.voters
-    tp = TopicPartition(TOPICS.gateway_events, 1)
-    async with steady_traffic(admin, tp, "cluster-test-controller-loss") as traffic:
-        await acked_after(traffic, 10, "records acknowledged before the fault")
-        killed_at = time.monotonic()
-        kill(cluster, before.leader_id)
-
-        def elected() -> QuorumInfo | None:
-            try:
-                now = cluster.describe_quorum(timeout=5.0)
-            except (KafkaError, LocalKafkaError, OSError, TimeoutError):
-                return None
-            return now if now.leader_id not in (before.leader_id, -1) and now.leader_epoch > before.leader_epoch else None
-
-        after = await poll_until(lambda: asyncio.to_thread(elected), "a new active controller", FAILOVER_TIMEOUT_S)
-        assert isinstance(after, QuorumInfo) and after.voters == (1, 2, 3)
-        elected_s = time.monotonic() - killed_at
-        await acked_after(traffic, 20, "records acknowledged under the new controller")
-        await asyncio.to_thread(cluster.node(before.leader_id).start, START_TIMEOUT_S)
-        await poll_until(lambda: fully_replicated(admin, TOPICS.fixed()), "the ISR back to 3 everywhere",
-                         START_TIMEOUT_S)  # fmt: skip
-    print(f"\ncontroller loss: node {before.leader_id} -> {after.leader_id} (epoch {after.leader_epoch}) "
-          f"after {elected_s:.1f}s; slowest acks=all send {traffic.slowest_ack_s:.1f}s")  # fmt: skip
