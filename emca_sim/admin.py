@@ -15,6 +15,8 @@ POST     /admin/pending/{request_id}/approve             sign a held request
 POST     /admin/pending/{request_id}/reject              {"reason": "..."} (optional)
 GET      /admin/applications                             registered applications (no secrets)
 POST     /admin/applications/{username}/rotate-credentials   new password (4.2.x: and ClientID)
+GET      /admin/certificates?application_id=ID          certificates issued for an applicationId (emCA's
+                                                         console search: an operator's tool, never the product's)
 GET      /admin/certificates/{serial}                    one issued certificate
 POST     /admin/certificates/{serial}/revoke             {"reason": "keyCompromise"} (RFC 5280 name)
 =======  ==============================================  ==========================================
@@ -136,6 +138,13 @@ def create_admin_app(backend: SimEmca, faults: FaultController, token: str) -> A
                              "client_id": app.client_id,
                              "credentials_file": str(backend.data_dir / "applications" / app.username / "credentials.json")})
 
+    async def certificates(request: Request) -> Response:
+        application_id = request.query_params.get("application_id", "")
+        if not application_id or len(application_id) > 200:
+            return JSONResponse({"error": "bad_request", "detail": "give application_id"}, status_code=400)
+        found = await run_in_threadpool(backend.certificates_for_application_id, application_id)
+        return JSONResponse([issued_json(i) for i in found])
+
     async def certificate(request: Request) -> Response:
         return JSONResponse(issued_json(await run_in_threadpool(backend.certificate, request.path_params["serial"])))
 
@@ -169,6 +178,7 @@ def create_admin_app(backend: SimEmca, faults: FaultController, token: str) -> A
         Route("/admin/pending/{request_id}/reject", reject, methods=["POST"]),
         Route("/admin/applications", applications, methods=["GET"]),
         Route("/admin/applications/{username}/rotate-credentials", rotate, methods=["POST"]),
+        Route("/admin/certificates", certificates, methods=["GET"]),
         Route("/admin/certificates/{serial}", certificate, methods=["GET"]),
         Route("/admin/certificates/{serial}/revoke", revoke, methods=["POST"]),
     ]

@@ -314,6 +314,10 @@ class SimEmca:
     def certificate(self, serial: str) -> Issued:
         return self._issued(self._row(serial))
 
+    def certificates_for_application_id(self, application_id: str) -> list[Issued]:
+        """The admin console's search (not the API's): what emCA's own console shows an operator."""
+        return [self._issued(row) for row in self.store.certificates_for_application_id(application_id)]
+
     # -- revocation and CRLs
     def revoke(self, serial: str, reason: str) -> Issued:
         """Revoke (``certificateHold`` suspends; a held certificate may then be revoked for good)."""

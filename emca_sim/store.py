@@ -214,6 +214,11 @@ class Store:
         row = self._one("SELECT * FROM certificates WHERE application_id = ? ORDER BY issued_at LIMIT 1", (application_id,))
         return None if row is None else _cert_row(row)
 
+    def certificates_for_application_id(self, application_id: str) -> list[CertRow]:
+        """Every certificate issued for ``application_id`` (4.2.x issues again for a repeated one), oldest first."""
+        rows = self._all("SELECT * FROM certificates WHERE application_id = ? ORDER BY issued_at, serial", (application_id,))
+        return [_cert_row(r) for r in rows]
+
     def revoke(self, serial: str, revoked_at: datetime | None, reason: str | None) -> None:
         with self._write(durable=True) as conn:
             conn.execute("UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE serial = ?",

@@ -11,6 +11,7 @@ import json
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlencode
 
 import httpx
 import typer
@@ -184,6 +185,23 @@ def reject(request_id: str, reason: Annotated[str | None, typer.Option(help="Why
     """Reject a held request."""
     _show(_Admin(data_dir, admin_url, token, ca_file).call("POST", f"/admin/pending/{request_id}/reject",
                                                            {"reason": reason} if reason else {}))
+
+
+@app.command("certificates")
+def certificates(application_id: Annotated[str, typer.Option("--application-id", help="The applicationId (certrail's "
+                                                             "issuance id) to search for.")],
+                 as_json: Annotated[bool, typer.Option("--json", help="Print the certificates as JSON.")] = False,
+                 data_dir: DataDir = None, admin_url: AdminUrl = None, token: Token = None, ca_file: CaFile = None) -> None:
+    """Certificates the CA issued for an applicationId: the stand-in for emCA's own console search, where an operator
+    finds the extra certificate of a possible duplicate (certrail's product never calls it: 4.2.x's API cannot)."""
+    found = _Admin(data_dir, admin_url, token, ca_file).call("GET", "/admin/certificates?" + urlencode(
+        {"application_id": application_id}))
+    if as_json:
+        _show(found)
+        return
+    for issued in found:
+        state = f"revoked ({issued['revocation_reason']})" if issued["revoked_at"] else "live"
+        typer.echo(f"{issued['serial']}  issued {issued['issued_at']}  {issued['profile']}  {state}")
 
 
 @app.command("revoke")

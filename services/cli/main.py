@@ -8,6 +8,7 @@ from services.cli import (
     audit_cmd,
     connectors_cmd,
     db_cmd,
+    duplicates_cmd,
     emca_sim_cmd,
     kafka_cmd,
     request_cmd,
@@ -37,6 +38,7 @@ app.add_typer(connectors_cmd.app, name="connectors", help="emCA connectors: crea
 app.add_typer(audit_cmd.app, name="audit", help="The audit log: timelines, verification, replay, export.")
 app.add_typer(targets_cmd.app, name="targets", help="Deployment targets of the deployer and their profile bindings.")
 app.add_typer(tokens_cmd.app, name="tokens", help="HTTP API tokens: create (printed once), list, revoke.")
+app.add_typer(duplicates_cmd.app, name="duplicates", help="Possible duplicate issuances (emCA 4.2.x): list, resolve.")
 app.add_typer(request_cmd.app, name="request", help="Ask the gateway's HTTP API for certificates: issue, renew, revoke, status.")
 serve_cmd.register(app)
 stack_cmd.register(app)

@@ -526,6 +526,38 @@ class IssuerCrlWatch(Base):
     live_serials: Mapped[int] = mapped_column(Integer)
 
 
+class IssuerDuplicate(Base):
+    """A possible duplicate issuance (4.2.x, no applicationId dedupe): emCA may hold an extra certificate for the
+    CSR of ``issuance_id`` besides ``delivered_serial`` (services/issuer/duplicates/; docs/issuer.md "Possible
+    duplicates"). Written with the issuance's outcome (one transaction); ``state`` becomes resolved when an operator
+    resolves it (the extra serial checked and revoked, or none at emCA), with ``outcome`` the exact records to
+    publish (``published_at`` once acknowledged)."""
+
+    __tablename__ = "issuer_duplicates"
+    __table_args__ = (Index("ix_issuer_duplicates_state", "state", "connector"),
+                      Index("ix_issuer_duplicates_certificate", "certificate_id"))
+
+    issuance_id: Mapped[str] = mapped_column(String(200), primary_key=True)  # emCA's applicationId
+    certificate_id: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str] = mapped_column(String(128))
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    detected_event_id: Mapped[str] = mapped_column(String(128))  # DuplicateDetected: the resolution's causation
+    connector: Mapped[str] = mapped_column(String(63))
+    topic: Mapped[str] = mapped_column(String(249))  # the issuance's command partition (its revocation check's too)
+    partition: Mapped[int] = mapped_column(Integer)
+    delivered_serial: Mapped[str] = mapped_column(String(64))
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16))  # unresolved | resolved
+    resolution: Mapped[str | None] = mapped_column(String(16))  # revoked | no_extra
+    extra_serial: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(String(1000))
+    resolved_by: Mapped[str | None] = mapped_column(String(128))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(Text)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 # -- the gateway (services/gateway/store.py; docs/gateway.md) ------------------------------------------
 
 

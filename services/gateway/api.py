@@ -10,7 +10,8 @@ SCHEMA_VIOLATION with the field path, and input values are never echoed (they ma
 
 Routes: api_connectors.py (connectors), api_profiles.py (provisioning profiles),
 api_certificates.py (certificates and requests), api_tokens.py (tokens and requester keys),
-api_targets.py (deployment targets and bindings, served by the deployer).
+api_targets.py (deployment targets and bindings, served by the deployer), api_duplicates.py (possible
+duplicate issuances, served by the issuer).
 docs/gateway.md describes the API with curl examples.
 """
 
@@ -32,12 +33,13 @@ from starlette.responses import JSONResponse, Response
 from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
 from services.common.connectors.usage import LiveCertificateUsage
 from services.common.contracts.errors import ErrorCode
-from services.gateway import api_certificates, api_connectors, api_profiles, api_targets, api_tokens
+from services.gateway import api_certificates, api_connectors, api_duplicates, api_profiles, api_targets, api_tokens
 from services.gateway.api_common import AdminPublisher, ApiCode, Problem, authenticate, bearer, validation_problem
 from services.gateway.api_openapi import document_problems
 from services.gateway.api_throttle import AuthThrottle, client_address, presented_token_id, throttle_from
 from services.gateway.auditor_api import AuditorApi
 from services.gateway.deployer_api import DeployerApi
+from services.gateway.issuer_api import IssuerApi
 from services.gateway.policy import PolicyViolation, ProvisioningProfile
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     api_tokens.TokenBody,
     api_tokens.RequesterKeyBody,
     api_targets.TargetBody,
+    api_duplicates.DuplicateResolveBody,
 )
 
 
@@ -70,6 +73,7 @@ def create_api(
     throttle: AuthThrottle | None = None,
     auditor: AuditorApi | None = None,
     deployer: DeployerApi | None = None,
+    issuer: IssuerApi | None = None,
 ) -> FastAPI:
     """The HTTP API over ``runtime`` (a GatewayRuntime: engine, topics, intake, box, publish_records,
     settings). ``registry`` defaults to the real one (emCA client, Kafka topic creation, usage checks:
@@ -95,6 +99,7 @@ def create_api(
     app.state.auditor = auditor  # the console's certificate timeline reads it too
     app.include_router(api_certificates.router(runtime, clock, auditor))
     app.include_router(api_targets.router(deployer or DeployerApi.from_settings(runtime.settings)))
+    app.include_router(api_duplicates.router(issuer or IssuerApi.from_settings(runtime.settings)))  # the issuer's (0032)
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
     app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock, admin))
     from services.gateway.console import console_router  # the web console: a client of this API

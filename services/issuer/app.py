@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -33,6 +34,7 @@ from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
+from services.common.internal_api import InternalApiSettings, configured_token, mount_internal
 from services.common.kafka_config import producer_kwargs
 from services.common.kafka_edge import make_broker
 from services.common.metrics import PublisherMetrics, service_info
@@ -43,6 +45,8 @@ from services.common.settings import KafkaSettings
 from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, RuntimeSettings
 from services.issuer.consumer_loop import IssuerConsumer, LoopSettings
+from services.issuer.duplicates.internal_api import create_internal_app
+from services.issuer.duplicates.resolver import CheckTiming, DuplicateResolver
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.processor import SOURCE, ApprovalSettings, CrashPoints, Processor
 from services.issuer.revocation.confirmer import ConfirmSettings, RevocationConfirmer
@@ -126,6 +130,7 @@ class IssuerRuntime:
     consumer_task: asyncio.Task[None] | None = None
     confirmer: RevocationConfirmer | None = None
     watcher: CrlWatcher | None = None
+    duplicates: DuplicateResolver | None = None
 
     def consumer_alive(self) -> bool:
         return self.consumer_task is not None and not self.consumer_task.done()
@@ -143,6 +148,8 @@ class IssuerRuntime:
             self.tasks.append(asyncio.create_task(self.confirmer.run_forever(), name="issuer-revocation-checks"))
         if self.watcher is not None:  # revocations made outside certrail: beside the command loop, never in it
             self.tasks.append(asyncio.create_task(self.watcher.run_forever(), name="issuer-crl-watch"))
+        if self.duplicates is not None:  # the unresolved-duplicates gauge; resolutions not yet acknowledged
+            self.tasks.append(asyncio.create_task(self.duplicates.run_forever(), name="issuer-duplicates"))
 
     async def stop(self) -> None:
         """Let commands at emCA finish, commit what is finished, leave the group."""
@@ -162,7 +169,8 @@ class IssuerRuntime:
         log.info("issuer stopped: %d commands finished by this instance", self.consumer.finished)
 
 
-def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]:
+def create_app(settings: IssuerSettings, internal: InternalApiSettings | None = None) -> tuple[Any, IssuerRuntime]:
+    """The issuer's ASGI app (FastStream's, with ``/internal/v1`` mounted: decision 0020) and its runtime."""
     topics = Topics(settings.kafka.topic_prefix)
     registry = CollectorRegistry(auto_describe=True)
     instance_id = new_instance_id()
@@ -229,8 +237,13 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         topics=topics, processor=processor, pool=pool, metrics=metrics, publish_raw=publish_raw, clock=utc_now,
         engine=engine, progress=ProgressTracker(registry, SERVICE, stall_after=settings.stall_after_failures),
     )
+    duplicates = DuplicateResolver(
+        engine=engine, pool=pool, publish=publish_raw, topics=topics, gauge=metrics.duplicates_unresolved, clock=utc_now,
+        event_source=SOURCE, on_check=confirmer.wake,
+        timing=CheckTiming(timeout_s=settings.revocation_confirm_timeout_s,
+                           poll_initial_s=settings.revocation_confirm_poll_initial_s))
     runtime = IssuerRuntime(SERVICE, instance_id, settings, topics, registry, broker, engine, metrics, pool, consumer,
-                            producer, confirmer=confirmer, watcher=watcher)
+                            producer, confirmer=confirmer, watcher=watcher, duplicates=duplicates)
 
     @get(include_in_schema=False)
     async def health(scope: object) -> AsgiResponse:  # noqa: ARG001
@@ -256,7 +269,8 @@ def create_app(settings: IssuerSettings) -> tuple[AsgiFastStream, IssuerRuntime]
         after_startup=[runtime.start],
         on_shutdown=[runtime.stop],
     )
-    return app, runtime
+    token = configured_token(internal) if internal is not None else None  # decision 0020
+    return mount_internal(app, create_internal_app(duplicates, token)), runtime
 
 
 def _unused_connect(endpoint: object) -> object:
@@ -265,5 +279,5 @@ def _unused_connect(endpoint: object) -> object:
 
 def main() -> None:
     settings = IssuerSettings()
-    app, _ = create_app(settings)
+    app, _ = create_app(settings, InternalApiSettings())
     run_service(app, settings)

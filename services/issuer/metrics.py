@@ -64,6 +64,11 @@ class IssuerMetrics:
             "certrail_issuer_possible_duplicates", "Issuances published as POSSIBLE_DUPLICATE: an earlier attempt may "
             "have been issued by a dialect without applicationId dedupe.", ["connector"], registry=registry,
         )
+        self.duplicates_unresolved = Gauge(
+            "certrail_issuer_duplicates_unresolved", "Possible duplicate issuances (POSSIBLE_DUPLICATE) no operator has "
+            "resolved yet: emCA may hold an extra live certificate (every issuer instance reports the shared count; "
+            "0 for every known connector).", ["connector"], registry=registry,
+        )
         self.certificate_mismatches = Counter(
             "certrail_issuer_certificate_mismatches", "Certificates emCA returned that failed verification.",
             ["connector"], registry=registry,

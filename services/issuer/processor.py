@@ -21,7 +21,8 @@ An issuance (IssueCertificate / RenewCertificate):
 An earlier attempt left uncertain (it may have reached emCA: a crash, a timeout after
 sending) is resubmitted: V4.0.17 returns the existing certificate for the applicationId;
 4.2.x has no dedupe and no lookup by applicationId, so the certificate is published with
-``possible_duplicate`` and counted (certrail_issuer_possible_duplicates): never silent.
+``possible_duplicate``, counted (certrail_issuer_possible_duplicates) and tracked as an unresolved duplicate
+(DuplicateDetected, services/issuer/duplicates/) until an operator resolves it: never silent.
 
 Event ids derive from the command's id and the event type, and the stored records keep
 their first time, so redelivery re-emits the same bytes.
@@ -44,6 +45,7 @@ from sqlalchemy import Engine
 from services.common.consumer import InboundRecord, Outbound, dead_letter_for, producer_violation
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.commands import IssueCertificate, RenewCertificate, RevokeCertificate
+from services.common.contracts.duplicates import DuplicateDetected
 from services.common.contracts.envelope import DecodeError, Envelope, Message, decode, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import (
@@ -71,6 +73,7 @@ from services.common.runtime.writer import StateWriter, ThreadCalls
 from services.issuer import state
 from services.issuer.batching import SubmitBatcher
 from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownConnector
+from services.issuer.duplicates import store as duplicates_store
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.revocation import store as revocation_store
 from services.issuer.revocation.confirmer import RevocationConfirmer
@@ -389,10 +392,23 @@ class Processor:
             possible_duplicate=possible_duplicate,
         )
         records = [self._event(envelope, event, data.certificate_id, now)]
-        await self._step(state.record_outcome_in, data.issuance_id, OpState.ISSUED, records, now,
-                         serial=verified.serial, possible_duplicate=possible_duplicate,
-                         error_code=ErrorCode.POSSIBLE_DUPLICATE.value if possible_duplicate else None,
-                         append=append)
+        if possible_duplicate:  # tracked until an operator resolves it (services/issuer/duplicates/, decision 0032)
+            detected = self._event(envelope, DuplicateDetected(
+                certificate_id=data.certificate_id, request_id=data.request_id, connector=data.connector,
+                issuance_id=data.issuance_id, delivered_serial=verified.serial,
+                public_key_sha256=verified.public_key_sha256, detected_at=now), data.certificate_id, now)
+            records.append(detected)
+            duplicate = duplicates_store.new_duplicate(
+                issuance_id=data.issuance_id, certificate_id=data.certificate_id, request_id=data.request_id,
+                correlation_id=envelope.correlationid, detected_event_id=message_id(envelope.id, DuplicateDetected.TYPE),
+                connector=data.connector, delivered_serial=verified.serial, public_key_sha256=verified.public_key_sha256,
+                now=now)
+            await self._step(duplicates_store.record_issued_in, data.issuance_id, records, now, duplicate=duplicate,
+                             serial=verified.serial, possible_duplicate=True,
+                             error_code=ErrorCode.POSSIBLE_DUPLICATE.value, append=append)
+        else:
+            await self._step(state.record_outcome_in, data.issuance_id, OpState.ISSUED, records, now,
+                             serial=verified.serial, possible_duplicate=False, error_code=None, append=append)
         self._crash.reached("after_db_commit")
         await self._emit(records)
         return "issued"

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.common.contracts import admin, audit, commands, deadletter, events, requests, revocation
+from services.common.contracts import admin, audit, commands, deadletter, duplicates, events, requests, revocation
 from services.common.contracts.envelope import Message
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import ErrorInfo, KeyAlgorithm, KeyGeneration, RequestAuth, RequestKind, RevocationReason
@@ -131,6 +131,22 @@ def examples() -> dict[type[Message], Message]:
         revocation.RevokedOutOfBand(
             certificate_id=CERT_ID, serial=SERIAL, connector="emca-prod", reason="keyCompromise", revoked_at_ca=NOW,
             crl_number="43", distribution_point="http://pki.example.test/crl/issuing-ca-1.crl", detected_at=NOW,
+        ),
+        duplicates.DuplicateDetected(
+            certificate_id=CERT_ID, request_id="req-1", connector="emca-prod",
+            issuance_id="7d0c3c52-6f3b-5a8e-9a51-3f1c2b7d9e10", delivered_serial=SERIAL, public_key_sha256="ab" * 32,
+            detected_at=NOW,
+        ),
+        duplicates.DuplicateResolved(
+            certificate_id=CERT_ID, request_id="req-1", connector="emca-prod",
+            issuance_id="7d0c3c52-6f3b-5a8e-9a51-3f1c2b7d9e10", delivered_serial=SERIAL,
+            resolution=duplicates.DuplicateResolution.REVOKED, extra_serial="5f2a9c0e11d4b7a4",
+            reason=RevocationReason.SUPERSEDED, note="found in emCA's console", actor="platform-admin", resolved_at=NOW,
+        ),
+        duplicates.DuplicateResolutionRefused(
+            certificate_id=CERT_ID, connector="emca-prod", issuance_id="7d0c3c52-6f3b-5a8e-9a51-3f1c2b7d9e10",
+            extra_serial="77", actor="platform-admin", refused_at=NOW,
+            error=ErrorInfo(code=ErrorCode.CERTIFICATE_MISMATCH, message="serial 77 carries another public key"),
         ),
         events.CertificateDeployed(certificate_id=CERT_ID, serial=SERIAL, target=target, verified_serial=SERIAL, deployed_at=NOW),
         events.DeploymentFailed(

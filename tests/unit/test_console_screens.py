@@ -54,6 +54,8 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", "/console/certificates/provisioning/new", "profile_create"),
     ("GET", "/console/certificates/provisioning/{name}/edit", "profile_edit_form"),
     ("POST", "/console/certificates/provisioning/{name}/edit", "profile_edit"),
+    ("GET", "/console/certificates/duplicates", "duplicates"),
+    ("POST", "/console/certificates/duplicates/{certificate_id:path}/resolve", "resolve"),
     ("GET", "/console/certificates", "certificates"),
     ("GET", "/console/requests/new", "request_new"),
     ("POST", "/console/requests/new", "request_create"),

@@ -6,6 +6,7 @@ from services.common.contracts.admin import ADMIN_TYPES
 from services.common.contracts.audit import AuditCheckpoint
 from services.common.contracts.commands import COMMAND_TYPES
 from services.common.contracts.deadletter import DeadLetter
+from services.common.contracts.duplicates import DUPLICATE_EVENT_TYPES
 from services.common.contracts.envelope import Catalog, Message
 from services.common.contracts.events import EVENT_TYPES
 from services.common.contracts.keys import KEY_EVENT_TYPES
@@ -19,6 +20,7 @@ ALL_TYPES: list[type[Message]] = [
     *EVENT_TYPES,
     *KEY_EVENT_TYPES,
     *REVOCATION_EVENT_TYPES,
+    *DUPLICATE_EVENT_TYPES,
     *UNDEPLOY_EVENT_TYPES,
     *ADMIN_TYPES,
     DeadLetter,

@@ -22,6 +22,7 @@ from services.gateway.console.context import Console, templates
 from services.gateway.console.screens import (
     certificate,
     connectors,
+    duplicates,
     home,
     inventory,
     not_found,
@@ -32,7 +33,8 @@ from services.gateway.console.screens import (
 )
 from services.gateway.console.sessions import Sessions
 
-#: the screens in the order their routes are tried: the bots' ``/certificates/provisioning`` before
+#: the screens in the order their routes are tried: the bots' ``/certificates/provisioning`` (and
+#: ``/certificates/duplicates``) before
 #: one certificate's ``/certificates/{id:path}``, and the catch-all 404 last
 SCREENS: tuple[APIRouter, ...] = (
     home.router,
@@ -40,6 +42,7 @@ SCREENS: tuple[APIRouter, ...] = (
     connectors.router,
     targets.router,
     provisioning.router,
+    duplicates.router,
     inventory.router,
     requests.router,
     certificate.router,
