@@ -18,6 +18,13 @@ Fault modes:
   until cleared or until ``down``/``up`` is set explicitly.
 - rotated credentials (`FaultController.rotate_credentials`): an application's
   password (and 4.2.x ClientID) change, so its requests stop authenticating.
+- ``foreign_key``: every certificate issued meanwhile is a genuine one of the
+  profile's CA, with the CSR's subject and extensions, for a fresh key of the
+  same type instead of the CSR's (`FaultyBackend` wraps the dialects' backend):
+  a client that checks the key against its CSR refuses it.
+- ``crl``: the CRL port (`CrlFaultMiddleware`) answers every ``/crl/`` request
+  with 503 (``"unavailable"``) or with bytes that are no CRL (``"garbage"``);
+  CA certificates are still served.
 """
 
 from __future__ import annotations
@@ -28,12 +35,17 @@ import json
 import logging
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from emca_sim.backend import RegisteredApp
+from emca_sim.backend import CaInfo, Issued, Pending, ProfileInfo, RegisteredApp, SimBackend, SimError
+from emca_sim.ca import load_csr
 
 log = logging.getLogger("emca_sim.faults")
 
@@ -54,6 +66,10 @@ class Listener(Protocol):
 
 class CredentialRotator(Protocol):
     def rotate_credentials(self, username: str) -> RegisteredApp: ...
+
+
+#: what the CRL port answers under the ``crl`` fault: 503, or a 200 whose body is no CRL
+CrlFault = Literal["unavailable", "garbage"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,8 @@ class FaultState:
     rate_limit: RateLimit | None = None
     flap: Flap | None = None
     rotated_credentials: list[str] = field(default_factory=list)
+    foreign_key: bool = False
+    crl: CrlFault | None = None
 
 
 class RateLimitPatch(BaseModel):
@@ -92,7 +110,7 @@ class FlapPatch(BaseModel):
 
 
 class FaultPatch(BaseModel):
-    """A change to the faults: fields left out stay as they are; ``null`` clears ``rate_limit``/``flap``."""
+    """A change to the faults: fields left out stay as they are; ``null`` clears ``rate_limit``/``flap``/``crl``."""
 
     model_config = ConfigDict(extra="forbid")
     down: bool | None = None
@@ -101,6 +119,8 @@ class FaultPatch(BaseModel):
     error_status: int | None = Field(default=None, ge=500, le=599)
     rate_limit: RateLimitPatch | None = None
     flap: FlapPatch | None = None
+    foreign_key: bool | None = None
+    crl: CrlFault | None = None
 
 
 class FaultController:
@@ -185,6 +205,10 @@ class FaultController:
         if "rate_limit" in given:
             limit = patch.rate_limit
             self.set_rate_limit(limit.rate, limit.retry_after_s) if limit else self.set_rate_limit(0, 0)
+        if patch.foreign_key is not None:
+            self.state.foreign_key = patch.foreign_key
+        if "crl" in given:
+            self.state.crl = patch.crl
         if patch.down is not None:
             await self.set_down(patch.down)
         if "flap" in given:
@@ -212,6 +236,96 @@ class FaultController:
 
     def injected_error(self) -> int | None:
         return self.state.error_status if self._hit(self.state.error_rate) else None
+
+    def foreign_csr(self, csr_pem: str) -> str:
+        """``csr_pem`` itself, or under ``foreign_key`` a CSR with its subject and extensions for a fresh key."""
+        if not self.state.foreign_key:
+            return csr_pem
+        try:
+            csr = load_csr(csr_pem)
+            extensions, key = list(csr.extensions), _fresh_key_like(csr.public_key())
+        except (SimError, ValueError):
+            return csr_pem  # the CA refuses it as it would anyway
+        if key is None:
+            return csr_pem
+        builder = x509.CertificateSigningRequestBuilder().subject_name(csr.subject)
+        for extension in extensions:
+            builder = builder.add_extension(extension.value, extension.critical)
+        algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
+        log.warning("foreign_key fault: signing %s for another key than its CSR's", csr.subject.rfc4514_string())
+        return builder.sign(key, algorithm).public_bytes(Encoding.PEM).decode()
+
+
+_FreshKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+
+
+def _fresh_key_like(public_key: object) -> _FreshKey | None:
+    """A new private key of the same type (and size or curve) as ``public_key``; None for other key types."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return rsa.generate_private_key(public_exponent=65537, key_size=public_key.key_size)
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return ec.generate_private_key(public_key.curve)
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return ed25519.Ed25519PrivateKey.generate()
+    if isinstance(public_key, ed448.Ed448PublicKey):
+        return ed448.Ed448PrivateKey.generate()
+    return None
+
+
+class FaultyBackend:
+    """The dialects' `SimBackend`: the simulated CA itself, but for issuance under the ``foreign_key`` fault."""
+
+    def __init__(self, backend: SimBackend, controller: FaultController) -> None:
+        self._backend = backend
+        self._controller = controller
+
+    def issue(self, *, profile: str, subscriber_id: str, csr_pem: str, application_id: str | None,
+              dedupe_by_application_id: bool) -> Issued | Pending:
+        return self._backend.issue(profile=profile, subscriber_id=subscriber_id,
+                                   csr_pem=self._controller.foreign_csr(csr_pem), application_id=application_id,
+                                   dedupe_by_application_id=dedupe_by_application_id)
+
+    def application(self, username: str) -> RegisteredApp | None:
+        return self._backend.application(username)
+
+    def application_by_client_id(self, client_id: str) -> RegisteredApp | None:
+        return self._backend.application_by_client_id(client_id)
+
+    def remember_txn(self, username: str, txn: str) -> bool:
+        return self._backend.remember_txn(username, txn)
+
+    def count_request(self, method: str) -> None:
+        self._backend.count_request(method)
+
+    def profiles(self) -> list[ProfileInfo]:
+        return self._backend.profiles()
+
+    def profile(self, name: str) -> ProfileInfo | None:
+        return self._backend.profile(name)
+
+    def profile_by_id(self, profile_id: str) -> ProfileInfo | None:
+        return self._backend.profile_by_id(profile_id)
+
+    def cas(self) -> list[CaInfo]:
+        return self._backend.cas()
+
+    def subscriber_exists(self, subscriber_id: str) -> bool:
+        return self._backend.subscriber_exists(subscriber_id)
+
+    def pending(self, request_id: str) -> Pending:
+        return self._backend.pending(request_id)
+
+    def certificate(self, serial: str) -> Issued:
+        return self._backend.certificate(serial)
+
+    def revoke(self, serial: str, reason: str) -> Issued:
+        return self._backend.revoke(serial, reason)
+
+    def crl_der(self, ca_name: str) -> bytes:
+        return self._backend.crl_der(ca_name)
+
+    def chain(self, ca_name: str) -> tuple[str, ...]:
+        return self._backend.chain(ca_name)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
@@ -245,3 +359,31 @@ class FaultMiddleware:
             await _send_json(send, status, {"status": "failure", "result": "Internal server error"}, [])
             return
         await self.app(scope, receive, send)
+
+
+#: what the ``crl: "garbage"`` fault serves: DER-ish bytes that no parser takes for a CRL
+GARBAGE_CRL = b"\x30\x03\x02\x01\x00 this is not a CRL"
+
+
+class CrlFaultMiddleware:
+    """Applies the ``crl`` fault to the CRL port's ``/crl/`` requests (CA certificates are never affected)."""
+
+    def __init__(self, app: ASGIApp, controller: FaultController) -> None:
+        self.app = app
+        self.controller = controller
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fault = self.controller.state.crl
+        if scope["type"] != "http" or fault is None or not str(scope.get("path", "")).startswith("/crl/"):
+            await self.app(scope, receive, send)
+            return
+        if fault == "unavailable":
+            await _send_plain(send, 503, b"CRL publisher unavailable\n", b"text/plain")
+        else:
+            await _send_plain(send, 200, GARBAGE_CRL, b"application/pkix-crl")
+
+
+async def _send_plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

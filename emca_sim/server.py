@@ -4,11 +4,12 @@ Three uvicorn servers share one asyncio loop in one process (HTTP/1.1 parsed by 
 dependency for this: uvicorn's "auto" picks it; h11 otherwise):
 
 - the emCA API on ``port``: the routes of every dialect module in
-  ``emca_sim.dialects`` (``routes(backend)``), behind `FaultMiddleware`;
-  the only port faults apply to;
+  ``emca_sim.dialects`` (``routes(backend)``), behind `FaultMiddleware`
+  (and `FaultyBackend`, for the ``foreign_key`` fault); the port faults apply to;
 - the admin API on ``admin_port`` (see `emca_sim.admin`), same TLS certificate;
 - CRLs and CA certificates on ``crl_port``: ``/crl/<slug>.crl`` (DER,
-  application/pkix-crl) and ``/ca/<slug>.crt`` (DER, application/pkix-cert).
+  application/pkix-crl) and ``/ca/<slug>.crt`` (DER, application/pkix-cert);
+  only the ``crl`` fault applies here (`CrlFaultMiddleware`).
 
 The listening sockets are bound before anything starts, so port 0 works and
 the CRL URL put into certificates carries the real port. `serve` runs until
@@ -47,18 +48,21 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from emca_sim.admin import create_admin_app
+from emca_sim.backend import SimBackend
 from emca_sim.ca import write_file
 from emca_sim.config import SimConfig, load_config
-from emca_sim.faults import FaultController, FaultMiddleware
+from emca_sim.faults import CrlFaultMiddleware, FaultController, FaultMiddleware, FaultyBackend
 from emca_sim.state import SimEmca
 
 log = logging.getLogger("emca_sim")
 
 DIALECT_MODULES = ("emca_sim.dialects.v4_0_17", "emca_sim.dialects.v4_2")
 DEFAULT_PORT, DEFAULT_CRL_PORT, DEFAULT_ADMIN_PORT = 8443, 8444, 8445
+#: a TOML configuration file for `serve` when none is given (docs/emca-simulator.md)
+CONFIG_ENV = "CERTRAIL_EMCA_SIM_CONFIG"
 
 
-def dialect_routes(backend: SimEmca, modules: tuple[str, ...] = DIALECT_MODULES) -> list[BaseRoute]:
+def dialect_routes(backend: SimBackend, modules: tuple[str, ...] = DIALECT_MODULES) -> list[BaseRoute]:
     """The routes of every dialect module that exists and has ``routes``; the others are skipped with a log line."""
     found: list[BaseRoute] = []
     for name in modules:
@@ -216,12 +220,14 @@ class SimServer:
                 uvicorn_options["log_config"] = None
             tls = {"ssl_certfile": str(self.backend.hierarchy.tls_certificate_path),
                    "ssl_keyfile": str(self.backend.hierarchy.tls_key_path), "ssl_context_factory": _tls_factory}
-            api_app = FaultMiddleware(Starlette(routes=dialect_routes(self.backend)), self.faults)
+            api_app = FaultMiddleware(Starlette(routes=dialect_routes(FaultyBackend(self.backend, self.faults))),
+                                      self.faults)
             admin_app = create_admin_app(self.backend, self.faults, self.admin_token)
             self._servers = {
                 "api": _Server(uvicorn.Config(api_app, port=ports["api"], **tls, **uvicorn_options)),
                 "admin": _Server(uvicorn.Config(admin_app, port=ports["admin"], **tls, **uvicorn_options)),
-                "crl": _Server(uvicorn.Config(create_crl_app(self.backend), port=ports["crl"], **uvicorn_options)),
+                "crl": _Server(uvicorn.Config(CrlFaultMiddleware(create_crl_app(self.backend), self.faults),
+                                              port=ports["crl"], **uvicorn_options)),
             }
             self.faults.listener = UvicornListener(self._servers["api"], host, ports["api"])
         except BaseException:
@@ -309,7 +315,9 @@ def start_in_thread(data_dir: Path | str, *, startup_timeout: float = 30.0, **op
 def serve(data_dir: Path | str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, crl_port: int = DEFAULT_CRL_PORT,
           config_path: Path | str | None = None, public_base_url: str | None = None, *,
           admin_port: int = DEFAULT_ADMIN_PORT, log_level: str = "info", access_log: bool = False) -> None:
-    """Run the simulator in the foreground until SIGINT or SIGTERM."""
+    """Run the simulator in the foreground until SIGINT or SIGTERM. Without ``config_path``, the TOML file named by
+    CERTRAIL_EMCA_SIM_CONFIG, if set (how `certrail up` hands the simulator it starts a configuration)."""
+    config_path = config_path or os.environ.get(CONFIG_ENV) or None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = SimServer(data_dir, host=host, port=port, crl_port=crl_port, admin_port=admin_port,
                        config=load_config(config_path), public_base_url=public_base_url, log_level=log_level,

@@ -46,6 +46,7 @@ from services.gateway.config.outbox import OutboxRelay
 from services.gateway.intake import Intake, Outcome, outgoing_records
 from services.gateway.out_of_band import on_revoked_out_of_band
 from services.gateway.scheduler import Scheduler
+from services.gateway.scheduler.metrics import SchedulerMetrics
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
 
@@ -168,6 +169,8 @@ def _fold_issuer_event(session: Any, envelope: Envelope) -> request_status.Fold:
 def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
     """Run the renewal scheduler beside the consumer, when this gateway schedules."""
     if not runtime.settings.scheduler_enabled or not runtime.settings.scheduler.enabled:
+        # its series at 0 (leader 0): with every gateway's scheduler off, CertrailRenewalSchedulerNotRunning fires
+        SchedulerMetrics(runtime.service.registry)
         return
     scheduler = Scheduler(runtime.engine, runtime.topics, runtime.publish_records, utc_now, runtime.settings.scheduler,
                           registry=runtime.service.registry, holder=runtime.service.instance_id)

@@ -56,6 +56,23 @@ class Prometheus:
                 if alert["labels"].get("alertname") == name
                 and all(alert["labels"].get(k) == v for k, v in (labels or {}).items())]
 
+    def firing_at(self, name: str, labels: Mapping[str, str], start: float, end: float) -> list[float]:
+        """The times (unix seconds, ``start``..``end``, every 0.2 s) at which the alert was ``firing``, from
+        Prometheus's own ``ALERTS`` series (written at each rule evaluation, marked stale when it resolves)."""
+        selector = ",".join([f'alertname="{name}"', 'alertstate="firing"', *(f'{k}="{v}"' for k, v in labels.items())])
+        data = self._get("/api/v1/query_range", query=f"ALERTS{{{selector}}}", start=f"{start:.3f}", end=f"{end:.3f}",
+                         step="0.2")
+        return sorted(float(at) for series in data["result"] for at, _ in series["values"])
+
+    def target_jobs(self) -> set[str]:
+        """The jobs that have at least one active scrape target."""
+        return {target["labels"]["job"] for target in self._get("/api/v1/targets", state="active")["activeTargets"]}
+
+    def reload(self) -> None:
+        """Reads its configuration file again (``--web.enable-lifecycle``)."""
+        answer = self.client.post("/-/reload")
+        assert answer.status_code == 200, f"/-/reload: {answer.status_code} {answer.text[:500]}"
+
     def state(self, name: str, labels: Mapping[str, str] | None = None) -> str:
         """``firing``, ``pending`` or ``inactive`` (no such active alert)."""
         states = {alert["state"] for alert in self.alerts(name, labels)}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine, select
 
 from services.common.consumer import Outbound
@@ -644,3 +644,43 @@ async def test_metrics(engine: Engine) -> None:
     assert other_registry.get_sample_value("certrail_gateway_scheduler_leader") == 0
     assert other_registry.get_sample_value(buckets, {"bucket": "ge_90d"}) == 0
     assert other_registry.get_sample_value("certrail_gateway_scheduler_ticks_total", {"outcome": "follower"}) == 1
+
+
+async def test_a_failing_tick_reports_not_leading_and_the_lease_is_still_released_at_stop(engine: Engine) -> None:
+    add_profile(engine)
+    put_certificate(engine, "web/a", "0a1b")
+    registry = CollectorRegistry()
+    clock = FakeClock(T0 + timedelta(days=61))
+    scheduler, _ = make_scheduler(engine, clock, publisher=FailingPublisher(1, RuntimeError("broker down")),
+                                  registry=registry)
+    with pytest.raises(RuntimeError):
+        await scheduler.tick()  # it took the lease, then failed to publish
+    assert registry.get_sample_value("certrail_gateway_scheduler_leader") == 0  # not doing its work
+    assert not scheduler.is_leader
+    with read_session(engine) as session:
+        lease = get_lease(session, NO_JITTER.lease_name)
+    assert lease is not None and lease.holder == "gw-1"
+    await scheduler.release()  # stopping: the lease it may hold is given up all the same
+    with read_session(engine) as session:
+        assert get_lease(session, NO_JITTER.lease_name) is None
+    clock.advance(timedelta(seconds=30))
+    again, _ = make_scheduler(engine, clock, registry=CollectorRegistry())
+    assert (await again.tick()).leader
+
+
+def test_a_gateway_that_does_not_schedule_exports_leader_zero(tmp_path: Path) -> None:
+    """With every gateway's scheduler off, the leader gauges sum to 0 and CertrailRenewalSchedulerNotRunning fires
+    (a gateway that exported nothing would leave the sum empty and the alert silent)."""
+    from services.common.connectors.secretbox import SecretsSettings, generate_key
+    from services.common.settings import KafkaSettings
+    from services.gateway.app import create_app
+    from services.gateway.settings import GatewaySettings
+
+    db = DatabaseSettings(url=f"sqlite:///{tmp_path / 'gw.db'}")
+    settings = GatewaySettings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"), db=db, scheduler_enabled=False,
+                               secrets=SecretsSettings(keys=SecretStr(generate_key())))
+    _, runtime = create_app(settings)
+    try:
+        assert runtime.service.registry.get_sample_value("certrail_gateway_scheduler_leader") == 0
+    finally:
+        runtime.service.engine.dispose()

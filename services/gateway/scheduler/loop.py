@@ -69,6 +69,7 @@ class Scheduler:
         self.holder = holder or default_holder()
         self.metrics = SchedulerMetrics(registry if registry is not None else CollectorRegistry())
         self._leader = False
+        self._may_hold_lease = False  # after a failed tick: released at stop all the same
         self._stopping = asyncio.Event()
         self._next_prune = 0.0  # time.monotonic() of the next prune (the first leader tick prunes)
 
@@ -84,6 +85,10 @@ class Scheduler:
             result = await self._tick(self._clock())
         except Exception:
             self.metrics.ticks.labels("error").inc()
+            # not doing its work, whatever the lease says: reported as not leading (the lease lapses by itself if
+            # this goes on, and CertrailRenewalSchedulerNotRunning fires when no scheduler does its work)
+            self._may_hold_lease = self._may_hold_lease or self._leader
+            self._set_leader(False)
             raise
         finally:
             self.metrics.tick_duration.observe(time.perf_counter() - started)
@@ -111,10 +116,12 @@ class Scheduler:
         self._stopping.set()
 
     async def release(self) -> None:
-        """Give the lease up (so another gateway takes over at once instead of after the TTL)."""
-        if not self._leader:
+        """Give the lease up (so another gateway takes over at once instead of after the TTL). Also after a failed
+        tick, which reports this scheduler as not leading while it may still hold the lease."""
+        if not (self._leader or self._may_hold_lease):
             return
         self._set_leader(False)
+        self._may_hold_lease = False
         try:
             await asyncio.to_thread(self._release)
         except Exception:  # noqa: BLE001 - the lease then simply expires after its TTL
@@ -124,6 +131,7 @@ class Scheduler:
 
     async def _tick(self, now: datetime) -> TickResult:
         leader = await asyncio.to_thread(self._acquire, now)
+        self._may_hold_lease = False  # the database just said
         self._set_leader(leader)
         if not leader:
             return TickResult(leader=False)
