@@ -43,10 +43,15 @@ from services.gateway.api import create_api
 from services.gateway.api_tokens import create_token
 from services.gateway.app import GatewayRuntime
 from services.gateway.intake import Intake, stored_records
+from services.gateway.issuer_api import Endpoint, IssuerApi
 from services.gateway.policy.tokens import Role
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
-from tests.gateway_fixtures import InProcessDeployer, _connector, _profile, auditor_api, deployer_api
+from services.issuer.connectors import ConnectorPool, RuntimeSettings
+from services.issuer.duplicates.internal_api import create_internal_app as create_issuer_internal_app
+from services.issuer.duplicates.resolver import DuplicateResolver
+from services.issuer.metrics import IssuerMetrics
+from tests.gateway_fixtures import INTERNAL_TOKEN, InProcessDeployer, _connector, _profile, auditor_api, deployer_api
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +124,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
                                  usage_checks=[ProfileUsage(), LiveCertificateUsage()])
     deployer = InProcessDeployer.open(tmp)  # the deployer's internal API (targets), in-process
     app = create_api(runtime, registry=registry, auditor=auditor_api(engine),  # the auditor's internal API, in-process
-                     deployer=deployer_api(deployer.app))
+                     deployer=deployer_api(deployer.app), issuer=_issuer_api(engine, registry, service.topics))
 
     def token(role: Role, identity: str, profiles: list[str] | None = None) -> str:
         new, _ = create_token(engine, identity=identity, role=role, profiles=profiles, description=None, created_by="fuzz",
@@ -129,6 +134,24 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     yield Fuzzed(app, {"admin": token(Role.ADMIN, "root-admin"), "requester": token(Role.REQUESTER, "alice", ["web"])})
     engine.dispose()
     deployer.close()
+
+
+def _issuer_api(engine: Engine, registry: Any, topics: Topics) -> IssuerApi:
+    """The gateway's client of the issuer's internal API (possible duplicates), served in-process by the issuer's real
+    routes over ``engine``; its connectors reach no network (none is needed: the fuzzed ids match no duplicate)."""
+    metrics = IssuerMetrics(CollectorRegistry())
+
+    async def status(*_: object) -> None:
+        return None
+
+    async def publish(records: Any) -> None:
+        return None
+
+    resolver = DuplicateResolver(engine=engine, pool=ConnectorPool(registry, metrics, RuntimeSettings(), status),
+                                 publish=publish, topics=topics, gauge=metrics.duplicates_unresolved,
+                                 clock=lambda: datetime.now(UTC), event_source="/certrail/issuer")
+    return IssuerApi(Endpoint("http://issuer", INTERNAL_TOKEN),
+                     transport=httpx.ASGITransport(app=create_issuer_internal_app(resolver, INTERNAL_TOKEN)))
 
 
 def _fuzz(operation: Any, token: str, mode: GenerationMode) -> str | None:
