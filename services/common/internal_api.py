@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,53 @@ def mount_internal(service_app: ASGIApp, internal_app: ASGIApp) -> ASGIApp:
 
 class InternalUnavailable(Exception):
     """The other service gave no usable answer (the message says why; it never holds the token)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a service's internal API is (one base URL, or its instances', comma-separated or as a sequence: a call
+    goes to the next when one gives no answer, decision 0031) and how to call it."""
+
+    base_url: str | Sequence[str]
+    token: SecretStr | None = field(repr=False)
+    timeout_s: float = 5.0
+    max_connections: int = 16
+
+
+class LazyFailover:
+    """The `FailoverClient` of one service's instances, made at the first call (inside the running event loop) from
+    ``endpoint``: an `Endpoint`, or a function that makes one then (the token file is read at that moment).
+    ``unavailable``: what is raised when no token is configured; ``transport``: tests' in-process service."""
+
+    def __init__(self, endpoint: Endpoint | Callable[[], Endpoint], transport: httpx.AsyncBaseTransport | None, *,
+                 service: str, unavailable: type[InternalUnavailable]) -> None:
+        self._endpoint = endpoint
+        self._transport = transport
+        self._service = service
+        self._unavailable = unavailable
+        self._client: FailoverClient | None = None
+
+    def client(self) -> FailoverClient:
+        if self._client is None:
+            endpoint = self._endpoint if isinstance(self._endpoint, Endpoint) else self._endpoint()
+            if endpoint.token is None:
+                raise self._unavailable(f"no internal API token is configured for calls to the {self._service}")
+            self._client = FailoverClient(base_urls(endpoint.base_url), timeout_s=endpoint.timeout_s,
+                                          max_connections=endpoint.max_connections, transport=self._transport,
+                                          headers={"Authorization": f"Bearer {endpoint.token.get_secret_value()}"},
+                                          service=self._service)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def endpoint_from(settings: Any, base_url: str | Sequence[str]) -> Endpoint:
+    """The `Endpoint` of ``base_url`` with a service's ``internal`` settings (token, timeout, connections)."""
+    internal = settings.internal
+    return Endpoint(base_url, configured_token(internal), internal.timeout_s, internal.max_connections)
 
 
 class InternalClient:

@@ -11,16 +11,15 @@ secret names only, never a value."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import SecretStr
 
-from services.common.internal_api import InternalUnavailable, configured_token
-from services.common.internal_failover import FailoverClient, base_urls
+from services.common.internal_api import Endpoint, InternalUnavailable, LazyFailover, endpoint_from
+from services.common.internal_failover import FailoverClient
 
 log = logging.getLogger(__name__)
 
@@ -80,46 +79,21 @@ def view_of(body: Any) -> dict[str, Any]:
             "secrets": [str(s) for s in secrets], "profiles": [str(p) for p in profiles]}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the deployer is (one base URL, or its instances', comma-separated or as a sequence: a call goes to
-    the next when one gives no answer, decision 0031) and how to call it."""
-
-    base_url: str | Sequence[str]
-    token: SecretStr | None = field(repr=False)
-    timeout_s: float = 5.0
-    max_connections: int = 16
-
-
 class DeployerApi:
     """``endpoint``: an `Endpoint`, or a function that makes one at the first call (the token file is read
     then); ``transport``: tests' in-process deployer."""
 
     def __init__(self, endpoint: Endpoint | Callable[[], Endpoint], transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._endpoint = endpoint
-        self._transport = transport
-        self._client: FailoverClient | None = None
+        self._lazy = LazyFailover(endpoint, transport, service="deployer", unavailable=DeployerUnavailable)
 
     @classmethod
     def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> DeployerApi:
         """From GatewaySettings (``deployer_url``, ``internal``), read at the first call."""
 
-        def endpoint() -> Endpoint:
-            internal = settings.internal
-            return Endpoint(settings.deployer_url, configured_token(internal), internal.timeout_s, internal.max_connections)
-
-        return cls(endpoint, transport)
+        return cls(lambda: endpoint_from(settings, settings.deployer_url), transport)
 
     def _http(self) -> FailoverClient:
-        if self._client is None:
-            endpoint = self._endpoint if isinstance(self._endpoint, Endpoint) else self._endpoint()
-            if endpoint.token is None:
-                raise DeployerUnavailable("no internal API token is configured for calls to the deployer")
-            self._client = FailoverClient(base_urls(endpoint.base_url), timeout_s=endpoint.timeout_s,
-                                          max_connections=endpoint.max_connections, transport=self._transport,
-                                          headers={"Authorization": f"Bearer {endpoint.token.get_secret_value()}"},
-                                          service="deployer")
-        return self._client
+        return self._lazy.client()
 
     async def _call(self, method: str, path: str, *, actor: str | None = None, json: Any = None,
                     params: dict[str, str] | None = None) -> Answered:
@@ -188,6 +162,4 @@ class DeployerApi:
         return bool(answered.body["recorded"])
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._lazy.aclose()

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import SecretStr
 
-from services.common.internal_api import InternalUnavailable, configured_token
-from services.common.internal_failover import FailoverClient, base_urls
+from services.common.internal_api import Endpoint, InternalUnavailable, LazyFailover, endpoint_from
+from services.common.internal_failover import FailoverClient
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +24,6 @@ ACTOR_HEADER = "X-Certrail-Actor"
 MAX_MESSAGE_CHARS = 2000
 #: resolving revokes at emCA: longer than a read
 RESOLVE_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the issuer is: one base URL, or its instances', comma-separated (any instance answers: they share the
-    issuer's state; a call goes to the next when one gives no answer, decision 0031), and how to call it."""
-
-    base_url: str
-    token: SecretStr | None = field(repr=False)
-    timeout_s: float = 5.0
-    max_connections: int = 16
 
 
 class IssuerUnavailable(InternalUnavailable):
@@ -76,30 +63,16 @@ class IssuerApi:
     ``transport``: tests' in-process issuer."""
 
     def __init__(self, endpoint: Endpoint | Callable[[], Endpoint], transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._endpoint = endpoint
-        self._transport = transport
-        self._client: FailoverClient | None = None
+        self._lazy = LazyFailover(endpoint, transport, service="issuer", unavailable=IssuerUnavailable)
 
     @classmethod
     def from_settings(cls, settings: Any, transport: httpx.AsyncBaseTransport | None = None) -> IssuerApi:
         """From GatewaySettings (``issuer_url``, ``internal``), read at the first call."""
 
-        def endpoint() -> Endpoint:
-            internal = settings.internal
-            return Endpoint(settings.issuer_url, configured_token(internal), internal.timeout_s, internal.max_connections)
-
-        return cls(endpoint, transport)
+        return cls(lambda: endpoint_from(settings, settings.issuer_url), transport)
 
     def _http(self) -> FailoverClient:
-        if self._client is None:
-            endpoint = self._endpoint if isinstance(self._endpoint, Endpoint) else self._endpoint()
-            if endpoint.token is None:
-                raise IssuerUnavailable("no internal API token is configured for calls to the issuer")
-            self._client = FailoverClient(base_urls(endpoint.base_url), timeout_s=endpoint.timeout_s,
-                                          max_connections=endpoint.max_connections, transport=self._transport,
-                                          headers={"Authorization": f"Bearer {endpoint.token.get_secret_value()}"},
-                                          service="issuer")
-        return self._client
+        return self._lazy.client()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -126,6 +99,4 @@ class IssuerApi:
         return duplicate
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._lazy.aclose()
