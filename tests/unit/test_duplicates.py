@@ -9,15 +9,12 @@ import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
@@ -42,8 +39,8 @@ from services.issuer.duplicates.store import DuplicateState
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.state import NewOperation, StoredRecord
 from tests.unit.examples import examples
+from tests.unit.small_ca import T0, Ca
 
-T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 CONNECTOR = "emca-42"
 TOPICS = Topics("certrail")
 ISSUANCE = "7d0c3c52-6f3b-5a8e-9a51-3f1c2b7d9e10"
@@ -51,37 +48,6 @@ CERT_ID = "www.example.test"
 
 
 # -- a small CA ------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Ca:
-    key: ec.EllipticCurvePrivateKey
-    certificate: x509.Certificate
-
-    @classmethod
-    def make(cls, name: str = "Issuing CA 1") -> Ca:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-                       .serial_number(1).not_valid_before(T0 - timedelta(days=1)).not_valid_after(T0 + timedelta(days=365))
-                       .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                       .sign(key, hashes.SHA256()))
-        return cls(key, certificate)
-
-    @property
-    def pem(self) -> str:
-        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-    def leaf(self, serial: int, key: ec.EllipticCurvePrivateKey) -> str:
-        return (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CERT_ID)]))
-                .issuer_name(self.certificate.subject).public_key(key.public_key()).serial_number(serial)
-                .not_valid_before(T0 - timedelta(hours=1)).not_valid_after(T0 + timedelta(days=90))
-                .sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
 
 
 def key_sha256(key: ec.EllipticCurvePrivateKey) -> str:
@@ -112,12 +78,12 @@ def _case(ca: Ca, csr_key: ec.EllipticCurvePrivateKey, name: str) -> tuple[str, 
     """(asked serial, emCA's PEM, expected status, expected code) of one named case; delivered serial 0a."""
     other_key = ec.generate_private_key(ec.SECP256R1())
     return {
-        "the extra certificate": ("b1", ca.leaf(0xB1, csr_key), None, None),
-        "the delivered serial": ("a", ca.leaf(0xA, csr_key), 409, ErrorCode.CERTIFICATE_MISMATCH),
-        "another public key": ("b2", ca.leaf(0xB2, other_key), 422, ErrorCode.CERTIFICATE_MISMATCH),
-        "another CA": ("b3", Ca.make("Issuing CA 1").leaf(0xB3, csr_key), 422, ErrorCode.CERTIFICATE_UNTRUSTED),
-        "emCA answered another serial": ("b4", ca.leaf(0xB5, csr_key), 422, ErrorCode.CERTIFICATE_MISMATCH),
-        "not one certificate": ("b6", ca.leaf(0xB6, csr_key) * 2, 422, ErrorCode.CERTIFICATE_MISMATCH),
+        "the extra certificate": ("b1", ca.leaf(0xB1, csr_key, cdp=None), None, None),
+        "the delivered serial": ("a", ca.leaf(0xA, csr_key, cdp=None), 409, ErrorCode.CERTIFICATE_MISMATCH),
+        "another public key": ("b2", ca.leaf(0xB2, other_key, cdp=None), 422, ErrorCode.CERTIFICATE_MISMATCH),
+        "another CA": ("b3", Ca.make("Issuing CA 1").leaf(0xB3, csr_key, cdp=None), 422, ErrorCode.CERTIFICATE_UNTRUSTED),
+        "emCA answered another serial": ("b4", ca.leaf(0xB5, csr_key, cdp=None), 422, ErrorCode.CERTIFICATE_MISMATCH),
+        "not one certificate": ("b6", ca.leaf(0xB6, csr_key, cdp=None) * 2, 422, ErrorCode.CERTIFICATE_MISMATCH),
     }[name]
 
 
@@ -246,8 +212,8 @@ def rig(engine: Engine, ca: Ca, csr_key: ec.EllipticCurvePrivateKey) -> Rig:
                                  gauge=metrics.duplicates_unresolved, clock=lambda: T0 + timedelta(hours=1),
                                  event_source="/certrail/issuer", on_check=lambda: woken.append(True))
     _detect(engine, "a", key_sha256(csr_key))
-    connection.certificates.update({"a": ca.leaf(0xA, csr_key), "b1": ca.leaf(0xB1, csr_key),
-                                    "c": ca.leaf(0xC, ec.generate_private_key(ec.SECP256R1()))})
+    connection.certificates.update({"a": ca.leaf(0xA, csr_key, cdp=None), "b1": ca.leaf(0xB1, csr_key, cdp=None),
+                                    "c": ca.leaf(0xC, ec.generate_private_key(ec.SECP256R1()), cdp=None)})
     return Rig(engine, resolver, connection, runtime, registry, published, woken, broker_down)
 
 
