@@ -39,24 +39,19 @@ def delete_dropped(session: Session, dropped: Sequence[StoredNotice]) -> None:
         session.execute(delete(table).where(*_notice_key(stored), table.c.event_id == stored.event_id))
 
 
-def prune_notices(session: Session, cutoff: datetime, limit: int = 10_000) -> int:
-    """Delete up to ``limit`` sent notices older than ``cutoff`` whose serial expired before ``cutoff`` (or that the
-    gateway no longer knows): no tick or redelivery consults them again. Pending ones are never deleted here."""
+def prune_notices(session: Session, cutoff: datetime) -> int:
+    """Delete (one statement) the sent notices older than ``cutoff`` whose serial expired before ``cutoff`` (or that
+    the gateway no longer knows): no tick or redelivery consults them again. Pending ones are never deleted here."""
     n, s = GatewayNotice, GatewayIssuedSerial
     live_serial = (
         select(s.serial)
         .where(s.certificate_id == n.certificate_id, s.serial == n.serial, s.not_after >= cutoff)
         .exists()
     )
-    keys = (
-        select(n.certificate_id, n.serial, n.kind)
-        .where(n.sent_at < cutoff, n.event_id.not_like(f"{PENDING_PREFIX}%"), ~live_serial)
-        .limit(limit)
+    result = session.execute(
+        delete(n).where(n.sent_at < cutoff, n.event_id.not_like(f"{PENDING_PREFIX}%"), ~live_serial)
     )
-    old = session.execute(keys).all()
-    for certificate_id, serial, kind in old:
-        session.execute(delete(n).where(n.certificate_id == certificate_id, n.serial == serial, n.kind == kind))
-    return len(old)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def mark_sent(session: Session, notices: Sequence[PlannedNotice]) -> None:
