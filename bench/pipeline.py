@@ -1,10 +1,18 @@
 """The whole pipeline, end to end: certificates per second, latency, CPU per certificate of every process, peak RSS.
 
     .venv/bin/python bench/pipeline.py --requests N [--concurrency C] [--quick] [--db postgresql [--postgres-url URL]]
+                                       [--layouts 1x1,3x1,3x2]
 
-One run, on one embedded stack (``certrail up --detach`` on free ports in a temporary var dir, through
-``tests/e2e/support.EmbeddedStack``; its defaults: certificate verification on, acks=all, SQLite with the normal
-durability, the demo connector ``emca-demo`` on the simulator's V4.2.4+ dialect, P-256 CA):
+One run measures one or more **layouts** (``BROKERSxINSTANCES``) one after the other, each on a stack of its own:
+``certrail up --detach --brokers B --instances I --db D`` on a free block of ports in a temporary var dir, through
+``tests/e2e/support.ScaleStack`` (the stack of the scale-out fault test). ``1x1`` (the default) is the single broker
+and one instance of each service; ``3x2`` a three-node KRaft cluster (replication factor 3, min.insync.replicas 2)
+and two instances of the gateway, issuer, deployer and auditor (several instances need ``--db postgresql``). The
+stack's defaults: certificate verification on, acks=all, the demo connector ``emca-demo`` on the simulator's V4.2.4+
+dialect (each issuer instance with the connector's concurrency), P-256 CA. With several layouts a last table puts them
+side by side: the cost per certificate of replication (``1x1`` -> ``3x1``) and of the second instance (``3x1`` -> ``3x2``).
+
+For each layout:
 
 1. **Set-up through the API** (admin token of the demo): a requester-key profile ``bench-web`` on ``emca-demo``
    (domain ``bench.certrail.test``, P-256 keys), an HMAC key for the requester ``bench-requester``
@@ -25,9 +33,10 @@ durability, the demo connector ``emca-demo`` on the simulator's V4.2.4+ dialect,
    margin is the one that holds the pipeline back.
 3. **Paced** (the latency goal): requests published at ``--paced-fraction`` (0.5) of the burst's rate for
    ``--paced-seconds``, each on its own schedule; the same latencies.
-4. **CPU** of each process tree (the four services, the simulator: ``var/run/*.pid``; the broker:
-   ``var/kafka/kafka.pid``; this process; "other": the rest of the machine) from ``/proc/<pid>/stat`` (utime+stime,
-   plus cutime+cstime of reaped children, over every live process of the tree), sampled every 0.1 s and interpolated
+4. **CPU** of each process tree (every instance of the four services, the simulator: ``var/run/*.pid``; every Kafka
+   node: ``var/kafka/kafka.pid`` or ``var/kafka/node-*/kafka.pid``; this process; "other": the rest of the machine)
+   from ``/proc/<pid>/stat`` (utime+stime, plus cutime+cstime of reaped children, over every live process of the
+   trees), summed over the instances of a role, sampled every 0.1 s and interpolated
    at the ends of each span. **Peak RSS**: ``VmHWM`` of each process at the end (the auditor's prepare worker is a
    child of its own and listed beside it). Before the burst, ``--idle-seconds`` of the idle stack give each
    process's background CPU.
@@ -37,22 +46,19 @@ durability, the demo connector ``emca-demo`` on the simulator's V4.2.4+ dialect,
    the certificate to a file (fsync, as the deployer does), insert one audit row into a SQLite table (WAL,
    ``synchronous=NORMAL``) and commit. No verification, no Kafka.
 
-``--db postgresql``: the stack runs on a fresh PostgreSQL database instead of its SQLite file: ``certrail_bench_<random>``,
-created on the server of ``--postgres-url`` (default ``$CERTRAIL_TEST_POSTGRES_URL``, else ``scripts/postgres.sh``'s; the
-role must be allowed to CREATE DATABASE) through its maintenance connection (the URL's own database, autocommit) and
-dropped (``WITH (FORCE)``) after ``certrail down`` unless ``--keep``. ``certrail up`` has no database option: the bench
-runs it with its ``DatabaseSettings`` replaced (``PgStack``), so the migrations, the services' ``CERTRAIL_DB_URL`` and the
-demo use the new database, and checks that they did (no ``var/certrail.db``, the database at the newest revision).
-The bench reads it through SQLAlchemy (``Db``, the same statements on both); when the server is local, its
-processes (the postmaster and every backend, whoever they serve) are one more row, ``postgresql``, of the CPU table
-(no RSS: shared memory). The naive loop stays on SQLite (the baseline: what a minimal script does).
+``--db postgresql``: the stack runs on a PostgreSQL database of its own (`certrail up --db postgresql`: ``certrail_<random>``
+on the server of ``--postgres-url``, default ``$CERTRAIL_TEST_POSTGRES_URL``, else ``scripts/postgres.sh``'s; the role
+must be allowed to CREATE DATABASE), dropped by ``certrail down --drop-database`` unless ``--keep``. The bench reads it
+through SQLAlchemy (``Db``, the same statements on SQLite and PostgreSQL); when the server is local, its processes (the
+postmaster and every backend, whoever they serve) are one more row, ``postgresql``, of the CPU table (no RSS: shared
+memory). The naive loop stays on SQLite (the baseline: what a minimal script does) and runs on the first layout only.
 
 ``--profile-dir DIR --py-spy BINARY`` records each service (and the simulator) with py-spy during the burst
 (raw collapsed stacks, 50 Hz, ``--idle``: wall time, and ``--gil``: CPU); py-spy is no dependency, and a run with it
 is for finding where the time goes, not for its numbers.
 
-The stack is always stopped (``certrail down``) at the end, on failure too. ``--quick`` shortens the warm-up and the
-paced phase for a smoke run. One JSON line with every number goes to stdout after the markdown table
+Each stack is always stopped (``certrail down``) at its end, on failure too. ``--quick`` shortens the warm-up and the
+paced phase for a smoke run. One JSON line with every number of every layout goes to stdout after the markdown tables
 (``--json FILE`` writes it to a file too).
 """
 
@@ -75,9 +81,7 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,13 +95,10 @@ if str(ROOT) not in sys.path:  # run as a script: `bench` and `tests` are not in
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import TextClause, bindparam, create_engine, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from bench.emca_sim_issuance import CLOCK_TICKS, machine_busy_seconds
 from bench.issuer_throughput import measure_direct
 from services.cli.demo import CONNECTOR, stack_env
-from services.common import migrate
 from services.common.contracts.envelope import encode, make_event
 from services.common.contracts.events import (
     CertificateDeployed,
@@ -114,8 +115,7 @@ from services.common.db import normalise_url, safe_url
 from services.common.emca.client import connect
 from services.common.emca.types import EmcaError, EmcaVersion, HttpOptions, IssuedCertificate
 from services.common.kafka_config import producer_kwargs
-from services.common.settings import DatabaseSettings
-from tests.e2e.support import EmbeddedStack, cli
+from tests.e2e.support import POSTGRES_URL, ScaleStack, cli
 from tests.emca_sim_helpers import sim_endpoint
 from tests.issuer_harness import make_csr
 
@@ -168,6 +168,11 @@ def tree_of(pid: int, children: dict[int, list[int]]) -> list[int]:
     return out
 
 
+def trees_of(pids: Iterable[int], children: dict[int, list[int]]) -> list[int]:
+    """Every process of the trees of ``pids`` (the instances of one role), once."""
+    return list(dict.fromkeys(p for pid in pids for p in tree_of(pid, children)))
+
+
 def tree_cpu_seconds(pids: Iterable[int]) -> float:
     """utime+stime of each live process, plus cutime+cstime (children it reaped): each CPU second counted once."""
     total = 0
@@ -200,7 +205,7 @@ def process_name(pid: int) -> str:
 class Sampler:
     """CPU seconds of each role's process tree every ``SAMPLE_S`` (a thread); read back at any wall time."""
 
-    def __init__(self, roots: dict[str, int]) -> None:
+    def __init__(self, roots: dict[str, list[int]]) -> None:
         self.roots = roots
         self.times: list[float] = []
         self.samples: list[dict[str, float]] = []
@@ -209,7 +214,7 @@ class Sampler:
 
     def sample(self) -> None:
         children = _children()
-        values = {role: tree_cpu_seconds(tree_of(pid, children)) for role, pid in self.roots.items()}
+        values = {role: tree_cpu_seconds(trees_of(pids, children)) for role, pids in self.roots.items()}
         values["bench"] = time.process_time()
         values["machine"] = machine_busy_seconds()
         self.times.append(time.time())
@@ -247,13 +252,13 @@ class Sampler:
         return spent
 
 
-def peak_rss(roots: dict[str, int]) -> dict[str, list[tuple[str, int, float]]]:
-    """Per role: (process name, pid, VmHWM MiB) of each live process of its tree."""
+def peak_rss(roots: dict[str, list[int]]) -> dict[str, list[tuple[str, int, float]]]:
+    """Per role: (process name, pid, VmHWM MiB) of each live process of its trees (every instance)."""
     children = _children()
     out: dict[str, list[tuple[str, int, float]]] = {}
-    for role, root in roots.items():
+    for role, pids in roots.items():
         rows = []
-        for pid in tree_of(root, children):
+        for pid in trees_of(pids, children):
             hwm = vm_kib(pid, "VmHWM")
             if hwm is not None:
                 rows.append((process_name(pid), pid, hwm / 1024))
@@ -332,7 +337,7 @@ def _ok(response: Any, *codes: int) -> dict[str, Any]:
     return response.json() if response.content else {}
 
 
-def set_up(stack: EmbeddedStack, concurrency: int) -> tuple[bytes, dict[str, Any]]:
+def set_up(stack: ScaleStack, concurrency: int) -> tuple[bytes, dict[str, Any]]:
     """Profile, requester key, file target and binding; the connector's concurrency. Returns the HMAC key and the connector."""
     with stack.api("admin") as admin:
         profile = {"name": PROFILE, "connector": CONNECTOR, "ca_profile": "TLS Server", "key_generation": "requester",
@@ -354,75 +359,60 @@ def set_up(stack: EmbeddedStack, concurrency: int) -> tuple[bytes, dict[str, Any
     return base64.b64decode(key["secret_base64"]), connector
 
 
-def roots_of(stack: EmbeddedStack) -> dict[str, int]:
-    roots = {name: stack.pid(name) for name in SERVICES}
-    roots["kafka"] = int((stack.var_dir / "kafka" / "kafka.pid").read_text().strip())
+def roots_of(stack: ScaleStack) -> dict[str, list[int]]:
+    """The processes of each role: every instance of each service, the simulator, every Kafka node."""
+    roots = {name: stack.pids(name) for name in (*SERVICES, "kafka")}
+    missing = [name for name, pids in roots.items() if not pids]
+    if missing:
+        raise RuntimeError(f"no pid file for {', '.join(missing)} under {stack.var_dir}")
     return roots
 
 
-# --- the database: the stack's SQLite file, or a fresh PostgreSQL database for the run ------------------------------
-
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://certrail:certrail@127.0.0.1:5432/certrail"  # scripts/postgres.sh
-#: `certrail up` takes no database option (services/cli/stack_cmd.py: always ``var/certrail.db``). This runs it with
-#: the one ``DatabaseSettings`` it makes replaced by the run's database: the migrations, the services' environment
-#: (``CERTRAIL_DB_URL``) and the demo all follow it. `PgStack.up` checks that they did.
-_UP_ON_URL = """
-import os
-from services.cli import stack_cmd
-from services.cli.main import app
-from services.common.settings import DatabaseSettings
-url = os.environ.pop("CERTRAIL_BENCH_DB_URL")
-stack_cmd.DatabaseSettings = lambda **_: DatabaseSettings(url=url)
-app(["up", "--detach"], prog_name="certrail")
-"""
+# --- the stack's layout: brokers x instances, on SQLite or a PostgreSQL database of its own ------------------------
 
 
-@contextmanager
-def postgres_database(server_url: str, keep: bool) -> Iterator[str]:
-    """A fresh database ``certrail_bench_<random>`` on the server, made and dropped through its maintenance connection
-    (the URL's database, autocommit); dropped at the end unless ``keep``. Yields its URL."""
-    server = normalise_url(server_url)
-    name = f"certrail_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 10})
-    try:
+@dataclass(frozen=True)
+class Layout:
+    brokers: int
+    instances: int
+
+    @classmethod
+    def parse(cls, text: str) -> Layout:
         try:
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        except OperationalError as exc:
-            raise RuntimeError(f"cannot create a database on {safe_url(server)} (is it running? `sudo bash scripts/postgres.sh`; "
-                               f"does the role have CREATEDB?): {exc.orig}") from exc
-        log(f"database {name} created on {safe_url(server)}")
-        try:
-            yield server.set(database=name).render_as_string(hide_password=False)
-        finally:
-            if keep:
-                log(f"kept database {name}")
-            else:
-                with admin.connect() as connection:
-                    connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                log(f"database {name} dropped")
-    finally:
-        admin.dispose()
+            brokers, instances = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a layout is BROKERSxINSTANCES (1x1, 3x2), got {text!r}") from None
+        if brokers < 1 or instances < 1:
+            raise argparse.ArgumentTypeError(f"a layout needs at least one broker and one instance, got {text!r}")
+        return cls(brokers, instances)
+
+    @property
+    def name(self) -> str:
+        return f"{self.brokers}x{self.instances}"
+
+    @property
+    def label(self) -> str:
+        return (f"{self.brokers} broker{'s' if self.brokers > 1 else ''}, {self.instances} instance"
+                f"{'s' if self.instances > 1 else ''} of each service")
 
 
-@dataclass
-class PgStack(EmbeddedStack):
-    """The embedded stack on a PostgreSQL database instead of its SQLite file."""
+def make_stack(var_dir: Path, layout: Layout, args: argparse.Namespace) -> ScaleStack:
+    """`certrail up --detach --instances I --brokers B [--db postgresql --postgres-url URL]` on a free block of ports."""
+    env = {"CERTRAIL_UP_INSTANCES": str(layout.instances), "CERTRAIL_UP_KAFKA_BROKERS": str(layout.brokers),
+           "CERTRAIL_UP_DB": args.db}
+    if args.db == "postgresql":
+        env["CERTRAIL_UP_POSTGRES_URL"] = args.postgres_url
+    return ScaleStack.in_block(var_dir, env)
 
-    db_url: str = ""
 
-    def tool_env(self, principal: str = "admin") -> dict[str, str]:
-        return {**super().tool_env(principal), "CERTRAIL_DB_URL": self.db_url}
-
-    def up(self) -> None:
-        result = subprocess.run([sys.executable, "-c", _UP_ON_URL], cwd=ROOT, env={**self.env, "CERTRAIL_BENCH_DB_URL": self.db_url},
-                                capture_output=True, text=True, timeout=300, check=False)
+def stop_stack(stack: ScaleStack, args: argparse.Namespace) -> None:
+    """`certrail down`, and with PostgreSQL `--drop-database` unless ``--keep``."""
+    if args.db == "postgresql" and not args.keep:
+        result = stack.down_and_drop()
         if result.returncode != 0:
-            raise RuntimeError(f"certrail up on {safe_url(self.db_url)}: {result.stdout}{result.stderr}{self.logs()}")
-        self.up_output += result.stdout
-        settings = DatabaseSettings(url=self.db_url)
-        if (self.var_dir / "certrail.db").exists() or not migrate.check_at_head(settings):
-            raise RuntimeError(f"certrail up did not use {safe_url(self.db_url)} (services/cli/stack_cmd.py changed?)")
+            raise RuntimeError(f"certrail down --drop-database: {result.stdout}{result.stderr}")
+        return
+    stack.down()
 
 
 def postmaster_pid(db: Db) -> int | None:
@@ -550,9 +540,9 @@ async def wait_deployed(db: Db, tag: str, count: int, timeout_s: float, started:
         await asyncio.sleep(POLL_S)
 
 
-async def producer_for(stack: EmbeddedStack) -> AIOKafkaProducer:
+async def producer_for(stack: ScaleStack) -> AIOKafkaProducer:
     # an upstream system: the stack's broker authenticates it as the requester principal (certrail.requests only)
-    producer = AIOKafkaProducer(**{**producer_kwargs(stack.kafka_settings("requester")), "linger_ms": 5,
+    producer = AIOKafkaProducer(**{**producer_kwargs(stack.settings("requester")), "linger_ms": 5,
                                    "max_batch_size": 256 * 1024})
     await producer.start()
     return producer
@@ -586,7 +576,7 @@ async def publish_paced(producer: AIOKafkaProducer, topic: str, requests: Sequen
     return sent, time.time()
 
 
-async def run_phase(stack: EmbeddedStack, db: Db, producer: AIOKafkaProducer, sampler: Sampler | None, name: str,
+async def run_phase(stack: ScaleStack, db: Db, producer: AIOKafkaProducer, sampler: Sampler | None, name: str,
                     requests: Sequence[Request], tag: str, rate: float | None, timeout_s: float,
                     timeline: list[list[float]] | None = None) -> Phase:
     topic = Topics().requests
@@ -646,8 +636,9 @@ def stage_summary(sent: dict[str, float], stage_times: dict[str, dict[str, float
 # --- profiles (optional: py-spy is not a dependency) --------------------------------------------------------------
 
 
-def start_profiles(args: argparse.Namespace, roots: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    """``py-spy record`` (raw collapsed stacks, 50 Hz, idle threads included: wall time) on each service's process."""
+def start_profiles(args: argparse.Namespace, roots: dict[str, list[int]]) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (raw collapsed stacks, 50 Hz, idle threads included: wall time) on each service's (first
+    instance's) process."""
     if args.profile_dir is None:
         return []
     args.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -655,7 +646,7 @@ def start_profiles(args: argparse.Namespace, roots: dict[str, int]) -> list[subp
     for role in (*SERVICES[:4], "emca-sim"):
         for mode, flags in (("wall", ["--idle"]), ("cpu", ["--gil"])):
             out = args.profile_dir / f"{role}.{mode}.txt"
-            command = [args.py_spy, "record", "-p", str(roots[role]), "-r", "50", "--nonblocking", "-f", "raw", "-o", str(out),
+            command = [args.py_spy, "record", "-p", str(roots[role][0]), "-r", "50", "--nonblocking", "-f", "raw", "-o", str(out),
                        *flags, *(["--subprocesses"] if role == "auditor" else [])]
             spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)
@@ -676,11 +667,11 @@ def stop_profiles(spies: Sequence[subprocess.Popen[bytes]]) -> None:
 # --- the comparisons ------------------------------------------------------------------------------------------------
 
 
-def sim_view(stack: EmbeddedStack, connector: dict[str, Any]) -> SimpleNamespace:
+def sim_view(stack: ScaleStack, connector: dict[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(data_dir=stack.var_dir / "emca-sim", endpoints=SimpleNamespace(api_url=connector["base_url"]))
 
 
-async def measure_naive(view: SimpleNamespace, csrs: Sequence[str], workdir: Path, pids: dict[str, int]) -> Simple:
+async def measure_naive(view: SimpleNamespace, csrs: Sequence[str], workdir: Path, pids: dict[str, list[int]]) -> Simple:
     """One synchronous loop: submit, write the certificate to a file (fsync), insert one audit row and commit."""
     workdir.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(workdir / "naive.db", isolation_level=None)
@@ -723,9 +714,9 @@ async def measure_naive(view: SimpleNamespace, csrs: Sequence[str], workdir: Pat
     return Simple("naive loop", count - errors, errors, wall, spent)
 
 
-def _cpu(roles: dict[str, int]) -> dict[str, float]:
+def _cpu(roles: dict[str, list[int]]) -> dict[str, float]:
     children = _children()
-    values = {role: tree_cpu_seconds(tree_of(pid, children)) for role, pid in roles.items()}
+    values = {role: tree_cpu_seconds(trees_of(pids, children)) for role, pids in roles.items()}
     values["bench"] = time.process_time()
     values["machine"] = machine_busy_seconds()
     return values
@@ -749,14 +740,16 @@ def _shown(argv: Sequence[str]) -> list[str]:
             for previous, value in zip(["", *argv], argv, strict=False)]
 
 
-def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phase], direct: Simple, naive: Simple,
-           rss: dict[str, list[tuple[str, int, float]]], idle: dict[str, float]) -> str:
+def report(info: dict[str, Any], args: argparse.Namespace, layout: Layout, phases: Sequence[Phase], direct: Simple,
+           naive: Simple | None, rss: dict[str, list[tuple[str, int, float]]], idle: dict[str, float]) -> str:
     burst = phases[0]
     roles = (*ROLES, *(["postgresql"] if "postgresql" in burst.cpu_s else []))
+    others = [direct, *([naive] if naive is not None else [])]
     database = (f"SQLite {info['sqlite']}" if info["database"] == "sqlite" else
                 f"PostgreSQL {info['database_version']} (naive loop: SQLite {info['sqlite']})")
-    lines = [f"Pipeline (end to end), {info['date']}, {info['nproc']} x {info['cpu']}, Python {info['python']}, "
-             f"database {database}", f"`{info['command']}`: N={args.requests}, concurrency {args.concurrency}", ""]
+    lines = [f"Pipeline (end to end) on {layout.label}, {info['date']}, {info['nproc']} x {info['cpu']}, "
+             f"Python {info['python']}, database {database}",
+             f"`{info['command']}`: layout {layout.name}, N={args.requests}, concurrency {args.concurrency} per issuer", ""]
     lines += ["| measurement | requests | certs/s | latency p50 / p95 / p99 s (deployed) | p99 s (audited) |",
               "|---|---|---|---|---|"]
     for phase in phases:
@@ -764,7 +757,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phas
         label = phase.name + (f" (offered {phase.offered_rate:,.1f}/s)" if phase.offered_rate else "")
         lines.append(f"| {label} | {phase.requests:,} | {phase.rate:,.1f} | {percentile(dep, 50):.3f} / "
                      f"{percentile(dep, 95):.3f} / {percentile(dep, 99):.3f} | {percentile(phase.latency_audited_s, 99):.3f} |")
-    for other in (direct, naive):
+    for other in others:
         lines.append(f"| {other.name} | {other.requests:,} ({other.errors} errors) | {other.rate:,.1f} | – | – |")
     lines += ["", "Stages (from the first publish until the stage's N-th event; time a certificate spent in the stage):", "",
               "| measurement | stage | all done after s | rate /s | median in stage s | p99 in stage s |", "|---|---|---|---|---|---|"]
@@ -772,17 +765,18 @@ def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phas
         for stage, v in phase.stages.items():
             lines.append(f"| {phase.name} | {stage} | {v['all_done_s']:.2f} | {v['rate']:,.1f} | {v['median_in_stage_s']:.3f} | "
                          f"{v['p99_in_stage_s']:.3f} |")
-    lines += ["", "CPU ms per certificate (and cores used) over each span:", "",
-              "| process | " + " | ".join(p.name for p in phases) + f" | {direct.name} | {naive.name} | idle (cores) | peak RSS MiB |",
-              "|---|" + "---|" * (len(phases) + 4)]
+    lines += ["", "CPU ms per certificate (and cores used) over each span, every instance of a role together:", "",
+              "| process | " + " | ".join(p.name for p in phases) + "".join(f" | {o.name}" for o in others) +
+              " | idle (cores) | peak RSS MiB |",
+              "|---|" + "---|" * (len(phases) + len(others) + 2)]
     for role in (*roles, "other"):
         cells = [f"{p.ms_per_cert(role):.2f} ({p.cpu_s.get(role, 0.0) / p.wall_s:.2f})" for p in phases]
-        for other in (direct, naive):
+        for other in others:
             value = other.cpu_s.get(role)
             cells.append("–" if value is None or not other.requests else
                          f"{1000 * value / other.requests:.2f} ({value / other.wall_s:.2f})")
-        memory = " + ".join(f"{mib:,.0f}" + ("" if index == 0 else f" ({name})")
-                            for index, (name, _pid, mib) in enumerate(rss.get(role, []))) or "–"
+        memory = " + ".join(f"{mib:,.0f}" + ("" if name.startswith("python") or name.startswith("java") else f" ({name})")
+                            for name, _pid, mib in rss.get(role, [])) or "–"
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {idle.get(role, 0.0):.2f} | {memory} |")
     total = sum(burst.ms_per_cert(role) for role in roles)
     lines += ["", f"{burst.name}: all our processes {total:.2f} CPU ms per certificate; "
@@ -791,18 +785,33 @@ def report(info: dict[str, Any], args: argparse.Namespace, phases: Sequence[Phas
     return "\n".join(lines)
 
 
+def comparison(results: Sequence[dict[str, Any]]) -> str:
+    """One row per layout of the run: rates, the share of the direct rate, and CPU ms per certificate in the burst."""
+    roles = [r for r in (*ROLES, "postgresql") if any(r in res["phases"][0]["cpu_ms_per_cert"] for res in results)]
+    lines = ["Layouts of this run (burst; CPU ms per certificate, every instance of a role together):", "",
+             "| layout | certs/s | direct certs/s | share of direct | paced p99 s | " + " | ".join(roles) + " | all |",
+             "|---|" + "---|" * (len(roles) + 5)]
+    for res in results:
+        burst, paced, direct = res["phases"][0], res["phases"][1], res["direct"]
+        cpu = burst["cpu_ms_per_cert"]
+        lines.append(f"| {res['layout']} | {burst['rate']:,.1f} | {direct['rate']:,.1f} | {burst['rate'] / direct['rate']:.2f} | "
+                     f"{paced['latency_deployed_s']['p99']:.3f} | " + " | ".join(f"{cpu.get(r, 0.0):.2f}" for r in roles) +
+                     f" | {sum(cpu.get(r, 0.0) for r in roles):.2f} |")
+    return "\n".join(lines)
+
+
 # --- the run -------------------------------------------------------------------------------------------------------------
 
 
-async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+async def measure(stack: ScaleStack, args: argparse.Namespace, layout: Layout, tmp: Path, naive_too: bool) -> dict[str, Any]:
     info = machine()
     hmac_key, connector = set_up(stack, args.concurrency)
-    db = Db(stack.db_url if isinstance(stack, PgStack) else f"sqlite:///{stack.var_dir / 'certrail.db'}")
+    db = Db(stack.db_url)
     info |= {"database": db.engine.dialect.name, "database_version": db.version()}
     roots = roots_of(stack)
     postmaster = postmaster_pid(db)
     if postmaster is not None:  # the server's CPU (all its backends: the machine should be idle but for this run)
-        roots["postgresql"] = postmaster
+        roots["postgresql"] = [postmaster]
     log(f"processes: {roots}")
     log(f"making {args.warm + args.requests:,} signed requests and {args.requests + args.naive_requests + 1:,} "
         "more CSRs (not timed)")
@@ -810,7 +819,7 @@ async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> 
     burst = make_requests("burst", args.requests, hmac_key)
     direct_csrs = [make_csr(f"direct-{i}.bench.example.test") for i in range(args.requests)]
     direct_warm = [make_csr(f"direct-warm-{i}.bench.example.test") for i in range(2 * args.concurrency)]
-    naive_csrs = [make_csr(f"naive-{i}.bench.example.test") for i in range(args.naive_requests + 1)]
+    naive_csrs = [make_csr(f"naive-{i}.bench.example.test") for i in range(args.naive_requests + 1)] if naive_too else []
     producer = await producer_for(stack)
     sampler = Sampler(roots)
     sampler.start()
@@ -838,36 +847,40 @@ async def measure(stack: EmbeddedStack, args: argparse.Namespace, tmp: Path) -> 
         sampler.stop()
         await producer.stop()
         db.close()
-    rss = peak_rss({role: pid for role, pid in roots.items() if role != "postgresql"})  # shared memory: no RSS of its own
+    rss = peak_rss({role: pids for role, pids in roots.items() if role != "postgresql"})  # shared memory: no RSS of its own
     log("direct: the simulator over HTTPS through the real client")
     view = sim_view(stack, connector)
     measured = await measure_direct(None, view, EmcaVersion("V4.2.4+"), direct_csrs, direct_warm, args.concurrency,
-                                    {"emca-sim": roots["emca-sim"]}, "pipeline")
+                                    {"emca-sim": roots["emca-sim"][0]}, "pipeline")
     direct = Simple(f"direct HTTPS (C={args.concurrency})", measured.certs, measured.errors, measured.wall_s, measured.cpu_s)
     log(f"direct: {direct.rate:,.1f} certs/s")
-    log(f"naive: one synchronous loop over {args.naive_requests:,} CSRs")
-    naive = await measure_naive(view, naive_csrs, tmp / "naive", roots)
-    log(f"naive: {naive.rate:,.1f} certs/s")
-    print(report(info, args, phases, direct, naive, rss, idle))
-    shown = {k: safe_url(v) if k == "postgres_url" else str(v) for k, v in vars(args).items()}
-    return {"machine": info, "args": shown, "idle_cores": idle,
-            "phases": [p.summary() for p in phases], "direct": direct.summary(), "naive": naive.summary(),
+    naive = None
+    if naive_too:
+        log(f"naive: one synchronous loop over {args.naive_requests:,} CSRs")
+        naive = await measure_naive(view, naive_csrs, tmp / "naive", roots)
+        log(f"naive: {naive.rate:,.1f} certs/s")
+    print(report(info, args, layout, phases, direct, naive, rss, idle), flush=True)
+    return {"layout": layout.name, "brokers": layout.brokers, "instances": layout.instances, "machine": info,
+            "idle_cores": idle, "phases": [p.summary() for p in phases], "direct": direct.summary(),
+            "naive": None if naive is None else naive.summary(),
             "paced_timeline": {"columns": ["published_s", *(f"{k}_s" for k in STAGES), "audited_s"], "rows": timeline},
             "peak_rss_mib": {role: [[n, p, round(m, 1)] for n, p, m in rows] for role, rows in rss.items()}}
 
 
-def run(args: argparse.Namespace, make_stack: Callable[[Path], EmbeddedStack]) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="certrail-pipeline-"))
-    stack = make_stack(tmp / "var")
-    log(f"certrail up --detach in {stack.var_dir}")
+def run(args: argparse.Namespace, layout: Layout, naive_too: bool) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"certrail-pipeline-{layout.name}-"))
+    stack = make_stack(tmp / "var", layout, args)
+    log(f"certrail up --detach --instances {layout.instances} --brokers {layout.brokers} --db {args.db} in {stack.var_dir}")
     results: dict[str, Any] | None = None
     try:
+        started = time.monotonic()
         stack.up()
-        results = asyncio.run(measure(stack, args, tmp))
+        log(f"up after {time.monotonic() - started:,.0f} s")
+        results = asyncio.run(measure(stack, args, layout, tmp, naive_too))
     finally:
         log("certrail down")
         try:
-            stack.down()
+            stop_stack(stack, args)
         finally:
             if args.keep or results is None:
                 log(f"kept {tmp}")
@@ -880,8 +893,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--requests", type=int, required=True, help="requests in the burst and in the direct measurement (N)")
     parser.add_argument("--concurrency", type=int, default=8,
-                        help="the connector's concurrency (the demo connector's default: 8) and the direct client's")
-    parser.add_argument("--naive-requests", type=int, help="requests of the naive loop (default N)")
+                        help="the connector's concurrency (the demo connector's default: 8; each issuer instance's) "
+                             "and the direct client's")
+    parser.add_argument("--layouts", type=lambda text: [Layout.parse(t) for t in text.split(",")], default=[Layout(1, 1)],
+                        help="the stacks to measure one after the other, as BROKERSxINSTANCES, comma-separated "
+                             "(default 1x1: the single broker, one instance of each service)")
+    parser.add_argument("--naive-requests", type=int, help="requests of the naive loop (default N; on the first layout only)")
     parser.add_argument("--warm", type=int, default=50, help="requests through the pipeline before the clock starts")
     parser.add_argument("--paced-seconds", type=float, default=60.0, help="how long the paced phase publishes")
     parser.add_argument("--paced-fraction", type=float, default=0.5, help="the paced rate, as a fraction of the burst's")
@@ -892,23 +909,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-dir", type=Path, help="py-spy the services during the burst, collapsed stacks here")
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary (with --profile-dir)")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
-                        help="the stack's database: its SQLite file (default), or a fresh PostgreSQL database for the run")
-    parser.add_argument("--postgres-url", default=os.environ.get("CERTRAIL_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL,
+                        help="the stack's database (`certrail up --db`): its SQLite file (default), or a PostgreSQL database "
+                             "of its own, dropped at the end (`certrail down --drop-database`) unless --keep")
+    parser.add_argument("--postgres-url", default=POSTGRES_URL,
                         help="with --db postgresql: the server, as a URL whose role may CREATE DATABASE "
                              "(default: $CERTRAIL_TEST_POSTGRES_URL, else scripts/postgres.sh's)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary var dir (logs, database) and the PostgreSQL database")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary var dirs (logs, database) and the PostgreSQL databases")
     parser.add_argument("--json", type=Path, help="write every number here too")
     args = parser.parse_args(argv)
     if args.naive_requests is None:
         args.naive_requests = args.requests
     if args.quick:
         args.warm, args.paced_seconds, args.idle_seconds = min(args.warm, 10), min(args.paced_seconds, 10.0), 3.0
-    if args.db == "postgresql":
-        with postgres_database(args.postgres_url, args.keep) as url:  # dropped after `certrail down`
-            results = run(args, lambda var_dir: PgStack(var_dir, db_url=url))
-    else:
-        results = run(args, EmbeddedStack)
-    line = json.dumps(results)
+    if args.db == "sqlite" and any(layout.instances > 1 for layout in args.layouts):
+        parser.error("several instances of each service share one database: give --db postgresql")
+    results = [run(args, layout, naive_too=index == 0) for index, layout in enumerate(args.layouts)]
+    if len(results) > 1:
+        print(comparison(results))
+    shown = {k: safe_url(v) if k == "postgres_url" else [x.name for x in v] if k == "layouts" else str(v)
+             for k, v in vars(args).items()}
+    line = json.dumps({"args": shown, "layouts": results})
     print(line)
     if args.json:
         args.json.write_text(line + "\n")

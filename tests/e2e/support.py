@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from services.common.kafka_cluster import LocalKafkaCluster
 from services.common.kafka_local import reap_exited_brokers
 from services.common.proc import port_free
 from services.common.settings import KafkaSettings
+from services.common.stack_db import stored_url
 from tests.conftest import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +147,84 @@ def wait_deployed(client: httpx.Client, certificate_id: str, *, not_serial: str 
     found = wait_until(deployed, lambda: f"{certificate_id} to be deployed (last view: {view})", timeout_s, interval_s=0.5)
     assert isinstance(found, dict)
     return found
+
+
+# --- a stack laid out by `certrail up`'s own options: instances, brokers, database -----------------------------------
+
+#: ports relative to a free block: Kafka nodes at +0/+2/+4 (controllers +1/+3/+5), services +10.. (instance 2: +20..)
+OFFSETS = {"KAFKA": 0, "KAFKA_CONTROLLER": 1, "GATEWAY": 10, "ISSUER": 11, "DEPLOYER": 12, "AUDITOR": 13,
+           "SIM": 30, "SIM_CRL": 31, "SIM_ADMIN": 32}
+POSTGRES_URL = os.environ.get("CERTRAIL_TEST_POSTGRES_URL", "postgresql+psycopg://certrail:certrail@127.0.0.1:5432/certrail")
+
+
+def free_block(size: int = 40) -> int:
+    """The first port of ``size`` consecutive ports nobody listens on."""
+    for base in range(21000 + os.getpid() % 200 * 50, 60000, size):
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free block of ports")
+
+
+@dataclass
+class ScaleStack(EmbeddedStack):
+    """`certrail up` with ``extra_env`` (``CERTRAIL_UP_INSTANCES``, ``CERTRAIL_UP_KAFKA_BROKERS``, ``CERTRAIL_UP_DB``, ...)
+    on a block of ports (`in_block`): instance i of a service on its port + 10 (i - 1), Kafka node i on +2 (i - 1)."""
+
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def in_block(cls, var_dir: Path, extra_env: dict[str, str]) -> ScaleStack:
+        base = free_block()
+        return cls(var_dir, ports={k: base + v for k, v in OFFSETS.items()}, extra_env=extra_env)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, **self.extra_env}
+
+    @property
+    def db_url(self) -> str:
+        """The stack's database: the PostgreSQL database `certrail up --db postgresql` made, else its SQLite file."""
+        return stored_url(self.var_dir) or f"sqlite:///{self.var_dir / 'certrail.db'}"
+
+    def tool_env(self, principal: str = "admin") -> dict[str, str]:
+        return {**super().tool_env(principal), "CERTRAIL_DB_URL": self.db_url}
+
+    def cluster(self) -> LocalKafkaCluster:
+        cluster = LocalKafkaCluster.load(self.var_dir / "kafka", ROOT / ".cache")
+        assert cluster is not None, f"{self.var_dir / 'kafka'} holds no Kafka cluster"
+        return cluster
+
+    def settings(self, principal: str) -> KafkaSettings:
+        """Client settings of a Kafka principal: every node of a cluster, else the single broker."""
+        if LocalKafkaCluster.load(self.var_dir / "kafka", ROOT / ".cache") is None:
+            return self.kafka_settings(principal)
+        return self.cluster().client_settings(principal)
+
+    def port(self, service: str, instance: int) -> int:
+        return self.ports[service.upper()] + 10 * (instance - 1)
+
+    def instance_metrics(self, service: str, instance: int) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.port(service, instance)}/metrics", timeout=10).text
+
+    def down_and_drop(self) -> subprocess.CompletedProcess[str]:
+        return cli(self.env, "down", "--drop-database")
+
+    def pids(self, role: str) -> list[int]:
+        """The running processes of a role: every instance of a service (``var/run/<name>[-<i>].pid``), the simulator
+        (``emca-sim``), or ``kafka``: the single broker's or every cluster node's ``kafka.pid``."""
+        if role == "kafka":
+            files = [*(self.var_dir / "kafka").glob("kafka.pid"), *(self.var_dir / "kafka").glob("node-*/kafka.pid")]
+        else:
+            run = self.var_dir / "run"
+            files = [*run.glob(f"{role}.pid"), *run.glob(f"{role}-[0-9]*.pid")]
+        return [int(f.read_text().strip()) for f in sorted(files)]

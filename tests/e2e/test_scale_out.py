@@ -18,12 +18,10 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -46,13 +44,10 @@ from services.common.contracts.requests import IssueRequested
 from services.common.contracts.signing import signed
 from services.common.contracts.topics import Topics
 from services.common.emca.types import EmcaVersion
-from services.common.kafka_cluster import LocalKafkaCluster
 from services.common.kafka_config import admin_kwargs, producer_kwargs
 from services.common.kafka_local import LocalKafkaError
-from services.common.settings import KafkaSettings
-from services.common.stack_db import stored_url
 from tests.conftest import wait_until
-from tests.e2e.support import ROOT, EmbeddedStack, cli
+from tests.e2e.support import POSTGRES_URL, ScaleStack, cli
 from tests.integration.test_gateway_api import connector_json
 from tests.issuer_harness import make_csr, metric
 
@@ -67,74 +62,16 @@ DOMAIN = "scale.certrail.test"
 SERVICES = ("gateway", "issuer", "deployer", "auditor")
 SESSION_TIMEOUT_S = 10
 RATE_PER_S = 2.0
-#: ports relative to a free block: Kafka nodes at +0/+2/+4 (controllers +1/+3/+5), services +10.. (instance 2: +20..)
-OFFSETS = {"KAFKA": 0, "KAFKA_CONTROLLER": 1, "GATEWAY": 10, "ISSUER": 11, "DEPLOYER": 12, "AUDITOR": 13,
-           "SIM": 30, "SIM_CRL": 31, "SIM_ADMIN": 32}
-POSTGRES_URL = os.environ.get("CERTRAIL_TEST_POSTGRES_URL", "postgresql+psycopg://certrail:certrail@127.0.0.1:5432/certrail")
-
-
-def free_block(size: int = 40) -> int:
-    """The first port of ``size`` consecutive ports nobody listens on."""
-    for base in range(21000 + os.getpid() % 200 * 50, 60000, size):
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free block of ports")
-
-
-@dataclass
-class ScaleStack(EmbeddedStack):
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, **self.extra_env}
-
-    @property
-    def db_url(self) -> str:
-        url = stored_url(self.var_dir)
-        assert url is not None, "certrail up --db postgresql remembered no database"
-        return url
-
-    def tool_env(self, principal: str = "admin") -> dict[str, str]:
-        return {**super().tool_env(principal), "CERTRAIL_DB_URL": self.db_url}
-
-    def cluster(self) -> LocalKafkaCluster:
-        cluster = LocalKafkaCluster.load(self.var_dir / "kafka", ROOT / ".cache")
-        assert cluster is not None
-        return cluster
-
-    def settings(self, principal: str) -> KafkaSettings:
-        return self.cluster().client_settings(principal)
-
-    def port(self, service: str, instance: int) -> int:
-        return self.ports[service.upper()] + 10 * (instance - 1)
-
-    def instance_metrics(self, service: str, instance: int) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.port(service, instance)}/metrics", timeout=10).text
-
-    def down_and_drop(self) -> subprocess.CompletedProcess[str]:
-        return cli(self.env, "down", "--drop-database")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleStack]:
-    base = free_block()
-    value = ScaleStack(tmp_path_factory.mktemp("scale") / "var", ports={k: base + v for k, v in OFFSETS.items()},
-                       extra_env={"CERTRAIL_UP_INSTANCES": "2", "CERTRAIL_UP_KAFKA_BROKERS": "3", "CERTRAIL_UP_DB": "postgresql",
-                                  "CERTRAIL_UP_POSTGRES_URL": POSTGRES_URL,
-                                  "CERTRAIL_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_S * 1000),
-                                  "CERTRAIL_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-                                  "CERTRAIL_GATEWAY_SCHEDULER": '{"interval_s": 2, "lease_ttl_s": 10}'})
+    value = ScaleStack.in_block(tmp_path_factory.mktemp("scale") / "var", extra_env={
+        "CERTRAIL_UP_INSTANCES": "2", "CERTRAIL_UP_KAFKA_BROKERS": "3", "CERTRAIL_UP_DB": "postgresql",
+        "CERTRAIL_UP_POSTGRES_URL": POSTGRES_URL,
+        "CERTRAIL_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_S * 1000),
+        "CERTRAIL_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        "CERTRAIL_GATEWAY_SCHEDULER": '{"interval_s": 2, "lease_ttl_s": 10}'})
     try:
         started = time.monotonic()
         value.up()
