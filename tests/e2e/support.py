@@ -223,8 +223,9 @@ class ScaleStack(EmbeddedStack):
         """The running processes of a role: every instance of a service (``var/run/<name>[-<i>].pid``), the simulator
         (``emca-sim``), or ``kafka``: the single broker's or every cluster node's ``kafka.pid``."""
         if role == "kafka":
-            files = [*(self.var_dir / "kafka").glob("kafka.pid"), *(self.var_dir / "kafka").glob("node-*/kafka.pid")]
+            files = [*(self.var_dir / "kafka").glob("kafka.pid"), *sorted((self.var_dir / "kafka").glob("node-*/kafka.pid"))]
         else:
             run = self.var_dir / "run"
-            files = [*run.glob(f"{role}.pid"), *run.glob(f"{role}-[0-9]*.pid")]
-        return [int(f.read_text().strip()) for f in sorted(files)]
+            numbered = [f for f in run.glob(f"{role}-*.pid") if f.stem.removeprefix(f"{role}-").isdigit()]
+            files = [*run.glob(f"{role}.pid"), *sorted(numbered, key=lambda f: int(f.stem.removeprefix(f"{role}-")))]
+        return [int(f.read_text().strip()) for f in files]

@@ -1,0 +1,47 @@
+"""bench/pipeline.py's layouts and the processes it samples for each role (tests/e2e/support.ScaleStack.pids)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from bench.pipeline import Layout, trees_of
+from tests.e2e.support import ScaleStack
+
+
+def test_layouts_parse_as_brokers_by_instances() -> None:
+    assert [Layout.parse(t) for t in ("1x1", "3X2")] == [Layout(1, 1), Layout(3, 2)]
+    assert Layout(3, 2).label == "3 brokers, 2 instances of each service"
+    assert Layout(1, 1).label == "1 broker, 1 instance of each service"
+    for bad in ("3", "3x", "x2", "0x1", "1x0", "axb", "1x2x3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            Layout.parse(bad)
+
+
+def _pid_file(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{pid}\n")
+
+
+def test_a_role_is_every_instance_and_every_kafka_node(tmp_path: Path) -> None:
+    stack = ScaleStack(tmp_path, ports={})
+    for label, pid in (("gateway", 10), ("gateway-2", 11), ("gateway-x", 99), ("emca-sim", 20), ("issuer-1", 30),
+                       ("issuer-10", 32), ("issuer-2", 31), ("issuer-2x", 98)):
+        _pid_file(tmp_path / "run" / f"{label}.pid", pid)
+    for node, pid in ((1, 41), (2, 42), (3, 43)):
+        _pid_file(tmp_path / "kafka" / f"node-{node}" / "kafka.pid", pid)
+    assert stack.pids("gateway") == [10, 11]  # not gateway-x
+    assert stack.pids("issuer") == [30, 31, 32]  # by instance number
+    assert stack.pids("emca-sim") == [20]
+    assert stack.pids("kafka") == [41, 42, 43]
+    assert stack.pids("deployer") == []
+    single = ScaleStack(tmp_path / "single", ports={})
+    _pid_file(tmp_path / "single" / "kafka" / "kafka.pid", 7)
+    assert single.pids("kafka") == [7]
+
+
+def test_the_trees_of_several_instances_count_each_process_once() -> None:
+    children = {1: [2, 3], 3: [4], 5: [6]}
+    assert sorted(trees_of([1, 5, 3], children)) == [1, 2, 3, 4, 5, 6]
