@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from services.cli import (
+    acme_cmd,
     audit_cmd,
     connectors_cmd,
     db_cmd,
@@ -39,6 +40,7 @@ app.add_typer(audit_cmd.app, name="audit", help="The audit log: timelines, verif
 app.add_typer(targets_cmd.app, name="targets", help="Deployment targets of the deployer and their profile bindings.")
 app.add_typer(tokens_cmd.app, name="tokens", help="HTTP API tokens: create (printed once), list, revoke.")
 app.add_typer(duplicates_cmd.app, name="duplicates", help="Possible duplicate issuances (emCA 4.2.x): list, resolve.")
+app.add_typer(acme_cmd.app, name="acme", help="The ACME door: External Account Binding keys (create, list, revoke) and accounts.")
 app.add_typer(request_cmd.app, name="request", help="Ask the gateway's HTTP API for certificates: issue, renew, revoke, status.")
 serve_cmd.register(app)
 stack_cmd.register(app)

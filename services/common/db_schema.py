@@ -916,3 +916,61 @@ class DeployerParkedCertificateRow(Base):
     code: Mapped[str] = mapped_column(String(64))  # the curable refusal it waits to have cured
     parked_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deadline: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# -- the gateway's ACME door (services/gateway/acme/; docs/acme.md, decision 0033, migration 0020) ----------
+
+
+class GatewayAcmeEabKey(Base):
+    """An External Account Binding key (RFC 8555 7.3.4): binds the first ACME account that presents it to
+    ``requester`` and ``profiles``. The HMAC key is sealed with the gateway's secret box like requesters'
+    HMAC keys; ``account_id`` is set once, by the account it was used for (single-use)."""
+
+    __tablename__ = "gateway_acme_eab_keys"
+    __table_args__ = (Index("ix_gateway_acme_eab_keys_requester", "requester"),)
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    requester: Mapped[str] = mapped_column(String(128))
+    profiles: Mapped[str] = mapped_column(Text)  # JSON list
+    hmac_key: Mapped[bytes] = mapped_column(LargeBinary)  # sealed (services/common/connectors/secretbox.py)
+    secrets_key_id: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    bound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class GatewayAcmeAccount(Base):
+    """An ACME account: its current public key (JWK JSON, and its RFC 7638 thumbprint, unique: one
+    account per key), status (valid | deactivated), contacts, and the requester and profiles of the EAB
+    key it was created with."""
+
+    __tablename__ = "gateway_acme_accounts"
+    __table_args__ = (
+        UniqueConstraint("jwk_thumbprint"),
+        Index("ix_gateway_acme_accounts_requester", "requester"),
+    )
+
+    account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jwk_thumbprint: Mapped[str] = mapped_column(String(64))
+    jwk: Mapped[str] = mapped_column(Text)  # the public JWK, JSON
+    status: Mapped[str] = mapped_column(String(16))
+    contact: Mapped[str] = mapped_column(Text)  # JSON list
+    terms_agreed: Mapped[bool] = mapped_column(Boolean)
+    requester: Mapped[str] = mapped_column(String(128))
+    profiles: Mapped[str] = mapped_column(Text)  # JSON list
+    eab_key_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayAcmeNonce(Base):
+    """A Replay-Nonce the ACME door handed out and nobody used yet: consumed by deleting it (so every
+    gateway instance accepts every instance's nonces, each once); expired ones are pruned."""
+
+    __tablename__ = "gateway_acme_nonces"
+    __table_args__ = (Index("ix_gateway_acme_nonces_expires_at", "expires_at"),)
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -10,6 +10,7 @@ SCHEMA_VIOLATION with the field path, and input values are never echoed (they ma
 
 Routes: api_connectors.py (connectors), api_profiles.py (provisioning profiles),
 api_certificates.py (certificates and requests), api_tokens.py (tokens and requester keys),
+acme/ (the ACME door at ``/acme`` and its EAB keys and accounts under ``/v1/acme``; decision 0033),
 api_targets.py (deployment targets and bindings, served by the deployer), api_duplicates.py (possible
 duplicate issuances, served by the issuer).
 docs/gateway.md describes the API with curl examples.
@@ -34,6 +35,9 @@ from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCre
 from services.common.connectors.usage import LiveCertificateUsage
 from services.common.contracts.errors import ErrorCode
 from services.gateway import api_certificates, api_connectors, api_duplicates, api_profiles, api_targets, api_tokens
+from services.gateway.acme import admin as acme_admin
+from services.gateway.acme import routes as acme_routes
+from services.gateway.acme.settings import AcmeSettings
 from services.gateway.api_common import AdminPublisher, ApiCode, Problem, authenticate, bearer, validation_problem
 from services.gateway.api_openapi import document_problems
 from services.gateway.api_throttle import AuthThrottle, client_address, presented_token_id, throttle_from
@@ -58,6 +62,7 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     api_tokens.RequesterKeyBody,
     api_targets.TargetBody,
     api_duplicates.DuplicateResolveBody,
+    acme_admin.EabKeyBody,
 )
 
 
@@ -102,6 +107,13 @@ def create_api(
     app.include_router(api_duplicates.router(issuer or IssuerApi.from_settings(runtime.settings)))  # the issuer's (0032)
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
     app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock, admin))
+    # the ACME door (/acme, RFC 8555) and its admin routes (/v1/acme: EAB keys, accounts); decision 0033
+    acme_settings = getattr(runtime.settings, "acme", None) or AcmeSettings()
+    http_port = getattr(runtime.settings, "http_port", 8080)
+    acme_routes.install(app, engine=runtime.engine, box=runtime.box, settings=acme_settings, http_port=http_port,
+                        admin=admin, clock=clock)
+    app.include_router(acme_admin.admin_router(runtime.engine, runtime.box, admin, clock,
+                                               acme_settings.base_url(http_port) + "/acme/directory"))
     from services.gateway.console import console_router  # the web console: a client of this API
     app.include_router(console_router(runtime, app, clock=clock, throttle=throttle))
 

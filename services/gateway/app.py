@@ -51,7 +51,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
 
 SERVICE = "gateway"
-API_PREFIXES = ("/v1", "/docs", "/openapi.json", "/redoc", "/console")
+API_PREFIXES = ("/v1", "/docs", "/openapi.json", "/redoc", "/console", "/acme")
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.connectors.secretbox import SecretsSettings
 from services.common.internal_api import InternalApiSettings
 from services.common.service_app import ServiceSettings
+from services.gateway.acme.settings import AcmeSettings
 from services.gateway.scheduler import SchedulerSettings
 
 #: one base URL, or several instances' comma-separated (decision 0031)
@@ -51,3 +52,5 @@ class GatewaySettings(ServiceSettings):
                                         "instances' URLs, comma-separated: a call goes to the next when one gives no answer.")
     internal: InternalApiSettings = Field(default_factory=InternalApiSettings,
                                           description="The internal API token file and client limits (CERTRAIL_INTERNAL_*).")
+    acme: AcmeSettings = Field(default_factory=AcmeSettings,
+                               description="The ACME door (/acme/directory): its external URL, nonces, limits (decision 0033).")

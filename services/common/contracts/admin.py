@@ -134,6 +134,58 @@ class RequesterKeyRevoked(_RequesterKeyEvent):
     SUMMARY: ClassVar[str] = "A requester key was revoked."
 
 
+# -- the ACME door (services/gateway/acme/; decision 0033): EAB keys and ACME accounts ---------------------
+
+AcmeAccountId = Annotated[str, Field(pattern=r"^[a-z0-9]{8,64}$")]
+
+
+class _AcmeEabKeyEvent(_AdminEvent):
+    requester: Identity
+    eab_key_id: KeyId
+
+
+class _AcmeAccountEvent(_AdminEvent):
+    requester: Identity
+    account_id: AcmeAccountId
+
+
+class AcmeEabKeyCreated(_AcmeEabKeyEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_eab_key_created.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME External Account Binding key was created for a requester and its profiles "
+                              "(never the HMAC key).")
+
+
+class AcmeEabKeyRevoked(_AcmeEabKeyEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_eab_key_revoked.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "An ACME External Account Binding key was revoked (no new account can use it)."
+
+
+class AcmeAccountCreated(_AcmeAccountEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_account_created.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "An ACME account was created with an External Account Binding key (now bound to it)."
+
+
+class AcmeAccountUpdated(_AcmeAccountEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_account_updated.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "An ACME account's contacts were changed."
+
+
+class AcmeAccountKeyChanged(_AcmeAccountEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_account_key_changed.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "An ACME account rolled its key over (RFC 8555 7.3.5): old and new key thumbprints."
+
+
+class AcmeAccountDeactivated(_AcmeAccountEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_account_deactivated.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "An ACME account was deactivated by its holder; its key authorises nothing from now on."
+
+
 # -- the deployer's configuration (services/deployer/config/), on its own events topic -----------------
 
 
@@ -180,6 +232,12 @@ ADMIN_TYPES: list[type[Message]] = [
     TokenRevoked,
     RequesterKeyAdded,
     RequesterKeyRevoked,
+    AcmeEabKeyCreated,
+    AcmeEabKeyRevoked,
+    AcmeAccountCreated,
+    AcmeAccountUpdated,
+    AcmeAccountKeyChanged,
+    AcmeAccountDeactivated,
     TargetCreated,
     TargetUpdated,
     TargetDeleted,

@@ -1,0 +1,15 @@
+"""The gateway's ACME door (RFC 8555; issue 22, decision 0033, docs/acme.md).
+
+This slice serves accounts: the directory, nonces, newAccount with External Account Binding (required),
+account update, deactivation and key rollover, every POST a verified JWS. Modules:
+
+- problems.py: RFC 8555 problem documents (``application/problem+json``), one `AcmeError` per refusal
+- jws.py: the flattened JWS of a POST, parsed and verified (josepy does the JOSE work): pure functions
+- nonces.py: Replay-Nonces in a gateway-owned table (single-use, expiring, shared by every instance)
+- store.py: ACME accounts and EAB keys (SQL)
+- changes.py: the changes that are audited (EAB keys, accounts) through the gateway's admin outbox
+- routes.py: the ``/acme`` router; admin.py: ``/v1/acme`` (admin token: EAB keys, accounts)
+- settings.py: ``CERTRAIL_GATEWAY_ACME__*``
+
+Nothing here runs at import time; `routes.acme_router` and `admin.admin_router` build the routers.
+"""
