@@ -974,3 +974,63 @@ class GatewayAcmeNonce(Base):
 
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# -- ACME orders, authorizations and challenges (services/gateway/acme/orders*.py; migration 0021) -----------
+
+
+class GatewayAcmeOrder(Base):
+    """An ACME order (RFC 8555 7.1.3) of an account: its identifiers and authorizations (JSON lists, in the
+    order's order), status (pending | ready | invalid here; processing and valid come with finalize), the
+    profiles of the account that allow every identifier (finalize picks among them), and the problem that
+    made it invalid (JSON)."""
+
+    __tablename__ = "gateway_acme_orders"
+    __table_args__ = (Index("ix_gateway_acme_orders_account", "account_id", "status"),)
+
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    identifiers: Mapped[str] = mapped_column(Text)  # JSON list of {"type", "value"}
+    authz_ids: Mapped[str] = mapped_column(Text)  # JSON list
+    profiles: Mapped[str] = mapped_column(Text)  # JSON list
+    error: Mapped[str | None] = mapped_column(Text)  # JSON problem document
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayAcmeAuthorization(Base):
+    """An ACME authorization (RFC 8555 7.1.4): an account's claim on one identifier, status pending | valid |
+    invalid | deactivated (expired and revoked are read from ``expires_at``). ``validating``: the challenge
+    being validated (one at a time: a conditional UPDATE sets it), NULL otherwise."""
+
+    __tablename__ = "gateway_acme_authorizations"
+    __table_args__ = (Index("ix_gateway_acme_authorizations_reuse", "account_id", "identifier", "status"),)
+
+    authz_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    identifier: Mapped[str] = mapped_column(String(260))  # the dns name; a wildcard keeps its "*."
+    status: Mapped[str] = mapped_column(String(16))
+    validating: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayAcmeChallenge(Base):
+    """A challenge of an authorization (RFC 8555 8): type (http-01 | dns-01), its random token, status
+    pending | processing | valid | invalid, when it was validated and the problem of a failure (JSON)."""
+
+    __tablename__ = "gateway_acme_challenges"
+    __table_args__ = (Index("ix_gateway_acme_challenges_authz", "authz_id"),)
+
+    challenge_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    authz_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)  # JSON problem document
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

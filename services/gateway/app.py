@@ -154,6 +154,7 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
         create_api = None  # type: ignore[assignment]
     if create_api is not None:
         api = create_api(runtime)
+        _drain_acme_validations(service_app, api)
     _start_scheduler(service_app, runtime)
     _start_outbox_relay(service_app, runtime)
     return PrefixRouter(service_app, api), runtime
@@ -188,6 +189,18 @@ def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
 
     service_app.after_startup(start)
     service_app.on_shutdown(stop)
+
+
+def _drain_acme_validations(service_app: Any, api: Any) -> None:
+    """At shutdown, await the ACME challenge validations in flight (services/gateway/acme/order_routes.py)."""
+    validations = getattr(api.state, "acme_validations", None)
+    if validations is None:
+        return
+
+    async def drain() -> None:
+        await validations.drain()
+
+    service_app.on_shutdown(drain)
 
 
 def _start_outbox_relay(service_app: Any, runtime: GatewayRuntime) -> None:

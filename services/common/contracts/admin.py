@@ -186,6 +186,55 @@ class AcmeAccountDeactivated(_AcmeAccountEvent):
     SUMMARY: ClassVar[str] = "An ACME account was deactivated by its holder; its key authorises nothing from now on."
 
 
+
+# -- ACME orders, authorizations and challenges (services/gateway/acme/orders*.py; issue 22 slice 2a) -------
+
+AcmeObjectId = Annotated[str, Field(pattern=r"^[a-z0-9]{8,64}$")]
+
+
+class _AcmeAuthorizationEvent(_AcmeAccountEvent):
+    authorization_id: AcmeObjectId
+
+
+class _AcmeChallengeEvent(_AcmeAuthorizationEvent):
+    challenge_id: AcmeObjectId
+
+
+class AcmeOrderCreated(_AcmeAccountEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_order_created.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME account placed an order: its identifiers, the profiles allowing them, its "
+                              "authorizations (new ones with their challenges, and reused valid ones), its expiry.")
+    order_id: AcmeObjectId
+
+
+class AcmeChallengeStarted(_AcmeChallengeEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_challenge_started.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = "An ACME account asked for a challenge's validation: the challenge is processing."
+
+
+class AcmeChallengeValidated(_AcmeChallengeEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_challenge_validated.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME challenge was validated: the challenge and its authorization are valid, and the "
+                              "orders whose authorizations are now all valid are ready.")
+
+
+class AcmeChallengeFailed(_AcmeChallengeEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_challenge_failed.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME challenge failed (its RFC 8555 problem): the challenge, its authorization and "
+                              "the orders waiting for it are invalid.")
+
+
+class AcmeAuthorizationDeactivated(_AcmeAuthorizationEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_authorization_deactivated.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME account deactivated one of its authorizations; the orders waiting for it are "
+                              "invalid.")
+
+
 # -- the deployer's configuration (services/deployer/config/), on its own events topic -----------------
 
 
@@ -238,6 +287,11 @@ ADMIN_TYPES: list[type[Message]] = [
     AcmeAccountUpdated,
     AcmeAccountKeyChanged,
     AcmeAccountDeactivated,
+    AcmeOrderCreated,
+    AcmeChallengeStarted,
+    AcmeChallengeValidated,
+    AcmeChallengeFailed,
+    AcmeAuthorizationDeactivated,
     TargetCreated,
     TargetUpdated,
     TargetDeleted,

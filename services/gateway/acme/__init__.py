@@ -8,6 +8,8 @@ account update, deactivation and key rollover, every POST a verified JWS. Module
 - nonces.py: Replay-Nonces in a gateway-owned table (single-use, expiring, shared by every instance)
 - store.py: ACME accounts and EAB keys (SQL)
 - changes.py: the changes that are audited (EAB keys, accounts) through the gateway's admin outbox
+- orders.py, orders_store.py, order_routes.py: newOrder, orders, authorizations and challenges up to "ready"
+  (slice 2a); challenges.py: challenge validation (http-01, dns-01 through a hook)
 - routes.py: the ``/acme`` router; admin.py: ``/v1/acme`` (admin token: EAB keys, accounts)
 - settings.py: ``CERTRAIL_GATEWAY_ACME__*``
 

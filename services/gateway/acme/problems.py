@@ -23,9 +23,11 @@ class AcmeErrorType(StrEnum):
     EXTERNAL_ACCOUNT_REQUIRED = "externalAccountRequired"
     INVALID_CONTACT = "invalidContact"
     MALFORMED = "malformed"
+    REJECTED_IDENTIFIER = "rejectedIdentifier"
     SERVER_INTERNAL = "serverInternal"
     UNAUTHORIZED = "unauthorized"
     UNSUPPORTED_CONTACT = "unsupportedContact"
+    UNSUPPORTED_IDENTIFIER = "unsupportedIdentifier"
 
 
 _STATUS: dict[AcmeErrorType, int] = {

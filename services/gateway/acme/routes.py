@@ -3,8 +3,9 @@ account update / deactivation / POST-as-GET, keyChange. Every POST is a JWS (jws
 order: media type and size, the flattened serialization, alg, url, nonce present, jwk or kid (the account
 must exist and be valid), the signature, then the nonce is used up (nonces.py). Every answer, refusals
 included, carries a fresh Replay-Nonce and a ``Link: <directory>;rel="index"``; refusals are problem
-documents (problems.py). Not routed yet (issue 22's next slice): newOrder, revokeCert, orders,
-authorizations, challenges, finalize, certificates, renewalInfo: a POST there is answered malformed 404.
+documents (problems.py). newOrder, orders, authorizations and challenges are order_routes.py's (added here).
+Not routed yet (issue 22's next slice): finalize, certificates, revokeCert, renewalInfo: a POST there is
+answered malformed 404.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from services.gateway.acme.jws import (
     verify,
 )
 from services.gateway.acme.nonces import Nonces, SqlNonces
+from services.gateway.acme.order_routes import Validations, Validator, add_order_routes
 from services.gateway.acme.problems import AcmeError, AcmeErrorType, malformed, unauthorized
 from services.gateway.acme.settings import AcmeSettings
 from services.gateway.api_common import AdminPublisher
@@ -105,11 +107,18 @@ def account_document(urls: Urls, account: store.Account) -> dict[str, Any]:
 
 
 def install(app: FastAPI, *, engine: Engine, box: SecretBox, settings: AcmeSettings, http_port: int, admin: AdminPublisher,
-            clock: Callable[[], datetime], nonces: Nonces | None = None) -> Nonces:
-    """Route ``/acme`` on ``app`` and answer its refusals as problem documents; the nonce store used."""
+            clock: Callable[[], datetime], nonces: Nonces | None = None,
+            validators: dict[str, Validator] | None = None) -> Nonces:
+    """Route ``/acme`` on ``app`` and answer its refusals as problem documents; the nonce store used. The
+    challenge validations in flight are ``app.state.acme_validations`` (`Validations.drain` at shutdown);
+    ``validators``: challenge type -> validator, instead of the real ones (unit tests)."""
     used = nonces or SqlNonces(engine, clock, lifetime=timedelta(seconds=settings.nonce_lifetime_s))
     urls = Urls(settings.base_url(http_port))
-    app.include_router(acme_router(engine, box, settings, urls, used, admin, clock))
+    validations = Validations(engine, settings, admin, clock)
+    if validators is not None:
+        validations.validators = dict(validators)
+    app.state.acme_validations = validations
+    app.include_router(acme_router(engine, box, settings, urls, used, admin, clock, validations))
 
     @app.exception_handler(AcmeError)
     async def on_acme_error(_: Request, error: AcmeError) -> JSONResponse:
@@ -124,7 +133,7 @@ async def _headers(nonces: Nonces, urls: Urls) -> dict[str, str]:
 
 
 def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Urls, nonces: Nonces, admin: AdminPublisher,
-                clock: Callable[[], datetime]) -> APIRouter:
+                clock: Callable[[], datetime], validations: Validations) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["acme"], include_in_schema=False)
 
     def read(fn: Callable[..., Any], *args: Any) -> Any:
@@ -133,10 +142,13 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
                 return fn(session, *args)
         return asyncio.to_thread(run)
 
-    async def answer(body: dict[str, Any] | None, *, status: int = 200, location: str | None = None) -> Response:
+    async def answer(body: dict[str, Any] | None, *, status: int = 200, location: str | None = None,
+                     up: str | None = None) -> Response:
         headers = await _headers(nonces, urls)
         if location is not None:
             headers["Location"] = location
+        if up is not None:  # a challenge's authorization (RFC 8555 7.5.1)
+            headers["Link"] += f', <{up}>;rel="up"'
         if body is None:
             return Response(status_code=status, headers=headers)
         return JSONResponse(body, status_code=status, headers=headers)
@@ -283,12 +295,16 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
         await admin.flush(actor)
         return await answer(account_document(urls, changed), location=account_url)
 
+    add_order_routes(api, engine=engine, settings=settings, urls=urls, verified=verified, answer=answer, admin=admin,
+                     clock=clock, validations=validations)
+
     @api.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
     async def elsewhere(rest: str, request: Request) -> Response:
-        known = rest in ("directory", "new-nonce", "new-account", "key-change") or rest.startswith("account/")
+        known = (rest in ("directory", "new-nonce", "new-account", "key-change", "new-order")
+                 or rest.startswith(("account/", "order/", "authz/", "chall/")))
         if known and request.method != "POST" or rest in ("directory", "new-nonce"):
             raise malformed(f"{request.method} is not allowed here", status=405)
-        raise malformed(f"{PREFIX}/{rest[:100]} is not served (yet): this ACME server serves accounts only so far",
-                        status=404)
+        raise malformed(f"{PREFIX}/{rest[:100]} is not served (yet): this ACME server serves accounts, orders and "
+                        "authorizations so far (finalize, certificates and revokeCert come next)", status=404)
 
     return api

@@ -1,8 +1,11 @@
-"""Settings of the ACME door (``CERTRAIL_GATEWAY_ACME__*``; decision 0033)."""
+"""Settings of the ACME door (``CERTRAIL_GATEWAY_ACME__*``; decision 0033): its URL, nonces and limits, the
+lifetimes of orders and authorizations, and how challenges are validated (``CHALLENGES__*``: challenges.py)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from services.gateway.acme.challenges import ChallengePolicy
 
 
 class AcmeSettings(BaseModel):
@@ -21,6 +24,16 @@ class AcmeSettings(BaseModel):
         default=None, pattern=r"^https?://\S+$", max_length=500,
         description="meta.termsOfService of the directory; when set, a new account must agree to it.")
     max_contacts: int = Field(default=4, ge=0, le=20, description="The most contacts (mailto:) an account may list.")
+    order_lifetime_s: int = Field(default=7 * 86_400, ge=60, le=30 * 86_400,
+                                  description="How long a new order (and its new, pending authorizations) stays usable.")
+    authz_lifetime_s: int = Field(default=30 * 86_400, ge=60, le=90 * 86_400,
+                                  description="How long a valid authorization stays valid (and reusable) after validation.")
+    authz_reuse: bool = Field(default=True, description="A new order reuses the account's valid authorization for an "
+                              "identifier when it outlives the order (no new challenge).")
+    max_identifiers: int = Field(default=100, ge=1, le=1000, description="The most identifiers one order may name.")
+    challenges: ChallengePolicy = Field(default_factory=ChallengePolicy,
+                                        description="How challenges are validated: the http-01 port, deadlines, the "
+                                                    "networks validation may reach, the dns-01 hook (challenges.py).")
 
     def base_url(self, http_port: int) -> str:
         return (self.external_url or f"http://127.0.0.1:{http_port}").rstrip("/")
