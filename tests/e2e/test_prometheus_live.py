@@ -35,7 +35,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from services.common.contracts.identity import issuance_id
+from services.common.contracts.identity import issuance_id, normalise_serial
 from services.common.kafka_config import producer_kwargs
 from tests.conftest import free_ports
 from tests.e2e.live_faults import csr_pem, hold_scheduler_lease, profiles_toml, without_targets
@@ -612,7 +612,8 @@ def _the_operator_resolves_the_duplicate(live: Live) -> None:
     with live.stack.sim_admin() as admin:
         at_ca = admin.get("/admin/certificates", params={"application_id": issuance_id(duplicate, 1)})
     at_ca.raise_for_status()
-    [extra] = [c["serial"] for c in at_ca.json() if c["serial"] != delivered]
+    # (emCA writes serials zero-padded; certrail's API gives them without leading zeros)
+    [extra] = [c["serial"] for c in at_ca.json() if normalise_serial(c["serial"]) != normalise_serial(delivered)]
     with live.stack.api("admin") as client:
         answer = client.post(f"/v1/duplicates/{duplicate}/resolve", json={"extra_serial": extra})
     assert answer.status_code == 200, answer.text
