@@ -33,7 +33,6 @@ from services.common import migrate
 from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorSecrets, ConnectorSpec, EmcaVersion
 from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator, input_error
 from services.common.connectors.secretbox import SecretBoxError, SecretsSettings, generate_key, load_secret_box
-from services.common.connectors.usage import default_usage_checks
 from services.common.db import make_engine, safe_url
 from services.common.emca.client import connect
 from services.common.settings import DatabaseSettings, KafkaSettings
@@ -92,10 +91,10 @@ def _registry(*, create_key: bool = False) -> Iterator[ConnectorRegistry]:
     box = load_secret_box(SecretsSettings(), create=create_key)
     engine = make_engine(settings)
     try:
-        from services.gateway.api_connectors import ProfileUsage  # the gateway owns profiles; imported lazily
+        from services.gateway.api_connectors import usage_checks  # the gateway's profiles and certificates; lazily
 
-        checks = [ProfileUsage(), *default_usage_checks()]
-        yield ConnectorRegistry(engine, box, connect=connect, topics=KafkaTopicCreator(KafkaSettings()), usage_checks=checks)
+        yield ConnectorRegistry(engine, box, connect=connect, topics=KafkaTopicCreator(KafkaSettings()),
+                                usage_checks=usage_checks())
     finally:
         engine.dispose()
 

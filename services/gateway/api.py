@@ -32,7 +32,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
-from services.common.connectors.usage import LiveCertificateUsage
 from services.common.contracts.errors import ErrorCode
 from services.gateway import api_certificates, api_connectors, api_duplicates, api_profiles, api_targets, api_tokens
 from services.gateway.acme import admin as acme_admin
@@ -89,7 +88,7 @@ def create_api(
         from services.common.emca.client import connect
 
         registry = ConnectorRegistry(runtime.engine, runtime.box, connect=connect, topics=KafkaTopicCreator(runtime.settings.kafka),
-                                     usage_checks=[api_connectors.ProfileUsage(), LiveCertificateUsage(clock)], clock=clock)
+                                     usage_checks=api_connectors.usage_checks(clock), clock=clock)
     app = FastAPI(title="certrail gateway", version=API_VERSION, dependencies=[Depends(bearer)],
                   description="Certificate requests, emCA connectors, provisioning profiles and API tokens. "
                               "Authenticate with `Authorization: Bearer ctr_...`. Errors are `{code, message}`.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -27,6 +28,7 @@ from services.common.connectors.models import (
     EmcaVersion,
 )
 from services.common.connectors.registry import ConnectorRegistry, input_error
+from services.common.connectors.usage import UsageCheck
 from services.common.contracts.admin import REDACTED
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import CONNECTOR_NAME_PATTERN
@@ -60,6 +62,27 @@ class ProfileUsage:
     def usages(self, session: Session, connector: str) -> list[str]:
         names = store.profiles_using_connector(session, connector)
         return [f"{len(names)} profile(s): {', '.join(sorted(names)[:10])}"] if names else []
+
+
+class IssuedCertificateUsage:
+    """A `UsageCheck`: certificates still live through the connector refuse its deletion: a current serial not yet
+    expired, or a request waiting for its outcome, from the gateway's own projections (store.py), never another
+    service's tables."""
+
+    name = "live certificates"
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *, examples: int = 5) -> None:
+        self._clock = clock
+        self._examples = examples
+
+    def usages(self, session: Session, connector: str) -> list[str]:
+        count, ids = store.live_certificates_of_connector(session, connector, self._clock(), self._examples)
+        return [f"{count} live certificate(s), e.g. {', '.join(ids)}"] if count else []
+
+
+def usage_checks(clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> list[UsageCheck]:
+    """What refuses a connector's deletion, in every door of the gateway (the API, the CLI, the console)."""
+    return [ProfileUsage(), IssuedCertificateUsage(clock)]
 
 
 # -- bodies --------------------------------------------------------------------------------------

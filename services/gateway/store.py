@@ -12,17 +12,20 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, Row, bindparam, delete, func, select
+from sqlalchemy import Engine, Row, bindparam, delete, func, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox
+from services.common.contracts.fields import RequestKind
 from services.common.db import core
 from services.common.db_schema import (
     GatewayCertificate,
+    GatewayIssuedSerial,
     GatewayProfile,
     GatewayRequest,
     GatewayRequesterKey,
+    GatewayRequestStatus,
     GatewayToken,
 )
 from services.gateway.policy.profile import ProvisioningProfile
@@ -76,6 +79,26 @@ def delete_profile(session: Session, name: str) -> bool:
 
 def profiles_using_connector(session: Session, connector: str) -> list[str]:
     return list(session.scalars(select(GatewayProfile.name).where(GatewayProfile.connector == connector)))
+
+
+def live_certificates_of_connector(session: Session, connector: str, now: datetime, examples: int = 5) -> tuple[int, list[str]]:
+    """Certificates the gateway manages through ``connector`` that are live: a current serial (the gateway's own
+    projection of the issuer's events) not yet expired, or an issue or renew request accepted and still waiting for
+    its outcome (no outcome folded yet, or waiting for an approval at emCA). The count and the first ids."""
+    serials, certificates = GatewayIssuedSerial.__table__, GatewayCertificate.__table__
+    requests, outcomes = GatewayRequest.__table__, GatewayRequestStatus.__table__
+    issued = (select(serials.c.certificate_id).where(serials.c.connector == connector, serials.c.status == "active",
+                                                    serials.c.not_after.is_(None) | (serials.c.not_after > now)))
+    waiting = (select(requests.c.certificate_id)
+               .join(certificates, certificates.c.certificate_id == requests.c.certificate_id)
+               .outerjoin(outcomes, outcomes.c.request_id == requests.c.request_id)
+               .where(certificates.c.connector == connector, requests.c.status == "accepted",
+                      requests.c.kind.in_((RequestKind.ISSUE.value, RequestKind.RENEW.value)),
+                      outcomes.c.request_id.is_(None) | (outcomes.c.state == "pending_approval")))
+    live = union(issued, waiting).subquery()
+    count = int(session.scalar(select(func.count()).select_from(live)) or 0)
+    ids = list(session.scalars(select(live.c.certificate_id).order_by(live.c.certificate_id).limit(examples))) if count else []
+    return count, ids
 
 
 def certificates_of_profile(session: Session, profile: str) -> int:

@@ -97,9 +97,8 @@ class Fuzzed:
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     from services.common.connectors.registry import ConnectorRegistry
-    from services.common.connectors.usage import LiveCertificateUsage
     from services.common.emca.client import connect
-    from services.gateway.api_connectors import ProfileUsage
+    from services.gateway.api_connectors import usage_checks
 
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     db = DatabaseSettings(url=f"sqlite:///{tmp / f'gw-{uuid.uuid4().hex[:6]}.db'}")
@@ -121,7 +120,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     intake = Intake(engine=engine, topics=service.topics, keys=SqlRequesterKeys(engine, box), clock=lambda: datetime.now(UTC))
     runtime = GatewayRuntime(service, settings, intake, box, _Published())  # type: ignore[arg-type]
     registry = ConnectorRegistry(engine, box, connect=lambda endpoint: connect(endpoint, transport=_NoNetwork()), topics=_NoTopics(),
-                                 usage_checks=[ProfileUsage(), LiveCertificateUsage()])
+                                 usage_checks=usage_checks())
     deployer = InProcessDeployer.open(tmp)  # the deployer's internal API (targets), in-process
     app = create_api(runtime, registry=registry, auditor=auditor_api(engine),  # the auditor's internal API, in-process
                      deployer=deployer_api(deployer.app), issuer=_issuer_api(engine, registry, service.topics))

@@ -29,7 +29,6 @@ from services.auditor.records import RawRecord
 from services.auditor.store import store_records
 from services.common.connectors.registry import ConnectorRegistry
 from services.common.connectors.secretbox import SecretBox, generate_key
-from services.common.connectors.usage import LiveCertificateUsage
 from services.common.consumer import Outbound
 from services.common.contracts.admin import AdminOutcome
 from services.common.contracts.catalog import CATALOG
@@ -47,7 +46,7 @@ from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
 from services.gateway import issued, request_status
 from services.gateway.api import create_api
-from services.gateway.api_connectors import ProfileUsage
+from services.gateway.api_connectors import usage_checks
 from services.gateway.api_tokens import create_token
 from services.gateway.app import GatewayRuntime
 from services.gateway.auditor_api import AuditorApi
@@ -157,7 +156,7 @@ def open_gateway(tmp_path: Path, kafka: KafkaSettings, *, published: Published |
     registry = None
     if registry_topics is not None:
         registry = ConnectorRegistry(engine, box, connect=connect, topics=registry_topics,
-                                     usage_checks=[ProfileUsage(), LiveCertificateUsage()])
+                                     usage_checks=usage_checks())
     app = create_api(runtime, registry=registry, auditor=auditor(engine))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
     return Gateway(engine, runtime, published, client)

@@ -17,10 +17,11 @@ from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.admin import AdminOutcome
 from services.common.contracts.errors import ErrorCode
 from services.common.db import make_engine, write_session
-from services.common.db_schema import CertificateInventory
+from services.common.db_schema import GatewayCertificate, GatewayIssuedSerial, GatewayRequest, GatewayRequestStatus
 from services.common.emca.fake import FakeEmca
 from services.common.emca.types import EmcaVersion
 from services.common.settings import DatabaseSettings
+from services.gateway.api_connectors import usage_checks
 from tests.unit.test_connector_validation import CA, USERS, spec_for
 
 NOW = datetime(2026, 1, 20, 12, 0, tzinfo=UTC)
@@ -164,27 +165,54 @@ async def test_a_changed_issuing_ca_certificate_needs_an_explicit_repin(engine: 
     assert change.change["pinned_ca_sha256"] == rekeyed.issuing_ca(CA).sha256 == registry.get("c1").pinned_ca_sha256
 
 
-def inventory(certificate_id: str, connector: str, status: str, not_after: datetime) -> CertificateInventory:
-    return CertificateInventory(certificate_id=certificate_id, status=status, connector=connector, not_after=not_after,
-                                last_event_id="e", last_event_type="t", last_event_at=NOW, created_at=NOW, updated_at=NOW)
+def issued(certificate_id: str, connector: str, status: str, not_after: datetime) -> GatewayIssuedSerial:
+    return GatewayIssuedSerial(certificate_id=certificate_id, serial="0a", status=status, connector=connector, not_after=not_after)
+
+
+def requested(certificate_id: str, connector: str, *, request: str = "accepted", kind: str = "issue",
+              outcome: str | None = None) -> list[Any]:
+    """A certificate the gateway manages through ``connector``, one request for it and that request's outcome."""
+    rows: list[Any] = [
+        GatewayCertificate(certificate_id=certificate_id, profile="web", connector=connector, requester="ci",
+                           key_generation="requester", revision=1, sans="[]", created_at=NOW, updated_at=NOW),
+        GatewayRequest(request_id=f"r-{certificate_id}", content_hash="h", requester="ci", kind=kind,
+                       certificate_id=certificate_id, status=request, answer="{}", outbound="[]", created_at=NOW)]
+    if outcome is not None:
+        rows.append(GatewayRequestStatus(request_id=f"r-{certificate_id}", state=outcome, result="{}", event_type="t",
+                                         event_id=f"e-{certificate_id}", event_time=NOW))
+    return rows
 
 
 async def test_delete_is_refused_while_a_live_certificate_uses_the_connector(engine: Engine, emca: FakeEmca, key: str) -> None:
-    registry = make_registry(engine, emca, key)
+    """The gateway's checks (services/gateway/api_connectors.usage_checks) from its own projections: a current
+    serial not yet expired, or a request still waiting for its outcome."""
+    registry = ConnectorRegistry(engine, SecretBox([key]), connect=emca.connect, topics=RecordingTopics(),
+                                 usage_checks=usage_checks(lambda: NOW), clock=lambda: NOW)
     await registry.create(spec_for(emca, EmcaVersion.V4_2_3))
     with write_session(engine) as session:
         session.add_all([
-            inventory("live", "c1", "active", NOW + timedelta(days=30)),
-            inventory("expired", "c1", "active", NOW - timedelta(days=1)),
-            inventory("revoked", "c1", "revoked", NOW + timedelta(days=30)),
-            inventory("elsewhere", "c2", "active", NOW + timedelta(days=30)),
+            issued("live", "c1", "active", NOW + timedelta(days=30)),
+            issued("expired", "c1", "active", NOW - timedelta(days=1)),
+            issued("revoked", "c1", "revoked", NOW + timedelta(days=30)),
+            issued("superseded", "c1", "superseded", NOW + timedelta(days=30)),
+            issued("elsewhere", "c2", "active", NOW + timedelta(days=30)),
+            *requested("waiting", "c1"),
+            *requested("approval", "c1", outcome="pending_approval"),
+            *requested("failed", "c1", outcome="failed"),
+            *requested("refused", "c1", request="rejected"),
+            *requested("revoking", "c1", kind="revoke"),
+            *requested("other-ca", "c2"),
         ])
     with pytest.raises(ConnectorError) as info:
         registry.delete("c1")
-    assert info.value.code is RegistryCode.CONNECTOR_IN_USE and "1 live certificate(s), e.g. live" in info.value.message
+    assert info.value.code is RegistryCode.CONNECTOR_IN_USE
+    assert "live certificates: 3 live certificate(s), e.g. approval, live, waiting" in info.value.message
     assert info.value.change is not None and info.value.change.outcome is AdminOutcome.REFUSED
     with write_session(engine) as session:
-        session.get(CertificateInventory, "live").status = "revoked"  # type: ignore[union-attr]
+        session.get(GatewayIssuedSerial, ("live", "0a")).status = "revoked"  # type: ignore[union-attr]
+        for request_id in ("r-waiting", "r-approval"):
+            session.merge(GatewayRequestStatus(request_id=request_id, state="failed", result="{}", event_type="t",
+                                               event_id=f"e2-{request_id}", event_time=NOW))
     assert registry.delete("c1").outcome is AdminOutcome.SUCCEEDED
     assert registry.list() == []
     with pytest.raises(ConnectorError):

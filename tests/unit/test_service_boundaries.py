@@ -47,8 +47,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("services/common/connectors/repository.py", "table emca_connectors"):
         "issue 18: the connector registry moves into the issuer, its only writer; the gateway's admin API and the CLI "
         "call the issuer's API",
-    ("services/common/connectors/usage.py", "table certificate_inventory"):
-        "issue 18: the issuer answers whether a connector is in use from its own operations",
 }
 
 

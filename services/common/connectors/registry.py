@@ -43,7 +43,7 @@ from services.common.connectors.models import (
     changed_fields,
 )
 from services.common.connectors.secretbox import SecretBox, SecretBoxError
-from services.common.connectors.usage import UsageCheck, default_usage_checks
+from services.common.connectors.usage import UsageCheck
 from services.common.connectors.validation import ValidationReport, validate_connector
 from services.common.contracts.admin import AdminOutcome
 from services.common.contracts.errors import ErrorCode
@@ -104,7 +104,7 @@ class ConnectorRegistry:
         self._box = box
         self._connect = connect
         self._topics = topics
-        self._usage_checks = list(usage_checks) if usage_checks is not None else default_usage_checks(clock)
+        self._usage_checks = list(usage_checks or ())  # the caller's: who uses a connector is not the registry's to know
         self._clock = clock
 
     @property
