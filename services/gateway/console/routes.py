@@ -20,6 +20,7 @@ from services.gateway.api_throttle import AuthThrottle, throttle_from
 from services.gateway.console.client import ApiClient
 from services.gateway.console.context import Console, templates
 from services.gateway.console.screens import (
+    acme,
     certificate,
     connectors,
     duplicates,
@@ -41,6 +42,7 @@ SCREENS: tuple[APIRouter, ...] = (
     signin.router,
     connectors.router,
     targets.router,
+    acme.router,
     provisioning.router,
     duplicates.router,
     inventory.router,
