@@ -1034,3 +1034,20 @@ class GatewayAcmeChallenge(Base):
     error: Mapped[str | None] = mapped_column(Text)  # JSON problem document
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GatewayAcmeCertificate(Base):
+    """The certificate of a finalized ACME order (one per order; migration 0022), stored when the gateway folds
+    the issuer's CertificateIssued for the order's certificate id: serial, PEM and chain (public material)."""
+
+    __tablename__ = "gateway_acme_certificates"
+    __table_args__ = (Index("ix_gateway_acme_certificates_serial", "serial"),)
+
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    certificate_id: Mapped[str] = mapped_column(String(200))
+    serial: Mapped[str] = mapped_column(String(40))
+    certificate: Mapped[str] = mapped_column(Text)
+    chain: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -36,6 +36,7 @@ from services.common.contracts.errors import ErrorCode
 from services.gateway import api_certificates, api_connectors, api_duplicates, api_profiles, api_targets, api_tokens
 from services.gateway.acme import admin as acme_admin
 from services.gateway.acme import routes as acme_routes
+from services.gateway.acme.finalize import Requests
 from services.gateway.acme.settings import AcmeSettings
 from services.gateway.api_common import AdminPublisher, ApiCode, Problem, authenticate, bearer, validation_problem
 from services.gateway.api_openapi import document_problems
@@ -109,8 +110,10 @@ def create_api(
     # the ACME door (/acme, RFC 8555) and its admin routes (/v1/acme: EAB keys, accounts); decision 0033
     acme_settings = getattr(runtime.settings, "acme", None) or AcmeSettings()
     http_port = getattr(runtime.settings, "http_port", 8080)
+    intake = getattr(runtime, "intake", None)  # finalize and revokeCert go through it (none in some tests' runtimes)
     acme_routes.install(app, engine=runtime.engine, box=runtime.box, settings=acme_settings, http_port=http_port,
-                        admin=admin, clock=clock)
+                        admin=admin, clock=clock,
+                        requests=None if intake is None else Requests(intake, runtime.publish_records))
     app.include_router(acme_admin.admin_router(runtime.engine, runtime.box, admin, clock,
                                                acme_settings.base_url(http_port) + "/acme/directory"))
     from services.gateway.console import console_router  # the web console: a client of this API

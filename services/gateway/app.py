@@ -42,6 +42,7 @@ from services.common.runner import run_service
 from services.common.runtime.writer import SessionWriter
 from services.common.service_app import ServiceRuntime, Subscription, build_service
 from services.gateway import issued, request_status
+from services.gateway.acme import certificates as acme_certificates
 from services.gateway.config.outbox import OutboxRelay
 from services.gateway.intake import Intake, Outcome, outgoing_records
 from services.gateway.out_of_band import on_revoked_out_of_band
@@ -164,6 +165,8 @@ def _fold_issuer_event(session: Any, envelope: Envelope) -> request_status.Fold:
     """One outcome event of events.issuer into both of the gateway's projections (one transaction)."""
     if isinstance(envelope.data, CertificateIssued | CertificateRevoked):
         issued.apply_in(session, envelope)
+    if isinstance(envelope.data, CertificateIssued | IssuanceFailed):  # the ACME door's orders follow (issue 22)
+        acme_certificates.apply_in(session, envelope)
     return request_status.apply_in(session, envelope)
 
 
@@ -192,14 +195,23 @@ def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:
 
 
 def _drain_acme_validations(service_app: Any, api: Any) -> None:
-    """At shutdown, await the ACME challenge validations in flight (services/gateway/acme/order_routes.py)."""
+    """At shutdown, await the ACME challenge validations in flight (services/gateway/acme/order_routes.py); while
+    running, sweep the challenges a stopped gateway left processing (`Validations.sweep_forever`)."""
     validations = getattr(api.state, "acme_validations", None)
     if validations is None:
         return
+    stopped = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        tasks.append(asyncio.create_task(validations.sweep_forever(stopped), name="gateway-acme-sweep"))
 
     async def drain() -> None:
+        stopped.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await validations.drain()
 
+    service_app.after_startup(start)
     service_app.on_shutdown(drain)
 
 

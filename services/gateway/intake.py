@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 SOURCE = "/certrail/gateway"
 Request = IssueRequested | RenewRequested | RevokeRequested
 KINDS = {IssueRequested: RequestKind.ISSUE, RenewRequested: RequestKind.RENEW, RevokeRequested: RequestKind.REVOKE}
-#: called once per answered request: (door kafka|http, kind, status accepted|rejected|replayed, error code or None)
+#: called once per answered request: (door kafka|http|acme, kind, status accepted|rejected|replayed, error code or None)
 Observer = Callable[[str, str, str, str | None], None]
 ACTIONS = {RequestKind.ISSUE: Action.CERTIFICATE_ISSUE, RequestKind.RENEW: Action.CERTIFICATE_RENEW,
            RequestKind.REVOKE: Action.CERTIFICATE_REVOKE}
@@ -185,6 +185,14 @@ class Intake:
         event_id = root_message_id("http", request.request_id, request.TYPE)
         caller = Caller(claims.identity, claims=claims)
         return self._observed("http", await asyncio.to_thread(self._process, event_id, request, kind, caller))
+
+    async def from_acme(self, request: Request) -> Outcome:
+        """A request of the ACME door (services/gateway/acme/): its account already proved its key (a JWS) and is
+        bound to ``request.requester``, authorised like a Kafka requester (the profile's allowed requesters)."""
+        kind = KINDS[type(request)]
+        event_id = root_message_id("acme", request.request_id, request.TYPE)
+        caller = Caller(request.requester)
+        return self._observed("acme", await asyncio.to_thread(self._process, event_id, request, kind, caller))
 
     # -- the path ------------------------------------------------------------------------------------------
 

@@ -308,7 +308,8 @@ async def test_the_media_type_and_size_are_enforced(door: Door) -> None:
 
 
 async def test_unserved_resources_and_methods_are_problems_too(door: Door) -> None:
-    problem(await door.client.post("/acme/revoke-cert", content=b"{}", headers=JOSE), "malformed", 404)
+    problem(await door.client.post("/acme/renewal-info", content=b"{}", headers=JOSE), "malformed", 404)
+    problem(await door.client.get("/acme/revoke-cert"), "malformed", 405)
     problem(await door.client.get("/acme/new-account"), "malformed", 405)
     problem(await door.client.post("/acme/directory", content=b"{}", headers=JOSE), "malformed", 405)
 

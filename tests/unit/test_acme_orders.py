@@ -385,12 +385,13 @@ async def test_deactivating_an_authorization_invalidates_its_orders(door: OrderD
     assert door.validator.calls == []
 
 
-async def test_the_directory_serves_new_order_and_finalize_is_not_served_yet(door: OrderDoor) -> None:
+async def test_the_directory_serves_new_order_and_a_pending_order_is_not_finalized(door: OrderDoor) -> None:
     assert (await door.client.get("/acme/directory")).json()["newOrder"] == f"{BASE}/acme/new-order"
     key, kid = await door.account()
     order = (await door.order(key, kid, "www.example.com")).json()
     finalize = order["finalize"].removeprefix(f"{BASE}/acme/")
-    problem(await door.as_account(finalize, {"csr": "x"}, key, kid), "malformed", 404)
+    problem(await door.as_account(finalize, {"csr": "x"}, key, kid), "orderNotReady", 403)  # test_acme_finalize.py
+    problem(await door.as_account("renewal-info", {}, key, kid), "malformed", 404)
     problem(await door.client.get("/acme/new-order"), "malformed", 405)
 
 

@@ -235,6 +235,35 @@ class AcmeAuthorizationDeactivated(_AcmeAuthorizationEvent):
                               "invalid.")
 
 
+# -- ACME finalize and certificates (services/gateway/acme/finalize.py, certificates.py; issue 22 slice 2b) ----
+
+
+class _AcmeOrderEvent(_AcmeAccountEvent):
+    order_id: AcmeObjectId
+
+
+class AcmeOrderFinalized(_AcmeOrderEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_order_finalized.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME account finalized a ready order: its CSR went through the gateway's intake as an "
+                              "issue request (certificate and request ids derived from the order); the order is "
+                              "processing until the issuer's outcome.")
+
+
+class AcmeOrderValid(_AcmeOrderEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_order_valid.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("The certificate of an ACME order was issued (the gateway folded CertificateIssued): the "
+                              "order is valid and its certificate can be downloaded.")
+
+
+class AcmeOrderInvalid(_AcmeOrderEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_order_invalid.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME order became invalid after finalize: the intake refused its request or the "
+                              "issuance failed (its RFC 8555 problem and certrail's code).")
+
+
 # -- the deployer's configuration (services/deployer/config/), on its own events topic -----------------
 
 
@@ -292,6 +321,9 @@ ADMIN_TYPES: list[type[Message]] = [
     AcmeChallengeValidated,
     AcmeChallengeFailed,
     AcmeAuthorizationDeactivated,
+    AcmeOrderFinalized,
+    AcmeOrderValid,
+    AcmeOrderInvalid,
     TargetCreated,
     TargetUpdated,
     TargetDeleted,

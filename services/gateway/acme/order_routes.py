@@ -4,7 +4,8 @@ to the door's router by routes.py, and `Validations`: the challenge validations 
 - ``POST /acme/new-order`` (kid): 201, the order (pending; ready when every authorization was reused), Location
 - ``POST /acme/order/{id}``: POST-as-GET; ``/acme/authz/{id}``: POST-as-GET, or ``{"status": "deactivated"}``
 - ``POST /acme/chall/{id}``: POST-as-GET, or ``{}``: start the validation (pending -> processing; one attempt);
-  a challenge that is not pending is answered as it is (its validation is not started twice)
+  a challenge that is not pending is answered as it is (its validation is not started twice); a processing one
+  with Retry-After
 
 Only the owning account reads them: any other id answers the same unauthorized problem, whether it exists or
 not. A validation runs as an asyncio task held by `Validations` (`drain` awaits them at shutdown); its outcome is
@@ -61,12 +62,13 @@ VALIDATORS: dict[str, Validator] = {HTTP01: _http01, DNS01: _dns01}
 
 
 class Verify(Protocol):
-    async def __call__(self, request: Request, *, by_account: bool) -> Any: ...
+    async def __call__(self, request: Request, *, by_account: bool | None) -> Any: ...
 
 
 class Answer(Protocol):
-    async def __call__(self, body: dict[str, Any] | None, *, status: int = 200, location: str | None = None,
-                       up: str | None = None) -> Response: ...
+    async def __call__(self, body: dict[str, Any] | bytes | None, *, status: int = 200, location: str | None = None,
+                       up: str | None = None, retry_after: int | None = None,
+                       media_type: str | None = None) -> Response: ...
 
 
 @dataclass
@@ -122,6 +124,56 @@ class Validations:
         with read_session(self.engine) as session:
             return store.get_account(session, account_id)
 
+    def abandoned_before(self, now: datetime) -> datetime:
+        deadline = max(self.settings.challenges.timeout_s, self.settings.challenges.dns01_timeout_s)
+        return now - timedelta(seconds=deadline + self.settings.sweep_margin_s)
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Fail the challenges left processing by a gateway that stopped mid-validation (claimed longer ago than the
+        validation deadline and a margin: no validation of this or another instance is still running for them), each
+        with serverInternal like any failed validation (AcmeChallengeFailed; the authorization and its waiting orders
+        invalid). One attempt per challenge stays the rule: the client orders again. The number failed."""
+        now = self.clock()
+
+        def load() -> tuple[list[tuple[db.Challenge, db.Authorization | None]], dict[str, store.Account | None]]:
+            with read_session(self.engine) as session:
+                stale = db.stale_challenges(session, self.abandoned_before(now), limit)
+                found = [(c, db.get_authz(session, c.authz_id)) for c in stale]
+                return found, {a.account_id: store.get_account(session, a.account_id) for _, a in found if a is not None}
+
+        found, accounts = await asyncio.to_thread(load)
+        problem = ChallengeProblem(ProblemType.SERVER_INTERNAL, "the validation was interrupted (the gateway validating "
+                                   "it stopped): order again").document()
+        failed = 0
+        for challenge, authz in found:
+            account = accounts.get(authz.account_id) if authz is not None else None
+            if authz is None or account is None:
+                continue
+            actor = changes.account_actor(self.engine, account.account_id, self.clock)
+            try:
+                await asyncio.to_thread(orders.finish_challenge, actor, account, challenge, authz, problem=problem,
+                                        addresses=[], authz_lifetime=timedelta(seconds=self.settings.authz_lifetime_s),
+                                        now=now)
+                failed += 1
+            except orders.NotClaimed:  # finished (or swept by another instance) meanwhile
+                pass
+            await self.admin.flush(actor)
+        if failed:
+            log.warning("ACME: %d challenge(s) left processing by a stopped gateway failed (serverInternal)", failed)
+        return failed
+
+    async def sweep_forever(self, stopped: asyncio.Event) -> None:
+        """`sweep` every ``sweep_interval_s`` until ``stopped`` (a failed round is logged and retried)."""
+        while not stopped.is_set():
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("ACME: sweeping abandoned challenge validations failed")
+            try:
+                await asyncio.wait_for(stopped.wait(), self.settings.sweep_interval_s)
+            except TimeoutError:
+                pass
+
     async def drain(self, timeout_s: float | None = None) -> None:
         """Await the validations in flight (their own deadlines bound them); cancel what is left after ``timeout_s``."""
         if not self.tasks:
@@ -164,7 +216,9 @@ def add_order_routes(api: APIRouter, *, engine: Engine, settings: AcmeSettings, 
         found = orders.owned(v.account, await read(db.get_order, order_id), "order", order_id)
         if v.jws.payload_object() is not None:
             raise malformed("an order is read with POST-as-GET (an empty payload)")
-        return await answer(orders.order_document(urls, found, clock()), location=urls.of(f"order/{order_id}"))
+        retry = settings.retry_after_s if found.status == db.PROCESSING else None  # RFC 8555 7.4: poll again then
+        return await answer(orders.order_document(urls, found, clock()), location=urls.of(f"order/{order_id}"),
+                            retry_after=retry)
 
     @api.post("/authz/{authz_id}")
     async def authorization(authz_id: str, request: Request) -> Response:
@@ -208,4 +262,6 @@ def add_order_routes(api: APIRouter, *, engine: Engine, settings: AcmeSettings, 
                 finally:
                     await admin.flush(actor)
                 found = await read(db.get_challenge, challenge_id)
-        return await answer(orders.challenge_document(urls, found), up=urls.of(f"authz/{authz.authz_id}"))
+        retry = settings.retry_after_s if found.status == db.PROCESSING else None  # RFC 8555 8.2: poll again then
+        return await answer(orders.challenge_document(urls, found), up=urls.of(f"authz/{authz.authz_id}"),
+                            retry_after=retry)

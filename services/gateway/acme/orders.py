@@ -276,6 +276,8 @@ def order_document(urls: UrlMaker, order: db.Order, now: datetime) -> dict[str, 
     }
     if order.error is not None:
         document["error"] = order.error
+    if order.status == db.VALID:  # its certificate (certificates.py), downloaded with POST-as-GET
+        document["certificate"] = urls.of(f"cert/{order.order_id}")
     return document
 
 

@@ -28,7 +28,7 @@ EXPIRED = "expired"
 class Order:
     order_id: str
     account_id: str
-    status: str  # as stored: pending | ready | invalid
+    status: str  # as stored: pending | ready | processing | valid | invalid
     identifiers: list[str]
     authz_ids: list[str]
     profiles: list[str]
@@ -222,3 +222,28 @@ def deactivate_authz(session: Session, authz_id: str, now: datetime) -> bool:
 def set_order_status(session: Session, order_id: str, status: str, now: datetime, error: dict[str, Any] | None = None) -> None:
     session.execute(update(GatewayAcmeOrder).where(GatewayAcmeOrder.order_id == order_id)
                     .values(status=status, error=None if error is None else json.dumps(error), updated_at=now))
+
+
+def move_order(session: Session, order_id: str, before: str, after: str, now: datetime,
+               error: dict[str, Any] | None = None) -> bool:
+    """``before`` -> ``after``, for one caller only (the row count decides); False when it was not ``before``."""
+    done = session.execute(update(GatewayAcmeOrder)
+                           .where(GatewayAcmeOrder.order_id == order_id, GatewayAcmeOrder.status == before)
+                           .values(status=after, error=None if error is None else json.dumps(error), updated_at=now))
+    return _count(done) == 1
+
+
+def orders_of(session: Session, account_id: str, limit: int) -> list[Order]:
+    """The account's newest orders first, at most ``limit``."""
+    rows = session.scalars(select(GatewayAcmeOrder).where(GatewayAcmeOrder.account_id == account_id)
+                           .order_by(GatewayAcmeOrder.created_at.desc(), GatewayAcmeOrder.order_id).limit(limit))
+    return [_order(r) for r in rows]
+
+
+def stale_challenges(session: Session, before: datetime, limit: int) -> list[Challenge]:
+    """Challenges still processing that were claimed before ``before`` (their validation was abandoned: the
+    gateway validating them stopped), the oldest first."""
+    rows = session.scalars(select(GatewayAcmeChallenge)
+                           .where(GatewayAcmeChallenge.status == PROCESSING, GatewayAcmeChallenge.updated_at < before)
+                           .order_by(GatewayAcmeChallenge.updated_at).limit(limit))
+    return [_challenge(r) for r in rows]

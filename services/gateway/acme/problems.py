@@ -17,12 +17,16 @@ class AcmeErrorType(StrEnum):
     """The RFC 8555 error types this door answers (section 6.7), with their HTTP status below."""
 
     ACCOUNT_DOES_NOT_EXIST = "accountDoesNotExist"
+    ALREADY_REVOKED = "alreadyRevoked"
+    BAD_CSR = "badCSR"
     BAD_NONCE = "badNonce"
     BAD_PUBLIC_KEY = "badPublicKey"
+    BAD_REVOCATION_REASON = "badRevocationReason"
     BAD_SIGNATURE_ALGORITHM = "badSignatureAlgorithm"
     EXTERNAL_ACCOUNT_REQUIRED = "externalAccountRequired"
     INVALID_CONTACT = "invalidContact"
     MALFORMED = "malformed"
+    ORDER_NOT_READY = "orderNotReady"
     REJECTED_IDENTIFIER = "rejectedIdentifier"
     SERVER_INTERNAL = "serverInternal"
     UNAUTHORIZED = "unauthorized"
@@ -32,6 +36,7 @@ class AcmeErrorType(StrEnum):
 
 _STATUS: dict[AcmeErrorType, int] = {
     AcmeErrorType.UNAUTHORIZED: 403,
+    AcmeErrorType.ORDER_NOT_READY: 403,
     AcmeErrorType.SERVER_INTERNAL: 500,
 }
 

@@ -3,9 +3,9 @@ account update / deactivation / POST-as-GET, keyChange. Every POST is a JWS (jws
 order: media type and size, the flattened serialization, alg, url, nonce present, jwk or kid (the account
 must exist and be valid), the signature, then the nonce is used up (nonces.py). Every answer, refusals
 included, carries a fresh Replay-Nonce and a ``Link: <directory>;rel="index"``; refusals are problem
-documents (problems.py). newOrder, orders, authorizations and challenges are order_routes.py's (added here).
-Not routed yet (issue 22's next slice): finalize, certificates, revokeCert, renewalInfo: a POST there is
-answered malformed 404.
+documents (problems.py). newOrder, orders, authorizations and challenges are order_routes.py's; finalize, the
+certificate download, revokeCert and an account's orders list are certificate_routes.py's (both added here).
+Not routed yet: renewalInfo (RFC 9773): answered malformed 404.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from starlette.responses import JSONResponse, Response
 from services.common.connectors.secretbox import SecretBox
 from services.common.db import read_session
 from services.gateway.acme import changes, store
+from services.gateway.acme.certificate_routes import add_certificate_routes
+from services.gateway.acme.finalize import Requests
 from services.gateway.acme.jws import (
     AccountKey,
     FlatJws,
@@ -108,17 +110,18 @@ def account_document(urls: Urls, account: store.Account) -> dict[str, Any]:
 
 def install(app: FastAPI, *, engine: Engine, box: SecretBox, settings: AcmeSettings, http_port: int, admin: AdminPublisher,
             clock: Callable[[], datetime], nonces: Nonces | None = None,
-            validators: dict[str, Validator] | None = None) -> Nonces:
+            validators: dict[str, Validator] | None = None, requests: Requests | None = None) -> Nonces:
     """Route ``/acme`` on ``app`` and answer its refusals as problem documents; the nonce store used. The
     challenge validations in flight are ``app.state.acme_validations`` (`Validations.drain` at shutdown);
-    ``validators``: challenge type -> validator, instead of the real ones (unit tests)."""
+    ``validators``: challenge type -> validator, instead of the real ones (unit tests); ``requests``: the
+    gateway's intake for finalize and revokeCert (without it both answer serverInternal)."""
     used = nonces or SqlNonces(engine, clock, lifetime=timedelta(seconds=settings.nonce_lifetime_s))
     urls = Urls(settings.base_url(http_port))
     validations = Validations(engine, settings, admin, clock)
     if validators is not None:
         validations.validators = dict(validators)
     app.state.acme_validations = validations
-    app.include_router(acme_router(engine, box, settings, urls, used, admin, clock, validations))
+    app.include_router(acme_router(engine, box, settings, urls, used, admin, clock, validations, requests))
 
     @app.exception_handler(AcmeError)
     async def on_acme_error(_: Request, error: AcmeError) -> JSONResponse:
@@ -133,7 +136,7 @@ async def _headers(nonces: Nonces, urls: Urls) -> dict[str, str]:
 
 
 def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Urls, nonces: Nonces, admin: AdminPublisher,
-                clock: Callable[[], datetime], validations: Validations) -> APIRouter:
+                clock: Callable[[], datetime], validations: Validations, requests: Requests | None = None) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["acme"], include_in_schema=False)
 
     def read(fn: Callable[..., Any], *args: Any) -> Any:
@@ -142,15 +145,19 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
                 return fn(session, *args)
         return asyncio.to_thread(run)
 
-    async def answer(body: dict[str, Any] | None, *, status: int = 200, location: str | None = None,
-                     up: str | None = None) -> Response:
+    async def answer(body: dict[str, Any] | bytes | None, *, status: int = 200, location: str | None = None,
+                     up: str | None = None, retry_after: int | None = None, media_type: str | None = None) -> Response:
         headers = await _headers(nonces, urls)
         if location is not None:
             headers["Location"] = location
         if up is not None:  # a challenge's authorization (RFC 8555 7.5.1)
             headers["Link"] += f', <{up}>;rel="up"'
+        if retry_after is not None:  # a processing order (RFC 8555 7.4)
+            headers["Retry-After"] = str(retry_after)
         if body is None:
             return Response(status_code=status, headers=headers)
+        if isinstance(body, bytes):  # a certificate chain
+            return Response(body, status_code=status, headers=headers, media_type=media_type)
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def body_of(request: Request) -> bytes:
@@ -169,10 +176,13 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def verified(request: Request, *, by_account: bool) -> Verified:
-        """The POST's JWS, verified: signed by an account (``kid``) when ``by_account``, else by a ``jwk``."""
+    async def verified(request: Request, *, by_account: bool | None) -> Verified:
+        """The POST's JWS, verified: signed by an account (``kid``) when ``by_account``, else by a ``jwk``; by
+        either when ``by_account`` is None (revokeCert)."""
         jws = parse_body(await body_of(request))
         header = outer_header(jws, urls.request(request))
+        if by_account is None:
+            by_account = header.kid is not None
         account = None
         if by_account:
             if header.kid is None:
@@ -297,14 +307,16 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
 
     add_order_routes(api, engine=engine, settings=settings, urls=urls, verified=verified, answer=answer, admin=admin,
                      clock=clock, validations=validations)
+    add_certificate_routes(api, engine=engine, settings=settings, urls=urls, verified=verified, answer=answer, admin=admin,
+                           clock=clock, requests=requests)
 
     @api.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
     async def elsewhere(rest: str, request: Request) -> Response:
-        known = (rest in ("directory", "new-nonce", "new-account", "key-change", "new-order")
-                 or rest.startswith(("account/", "order/", "authz/", "chall/")))
+        known = (rest in ("directory", "new-nonce", "new-account", "key-change", "new-order", "revoke-cert")
+                 or rest.startswith(("account/", "order/", "authz/", "chall/", "cert/")))
         if known and request.method != "POST" or rest in ("directory", "new-nonce"):
             raise malformed(f"{request.method} is not allowed here", status=405)
-        raise malformed(f"{PREFIX}/{rest[:100]} is not served (yet): this ACME server serves accounts, orders and "
-                        "authorizations so far (finalize, certificates and revokeCert come next)", status=404)
+        raise malformed(f"{PREFIX}/{rest[:100]} is not served: this ACME server serves accounts, orders, "
+                        "authorizations, finalize, certificates and revokeCert (renewalInfo comes next)", status=404)
 
     return api

@@ -31,6 +31,15 @@ class AcmeSettings(BaseModel):
     authz_reuse: bool = Field(default=True, description="A new order reuses the account's valid authorization for an "
                               "identifier when it outlives the order (no new challenge).")
     max_identifiers: int = Field(default=100, ge=1, le=1000, description="The most identifiers one order may name.")
+    retry_after_s: int = Field(default=3, ge=1, le=3600, description="The Retry-After (seconds) of a processing "
+                               "order: how long an ACME client waits before polling it again.")
+    max_orders_listed: int = Field(default=100, ge=1, le=1000, description="The most orders an account's orders "
+                                   "list answers (the newest first).")
+    sweep_interval_s: float = Field(default=60.0, gt=0, le=3600, description="How often a gateway looks for "
+                                    "challenges left processing by a gateway that stopped mid-validation (and fails "
+                                    "them: serverInternal).")
+    sweep_margin_s: float = Field(default=30.0, ge=0, le=3600, description="How long past the validation deadline a "
+                                  "processing challenge counts as abandoned.")
     challenges: ChallengePolicy = Field(default_factory=ChallengePolicy,
                                         description="How challenges are validated: the http-01 port, deadlines, the "
                                                     "networks validation may reach, the dns-01 hook (challenges.py).")
