@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, with every service it needs: PostgreSQL, nginx, sshd, chromium and promtool (installed
 # from Debian's packages when missing) and a real Apache Kafka broker (fetched with
-# Maven and started by the test run itself, unless KAFKA_BOOTSTRAP_SERVERS is set).
+# Maven and started by the test run itself, unless KAFKA_BOOTSTRAP_SERVERS is set), and lego's ACME client (built
+# from the Go module with the machine's Go toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ bash scripts/deployer_deps.sh
 bash scripts/browser_deps.sh
 # promtool (Debian's prometheus package): the alert rules, their unit tests, the scrape configs
 bash scripts/promtool.sh
+# lego's ACME client (the Go module, built with the Go toolchain into .cache/lego) for the ACME door's e2e test
+bash scripts/lego.sh
 
 # Fetch the broker once up front so that a fetch failure is reported as such.
 .venv/bin/certrail kafka fetch

@@ -331,6 +331,7 @@ def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka | LocalKa
             table.add_row(svc.label, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
     for gateway in stack.instances_of("gateway"):
         console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
+        console.print(f"ACME directory: {gateway.base_url}/acme/directory (certbot, lego, cert-manager: docs/acme.md)")
     for svc in stack.services:
         if isinstance(svc, PrometheusProcess):
             console.print(f"Prometheus: {svc.base_url} (config {svc.config_file}, rules {svc.rules_dir})")

@@ -986,7 +986,10 @@ class GatewayAcmeOrder(Base):
     made it invalid (JSON)."""
 
     __tablename__ = "gateway_acme_orders"
-    __table_args__ = (Index("ix_gateway_acme_orders_account", "account_id", "status"),)
+    __table_args__ = (
+        Index("ix_gateway_acme_orders_account", "account_id", "status"),
+        Index("ix_gateway_acme_orders_replaces", "replaces"),
+    )
 
     order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
@@ -998,6 +1001,8 @@ class GatewayAcmeOrder(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # RFC 9773 5: the certID of the certificate (of this account) the order replaces; migration 0023
+    replaces: Mapped[str | None] = mapped_column(String(200))
 
 
 class GatewayAcmeAuthorization(Base):

@@ -113,7 +113,8 @@ def create_api(
     intake = getattr(runtime, "intake", None)  # finalize and revokeCert go through it (none in some tests' runtimes)
     acme_routes.install(app, engine=runtime.engine, box=runtime.box, settings=acme_settings, http_port=http_port,
                         admin=admin, clock=clock,
-                        requests=None if intake is None else Requests(intake, runtime.publish_records))
+                        requests=None if intake is None else Requests(intake, runtime.publish_records),
+                        scheduler=getattr(runtime.settings, "scheduler", None))  # renewalInfo's jitter: the scheduler's
     app.include_router(acme_admin.admin_router(runtime.engine, runtime.box, admin, clock,
                                                acme_settings.base_url(http_port) + "/acme/directory"))
     from services.gateway.console import console_router  # the web console: a client of this API

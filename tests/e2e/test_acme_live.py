@@ -10,15 +10,10 @@ the CA's CRL. The order's state changes are admin events in the audit store, the
 
 from __future__ import annotations
 
-import json
-import os
 import ssl
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,80 +28,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from emca_sim.server import SimServer, start_in_thread
-from services.common.settings import KafkaSettings
-from tests.conftest import free_ports, wait_until
-from tests.e2e.process_stack import ProcessStack, check, process_stack
+from emca_sim.server import SimServer
+from tests.conftest import wait_until
+from tests.e2e.acme_support import CONNECTOR, NAME, PROFILE, REQUESTER, ChallengeServer, eab_key, live, on_crl
+from tests.e2e.process_stack import ProcessStack
 from tests.issuer_harness import metric
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CONNECTOR, PROFILE, REQUESTER = "emca-acme", "acme-web", "acme-team"
-NAME = "www.acme.certrail.test"
-
-
-class ChallengeServer:
-    """A plain HTTP server on a loopback port answering ``/.well-known/acme-challenge/<token>`` (as certbot's
-    standalone plugin does)."""
-
-    def __init__(self, port: int) -> None:
-        self.answers: dict[str, bytes] = {}
-        self.seen: list[str] = []
-        state = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                state.seen.append(self.path)
-                body = state.answers.get(self.path)
-                self.send_response(404 if body is None else 200)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="http-01", daemon=True)
-
-    def __enter__(self) -> ChallengeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[tuple[ProcessStack, ChallengeServer, SimServer]]:
-    [port] = free_ports(1)
-    acme_env = {"CERTRAIL_GATEWAY_ACME__CHALLENGES__HTTP01_PORT": str(port),
-                "CERTRAIL_GATEWAY_ACME__CHALLENGES__RESOLVE": json.dumps({NAME: "127.0.0.1"}),
-                "CERTRAIL_GATEWAY_ACME__CHALLENGES__ALLOWED_NETWORKS": json.dumps(["127.0.0.0/8"]),
-                "CERTRAIL_GATEWAY_ACME__RETRY_AFTER_S": "1"}
-    with ChallengeServer(port) as answering, \
-            start_in_thread(tmp_path / "emca-sim", port=0, crl_port=0, admin_port=0) as sim, \
-            process_stack(kafka_settings, tmp_path, requester=REQUESTER, description="acme e2e", env=acme_env) as stack:
-        stack.add_connector(CONNECTOR, sim)
-        check(stack.admin.post("/v1/profiles", json={
-            "name": PROFILE, "connector": CONNECTOR, "ca_profile": "TLS Server", "key_generation": "requester",
-            "domain_rules": {"dns_suffixes": ["acme.certrail.test"]}, "allowed_requesters": [REQUESTER],
-            "validity_days": 1}), 201)
-        yield stack, answering, sim
-
-
-def _certrail(live: ProcessStack, *args: str) -> str:
-    token = live.admin.headers["Authorization"].removeprefix("Bearer ")
-    done = subprocess.run([str(Path(sys.executable).parent / "certrail"), *args], capture_output=True, text=True,
-                          timeout=90, check=False, env={**os.environ, "CERTRAIL_TOKEN": token,
-                                                        "CERTRAIL_GATEWAY_URL": str(live.admin.base_url)})
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+__all__ = ["live"]  # the stack fixture (tests/e2e/acme_support.py), imported for pytest
 
 
 def _registered(live: ProcessStack) -> acme_client.ClientV2:
-    created = json.loads(_certrail(live, "acme", "eab", "create", "--requester", REQUESTER, "--profile", PROFILE, "--json"))
+    created = eab_key(live)
     key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     net = acme_client.ClientNetwork(key=key, alg=jose.ES256, user_agent="certrail-acme-e2e")
     directory = acme_client.ClientV2.get_directory(f"{live.admin.base_url}/acme/directory", net)
@@ -132,13 +65,6 @@ def _ordered(client: acme_client.ClientV2, answering: ChallengeServer) -> tuple[
     answering.answers[challb.chall.path] = validation.encode()
     client.answer_challenge(challb, response)
     return key, orderr, challb
-
-
-def _on_crl(certificate: x509.Certificate) -> x509.RevokedCertificate | None:
-    [point] = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    url = next(n.value for n in point.full_name or () if isinstance(n, x509.UniformResourceIdentifier))
-    crl = x509.load_der_x509_crl(httpx.get(url, timeout=10).content)
-    return crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
 
 
 @pytest.mark.timeout(300)
@@ -182,7 +108,7 @@ def test_a_real_acme_client_gets_a_certificate_from_emca_and_revokes_it(
     wait_until(lambda: stack.rows("SELECT status FROM gateway_issued_serials WHERE certificate_id = ? AND serial = ?",
                                   certificate_id, serial) == [("revoked",)],
                "the gateway's projection to show the serial revoked", 90, interval_s=0.5)
-    entry = wait_until(lambda: _on_crl(leaf), "the serial on the CA's CRL", 60, interval_s=1)
+    entry = wait_until(lambda: on_crl(leaf), "the serial on the CA's CRL", 60, interval_s=1)
     assert isinstance(entry, x509.RevokedCertificate)
     with pytest.raises(Exception, match="alreadyRevoked|already"):
         client.revoke(leaf, 4)
@@ -201,7 +127,7 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     stack, answering, _ = live
     port = answering.httpd.server_address[1]
     answering.__exit__()  # certbot's standalone server answers http-01 on that port now
-    created = json.loads(_certrail(stack, "acme", "eab", "create", "--requester", REQUESTER, "--profile", PROFILE, "--json"))
+    created = eab_key(stack)
     server = f"{stack.admin.base_url}/acme/directory"
     common = ["--server", server, "--standalone", "--http-01-port", str(port), "--http-01-address", "127.0.0.1"]
     done = _certbot(tmp_path, "certonly", *common, "--eab-kid", created["key_id"], "--eab-hmac-key", created["hmac_key"],
@@ -226,7 +152,7 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     serial = format(second[0].serial_number, "x")
     wait_until(lambda: stack.rows("SELECT status FROM gateway_issued_serials WHERE serial = ?", serial) == [("revoked",)],
                "the renewed certificate revoked in the gateway's projection", 90, interval_s=0.5)
-    assert isinstance(wait_until(lambda: _on_crl(second[0]), "the serial on the CA's CRL", 60, interval_s=1),
+    assert isinstance(wait_until(lambda: on_crl(second[0]), "the serial on the CA's CRL", 60, interval_s=1),
                       x509.RevokedCertificate)
 
 

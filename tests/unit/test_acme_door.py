@@ -61,7 +61,7 @@ async def test_the_directory_names_every_resource_under_the_external_url_and_req
     assert response.json() == {
         "newNonce": f"{BASE}/acme/new-nonce", "newAccount": f"{BASE}/acme/new-account", "newOrder": f"{BASE}/acme/new-order",
         "revokeCert": f"{BASE}/acme/revoke-cert", "keyChange": f"{BASE}/acme/key-change",
-        "meta": {"externalAccountRequired": True}}
+        "renewalInfo": f"{BASE}/acme/renewal-info", "meta": {"externalAccountRequired": True}}
     assert "/acme" in API_PREFIXES  # the gateway's prefix router sends /acme to the HTTP API
 
 

@@ -1,7 +1,8 @@
 """ACME orders and authorizations up to "ready" (RFC 8555 7.1.3-7.1.6, 7.4, 7.5; issue 22 slice 2a):
 
 - `parse_new_order`: a newOrder payload's identifiers (dns only, each through challenges.check_identifier;
-  wildcards only when dns-01 is offered), notBefore/notAfter refused; refusals per identifier as subproblems
+  wildcards only when dns-01 is offered), notBefore/notAfter refused; refusals per identifier as subproblems;
+  ``replaces`` (RFC 9773 5) a well-formed certID, checked by `check_replaces` in create_order's transaction
 - `allowed_profiles`: the account's profiles that allow every identifier, read as the gateway's policy reads
   them (the profile exists, lists the account's requester, has the requester hold the key, and its domain
   rules allow the name: services/gateway/policy/domains.py); a name none allows is a rejectedIdentifier
@@ -31,9 +32,10 @@ from services.common.contracts.admin import (
 from services.common.contracts.fields import KeyGeneration
 from services.gateway import store as gateway_store
 from services.gateway.acme import orders_store as db
-from services.gateway.acme import store
+from services.gateway.acme import renewal_info, store
 from services.gateway.acme.challenges import DNS01, ChallengePolicy, IdentifierError, check_identifier, offered_challenge_types
 from services.gateway.acme.problems import ERROR_PREFIX, AcmeError, AcmeErrorType, malformed, unauthorized
+from services.gateway.acme.renewal_info import parse_cert_id
 from services.gateway.config.change import Actor, changing
 from services.gateway.policy.domains import check_san_allowed
 from services.gateway.policy.names import San, SanKind
@@ -69,6 +71,7 @@ def _refuse_identifiers(subproblems: list[dict[str, Any]], detail: str) -> AcmeE
 class NewOrder:
     identifiers: list[str]  # normalised dns names (a wildcard keeps its "*."), without duplicates, in order
     profile: str | None  # the acme-profiles draft's "profile": one of the account's profiles, or None
+    replaces: str | None = None  # RFC 9773 5: the certID of the account's certificate this order replaces
 
 
 def parse_new_order(payload: dict[str, Any] | None, *, max_identifiers: int, policy: ChallengePolicy) -> NewOrder:
@@ -80,6 +83,11 @@ def parse_new_order(payload: dict[str, Any] | None, *, max_identifiers: int, pol
     profile = payload.get("profile")
     if profile is not None and (not isinstance(profile, str) or len(profile) > 128):
         raise malformed("profile must be the name of one of the account's profiles")
+    replaces = payload.get("replaces")
+    if replaces is not None:
+        if not isinstance(replaces, str):
+            raise malformed("replaces must be a certID (RFC 9773 4.1), a string")
+        parse_cert_id(replaces)  # malformed unless a well-formed certID
     given = payload.get("identifiers")
     if not isinstance(given, list) or not given:
         raise malformed("identifiers must be a non-empty array")
@@ -105,7 +113,23 @@ def parse_new_order(payload: dict[str, Any] | None, *, max_identifiers: int, pol
             names.append(name)
     if subproblems:
         raise _refuse_identifiers(subproblems, f"{len(subproblems)} of the order's identifiers cannot be ordered here")
-    return NewOrder(names, profile or None)
+    return NewOrder(names, profile or None, replaces)
+
+
+def check_replaces(session: Session, account: store.Account, order: NewOrder, now: datetime) -> None:
+    """RFC 9773 5: the certificate ``order.replaces`` names is one this door issued to ``account`` and shares an
+    identifier with the order (malformed otherwise, the same answer for another account's certificate), and no other
+    order that is not invalid replaces it already (alreadyReplaced)."""
+    if order.replaces is None:
+        return
+    found = renewal_info.find(session, parse_cert_id(order.replaces))
+    if found is None or found.account_id != account.account_id:
+        raise malformed("replaces names no certificate this ACME server issued to this account")
+    replaced = db.get_order(session, found.order_id)
+    if replaced is None or not set(replaced.identifiers) & set(order.identifiers):
+        raise malformed("replaces names a certificate that shares no identifier with this order")
+    if db.replacing(session, order.replaces, now) is not None:
+        raise AcmeError(AcmeErrorType.ALREADY_REPLACED, "another order replaces this certificate already")
 
 
 def _profile_refusal(session: Session, account: store.Account, name: str, identifier: str) -> str | None:
@@ -168,6 +192,7 @@ def create_order(actor: Actor, account: store.Account, order: NewOrder, *, polic
     order_id = new_id()
     expires = now + order_lifetime
     with changing(actor, AcmeOrderCreated, _about(account, order_id=order_id)) as pending:
+        check_replaces(pending.db, account, order, now)
         profiles = allowed_profiles(pending.db, account, order)
         authz_ids: dict[str, str] = {}
         reused: list[str] = []
@@ -188,9 +213,12 @@ def create_order(actor: Actor, account: store.Account, order: NewOrder, *, polic
         ids = [authz_ids[i] for i in order.identifiers]
         status = db.READY if len(reused) == len(ids) else db.PENDING
         created = db.add_order(pending.db, order_id=order_id, account_id=account.account_id, identifiers=order.identifiers,
-                               authz_ids=ids, profiles=profiles, status=status, expires_at=expires, now=now)
+                               authz_ids=ids, profiles=profiles, status=status, expires_at=expires, now=now,
+                               replaces=order.replaces)
         pending.change = {"identifiers": order.identifiers, "profiles": profiles, "authorizations": authz_ids,
                           "reused": reused, "challenges": sorted(kinds), "status": status, "expires": expires.isoformat()}
+        if order.replaces is not None:
+            pending.change["replaces"] = order.replaces
     return Created(created, [i for i in ids if i not in reused])
 
 
@@ -276,6 +304,8 @@ def order_document(urls: UrlMaker, order: db.Order, now: datetime) -> dict[str, 
     }
     if order.error is not None:
         document["error"] = order.error
+    if order.replaces is not None:
+        document["replaces"] = order.replaces
     if order.status == db.VALID:  # its certificate (certificates.py), downloaded with POST-as-GET
         document["certificate"] = urls.of(f"cert/{order.order_id}")
     return document

@@ -35,6 +35,7 @@ class Order:
     error: dict[str, Any] | None
     expires_at: datetime
     created_at: datetime
+    replaces: str | None = None  # RFC 9773 5: the certID of the certificate it replaces
 
     def status_at(self, now: datetime) -> str:
         """RFC 8555 7.1.6: an order that expires before it is finalized is invalid."""
@@ -77,7 +78,7 @@ def _loads(text: str | None) -> Any:
 
 def _order(row: GatewayAcmeOrder) -> Order:
     return Order(row.order_id, row.account_id, row.status, json.loads(row.identifiers), json.loads(row.authz_ids),
-                 json.loads(row.profiles), _loads(row.error), row.expires_at, row.created_at)
+                 json.loads(row.profiles), _loads(row.error), row.expires_at, row.created_at, row.replaces)
 
 
 def _authz(row: GatewayAcmeAuthorization) -> Authorization:
@@ -139,10 +140,10 @@ def statuses(session: Session, authz_ids: list[str]) -> dict[str, Authorization]
 
 
 def add_order(session: Session, *, order_id: str, account_id: str, identifiers: list[str], authz_ids: list[str],
-              profiles: list[str], status: str, expires_at: datetime, now: datetime) -> Order:
+              profiles: list[str], status: str, expires_at: datetime, now: datetime, replaces: str | None = None) -> Order:
     row = GatewayAcmeOrder(order_id=order_id, account_id=account_id, status=status, identifiers=json.dumps(identifiers),
                            authz_ids=json.dumps(authz_ids), profiles=json.dumps(profiles), error=None, expires_at=expires_at,
-                           created_at=now, updated_at=now)
+                           created_at=now, updated_at=now, replaces=replaces)
     session.add(row)
     session.flush()
     return _order(row)
@@ -231,6 +232,13 @@ def move_order(session: Session, order_id: str, before: str, after: str, now: da
                            .where(GatewayAcmeOrder.order_id == order_id, GatewayAcmeOrder.status == before)
                            .values(status=after, error=None if error is None else json.dumps(error), updated_at=now))
     return _count(done) == 1
+
+
+def replacing(session: Session, cert_id: str, now: datetime) -> Order | None:
+    """An order that replaces the certificate of ``cert_id`` (RFC 9773 5) and is not invalid (nor expired unfinalized)."""
+    rows = session.scalars(select(GatewayAcmeOrder).where(GatewayAcmeOrder.replaces == cert_id,
+                                                          GatewayAcmeOrder.status != INVALID))
+    return next((order for order in map(_order, rows) if order.status_at(now) != INVALID), None)
 
 
 def orders_of(session: Session, account_id: str, limit: int) -> list[Order]:

@@ -17,6 +17,7 @@ class AcmeErrorType(StrEnum):
     """The RFC 8555 error types this door answers (section 6.7), with their HTTP status below."""
 
     ACCOUNT_DOES_NOT_EXIST = "accountDoesNotExist"
+    ALREADY_REPLACED = "alreadyReplaced"  # RFC 9773 7.4
     ALREADY_REVOKED = "alreadyRevoked"
     BAD_CSR = "badCSR"
     BAD_NONCE = "badNonce"
@@ -38,6 +39,7 @@ _STATUS: dict[AcmeErrorType, int] = {
     AcmeErrorType.UNAUTHORIZED: 403,
     AcmeErrorType.ORDER_NOT_READY: 403,
     AcmeErrorType.SERVER_INTERNAL: 500,
+    AcmeErrorType.ALREADY_REPLACED: 409,
 }
 
 

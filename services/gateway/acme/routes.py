@@ -4,8 +4,8 @@ order: media type and size, the flattened serialization, alg, url, nonce present
 must exist and be valid), the signature, then the nonce is used up (nonces.py). Every answer, refusals
 included, carries a fresh Replay-Nonce and a ``Link: <directory>;rel="index"``; refusals are problem
 documents (problems.py). newOrder, orders, authorizations and challenges are order_routes.py's; finalize, the
-certificate download, revokeCert and an account's orders list are certificate_routes.py's (both added here).
-Not routed yet: renewalInfo (RFC 9773): answered malformed 404.
+certificate download, revokeCert and an account's orders list are certificate_routes.py's, renewalInfo (RFC 9773, an
+unauthenticated GET) renewal_info.py's (all added here).
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ from services.gateway.acme.jws import (
 from services.gateway.acme.nonces import Nonces, SqlNonces
 from services.gateway.acme.order_routes import Validations, Validator, add_order_routes
 from services.gateway.acme.problems import AcmeError, AcmeErrorType, malformed, unauthorized
+from services.gateway.acme.renewal_info import add_renewal_info_route
 from services.gateway.acme.settings import AcmeSettings
 from services.gateway.api_common import AdminPublisher
+from services.gateway.scheduler.settings import SchedulerSettings
 
 JOSE_CONTENT_TYPE = "application/jose+json"
 PREFIX = "/acme"
@@ -110,18 +112,21 @@ def account_document(urls: Urls, account: store.Account) -> dict[str, Any]:
 
 def install(app: FastAPI, *, engine: Engine, box: SecretBox, settings: AcmeSettings, http_port: int, admin: AdminPublisher,
             clock: Callable[[], datetime], nonces: Nonces | None = None,
-            validators: dict[str, Validator] | None = None, requests: Requests | None = None) -> Nonces:
+            validators: dict[str, Validator] | None = None, requests: Requests | None = None,
+            scheduler: SchedulerSettings | None = None) -> Nonces:
     """Route ``/acme`` on ``app`` and answer its refusals as problem documents; the nonce store used. The
     challenge validations in flight are ``app.state.acme_validations`` (`Validations.drain` at shutdown);
     ``validators``: challenge type -> validator, instead of the real ones (unit tests); ``requests``: the
-    gateway's intake for finalize and revokeCert (without it both answer serverInternal)."""
+    gateway's intake for finalize and revokeCert (without it both answer serverInternal); ``scheduler``: the
+    renewal scheduler's settings, whose jitter renewalInfo's windows use (the gateway's, so both agree)."""
     used = nonces or SqlNonces(engine, clock, lifetime=timedelta(seconds=settings.nonce_lifetime_s))
     urls = Urls(settings.base_url(http_port))
     validations = Validations(engine, settings, admin, clock)
     if validators is not None:
         validations.validators = dict(validators)
     app.state.acme_validations = validations
-    app.include_router(acme_router(engine, box, settings, urls, used, admin, clock, validations, requests))
+    app.include_router(acme_router(engine, box, settings, urls, used, admin, clock, validations, requests,
+                                   scheduler or SchedulerSettings()))
 
     @app.exception_handler(AcmeError)
     async def on_acme_error(_: Request, error: AcmeError) -> JSONResponse:
@@ -136,7 +141,8 @@ async def _headers(nonces: Nonces, urls: Urls) -> dict[str, str]:
 
 
 def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Urls, nonces: Nonces, admin: AdminPublisher,
-                clock: Callable[[], datetime], validations: Validations, requests: Requests | None = None) -> APIRouter:
+                clock: Callable[[], datetime], validations: Validations, requests: Requests | None = None,
+                scheduler: SchedulerSettings | None = None) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["acme"], include_in_schema=False)
 
     def read(fn: Callable[..., Any], *args: Any) -> Any:
@@ -210,7 +216,8 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
             meta["termsOfService"] = settings.terms_of_service_url
         return JSONResponse({"newNonce": urls.of("new-nonce"), "newAccount": urls.of("new-account"),
                              "newOrder": urls.of("new-order"), "revokeCert": urls.of("revoke-cert"),
-                             "keyChange": urls.of("key-change"), "meta": meta})
+                             "keyChange": urls.of("key-change"), "renewalInfo": urls.of("renewal-info"),
+                             "meta": meta})
 
     @api.head("/new-nonce")
     async def new_nonce_head() -> Response:
@@ -309,6 +316,8 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
                      clock=clock, validations=validations)
     add_certificate_routes(api, engine=engine, settings=settings, urls=urls, verified=verified, answer=answer, admin=admin,
                            clock=clock, requests=requests)
+    add_renewal_info_route(api, read=read, answer=answer, scheduler=scheduler or SchedulerSettings(),
+                           retry_after_s=settings.renewal_info_retry_after_s, clock=clock)
 
     @api.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
     async def elsewhere(rest: str, request: Request) -> Response:
@@ -316,7 +325,9 @@ def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Ur
                  or rest.startswith(("account/", "order/", "authz/", "chall/", "cert/")))
         if known and request.method != "POST" or rest in ("directory", "new-nonce"):
             raise malformed(f"{request.method} is not allowed here", status=405)
+        if rest.startswith("renewal-info/") and "/" not in rest[len("renewal-info/"):] and request.method != "GET":
+            raise malformed(f"{request.method} is not allowed here: renewalInfo is read with GET", status=405)
         raise malformed(f"{PREFIX}/{rest[:100]} is not served: this ACME server serves accounts, orders, "
-                        "authorizations, finalize, certificates and revokeCert (renewalInfo comes next)", status=404)
+                        "authorizations, finalize, certificates, revokeCert and renewal-info/{certID}", status=404)
 
     return api

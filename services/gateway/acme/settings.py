@@ -40,6 +40,9 @@ class AcmeSettings(BaseModel):
                                     "them: serverInternal).")
     sweep_margin_s: float = Field(default=30.0, ge=0, le=3600, description="How long past the validation deadline a "
                                   "processing challenge counts as abandoned.")
+    renewal_info_retry_after_s: int = Field(default=6 * 3600, ge=60, le=7 * 86_400, description="The Retry-After "
+                                            "(seconds) of a renewalInfo answer (RFC 9773 4.3): how long an ACME client "
+                                            "waits before asking again.")
     challenges: ChallengePolicy = Field(default_factory=ChallengePolicy,
                                         description="How challenges are validated: the http-01 port, deadlines, the "
                                                     "networks validation may reach, the dns-01 hook (challenges.py).")
