@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from services.common.db import write_session
+from services.common.db_schema import GatewayAcmeAuthorization
 from services.common.settings import KafkaSettings
+from services.gateway.acme import orders_store
 from services.gateway.policy.tokens import Role
 from tests.browser.test_console_http import hidden, sign_in
 from tests.gateway_fixtures import seed
@@ -61,11 +65,33 @@ async def test_an_admin_creates_and_revokes_an_eab_key_and_sees_the_accounts(gat
     assert f"/eab-keys/{key_id}/revoke" not in after.text  # no second revoke offered
 
 
-async def test_an_auditor_sees_accounts_only_and_a_requester_is_refused(gateway: Gateway) -> None:
+def _orders(gateway: Gateway) -> None:
+    """Two orders of one account: one ready (its authorization valid), one whose expiry has passed (invalid)."""
+    now = datetime.now(UTC)
+    with write_session(gateway.engine) as session:
+        for order_id, authz_id, name, expires in (("ord-ready", "az-1", "www.example.test", now + timedelta(days=7)),
+                                                  ("ord-old", "az-2", "old.example.test", now - timedelta(minutes=1))):
+            orders_store.add_authz(session, authz_id=authz_id, account_id="acct0001", identifier=name,
+                                   expires_at=expires, now=now - timedelta(hours=1))
+            orders_store.add_order(session, order_id=order_id, account_id="acct0001", identifiers=[name],
+                                   authz_ids=[authz_id], profiles=["web"], status="ready" if order_id == "ord-ready" else "pending",
+                                   expires_at=expires, now=now - timedelta(hours=1 if order_id == "ord-old" else 0))
+        session.get(GatewayAcmeAuthorization, "az-1").status = "valid"  # type: ignore[union-attr]
+
+
+async def test_an_auditor_sees_accounts_and_orders_only_and_a_requester_is_refused(gateway: Gateway) -> None:
     client = gateway.client
+    _orders(gateway)
     await sign_in(client, gateway.token(Role.AUDITOR, "audit"))
     page = await client.get(ACME)
     assert page.status_code == 200 and "No ACME accounts yet" in page.text
+    rows = re.findall(r'<th scope="row"><code>(ord-[a-z]+)</code></th>\s*<td>(?:<span class="badge[^"]*">([A-Za-z]+)</span>)', page.text)
+    assert rows == [("ord-ready", "Ready"), ("ord-old", "Invalid")]  # newest first; the expired one invalid (RFC 8555 7.1.6)
+    assert "www.example.test <small>(valid)</small>" in page.text and "old.example.test <small>(expired)</small>" in page.text
+    listed = (await gateway.call("GET", "/v1/acme/orders?limit=1", gateway.token(Role.AUDITOR, "audit"))).json()["orders"]
+    assert [o["order_id"] for o in listed] == ["ord-ready"] and "token" not in str(listed)
+    bad = await gateway.call("GET", "/v1/acme/orders?limit=0", gateway.token(Role.AUDITOR, "audit"))
+    assert bad.status_code == 422
     assert "External Account Binding keys" not in page.text and "New EAB key" not in page.text
     csrf = hidden(page.text, "csrf")
     tried = await client.post(f"{ACME}/eab-keys", data={"csrf": csrf, "requester": "ci-pipeline", "profiles": "web"})

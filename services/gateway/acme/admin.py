@@ -4,7 +4,8 @@
   this answer and nowhere else, ever (stored sealed; the admin event says ``hmac_key: ***``);
 - ``GET /v1/acme/eab-keys``: every key (never the HMAC key), unused, used (by which account) or revoked;
 - ``DELETE /v1/acme/eab-keys/{key_id}``: revoke (an unused key can no longer create an account);
-- ``GET /v1/acme/accounts``: the ACME accounts (admin or auditor).
+- ``GET /v1/acme/accounts``: the ACME accounts (admin or auditor);
+- ``GET /v1/acme/orders?limit=N``: the newest orders of every account with their authorizations (admin or auditor).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
@@ -21,7 +22,7 @@ from services.common.connectors.secretbox import SecretBox
 from services.common.contracts.admin import AcmeEabKeyCreated, AcmeEabKeyRevoked
 from services.common.contracts.identity import Identity, ProfileName
 from services.common.db import read_session
-from services.gateway.acme import changes, store
+from services.gateway.acme import changes, orders_store, store
 from services.gateway.acme.jws import b64url_encode
 from services.gateway.api_common import AdminPublisher, Problem, body_as, claims_of, in_thread, json_body_doc, require
 from services.gateway.config.change import refuse
@@ -47,6 +48,19 @@ def list_eab_keys(engine: Engine) -> list[dict[str, Any]]:
 def list_accounts(engine: Engine) -> list[dict[str, Any]]:
     with read_session(engine) as session:
         return [a.describe() for a in store.list_accounts(session)]
+
+
+def list_orders(engine: Engine, limit: int, now: datetime) -> list[dict[str, Any]]:
+    """The newest orders, each with its status as a client sees it now and its authorizations' (never a token)."""
+    with read_session(engine) as session:
+        orders = orders_store.recent_orders(session, limit)
+        authzs = orders_store.statuses(session, sorted({a for o in orders for a in o.authz_ids}))
+    return [{"order_id": o.order_id, "account_id": o.account_id, "status": o.status_at(now), "identifiers": o.identifiers,
+             "profiles": o.profiles, "error": (o.error or {}).get("type"), "created_at": o.created_at.isoformat(),
+             "expires_at": o.expires_at.isoformat(), "replaces": o.replaces,
+             "authorizations": [{"identifier": authzs[a].identifier, "status": authzs[a].status_at(now)}
+                                for a in o.authz_ids if a in authzs]}
+            for o in orders]
 
 
 def admin_router(engine: Engine, box: SecretBox, admin: AdminPublisher, clock: Callable[[], datetime],
@@ -94,5 +108,12 @@ def admin_router(engine: Engine, box: SecretBox, admin: AdminPublisher, clock: C
     async def accounts(claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
         require(claims, Action.AUDIT_READ)
         return {"accounts": await in_thread(list_accounts, engine)}
+
+    @api.get("/orders", summary="List the newest ACME orders with their authorizations")
+    async def orders(claims: TokenClaims = Depends(claims_of),
+                     limit: Annotated[int, Query(ge=1, le=500, description="At most this many, newest first")] = 100,
+                     ) -> dict[str, Any]:
+        require(claims, Action.AUDIT_READ)
+        return {"orders": await in_thread(list_orders, engine, limit, clock())}
 
     return api

@@ -248,6 +248,13 @@ def orders_of(session: Session, account_id: str, limit: int) -> list[Order]:
     return [_order(r) for r in rows]
 
 
+def recent_orders(session: Session, limit: int) -> list[Order]:
+    """Every account's newest orders first, at most ``limit`` (the admin API and the console)."""
+    rows = session.scalars(select(GatewayAcmeOrder).order_by(GatewayAcmeOrder.created_at.desc(), GatewayAcmeOrder.order_id)
+                           .limit(limit))
+    return [_order(r) for r in rows]
+
+
 def stale_challenges(session: Session, before: datetime, limit: int) -> list[Challenge]:
     """Challenges still processing that were claimed before ``before`` (their validation was abandoned: the
     gateway validating them stopped), the oldest first."""

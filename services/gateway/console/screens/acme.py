@@ -1,6 +1,7 @@
-"""Integrations → ACME: the ACME door's External Account Binding keys and accounts (docs/acme.md, decision 0033).
+"""Integrations → ACME: the ACME door's External Account Binding keys, accounts and orders (docs/acme.md, decision 0033).
 
-The lists are ``GET /v1/acme/eab-keys`` (admins) and ``GET /v1/acme/accounts`` (admins and auditors) with the user's
+The lists are ``GET /v1/acme/eab-keys`` (admins), ``GET /v1/acme/accounts`` and ``GET /v1/acme/orders`` (the newest
+100, with their authorizations; admins and auditors) with the user's
 token; an admin creates a key (``POST /v1/acme/eab-keys``: the HMAC key is shown on the answer page once and kept
 nowhere by the console: no flash, no session) and revokes an unused one (``DELETE /v1/acme/eab-keys/{id}``)."""
 
@@ -25,8 +26,11 @@ async def acme(request: Request, console: ConsoleDep) -> Response:
     accounts = await console.call(session, "GET", "/v1/acme/accounts")
     if not accounts.ok:
         return refused(console, request, session, accounts)
+    orders = await console.call(session, "GET", "/v1/acme/orders?limit=100")
+    if not orders.ok:
+        return refused(console, request, session, orders)
     keys = await console.call(session, "GET", "/v1/acme/eab-keys")  # admins only: an auditor sees the accounts
-    return page(console, request, "acme.html", session, accounts=accounts.body["accounts"],
+    return page(console, request, "acme.html", session, accounts=accounts.body["accounts"], orders=orders.body["orders"],
                 eab_keys=keys.body["eab_keys"] if keys.ok else None, section="acme")
 
 
