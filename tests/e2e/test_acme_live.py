@@ -6,6 +6,8 @@ set by env: that port, the ordered name mapped to 127.0.0.1, loopback allowed), 
 valid and downloading the chain. The leaf is checked with ``cryptography`` (signed by the chain's issuing CA, the
 CSR's key and names); then the client revokes it (kid) and the revocation is seen in the gateway's projection and on
 the CA's CRL. The order's state changes are admin events in the audit store, the request's requester the account's.
+The certbot CLI does the same (obtain, renew, revoke); its certificates also pass `openssl verify` against the emCA
+root.
 """
 
 from __future__ import annotations
@@ -121,10 +123,21 @@ def _certbot(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=180, check=False)
 
 
+def _openssl_verifies(live_dir: Path, sim: SimServer, tmp_path: Path) -> None:
+    """`openssl verify` of certbot's cert.pem against the emCA root (the self-signed certificate of the simulator's
+    published CA chain), with certbot's chain.pem as the untrusted intermediates."""
+    roots = [c for c in x509.load_pem_x509_certificates((sim.data_dir / "ca-chain.pem").read_bytes()) if c.issuer == c.subject]
+    root_file = tmp_path / "emca-roots.pem"
+    root_file.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots))
+    checked = subprocess.run(["openssl", "verify", "-CAfile", str(root_file), "-untrusted", str(live_dir / "chain.pem"),
+                              str(live_dir / "cert.pem")], capture_output=True, text=True, timeout=30, check=False)
+    assert checked.returncode == 0 and checked.stdout.strip().endswith(": OK"), checked.stdout + checked.stderr
+
+
 @pytest.mark.timeout(420)
 def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
         live: tuple[ProcessStack, ChallengeServer, SimServer], tmp_path: Path) -> None:
-    stack, answering, _ = live
+    stack, answering, sim = live
     port = answering.httpd.server_address[1]
     answering.__exit__()  # certbot's standalone server answers http-01 on that port now
     created = eab_key(stack)
@@ -136,6 +149,7 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     live_dir = tmp_path / "certbot" / "config" / "live" / NAME
     first = x509.load_pem_x509_certificates((live_dir / "fullchain.pem").read_bytes())
     first[0].verify_directly_issued_by(first[1])
+    _openssl_verifies(live_dir, sim, tmp_path)
     assert first[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName) == [NAME]
 
@@ -145,6 +159,7 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     second = x509.load_pem_x509_certificates((live_dir / "fullchain.pem").read_bytes())
     assert second[0].serial_number != first[0].serial_number
+    _openssl_verifies(live_dir, sim, tmp_path)
 
     revoked = _certbot(tmp_path, "revoke", "--server", server, "--cert-path", str(live_dir / "cert.pem"),
                        "--reason", "superseded", "--no-delete-after-revoke")
