@@ -18,6 +18,7 @@ from typing import Any
 import josepy
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.gateway.acme.challenges import jwk_thumbprint
 from services.gateway.acme.problems import AcmeError, AcmeErrorType, malformed, unauthorized
 
 #: the signature algorithms an account key may sign with (josepy's names)
@@ -126,7 +127,7 @@ class AccountKey:
 
     @classmethod
     def of(cls, jwk: josepy.JWK) -> AccountKey:
-        return cls(jwk, b64url_encode(jwk.thumbprint()))
+        return cls(jwk, jwk_thumbprint(jwk))
 
 
 def account_key(value: Any, what: str = "the jwk") -> AccountKey:

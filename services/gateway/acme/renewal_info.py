@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.common.db_schema import GatewayAcmeCertificate, GatewayCertificate, GatewayIssuedSerial, GatewayProfile
+from services.gateway.acme.jws import b64url_encode
 from services.gateway.acme.problems import malformed
 from services.gateway.policy.profile import ProvisioningProfile, RenewalPolicy
 from services.gateway.scheduler.policy import jitter_window, renewal_at
@@ -63,7 +64,7 @@ def _part(text: str, what: str) -> bytes:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise malformed(f"renewalInfo certID: the {what} is not base64url (a truncated encoding)") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != text:
+    if b64url_encode(raw) != text:
         raise malformed(f"renewalInfo certID: the {what} is not the canonical base64url of its bytes")
     return raw
 
@@ -95,7 +96,7 @@ def cert_id_of(certificate: x509.Certificate) -> str:
     """The certID of a certificate (RFC 9773 4.1): what an ACME client sends (tests and `replaces` use it)."""
     aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier or b""
     serial = certificate.serial_number.to_bytes((certificate.serial_number.bit_length() + 8) // 8, "big")
-    return ".".join(base64.urlsafe_b64encode(p).rstrip(b"=").decode("ascii") for p in (aki, serial))
+    return ".".join(b64url_encode(p) for p in (aki, serial))
 
 
 # -- the certificate and what the scheduler decides from ------------------------------------------------------------
