@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 
 def port_free(host: str, port: int) -> bool:
@@ -36,6 +37,16 @@ def pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def is_zombie(pid: int) -> bool:
+    """True when the process has exited but its parent has not reaped it yet (state ``Z`` in /proc/<pid>/stat).
+    A zombie whose parent is not us (an orphan re-parented to an init that reaps late) stays visible to
+    `pid_exists`, yet it is dead: its ports are free and it will never run again."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
 
 
 PARENT_CHECK_INTERVAL_S = 1.0

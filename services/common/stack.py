@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from services.common.internal_api import ensure_token_file
-from services.common.proc import pid_exists, port_free
+from services.common.proc import is_zombie, pid_exists, port_free
 
 SERVICES = ("gateway", "issuer", "deployer", "auditor")
 SIM = "emca-sim"
@@ -280,12 +280,13 @@ def _read_pid(path: Path) -> int | None:
 def _alive(pid: int) -> bool:
     if not pid_exists(pid):
         return False
-    # a zombie child of ours counts as gone
+    # a zombie counts as gone: reaped here when it is a child of ours, else left to its parent (a service whose
+    # `certrail up --detach` has exited is an orphan; the init it was re-parented to may reap it late)
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         return waited == 0
     except ChildProcessError:
-        return True
+        return not is_zombie(pid)
 
 
 def _terminate(pid: int, timeout_s: float) -> None:

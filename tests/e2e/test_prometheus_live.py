@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.common.contracts.identity import issuance_id, normalise_serial
 from services.common.kafka_config import producer_kwargs
+from services.common.proc import is_zombie, pid_exists
 from tests.conftest import free_ports
 from tests.e2e.live_faults import csr_pem, hold_scheduler_lease, profiles_toml, without_targets
 from tests.e2e.prometheus_api import (
@@ -314,10 +315,7 @@ def _a_lease_held_elsewhere_and_a_job_without_targets(live: Live) -> None:
 
 def _gone(pid: int) -> bool:
     """The process exited (a zombie nobody reaped yet counts as exited)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return not pid_exists(pid) or is_zombie(pid)
 
 
 def test_a_foreign_key_a_crash_after_emca_a_lease_held_elsewhere_and_a_job_without_targets_fire_their_alerts(

@@ -1,0 +1,27 @@
+"""A zombie is dead: `certrail up --detach` restarts a service whose process exited even when its parent (not us)
+has not reaped it yet (services/common/proc.is_zombie, stack._alive)."""
+
+from __future__ import annotations
+
+import subprocess
+
+from services.common.proc import is_zombie, pid_exists
+from services.common.stack import _alive
+from tests.conftest import wait_until
+
+
+def test_a_zombie_another_process_has_not_reaped_is_not_alive() -> None:
+    # `true` runs in the background of a shell that then becomes `sleep`: its parent never reaps it
+    holder = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        orphan = int(holder.stdout.readline())
+        wait_until(lambda: is_zombie(orphan), "the background process to exit unreaped", 10, interval_s=0.05)
+        assert pid_exists(orphan) and not _alive(orphan)
+        assert _alive(holder.pid) and not is_zombie(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert not is_zombie(holder.pid) and not _alive(holder.pid)  # reaped: gone
