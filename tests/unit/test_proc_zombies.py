@@ -3,6 +3,7 @@ has not reaped it yet (services/common/proc.is_zombie, stack._alive)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 
 from services.common.proc import is_zombie, pid_exists
@@ -11,8 +12,10 @@ from tests.conftest import wait_until
 
 
 def test_a_zombie_another_process_has_not_reaped_is_not_alive() -> None:
-    # `true` runs in the background of a shell that then becomes `sleep`: its parent never reaps it
-    holder = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 30"], stdout=subprocess.PIPE, text=True)
+    # `true` runs in the background of a shell that then becomes `sleep`: its parent never reaps it (SIGCHLD at its
+    # default in the child: ignored, as another test may leave it in this process, the kernel would reap it at once)
+    holder = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 30"], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_DFL))  # noqa: PLW1509
     try:
         assert holder.stdout is not None
         orphan = int(holder.stdout.readline())
