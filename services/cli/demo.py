@@ -15,11 +15,12 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography import x509
 from sqlalchemy import Engine
 
 from services.common.db import read_session
@@ -42,6 +43,10 @@ DOMAIN = "demo.certrail.test"
 SIM_APPLICATION = "certrail-v424"
 ISSUING_CA = "certrail Sim Issuing CA P-256"
 ADMIN, REQUESTER, DEPLOYER = "demo-admin", "demo-requester", "certrail-deployer"
+#: `certrail up --https`: the gateway's own certificate, issued through certrail (a bot-key profile, a file target)
+GATEWAY_PROFILE = GATEWAY_TARGET = "certrail-gateway-tls"
+GATEWAY_CERTIFICATE = "certrail-gateway"
+GATEWAY_SANS = ("dns:localhost", "ip:127.0.0.1")
 
 
 class DemoError(RuntimeError):
@@ -93,26 +98,10 @@ def run_demo(*, engine: Engine, gateway_url: str, var_dir: Path, sim_api_url: st
     demo_dir = var_dir / "demo"
     admin = _token(engine, demo_dir / "admin.token", ADMIN, Role.ADMIN)
     requester = _token(engine, demo_dir / "requester.token", REQUESTER, Role.REQUESTER)
-    sim_dir = var_dir / "emca-sim"
     with httpx.Client(base_url=gateway_url, timeout=60.0) as client:
         as_admin = {"Authorization": f"Bearer {admin}"}
 
-        if client.get(f"/v1/connectors/{CONNECTOR}", headers=as_admin).status_code == 404:
-            creds = json.loads((sim_dir / "applications" / SIM_APPLICATION / "credentials.json").read_text())
-            body = {"name": CONNECTOR, "version": "V4.2.4+", "base_url": sim_api_url, "username": creds["username"],
-                    "issuing_ca": ISSUING_CA, "subscriber_id": "SUB-0001", "default_profile": "TLS Server",
-                    "ca_bundle_pem": (sim_dir / "tls-ca.pem").read_text(), "password": creds["password"],
-                    "client_id": creds["client_id"]}
-            _check(client.post("/v1/connectors", json=body, headers=as_admin), 201)
-            step(f"connector {CONNECTOR} created and validated against the emCA simulator")
-        else:
-            step(f"connector {CONNECTOR} exists")
-
-        key = request_signing_key(_deployer_settings(var_dir))
-        answer = client.post(f"/v1/requesters/{DEPLOYER}/keys", headers=as_admin,
-                             json={"key_id": "deployer-1", "secret_base64": base64.b64encode(key).decode()})
-        _check(answer, 201, 409)
-        step("the deployer's request key is registered" if answer.status_code == 201 else "the deployer's key is registered")
+        _ensure_connector_and_key(client, as_admin, var_dir, sim_api_url, step)
 
         profile = {"name": PROFILE, "connector": CONNECTOR, "ca_profile": "TLS Server", "key_generation": "bot",
                    "bot_key_algorithm": "EC-P256", "allowed_requesters": [REQUESTER, DEPLOYER],
@@ -133,49 +122,149 @@ def run_demo(*, engine: Engine, gateway_url: str, var_dir: Path, sim_api_url: st
         _check(client.post("/v1/certificates", json=issue, headers={"Authorization": f"Bearer {requester}"}), 202)
         step(f"requested {certificate_id} (request {request_id})")
 
-        deadline = time.monotonic() + timeout_s
-        seen: set[str] = set()
-        while True:
-            shown = client.get(f"/v1/certificates/{certificate_id}", headers=as_admin)
-            view = shown.json() if shown.status_code == 200 else {}
-            status = view.get("status")
-            if status and status not in seen:
-                seen.add(status)
-                step(f"certificate status: {status}")
-            inventory = view.get("inventory") or {}
-            serial = inventory.get("serial")
-            deployed = [d for d in inventory.get("deployments", []) if d.get("status") == "deployed" and d.get("serial") == serial]
-            if deployed and serial:
-                step(f"deployed serial {serial} to {TARGET} (verified by the deployer, recorded by the auditor)")
-                current = deploy_dir / "current"
-                files = sorted(p for p in current.iterdir()) if current.exists() else []
-                return DemoResult(certificate_id, request_id, serial, current, files)
-            if status in ("failed", "revoked"):
-                raise DemoError(f"the demo certificate ended {status}: {json.dumps(view)[:800]}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"the demo certificate was not deployed within {timeout_s:.0f}s (last: {status or 'unknown'}); "
-                                f"see {var_dir / 'log'}/")
-            time.sleep(0.5)
+        serial = _wait_deployed(client, as_admin, certificate_id, timeout_s, var_dir, step)
+        step(f"deployed serial {serial} to {TARGET} (verified by the deployer, recorded by the auditor)")
+        current = deploy_dir / "current"
+        files = sorted(p for p in current.iterdir()) if current.exists() else []
+        return DemoResult(certificate_id, request_id, serial, current, files)
+
+
+@dataclass(frozen=True)
+class GatewayTls:
+    """The gateway's own TLS certificate as certrail's file target deploys it under ``var/gateway-tls`` (renewed and
+    redeployed there by the scheduler; the gateway reads it again when it changes) and the emCA chain that clients
+    trust it with (``var/gateway-tls-trust.pem``)."""
+
+    cert_file: Path
+    key_file: Path
+    trust_bundle: Path
+
+
+def gateway_tls_files(var_dir: Path) -> GatewayTls:
+    current = var_dir / "gateway-tls" / "current"  # the file target's served version (a link swapped on redeploy)
+    return GatewayTls(current / "fullchain.pem", current / "privkey.pem", var_dir / "gateway-tls-trust.pem")
+
+
+def usable_gateway_tls(var_dir: Path, now: datetime, *, min_left: timedelta = timedelta(days=1)) -> GatewayTls | None:
+    """The deployed gateway certificate when its files are all there and it is valid for ``min_left`` more; else None."""
+    files = gateway_tls_files(var_dir)
+    try:
+        [leaf, *_] = x509.load_pem_x509_certificates(files.cert_file.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not files.key_file.is_file() or not files.trust_bundle.is_file():
+        return None
+    return files if leaf.not_valid_after_utc - now >= min_left else None
+
+
+def issue_gateway_tls(*, engine: Engine, gateway_url: str, var_dir: Path, sim_api_url: str, timeout_s: float = 120.0,
+                      progress: Any = None) -> GatewayTls:
+    """Certrail issues the gateway's own certificate (localhost, 127.0.0.1) through its own pipeline: the demo
+    connector, a bot-key profile bound to a file target writing ``var/gateway-tls``; requested as the demo requester
+    and deployed by the deployer (as any certificate; the scheduler renews and redeploys it). Then the emCA chain
+    (the simulator's issuing CAs and root) is written as the trust bundle."""
+    def step(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
+    demo_dir = var_dir / "demo"
+    admin = _token(engine, demo_dir / "admin.token", ADMIN, Role.ADMIN)
+    requester = _token(engine, demo_dir / "requester.token", REQUESTER, Role.REQUESTER)
+    deploy_dir = var_dir / "gateway-tls"
+    with httpx.Client(base_url=gateway_url, timeout=60.0) as client:
+        as_admin = {"Authorization": f"Bearer {admin}"}
+        _ensure_connector_and_key(client, as_admin, var_dir, sim_api_url, step)
+        profile = {"name": GATEWAY_PROFILE, "connector": CONNECTOR, "ca_profile": "TLS Server", "key_generation": "bot",
+                   "bot_key_algorithm": "EC-P256", "allowed_requesters": [REQUESTER, DEPLOYER],
+                   "domain_rules": {"dns_names": ["localhost"], "ip_networks": ["127.0.0.1/32"]}, "validity_days": 90,
+                   "deployment_target": GATEWAY_TARGET}
+        if client.get(f"/v1/profiles/{GATEWAY_PROFILE}", headers=as_admin).status_code == 404:
+            _check(client.post("/v1/profiles", json=profile, headers=as_admin), 201)
+            step(f"provisioning profile {GATEWAY_PROFILE} created (the gateway's own certificate, a bot key)")
+        _bind_file_target(engine, var_dir, deploy_dir, GATEWAY_TARGET, GATEWAY_PROFILE)
+        shown = client.get(f"/v1/certificates/{GATEWAY_CERTIFICATE}", headers=as_admin)
+        before = ((shown.json().get("inventory") or {}).get("serial")) if shown.status_code == 200 else None
+        request_id = f"gateway-tls-{uuid.uuid4().hex[:6]}"
+        issue = {"request_id": request_id, "profile": GATEWAY_PROFILE, "certificate_id": GATEWAY_CERTIFICATE,
+                 "sans": list(GATEWAY_SANS)}
+        _check(client.post("/v1/certificates", json=issue, headers={"Authorization": f"Bearer {requester}"}), 202)
+        step(f"requested the gateway's certificate {GATEWAY_CERTIFICATE} (request {request_id})")
+        serial = _wait_deployed(client, as_admin, GATEWAY_CERTIFICATE, timeout_s, var_dir, step, new_serial_than=before)
+    step(f"deployed serial {serial} to {deploy_dir / 'current'}")
+    files = gateway_tls_files(var_dir)
+    staged = files.trust_bundle.with_suffix(".new")
+    staged.write_bytes((var_dir / "emca-sim" / "ca-chain.pem").read_bytes())
+    staged.replace(files.trust_bundle)
+    return files
+
+
+def _wait_deployed(client: httpx.Client, as_admin: dict[str, str], certificate_id: str, timeout_s: float,
+                   var_dir: Path, step: Any, *, new_serial_than: str | None = None) -> str:
+    """Poll the certificate's view until its current serial is deployed (and differs from ``new_serial_than``);
+    that serial. DemoError when it fails, is revoked or takes longer than ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while True:
+        shown = client.get(f"/v1/certificates/{certificate_id}", headers=as_admin)
+        view = shown.json() if shown.status_code == 200 else {}
+        status = view.get("status")
+        if status and status not in seen:
+            seen.add(status)
+            step(f"{certificate_id} status: {status}")
+        inventory = view.get("inventory") or {}
+        serial = inventory.get("serial")
+        deployed = [d for d in inventory.get("deployments", []) if d.get("status") == "deployed" and d.get("serial") == serial]
+        if deployed and serial and serial != new_serial_than:
+            return str(serial)
+        if status in ("failed", "revoked"):
+            raise DemoError(f"{certificate_id} ended {status}: {json.dumps(view)[:800]}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"{certificate_id} was not deployed within {timeout_s:.0f}s (last: {status or 'unknown'}); "
+                            f"see {var_dir / 'log'}/")
+        time.sleep(0.5)
+
+
+def _ensure_connector_and_key(client: httpx.Client, as_admin: dict[str, str], var_dir: Path, sim_api_url: str,
+                              step: Any) -> None:
+    """The demo connector to the emCA simulator and the deployer's request key (each made when missing)."""
+    sim_dir = var_dir / "emca-sim"
+    if client.get(f"/v1/connectors/{CONNECTOR}", headers=as_admin).status_code == 404:
+        creds = json.loads((sim_dir / "applications" / SIM_APPLICATION / "credentials.json").read_text())
+        body = {"name": CONNECTOR, "version": "V4.2.4+", "base_url": sim_api_url, "username": creds["username"],
+                "issuing_ca": ISSUING_CA, "subscriber_id": "SUB-0001", "default_profile": "TLS Server",
+                "ca_bundle_pem": (sim_dir / "tls-ca.pem").read_text(), "password": creds["password"],
+                "client_id": creds["client_id"]}
+        _check(client.post("/v1/connectors", json=body, headers=as_admin), 201)
+        step(f"connector {CONNECTOR} created and validated against the emCA simulator")
+    else:
+        step(f"connector {CONNECTOR} exists")
+
+    key = request_signing_key(_deployer_settings(var_dir))
+    answer = client.post(f"/v1/requesters/{DEPLOYER}/keys", headers=as_admin,
+                         json={"key_id": "deployer-1", "secret_base64": base64.b64encode(key).decode()})
+    _check(answer, 201, 409)
+    step("the deployer's request key is registered" if answer.status_code == 201 else "the deployer's key is registered")
 
 
 def _deployer_settings(var_dir: Path) -> DeployerSettings:
     return DeployerSettings(keys_file=var_dir / "deployer.keys", request_key_file=var_dir / "deployer-request.key")
 
 
-def _bind_file_target(engine: Engine, var_dir: Path, deploy_dir: Path) -> None:
-    """Add the try-out file target (when missing) and bind the demo profile to it (when not bound), through
-    the deployer's one path: probed, recorded as TargetCreated / TargetBound by the local operator."""
+def _bind_file_target(engine: Engine, var_dir: Path, deploy_dir: Path, target: str = TARGET,
+                      profile: str = PROFILE) -> None:
+    """Add a file target (when missing) and bind ``profile`` to it (when not bound), through the deployer's one
+    path: probed, recorded as TargetCreated / TargetBound by the local operator."""
     box = deployer_box(_deployer_settings(var_dir))
     actor = DeployerActor(engine, cli_actor_name(), lambda: datetime.now(UTC))
     with read_session(engine) as session:
-        exists = TARGET in {spec.name for spec in deployer_store.list_targets(session)}
+        exists = target in {spec.name for spec in deployer_store.list_targets(session)}
     try:
         if not exists:
-            asyncio.run(put_target(actor, box, name=TARGET, kind="file", config={"dir": str(deploy_dir)}, secrets={},
+            asyncio.run(put_target(actor, box, name=target, kind="file", config={"dir": str(deploy_dir)}, secrets={},
                                    replace=False))
-        bind(actor, PROFILE, TARGET)
+        bind(actor, profile, target)
     except Refused as refused:
-        raise DemoError(f"the demo's file target {TARGET} -> {deploy_dir}: {refused.code}: {refused.message}") from None
+        raise DemoError(f"the file target {target} -> {deploy_dir}: {refused.code}: {refused.message}") from None
 
 
 def stack_env(var_dir: Path) -> dict[str, str]:
@@ -187,4 +276,5 @@ def stack_env(var_dir: Path) -> dict[str, str]:
     }
 
 
-__all__ = ["DemoError", "DemoResult", "run_demo", "stack_env"]
+__all__ = ["DemoError", "DemoResult", "GatewayTls", "gateway_tls_files", "issue_gateway_tls", "run_demo", "stack_env",
+           "usable_gateway_tls"]

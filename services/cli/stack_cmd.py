@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import time
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from services.cli.demo import DemoError, run_demo, stack_env
+from services.cli.demo import DemoError, GatewayTls, issue_gateway_tls, run_demo, stack_env, usable_gateway_tls
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, safe_url
 from services.common.kafka_acls import (
@@ -51,6 +54,9 @@ CacheDir = Annotated[Path, typer.Option(envvar=f"{_ENV}CACHE_DIR", help="Where t
 KafkaPort = Annotated[int, typer.Option(envvar=f"{_ENV}KAFKA_PORT", help="Local Kafka client port.")]
 ControllerPort = Annotated[int, typer.Option(envvar=f"{_ENV}KAFKA_CONTROLLER_PORT", help="Local Kafka controller port.")]
 
+
+#: `certrail up --https`: the gateway's HTTPS port (the ACME directory's), beside the simulator's 8443-8445
+DEFAULT_GATEWAY_HTTPS_PORT = 8446
 
 #: what `certrail up` remembers of its shape for `certrail down` and the next `up` (no secret)
 LAYOUT = "stack.json"
@@ -148,6 +154,13 @@ def up(
     postgres_url: Annotated[str, typer.Option(
         envvar=f"{_ENV}POSTGRES_URL", help="With --db postgresql: the server, as a URL whose role may CREATE DATABASE "
         "(default: scripts/postgres.sh's).", show_default=False)] = DEFAULT_POSTGRES_URL,
+    https: Annotated[bool, typer.Option(
+        "--https/--no-https", envvar=f"{_ENV}HTTPS", help="Also serve the gateway (and so the ACME door) over HTTPS, "
+        "with a certificate for localhost / 127.0.0.1 that certrail issues itself (a bot-key profile and a file target "
+        "under var/gateway-tls; renewed and redeployed like any other); clients trust var/gateway-tls-trust.pem.")] = False,
+    gateway_https_port: Annotated[int, typer.Option(
+        envvar=f"{_ENV}GATEWAY_HTTPS_PORT", help="With --https: the gateway's HTTPS port (of its first instance with "
+        "--instances).")] = DEFAULT_GATEWAY_HTTPS_PORT,
 ) -> None:
     """Start the embedded stack: local Kafka, the emCA simulator, topics, SQLite, the four services;
     then a demo certificate goes through issue -> deploy -> audit."""
@@ -168,6 +181,9 @@ def up(
     except LocalKafkaError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    deployed_tls = usable_gateway_tls(var_dir, datetime.now(UTC)) if https else None
+    if deployed_tls is not None:  # issued by an earlier `certrail up --https`: served from the start
+        service_env["gateway"] = {**service_env["gateway"], **gateway_tls_env(deployed_tls)}
     extras: list[PrometheusProcess] = []
     if with_prometheus:
         try:
@@ -181,7 +197,8 @@ def up(
         prometheus.binary = binary
         extras.append(prometheus)
     stack = Stack(var_dir=var_dir, ports=ports, env=env, sim_ports=(sim_port, sim_crl_port, sim_admin_port),
-                  service_env=service_env, extras=extras, instances=instances, port_step=port_step)
+                  service_env=service_env, extras=extras, instances=instances, port_step=port_step,
+                  gateway_https_port=gateway_https_port if https else None)
     kafka_timeout = 120.0 if isinstance(kafka, LocalKafka) else 60.0 * len(kafka.nodes)  # JVMs starting on a small machine
     running = stack.running_pids()
     if running and len(running) == len(stack.services):
@@ -225,6 +242,8 @@ def up(
         console.print("[green]✓[/] emCA simulator and services healthy" + (", Prometheus ready" if extras else ""))
         if demo:
             _demo(console, stack, db_settings, var_dir)
+        if https:
+            _https(console, stack, db_settings, var_dir)
     except (LocalKafkaError, KafkaAclError, TopicAdminError, KafkaError, StackError, DemoError) as exc:
         stack.stop()
         kafka.stop()
@@ -317,6 +336,60 @@ def _demo(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir
                   f"{var_dir / 'demo' / 'requester.token'} (requester); `certrail request --help`")
 
 
+def gateway_tls_env(files: GatewayTls) -> dict[str, str]:
+    """The gateway's settings of its HTTPS listener serving certrail's own deployed certificate."""
+    return {"CERTRAIL_GATEWAY_TLS__CERT_FILE": str(files.cert_file), "CERTRAIL_GATEWAY_TLS__KEY_FILE": str(files.key_file)}
+
+
+def _https(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir: Path) -> None:
+    """`certrail up --https`: unless the gateway serves HTTPS already (a certificate from an earlier run), certrail
+    issues the gateway's certificate through its own pipeline and the gateway restarts serving it; then the ACME
+    directory must answer over HTTPS, verified against the trust bundle."""
+    [first, *_] = stack.instances_of("gateway")
+    if first.https_url is None:
+        sim = stack.sim
+        assert sim is not None
+        engine = make_engine(db_settings)
+        try:
+            with console.status("HTTPS: certrail issues the gateway's own certificate ...", spinner="dots") as status:
+                def progress(text: str) -> None:
+                    status.update(f"HTTPS: {text}")
+                    console.print(f"  [green]·[/] {text}")
+
+                issued = issue_gateway_tls(engine=engine, gateway_url=first.base_url, var_dir=var_dir,
+                                           sim_api_url=sim.base_url, progress=progress)
+        finally:
+            engine.dispose()
+        with console.status("HTTPS: restarting the gateway with its certificate ...", spinner="dots"):
+            stack.restart("gateway", gateway_tls_env(issued))
+    files = usable_gateway_tls(var_dir, datetime.now(UTC))
+    if files is None:
+        raise StackError(f"the gateway's certificate is not deployed under {var_dir / 'gateway-tls'}")
+    for gateway in stack.instances_of("gateway"):
+        assert gateway.https_url is not None
+        _wait_https(gateway.https_url + "/acme/directory", files.trust_bundle)
+    console.print(f"[green]✓[/] gateway serving HTTPS with its certificate from certrail ({files.cert_file}); "
+                  f"trust bundle {files.trust_bundle}", soft_wrap=True)
+
+
+def _wait_https(url: str, bundle: Path, timeout_s: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200 over TLS verified against ``bundle`` (the listener starts just after the
+    HTTP port is healthy); StackError after ``timeout_s``."""
+    trust = ssl.create_default_context(cafile=str(bundle))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            answer = httpx.get(url, timeout=5.0, verify=trust)
+            if answer.status_code == 200:
+                return
+            problem = f"HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            problem = str(exc) or type(exc).__name__
+        if time.monotonic() > deadline:
+            raise StackError(f"{url} does not answer over HTTPS verified against {bundle}: {problem}")
+        time.sleep(0.25)
+
+
 def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka | LocalKafkaCluster) -> None:
     table = Table(title="certrail endpoints")
     table.add_column("service")
@@ -329,9 +402,17 @@ def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka | LocalKa
             table.add_row(svc.name, f"{svc.base_url}/-/ready", f"UI and API {svc.base_url} (alerts: {svc.base_url}/alerts)")
         else:
             table.add_row(svc.label, f"{svc.base_url}/health", f"{svc.base_url}/metrics")
+    bundle = usable_gateway_tls(stack.var_dir, datetime.now(UTC))
     for gateway in stack.instances_of("gateway"):
         console.print(f"HTTP API: {gateway.base_url}/v1 (OpenAPI: {gateway.base_url}/docs)")
-        console.print(f"ACME directory: {gateway.base_url}/acme/directory (certbot, lego, cert-manager: docs/acme.md)")
+        if gateway.https_url is not None and bundle is not None:
+            console.print(f"HTTPS: {gateway.https_url} (the same API; its certificate from certrail, renewed in place)")
+            console.print(f"ACME directory: {gateway.https_url}/acme/directory (HTTPS only; certbot, lego, "
+                          "cert-manager: docs/acme.md)", soft_wrap=True)
+            console.print(f"ACME trust bundle: {bundle.trust_bundle} (certbot: REQUESTS_CA_BUNDLE, lego: "
+                          "LEGO_CA_CERTIFICATES)", soft_wrap=True)
+        else:
+            console.print(f"ACME directory: {gateway.base_url}/acme/directory (certbot, lego, cert-manager: docs/acme.md)")
     for svc in stack.services:
         if isinstance(svc, PrometheusProcess):
             console.print(f"Prometheus: {svc.base_url} (config {svc.config_file}, rules {svc.rules_dir})")

@@ -55,6 +55,8 @@ class ServiceProcess:
     restarts: int = 0
     #: which of several instances of the service this is (1..N); None: the only one (`certrail up` without --instances)
     instance: int | None = None
+    #: the gateway's HTTPS listener port (`certrail up --https`); served once ``env`` names its certificate files
+    https_port: int | None = None
 
     @property
     def label(self) -> str:
@@ -73,11 +75,19 @@ class ServiceProcess:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def https_url(self) -> str | None:
+        """The HTTPS listener's URL when it is served (its port set and its certificate files configured)."""
+        serving = self.https_port is not None and f"CERTRAIL_{self.name.upper()}_TLS__CERT_FILE" in self.env
+        return f"https://{self.host}:{self.https_port}" if serving else None
+
     def start(self) -> None:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         prefix = f"CERTRAIL_{self.name.upper()}_"
         env = {**os.environ, **self.env, f"{prefix}HTTP_HOST": self.host, f"{prefix}HTTP_PORT": str(self.port)}
+        if self.https_port is not None:
+            env[f"{prefix}TLS__PORT"] = str(self.https_port)
         if env.get("CERTRAIL_INTERNAL_TOKEN_FILE") and not env.get("CERTRAIL_INTERNAL_TOKEN"):
             ensure_token_file(Path(env["CERTRAIL_INTERNAL_TOKEN_FILE"]))  # 0600; kept when it exists
         with self.log_file.open("ab") as log:
@@ -95,7 +105,7 @@ class ServiceProcess:
         return [sys.executable, "-m", "services.cli.main", "serve", self.name]
 
     def ports(self) -> list[int]:
-        return [self.port]
+        return [self.port] if self.https_port is None else [self.port, self.https_port]
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -159,6 +169,8 @@ class Stack:
     #: + ``port_step`` * (i - 1), in the same consumer group; with 1 the processes are named as before (``gateway``)
     instances: int = 1
     port_step: int = INSTANCE_PORT_STEP
+    #: the gateway's HTTPS port (`certrail up --https`; instance i: + ``port_step`` * (i - 1)); None: HTTP only
+    gateway_https_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -172,12 +184,31 @@ class Stack:
                     "CERTRAIL_GATEWAY_ISSUER_URL": ",".join(self.instance_urls("issuer")), **self.env}
         numbers: list[int | None] = [None] if self.instances == 1 else list(range(1, self.instances + 1))
         self.services = [ServiceProcess(n, self.ports[n] + self.port_step * ((i or 1) - 1), self.host, self.var_dir,
-                                        {**self.env, **self.service_env.get(n, {})}, instance=i)
+                                        {**self.env, **self.service_env.get(n, {})}, instance=i,
+                                        https_port=self._https_port(n, i))
                          for i in numbers for n in SERVICES]
         if self.sim_ports is not None:
             api, crl, admin = self.sim_ports
             self.services.insert(0, SimProcess(SIM, api, self.host, self.var_dir, self.env, crl_port=crl, admin_port=admin))
         self.services.extend(self.extras)
+
+    def _https_port(self, service: str, instance: int | None) -> int | None:
+        if service != "gateway" or self.gateway_https_port is None:
+            return None
+        return self.gateway_https_port + self.port_step * ((instance or 1) - 1)
+
+    def restart(self, service: str, env: Mapping[str, str], timeout_s: float = 90.0) -> None:
+        """Restart every instance of ``service`` with ``env`` added to its environment (`certrail up --https`: the
+        gateway with its certificate files), one at a time, each healthy before the next."""
+        for svc in self.instances_of(service):
+            pid = _read_pid(svc.pid_file)
+            if pid is not None and _alive(pid):
+                _terminate(pid, 20.0)
+            if svc.process is not None:
+                svc.process.poll()
+            svc.env = {**svc.env, **env}
+            svc.start()
+            self.wait_healthy(timeout_s)
 
     def instance_ports(self, service: str) -> list[int]:
         """The health/metrics ports of every instance of ``service``, instance 1 first."""

@@ -110,13 +110,15 @@ def create_api(
     # the ACME door (/acme, RFC 8555) and its admin routes (/v1/acme: EAB keys, accounts); decision 0033
     acme_settings = getattr(runtime.settings, "acme", None) or AcmeSettings()
     http_port = getattr(runtime.settings, "http_port", 8080)
+    https_port = getattr(runtime.settings, "https_port", None)  # the HTTPS listener: the door's URL (0033 addendum)
     intake = getattr(runtime, "intake", None)  # finalize and revokeCert go through it (none in some tests' runtimes)
     acme_routes.install(app, engine=runtime.engine, box=runtime.box, settings=acme_settings, http_port=http_port,
                         admin=admin, clock=clock,
                         requests=None if intake is None else Requests(intake, runtime.publish_records),
-                        scheduler=getattr(runtime.settings, "scheduler", None))  # renewalInfo's jitter: the scheduler's
+                        scheduler=getattr(runtime.settings, "scheduler", None),  # renewalInfo's jitter: the scheduler's
+                        https_port=https_port)
     app.include_router(acme_admin.admin_router(runtime.engine, runtime.box, admin, clock,
-                                               acme_settings.base_url(http_port) + "/acme/directory"))
+                                               acme_settings.base_url(http_port, https_port) + "/acme/directory"))
     from services.gateway.console import console_router  # the web console: a client of this API
     app.include_router(console_router(runtime, app, clock=clock, throttle=throttle))
 

@@ -224,4 +224,4 @@ def _start_outbox_relay(service_app: Any, runtime: GatewayRuntime) -> None:
 def main() -> None:
     settings = GatewaySettings()
     app, _ = create_app(settings)
-    run_service(app, settings)
+    run_service(app, settings, tls=settings.tls)

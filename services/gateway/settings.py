@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.connectors.secretbox import SecretsSettings
 from services.common.internal_api import InternalApiSettings
 from services.common.service_app import ServiceSettings
+from services.common.tls_listener import TlsListenerSettings
 from services.gateway.acme.settings import AcmeSettings
 from services.gateway.scheduler import SchedulerSettings
 
@@ -54,3 +55,13 @@ class GatewaySettings(ServiceSettings):
                                           description="The internal API token file and client limits (CERTRAIL_INTERNAL_*).")
     acme: AcmeSettings = Field(default_factory=AcmeSettings,
                                description="The ACME door (/acme/directory): its external URL, nonces, limits (decision 0033).")
+    tls: TlsListenerSettings = Field(
+        default_factory=TlsListenerSettings,
+        description="An HTTPS listener beside the HTTP port (CERTRAIL_GATEWAY_TLS__CERT_FILE, __KEY_FILE, __PORT): the "
+                    "same app over TLS, its certificate read again when the files change; the ACME door's URL is then "
+                    "its https URL (decision 0033, addendum). Off unless both files are set.")
+
+    @property
+    def https_port(self) -> int | None:
+        """The HTTPS listener's port, or None when there is none."""
+        return self.tls.port if self.tls.enabled else None

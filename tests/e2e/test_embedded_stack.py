@@ -1,6 +1,7 @@
-"""The README's run command, end to end: `certrail up --detach` starts Kafka, the emCA simulator
-and the four services, and puts a demo certificate (bot-held key) through issue -> deploy ->
-audit. Then, through the HTTP API: the bot-held key renewed (fresh key, new serial deployed),
+"""The README's run command, end to end: `certrail up --detach` (with ``--https``) starts Kafka, the emCA
+simulator and the four services, and puts a demo certificate (bot-held key) through issue -> deploy ->
+audit; the gateway then serves HTTPS with its own certificate issued through certrail, and the printed HTTPS ACME
+directory answers verified against the printed trust bundle (a renewal is served without a restart). Then, through the HTTP API: the bot-held key renewed (fresh key, new serial deployed),
 a revocation with replacement, every metrics endpoint scraped for the documented names,
 `certrail audit verify` clean, no private key bytes in any Kafka record or the audit store,
 and `certrail down` leaves no process and no listening port behind."""
@@ -12,7 +13,9 @@ import base64
 import json
 import os
 import re
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
+from services.cli.demo import GATEWAY_CERTIFICATE
 from services.common.kafka_config import admin_kwargs, producer_kwargs
 from services.common.proc import port_free
 from services.common.settings import KafkaSettings
@@ -53,10 +57,12 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     var_dir = tmp_path_factory.mktemp("embedded") / "var"
-    names = ["KAFKA", "KAFKA_CONTROLLER", "GATEWAY", "ISSUER", "DEPLOYER", "AUDITOR", "SIM", "SIM_CRL", "SIM_ADMIN"]
+    names = ["KAFKA", "KAFKA_CONTROLLER", "GATEWAY", "ISSUER", "DEPLOYER", "AUDITOR", "SIM", "SIM_CRL", "SIM_ADMIN",
+             "GATEWAY_HTTPS"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {**os.environ, "CERTRAIL_UP_VAR_DIR": str(var_dir), "CERTRAIL_UP_CACHE_DIR": str(ROOT / ".cache"),
-           **{f"CERTRAIL_UP_{name}_PORT": str(port) for name, port in ports.items()}}
+           **{f"CERTRAIL_UP_{name}_PORT": str(port) for name, port in ports.items()},
+           "CERTRAIL_UP_HTTPS": "1"}  # the gateway over HTTPS with its own certificate from certrail
     env.pop("CERTRAIL_DB_URL", None)
     up = _cli(env, "up", "--detach")
     try:
@@ -142,6 +148,39 @@ def test_bot_key_renewal_and_revocation_with_replacement(stack: dict[str, object
     assert isinstance(var_dir, Path)
     cert = x509.load_pem_x509_certificate((var_dir / "deploy" / "demo-web" / "current" / "cert.pem").read_bytes())
     assert format(cert.serial_number, "x") == replaced["serial"]
+
+
+def _served_serial(url: str, bundle: Path) -> str:
+    """The serial (hex) of the certificate the HTTPS listener at ``url`` serves, verified against ``bundle``."""
+    host, port = url.removeprefix("https://").split("/")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            ssl.create_default_context(cafile=str(bundle)).wrap_socket(raw, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return format(x509.load_der_x509_certificate(der).serial_number, "x")
+
+
+def test_the_printed_https_acme_directory_answers_verified_by_the_printed_bundle(stack: dict[str, object]) -> None:
+    printed = str(stack["up"])
+    directory = re.search(r"ACME directory: (https://\S+/acme/directory)", printed)
+    bundle = re.search(r"ACME trust bundle: (\S+)", printed)
+    assert directory and bundle, printed
+    trust = ssl.create_default_context(cafile=bundle.group(1))
+    answer = httpx.get(directory.group(1), timeout=10, verify=trust)
+    assert answer.status_code == 200 and answer.json()["newAccount"].startswith(directory.group(1).split("/acme")[0])
+    plain = httpx.get(f"http://127.0.0.1:{stack['ports']['GATEWAY']}/acme/directory", timeout=10)  # type: ignore[index]
+    assert plain.status_code == 403, "the door is HTTPS only once the listener serves"
+
+    # the served certificate is certrail's own managed certificate; renewed, the new serial is served without a restart
+    with _api(stack, "requester") as requester, _api(stack, "admin") as admin:
+        first = _wait_deployed(admin, GATEWAY_CERTIFICATE)
+        assert _served_serial(directory.group(1), Path(bundle.group(1))) == first["serial"]
+        renew = requester.post(f"/v1/certificates/{GATEWAY_CERTIFICATE}/renew",
+                               json={"request_id": f"renew-{first['serial']}"})
+        assert renew.status_code == 202, renew.text
+        renewed = _wait_deployed(admin, GATEWAY_CERTIFICATE, not_serial=first["serial"])
+    wait_until(lambda: _served_serial(directory.group(1), Path(bundle.group(1))) == renewed["serial"],
+               "the renewed gateway certificate served over HTTPS", 30, interval_s=0.2)
 
 
 def test_every_metrics_endpoint_has_the_documented_names(stack: dict[str, object]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from sqlalchemy import Engine
 from starlette.responses import JSONResponse, Response
 
@@ -113,20 +113,22 @@ def account_document(urls: Urls, account: store.Account) -> dict[str, Any]:
 def install(app: FastAPI, *, engine: Engine, box: SecretBox, settings: AcmeSettings, http_port: int, admin: AdminPublisher,
             clock: Callable[[], datetime], nonces: Nonces | None = None,
             validators: dict[str, Validator] | None = None, requests: Requests | None = None,
-            scheduler: SchedulerSettings | None = None) -> Nonces:
+            scheduler: SchedulerSettings | None = None, https_port: int | None = None) -> Nonces:
     """Route ``/acme`` on ``app`` and answer its refusals as problem documents; the nonce store used. The
     challenge validations in flight are ``app.state.acme_validations`` (`Validations.drain` at shutdown);
     ``validators``: challenge type -> validator, instead of the real ones (unit tests); ``requests``: the
     gateway's intake for finalize and revokeCert (without it both answer serverInternal); ``scheduler``: the
-    renewal scheduler's settings, whose jitter renewalInfo's windows use (the gateway's, so both agree)."""
+    renewal scheduler's settings, whose jitter renewalInfo's windows use (the gateway's, so both agree);
+    ``https_port``: the gateway's HTTPS listener, whose URL is then the door's (`AcmeSettings.base_url`), and the
+    only port /acme answers on unless an external URL is configured (decision 0033, addendum)."""
     used = nonces or SqlNonces(engine, clock, lifetime=timedelta(seconds=settings.nonce_lifetime_s))
-    urls = Urls(settings.base_url(http_port))
+    urls = Urls(settings.base_url(http_port, https_port))
     validations = Validations(engine, settings, admin, clock)
     if validators is not None:
         validations.validators = dict(validators)
     app.state.acme_validations = validations
     app.include_router(acme_router(engine, box, settings, urls, used, admin, clock, validations, requests,
-                                   scheduler or SchedulerSettings()))
+                                   scheduler or SchedulerSettings(), listener_port=settings.listener_port(https_port)))
 
     @app.exception_handler(AcmeError)
     async def on_acme_error(_: Request, error: AcmeError) -> JSONResponse:
@@ -142,8 +144,17 @@ async def _headers(nonces: Nonces, urls: Urls) -> dict[str, str]:
 
 def acme_router(engine: Engine, box: SecretBox, settings: AcmeSettings, urls: Urls, nonces: Nonces, admin: AdminPublisher,
                 clock: Callable[[], datetime], validations: Validations, requests: Requests | None = None,
-                scheduler: SchedulerSettings | None = None) -> APIRouter:
-    api = APIRouter(prefix=PREFIX, tags=["acme"], include_in_schema=False)
+                scheduler: SchedulerSettings | None = None, listener_port: int | None = None) -> APIRouter:
+    async def on_the_door_listener(request: Request) -> None:
+        """With ``listener_port``, the door answers on that (HTTPS) port only: a request to /acme on another port
+        (the plain HTTP one) is refused with a problem naming the directory, so that every JWS ``url`` the door
+        accepts is the URL the request was really sent to (RFC 8555 6.4) and ACME stays on HTTPS (6.1)."""
+        server = request.scope.get("server")
+        if listener_port is not None and (server is None or server[1] != listener_port):
+            raise unauthorized(f"the ACME door is served over HTTPS only: {urls.directory}")
+
+    api = APIRouter(prefix=PREFIX, tags=["acme"], include_in_schema=False,
+                    dependencies=[Depends(on_the_door_listener)])
 
     def read(fn: Callable[..., Any], *args: Any) -> Any:
         def run() -> Any:

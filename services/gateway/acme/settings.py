@@ -15,7 +15,8 @@ class AcmeSettings(BaseModel):
         default=None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$", max_length=500,
         description="The base URL ACME clients reach the gateway at (scheme, host, port; a path prefix when a proxy "
                     "adds one): every URL of the directory is built from it, and every JWS's url must be it plus the "
-                    "request's path. Default: http://127.0.0.1:<http_port>.")
+                    "request's path. Default: https://127.0.0.1:<tls port> with the gateway's HTTPS listener (then /acme answers "
+                    "on that listener only), else http://127.0.0.1:<http_port>.")
     nonce_lifetime_s: int = Field(default=3600, ge=10, le=86_400,
                                   description="How long a Replay-Nonce stays usable (once), in seconds.")
     max_jws_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024,
@@ -47,5 +48,14 @@ class AcmeSettings(BaseModel):
                                         description="How challenges are validated: the http-01 port, deadlines, the "
                                                     "networks validation may reach, the dns-01 hook (challenges.py).")
 
-    def base_url(self, http_port: int) -> str:
-        return (self.external_url or f"http://127.0.0.1:{http_port}").rstrip("/")
+    def base_url(self, http_port: int, https_port: int | None = None) -> str:
+        """The one base URL of the door: the configured external URL, else the HTTPS listener's (``https_port``),
+        else the HTTP port's."""
+        if self.external_url:
+            return self.external_url.rstrip("/")
+        return f"https://127.0.0.1:{https_port}" if https_port is not None else f"http://127.0.0.1:{http_port}"
+
+    def listener_port(self, https_port: int | None) -> int | None:
+        """The only local port /acme answers on: the HTTPS listener's when the door's URL is (no external URL
+        configured); None: any (no HTTPS listener, or a proxy in front that the external URL names)."""
+        return https_port if self.external_url is None else None
