@@ -10,6 +10,7 @@ What is here, with no dependency on the account layer (the lead wires it to auth
   (never a second resolution), follow at most 10 redirects to http/https on ports 80/443, each target
   resolved and checked again, read a capped body and compare it with the key authorization
 - `validate_dns01` (8.4) through an operator's hook program; `offered_challenge_types`
+- tls-alpn-01 (RFC 8737) is validated in tls_alpn.py with this policy's resolution and address checks
 
 A failed validation is a `ValidationResult` carrying a `ChallengeProblem` of an RFC 8555 error type; its
 detail quotes what the remote sent only as a short, escaped prefix.
@@ -43,6 +44,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 HTTP01 = "http-01"
 DNS01 = "dns-01"
+TLS_ALPN01 = "tls-alpn-01"
 WELL_KNOWN_PATH = "/.well-known/acme-challenge/"
 #: RFC 8555 8.3 leaves the number open; 10 is what Let's Encrypt follows
 MAX_REDIRECTS = 10
@@ -89,6 +91,7 @@ class ProblemType(StrEnum):
     MALFORMED = "malformed"
     REJECTED_IDENTIFIER = "rejectedIdentifier"
     SERVER_INTERNAL = "serverInternal"
+    TLS = "tls"
     UNAUTHORIZED = "unauthorized"
     UNSUPPORTED_IDENTIFIER = "unsupportedIdentifier"
 
@@ -252,7 +255,8 @@ class ChallengePolicy(BaseModel):
                              description="The port http-01 asks (RFC 8555: 80). Another port is for tests: certbot's "
                                          "standalone server on a loopback port; redirects may then also go to it.")
     timeout_s: float = Field(default=10.0, gt=0, le=120,
-                             description="The deadline of a whole http-01 validation: resolution, every redirect, the body.")
+                             description="The deadline of a whole http-01 validation (resolution, every redirect, the "
+                                         "body) and of a whole tls-alpn-01 one (resolution, connection, handshake).")
     max_body_bytes: int = Field(default=8192, ge=256, le=1024 * 1024,
                                 description="The largest http-01 body read (the key authorization is under 200 bytes).")
     denied_networks: list[IPvAnyNetwork] = Field(
@@ -271,6 +275,14 @@ class ChallengePolicy(BaseModel):
         description="argv of the program that checks a dns-01 TXT record (no shell): it gets the record name and the "
                     "expected value as two more arguments; exit 0 = found, 1 = not found. Unset: dns-01 is not offered.")
     dns01_timeout_s: float = Field(default=30.0, gt=0, le=600, description="The deadline of one dns-01 hook run.")
+    tls_alpn01_enabled: bool = Field(
+        default=False,
+        description="Offer tls-alpn-01 (RFC 8737; not for a wildcard) beside http-01. Off by default: turning it on "
+                    "makes validation open TLS connections to port tls_alpn01_port of the addresses clients name "
+                    "(the same network lists apply); decision 0033's addendum.")
+    tls_alpn01_port: int = Field(default=443, ge=1, le=65535,
+                                 description="The port tls-alpn-01 connects to (RFC 8737: 443). Another port is for "
+                                             "tests: lego's tls-alpn-01 server on a loopback port.")
 
     @field_validator("resolve")
     @classmethod
@@ -323,9 +335,11 @@ def _most_specific(address: IPAddress, networks: Sequence[IPNetwork]) -> IPNetwo
 
 def offered_challenge_types(policy: ChallengePolicy, *, wildcard: bool = False) -> tuple[str, ...]:
     """The challenge types an authorization offers: http-01 always (not for a wildcard, RFC 8555 7.1.3 / 8.3),
-    dns-01 when a hook is configured. An empty answer means the identifier cannot be validated here."""
+    dns-01 when a hook is configured, tls-alpn-01 when enabled (not for a wildcard, RFC 8737 3). An empty answer
+    means the identifier cannot be validated here."""
     dns = (DNS01,) if policy.dns01_hook else ()
-    return dns if wildcard else (HTTP01, *dns)
+    tls = (TLS_ALPN01,) if policy.tls_alpn01_enabled else ()
+    return dns if wildcard else (HTTP01, *dns, *tls)
 
 
 # --- http-01 ----------------------------------------------------------------------------------------------------

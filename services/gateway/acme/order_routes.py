@@ -31,6 +31,7 @@ from services.gateway.acme import orders_store as db
 from services.gateway.acme.challenges import (
     DNS01,
     HTTP01,
+    TLS_ALPN01,
     ChallengePolicy,
     ChallengeProblem,
     ProblemType,
@@ -42,11 +43,13 @@ from services.gateway.acme.challenges import (
 )
 from services.gateway.acme.problems import malformed
 from services.gateway.acme.settings import AcmeSettings
+from services.gateway.acme.tls_alpn import validate_tls_alpn01
 from services.gateway.api_common import AdminPublisher
 
 log = logging.getLogger(__name__)
 
-#: (identifier, token, expected, policy) -> the result: http-01 gets the key authorization, dns-01 its digest
+#: (identifier, token, expected, policy) -> the result: http-01 and tls-alpn-01 get the key authorization, dns-01
+#: its digest
 Validator = Callable[[str, str, str, ChallengePolicy], Awaitable[ValidationResult]]
 
 
@@ -58,7 +61,11 @@ async def _dns01(identifier: str, token: str, expected: str, policy: ChallengePo
     return await validate_dns01(identifier, dns01_txt_value(expected), policy)
 
 
-VALIDATORS: dict[str, Validator] = {HTTP01: _http01, DNS01: _dns01}
+async def _tls_alpn01(identifier: str, token: str, expected: str, policy: ChallengePolicy) -> ValidationResult:
+    return await validate_tls_alpn01(identifier, expected, policy)
+
+
+VALIDATORS: dict[str, Validator] = {HTTP01: _http01, DNS01: _dns01, TLS_ALPN01: _tls_alpn01}
 
 
 class Verify(Protocol):

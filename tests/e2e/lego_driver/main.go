@@ -1,7 +1,7 @@
 // Command lego-driver drives lego's ACME client (github.com/go-acme/lego/v5, unmodified) with the lego v5 CLI's flag
 // names and the three things certrail's ACME test needs: run (register with External Account Binding and obtain),
-// renew (the CLI's `run --renew-force`) and revoke (the CLI's `certificates revoke`), answering http-01 with lego's
-// own challenge server.
+// renew (the CLI's `run --renew-force`) and revoke (the CLI's `certificates revoke`), answering http-01 (--http) and/or
+// tls-alpn-01 (--tls) with lego's own challenge servers.
 //
 // Why not the lego CLI itself: lego v5.6.0's CLI package imports a logging module (gitlab.com/greyxor/slogor) that
 // the Go module proxy reachable here does not serve, so `go install github.com/go-acme/lego/v5@v5.6.0` cannot build
@@ -10,6 +10,7 @@
 //
 //	lego-driver --server URL --email E --accept-tos --eab --eab.kid KID --eab.hmac KEY --domains NAME \
 //	    --http --http.address 127.0.0.1:PORT --path DIR run
+//	lego-driver ... --tls --tls.address 127.0.0.1:PORT ... run   (tls-alpn-01 instead of http-01)
 //	lego-driver ... renew   (always renews: a new order and a new certificate, as `lego run --renew-force`)
 //	lego-driver ... revoke
 //
@@ -33,6 +34,7 @@ import (
 	"github.com/go-acme/lego/v5/certcrypto"
 	"github.com/go-acme/lego/v5/certificate"
 	"github.com/go-acme/lego/v5/challenge/http01"
+	"github.com/go-acme/lego/v5/challenge/tlsalpn01"
 	"github.com/go-acme/lego/v5/lego"
 	"github.com/go-acme/lego/v5/registration"
 )
@@ -48,8 +50,8 @@ func (u *user) GetRegistration() *acme.ExtendedAccount { return u.reg }
 func (u *user) GetPrivateKey() crypto.Signer           { return u.key }
 
 type options struct {
-	server, email, kid, hmac, domain, httpAddress, path string
-	eab, acceptTOS, http                                bool
+	server, email, kid, hmac, domain, httpAddress, tlsAddress, path string
+	eab, acceptTOS, http, tls                                       bool
 }
 
 func main() {
@@ -61,12 +63,14 @@ func main() {
 	flag.StringVar(&o.kid, "eab.kid", "", "the EAB key id")
 	flag.StringVar(&o.hmac, "eab.hmac", "", "the EAB HMAC key (base64url)")
 	flag.StringVar(&o.domain, "domains", "", "the name to certify")
-	flag.BoolVar(&o.http, "http", false, "answer http-01 with lego's own server (the only solver here)")
+	flag.BoolVar(&o.http, "http", false, "answer http-01 with lego's own server")
 	flag.StringVar(&o.httpAddress, "http.address", ":80", "where lego's http-01 server listens (interface:port)")
+	flag.BoolVar(&o.tls, "tls", false, "answer tls-alpn-01 with lego's own server")
+	flag.StringVar(&o.tlsAddress, "tls.address", ":443", "where lego's tls-alpn-01 server listens (interface:port)")
 	flag.StringVar(&o.path, "path", ".lego", "where accounts and certificates are kept")
 	flag.Parse()
-	if flag.NArg() != 1 || o.server == "" || o.domain == "" || !o.http {
-		fmt.Fprintln(os.Stderr, "usage: lego-driver --server URL --domains NAME [--eab --eab.kid K --eab.hmac H] --http --http.address HOST:PORT --path DIR run|renew|revoke")
+	if flag.NArg() != 1 || o.server == "" || o.domain == "" || !(o.http || o.tls) {
+		fmt.Fprintln(os.Stderr, "usage: lego-driver --server URL --domains NAME [--eab --eab.kid K --eab.hmac H] [--http --http.address HOST:PORT] [--tls --tls.address HOST:PORT] --path DIR run|renew|revoke")
 		os.Exit(2)
 	}
 	if err := act(context.Background(), o, flag.Arg(0)); err != nil {
@@ -143,16 +147,30 @@ func newClient(ctx context.Context, o options, register bool) (*lego.Client, err
 	if err != nil {
 		return nil, fmt.Errorf("account: %w", err)
 	}
-	// a client whose requests are signed with the account's URL (kid), answering http-01 with lego's own server
+	// a client whose requests are signed with the account's URL (kid), answering with lego's own challenge servers
 	client, err = lego.NewClient(config)
 	if err != nil {
 		return nil, err
 	}
-	host, port, err := net.SplitHostPort(o.httpAddress)
-	if err != nil {
-		return nil, fmt.Errorf("--http.address: %w", err)
+	if o.http {
+		host, port, err := net.SplitHostPort(o.httpAddress)
+		if err != nil {
+			return nil, fmt.Errorf("--http.address: %w", err)
+		}
+		if err := client.Challenge.SetHTTP01Provider(http01.NewProviderServer(host, port)); err != nil {
+			return nil, err
+		}
 	}
-	return client, client.Challenge.SetHTTP01Provider(http01.NewProviderServer(host, port))
+	if o.tls {
+		host, port, err := net.SplitHostPort(o.tlsAddress)
+		if err != nil {
+			return nil, fmt.Errorf("--tls.address: %w", err)
+		}
+		if err := client.Challenge.SetTLSALPN01Provider(tlsalpn01.NewProviderServer(host, port)); err != nil {
+			return nil, err
+		}
+	}
+	return client, nil
 }
 
 func accountKey(file string, create bool) (crypto.Signer, error) {
