@@ -19,8 +19,9 @@ forward in (event time, event id) (`_apply`; docs/audit.md "Folded by event
 time"). A replay of the same events, in any interleaving of the topics, builds
 the same inventory.
 
-Stored statuses are pending, active, revoked and failed; "expired" is derived
-when read (`effective_status`): an active certificate past its not_after.
+Stored statuses are pending, active, superseded (another certificate id replaces
+it: CertificateSuperseded), revoked and failed; "expired" is derived when read
+(`effective_status`): an active certificate past its not_after.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from services.common.contracts.events import (
     CertificateExpiring,
     CertificateIssued,
     CertificateRevoked,
+    CertificateSuperseded,
     DeploymentFailed,
     IssuanceFailed,
     IssuancePending,
@@ -111,6 +113,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     RevocationConfirmed.TYPE: ("serial", "reason", "confirmed_at", "crl_number"),
     RevocationUnconfirmed.TYPE: ("serial", "reason", "given_up_at"),
     RevokedOutOfBand.TYPE: ("serial", "reason", "revoked_at_ca", "detected_at", "crl_number"),
+    CertificateSuperseded.TYPE: ("serial", "replaced_by", "replaced_by_serial"),
 }
 HANDLED_TYPES = frozenset(_FIELDS)
 #: RequestRejected codes that refuse the caller, not the certificate: they never change an inventory row.
@@ -306,10 +309,13 @@ def _issued(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
         if old is not None and old["status"] == SerialStatus.ACTIVE:
             state.serial(cert_id, replaced)["status"] = SerialStatus.SUPERSEDED.value
     revoked = serial["status"] == SerialStatus.REVOKED
-    if not revoked:
+    # the newest serial, superseded already: another certificate id replaced it (CertificateSuperseded, folded first)
+    retired = serial["status"] == SerialStatus.SUPERSEDED
+    if not revoked and not retired:
         serial["status"] = SerialStatus.ACTIVE.value
+    status = CertificateStatus.REVOKED if revoked else CertificateStatus.SUPERSEDED if retired else CertificateStatus.ACTIVE
     row.update(
-        status=CertificateStatus.REVOKED.value if revoked else CertificateStatus.ACTIVE.value,
+        status=status.value,
         serial=f["serial"],
         subject=f["subject"],
         sans=json.dumps(f["sans"]),
@@ -330,6 +336,19 @@ class RevocationCheck(StrEnum):
     CONFIRMED = "confirmed"
     UNCONFIRMED = "unconfirmed"
     OUT_OF_BAND = "out_of_band"  # on the CA's CRL, and certrail never asked for it (RevokedOutOfBand)
+
+
+def _superseded(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
+    """Another certificate id replaces this one (the gateway's CertificateSuperseded: an ACME renewal became valid):
+    its serial is superseded unless revoked and, when it is the current one and not revoked, the certificate is
+    superseded (no longer live; not revoked: it stays valid until it expires). Its CertificateIssued may come after
+    (another topic): `_issued` keeps a superseded newest serial superseded."""
+    serial = state.serial(event.certificate_id, f["serial"])
+    if serial["status"] != SerialStatus.REVOKED:
+        serial["status"] = SerialStatus.SUPERSEDED.value
+    row, _ = state.certificate(event, create=False)
+    if row is not None and row["serial"] == f["serial"] and row["status"] == CertificateStatus.ACTIVE:
+        row["status"] = CertificateStatus.SUPERSEDED.value
 
 
 def _revoked_out_of_band(state: _State, event: InventoryEvent, f: dict[str, Any]) -> None:
@@ -438,6 +457,8 @@ def _apply(state: _State, event: InventoryEvent) -> None:
         _revocation_checked(state, event, f)
     elif kind == RevokedOutOfBand.TYPE:
         _revoked_out_of_band(state, event, f)
+    elif kind == CertificateSuperseded.TYPE:
+        _superseded(state, event, f)
     elif kind == RequestRejected.TYPE and f["error"] in _NOT_ABOUT_THE_CERTIFICATE:
         return  # a refused caller's rejection says nothing about the certificate it named (gateways before 2026-12)
     elif kind in (RequestRejected.TYPE, RevocationFailed.TYPE):

@@ -100,7 +100,7 @@ def list_certificates(
 
 
 #: the statuses certrail_audit_inventory_certificates reports ("expired": active and past not_after)
-INVENTORY_STATUSES = ("pending", "active", "expired", "revoked", "failed")
+INVENTORY_STATUSES = ("pending", "active", "expired", "revoked", "superseded", "failed")
 
 
 def inventory_status_counts(session: Session, now: datetime) -> dict[str, int]:

@@ -45,6 +45,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -979,6 +980,10 @@ class GatewayAcmeNonce(Base):
 # -- ACME orders, authorizations and challenges (services/gateway/acme/orders*.py; migration 0021) -----------
 
 
+#: the orders ``ux_gateway_acme_orders_replaces_live`` holds to one per replaced certificate (migration 0024)
+ACME_ORDER_REPLACES_LIVE = "replaces IS NOT NULL AND status <> 'invalid'"
+
+
 class GatewayAcmeOrder(Base):
     """An ACME order (RFC 8555 7.1.3) of an account: its identifiers and authorizations (JSON lists, in the
     order's order), status (pending | ready | invalid here; processing and valid come with finalize), the
@@ -989,6 +994,9 @@ class GatewayAcmeOrder(Base):
     __table_args__ = (
         Index("ix_gateway_acme_orders_account", "account_id", "status"),
         Index("ix_gateway_acme_orders_replaces", "replaces"),
+        # at most one live (not invalid) order replaces a certificate (RFC 9773 alreadyReplaced); migration 0024
+        Index("ux_gateway_acme_orders_replaces_live", "replaces", unique=True,
+              sqlite_where=text(ACME_ORDER_REPLACES_LIVE), postgresql_where=text(ACME_ORDER_REPLACES_LIVE)),
     )
 
     order_id: Mapped[str] = mapped_column(String(64), primary_key=True)

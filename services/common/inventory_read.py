@@ -15,6 +15,7 @@ class CertificateStatus(StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     REVOKED = "revoked"
+    SUPERSEDED = "superseded"  # another certificate id replaces it (CertificateSuperseded); valid until it expires
     EXPIRED = "expired"  # derived when read
     FAILED = "failed"
 

@@ -97,6 +97,7 @@ class StatusFilter(StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     REVOKED = "revoked"
+    SUPERSEDED = "superseded"  # another certificate id replaces it (an ACME renewal with replaces)
     EXPIRED = "expired"
     FAILED = "failed"
 

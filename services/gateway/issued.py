@@ -8,6 +8,10 @@ The gateway consumes ``<prefix>.events.issuer`` and folds two of its events into
   serial arrives superseded. A serial already revoked stays revoked;
 - CertificateRevoked: its serial is revoked (recorded even before its CertificateIssued).
 
+A superseded serial never becomes active again, also when its CertificateIssued is delivered again: `retire`
+supersedes the active serial of a certificate that another certificate id replaces (an ACME renewal:
+services/gateway/acme/retire.py), and a redelivery must not bring it back.
+
 Both are idempotent upserts keyed by certificate id and serial, so a redelivered record changes
 nothing. An event about a certificate id the gateway does not manage (no ``gateway_certificates``
 row: forged, foreign or from another installation) is ignored and logged. Renew (the serial it
@@ -45,6 +49,7 @@ __all__ = [
     "current_serial",
     "fold_issued",
     "fold_revoked",
+    "retire",
     "serials_of",
 ]
 
@@ -148,9 +153,22 @@ def fold_issued(session: Session, fact: Issued) -> None:
             if other["status"] == ACTIVE:
                 other["status"] = SUPERSEDED
                 changed.append(other)
-        if row["status"] != REVOKED:
-            row["status"] = ACTIVE
+        if row["status"] != REVOKED and not (fact.serial in rows and row["status"] == SUPERSEDED):
+            row["status"] = ACTIVE  # a serial superseded once (also retired: `retire`) never becomes active again
     _upsert(session, changed)
+
+
+def retire(session: Session, certificate_id: str, serial: str) -> list[str]:
+    """Retire a certificate's serial that another certificate id replaces (an ACME renewal, acme/retire.py):
+    when active, it becomes superseded, as a renewal's old serial does, so renew and the renewal scheduler stop
+    seeing it as current. Not a revocation: a revoked serial stays revoked. The serials retired (none when it was
+    not active: retired already, revoked, superseded, or not projected)."""
+    rows = [r for r in _rows(session, certificate_id).values() if r["serial"] == serial and r["status"] == ACTIVE]
+    for row in rows:
+        row["status"] = SUPERSEDED
+    if rows:
+        _upsert(session, rows)
+    return sorted(r["serial"] for r in rows)
 
 
 def fold_revoked(session: Session, fact: Revoked) -> None:

@@ -7,7 +7,7 @@ valid and downloading the chain. The leaf is checked with ``cryptography`` (sign
 CSR's key and names); then the client revokes it (kid) and the revocation is seen in the gateway's projection and on
 the CA's CRL. The order's state changes are admin events in the audit store, the request's requester the account's.
 The certbot CLI does the same (obtain, renew, revoke); its certificates also pass `openssl verify` against the emCA
-root.
+root, and its renewal retires the first certificate (superseded in the gateway's projection and the inventory).
 """
 
 from __future__ import annotations
@@ -160,6 +160,14 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     second = x509.load_pem_x509_certificates((live_dir / "fullchain.pem").read_bytes())
     assert second[0].serial_number != first[0].serial_number
     _openssl_verifies(live_dir, sim, tmp_path)
+    # certbot sends no `replaces` (no ARI newOrder): the same names, account, profile and key type retire the first
+    # certificate all the same (decision 0033, "replaces retires"): superseded for the scheduler and in the inventory
+    # (the gateway's CertificateSuperseded, through its outbox relay), not revoked
+    old = format(first[0].serial_number, "x")
+    wait_until(lambda: stack.rows("SELECT status FROM gateway_issued_serials WHERE serial = ?", old) == [("superseded",)],
+               "the first certificate superseded in the gateway's projection", 90, interval_s=0.5)
+    wait_until(lambda: stack.rows("SELECT status FROM certificate_inventory WHERE serial = ?", old) == [("superseded",)],
+               "the first certificate superseded in the auditor's inventory", 90, interval_s=0.5)
 
     revoked = _certbot(tmp_path, "revoke", "--server", server, "--cert-path", str(live_dir / "cert.pem"),
                        "--reason", "superseded", "--no-delete-after-revoke")

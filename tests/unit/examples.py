@@ -170,6 +170,10 @@ def examples() -> dict[type[Message], Message]:
             key_generation=KeyGeneration.REQUESTER, renew_at=NOW, not_after=NOW + timedelta(days=30), requester="ci-pipeline",
         ),
         events.CertificateExpiring(certificate_id=CERT_ID, serial=SERIAL, not_after=NOW + timedelta(days=7), threshold_days=7),
+        events.CertificateSuperseded(
+            certificate_id=CERT_ID, serial=SERIAL, replaced_by="acme-0f1e2d3c4b5a6978", replaced_by_serial="5b1d",
+            reason=events.SupersededBy.ACME_SAME_IDENTIFIERS, superseded_at=NOW,
+        ),
         events.ConnectorStatusChanged(
             connector="emca-prod", status=events.ConnectorStatus.MISCONFIGURED, previous=events.ConnectorStatus.UP,
             error=ErrorInfo(code=ErrorCode.CA_AUTH_FAILED, message="emCA: Invalid request details found"), changed_at=NOW,
@@ -247,6 +251,12 @@ def examples() -> dict[type[Message], Message]:
                              change={"status": "valid", "certificate_id": "acme-89abcdef0123456789abcdef",
                                      "serial": "4f2a0c11"},
                              actor="certrail-issuer", outcome=admin.AdminOutcome.SUCCEEDED),
+        admin.AcmeCertificateRevoked(requester="ci-pipeline", account_id="0123456789abcdef01234567",
+                                     order_id="89abcdef0123456789abcdef",
+                                     change={"certificate_id": "acme-89abcdef0123456789abcdef", "serial": "4f2a0c11",
+                                             "reason": "superseded", "request_id": "acme-revoke-4f2a0c11",
+                                             "signed_with": "account"},
+                                     actor="acme:0123456789abcdef01234567", outcome=admin.AdminOutcome.SUCCEEDED),
         admin.AcmeOrderInvalid(requester="ci-pipeline", account_id="0123456789abcdef01234567",
                                order_id="89abcdef0123456789abcdef",
                                change={"status": "invalid", "code": "KEY_POLICY_VIOLATION",

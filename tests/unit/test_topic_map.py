@@ -11,6 +11,7 @@ from services.common.contracts.topics import Topics
 
 DEPLOYER_ADMIN = {admin.TargetCreated, admin.TargetUpdated, admin.TargetDeleted, admin.TargetBound, admin.TargetUnbound}
 GATEWAY = {events.RequestAccepted, events.RequestRejected, events.RenewalDue, events.CertificateExpiring,
+           events.CertificateSuperseded,
            *(set(admin.ADMIN_TYPES) - DEPLOYER_ADMIN)}
 ISSUER = {events.IssuancePending, events.CertificateIssued, events.IssuanceFailed, events.CertificateRevoked,
           events.RevocationFailed, events.ConnectorStatusChanged}

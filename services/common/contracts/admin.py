@@ -264,6 +264,14 @@ class AcmeOrderInvalid(_AcmeOrderEvent):
                               "issuance failed (its RFC 8555 problem and certrail's code).")
 
 
+class AcmeCertificateRevoked(_AcmeOrderEvent):
+    TYPE: ClassVar[str] = "io.certrail.admin.acme_certificate_revoked.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("An ACME client asked for the revocation of an order's certificate (revokeCert), signed by "
+                              "the ordering account or with the certificate's key, and the gateway's intake accepted "
+                              "it (its request id); the issuer's CertificateRevoked follows.")
+
+
 # -- the deployer's configuration (services/deployer/config/), on its own events topic -----------------
 
 
@@ -324,6 +332,7 @@ ADMIN_TYPES: list[type[Message]] = [
     AcmeOrderFinalized,
     AcmeOrderValid,
     AcmeOrderInvalid,
+    AcmeCertificateRevoked,
     TargetCreated,
     TargetUpdated,
     TargetDeleted,

@@ -195,6 +195,31 @@ class CertificateExpiring(Message):
     connector: ConnectorName | None = None
 
 
+class SupersededBy(StrEnum):
+    """Why a certificate was retired in favour of another certificate id."""
+
+    ACME_REPLACES = "acme_replaces"  # an ACME order named it in ``replaces`` (RFC 9773 5) and became valid
+    #: an ACME order without ``replaces`` became valid for exactly its identifiers, account, profile and key type
+    #: (how ACME clients without RFC 9773 renew)
+    ACME_SAME_IDENTIFIERS = "acme_same_identifiers"
+
+
+class CertificateSuperseded(Message):
+    TYPE: ClassVar[str] = "io.certrail.certificate.superseded.v1"
+    CHANNEL: ClassVar[str] = "events.gateway"
+    SUMMARY: ClassVar[str] = ("A certificate was retired because another certificate id replaces it (an ACME renewal: "
+                              "the order's replaces, RFC 9773, or the same identifiers, account, profile and key "
+                              "type): it is not revoked and stays valid until it expires, but it is no longer "
+                              "renewed, notified or counted as live.")
+
+    certificate_id: CertificateId  # the retired certificate
+    serial: Serial  # its serial that was current when it was retired
+    replaced_by: CertificateId  # the certificate that replaces it
+    replaced_by_serial: Serial
+    reason: SupersededBy = SupersededBy.ACME_REPLACES
+    superseded_at: AwareDatetime
+
+
 class ConnectorStatus(StrEnum):
     UP = "up"
     DOWN = "down"  # unreachable or failing transiently: circuit open, requests queued
@@ -226,5 +251,6 @@ EVENT_TYPES: list[type[Message]] = [
     DeploymentFailed,
     RenewalDue,
     CertificateExpiring,
+    CertificateSuperseded,
     ConnectorStatusChanged,
 ]

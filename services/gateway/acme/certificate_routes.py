@@ -6,7 +6,7 @@ routes.py:
   (finalize.py): the order processing (answered with Retry-After) or invalid with the intake's refusal
 - ``POST /acme/cert/{order id}`` (POST-as-GET, the order's account): ``application/pem-certificate-chain``
 - ``POST /acme/revoke-cert`` (kid of the ordering account, or jwk of the certificate's key): the intake's revoke
-  path; 200 with no body once the request is accepted
+  path; 200 with no body once the request is accepted, and AcmeCertificateRevoked recorded (changes.py)
 - ``POST /acme/account/{id}/orders`` (POST-as-GET, the account): its orders' URLs, the newest first
 """
 
@@ -95,6 +95,13 @@ def add_certificate_routes(api: APIRouter, *, engine: Engine, settings: AcmeSett
                 raise AcmeError(AcmeErrorType.ALREADY_REVOKED, "this certificate's revocation was requested already")
             problem = finalize.problem_of(error["code"], error["message"])
             raise AcmeError(AcmeErrorType(problem["type"].rsplit(":", 1)[1]), problem["detail"], status=problem["status"])
+        actor = changes.account_actor(engine, asked.account.account_id, clock)
+        try:
+            await asyncio.to_thread(changes.record_revocation, actor, asked.account, asked.certificate.order_id, {
+                "certificate_id": revoke.certificate_id, "serial": revoke.serial, "reason": str(asked.reason),
+                "request_id": revoke.request_id, "signed_with": "account" if v.account is not None else "certificate_key"})
+        finally:
+            await admin.flush(actor)
         return await answer(None)
 
     @api.post("/account/{account_id}/orders")

@@ -7,7 +7,9 @@ and revoked.
   (``gateway_acme_certificates``, migration 0022) and the order valid (AcmeOrderValid); failed -> the order invalid
   with a problem carrying the failure's code (AcmeOrderInvalid). Idempotent: a redelivered event finds the order
   valid or invalid already and changes nothing. Their admin events are written to the outbox in the fold's
-  transaction (actor ``certrail-issuer``) and published by the gateway's outbox relay.
+  transaction (actor ``certrail-issuer``) and published by the gateway's outbox relay. An order that becomes valid
+  retires the certificates it renews (retire.py: its ``replaces``, or the same identifiers, account, profile and key
+  type): superseded in the gateway's projection, CertificateSuperseded for the auditor's inventory; never revoked.
 - `chain_pem`: the download (``application/pem-certificate-chain``: the leaf, then the chain).
 - `revocation`: revokeCert's checks (RFC 8555 7.6): the certificate is one this door issued, the signer is the
   account that ordered it (kid) or holds the certificate's key (jwk), the reason is one certrail supports
@@ -32,7 +34,7 @@ from services.common.contracts.envelope import Envelope
 from services.common.contracts.events import CertificateIssued, IssuanceFailed
 from services.common.contracts.fields import RevocationReason
 from services.common.db_schema import GatewayAcmeCertificate, GatewayIssuedSerial
-from services.gateway.acme import finalize, store
+from services.gateway.acme import finalize, retire, store
 from services.gateway.acme import orders_store as db
 from services.gateway.acme.jws import AccountKey, b64url_decode
 from services.gateway.acme.problems import ERROR_PREFIX, AcmeError, AcmeErrorType, malformed, unauthorized
@@ -121,8 +123,13 @@ def apply_in(session: Session, event: Envelope, now: datetime | None = None) -> 
                                            certificate=data.certificate, chain=_joined(data.chain), issued_at=event.time,
                                            created_at=at))
         db.move_order(session, order_id, order.status, db.VALID, at)
+        change: dict[str, Any] = {"status": db.VALID, "certificate_id": data.certificate_id, "serial": data.serial}
+        retired = retire.retire_renewed(session, order, event)
+        if retired:
+            change["retired"] = [{"certificate_id": r.certificate_id, "serial": r.serial, "reason": r.reason.value}
+                                 for r in retired[:20]]
         OUTBOX.record(session, AcmeOrderValid, about=about, actor=ISSUER_ACTOR, outcome=AdminOutcome.SUCCEEDED, now=at,
-                      change={"status": db.VALID, "certificate_id": data.certificate_id, "serial": data.serial})
+                      change=change)
         return True
     code = str(data.error.code)
     kind = AcmeErrorType.BAD_CSR if code in _CSR_FAILURES else AcmeErrorType.SERVER_INTERNAL

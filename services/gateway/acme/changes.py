@@ -6,8 +6,10 @@ outbox (services/gateway/config/change.py; decision 0019), published by the door
   like every admin refusal;
 - by an ACME account (actor ``acme:<account id>``): created with its EAB key, which it binds
   (AcmeAccountCreated), contacts changed (AcmeAccountUpdated), key rolled over (AcmeAccountKeyChanged),
-  deactivated (AcmeAccountDeactivated). Only what succeeded is recorded: refusals of the ACME door are
-  answered to an unauthenticated client and would let anyone fill the audit log.
+  deactivated (AcmeAccountDeactivated), a certificate's revocation asked with revokeCert and accepted by the intake
+  (AcmeCertificateRevoked; actor: the ordering account's, also when the JWS was signed with the certificate's key,
+  which ``signed_with`` tells). Only what succeeded is recorded: refusals of the ACME door are answered to an
+  unauthenticated client and would let anyone fill the audit log.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from services.common.contracts.admin import (
     AcmeAccountDeactivated,
     AcmeAccountKeyChanged,
     AcmeAccountUpdated,
+    AcmeCertificateRevoked,
     AcmeEabKeyCreated,
     AcmeEabKeyRevoked,
 )
@@ -138,3 +141,11 @@ def change_key(actor: Actor, account: store.Account, new: AccountKey, now: datet
     return _changed(actor, AcmeAccountKeyChanged, account,
                     {"old_jwk_thumbprint": account.jwk_thumbprint, "jwk_thumbprint": new.thumbprint}, now,
                     jwk=new.public_json(), thumbprint=new.thumbprint)
+
+
+def record_revocation(actor: Actor, account: store.Account, order_id: str, change: dict[str, Any]) -> None:
+    """AcmeCertificateRevoked (the revocation the intake accepted: certificate id, serial, reason, request id and
+    whether the account or the certificate's key signed) in a transaction of its own; the door publishes it after."""
+    about = {"requester": account.requester, "account_id": account.account_id, "order_id": order_id}
+    with changing(actor, AcmeCertificateRevoked, about) as pending:
+        pending.change = change

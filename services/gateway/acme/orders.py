@@ -2,7 +2,9 @@
 
 - `parse_new_order`: a newOrder payload's identifiers (dns only, each through challenges.check_identifier;
   wildcards only when dns-01 is offered), notBefore/notAfter refused; refusals per identifier as subproblems;
-  ``replaces`` (RFC 9773 5) a well-formed certID, checked by `check_replaces` in create_order's transaction
+  ``replaces`` (RFC 9773 5) a well-formed certID, checked by `check_replaces` in create_order's transaction; two
+  concurrent newOrders replacing one certificate are decided by the database (a partial unique index, migration
+  0024): the loser is answered alreadyReplaced
 - `allowed_profiles`: the account's profiles that allow every identifier, read as the gateway's policy reads
   them (the profile exists, lists the account's requester, has the requester hold the key, and its domain
   rules allow the name: services/gateway/policy/domains.py); a name none allows is a rejectedIdentifier
@@ -128,8 +130,13 @@ def check_replaces(session: Session, account: store.Account, order: NewOrder, no
     replaced = db.get_order(session, found.order_id)
     if replaced is None or not set(replaced.identifiers) & set(order.identifiers):
         raise malformed("replaces names a certificate that shares no identifier with this order")
+    db.expire_replacing(session, order.replaces, now)  # an expired unfinalized order no longer holds it
     if db.replacing(session, order.replaces, now) is not None:
-        raise AcmeError(AcmeErrorType.ALREADY_REPLACED, "another order replaces this certificate already")
+        raise already_replaced()
+
+
+def already_replaced() -> AcmeError:
+    return AcmeError(AcmeErrorType.ALREADY_REPLACED, "another order replaces this certificate already")
 
 
 def _profile_refusal(session: Session, account: store.Account, name: str, identifier: str) -> str | None:
@@ -212,9 +219,12 @@ def create_order(actor: Actor, account: store.Account, order: NewOrder, *, polic
             authz_ids[identifier] = authz.authz_id
         ids = [authz_ids[i] for i in order.identifiers]
         status = db.READY if len(reused) == len(ids) else db.PENDING
-        created = db.add_order(pending.db, order_id=order_id, account_id=account.account_id, identifiers=order.identifiers,
-                               authz_ids=ids, profiles=profiles, status=status, expires_at=expires, now=now,
-                               replaces=order.replaces)
+        try:
+            created = db.add_order(pending.db, order_id=order_id, account_id=account.account_id,
+                                   identifiers=order.identifiers, authz_ids=ids, profiles=profiles, status=status,
+                                   expires_at=expires, now=now, replaces=order.replaces)
+        except db.ReplacedAlready:  # a concurrent newOrder replaced it first (the database's unique index decided)
+            raise already_replaced() from None
         pending.change = {"identifiers": order.identifiers, "profiles": profiles, "authorizations": authz_ids,
                           "reused": reused, "challenges": sorted(kinds), "status": status, "expires": expires.isoformat()}
         if order.replaces is not None:

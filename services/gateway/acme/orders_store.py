@@ -1,7 +1,8 @@
 """The ACME door's orders, authorizations and challenges in SQL (``gateway_acme_orders``,
 ``gateway_acme_authorizations``, ``gateway_acme_challenges``; migration 0021). Each function takes a Session;
 callers own the transaction. The state changes that two gateway instances could race for are conditional
-UPDATEs whose row count decides (`claim_challenge`, `finish_challenge`)."""
+UPDATEs whose row count decides (`claim_challenge`, `finish_challenge`); one live order per replaced certificate is
+the database's rule (a partial unique index, migration 0024: `add_order` raises `ReplacedAlready`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.db_schema import GatewayAcmeAuthorization, GatewayAcmeChallenge, GatewayAcmeOrder
@@ -22,6 +24,14 @@ VALID = "valid"
 INVALID = "invalid"
 DEACTIVATED = "deactivated"
 EXPIRED = "expired"
+#: the partial unique index that keeps one live order per replaced certificate (migration 0024), as each database
+#: names it in its error: PostgreSQL the index, SQLite the column
+_REPLACES_LIVE = ("ux_gateway_acme_orders_replaces_live", "gateway_acme_orders.replaces")
+
+
+class ReplacedAlready(Exception):
+    """The database refused a second live order replacing the same certificate (``ux_gateway_acme_orders_replaces_live``,
+    migration 0024): another newOrder won the race the application's check could not see."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,12 @@ def add_order(session: Session, *, order_id: str, account_id: str, identifiers: 
                            authz_ids=json.dumps(authz_ids), profiles=json.dumps(profiles), error=None, expires_at=expires_at,
                            created_at=now, updated_at=now, replaces=replaces)
     session.add(row)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # the transaction is lost either way: the caller's rolls back
+        if replaces is not None and any(name in str(exc.orig) for name in _REPLACES_LIVE):
+            raise ReplacedAlready(replaces) from None
+        raise
     return _order(row)
 
 
@@ -232,6 +247,16 @@ def move_order(session: Session, order_id: str, before: str, after: str, now: da
                            .where(GatewayAcmeOrder.order_id == order_id, GatewayAcmeOrder.status == before)
                            .values(status=after, error=None if error is None else json.dumps(error), updated_at=now))
     return _count(done) == 1
+
+
+def expire_replacing(session: Session, cert_id: str, now: datetime) -> int:
+    """Store as invalid the orders replacing ``cert_id`` that expired unfinalized (they read invalid already, RFC 8555
+    7.1.6), so that the unique index of live replacing orders (migration 0024) lets a new order replace it; how many."""
+    done = session.execute(update(GatewayAcmeOrder)
+                           .where(GatewayAcmeOrder.replaces == cert_id, GatewayAcmeOrder.status.in_((PENDING, READY)),
+                                  GatewayAcmeOrder.expires_at <= now)
+                           .values(status=INVALID, updated_at=now))
+    return _count(done)
 
 
 def replacing(session: Session, cert_id: str, now: datetime) -> Order | None:

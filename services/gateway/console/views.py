@@ -18,7 +18,7 @@ LEGACY = ("V4.0.17",)
 REST = ("V4.2.3", "V4.2.4+")
 REASONS = [r.value for r in RevocationReason]
 BOT_ALGORITHMS = [a.value for a in KeyAlgorithm]
-INVENTORY_STATUSES = ("pending", "active", "revoked", "expired", "failed")
+INVENTORY_STATUSES = ("pending", "active", "revoked", "superseded", "expired", "failed")
 
 
 @dataclass(frozen=True)
