@@ -2,27 +2,30 @@
 processes, the emCA simulator as the CA, the gateway's http-01 policy set by env) and lego's ACME client, the Go module
 github.com/go-acme/lego/v5 built with the machine's Go toolchain by scripts/lego.sh. lego registers with External
 Account Binding (a key from ``certrail acme eab create``), answers http-01 with its own server on a loopback port,
-obtains a certificate (``run``), renews it (a new order, a new serial) and revokes it (signed by the account).
+obtains a certificate (``run``), renews it (a new order, a new serial) and revokes it (signed by the account); then a
+second account obtains one with tls-alpn-01 (RFC 8737), lego's own tls-alpn-01 server answering on a loopback port.
 
 What runs is lego's library behind tests/e2e/lego_driver (the lego CLI's flags and actions): the lego CLI package
-imports a module the Go module proxy here refuses, see scripts/lego.sh. Each certificate is checked with
-``cryptography`` (the leaf signed by the issuer lego saved, the name), the requester of each finalize is the ACME
-account's (the EAB key's requester), the certificate is in the auditor's inventory, and the revoked serial is in the
-gateway's projection and on the CA's CRL.
+imports a module the Go module proxy here refuses, see scripts/lego.sh. lego talks to the gateway's own HTTPS
+listener (``CERTRAIL_GATEWAY_TLS__*``; lego refuses ACME over plain HTTP, RFC 8555 6.1), trusting the CA of its
+certificate through LEGO_CA_CERTIFICATES. Each certificate is checked with ``cryptography`` (the leaf signed by
+the issuer lego saved, the name), the requester of each finalize is the ACME account's (the EAB key's requester),
+the certificate is in the auditor's inventory, and the revoked serial is in the gateway's projection and on the
+CA's CRL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
+import json
 import os
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -65,75 +68,34 @@ def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-class TlsTerminator:
-    """HTTPS on a loopback port in front of the gateway's HTTP port, as a TLS-terminating proxy stands in front of it
-    in production (lego speaks ACME over HTTPS only, RFC 8555 6.1): TLS is ended here and the bytes are piped to the
-    gateway unchanged; the gateway's ``ACME__EXTERNAL_URL`` is this port's https URL."""
-
-    def __init__(self, port: int, upstream_port: int, certfile: Path, keyfile: Path) -> None:
-        self.port, self.upstream_port = port, upstream_port
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(certfile, keyfile)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="tls-terminator", daemon=True)
-        self.server: asyncio.Server | None = None
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            writer.close()
-            up_writer.close()
-
-    def __enter__(self) -> TlsTerminator:
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._connection, "127.0.0.1", self.port, ssl=self.context), self.loop).result(10)
-        return self
-
-    async def _close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
-
-
-@pytest.fixture
-def live_https(kafka_settings: KafkaSettings, tmp_path: Path,
-               ) -> Iterator[tuple[ProcessStack, ChallengeServer, SimServer, str, Path]]:
-    """The ACME stack behind HTTPS: (stack, the http-01 answering server, the simulator, the directory URL, the CA
-    that signed the HTTPS certificate)."""
-    [https_port] = free_ports(1)
+@pytest.fixture(scope="module")
+def live_https(kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory,
+               ) -> Iterator[tuple[ProcessStack, ChallengeServer, SimServer, str, Path, int]]:
+    """The ACME stack with the gateway's own HTTPS listener (``CERTRAIL_GATEWAY_TLS__*``, decision 0033 addendum)
+    and tls-alpn-01 enabled on a loopback port, one stack for the module's tests (in file order): (stack, the http-01
+    answering server, the simulator, the HTTPS directory URL, the CA that signed the listener's certificate: the
+    bundle lego trusts, the tls-alpn-01 port)."""
+    tmp_path = tmp_path_factory.mktemp("acme-lego")
+    https_port, alpn_port = free_ports(2)
     ca, certfile, keyfile = _tls_files(tmp_path / "https")
-    external = f"https://127.0.0.1:{https_port}"
-    with acme_stack(kafka_settings, tmp_path, {"CERTRAIL_GATEWAY_ACME__EXTERNAL_URL": external}) as (stack, answering, sim), \
-            TlsTerminator(https_port, stack.ports["gateway"], certfile, keyfile):
-        yield stack, answering, sim, f"{external}/acme/directory", ca
+    tls_env = {"CERTRAIL_GATEWAY_TLS__CERT_FILE": str(certfile), "CERTRAIL_GATEWAY_TLS__KEY_FILE": str(keyfile),
+               "CERTRAIL_GATEWAY_TLS__PORT": str(https_port),
+               "CERTRAIL_GATEWAY_ACME__CHALLENGES__TLS_ALPN01_ENABLED": "true",
+               "CERTRAIL_GATEWAY_ACME__CHALLENGES__TLS_ALPN01_PORT": str(alpn_port)}
+    directory = f"https://127.0.0.1:{https_port}/acme/directory"
+    with acme_stack(kafka_settings, tmp_path, tls_env) as (stack, answering, sim):
+        trust = ssl.create_default_context(cafile=str(ca))
+
+        def answers() -> bool:
+            try:
+                return httpx.get(directory, timeout=5, verify=trust).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, "the ACME directory over HTTPS, verified against the CA", 30, interval_s=0.2)
+        plain = httpx.get(f"http://127.0.0.1:{stack.ports['gateway']}/acme/directory", timeout=5)
+        assert plain.status_code == 403 and directory in plain.json()["detail"], "ACME is HTTPS only beside it"
+        yield stack, answering, sim, directory, ca, alpn_port
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +144,9 @@ def _in_inventory(stack: ProcessStack, order_request_id: str, leaf: x509.Certifi
 
 @pytest.mark.timeout(600)
 def test_lego_obtains_renews_and_revokes_a_certificate(
-        live_https: tuple[ProcessStack, ChallengeServer, SimServer, str, Path], lego: Path, tmp_path: Path) -> None:
-    stack, answering, _, directory, ca = live_https
+        live_https: tuple[ProcessStack, ChallengeServer, SimServer, str, Path, int], lego: Path, tmp_path: Path,
+) -> None:
+    stack, answering, _, directory, ca, _alpn = live_https
     port = answering.httpd.server_address[1]
     answering.__exit__()  # lego's own http-01 server answers on that port now
     created = eab_key(stack)
@@ -214,3 +177,36 @@ def test_lego_obtains_renews_and_revokes_a_certificate(
     assert isinstance(wait_until(lambda: on_crl(second), "the serial on the CA's CRL", 60, interval_s=1),
                       x509.RevokedCertificate)
     assert on_crl(first) is None, "only the revoked certificate is on the CRL"
+
+
+@pytest.mark.timeout(600)
+def test_lego_obtains_a_certificate_with_tls_alpn_01(
+        live_https: tuple[ProcessStack, ChallengeServer, SimServer, str, Path, int], lego: Path, tmp_path: Path,
+) -> None:
+    """tls-alpn-01 (RFC 8737), on the module's stack after the http-01 test: lego answers with its own tls-alpn-01
+    server (``--tls --tls.address``); its challenge certificate, built by lego, is the one the gateway's validator
+    (services/gateway/acme/tls_alpn.py) must accept. A new account, so a new authorization: proven by tls-alpn-01,
+    its http-01 challenge offered beside it and left pending."""
+    stack, _, _, directory, ca, alpn_port = live_https
+    before = {request for request, _ in _finalized(stack)}
+    created = eab_key(stack)
+    path = tmp_path / "lego-tls"
+    args = ["--server", directory, "--email", "ops@acme.certrail.test", "--accept-tos",
+            "--eab", "--eab.kid", created["key_id"], "--eab.hmac", created["hmac_key"], "--domains", NAME,
+            "--tls", "--tls.address", f"127.0.0.1:{alpn_port}", "--path", str(path)]
+
+    _lego(lego, args, "run", ca)
+
+    leaf = _certificate(path)
+    [(request_id, requester)] = [row for row in _finalized(stack) if row[0] not in before]
+    assert requester == REQUESTER, "the finalize is the ACME account's request (the EAB key's requester)"
+    _in_inventory(stack, request_id, leaf)
+    [(authz,)] = stack.rows("SELECT authz_id FROM gateway_acme_challenges WHERE type = 'tls-alpn-01' AND status = 'valid'")
+    challenges = stack.rows("SELECT type, status, error FROM gateway_acme_challenges WHERE authz_id = ? ORDER BY type",
+                            authz)
+    assert challenges == [("http-01", "pending", None), ("tls-alpn-01", "valid", None)], \
+        "the identifier was proven by tls-alpn-01; http-01 was offered beside it and left alone"
+    validated = [json.loads(value)["data"]["change"] for (value,) in stack.rows(
+        "SELECT value FROM gateway_admin_outbox WHERE event_type = ?", "io.certrail.admin.acme_challenge_validated.v1")]
+    assert [(c["type"], c["identifier"], c["addresses"]) for c in validated if c["type"] == "tls-alpn-01"] == \
+        [("tls-alpn-01", NAME, ["127.0.0.1"])]
