@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 
 from services.common.proc import is_zombie, pid_exists
 from services.common.stack import _alive
@@ -12,10 +13,14 @@ from tests.conftest import wait_until
 
 
 def test_a_zombie_another_process_has_not_reaped_is_not_alive() -> None:
-    # `true` runs in the background of a shell that then becomes `sleep`: its parent never reaps it (SIGCHLD at its
-    # default in the child: ignored, as another test may leave it in this process, the kernel would reap it at once)
-    holder = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 30"], stdout=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_DFL))  # noqa: PLW1509
+    # the holder forks a child that exits at once and never reaps it: a zombie whose parent is not us (a Python
+    # holder, not a shell: a shell may reap its background job before it execs; SIGCHLD at its default in the
+    # holder, as another test may leave it ignored in this process, and then the kernel would reap it at once)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\n"
+                               "print(pid, flush=True)\ntime.sleep(30)\n"],
+        stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_DFL))  # noqa: PLW1509
     try:
         assert holder.stdout is not None
         orphan = int(holder.stdout.readline())
