@@ -28,7 +28,7 @@ from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.deployer.app import create_app as create_deployer
 from services.deployer.settings import DeployerSettings
-from services.gateway import store
+from services.gateway import connector_view, store
 from services.gateway.auditor_api import AuditorApi
 from services.gateway.deployer_api import DeployerApi, Endpoint
 from services.gateway.policy import DomainRules, ProvisioningProfile
@@ -60,6 +60,7 @@ def _connector(engine: Engine, name: str, status: str = "enabled") -> None:
             pinned_chain_pem="", secrets=b"x", secrets_key_id="k", secret_fields="password", status=status,
             status_reason=None, last_test_ok=True, last_test_code=None, last_test_message=None, last_tested_at=NOW,
             revision=1, created_at=NOW, updated_at=NOW))
+        connector_view.fold(session, name, connector_view.DISABLED if status == "disabled" else connector_view.ENABLED, NOW)
 
 
 def _profile(name: str, connector: str, **overrides: object) -> ProvisioningProfile:

@@ -29,6 +29,7 @@ from services.common.contracts.admin import (
 from services.common.contracts.envelope import Message
 from services.common.contracts.errors import ErrorCode
 from services.common.db import write_session
+from services.gateway import connector_view
 from services.gateway.config import outbox
 from services.gateway.config.actor import Actor
 
@@ -53,8 +54,13 @@ def record_refusal(actor: Actor, action: ChangeAction, name: str, code: str, mes
 
 
 def _write(session: Session, actor: Actor, change: ConnectorChange) -> int | None:
-    return outbox.record(session, EVENTS[change.action], about={"connector": change.connector}, actor=actor.name,
-                         outcome=change.outcome, now=actor.clock(), change=dict(change.change), code=change.error_code,
+    """The change's admin event in the outbox; a succeeded change also into the gateway's own view of the
+    connectors (connector_view.py), in the same transaction."""
+    now, cls = actor.clock(), EVENTS[change.action]
+    if change.outcome is AdminOutcome.SUCCEEDED:
+        connector_view.fold(session, change.connector, connector_view.CONNECTOR_EVENTS[cls], now, change=dict(change.change))
+    return outbox.record(session, cls, about={"connector": change.connector}, actor=actor.name,
+                         outcome=change.outcome, now=now, change=dict(change.change), code=change.error_code,
                          message=change.error_message)
 
 
