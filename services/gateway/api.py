@@ -98,7 +98,10 @@ def create_api(
         auditor = AuditorApi.from_settings(runtime.settings)
     app.state.auditor = auditor  # the console's certificate timeline reads it too
     app.include_router(api_certificates.router(runtime, clock, auditor))
-    app.include_router(api_targets.router(deployer or DeployerApi.from_settings(runtime.settings)))
+    if deployer is None:
+        deployer = DeployerApi.from_settings(runtime.settings)
+    app.include_router(api_targets.router(deployer))
+    app.state.internal_clients = [auditor, deployer, issuer]  # closed with the gateway (app.py)
     app.include_router(api_duplicates.router(issuer))  # the issuer's (0032)
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
     app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock, admin))

@@ -163,6 +163,7 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
     if create_api is not None:
         api = create_api(runtime)
         _drain_acme_validations(service_app, api)
+        _close_internal_clients(service_app, api)
     _start_scheduler(service_app, runtime)
     _start_outbox_relay(service_app, runtime)
     return PrefixRouter(service_app, api), runtime
@@ -175,6 +176,17 @@ def _fold_issuer_event(session: Any, envelope: Envelope) -> request_status.Fold:
     if isinstance(envelope.data, CertificateIssued | IssuanceFailed):  # the ACME door's orders follow (issue 22)
         acme_certificates.apply_in(session, envelope)
     return request_status.apply_in(session, envelope)
+
+
+def _close_internal_clients(service_app: Any, api: Any) -> None:
+    """At shutdown, close the pooled connections of the clients of the other services' internal APIs (the auditor's,
+    the deployer's, the issuer's): a keep-alive socket is not left to the garbage collector."""
+
+    async def close() -> None:
+        for client in getattr(api.state, "internal_clients", []):
+            await client.aclose()
+
+    service_app.on_shutdown(close)
 
 
 def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:

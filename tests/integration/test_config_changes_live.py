@@ -47,6 +47,7 @@ from services.common.kafka_config import admin_kwargs, consumer_kwargs
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
+from services.gateway import connector_view
 from services.gateway.app import create_app
 from services.gateway.config.actor import cli_actor_name
 from services.gateway.settings import GatewaySettings
@@ -206,11 +207,26 @@ async def test_every_change_through_every_door_is_one_admin_record_without_secre
         wrong_ca = await cli(connectors_cli, "create", "cli-two", "--from-sim-dir", sim_dir, "--version", "V4.2.3",
                              "--issuing-ca", "certrail sim issuing ca p-256", code=1)  # refused: the CA's name is not exact
         assert "error: ISSUING_CA_NOT_FOUND:" in wrong_ca.stderr
-        await cli(connectors_cli, "create", "cli-two", "--from-sim-dir", sim_dir, "--version", "V4.2.3")
-        await cli(connectors_cli, "update", "cli-two", "--concurrency", "2", "--actor", OPERATOR)
-        await cli(connectors_cli, "disable", "cli-two", "--reason", "maintenance")
-        await cli(connectors_cli, "enable", "cli-two")
-        await cli(connectors_cli, "delete", "cli-two", "--actor", OPERATOR)
+        view_engine = make_engine(gateway_db)
+
+        async def gateway_sees(status: str | None) -> None:
+            """The running gateway learns the CLI's change from the issuer's event (decision 0034): its own view."""
+            def seen() -> bool:
+                with read_session(view_engine) as session:
+                    return connector_view.live_status(session, "cli-two") == status
+            await poll_until(seen, lambda: f"the gateway's view to show cli-two {status}", timeout_s=60, in_thread=True)
+
+        try:
+            await cli(connectors_cli, "create", "cli-two", "--from-sim-dir", sim_dir, "--version", "V4.2.3")
+            await gateway_sees("enabled")
+            await cli(connectors_cli, "update", "cli-two", "--concurrency", "2", "--actor", OPERATOR)
+            await cli(connectors_cli, "disable", "cli-two", "--reason", "maintenance")
+            await gateway_sees("disabled")
+            await cli(connectors_cli, "enable", "cli-two")
+            await cli(connectors_cli, "delete", "cli-two", "--actor", OPERATOR)
+            await gateway_sees(None)
+        finally:
+            view_engine.dispose()
         expected += [("TokenCreated", f"token_id:{cli_token_id}", me, "succeeded"),
                      ("TokenRevoked", f"token_id:{cli_token_id}", OPERATOR, "succeeded"),
                      ("ConnectorCreated", "connector:cli-two", me, "refused"),
