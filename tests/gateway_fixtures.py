@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
 from services.auditor.internal_api import create_internal_app
 from services.common.connectors.secretbox import SecretBox, generate_key
@@ -28,7 +28,7 @@ from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.deployer.app import create_app as create_deployer
 from services.deployer.settings import DeployerSettings
-from services.gateway import store
+from services.gateway import connector_view, store
 from services.gateway.auditor_api import AuditorApi
 from services.gateway.deployer_api import DeployerApi, Endpoint
 from services.gateway.policy import DomainRules, ProvisioningProfile
@@ -60,6 +60,8 @@ def _connector(engine: Engine, name: str, status: str = "enabled") -> None:
             pinned_chain_pem="", secrets=b"x", secrets_key_id="k", secret_fields="password", status=status,
             status_reason=None, last_test_ok=True, last_test_code=None, last_test_message=None, last_tested_at=NOW,
             revision=1, created_at=NOW, updated_at=NOW))
+        if inspect(session.connection()).has_table("gateway_connectors"):  # the gateway's view (before migration 0025: none)
+            connector_view.fold(session, name, connector_view.DISABLED if status == "disabled" else connector_view.ENABLED, NOW)
 
 
 def _profile(name: str, connector: str, **overrides: object) -> ProvisioningProfile:
@@ -121,3 +123,41 @@ def deployer_api(deployer_app: Any, token: SecretStr | None = INTERNAL_TOKEN) ->
     ``deployer_app`` (services/deployer/app.py's create_app, expecting `INTERNAL_TOKEN`); ``token``: what the
     client presents."""
     return DeployerApi(Endpoint("http://deployer", token), httpx.ASGITransport(app=deployer_app))
+
+
+@dataclass
+class InProcessConnectors:
+    """The issuer's connector registry and its internal routes (services/issuer/registry/; decision 0034), served
+    in-process over ``engine`` (httpx's ASGI transport), expecting `INTERNAL_TOKEN`; ``api``: the gateway's client of
+    them. Its admin events stay in the issuer's outbox (`events` reads them back)."""
+
+    registry: Any
+    api: Any
+    engine: Engine
+    app: Any  # the issuer's internal routes (an ASGI app), for a test that calls them without the gateway's client
+
+    def events(self) -> list[Any]:
+        """The admin events the issuer recorded, in order, decoded."""
+        from services.common.contracts.catalog import CATALOG
+        from services.common.contracts.envelope import decode
+        from services.issuer.registry.outbox import OUTBOX
+
+        return [decode(r.value.encode(), CATALOG) for r in OUTBOX.unsent(self.engine, limit=10_000)]
+
+
+def issuer_connectors(engine: Engine, box: SecretBox, *, connect: Any, topics: Any,
+                      token: SecretStr | None = INTERNAL_TOKEN) -> InProcessConnectors:
+    """The issuer's connector routes in-process (see `InProcessConnectors`); ``token``: what the client presents."""
+    from fastapi import Depends, FastAPI
+
+    from services.common.internal_api import InternalAuthError, require_token, unauthenticated
+    from services.gateway.issuer_api import IssuerApi
+    from services.issuer.registry.internal_api import connector_router, install
+    from services.issuer.registry.registry import ConnectorRegistry
+
+    registry = ConnectorRegistry(engine, box, connect=connect, topics=topics, usage_checks=[])
+    app = FastAPI(dependencies=[Depends(require_token(INTERNAL_TOKEN))])
+    app.add_exception_handler(InternalAuthError, unauthenticated)  # type: ignore[arg-type]
+    install(app, connector_router(registry, engine, lambda: datetime.now(UTC)))
+    api = IssuerApi(Endpoint("http://issuer", token), transport=httpx.ASGITransport(app=app))
+    return InProcessConnectors(registry, api, engine, app)

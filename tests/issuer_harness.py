@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine
 
 from emca_sim.server import SimServer
-from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.commands import IssueCertificate, RenewCertificate, RevokeCertificate
@@ -39,6 +38,7 @@ from services.common.kafka_config import consumer_kwargs, producer_kwargs
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import ensure_topics
+from services.issuer.registry.registry import ConnectorRegistry, KafkaTopicCreator
 from tests.conftest import free_ports, poll_until
 from tests.emca_sim_helpers import sim_spec
 

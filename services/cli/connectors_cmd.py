@@ -8,10 +8,12 @@ Secrets never come from arguments: each is read from an environment variable or 
 with hidden input (files for the PFX, the AES key and the CA bundle). Failures print
 ``error: <CODE>: <message>`` and exit with 1 (2 for invalid input). See docs/connectors.md.
 
-Every change (create, update, enable, disable, delete, rotate-secrets) goes through the
-gateway's one configuration path (services/gateway/config/; decision 0019): refused ones too,
-it is recorded as an admin event naming ``cli:<OS user>`` or ``--actor``, which the running
-gateway publishes (the CLI needs no Kafka for it).
+Every change (create, update, enable, disable, delete, rotate-secrets) goes through the issuer's one
+path for connectors (services/issuer/registry/changes.py; decisions 0019 and 0034), run here on the issuer's
+database, as ``certrail targets`` runs the deployer's: refused ones too, it is recorded as an admin event naming
+``cli:<OS user>`` or ``--actor`` in the issuer's outbox, which the running issuer publishes (the CLI needs no
+Kafka for it, and no running service); the gateway learns the change from that event. A delete is refused
+while the gateway's profiles or live certificates use the connector (its checks, on its tables).
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ from pydantic import SecretBytes, SecretStr, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.common import migrate
+from services.common.admin_outbox import Actor
 from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorSecrets, ConnectorSpec, EmcaVersion
-from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator, input_error
 from services.common.connectors.secretbox import SecretBoxError, SecretsSettings, generate_key, load_secret_box
 from services.common.db import make_engine, safe_url
 from services.common.emca.client import connect
 from services.common.settings import DatabaseSettings, KafkaSettings
-from services.gateway.config import connectors as config_connectors
-from services.gateway.config.actor import Actor, cli_actor_name
+from services.gateway.config.actor import cli_actor_name
+from services.issuer.registry import changes as config_connectors
+from services.issuer.registry.registry import ConnectorRegistry, KafkaTopicCreator, input_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
@@ -104,7 +107,7 @@ def _actor(registry: ConnectorRegistry, given: str | None) -> Actor:
         name = cli_actor_name(given)
     except ValueError as exc:
         _fail("INVALID_INPUT", str(exc), 2)
-    return Actor(config_connectors.registry_engine(registry), name, lambda: datetime.now(UTC))
+    return Actor(registry.engine, name, lambda: datetime.now(UTC))
 
 
 def _secret(env: str, prompt: str) -> str:

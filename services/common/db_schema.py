@@ -410,6 +410,29 @@ class EmcaConnectorRow(Base):
 # -- the issuer's state (services/issuer/state.py; docs/issuer.md) ---------------------------------
 
 
+class IssuerAdminOutbox(Base):
+    """The issuer's admin events: the connector changes (ConnectorCreated, Updated, Activated, Deactivated,
+    Deleted), written in the transaction of the change in ``emca_connectors`` (services/issuer/registry/;
+    decisions 0019 and 0034, migration 0025); the issuer's relay publishes unsent rows in ``seq`` order with
+    the stored bytes to its events topic. Never a secret: secrets as ``***``."""
+
+    __tablename__ = "issuer_admin_outbox"
+    __table_args__ = (
+        UniqueConstraint("event_id"),
+        Index("ix_issuer_admin_outbox_sent_at", "sent_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str | None] = mapped_column(String(300))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+
 class IssuerOperation(Base):
     """One operation of the issuer against emCA: an issuance (keyed by its issuance_id, emCA's
     applicationId) or a revocation (keyed by ``revoke:`` + the command's event id).
@@ -695,6 +718,23 @@ class GatewayIssuedSerial(Base):
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # that event's time
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class GatewayConnector(Base):
+    """The gateway's own projection of the emCA connectors (services/gateway/connector_view.py; decisions 0017
+    and 0034): one row per connector name, folded from the connector admin events (ConnectorCreated, Updated,
+    Activated, Deactivated, Deleted, outcome succeeded). ``status`` is enabled, disabled or deleted (a
+    tombstone, so that an older event arriving late does not bring a deleted connector back); ``changed_at``
+    the time of the event last folded (an older one is ignored). Intake (does the profile's connector exist,
+    is it disabled) and the profile checks read it, never ``emca_connectors`` (the issuer's); migration 0025
+    filled it once from that table."""
+
+    __tablename__ = "gateway_connectors"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class GatewayRequestStatus(Base):

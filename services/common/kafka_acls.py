@@ -121,21 +121,22 @@ def acl_bindings(topics: Topics, groups: ServiceGroups | None = None) -> list[Ac
     topic, group = ResourceType.TOPIC, ResourceType.GROUP
     O = Operation  # noqa: N806 - a short alias keeps the table readable
     rules: list[tuple[str, ResourceType, str, PatternType, Operation]] = [
-        # gateway: reads requests and the issuer's events (its projection of issued certificates); writes commands
-        # (and creates a connector's topic), provisioning, its events, deadletter
+        # gateway: reads requests and the issuer's events (its projections of issued certificates and of the
+        # connectors); writes commands, provisioning, its events, deadletter
         ("gateway", topic, topics.requests, lit, O.READ),
         ("gateway", topic, topics.issuer_events, lit, O.READ),
         ("gateway", topic, commands_prefix, pre, O.WRITE),
-        ("gateway", topic, commands_prefix, pre, O.CREATE),
-        ("gateway", topic, commands_prefix, pre, O.DESCRIBE_CONFIGS),
-        ("gateway", topic, commands_prefix, pre, O.ALTER_CONFIGS),
-        ("gateway", topic, commands_prefix, pre, O.ALTER),
         ("gateway", topic, topics.provisioning, lit, O.WRITE),
         ("gateway", topic, topics.gateway_events, lit, O.WRITE),
         ("gateway", topic, topics.deadletter, lit, O.WRITE),
         ("gateway", group, groups.gateway, lit, O.READ),
-        # issuer: reads every connector's commands; writes its events and deadletter
+        # issuer: reads every connector's commands (and creates a connector's topic: it owns the registry, decision
+        # 0034); writes its events (the connector admin events among them) and deadletter
         ("issuer", topic, commands_prefix, pre, O.READ),
+        ("issuer", topic, commands_prefix, pre, O.CREATE),
+        ("issuer", topic, commands_prefix, pre, O.DESCRIBE_CONFIGS),
+        ("issuer", topic, commands_prefix, pre, O.ALTER_CONFIGS),
+        ("issuer", topic, commands_prefix, pre, O.ALTER),
         ("issuer", topic, topics.issuer_events, lit, O.WRITE),
         ("issuer", topic, topics.deadletter, lit, O.WRITE),
         ("issuer", group, groups.issuer, lit, O.READ),
@@ -161,11 +162,17 @@ def acl_bindings(topics: Topics, groups: ServiceGroups | None = None) -> list[Ac
 def superseded_bindings(topics: Topics) -> list[AclBinding]:
     """Bindings earlier tables granted that no longer hold; `apply_acls` removes them: decision
     0012's on the single events topic, which no one may write or read but the auditor since the
-    events were split by producer (decision 0016)."""
+    events were split by producer (decision 0016), and the gateway's creation of command topics, the issuer's
+    since it owns the connector registry (decision 0034)."""
     old = topics.legacy_events
     granted = (("gateway", Operation.WRITE), ("issuer", Operation.WRITE), ("deployer", Operation.READ),
                ("deployer", Operation.WRITE))
-    return sorted(AclBinding(principal(p), ResourceType.TOPIC, old, PatternType.LITERAL, op) for p, op in granted)
+    legacy = [AclBinding(principal(p), ResourceType.TOPIC, old, PatternType.LITERAL, op) for p, op in granted]
+    # the gateway created connector topics until the registry moved into the issuer (decision 0034)
+    commands_prefix = topics.commands("x")[:-1]
+    creating = [AclBinding(principal("gateway"), ResourceType.TOPIC, commands_prefix, PatternType.PREFIXED, op)
+                for op in (Operation.CREATE, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS, Operation.ALTER)]
+    return sorted(legacy + creating)
 
 
 class _CreateAcls(Request[CreateAclsRequest_v1]):

@@ -31,7 +31,6 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
 from services.common.contracts.errors import ErrorCode
 from services.gateway import api_certificates, api_connectors, api_duplicates, api_profiles, api_targets, api_tokens
 from services.gateway.acme import admin as acme_admin
@@ -73,7 +72,6 @@ def _utc_now() -> datetime:
 def create_api(
     runtime: Any,
     *,
-    registry: ConnectorRegistry | None = None,
     clock: Callable[[], datetime] = _utc_now,
     throttle: AuthThrottle | None = None,
     auditor: AuditorApi | None = None,
@@ -81,15 +79,12 @@ def create_api(
     issuer: IssuerApi | None = None,
 ) -> FastAPI:
     """The HTTP API over ``runtime`` (a GatewayRuntime: engine, topics, intake, box, publish_records,
-    settings). ``registry`` defaults to the real one (emCA client, Kafka topic creation, usage checks:
-    provisioning profiles and live certificates). ``auditor``: the client of the auditor's internal API
-    (certificate views and timelines; default: ``settings.auditor_url``, decision 0020); ``deployer``: the client of
-    the deployer's (deployment targets and bindings; default: ``settings.deployer_url``)."""
-    if registry is None:
-        from services.common.emca.client import connect
-
-        registry = ConnectorRegistry(runtime.engine, runtime.box, connect=connect, topics=KafkaTopicCreator(runtime.settings.kafka),
-                                     usage_checks=api_connectors.usage_checks(clock), clock=clock)
+    settings). ``auditor``: the client of the auditor's internal API (certificate views and timelines; default:
+    ``settings.auditor_url``, decision 0020); ``deployer``: the client of the deployer's (deployment targets and
+    bindings; default: ``settings.deployer_url``); ``issuer``: the client of the issuer's (the connector registry,
+    decision 0034, and possible duplicates; default: ``settings.issuer_url``)."""
+    if issuer is None:
+        issuer = IssuerApi.from_settings(runtime.settings)
     app = FastAPI(title="certrail gateway", version=API_VERSION, dependencies=[Depends(bearer)],
                   description="Certificate requests, emCA connectors, provisioning profiles and API tokens. "
                               "Authenticate with `Authorization: Bearer ctr_...`. Errors are `{code, message}`.")
@@ -97,14 +92,17 @@ def create_api(
     if throttle is None:
         throttle = throttle_from(runtime.settings, getattr(runtime, "registry", None))
 
-    app.include_router(api_connectors.router(registry, admin))
+    app.include_router(api_connectors.router(issuer, runtime.engine, api_connectors.usage_checks(clock)))  # the issuer's (0034)
     app.include_router(api_profiles.router(runtime.engine, admin, clock))
     if auditor is None:
         auditor = AuditorApi.from_settings(runtime.settings)
     app.state.auditor = auditor  # the console's certificate timeline reads it too
     app.include_router(api_certificates.router(runtime, clock, auditor))
-    app.include_router(api_targets.router(deployer or DeployerApi.from_settings(runtime.settings)))
-    app.include_router(api_duplicates.router(issuer or IssuerApi.from_settings(runtime.settings)))  # the issuer's (0032)
+    if deployer is None:
+        deployer = DeployerApi.from_settings(runtime.settings)
+    app.include_router(api_targets.router(deployer))
+    app.state.internal_clients = [auditor, deployer, issuer]  # closed with the gateway (app.py)
+    app.include_router(api_duplicates.router(issuer))  # the issuer's (0032)
     app.include_router(api_tokens.tokens_router(runtime.engine, admin, clock))
     app.include_router(api_tokens.keys_router(runtime.engine, runtime.box, clock, admin))
     # the ACME door (/acme, RFC 8555) and its admin routes (/v1/acme: EAB keys, accounts); decision 0033

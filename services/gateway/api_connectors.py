@@ -1,44 +1,50 @@
 """``/v1/connectors``: the emCA connector registry over HTTP (admins write; admins and auditors
 read). Create and edit take JSON (files base64: ``pfx_base64``, ``ca_bundle_base64``, or the bundle
 as ``ca_bundle_pem`` text) or ``multipart/form-data`` (the same fields, the PFX and the CA bundle
-as file parts ``pfx`` and ``ca_bundle``). Every change, refused ones too, goes through
-services/gateway/config/connectors.py and is recorded as an admin event (decision 0019); secrets
-are never answered (``***``)."""
+as file parts ``pfx`` and ``ca_bundle``). The registry is the issuer's (decision 0034): the gateway
+authorises, checks the body, answers "in use" from its own projections, and asks the issuer's internal
+API (services/gateway/issuer_api.py), which validates against emCA, stores and records the admin event
+(decision 0019); a change refused here is reported to the issuer and recorded there. Each change's events
+come back with the answer and are folded into the gateway's own view of the connectors at once
+(connector_view.py). Secrets are never answered (``***``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from services.common.connectors.models import (
     SECRET_FIELDS,
     ChangeAction,
-    ConnectorChange,
     ConnectorEdit,
-    ConnectorError,
     ConnectorSecrets,
     ConnectorSpec,
     EmcaVersion,
+    RegistryCode,
+    edit_to_wire,
+    spec_to_wire,
 )
-from services.common.connectors.registry import ConnectorRegistry, input_error
-from services.common.connectors.usage import UsageCheck
 from services.common.contracts.admin import REDACTED
+from services.common.contracts.catalog import CATALOG
+from services.common.contracts.envelope import decode
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import CONNECTOR_NAME_PATTERN
-from services.gateway import store
+from services.common.db import read_session, write_session
+from services.gateway import connector_view, store
 from services.gateway.api_common import (
-    AdminPublisher,
     ApiCode,
     Problem,
     claims_of,
-    in_thread,
     json_body_doc,
     json_object,
     multipart_parts,
@@ -46,8 +52,8 @@ from services.gateway.api_common import (
     require,
     validation_problem,
 )
-from services.gateway.config import connectors as config_connectors
-from services.gateway.config.actor import Actor
+from services.gateway.connector_usage import UsageCheck
+from services.gateway.issuer_api import IssuerApi, IssuerRefused, IssuerUnavailable
 from services.gateway.policy.tokens import Action, TokenClaims
 from services.gateway.policy.violation import shown
 
@@ -227,6 +233,12 @@ def _secrets_of(body: Any) -> dict[str, Any]:
     return secrets
 
 
+def input_error(error: ValidationError) -> Problem:
+    """A pydantic error as one readable INVALID_INPUT refusal (input values are never echoed)."""
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'connector'}: {e['msg']}" for e in error.errors(include_input=False)]
+    return Problem(RegistryCode.INVALID_INPUT, "; ".join(parts))
+
+
 def spec_from(values: dict[str, Any]) -> ConnectorSpec:
     body = _body(ConnectorCreateBody, values)
     plain = body.model_dump(exclude={"ca_bundle_base64", "ca_bundle_pem", *SECRET_FIELDS, "pfx_base64"})
@@ -235,8 +247,7 @@ def spec_from(values: dict[str, Any]) -> ConnectorSpec:
         return ConnectorSpec.model_validate({**plain, "ca_bundle_pem": _bundle(body.ca_bundle_pem, body.ca_bundle_base64),
                                              "secrets": secrets})
     except ValidationError as exc:
-        error = input_error(exc)
-        raise Problem(error.code, error.message) from None
+        raise input_error(exc) from None
 
 
 def edit_from(values: dict[str, Any]) -> ConnectorEdit:
@@ -246,8 +257,7 @@ def edit_from(values: dict[str, Any]) -> ConnectorEdit:
         return ConnectorEdit.model_validate({**plain, **_secrets_of(body),
                                              "ca_bundle_pem": _bundle(body.ca_bundle_pem, body.ca_bundle_base64)})
     except ValidationError as exc:
-        error = input_error(exc)
-        raise Problem(error.code, error.message) from None
+        raise input_error(exc) from None
 
 
 def _described(values: dict[str, Any]) -> dict[str, Any]:
@@ -259,116 +269,129 @@ def _described(values: dict[str, Any]) -> dict[str, Any]:
 
 # -- routes --------------------------------------------------------------------------------------
 
+log = logging.getLogger(__name__)
 
-def router(registry: ConnectorRegistry, admin: AdminPublisher) -> APIRouter:
+
+def _fold(engine: Engine, answer: dict[str, Any]) -> None:
+    """The admin events of a change the issuer made, into the gateway's view of the connectors (at once: the next
+    request sees the change; consuming the same events later changes nothing)."""
+    events = [e for e in answer.get("events", []) if isinstance(e, str)]
+    if not events:
+        return
+    with write_session(engine) as session:
+        for value in events:
+            try:
+                connector_view.apply_in(session, decode(value.encode("utf-8"), CATALOG))
+            except ValueError as exc:  # an answer off the contract: the consumed event will fold it
+                log.warning("a connector event in the issuer's answer did not decode: %s", type(exc).__name__)
+
+
+def router(issuer: IssuerApi, engine: Engine, checks: Sequence[UsageCheck]) -> APIRouter:
+    """The routes over the issuer's registry (``issuer``); ``engine``: the gateway's database (its projections: the
+    view of the connectors, what uses a connector); ``checks``: what refuses a deletion."""
     api = APIRouter(prefix="/v1/connectors", tags=["connectors"])
 
-    async def refused(actor: Actor, action: ChangeAction, name: str, problem: Problem,
+    async def refused(identity: str, action: ChangeAction, name: str, problem: Problem,
                       change: dict[str, Any] | None = None) -> Problem:
-        await in_thread(config_connectors.record_refusal, actor, action, name, problem.code, problem.message, change)
+        """A change refused at this door, reported to the issuer to be recorded (not when the issuer is away: logged)."""
+        try:
+            await issuer.connector_refused(action.value, name, str(problem.code), problem.message, change, identity)
+        except (IssuerUnavailable, IssuerRefused) as exc:
+            log.warning("a refused connector %s of %s was not recorded: %s", action.value, identity, type(exc).__name__)
         return problem
 
-    async def write(actor: Actor, action: ChangeAction, name: str, claims: TokenClaims) -> None:
+    async def write(action: ChangeAction, name: str, claims: TokenClaims) -> None:
         try:
             require(claims, Action.CONNECTOR_WRITE)
         except Problem as problem:
-            raise await refused(actor, action, name, problem) from None
+            raise await refused(claims.identity, action, name, problem) from None
 
-    async def changed(actor: Actor, run: Awaitable[ConnectorChange]) -> ConnectorChange:
+    async def call(run: Awaitable[Any]) -> Any:
         try:
             return await run
-        except ConnectorError as error:
-            raise Problem(str(error.code), error.message) from None
-        finally:
-            await admin.flush(actor)
+        except IssuerRefused as error:
+            raise Problem(error.code, error.message) from None
+        except IssuerUnavailable as error:
+            raise Problem(ApiCode.SERVICE_UNAVAILABLE, f"connectors are served by the issuer: {error}; try again later",
+                          headers={"Retry-After": "5"}) from None
+
+    async def changed(run: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        answer: dict[str, Any] = await call(run)
+        await asyncio.to_thread(_fold, engine, answer)
+        return answer
 
     @api.post("", status_code=201, summary="Create a connector (validated against emCA before it is enabled)",
               openapi_extra=json_body_doc(ConnectorCreateBody, multipart=ConnectorMultipart))
     async def create(request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        actor = admin.actor(config_connectors.registry_engine(registry), claims.identity)
+        values = await _fields(request)
+        given = values.get("name")
+        name = given if isinstance(given, str) else ""
+        await write(ChangeAction.CREATED, name, claims)
         try:
-            values = await _fields(request)
-            given = values.get("name")
-            name = given if isinstance(given, str) else ""
-            await write(actor, ChangeAction.CREATED, name, claims)
-            try:
-                spec = spec_from(values)
-            except Problem as problem:
-                raise await refused(actor, ChangeAction.CREATED, name, problem, _described(values)) from None
-        finally:
-            await admin.flush(actor)
-        change = await changed(actor, config_connectors.create_connector(actor, registry, spec))
-        assert change.connector_after is not None
-        return {**change.connector_after.describe(), "command_topic": change.change.get("command_topic")}
+            spec = spec_from(values)
+        except Problem as problem:
+            raise await refused(claims.identity, ChangeAction.CREATED, name, problem, _described(values)) from None
+        answer = await changed(issuer.create_connector(spec_to_wire(spec), claims.identity))
+        return {**answer["connector"], "command_topic": answer["change"].get("command_topic")}
 
     @api.get("", summary="List connectors (no secrets)")
     async def list_(claims: TokenClaims = Depends(claims_of)) -> list[dict[str, Any]]:
         require(claims, Action.CONNECTOR_READ)
-        return [c.describe() for c in await in_thread(registry.list)]
+        found: list[dict[str, Any]] = await call(issuer.connectors())
+        return found
 
     @api.get("/{name}", summary="Show a connector (secrets as ***)")
     async def show(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
         require(claims, Action.CONNECTOR_READ)
-        try:
-            connector = await in_thread(registry.get, name)
-        except ConnectorError as error:
-            raise Problem(str(error.code), error.message) from None
-        return connector.describe()
+        found: dict[str, Any] = await call(issuer.connector(name))
+        return found
 
     @api.patch("/{name}", summary="Edit a connector (validated again; stored only when every check passes)",
                openapi_extra=json_body_doc(ConnectorEditBody))
     async def edit(name: str, request: Request, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        actor = admin.actor(config_connectors.registry_engine(registry), claims.identity)
+        values = await _fields(request)
+        await write(ChangeAction.UPDATED, name, claims)
         try:
-            values = await _fields(request)
-            await write(actor, ChangeAction.UPDATED, name, claims)
-            try:
-                connector_edit = edit_from(values)
-            except Problem as problem:
-                raise await refused(actor, ChangeAction.UPDATED, name, problem, _described(values)) from None
-        finally:
-            await admin.flush(actor)
-        change = await changed(actor, config_connectors.update_connector(actor, registry, name, connector_edit))
-        assert change.connector_after is not None
-        return {**change.connector_after.describe(), "changed": change.change}
-
-    async def simple(action: ChangeAction, name: str, claims: TokenClaims, run: Callable[[Actor], Awaitable[ConnectorChange]]
-                     ) -> ConnectorChange:
-        actor = admin.actor(config_connectors.registry_engine(registry), claims.identity)
-        try:
-            await write(actor, action, name, claims)
-        finally:
-            await admin.flush(actor)
-        return await changed(actor, run(actor))
+            connector_edit: ConnectorEdit = edit_from(values)
+        except Problem as problem:
+            raise await refused(claims.identity, ChangeAction.UPDATED, name, problem, _described(values)) from None
+        answer = await changed(issuer.update_connector(name, edit_to_wire(connector_edit), claims.identity))
+        return {**answer["connector"], "changed": answer["change"]}
 
     @api.post("/{name}/activate", summary="Validate, then enable")
     async def activate(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        change = await simple(ChangeAction.ACTIVATED, name, claims,
-                              lambda actor: config_connectors.enable_connector(actor, registry, name))
-        assert change.connector_after is not None
-        return change.connector_after.describe()
+        await write(ChangeAction.ACTIVATED, name, claims)
+        answer = await changed(issuer.activate_connector(name, claims.identity))
+        found: dict[str, Any] = answer["connector"]
+        return found
 
     @api.post("/{name}/deactivate", summary="Disable (no new requests are routed to it; its queue is kept)")
     async def deactivate(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
-        change = await simple(ChangeAction.DEACTIVATED, name, claims, lambda actor: config_connectors.disable_connector(
-            actor, registry, name, f"deactivated by {claims.identity}"))
-        assert change.connector_after is not None
-        return change.connector_after.describe()
+        await write(ChangeAction.DEACTIVATED, name, claims)
+        answer = await changed(issuer.deactivate_connector(name, f"deactivated by {claims.identity}", claims.identity))
+        found: dict[str, Any] = answer["connector"]
+        return found
 
     @api.post("/{name}/test", summary="Validate against emCA now and record the result")
     async def test(name: str, claims: TokenClaims = Depends(claims_of)) -> dict[str, Any]:
         require(claims, Action.CONNECTOR_WRITE)
-        try:
-            connector, report = await registry.test(name)
-        except ConnectorError as error:
-            raise Problem(str(error.code), error.message) from None
-        checks: Sequence[Any] = report.checks
-        return {"ok": bool(connector.last_test and connector.last_test.ok), "status": connector.status.value,
-                "checks": [{"check": c.check, "ok": c.ok, "code": c.code, "message": c.message} for c in checks],
-                "connector": connector.describe()}
+        found: dict[str, Any] = await call(issuer.test_connector(name, claims.identity))
+        return found
 
     @api.delete("/{name}", status_code=204, summary="Delete (refused while a profile or a live certificate uses it)")
     async def delete(name: str, claims: TokenClaims = Depends(claims_of)) -> None:
-        await simple(ChangeAction.DELETED, name, claims, lambda actor: config_connectors.delete_connector(actor, registry, name))
+        await write(ChangeAction.DELETED, name, claims)
+        await call(issuer.connector(name))  # CONNECTOR_NOT_FOUND first (not recorded: nothing to audit)
+        uses = await asyncio.to_thread(in_use, engine, checks, name)
+        if uses:
+            problem = Problem(RegistryCode.CONNECTOR_IN_USE, "still in use: " + "; ".join(uses))
+            raise await refused(claims.identity, ChangeAction.DELETED, name, problem, {})
+        await changed(issuer.delete_connector(name, claims.identity))
 
     return api
+
+
+def in_use(engine: Engine, checks: Sequence[UsageCheck], name: str) -> list[str]:
+    """What uses connector ``name`` by the gateway's own tables (empty: nothing; the delete may go to the issuer)."""
+    with read_session(engine) as session:
+        return [f"{check.name}: {use}" for check in checks for use in check.usages(session, name)]

@@ -6,9 +6,10 @@ connector's topic (or ProvisionCertificate for bot-key profiles) plus RequestAcc
 RequestRejected with a stable code. The renewal scheduler runs beside them (one active
 instance per database: services/gateway/scheduler/). From ``certrail.events.issuer`` the
 gateway folds CertificateIssued and CertificateRevoked into its own projection of issued
-certificates (services/gateway/issued.py), which renew, revoke and the scheduler read, and every
+certificates (services/gateway/issued.py), which renew, revoke and the scheduler read, every
 outcome event into its requests' status (services/gateway/request_status.py), which
-``GET /v1/requests/{id}`` reads.
+``GET /v1/requests/{id}`` reads, and the issuer's connector admin events into its view of the connectors
+(services/gateway/connector_view.py), which intake and the profile checks read.
 docs/gateway.md explains it all.
 """
 
@@ -41,7 +42,7 @@ from services.common.kafka_edge import send_all
 from services.common.runner import run_service
 from services.common.runtime.writer import SessionWriter
 from services.common.service_app import ServiceRuntime, Subscription, build_service
-from services.gateway import issued, request_status
+from services.gateway import connector_view, issued, request_status
 from services.gateway.acme import certificates as acme_certificates
 from services.gateway.config.outbox import OutboxRelay
 from services.gateway.intake import Intake, Outcome, outgoing_records
@@ -121,11 +122,17 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
         holder["status_folds"].labels(folded.value).inc()
         return []
 
+    async def on_connector_event(envelope: Envelope) -> list[Outbound]:
+        # the gateway's view of the connectors (connector_view.py; decision 0034), folded like the projections above
+        await holder["issued_writes"].run(connector_view.apply_in, envelope)
+        return []
+
     handlers: dict[type[Message], Handler] = {
         IssueRequested: on_request, RenewRequested: on_request, RevokeRequested: on_request,
         CertificateIssued: on_issuer_event, CertificateRevoked: on_issuer_event, IssuancePending: on_issuer_event,
         IssuanceFailed: on_issuer_event, RevocationFailed: on_issuer_event,
         RevokedOutOfBand: lambda e: on_revoked_out_of_band(holder["engine"], topics, holder["publish"], utc_now, e),
+        **{event: on_connector_event for event in connector_view.CONNECTOR_EVENTS},
     }
     subscriptions = [Subscription(topics=[topics.requests]), Subscription(topics=[topics.issuer_events])]
     service_app, service = build_service(SERVICE, settings, subscriptions, handlers)
@@ -156,6 +163,7 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
     if create_api is not None:
         api = create_api(runtime)
         _drain_acme_validations(service_app, api)
+        _close_internal_clients(service_app, api)
     _start_scheduler(service_app, runtime)
     _start_outbox_relay(service_app, runtime)
     return PrefixRouter(service_app, api), runtime
@@ -168,6 +176,17 @@ def _fold_issuer_event(session: Any, envelope: Envelope) -> request_status.Fold:
     if isinstance(envelope.data, CertificateIssued | IssuanceFailed):  # the ACME door's orders follow (issue 22)
         acme_certificates.apply_in(session, envelope)
     return request_status.apply_in(session, envelope)
+
+
+def _close_internal_clients(service_app: Any, api: Any) -> None:
+    """At shutdown, close the pooled connections of the clients of the other services' internal APIs (the auditor's,
+    the deployer's, the issuer's): a keep-alive socket is not left to the garbage collector."""
+
+    async def close() -> None:
+        for client in getattr(api.state, "internal_clients", []):
+            await client.aclose()
+
+    service_app.on_shutdown(close)
 
 
 def _start_scheduler(service_app: Any, runtime: GatewayRuntime) -> None:

@@ -27,8 +27,6 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from services.common.connectors import repository as connectors_repo
-from services.common.connectors.models import ConnectorStatus
 from services.common.consumer import Outbound
 from services.common.contracts.commands import IssueCertificate, ProvisionCertificate, RenewCertificate, RevokeCertificate
 from services.common.contracts.envelope import DecodeError, Message, declared_type, load_json, make_event, record_headers
@@ -40,7 +38,7 @@ from services.common.contracts.requests import IssueRequested, RenewRequested, R
 from services.common.contracts.topics import Topics
 from services.common.db import transaction_memo, write_session
 from services.common.runtime.writer import SessionWriter, ThreadCalls
-from services.gateway import issued, store
+from services.gateway import connector_view, issued, store
 from services.gateway.policy import (
     PolicyViolation,
     ProvisioningProfile,
@@ -125,9 +123,8 @@ def authorise_deployer(identity: str, kind: RequestKind, profile: ProvisioningPr
                               f"the deployer identity {identity!r} may not {what} (profile {profile.name!r})")
 
 
-#: ``session.info`` keys of what one transaction of requests read once (`transaction_memo`)
+#: ``session.info`` key of what one transaction of requests read once (`transaction_memo`)
 _PROFILES_READ = "certrail.gateway.intake.profiles"
-_CONNECTORS_READ = "certrail.gateway.intake.connectors"
 
 
 class Intake:
@@ -289,13 +286,10 @@ class Intake:
         return stored.profile
 
     def _connector(self, session: Session, name: str) -> None:
-        memo = transaction_memo(session, _CONNECTORS_READ)  # as profiles: once per transaction
-        if name not in memo:
-            memo[name] = connectors_repo.get_connector(session, name)
-        connector = memo[name]
-        if connector is None:
+        status = connector_view.live_status(session, name)  # the gateway's own view; as profiles: once per transaction
+        if status is None:
             raise PolicyViolation(ErrorCode.CONNECTOR_NOT_FOUND, f"the profile's connector {name!r} does not exist")
-        if connector.status is ConnectorStatus.DISABLED:
+        if status == connector_view.DISABLED:
             raise PolicyViolation(ErrorCode.CONNECTOR_DISABLED, f"connector {name!r} is disabled")
         # a misconfigured connector still takes requests: they wait in its queue until it is fixed
 

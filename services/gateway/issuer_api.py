@@ -1,6 +1,7 @@
 """The gateway's client of the issuer's internal API (decision 0020): possible duplicate issuances
-(services/issuer/duplicates/internal_api.py). The gateway authorises (its tokens) and names the actor
-(``X-Certrail-Actor``); the issuer checks, revokes at emCA, stores and records.
+(services/issuer/duplicates/internal_api.py) and the emCA connector registry (services/issuer/registry/
+internal_api.py, decision 0034). The gateway authorises (its tokens) and names the actor (``X-Certrail-Actor``);
+the issuer checks, validates at emCA, revokes, stores and records.
 
 A 2xx is the body; a problem ``{"code", "message"}`` with a 4xx, or a 503 the issuer answered itself (emCA
 unreachable), is `IssuerRefused` (passed on with its code and status); everything else (refused connection,
@@ -24,6 +25,9 @@ ACTOR_HEADER = "X-Certrail-Actor"
 MAX_MESSAGE_CHARS = 2000
 #: resolving revokes at emCA: longer than a read
 RESOLVE_TIMEOUT_S = 60.0
+#: a connector change validates against emCA (several calls) and may create a topic
+CONNECTOR_CHANGE_TIMEOUT_S = 120.0
+CONNECTORS = "/internal/v1/connectors"
 
 
 class IssuerUnavailable(InternalUnavailable):
@@ -97,6 +101,75 @@ class IssuerApi:
         if not isinstance(duplicate, dict):
             raise IssuerUnavailable("the issuer's resolution does not fit the contract")
         return duplicate
+
+    # -- the connector registry (decision 0034) ---------------------------------------------------------------
+
+    @staticmethod
+    def _part(body: Any, name: str, kind: type) -> Any:
+        part = body.get(name)
+        if not isinstance(part, kind):
+            raise IssuerUnavailable(f"the issuer's connector answer does not fit the contract ({name})")
+        return part
+
+    async def _change(self, method: str, path: str, actor: str, json: Any = None) -> dict[str, Any]:
+        body: dict[str, Any] = await self._call(method, path, json=json, headers={ACTOR_HEADER: actor},
+                                                timeout=CONNECTOR_CHANGE_TIMEOUT_S)
+        return body
+
+    async def connectors(self) -> list[dict[str, Any]]:
+        found = self._part(await self._call("GET", CONNECTORS), "connectors", list)
+        if not all(isinstance(c, dict) for c in found):
+            raise IssuerUnavailable("the issuer's connectors do not fit the contract")
+        return found
+
+    async def connector(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._part(await self._call("GET", f"{CONNECTORS}/{quote(name, safe='')}"), "connector", dict)
+        return found
+
+    async def create_connector(self, spec: dict[str, Any], actor: str) -> dict[str, Any]:
+        """``{"connector", "change"}`` (``spec``: models.spec_to_wire)."""
+        answer = await self._change("POST", CONNECTORS, actor, spec)
+        self._part(answer, "connector", dict)
+        self._part(answer, "change", dict)
+        return answer
+
+    async def update_connector(self, name: str, edit: dict[str, Any], actor: str) -> dict[str, Any]:
+        answer = await self._change("PATCH", f"{CONNECTORS}/{quote(name, safe='')}", actor, edit)
+        self._part(answer, "connector", dict)
+        self._part(answer, "change", dict)
+        return answer
+
+    async def activate_connector(self, name: str, actor: str) -> dict[str, Any]:
+        """``{"connector", "events"}``."""
+        answer = await self._change("POST", f"{CONNECTORS}/{quote(name, safe='')}/activate", actor)
+        self._part(answer, "connector", dict)
+        return answer
+
+    async def deactivate_connector(self, name: str, reason: str | None, actor: str) -> dict[str, Any]:
+        """``{"connector", "events"}``."""
+        answer = await self._change("POST", f"{CONNECTORS}/{quote(name, safe='')}/deactivate", actor, {"reason": reason})
+        self._part(answer, "connector", dict)
+        return answer
+
+    async def test_connector(self, name: str, actor: str) -> dict[str, Any]:
+        answer = await self._change("POST", f"{CONNECTORS}/{quote(name, safe='')}/test", actor)
+        self._part(answer, "connector", dict)
+        self._part(answer, "checks", list)
+        return answer
+
+    async def delete_connector(self, name: str, actor: str) -> dict[str, Any]:
+        """``{"deleted", "events"}``."""
+        return await self._change("DELETE", f"{CONNECTORS}/{quote(name, safe='')}", actor)
+
+    async def rotate_connector_secrets(self, actor: str) -> dict[str, Any]:
+        return await self._change("POST", f"{CONNECTORS}/rotate-secrets", actor)
+
+    async def connector_refused(self, action: str, connector: str, code: str, message: str, change: dict[str, Any] | None,
+                                actor: str) -> None:
+        """Report a change refused at the gateway's door, for the issuer to record as its admin event."""
+        await self._call("POST", f"{CONNECTORS}/refusals", headers={ACTOR_HEADER: actor},
+                         json={"action": action, "connector": connector[:300], "code": code[:100],
+                               "message": (message or "refused")[:2000], "change": change or {}})
 
     async def aclose(self) -> None:
         await self._lazy.aclose()

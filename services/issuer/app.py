@@ -5,8 +5,9 @@ IssuancePending, CertificateIssued, IssuanceFailed, CertificateRevoked, Revocati
 ConnectorStatusChanged to its own ``certrail.events.issuer`` through an idempotent aiokafka producer of its own
 (acks=all; `EventProducer`). After each revocation a background task confirms it on the CA's CRL
 (services/issuer/revocation/: RevocationConfirmed or RevocationUnconfirmed), and another watches each connector's
-CRL for revocations made outside certrail (RevokedOutOfBand). FastStream serves ``/health``
-and ``/metrics``. docs/issuer.md explains it all.
+CRL for revocations made outside certrail (RevokedOutOfBand). It owns the connector registry (services/issuer/
+registry/, decision 0034): served on ``/internal/v1/connectors``, each change's admin event through its outbox,
+published by a relay. FastStream serves ``/health`` and ``/metrics``. docs/issuer.md explains it all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, make_asgi_app
 from sqlalchemy import Engine
 
-from services.common.connectors.registry import ConnectorRegistry
+from services.common.admin_outbox import start_relay
 from services.common.connectors.secretbox import load_secret_box
 from services.common.consumer import Outbound
 from services.common.contracts.envelope import declared_type, make_event, record_headers
@@ -34,6 +35,7 @@ from services.common.contracts.fields import ErrorInfo
 from services.common.contracts.identity import message_id
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
+from services.common.emca.client import connect as emca_connect
 from services.common.internal_api import InternalApiSettings, configured_token, mount_internal
 from services.common.kafka_config import producer_kwargs
 from services.common.kafka_edge import make_broker
@@ -49,6 +51,10 @@ from services.issuer.duplicates.internal_api import create_internal_app
 from services.issuer.duplicates.resolver import CheckTiming, DuplicateResolver
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.processor import SOURCE, ApprovalSettings, CrashPoints, Processor
+from services.issuer.registry.internal_api import connector_router
+from services.issuer.registry.internal_api import install as install_connector_routes
+from services.issuer.registry.outbox import OutboxRelay
+from services.issuer.registry.registry import ConnectorRegistry, KafkaTopicCreator
 from services.issuer.revocation.confirmer import ConfirmSettings, RevocationConfirmer
 from services.issuer.revocation.metrics import RevocationMetrics
 from services.issuer.revocation.source import PoolCrlSource
@@ -66,13 +72,6 @@ log = logging.getLogger(__name__)
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class _NoTopics:
-    """The issuer never creates connectors (the gateway and the CLI do)."""
-
-    async def ensure_command_topic(self, connector: str) -> str:
-        raise RuntimeError("the issuer does not create connectors")
 
 
 class EventProducer:
@@ -193,8 +192,10 @@ def create_app(settings: IssuerSettings, internal: InternalApiSettings | None = 
         await publish_raw([StoredRecord.of(Outbound(topics.topic_of(ConnectorStatusChanged), event, key=f"connector:{name}"))])
 
     # create=True: on the embedded default, whoever needs the key file first creates it (the CLI does the same)
-    connector_registry = ConnectorRegistry(engine, load_secret_box(settings.secrets, create=True), connect=_unused_connect,
-                                           topics=_NoTopics(), usage_checks=[])
+    # the registry's only writer (decision 0034): validates against emCA, creates command topics, holds the secrets;
+    # whether a connector is in use is its caller's check (the gateway's projections), made before a delete
+    connector_registry = ConnectorRegistry(engine, load_secret_box(settings.secrets, create=True), connect=emca_connect,
+                                           topics=KafkaTopicCreator(settings.kafka), usage_checks=[], clock=utc_now)
     pool = ConnectorPool(
         connector_registry, metrics,
         RuntimeSettings(probe_initial_s=settings.probe_initial_s, probe_max_s=settings.probe_max_s,
@@ -269,12 +270,23 @@ def create_app(settings: IssuerSettings, internal: InternalApiSettings | None = 
         after_startup=[runtime.start],
         on_shutdown=[runtime.stop],
     )
+    relay = _start_outbox_relay(app, runtime, producer)
     token = configured_token(internal) if internal is not None else None  # decision 0020
-    return mount_internal(app, create_internal_app(duplicates, token)), runtime
+    internal_app = create_internal_app(duplicates, token)
+    install_connector_routes(internal_app, connector_router(connector_registry, engine, utc_now, changed=relay.wake))
+    return mount_internal(app, internal_app), runtime
 
 
-def _unused_connect(endpoint: object) -> object:
-    raise RuntimeError("the issuer validates no connectors")
+def _start_outbox_relay(app: AsgiFastStream, runtime: IssuerRuntime, producer: EventProducer) -> OutboxRelay:
+    """Publish the connector admin events of the issuer's outbox: all at start, then every few seconds or when the
+    internal API wakes it after a change (registry/outbox.py)."""
+
+    async def send(records: Sequence[tuple[str, str | None, bytes, str]]) -> None:
+        await producer.publish([StoredRecord(topic, key, value, event_type) for topic, key, value, event_type in records])
+
+    relay = OutboxRelay(runtime.engine, runtime.topics, send, utc_now)
+    start_relay(app, relay, "issuer-admin-outbox")
+    return relay
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from services.common.connectors.models import Connector, ConnectorError
 from services.common.connectors.models import ConnectorStatus as RegistryStatus
-from services.common.connectors.registry import ConnectorRegistry
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import ConnectorStatus
 from services.common.contracts.fields import ErrorInfo
@@ -43,6 +42,7 @@ from services.common.emca.types import (
     first_line,
 )
 from services.issuer.metrics import IssuerMetrics
+from services.issuer.registry.registry import ConnectorRegistry
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,7 @@ from services.issuer.connectors import ConnectorPool, RuntimeSettings
 from services.issuer.duplicates.internal_api import create_internal_app as create_issuer_internal_app
 from services.issuer.duplicates.resolver import DuplicateResolver
 from services.issuer.metrics import IssuerMetrics
+from services.issuer.registry.internal_api import connector_router, install
 from tests.gateway_fixtures import INTERNAL_TOKEN, InProcessDeployer, _connector, _profile, auditor_api, deployer_api
 
 pytestmark = pytest.mark.slow
@@ -96,9 +97,8 @@ class Fuzzed:
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
-    from services.common.connectors.registry import ConnectorRegistry
     from services.common.emca.client import connect
-    from services.gateway.api_connectors import usage_checks
+    from services.issuer.registry.registry import ConnectorRegistry
 
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     db = DatabaseSettings(url=f"sqlite:///{tmp / f'gw-{uuid.uuid4().hex[:6]}.db'}")
@@ -120,9 +120,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     intake = Intake(engine=engine, topics=service.topics, keys=SqlRequesterKeys(engine, box), clock=lambda: datetime.now(UTC))
     runtime = GatewayRuntime(service, settings, intake, box, _Published())  # type: ignore[arg-type]
     registry = ConnectorRegistry(engine, box, connect=lambda endpoint: connect(endpoint, transport=_NoNetwork()), topics=_NoTopics(),
-                                 usage_checks=usage_checks())
+                                 usage_checks=[])  # the issuer's (decision 0034); "in use" is the gateway's check
     deployer = InProcessDeployer.open(tmp)  # the deployer's internal API (targets), in-process
-    app = create_api(runtime, registry=registry, auditor=auditor_api(engine),  # the auditor's internal API, in-process
+    app = create_api(runtime, auditor=auditor_api(engine),  # the auditor's internal API, in-process
                      deployer=deployer_api(deployer.app), issuer=_issuer_api(engine, registry, service.topics))
 
     def token(role: Role, identity: str, profiles: list[str] | None = None) -> str:
@@ -136,8 +136,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
 
 
 def _issuer_api(engine: Engine, registry: Any, topics: Topics) -> IssuerApi:
-    """The gateway's client of the issuer's internal API (possible duplicates), served in-process by the issuer's real
-    routes over ``engine``; its connectors reach no network (none is needed: the fuzzed ids match no duplicate)."""
+    """The gateway's client of the issuer's internal API (possible duplicates, the connector registry), served
+    in-process by the issuer's real routes over ``engine``; its connectors reach no network (none is needed: the fuzzed
+    ids match no duplicate, and a connector validated against emCA is refused CA_UNREACHABLE)."""
     metrics = IssuerMetrics(CollectorRegistry())
 
     async def status(*_: object) -> None:
@@ -149,8 +150,9 @@ def _issuer_api(engine: Engine, registry: Any, topics: Topics) -> IssuerApi:
     resolver = DuplicateResolver(engine=engine, pool=ConnectorPool(registry, metrics, RuntimeSettings(), status),
                                  publish=publish, topics=topics, gauge=metrics.duplicates_unresolved,
                                  clock=lambda: datetime.now(UTC), event_source="/certrail/issuer")
-    return IssuerApi(Endpoint("http://issuer", INTERNAL_TOKEN),
-                     transport=httpx.ASGITransport(app=create_issuer_internal_app(resolver, INTERNAL_TOKEN)))
+    app = create_issuer_internal_app(resolver, INTERNAL_TOKEN)
+    install(app, connector_router(registry, engine, lambda: datetime.now(UTC)))
+    return IssuerApi(Endpoint("http://issuer", INTERNAL_TOKEN), transport=httpx.ASGITransport(app=app))
 
 
 def _fuzz(operation: Any, token: str, mode: GenerationMode) -> str | None:

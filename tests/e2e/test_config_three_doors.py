@@ -191,7 +191,7 @@ def test_every_change_through_every_door_is_one_audited_record_without_secrets(
 
         # == no secret anywhere ===========================================================================================
         records = run_async(every_record(kafka, prefix))
-        admin_topics = [v for t, v, _ in records if t in (topics.gateway_events, topics.deployer_events)
+        admin_topics = [v for t, v, _ in records if t in (topics.gateway_events, topics.issuer_events, topics.deployer_events)
                         and b'"io.certrail.admin.' in v]
         assert len(admin_topics) == len(expected), "each admin event published once"
         v4017 = sim_endpoint(sim, EmcaVersion.V4_0_17)

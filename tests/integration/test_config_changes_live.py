@@ -1,8 +1,9 @@
-"""Every configuration change the gateway owns, through each door that offers it, on the real stack
-(issue 19, decision 0019): the HTTP API (the console calls it with the user's token) and the CLI
-(`certrail tokens`, `certrail connectors`), against a real broker, the emCA simulator and the real
-gateway app (its outbox relay publishes what the CLI wrote), with the real auditor (`certrail serve
-auditor`) storing the records. Then: one admin record per change with the right actor, in the topic
+"""Every configuration change the gateway and the issuer own, through each door that offers it, on the real stack
+(issue 19, decisions 0019 and 0034): the HTTP API (the console calls it with the user's token) and the CLI
+(`certrail tokens`, `certrail connectors`), against a real broker, the emCA simulator, the real gateway app
+(its outbox relay publishes what the CLI wrote) and the real issuer (`certrail serve issuer`: the connector
+registry, its internal API and its outbox relay), with the real auditor (`certrail serve auditor`) storing the
+records. Then: one admin record per change with the right actor, in the topic
 and in the audit store; `certrail audit trail --connector/--actor` finds them; and no secret (connector
 password, ClientID, AES key, PFX and its password, HMAC key, API token) is in any topic, the audit
 store or the outbox, byte for byte (raw, base64, hex)."""
@@ -40,11 +41,13 @@ from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import decode
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session
-from services.common.db_schema import AuditRecord, GatewayAdminOutbox
+from services.common.db_schema import AuditRecord, GatewayAdminOutbox, IssuerAdminOutbox
+from services.common.internal_api import InternalApiSettings
 from services.common.kafka_config import admin_kwargs, consumer_kwargs
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
+from services.gateway import connector_view
 from services.gateway.app import create_app
 from services.gateway.config.actor import cli_actor_name
 from services.gateway.settings import GatewaySettings
@@ -149,8 +152,11 @@ async def test_every_change_through_every_door_is_one_admin_record_without_secre
 
     # the first admin token: only the CLI can make it (recorded before any gateway runs)
     admin_token = (await cli(tokens_cli, "create", "--role", "admin", "--identity", "root-admin", "--actor", OPERATOR)).stdout.strip()
+    issuer, issuer_url = _start_issuer(kafka, gateway_db, secrets_key, tmp_path)  # the connector registry (decision 0034)
     settings = GatewaySettings(kafka=kafka, db=gateway_db, group_id=f"gw-{uuid.uuid4().hex[:8]}", scheduler_enabled=False,
-                               secrets=SecretsSettings(keys=SecretStr(secrets_key)))
+                               secrets=SecretsSettings(keys=SecretStr(secrets_key)), issuer_url=issuer_url,
+                               internal=InternalApiSettings(token=INTERNAL_TOKEN))
+    await _issuer_answers(issuer_url, issuer)
     app, runtime = create_app(settings)
     await app.service_app.start()  # the consumers, and the relay: it publishes the CLI's record at start
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
@@ -201,11 +207,26 @@ async def test_every_change_through_every_door_is_one_admin_record_without_secre
         wrong_ca = await cli(connectors_cli, "create", "cli-two", "--from-sim-dir", sim_dir, "--version", "V4.2.3",
                              "--issuing-ca", "certrail sim issuing ca p-256", code=1)  # refused: the CA's name is not exact
         assert "error: ISSUING_CA_NOT_FOUND:" in wrong_ca.stderr
-        await cli(connectors_cli, "create", "cli-two", "--from-sim-dir", sim_dir, "--version", "V4.2.3")
-        await cli(connectors_cli, "update", "cli-two", "--concurrency", "2", "--actor", OPERATOR)
-        await cli(connectors_cli, "disable", "cli-two", "--reason", "maintenance")
-        await cli(connectors_cli, "enable", "cli-two")
-        await cli(connectors_cli, "delete", "cli-two", "--actor", OPERATOR)
+        view_engine = make_engine(gateway_db)
+
+        async def gateway_sees(status: str | None) -> None:
+            """The running gateway learns the CLI's change from the issuer's event (decision 0034): its own view."""
+            def seen() -> bool:
+                with read_session(view_engine) as session:
+                    return connector_view.live_status(session, "cli-two") == status
+            await poll_until(seen, lambda: f"the gateway's view to show cli-two {status}", timeout_s=60, in_thread=True)
+
+        try:
+            await cli(connectors_cli, "create", "cli-two", "--from-sim-dir", sim_dir, "--version", "V4.2.3")
+            await gateway_sees("enabled")
+            await cli(connectors_cli, "update", "cli-two", "--concurrency", "2", "--actor", OPERATOR)
+            await cli(connectors_cli, "disable", "cli-two", "--reason", "maintenance")
+            await gateway_sees("disabled")
+            await cli(connectors_cli, "enable", "cli-two")
+            await cli(connectors_cli, "delete", "cli-two", "--actor", OPERATOR)
+            await gateway_sees(None)
+        finally:
+            view_engine.dispose()
         expected += [("TokenCreated", f"token_id:{cli_token_id}", me, "succeeded"),
                      ("TokenRevoked", f"token_id:{cli_token_id}", OPERATOR, "succeeded"),
                      ("ConnectorCreated", "connector:cli-two", me, "refused"),
@@ -217,10 +238,11 @@ async def test_every_change_through_every_door_is_one_admin_record_without_secre
 
         # -- one record per change on the topic, each published once (the relay publishes the CLI's)
         async def published() -> list[Any] | None:
-            events = admin_events(await every_record(kafka, topics.prefix), topics.gateway_events)
+            records = await every_record(kafka, topics.prefix)
+            events = admin_events(records, topics.gateway_events) + admin_events(records, topics.issuer_events)
             return events if len(events) >= len(expected) else None
 
-        events = await poll_until(published, lambda: "the admin events on the gateway's topic", timeout_s=90)
+        events = await poll_until(published, lambda: "the admin events on the gateway's and the issuer's topics", timeout_s=90)
         assert isinstance(events, list)
         assert len({e.id for e in events}) == len(events) == len(expected), Counter(summary(e) for e in events)
         seen = sorted(summary(e) for e in events)
@@ -230,8 +252,12 @@ async def test_every_change_through_every_door_is_one_admin_record_without_secre
         try:
             with read_session(engine) as session:
                 outbox = session.execute(select(GatewayAdminOutbox.value, GatewayAdminOutbox.sent_at)).all()
+                issuer_outbox = session.execute(select(IssuerAdminOutbox.value, IssuerAdminOutbox.sent_at)).all()
         finally:
             engine.dispose()
+        assert all(type(e.data).__name__.startswith("Connector") == (e.source == "/certrail/issuer/config") for e in events)
+        assert len(issuer_outbox) == sum(1 for e in expected if e[0].startswith("Connector"))
+        outbox = [*outbox, *issuer_outbox]
         assert len(outbox) == len(expected) and all(sent_at is not None for _, sent_at in outbox)
 
         # -- the auditor stores them like every other record; the trail finds them by connector and actor
@@ -282,6 +308,7 @@ async def test_every_change_through_every_door_is_one_admin_record_without_secre
         await client.aclose()
         await app.service_app.stop()
         _stop(auditor)
+        _stop(issuer)
         await delete_topics(kafka_settings, [*topics.fixed(), topics.commands("ca-one"), topics.commands("cli-two")])
 
 
@@ -296,6 +323,38 @@ def _start_auditor(kafka: KafkaSettings, db: DatabaseSettings, tmp_path: Path) -
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "services.cli.main", "serve", "auditor"],
             env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+INTERNAL_TOKEN = SecretStr("internal-live-token-" + "y" * 24)
+
+
+def _start_issuer(kafka: KafkaSettings, db: DatabaseSettings, secrets_key: str,
+                  tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`certrail serve issuer` over the same database and secrets key; its internal API's base URL."""
+    (port,) = free_ports(1)
+    env = {**os.environ, "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "CERTRAIL_KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "CERTRAIL_DB_URL": db.url, "CERTRAIL_SECRETS_KEYS": secrets_key,
+           "CERTRAIL_ISSUER_HTTP_PORT": str(port), "CERTRAIL_ISSUER_GROUP_ID": f"issuer-{uuid.uuid4().hex[:8]}",
+           "CERTRAIL_INTERNAL_TOKEN": INTERNAL_TOKEN.get_secret_value()}
+    with (tmp_path / "issuer.log").open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "services.cli.main", "serve", "issuer"],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def _issuer_answers(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait until the issuer's internal API answers (the issuer process still running)."""
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {INTERNAL_TOKEN.get_secret_value()}"},
+                                 timeout=2.0) as client:
+        async def answers() -> bool:
+            assert process.poll() is None, "the issuer exited"
+            try:
+                return (await client.get("/internal/v1/connectors")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await poll_until(answers, lambda: "the issuer's internal API to answer", timeout_s=60)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

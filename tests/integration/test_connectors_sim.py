@@ -23,7 +23,6 @@ from emca_sim.server import SimServer, start_in_thread
 from services.cli.connectors_cmd import app as connectors_cli
 from services.common import migrate
 from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorStatus
-from services.common.connectors.registry import ConnectorRegistry, KafkaTopicCreator
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
@@ -33,6 +32,7 @@ from services.common.emca.types import EmcaConnection, EmcaVersion, HttpOptions,
 from services.common.kafka_config import admin_kwargs
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics
+from services.issuer.registry.registry import ConnectorRegistry, KafkaTopicCreator
 from tests.conftest import free_ports
 from tests.emca_contract import EmcaConnectionContract
 from tests.emca_sim_helpers import USERS, VERSIONS, SimDriver, sim_credentials, sim_endpoint, sim_spec

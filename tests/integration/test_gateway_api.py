@@ -27,7 +27,6 @@ from sqlalchemy import Engine
 from emca_sim.server import SimServer, start_in_thread
 from services.auditor.records import RawRecord
 from services.auditor.store import store_records
-from services.common.connectors.registry import ConnectorRegistry
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.consumer import Outbound
 from services.common.contracts.admin import AdminOutcome
@@ -46,7 +45,6 @@ from services.common.settings import DatabaseSettings, KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
 from services.gateway import issued, request_status
 from services.gateway.api import create_api
-from services.gateway.api_connectors import usage_checks
 from services.gateway.api_tokens import create_token
 from services.gateway.app import GatewayRuntime
 from services.gateway.auditor_api import AuditorApi
@@ -54,9 +52,10 @@ from services.gateway.intake import Intake, stored_records
 from services.gateway.policy.tokens import Role
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import SqlRequesterKeys
+from services.issuer.registry.registry import KafkaTopicCreator
 from tests.conftest import free_ports, poll_until
 from tests.emca_sim_helpers import sim_spec
-from tests.gateway_fixtures import auditor_api
+from tests.gateway_fixtures import InProcessConnectors, auditor_api, issuer_connectors
 
 ISSUING_CA = "certrail Sim Issuing CA P-256"
 
@@ -114,7 +113,12 @@ class Gateway:
     runtime: GatewayRuntime
     published: Published
     client: httpx.AsyncClient
+    connectors: InProcessConnectors  # the issuer's registry and routes (decision 0034); its events in its outbox
     answers: list[httpx.Response] = field(default_factory=list)
+
+    def admin_events(self) -> list[Envelope]:
+        """Every admin event: the gateway's published ones and the issuer's (connectors) recorded ones."""
+        return [e for e in [*self.published.events(), *self.connectors.events()] if hasattr(e.data, "actor")]
 
     @property
     def topics(self) -> Any:
@@ -141,9 +145,10 @@ class Gateway:
 
 def open_gateway(tmp_path: Path, kafka: KafkaSettings, *, published: Published | None = None,
                  registry_topics: Any = None, auditor: Callable[[Engine], AuditorApi] = auditor_api) -> Gateway:
-    """The API over a new SQLite database. ``registry_topics``: a TopicCreator for the connector
-    registry (default: the real one, creating command topics on ``kafka``); ``auditor``: the client of
-    the auditor's internal API over the database (default: its real routes, in-process)."""
+    """The API over a new SQLite database. ``registry_topics``: a TopicCreator for the issuer's connector
+    registry, served in-process over the same database (default: the real one, creating command topics on
+    ``kafka``); ``auditor``: the client of the auditor's internal API over the database (default: its real
+    routes, in-process)."""
     db = DatabaseSettings(url=f"sqlite:///{tmp_path / f'gw-{uuid.uuid4().hex[:6]}.db'}")
     upgrade(db)
     engine = make_engine(db)
@@ -153,13 +158,10 @@ def open_gateway(tmp_path: Path, kafka: KafkaSettings, *, published: Published |
     intake = Intake(engine=engine, topics=service.topics, keys=SqlRequesterKeys(engine, box), clock=lambda: datetime.now(UTC))
     published = published or Published()
     runtime = GatewayRuntime(service, settings, intake, box, published)  # type: ignore[arg-type]
-    registry = None
-    if registry_topics is not None:
-        registry = ConnectorRegistry(engine, box, connect=connect, topics=registry_topics,
-                                     usage_checks=usage_checks())
-    app = create_api(runtime, registry=registry, auditor=auditor(engine))
+    connectors = issuer_connectors(engine, box, connect=connect, topics=registry_topics or KafkaTopicCreator(kafka))
+    app = create_api(runtime, auditor=auditor(engine), issuer=connectors.api)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
-    return Gateway(engine, runtime, published, client)
+    return Gateway(engine, runtime, published, client, connectors)
 
 
 @pytest.fixture
@@ -396,20 +398,20 @@ async def test_connector_lifecycle(gateway: Gateway, sim: SimServer, version: Em
     assert (await gw.call("DELETE", "/v1/connectors/ca-one", admin)).status_code == 204
     assert (await gw.call("GET", "/v1/connectors/ca-one", admin)).status_code == 404
 
-    events = [(type(e.data).__name__, e.data.outcome.value) for e in gw.published.events()
-              if type(e.data).__name__.startswith("Connector")]
+    assert not [e for e in gw.published.events() if type(e.data).__name__.startswith("Connector")]  # the issuer's now
+    events = [(type(e.data).__name__, e.data.outcome.value) for e in gw.connectors.events()]
     assert events == [("ConnectorCreated", "succeeded"), ("ConnectorCreated", "refused"), ("ConnectorUpdated", "succeeded"),
                       ("ConnectorUpdated", "refused"), ("ConnectorDeactivated", "succeeded"),
                       ("ConnectorActivated", "succeeded"), ("ConnectorDeleted", "refused"), ("ConnectorDeleted", "succeeded")]
-    admin_events = [e for e in gw.published.events() if hasattr(e.data, "actor")]
+    admin_events = gw.admin_events()
     assert {e.data.actor for e in admin_events} == {"root-admin"}
     assert len({e.id for e in admin_events}) == len(admin_events)
     refused_edit = [e for e in admin_events if type(e.data).__name__ == "ConnectorUpdated" and e.data.outcome == "refused"][0]
     assert refused_edit.data.change == {"password": "***"} and refused_edit.data.error.code == ErrorCode.CA_AUTH_FAILED
     in_use_event = [e for e in admin_events if type(e.data).__name__ == "ConnectorDeleted"][0]
     assert in_use_event.data.error.message.startswith("CONNECTOR_IN_USE: ")
-    assert_no_secrets([r.text for r in gw.answers] + [v.decode() for _, _, v in gw.published.records],
-                      secrets_of(sim, version))
+    assert_no_secrets([r.text for r in gw.answers] + [v.decode() for _, _, v in gw.published.records]
+                      + [e.model_dump_json() for e in gw.connectors.events()], secrets_of(sim, version))
 
 
 FAILURES: list[tuple[str, dict[str, Any], str, str]] = [
@@ -438,7 +440,7 @@ async def test_each_validation_failure_code(gateway: Gateway, sim: SimServer, ca
     assert (refused.status_code, refused.json()["code"]) == (422, code), refused.text
     assert text in refused.json()["message"]
     assert (await gateway.call("GET", "/v1/connectors", admin)).json() == []  # nothing invalid is stored
-    [event] = gateway.published.events()
+    [event] = gateway.connectors.events()
     assert (type(event.data).__name__, event.data.outcome, event.data.connector) == ("ConnectorCreated", AdminOutcome.REFUSED,
                                                                                      f"bad-{case}")
     assert event.data.change["password"] == "***"
@@ -619,7 +621,7 @@ async def test_token_roles_and_scopes(gateway: Gateway, sim: SimServer) -> None:
                                ("DELETE", "/v1/profiles/web", None), ("POST", "/v1/requesters/alice/keys", {"key_id": "k"})]:
         denied = await gw.call(method, path, alice, json=body)
         assert (denied.status_code, denied.json()["code"]) == (403, "REQUESTER_NOT_AUTHORISED"), (method, path, denied.text)
-    refused_create = [e for e in gw.published.events() if type(e.data).__name__ == "ConnectorCreated"][-1]
+    refused_create = [e for e in gw.connectors.events() if type(e.data).__name__ == "ConnectorCreated"][-1]
     assert (refused_create.data.actor, refused_create.data.outcome, refused_create.data.connector) == ("alice", "refused", "ca-two")
 
     # auditor: reads everything, changes nothing, asks for nothing

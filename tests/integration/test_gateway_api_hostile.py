@@ -258,7 +258,7 @@ async def throttled(gateway: Gateway) -> AsyncIterator[tuple[Gateway, httpx.Asyn
     registry = CollectorRegistry()
     throttle = AuthThrottle(ThrottleLimits(per_address=4, per_identity=2, window_s=60), registry=registry,
                             monotonic=lambda: now[0])
-    app = create_api(gateway.runtime, registry=None, throttle=throttle, auditor=auditor_api(gateway.engine))  # type: ignore[arg-type]
+    app = create_api(gateway.runtime, throttle=throttle, auditor=auditor_api(gateway.engine))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
         yield gateway, client, now, registry
 

@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from emca_sim.server import SimServer, start_in_thread
-from services.common.connectors.registry import ConnectorRegistry
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.duplicates import DuplicateResolutionRefused, DuplicateResolved
 from services.common.contracts.envelope import decode
@@ -40,6 +39,7 @@ from services.issuer.duplicates import store
 from services.issuer.duplicates.internal_api import create_internal_app
 from services.issuer.duplicates.resolver import DuplicateResolver
 from services.issuer.metrics import IssuerMetrics
+from services.issuer.registry.registry import ConnectorRegistry
 from services.issuer.state import NewOperation, StoredRecord
 from tests.browser.test_console_http import sign_in
 from tests.emca_sim_helpers import sim_spec
@@ -106,7 +106,7 @@ async def rig(tmp_path: Path, sim: SimServer) -> AsyncIterator[Rig]:
                                  event_source="/certrail/issuer")
     issuer = IssuerApi(Endpoint("http://issuer", INTERNAL_TOKEN),
                        transport=httpx.ASGITransport(app=create_internal_app(resolver, INTERNAL_TOKEN)))
-    app = create_api(gw.runtime, registry=registry, auditor=auditor_api(gw.engine), issuer=issuer,
+    app = create_api(gw.runtime, auditor=auditor_api(gw.engine), issuer=issuer,
                      throttle=throttle_from(gw.runtime.settings, CollectorRegistry()))
     # an uncertain first attempt and its retry: 4.2.4 signs the same CSR and applicationId twice
     runtime = await pool.get(CONNECTOR)

@@ -24,15 +24,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
-from services.common.connectors.registry import ConnectorRegistry
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import decode
 from services.common.db import read_session
 from services.common.db_schema import DeployerAdminOutbox
-from services.common.emca.client import connect
 from services.common.settings import KafkaSettings
 from services.gateway.api import create_api
-from services.gateway.api_connectors import usage_checks
 from services.gateway.api_throttle import throttle_from
 from services.gateway.deployer_api import DeployerApi, Endpoint
 from services.gateway.policy.tokens import Role
@@ -57,9 +54,7 @@ class Bench:
     def with_deployer(self, api: DeployerApi) -> httpx.AsyncClient:
         """Another gateway API over the same database, calling the deployer through ``api``."""
         runtime = self.gw.runtime
-        registry = ConnectorRegistry(self.gw.engine, runtime.box, connect=connect, topics=RecordingTopics(),
-                                     usage_checks=usage_checks())
-        app = create_api(runtime, registry=registry, auditor=auditor_api(self.gw.engine), deployer=api,
+        app = create_api(runtime, auditor=auditor_api(self.gw.engine), deployer=api, issuer=self.gw.connectors.api,
                          throttle=throttle_from(runtime.settings, CollectorRegistry()))
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
 

@@ -25,7 +25,6 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from services.cli.main import app as cli_app
-from services.common.connectors.registry import KafkaTopicCreator
 from services.common.contracts.topics import Topics
 from services.common.kafka_acls import (
     ALL_PRINCIPALS,
@@ -40,6 +39,7 @@ from services.common.kafka_config import admin_kwargs, consumer_kwargs, producer
 from services.common.kafka_local import LocalKafka
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import TopicAdminError, ensure_topics
+from services.issuer.registry.registry import KafkaTopicCreator
 from tests.conftest import (
     BROKER_START_TIMEOUT_S,
     KAFKA_CACHE_DIR,
@@ -192,13 +192,16 @@ def test_each_service_commits_in_its_own_group_only(secured: LocalKafka, name: s
         asyncio.run(commit(other))
 
 
-def test_the_gateway_creates_connector_topics_and_nothing_else(secured: LocalKafka) -> None:
-    gateway = as_principal(secured, "gateway")
-    assert asyncio.run(KafkaTopicCreator(gateway, partitions=1).ensure_command_topic("emca-new")) == TOPICS.commands(
+def test_the_issuer_creates_connector_topics_and_nothing_else(secured: LocalKafka) -> None:
+    """The issuer owns the connector registry (decision 0034); the gateway creates no topic any more."""
+    issuer = as_principal(secured, "issuer")
+    assert asyncio.run(KafkaTopicCreator(issuer, partitions=1).ensure_command_topic("emca-new")) == TOPICS.commands(
         "emca-new"
     )
     with pytest.raises((TopicAdminError, KafkaError)):
-        asyncio.run(ensure_topics(gateway, ["certrail.not-a-command-topic"], partitions=1))
+        asyncio.run(ensure_topics(issuer, ["certrail.not-a-command-topic"], partitions=1))
+    with pytest.raises((TopicAdminError, KafkaError)):
+        asyncio.run(KafkaTopicCreator(as_principal(secured, "gateway"), partitions=1).ensure_command_topic("emca-gw"))
     requester = as_principal(secured, "requester")
     with pytest.raises((TopicAdminError, KafkaError)):
         asyncio.run(KafkaTopicCreator(requester, partitions=1).ensure_command_topic("emca-forged"))

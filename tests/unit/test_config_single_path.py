@@ -58,12 +58,22 @@ GATEWAY = Rule(
     write_helpers={
         "services.gateway.store": (frozenset({"put_profile", "delete_profile", "add_token", "revoke_token", "add_requester_key",
                                               "revoke_requester_key"}), ("services/gateway/config/",)),
-        "services.common.connectors.repository": (frozenset({"insert_connector", "update_connector", "delete_connector",
-                                                             "rotate_secrets"}), ("services/common/connectors/registry.py",)),
     },
-    orm_classes=frozenset({"GatewayProfile", "GatewayToken", "GatewayRequesterKey", "EmcaConnectorRow"}),
-    tables=("gateway_profiles", "gateway_tokens", "gateway_requester_keys", "emca_connectors"),
-    row_writers=("services/gateway/store.py", "services/common/connectors/repository.py", "services/gateway/config/"),
+    orm_classes=frozenset({"GatewayProfile", "GatewayToken", "GatewayRequesterKey"}),
+    tables=("gateway_profiles", "gateway_tokens", "gateway_requester_keys"),
+    row_writers=("services/gateway/store.py", "services/gateway/config/"),
+)
+#: the emCA connector registry: the issuer's (decision 0034)
+ISSUER = Rule(
+    name="issuer",
+    path="services/issuer/registry/",
+    write_helpers={
+        "services.issuer.registry.repository": (frozenset({"insert_connector", "update_connector", "delete_connector",
+                                                             "rotate_secrets"}), ("services/issuer/registry/registry.py",)),
+    },
+    orm_classes=frozenset({"EmcaConnectorRow"}),
+    tables=("emca_connectors",),
+    row_writers=("services/issuer/registry/",),
     registry_writes=frozenset({"create", "update", "enable", "disable", "delete", "rotate_secrets"}),
 )
 DEPLOYER = Rule(
@@ -75,7 +85,7 @@ DEPLOYER = Rule(
     tables=("deployer_targets", "deployer_bindings"),
     row_writers=("services/deployer/store.py", "services/deployer/config/"),
 )
-RULES = {rule.name: rule for rule in (GATEWAY, DEPLOYER)}
+RULES = {rule.name: rule for rule in (GATEWAY, ISSUER, DEPLOYER)}
 
 
 def _allowed(module: str, places: tuple[str, ...]) -> bool:
@@ -154,10 +164,12 @@ def test_only_the_one_path_writes_its_configuration(rule: Rule) -> None:
     ("gateway", "from services.gateway import store as gs\nf(gs.revoke_requester_key)", ["services.gateway.store.revoke_requester_key"]),
     ("gateway", "from services.gateway.store import put_profile as p\np(s, x, now)", ["services.gateway.store.put_profile"]),
     ("gateway", "import services.gateway.store as st\nst.delete_profile(s, 'x')", ["services.gateway.store.delete_profile"]),
-    ("gateway", "from services.common.connectors import repository as repo\nrepo.insert_connector(s)",
-     ["services.common.connectors.repository.insert_connector"]),
-    ("gateway", "await self.registry.delete('c')", ["ConnectorRegistry.delete"]),
-    ("gateway", "asyncio.to_thread(registry.disable, 'c', None)", ["ConnectorRegistry.disable"]),
+    ("issuer", "from services.issuer.registry import repository as repo\nrepo.insert_connector(s)",
+     ["services.issuer.registry.repository.insert_connector"]),
+    ("issuer", "await self.registry.delete('c')", ["ConnectorRegistry.delete"]),
+    ("issuer", "asyncio.to_thread(registry.disable, 'c', None)", ["ConnectorRegistry.disable"]),
+    ("issuer", "session.add(EmcaConnectorRow(name='c'))", ["a new EmcaConnectorRow row"]),
+    ("issuer", "conn.execute(text('DELETE FROM emca_connectors'))", ["SQL DELETE FROM emca_connectors"]),
     ("gateway", "session.add(GatewayToken(token_id='x'))", ["a new GatewayToken row"]),
     ("gateway", "session.execute(delete(GatewayProfile).where(x))", ["delete(GatewayProfile)"]),
     ("gateway", "conn.execute(text('UPDATE gateway_requester_keys SET revoked_at = now()'))",
@@ -171,7 +183,9 @@ def test_only_the_one_path_writes_its_configuration(rule: Rule) -> None:
     ("deployer", "conn.execute(text('DELETE FROM deployer_bindings'))", ["SQL DELETE FROM deployer_bindings"]),
     # reading is not writing; another module's bind is not the store's; one owner's rule ignores the other's tables
     ("gateway", "from services.gateway import store\nstore.get_profile(s, 'x')\nstore.list_tokens(s)", []),
-    ("gateway", "session.execute(select(GatewayProfile.name))\nregistry.get('c')\nregistry.test('c')", []),
+    ("gateway", "session.execute(select(GatewayProfile.name))", []),
+    ("issuer", "registry.get('c')\nregistry.test('c')\nregistry.list()", []),
+    ("gateway", "await self.registry.delete('c')", []),
     ("gateway", "text('SELECT * FROM gateway_tokens')", []),
     ("gateway", "from services.deployer import store\nstore.bind(s, 'p', 't', now)", []),
     ("deployer", "from services.deployer import store\nstore.get_target(s, 'x')\nstore.bindings(s)\n"
@@ -186,8 +200,9 @@ def test_the_rule_sees_each_kind_of_write(rule: str, source: str, expected: list
 
 @pytest.mark.parametrize(("rule", "module", "source"), [
     ("gateway", "services/gateway/config/tokens.py", "from services.gateway import store\nstore.add_token(s)"),
-    ("gateway", "services/common/connectors/registry.py",
-     "from services.common.connectors import repository as repo\nrepo.delete_connector(s, n)"),
+    ("issuer", "services/issuer/registry/registry.py",
+     "from services.issuer.registry import repository as repo\nrepo.delete_connector(s, n)"),
+    ("issuer", "services/issuer/registry/changes.py", "await registry.create(spec, record=hook)"),
     ("gateway", "services/gateway/store.py", "session.add(GatewayToken(token_id='x'))"),
     ("deployer", "services/deployer/config/targets.py", "from services.deployer import store\nstore.bind(s, 'p', 't', now)"),
     ("deployer", "services/deployer/store.py", "session.add(DeployerTargetRow(name='x'))"),

@@ -12,7 +12,6 @@ from sqlalchemy import Engine, text
 
 from services.common import migrate
 from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorStatus, RegistryCode
-from services.common.connectors.registry import ConnectorRegistry
 from services.common.connectors.secretbox import SecretBox, generate_key
 from services.common.contracts.admin import AdminOutcome
 from services.common.contracts.errors import ErrorCode
@@ -22,6 +21,7 @@ from services.common.emca.fake import FakeEmca
 from services.common.emca.types import EmcaVersion
 from services.common.settings import DatabaseSettings
 from services.gateway.api_connectors import usage_checks
+from services.issuer.registry.registry import ConnectorRegistry
 from tests.unit.test_connector_validation import CA, USERS, spec_for
 
 NOW = datetime(2026, 1, 20, 12, 0, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """The registry's ``record`` hook (decision 0019): what a caller writes beside a connector change commits
 in the change's own transaction, so a hook that fails rolls the change back with it; on SQLite and
-PostgreSQL (db_settings). And the gateway's path uses it: a change and its admin event are one
-transaction."""
+PostgreSQL (db_settings). And the issuer's path uses it (decision 0034): a change and its admin event in the
+issuer's outbox are one transaction."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from services.common import migrate
+from services.common.admin_outbox import Actor
 from services.common.connectors.models import ChangeAction, ConnectorChange, ConnectorEdit, ConnectorStatus
-from services.common.connectors.registry import ConnectorRegistry
 from services.common.connectors.secretbox import generate_key
 from services.common.db import make_engine, read_session
-from services.common.db_schema import EmcaConnectorRow, GatewayAdminOutbox, GatewayProfile
+from services.common.db_schema import EmcaConnectorRow, GatewayProfile, IssuerAdminOutbox
 from services.common.emca.fake import FakeEmca
 from services.common.emca.types import EmcaVersion
 from services.common.settings import DatabaseSettings
-from services.gateway.config import connectors as path
-from services.gateway.config.actor import Actor
+from services.issuer.registry import changes as path
+from services.issuer.registry.registry import ConnectorRegistry
 from tests.unit.test_connector_registry import make_registry
 from tests.unit.test_connector_validation import spec_for
 
@@ -52,7 +52,7 @@ def stored(engine: Engine) -> list[tuple[str, str, int, str | None]]:
 
 def outbox_rows(engine: Engine) -> int:
     with read_session(engine) as session:
-        return session.scalar(select(func.count()).select_from(GatewayAdminOutbox)) or 0
+        return session.scalar(select(func.count()).select_from(IssuerAdminOutbox)) or 0
 
 
 def failing(seen: list[ConnectorChange]) -> Callable[[Session, ConnectorChange], None]:
@@ -107,7 +107,7 @@ async def test_a_failing_hook_rolls_back_the_change(engine: Engine, name: str) -
         assert session.scalars(select(GatewayProfile)).all() == []
 
 
-async def test_the_gateway_path_writes_the_event_in_the_change_transaction(engine: Engine) -> None:
+async def test_the_issuers_path_writes_the_event_in_the_change_transaction(engine: Engine) -> None:
     emca, key = FakeEmca(), generate_key()
     registry = make_registry(engine, emca, key)
     actor = Actor(engine, "root-admin", lambda: NOW)

@@ -9,8 +9,8 @@ import pytest
 from pydantic import SecretBytes, SecretStr
 
 from services.common.connectors.models import ConnectorSecrets
-from services.common.connectors.repository import decrypt_secrets, encrypt_secrets
 from services.common.connectors.secretbox import SecretBox, SecretBoxError, SecretsSettings, generate_key, key_id, load_secret_box
+from services.issuer.registry.repository import decrypt_secrets, encrypt_secrets
 
 PASSWORD, CLIENT_ID, PFX = "pa55-w0rd-plaintext", "client-id-plaintext", b"\x30\x82PFX-BYTES-plaintext"
 

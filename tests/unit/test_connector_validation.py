@@ -10,10 +10,10 @@ import pytest
 from pydantic import SecretBytes, SecretStr, ValidationError
 
 from services.common.connectors.models import ConnectorEdit, ConnectorSecrets, ConnectorSpec, changed_fields
-from services.common.connectors.validation import CHECKS, near_matches, validate_connector
 from services.common.contracts.errors import ErrorCode
 from services.common.emca.fake import FakeEmca
 from services.common.emca.types import EmcaVersion, ProfileInfo
+from services.issuer.registry.validation import CHECKS, near_matches, validate_connector
 
 USERS = {EmcaVersion.V4_0_17: "app-v4017", EmcaVersion.V4_2_3: "app-v423", EmcaVersion.V4_2_4: "app-v424"}
 CA, OTHER_CA = "Fake Issuing CA P-256", "Fake Issuing CA RSA"

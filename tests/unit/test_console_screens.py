@@ -72,7 +72,7 @@ def api_app() -> FastAPI:
     """The gateway's API app with the console, over a runtime that no anonymous console request reaches."""
     runtime = SimpleNamespace(engine=None, box=None, publish_records=None, topics=None, settings=None)
     throttle = AuthThrottle(ThrottleLimits(per_address=5, per_identity=5, window_s=60), registry=CollectorRegistry())
-    return create_api(runtime, registry=SimpleNamespace(), throttle=throttle)  # type: ignore[arg-type]
+    return create_api(runtime, throttle=throttle)
 
 
 def console_routes(app: FastAPI) -> list[tuple[str, str, str]]:

@@ -76,9 +76,10 @@ async def test_create_app_deploys_and_provisions(tmp_path: Path) -> None:
     accepted = RequestAccepted(request_id="req-app", requester="ci", kind=RequestKind.ISSUE, certificate_id="app-1",
                                profile="web", connector="sim")
     async with TestKafkaBroker(runtime.broker) as broker:
-        for fact, key in ((pin, b"sim"), (accepted, b"app-1")):
+        # the pin from the issuer's connector event (decision 0034), the acceptance from the gateway's
+        for fact, key, topic in ((pin, b"sim", "certrail.events.issuer"), (accepted, b"app-1", "certrail.events.gateway")):
             await broker.publish(encode(make_event(fact, id=str(uuid.uuid4()), source="/t", time=NOW)),
-                                 topic="certrail.events.gateway", key=key)
+                                 topic=topic, key=key)
         await broker.publish(encode(make_event(issued, id=str(uuid.uuid4()), source="/t", time=NOW, subject="app-1")),
                              topic="certrail.events.issuer", key=b"app-1")
         await broker.publish(encode(make_event(provision, id=str(uuid.uuid4()), source="/t", time=NOW, subject="bot-app")),

@@ -56,9 +56,10 @@ def test_each_events_topic_has_exactly_one_writer_and_the_old_topic_none() -> No
     assert not [name for name in writers if topics.gateway_events.startswith(name) and name != topics.gateway_events]
 
 
-def test_only_the_gateway_creates_topics_and_only_command_topics() -> None:
+def test_only_the_issuer_creates_topics_and_only_command_topics() -> None:
+    """The issuer owns the connector registry and creates a connector's command topic (decision 0034)."""
     creators = {(b.principal, b.resource_name, b.pattern) for b in acl_bindings(Topics()) if b.operation is Operation.CREATE}
-    assert creators == {("User:gateway", "certrail.commands.", PatternType.PREFIXED)}
+    assert creators == {("User:issuer", "certrail.commands.", PatternType.PREFIXED)}
 
 
 def test_each_service_reads_its_own_group_and_the_requester_none() -> None:
@@ -90,11 +91,18 @@ def test_the_default_groups_are_the_services_defaults() -> None:
         assert settings_class.model_fields["group_id"].default == group
 
 
-def test_the_superseded_grants_are_decision_0012s_on_the_old_events_topic_and_none_of_the_table() -> None:
+def test_the_superseded_grants_are_on_the_old_events_topic_and_the_gateways_topic_creation_and_none_of_the_table() -> None:
     topics = Topics("acme")
     old = superseded_bindings(topics)
-    assert {(b.principal, b.operation) for b in old} == {
+    legacy = [b for b in old if b.resource_name == "acme.events"]
+    assert {(b.principal, b.operation) for b in legacy} == {
         ("User:gateway", Operation.WRITE), ("User:issuer", Operation.WRITE),
         ("User:deployer", Operation.READ), ("User:deployer", Operation.WRITE)}
-    assert {(b.resource_name, b.pattern) for b in old} == {("acme.events", PatternType.LITERAL)}
+    assert {b.pattern for b in legacy} == {PatternType.LITERAL}
+    # decision 0034: the gateway no longer creates (nor alters) command topics, the issuer does
+    creating = [b for b in old if b not in legacy]
+    assert {(b.principal, b.resource_name, b.pattern) for b in creating} == {
+        ("User:gateway", "acme.commands.", PatternType.PREFIXED)}
+    assert {b.operation for b in creating} == {Operation.CREATE, Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS,
+                                               Operation.ALTER}
     assert not set(old) & set(acl_bindings(topics))

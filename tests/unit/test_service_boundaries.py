@@ -32,8 +32,8 @@ TABLE_OWNERS = {
     "certificate_inventory": "auditor",
     "certificate_serials": "auditor",
     "certificate_deployments": "auditor",
-    # written today by the gateway's admin API and the CLI (services/common/connectors) and by the
-    # issuer (status); decision 0017: the issuer holds the secrets and becomes its only writer
+    # the connector registry (services/issuer/registry/): the issuer holds the secrets and is its only writer and
+    # reader; the gateway keeps its own view (gateway_connectors) from the connector admin events (decision 0034)
     "emca_connectors": "issuer",
     # every service writes its own rows through services/common/db_schema.record_heartbeat
     "service_heartbeats": SHARED,
@@ -43,11 +43,7 @@ PREFIX_OWNERS = {"gateway_": "gateway", "issuer_": "issuer", "deployer_": "deplo
 SCHEMA_MODULES = ("services/common/db_schema.py", "services/common/migrations/")
 
 #: (module, what it crosses) -> "issue 18: <what replaces it>"
-ALLOWED: dict[tuple[str, str], str] = {
-    ("services/common/connectors/repository.py", "table emca_connectors"):
-        "issue 18: the connector registry moves into the issuer, its only writer; the gateway's admin API and the CLI "
-        "call the issuer's API",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def owner_of(table: str) -> str | None:

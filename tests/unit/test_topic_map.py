@@ -10,11 +10,14 @@ from services.common.contracts.commands import COMMAND_TYPES
 from services.common.contracts.topics import Topics
 
 DEPLOYER_ADMIN = {admin.TargetCreated, admin.TargetUpdated, admin.TargetDeleted, admin.TargetBound, admin.TargetUnbound}
+#: the connector registry is the issuer's (decision 0034)
+ISSUER_ADMIN = {admin.ConnectorCreated, admin.ConnectorUpdated, admin.ConnectorActivated, admin.ConnectorDeactivated,
+                admin.ConnectorDeleted}
 GATEWAY = {events.RequestAccepted, events.RequestRejected, events.RenewalDue, events.CertificateExpiring,
            events.CertificateSuperseded,
-           *(set(admin.ADMIN_TYPES) - DEPLOYER_ADMIN)}
+           *(set(admin.ADMIN_TYPES) - DEPLOYER_ADMIN - ISSUER_ADMIN)}
 ISSUER = {events.IssuancePending, events.CertificateIssued, events.IssuanceFailed, events.CertificateRevoked,
-          events.RevocationFailed, events.ConnectorStatusChanged}
+          events.RevocationFailed, events.ConnectorStatusChanged, *ISSUER_ADMIN}
 DEPLOYER = {events.CertificateDeployed, events.DeploymentFailed, *DEPLOYER_ADMIN}  # targets and bindings (issue 19)
 
 

@@ -1,11 +1,9 @@
-"""The emCA connector registry, shared by the gateway (admin API), the CLI and the issuer.
+"""What every caller of the emCA connector registry shares; the registry itself is the issuer's
+(services/issuer/registry/, decision 0034).
 
-- ``models``: what a connector is (`ConnectorSpec` in, `Connector` out, `ConnectorChange`)
+- ``models``: what a connector is (`ConnectorSpec` in, `Connector` out, `ConnectorChange`), and the wire form
+  of a spec or an edit between the gateway and the issuer's internal API
 - ``secretbox``: secrets encrypted at rest (Fernet, keys from settings, rotation)
-- ``repository``: the ``emca_connectors`` table
-- ``validation``: the checks against emCA before a connector is stored enabled
-- ``usage``: what refuses a delete (`UsageCheck`)
-- ``registry``: `ConnectorRegistry`, which ties them together
 
 See docs/connectors.md.
 """

@@ -10,6 +10,8 @@ AES-256 key; 4.2.x adds the ClientID.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -39,6 +41,10 @@ __all__ = [
     "LastTest",
     "RegistryCode",
     "changed_fields",
+    "edit_from_wire",
+    "edit_to_wire",
+    "spec_from_wire",
+    "spec_to_wire",
 ]
 
 MAX_BUNDLE_CHARS = 1024 * 1024
@@ -338,3 +344,51 @@ def changed_fields(before: ConnectorSpec, after: ConnectorSpec) -> dict[str, Jso
         elif now is not None and (was is None or was.get_secret_value() != now.get_secret_value()):
             change[name] = REDACTED
     return change
+
+
+# -- the wire: a spec or an edit as JSON between the gateway and the issuer's internal API (decision 0034) -------------
+# Secrets travel in clear inside the internal API's body (behind its token, as the admin gave them to the gateway);
+# the PFX as base64. Never logged, never stored in clear, never answered.
+
+
+def _revealed(value: object) -> str | None:
+    if isinstance(value, SecretBytes):
+        return base64.b64encode(value.get_secret_value()).decode("ascii")
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return None
+
+
+def _secrets_in(values: dict[str, object]) -> dict[str, object]:
+    out = dict(values)
+    if isinstance(out.get("pfx"), str):
+        try:
+            out["pfx"] = base64.b64decode(str(out["pfx"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("pfx is not base64") from None
+    return out
+
+
+def spec_to_wire(spec: ConnectorSpec) -> dict[str, JsonValue]:
+    """``spec`` as JSON for the issuer's internal API: its fields, and ``secrets`` revealed (the PFX as base64)."""
+    plain: dict[str, JsonValue] = spec.model_dump(mode="json", exclude={"secrets"})
+    secrets: dict[str, JsonValue] = {n: _revealed(getattr(spec.secrets, n)) for n in spec.secrets.present()}
+    return {**plain, "secrets": secrets}
+
+
+def spec_from_wire(values: dict[str, object]) -> ConnectorSpec:
+    """The spec `spec_to_wire` sent (raises pydantic.ValidationError, or ValueError for a PFX that is not base64)."""
+    secrets = values.get("secrets")
+    given = _secrets_in(dict(secrets)) if isinstance(secrets, dict) else secrets
+    return ConnectorSpec.model_validate({**values, "secrets": given})
+
+
+def edit_to_wire(edit: ConnectorEdit) -> dict[str, JsonValue]:
+    """``edit`` as JSON: the fields it sets (secrets revealed, the PFX as base64)."""
+    plain: dict[str, JsonValue] = edit.model_dump(mode="json", exclude=set(SECRET_FIELDS), exclude_none=True)
+    secrets: dict[str, JsonValue] = {n: _revealed(getattr(edit, n)) for n in SECRET_FIELDS if getattr(edit, n) is not None}
+    return {**plain, **secrets}
+
+
+def edit_from_wire(values: dict[str, object]) -> ConnectorEdit:
+    return ConnectorEdit.model_validate(_secrets_in(values))

@@ -55,31 +55,31 @@ class _RequesterKeyEvent(_AdminEvent):
 
 class ConnectorCreated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_created.v1"
-    CHANNEL: ClassVar[str] = "events.gateway"
+    CHANNEL: ClassVar[str] = "events.issuer"  # the registry's owner publishes (decision 0034)
     SUMMARY: ClassVar[str] = "An emCA connector was created (or its creation refused)."
 
 
 class ConnectorUpdated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_updated.v1"
-    CHANNEL: ClassVar[str] = "events.gateway"
+    CHANNEL: ClassVar[str] = "events.issuer"  # the registry's owner publishes (decision 0034)
     SUMMARY: ClassVar[str] = "An emCA connector was edited."
 
 
 class ConnectorActivated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_activated.v1"
-    CHANNEL: ClassVar[str] = "events.gateway"
+    CHANNEL: ClassVar[str] = "events.issuer"  # the registry's owner publishes (decision 0034)
     SUMMARY: ClassVar[str] = "An emCA connector was activated."
 
 
 class ConnectorDeactivated(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_deactivated.v1"
-    CHANNEL: ClassVar[str] = "events.gateway"
+    CHANNEL: ClassVar[str] = "events.issuer"  # the registry's owner publishes (decision 0034)
     SUMMARY: ClassVar[str] = "An emCA connector was deactivated."
 
 
 class ConnectorDeleted(_ConnectorEvent):
     TYPE: ClassVar[str] = "io.certrail.admin.connector_deleted.v1"
-    CHANNEL: ClassVar[str] = "events.gateway"
+    CHANNEL: ClassVar[str] = "events.issuer"  # the registry's owner publishes (decision 0034)
     SUMMARY: ClassVar[str] = "An emCA connector was deleted (or its deletion refused)."
 
 

@@ -1,7 +1,8 @@
-"""certrail.events.gateway records the deployer keeps a projection of (projection.py): RequestAccepted
-(the certificate ids the gateway accepted, with the key of the CSR the latest one carried),
-connector admin events (the pinned issuing CA) and profile admin events (whether the deployer
-generates the profile's keys, and whether a revoked certificate is removed from its targets: on_revocation). They publish nothing of their own; an acceptance or a pin
+"""Records the deployer keeps a projection of (projection.py): from certrail.events.gateway RequestAccepted
+(the certificate ids the gateway accepted, with the key of the CSR the latest one carried) and profile admin
+events; from certrail.events.issuer the connector admin events (the pinned issuing CA; the issuer owns the
+registry, decision 0034). The profile events say whether the deployer
+generates the profile's keys, and whether a revoked certificate is removed from its targets (on_revocation). They publish nothing of their own; an acceptance or a pin
 releases the certificates parked waiting for it (parking.py) and returns what those lead to."""
 
 from __future__ import annotations

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.connectors import repository as connectors_repo
 from services.common.contracts.admin import ProfileCreated, ProfileDeleted, ProfileUpdated
 from services.common.contracts.errors import ErrorCode
-from services.gateway import store
+from services.gateway import connector_view, store
 from services.gateway.api_common import ApiCode, Problem
 from services.gateway.config.actor import Actor
 from services.gateway.config.change import changing
@@ -29,7 +28,7 @@ def put_profile(actor: Actor, profile: ProvisioningProfile, *, create: bool) -> 
             raise Problem(ApiCode.PROFILE_EXISTS, f"profile {profile.name!r} exists (PUT /v1/profiles/{profile.name} replaces it)")
         if not create and existing is None:
             raise Problem(ErrorCode.PROFILE_NOT_FOUND, f"no provisioning profile named {profile.name!r}")
-        if connectors_repo.get_connector(pending.db, profile.connector) is None:
+        if connector_view.live_status(pending.db, profile.connector) is None:
             raise Problem(ErrorCode.CONNECTOR_NOT_FOUND, f"the profile names connector {profile.connector!r}, which does not exist",
                           status=422)
         stored = store.put_profile(pending.db, profile, actor.clock())

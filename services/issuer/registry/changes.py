@@ -1,10 +1,10 @@
-"""emCA connectors: create, update, enable, disable, delete and rotate-secrets, each with its
-admin event (ConnectorCreated/Updated/Activated/Deactivated/Deleted), secrets as ``***``.
+"""emCA connectors: create, update, enable, disable, delete and rotate-secrets, each with its admin event
+(ConnectorCreated/Updated/Activated/Deactivated/Deleted), secrets as ``***`` (decisions 0019 and 0034).
 
-The connector registry (services/common/connectors/registry.py) validates against emCA and writes
-``emca_connectors``; the event goes into the outbox inside the registry's write transaction (its
-``record`` hook), so the change and its event commit together or not at all. A refusal writes no
-connector and records only the event, in a transaction of its own."""
+The registry (registry.py) validates against emCA and writes ``emca_connectors``; the event goes into the issuer's
+outbox inside the registry's write transaction (its ``record`` hook), so the change and its event commit together
+or not at all. A refusal writes no connector and records only the event, in a transaction of its own. The actor is
+who the caller names (the gateway passes its token's identity, ``certrail connectors`` ``cli:<user>``)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from services.common.admin_outbox import Actor
 from services.common.connectors.models import ChangeAction, ConnectorChange, ConnectorEdit, ConnectorError, ConnectorSpec
-from services.common.connectors.registry import ConnectorRegistry, RecordChange
-from services.common.connectors.repository import RotationReport
 from services.common.contracts.admin import (
     AdminOutcome,
     ConnectorActivated,
@@ -29,8 +27,12 @@ from services.common.contracts.admin import (
 from services.common.contracts.envelope import Message
 from services.common.contracts.errors import ErrorCode
 from services.common.db import write_session
-from services.gateway.config import outbox
-from services.gateway.config.actor import Actor
+from services.issuer.registry import outbox
+from services.issuer.registry.registry import ConnectorRegistry, RecordChange
+from services.issuer.registry.repository import RotationReport
+
+__all__ = ["EVENTS", "create_connector", "delete_connector", "disable_connector", "enable_connector", "record",
+           "record_refusal", "rotate_secrets", "update_connector"]
 
 EVENTS: dict[ChangeAction, type[Message]] = {
     ChangeAction.CREATED: ConnectorCreated,
@@ -41,15 +43,13 @@ EVENTS: dict[ChangeAction, type[Message]] = {
 }
 
 
-def registry_engine(registry: ConnectorRegistry) -> Engine:
-    """The database the registry writes (where the outbox is)."""
-    return registry.engine
-
-
 def record_refusal(actor: Actor, action: ChangeAction, name: str, code: str, message: str,
-                   change: dict[str, Any] | None = None) -> None:
-    """A connector change refused before the registry saw it (authorisation, the body)."""
+                   change: dict[str, Any] | None = None) -> bool:
+    """A connector change refused before the registry saw it (at the caller's door: authorisation, the body);
+    False when it names nothing recordable (not even a valid connector name)."""
+    before = len(actor.recorded)
     record(actor, ConnectorChange(action, name, AdminOutcome.REFUSED, dict(change or {}), code, message))
+    return len(actor.recorded) > before
 
 
 def _write(session: Session, actor: Actor, change: ConnectorChange) -> int | None:
@@ -67,8 +67,8 @@ def record(actor: Actor, change: ConnectorChange) -> None:
 
 
 class _InTransaction:
-    """The registry's ``record`` hook: writes each change's event in the registry's transaction; the rows
-    count as recorded (for the door to publish) only once the registry returned, i.e. committed."""
+    """The registry's ``record`` hook: writes each change's event in the registry's transaction; the rows count as
+    recorded only once the registry returned, i.e. committed."""
 
     def __init__(self, actor: Actor) -> None:
         self.actor = actor
@@ -120,8 +120,8 @@ async def delete_connector(actor: Actor, registry: ConnectorRegistry, name: str)
 
 
 def rotate_secrets(actor: Actor, registry: ConnectorRegistry) -> RotationReport:
-    """Re-encrypt every connector's secrets under the current key: a ConnectorUpdated
-    (``secrets_reencrypted``) for each connector re-encrypted, in the same transaction."""
+    """Re-encrypt every connector's secrets under the current key: a ConnectorUpdated (``secrets_reencrypted``) for
+    each connector re-encrypted, in the same transaction."""
     hook = _InTransaction(actor)
     report = registry.rotate_secrets(record=hook)
     hook.committed()

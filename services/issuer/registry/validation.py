@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.common.connectors.models import ConnectorSpec
-from services.common.connectors.repository import Pin, endpoint_for
 from services.common.contracts.errors import ErrorCode
 from services.common.emca.support import certificate_sha256
 from services.common.emca.types import EmcaConnection, EmcaEndpoint, EmcaError, RequestPermanentError
+from services.issuer.registry.repository import Pin, endpoint_for
 
 __all__ = ["CheckOutcome", "ValidationReport", "near_matches", "validate_connector"]
 

@@ -1,10 +1,11 @@
 """The connector registry: create, edit, test, enable, disable, delete and rotate secrets.
 
-The gateway (its admin API) and the CLI (``certrail connectors``) are its only writers; the
-issuer reads connectors through it (`endpoint`) and reports connector faults (`mark_misconfigured`).
-Every change returns a `ConnectorChange` (secrets as "***") that the gateway publishes as an
-admin event; a refusal raises `ConnectorError` carrying the refused change. Nothing is
-published to Kafka here: creating a connector only creates its command topic.
+The issuer's (decision 0034): its one path (changes.py), served on its internal API (internal_api.py) to the
+gateway and run by ``certrail connectors``, is the only writer; the issuer's connector pool reads connectors
+through it (`endpoint`) and reports connector faults (`mark_misconfigured`). Every change returns a
+`ConnectorChange` (secrets as "***") that the path records as an admin event; a refusal raises `ConnectorError`
+carrying the refused change. Nothing is published to Kafka here: creating a connector only creates its command
+topic.
 
 Each writing method (create, update, enable, disable, delete, rotate_secrets) takes ``record``: a
 caller's ``record(session, change)`` run inside the method's own write transaction once the change is
@@ -29,7 +30,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.common.connectors import repository as repo
 from services.common.connectors.models import (
     ChangeAction,
     Connector,
@@ -43,8 +43,6 @@ from services.common.connectors.models import (
     changed_fields,
 )
 from services.common.connectors.secretbox import SecretBox, SecretBoxError
-from services.common.connectors.usage import UsageCheck
-from services.common.connectors.validation import ValidationReport, validate_connector
 from services.common.contracts.admin import AdminOutcome
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.topics import Topics
@@ -53,8 +51,10 @@ from services.common.emca.types import EmcaConnection, EmcaEndpoint
 from services.common.kafka_config import KafkaConfigError
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import DEFAULT_PARTITIONS, TopicAdminError, ensure_topics
+from services.issuer.registry import repository as repo
+from services.issuer.registry.validation import ValidationReport, validate_connector
 
-__all__ = ["ConnectorRegistry", "KafkaTopicCreator", "RecordChange", "TopicCreator", "input_error"]
+__all__ = ["ConnectorRegistry", "KafkaTopicCreator", "RecordChange", "TopicCreator", "UsageCheck", "input_error"]
 
 #: a caller's hook run inside a change's write transaction with the change made (see the module doc)
 RecordChange = Callable[[Session, ConnectorChange], None]
@@ -62,6 +62,18 @@ RecordChange = Callable[[Session, ConnectorChange], None]
 
 def _no_record(session: Session, change: ConnectorChange) -> None:
     """The default ``record``: nothing beside the change."""
+
+
+class UsageCheck(Protocol):
+    """One kind of use of a connector, given by the caller (who uses a connector is not the registry's to know: the
+    gateway's profiles and certificates, services/gateway/connector_usage.py); any use refuses a delete. Runs inside
+    the delete's transaction. The gateway runs its checks itself before it asks the issuer's API to delete; the CLI
+    gives them here."""
+
+    name: str
+
+    def usages(self, session: Session, connector: str) -> list[str]:
+        ...
 
 
 class TopicCreator(Protocol):
