@@ -152,7 +152,7 @@ def test_lego_obtains_renews_and_revokes_a_certificate(
     created = eab_key(stack)
     path = tmp_path / "lego"
     args = ["--server", directory, "--email", "ops@acme.certrail.test", "--accept-tos",
-            "--eab", "--eab.kid", created["key_id"], "--eab.hmac", created["hmac_key"], "--domains", NAME,
+            "--eab", f"--eab.kid={created['key_id']}", f"--eab.hmac={created['hmac_key']}", "--domains", NAME,
             "--http", "--http.address", f"127.0.0.1:{port}", "--path", str(path)]
 
     _lego(lego, args, "run", ca)
@@ -192,7 +192,7 @@ def test_lego_obtains_a_certificate_with_tls_alpn_01(
     created = eab_key(stack)
     path = tmp_path / "lego-tls"
     args = ["--server", directory, "--email", "ops@acme.certrail.test", "--accept-tos",
-            "--eab", "--eab.kid", created["key_id"], "--eab.hmac", created["hmac_key"], "--domains", NAME,
+            "--eab", f"--eab.kid={created['key_id']}", f"--eab.hmac={created['hmac_key']}", "--domains", NAME,
             "--tls", "--tls.address", f"127.0.0.1:{alpn_port}", "--path", str(path)]
 
     _lego(lego, args, "run", ca)

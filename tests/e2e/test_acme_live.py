@@ -143,7 +143,7 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     created = eab_key(stack)
     server = f"{stack.admin.base_url}/acme/directory"
     common = ["--server", server, "--standalone", "--http-01-port", str(port), "--http-01-address", "127.0.0.1"]
-    done = _certbot(tmp_path, "certonly", *common, "--eab-kid", created["key_id"], "--eab-hmac-key", created["hmac_key"],
+    done = _certbot(tmp_path, "certonly", *common, f"--eab-kid={created['key_id']}", f"--eab-hmac-key={created['hmac_key']}",
                     "--agree-tos", "-m", "ops@acme.certrail.test", "-d", NAME, "--key-type", "ecdsa")
     assert done.returncode == 0, done.stdout + done.stderr
     live_dir = tmp_path / "certbot" / "config" / "live" / NAME

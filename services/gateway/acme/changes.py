@@ -35,7 +35,7 @@ from services.common.contracts.errors import ErrorCode
 from services.common.db import read_session
 from services.gateway import store as gateway_store
 from services.gateway.acme import store
-from services.gateway.acme.jws import AccountKey
+from services.gateway.acme.jws import AccountKey, b64url_encode
 from services.gateway.acme.problems import AcmeError, AcmeErrorType, unauthorized
 from services.gateway.api_common import Problem
 from services.gateway.config.change import Actor, changing
@@ -58,6 +58,16 @@ def account_actor(engine: Any, account_id: str, clock: Any) -> Actor:
     return Actor(engine, f"acme:{account_id}", clock)
 
 
+def new_hmac_key() -> bytes:
+    """A random EAB HMAC key whose base64url text does not start with "-": pasted after ``--eab-hmac-key`` (certbot) or
+    ``--eab.hmac`` (lego) unquoted, such a value is taken for an option and the client refuses the command line. It
+    leaves 63/64 of the keys, of 256 random bits."""
+    while True:
+        key = secrets.token_bytes(HMAC_KEY_BYTES)
+        if not b64url_encode(key).startswith("-"):
+            return key
+
+
 def create_eab_key(actor: Actor, box: SecretBox, *, requester: str, profiles: list[str]) -> tuple[store.EabKey, bytes]:
     """A new EAB key for ``requester`` and ``profiles`` (each must exist and allow the requester): the key and its
     HMAC key (to answer once). PROFILE_NOT_FOUND, PROFILE_REFUSES_REQUESTER (422) otherwise."""
@@ -70,7 +80,7 @@ def create_eab_key(actor: Actor, box: SecretBox, *, requester: str, profiles: li
             if not stored.profile.allows_requester(requester):
                 raise Problem(PROFILE_REFUSES_REQUESTER, f"profile {name!r} does not list requester {requester!r} in "
                               "allowed_requesters", status=422)
-        key_id, hmac_key = new_eab_key_id(), secrets.token_bytes(HMAC_KEY_BYTES)
+        key_id, hmac_key = new_eab_key_id(), new_hmac_key()
         store.add_eab_key(pending.db, box, key_id=key_id, requester=requester, profiles=profiles, hmac_key=hmac_key,
                           created_by=actor.name, now=actor.clock())
         pending.about["eab_key_id"] = key_id
