@@ -83,7 +83,8 @@ def _on_crl(live: ProcessStack, certificate_pem: str, serial: str) -> x509.Revok
 
 
 def _audited(live: ProcessStack, event_type: str, certificate_id: str) -> list[str]:
-    return [i for (i,) in live.rows("SELECT event_id FROM audit_records WHERE event_type = ? AND subject = ?",
+    """The event ids stored (publishing is at least once: a redelivered record is stored again, under the same id)."""
+    return [i for (i,) in live.rows("SELECT DISTINCT event_id FROM audit_records WHERE event_type = ? AND subject = ?",
                                     event_type, certificate_id)]
 
 

@@ -127,6 +127,9 @@ def _issue(live: ProcessStack, connector: str, certificate_id: str) -> Certifica
     assert isinstance(found, list)
     issued = found[0].data
     assert isinstance(issued, CertificateIssued)
+    # as a client would: the request's status says issued once the gateway folded the event (revoke reads that fold)
+    wait_until(lambda: live.requester.get(f"/v1/requests/issue-{certificate_id}").json().get("state") == "issued",
+               f"the gateway to know {certificate_id} issued", 60, interval_s=0.5)
     return issued
 
 

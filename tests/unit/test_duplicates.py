@@ -5,6 +5,7 @@ connection: tracking, the gauge, resolution, refusals (audited), idempotent repe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -306,3 +307,33 @@ async def test_a_resolution_stored_but_not_published_is_published_by_the_next_ro
     rig.broker_down.clear()
     await rig.resolver.run_once()
     assert len(rig.events(DuplicateResolved)) == 1 and store.unpublished(rig.engine) == [] and rig.gauge() == 0
+
+
+async def test_the_background_round_does_not_publish_again_a_resolution_whose_publish_is_in_flight(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    first_publish, unpublished = rig.resolver._publish, store.unpublished
+    entered, release, round_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def slow_publish(records: Sequence[StoredRecord]) -> None:
+        entered.set()
+        await release.wait()  # stored, not yet acknowledged by the broker
+        await first_publish(records)
+
+    def reading(engine: Engine, limit: int = 100) -> list[Any]:
+        found = unpublished(engine, limit)
+        loop.call_soon_threadsafe(round_read.set)
+        return found
+
+    rig.resolver._publish = slow_publish  # type: ignore[method-assign]
+    monkeypatch.setattr(store, "unpublished", reading)
+    resolving = asyncio.create_task(rig.resolver.resolve(CERT_ID, Resolution(no_extra=True, note="x"), "ops-anna"))
+    await asyncio.wait_for(entered.wait(), 5)
+    round_ = asyncio.create_task(rig.resolver.run_once())  # it would find the resolution stored and not published
+    # the round waits for the publish in flight (it does not read before it); without that wait it reads at once
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(round_read.wait(), 1)
+    assert not round_read.is_set()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(resolving, round_), 5)
+    assert round_read.is_set() and len(rig.events(DuplicateResolved)) == 1 and store.unpublished(rig.engine) == []

@@ -104,6 +104,9 @@ class DuplicateResolver:
         self._on_check = on_check  # wakes the revocation confirmation
         self._refresh_s = refresh_s
         self._gauged: set[str] = set()
+        # one publisher at a time in this process: the background round must not re-publish a resolution whose first
+        # publish is in flight (it would reach the topic twice; consumers dedupe by event id, the audit keeps both)
+        self._publishing = asyncio.Lock()
 
     # -- reads -------------------------------------------------------------------------------------------------
 
@@ -239,13 +242,14 @@ class DuplicateResolver:
         assert current is not None
         if not stored:  # resolved meanwhile by another call
             return self._same_or_conflict(current, serial)
-        try:
-            await self._publish(records)
-        except Exception:  # noqa: BLE001 - stored: the background round publishes it (`run_once`)
-            log.warning("the resolution of duplicate %s is stored but not published yet; publishing it next round",
-                        duplicate.issuance_id, exc_info=True)
-        else:
-            await asyncio.to_thread(store.mark_published, self._engine, duplicate.issuance_id, self._clock())
+        async with self._publishing:
+            try:
+                await self._publish(records)
+            except Exception:  # noqa: BLE001 - stored: the background round publishes it (`run_once`)
+                log.warning("the resolution of duplicate %s is stored but not published yet; publishing it next round",
+                            duplicate.issuance_id, exc_info=True)
+            else:
+                await asyncio.to_thread(store.mark_published, self._engine, duplicate.issuance_id, self._clock())
         if also is not None and self._on_check is not None:
             self._on_check()
         await self.refresh_gauge()
@@ -284,9 +288,10 @@ class DuplicateResolver:
             self._gauge.labels(connector).set(counts.get(connector, 0))
 
     async def run_once(self) -> None:
-        for duplicate in await asyncio.to_thread(store.unpublished, self._engine):
-            await self._publish(duplicate.records())
-            await asyncio.to_thread(store.mark_published, self._engine, duplicate.issuance_id, self._clock())
+        async with self._publishing:
+            for duplicate in await asyncio.to_thread(store.unpublished, self._engine):
+                await self._publish(duplicate.records())
+                await asyncio.to_thread(store.mark_published, self._engine, duplicate.issuance_id, self._clock())
         await self.refresh_gauge()
 
     async def run_forever(self) -> None:
