@@ -135,8 +135,8 @@ class IdentifierError(Exception):
         self.problem = problem
 
 
-class _Failed(Exception):
-    """Ends a validation early with its problem (internal to this module)."""
+class ValidationFailed(Exception):
+    """Ends a validation early with its problem (this module and tls_alpn.py)."""
 
     def __init__(self, kind: ProblemType, detail: str) -> None:
         super().__init__(detail)
@@ -180,7 +180,7 @@ def dns01_txt_value(key_authz: str) -> str:
 # --- identifiers --------------------------------------------------------------------------------------------------
 
 
-def _is_ip(text: str) -> bool:
+def is_ip_literal(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -225,7 +225,7 @@ def check_identifier(value: object, identifier_type: str = "dns", *, allow_wildc
     if identifier_type != "dns":
         raise _refuse(ProblemType.UNSUPPORTED_IDENTIFIER,
                       f"identifiers of type {quote(identifier_type, 20)} are not supported (dns, ip)")
-    if _is_ip(value.strip("[]")):
+    if is_ip_literal(value.strip("[]")):
         raise _refuse(ProblemType.REJECTED_IDENTIFIER, f"the dns identifier {shown} is an IP address; use type ip (RFC 8738)")
     if value.startswith("*."):
         if not allow_wildcard:
@@ -356,22 +356,22 @@ def validation_client(policy: ChallengePolicy) -> httpx.AsyncClient:
                              headers={"User-Agent": USER_AGENT}, limits=httpx.Limits(max_keepalive_connections=0))
 
 
-async def _resolve(host: str, policy: ChallengePolicy, what: str, denied: ProblemType) -> list[IPAddress]:
-    """The addresses of ``host`` (an IP literal is its own), every one allowed by the policy, else `_Failed`
+async def resolve_allowed(host: str, policy: ChallengePolicy, what: str, denied: ProblemType) -> list[IPAddress]:
+    """The addresses of ``host`` (an IP literal is its own), every one allowed by the policy, else `ValidationFailed`
     (``denied``: the problem type of an address the policy refuses)."""
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
         if policy.resolve:
             if host not in policy.resolve:
-                raise _Failed(ProblemType.DNS, f"{what} {host} is not in the static resolve map (which replaces DNS)") from None
+                raise ValidationFailed(ProblemType.DNS, f"{what} {host} is not in the static resolve map (which replaces DNS)") from None
             addresses = [policy.resolve[host]]
         else:
             addresses = await _system_resolve(host, what)
     for address in addresses:
         network = policy.denial(address)
         if network is not None:
-            raise _Failed(denied, f"{what} {host} resolves to {address}, which the validation policy does not reach "
+            raise ValidationFailed(denied, f"{what} {host} resolves to {address}, which the validation policy does not reach "
                                 f"({network}); nothing was connected to")
     return addresses
 
@@ -380,14 +380,14 @@ async def _system_resolve(host: str, what: str) -> list[IPAddress]:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except socket.gaierror as error:
-        raise _Failed(ProblemType.DNS, f"{what} {host} could not be resolved ({error.strerror})") from None
+        raise ValidationFailed(ProblemType.DNS, f"{what} {host} could not be resolved ({error.strerror})") from None
     addresses: list[IPAddress] = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise _Failed(ProblemType.DNS, f"{what} {host} has no address")
+        raise ValidationFailed(ProblemType.DNS, f"{what} {host} has no address")
     return addresses
 
 
@@ -398,19 +398,19 @@ def _host_header(url: httpx.URL) -> str:
 
 def _redirect_target(current: httpx.URL, location: str | None, policy: ChallengePolicy) -> httpx.URL:
     if not location:
-        raise _Failed(ProblemType.CONNECTION, f"{current} answered a redirect without a Location")
+        raise ValidationFailed(ProblemType.CONNECTION, f"{current} answered a redirect without a Location")
     try:
         target = current.join(location.strip())
     except (httpx.InvalidURL, ValueError):
-        raise _Failed(ProblemType.CONNECTION, f"{current} redirected to an invalid URL {quote(location)}") from None
+        raise ValidationFailed(ProblemType.CONNECTION, f"{current} redirected to an invalid URL {quote(location)}") from None
     if target.scheme not in ("http", "https"):
-        raise _Failed(ProblemType.CONNECTION, f"{current} redirected to {quote(location)}: only http and https are followed")
+        raise ValidationFailed(ProblemType.CONNECTION, f"{current} redirected to {quote(location)}: only http and https are followed")
     if target.userinfo:
-        raise _Failed(ProblemType.CONNECTION, f"{current} redirected to a URL with credentials; not followed")
+        raise ValidationFailed(ProblemType.CONNECTION, f"{current} redirected to a URL with credentials; not followed")
     port = target.port or (443 if target.scheme == "https" else 80)
     ports = REDIRECT_PORTS | {policy.http01_port}
     if port not in ports:
-        raise _Failed(ProblemType.CONNECTION, f"{current} redirected to port {port}: only ports "
+        raise ValidationFailed(ProblemType.CONNECTION, f"{current} redirected to port {port}: only ports "
                                               f"{', '.join(str(p) for p in sorted(ports))} are followed")
     try:
         host = str(ipaddress.ip_address(target.host))
@@ -418,7 +418,7 @@ def _redirect_target(current: httpx.URL, location: str | None, policy: Challenge
         try:
             host = check_identifier(target.host)
         except IdentifierError:
-            raise _Failed(ProblemType.CONNECTION, f"{current} redirected to an invalid host {quote(target.host)}") from None
+            raise ValidationFailed(ProblemType.CONNECTION, f"{current} redirected to an invalid host {quote(target.host)}") from None
     return target.copy_with(host=host, fragment=None)
 
 
@@ -427,7 +427,7 @@ async def _get(client: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAddr
     """GET ``url`` from the first of ``addresses`` that accepts a connection (the name goes in Host and SNI,
     never to a resolver). Returns the status, the Location, and the body of a 200 (capped)."""
     headers = {"Host": _host_header(url), "Accept": "*/*", "Accept-Encoding": "identity", "Connection": "close"}
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" and not _is_ip(url.host) else {}
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" and not is_ip_literal(url.host) else {}
     failure = ""
     for address in addresses:
         records.append(ValidationRecord(str(url), str(address)))
@@ -438,26 +438,26 @@ async def _get(client: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAddr
             failure = f"{address}: {quote(str(error) or type(error).__name__, 80)}"
             continue
         except httpx.TimeoutException:
-            raise _Failed(ProblemType.CONNECTION, f"{url} ({address}) did not answer within {policy.timeout_s:g} s") from None
+            raise ValidationFailed(ProblemType.CONNECTION, f"{url} ({address}) did not answer within {policy.timeout_s:g} s") from None
         except httpx.HTTPError as error:
             why = quote(str(error) or type(error).__name__, 80)
-            raise _Failed(ProblemType.CONNECTION, f"{url} ({address}) failed: {why}") from None
+            raise ValidationFailed(ProblemType.CONNECTION, f"{url} ({address}) failed: {why}") from None
         try:
             if response.status_code != 200:
                 return response.status_code, response.headers.get("location"), b""
             return 200, None, await _capped_body(response, url, policy)
         except httpx.TimeoutException:
-            raise _Failed(ProblemType.CONNECTION,
+            raise ValidationFailed(ProblemType.CONNECTION,
                           f"{url} ({address}) did not send its body within {policy.timeout_s:g} s") from None
         except httpx.HTTPError as error:
-            raise _Failed(ProblemType.CONNECTION, f"reading {url} ({address}) failed: {quote(str(error), 80)}") from None
+            raise ValidationFailed(ProblemType.CONNECTION, f"reading {url} ({address}) failed: {quote(str(error), 80)}") from None
         finally:
             await response.aclose()
-    raise _Failed(ProblemType.CONNECTION, f"could not connect to {url} ({failure})")
+    raise ValidationFailed(ProblemType.CONNECTION, f"could not connect to {url} ({failure})")
 
 
 async def _capped_body(response: httpx.Response, url: httpx.URL, policy: ChallengePolicy) -> bytes:
-    too_big = _Failed(ProblemType.INCORRECT_RESPONSE, f"{url} answered more than {policy.max_body_bytes} bytes; "
+    too_big = ValidationFailed(ProblemType.INCORRECT_RESPONSE, f"{url} answered more than {policy.max_body_bytes} bytes; "
                                                       "an http-01 answer is the key authorization alone")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > policy.max_body_bytes:
@@ -492,7 +492,7 @@ async def validate_http01(identifier: str, token: str, expected: str, policy: Ch
             http = client if client is not None else await stack.enter_async_context(validation_client(policy))
             async with asyncio.timeout(policy.timeout_s):
                 await _fetch_and_compare(http, url, expected, policy, records)
-    except _Failed as failed:
+    except ValidationFailed as failed:
         return ValidationResult(failed.problem, tuple(records))
     except TimeoutError:
         last = records[-1].url if records else str(url)
@@ -506,19 +506,19 @@ async def _fetch_and_compare(client: httpx.AsyncClient, url: httpx.URL, expected
                              records: list[ValidationRecord]) -> None:
     what, denied = "the identifier", ProblemType.REJECTED_IDENTIFIER
     for redirects in range(MAX_REDIRECTS + 1):
-        addresses = await _resolve(url.host, policy, what, denied)
+        addresses = await resolve_allowed(url.host, policy, what, denied)
         status, location, body = await _get(client, url, addresses, policy, records)
         if status in REDIRECT_STATUSES:
             if redirects == MAX_REDIRECTS:
-                raise _Failed(ProblemType.CONNECTION, f"more than {MAX_REDIRECTS} redirects (the last from {url})")
+                raise ValidationFailed(ProblemType.CONNECTION, f"more than {MAX_REDIRECTS} redirects (the last from {url})")
             url = _redirect_target(url, location, policy)
             what, denied = "the redirect target", ProblemType.CONNECTION
             continue
         if status != 200:
-            raise _Failed(ProblemType.UNAUTHORIZED, f"{url} answered HTTP {status}, not 200 with the key authorization")
+            raise ValidationFailed(ProblemType.UNAUTHORIZED, f"{url} answered HTTP {status}, not 200 with the key authorization")
         answer = body.rstrip(_WHITESPACE)  # RFC 8555 8.3: trailing whitespace is ignored
         if answer != expected.encode("ascii"):
-            raise _Failed(ProblemType.UNAUTHORIZED, f"{url} answered {len(answer)} bytes that are not the key authorization "
+            raise ValidationFailed(ProblemType.UNAUTHORIZED, f"{url} answered {len(answer)} bytes that are not the key authorization "
                                                     f"(they begin {quote(answer)})")
         return
 

@@ -32,13 +32,13 @@ from services.gateway.acme.challenges import (
     IdentifierError,
     IPAddress,
     ProblemType,
+    ValidationFailed,
     ValidationRecord,
     ValidationResult,
-    _Failed,
-    _is_ip,
-    _resolve,
     check_identifier,
+    is_ip_literal,
     quote,
+    resolve_allowed,
 )
 
 ACME_TLS_1 = "acme-tls/1"
@@ -67,7 +67,7 @@ def _client_context() -> ssl.SSLContext:
 
 async def validate_tls_alpn01(identifier: str, expected: str, policy: ChallengePolicy) -> ValidationResult:
     """Validates a tls-alpn-01 challenge (RFC 8737 3) for a dns identifier: ``expected`` is the key authorization."""
-    if _is_ip(identifier.strip("[]")):
+    if is_ip_literal(identifier.strip("[]")):
         return ValidationResult(ChallengeProblem(
             ProblemType.UNSUPPORTED_IDENTIFIER, "tls-alpn-01 validates dns identifiers only; ip identifiers are not "
                                                 "supported here"))
@@ -81,9 +81,9 @@ async def validate_tls_alpn01(identifier: str, expected: str, policy: ChallengeP
     records: list[ValidationRecord] = []
     try:
         async with asyncio.timeout(policy.timeout_s):
-            addresses = await _resolve(name, policy, "the identifier", ProblemType.REJECTED_IDENTIFIER)
+            addresses = await resolve_allowed(name, policy, "the identifier", ProblemType.REJECTED_IDENTIFIER)
             certificate = await _handshake_any(name, addresses, policy.tls_alpn01_port, records)
-    except _Failed as failed:
+    except ValidationFailed as failed:
         return ValidationResult(failed.problem, tuple(records))
     except TimeoutError:
         at = f" (at {records[-1].address})" if records else ""
@@ -110,7 +110,7 @@ async def _handshake_any(name: str, addresses: list[IPAddress], port: int,
             return await _handshake(reader, writer, name, f"{name}:{port} ({address})")
         finally:
             writer.close()  # not awaited: a peer that never reads must not hold the validation past its deadline
-    raise _Failed(ProblemType.CONNECTION, f"could not connect to {name}:{port} for tls-alpn-01 ({failure})")
+    raise ValidationFailed(ProblemType.CONNECTION, f"could not connect to {name}:{port} for tls-alpn-01 ({failure})")
 
 
 async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str, where: str) -> bytes:
@@ -126,7 +126,7 @@ async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         except ssl.SSLWantReadError:
             done = False
         except ssl.SSLError as error:
-            raise _Failed(ProblemType.TLS, _handshake_failure(where, error)) from None
+            raise ValidationFailed(ProblemType.TLS, _handshake_failure(where, error)) from None
         try:
             if pending := outgoing.read():
                 writer.write(pending)
@@ -135,22 +135,22 @@ async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 break
             chunk = await reader.read(_READ_CHUNK)
         except OSError as error:
-            raise _Failed(ProblemType.CONNECTION, f"{where}: the connection failed during the TLS handshake "
+            raise ValidationFailed(ProblemType.CONNECTION, f"{where}: the connection failed during the TLS handshake "
                                                   f"({quote(error.strerror or type(error).__name__, 80)})") from None
         if not chunk:
-            raise _Failed(ProblemType.TLS, f"{where} closed the connection during the TLS handshake")
+            raise ValidationFailed(ProblemType.TLS, f"{where} closed the connection during the TLS handshake")
         received += len(chunk)
         if received > MAX_HANDSHAKE_BYTES:
-            raise _Failed(ProblemType.TLS, f"{where} sent more than {MAX_HANDSHAKE_BYTES} bytes without completing "
+            raise ValidationFailed(ProblemType.TLS, f"{where} sent more than {MAX_HANDSHAKE_BYTES} bytes without completing "
                                            "the TLS handshake")
         incoming.write(chunk)
     protocol = tls.selected_alpn_protocol()
     if protocol != ACME_TLS_1:
         said = "no ALPN protocol" if protocol is None else f"the ALPN protocol {quote(protocol)}"
-        raise _Failed(ProblemType.TLS, f"{where} negotiated {said}, not {ACME_TLS_1}")
+        raise ValidationFailed(ProblemType.TLS, f"{where} negotiated {said}, not {ACME_TLS_1}")
     certificate = tls.getpeercert(binary_form=True)
     if not certificate:
-        raise _Failed(ProblemType.TLS, f"{where} presented no certificate")
+        raise ValidationFailed(ProblemType.TLS, f"{where} presented no certificate")
     return certificate
 
 
