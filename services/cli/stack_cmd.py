@@ -8,6 +8,8 @@ import json
 import os
 import ssl
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +20,7 @@ import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from services.cli.demo import DemoError, GatewayTls, issue_gateway_tls, run_demo, stack_env, usable_gateway_tls
 from services.common.contracts.topics import Topics
@@ -299,17 +302,24 @@ def down(
     typer.echo("; ".join(parts) + ".")
 
 
+@contextmanager
+def _steps(console: Console, stage: str, first: str) -> Iterator[Callable[[str], None]]:
+    """A spinner for ``stage`` showing its latest step; each step is also printed. Yields the step reporter."""
+    with console.status(f"{stage}: {first}", spinner="dots") as status:
+        def progress(text: str) -> None:
+            status.update(f"{stage}: {text}")
+            console.print(f"  [green]·[/] {text}")
+
+        yield progress
+
+
 def _demo(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir: Path) -> None:
     gateway = next(s for s in stack.services if s.name == "gateway")
     sim = stack.sim
     assert sim is not None
     engine = make_engine(db_settings)
     try:
-        with console.status("Demo: issue -> deploy -> audit ...", spinner="dots") as status:
-            def progress(text: str) -> None:
-                status.update(f"Demo: {text}")
-                console.print(f"  [green]·[/] {text}")
-
+        with _steps(console, "Demo", "issue -> deploy -> audit ...") as progress:
             result = run_demo(engine=engine, gateway_url=gateway.base_url, var_dir=var_dir, sim_api_url=sim.base_url,
                               progress=progress)
     finally:
@@ -351,11 +361,7 @@ def _https(console: Console, stack: Stack, db_settings: DatabaseSettings, var_di
         assert sim is not None
         engine = make_engine(db_settings)
         try:
-            with console.status("HTTPS: certrail issues the gateway's own certificate ...", spinner="dots") as status:
-                def progress(text: str) -> None:
-                    status.update(f"HTTPS: {text}")
-                    console.print(f"  [green]·[/] {text}")
-
+            with _steps(console, "HTTPS", "certrail issues the gateway's own certificate ...") as progress:
                 issued = issue_gateway_tls(engine=engine, gateway_url=first.base_url, var_dir=var_dir,
                                            sim_api_url=sim.base_url, progress=progress)
         finally:
@@ -376,18 +382,21 @@ def _wait_https(url: str, bundle: Path, timeout_s: float = 30.0) -> None:
     """Poll ``url`` until it answers 200 over TLS verified against ``bundle`` (the listener starts just after the
     HTTP port is healthy); StackError after ``timeout_s``."""
     trust = ssl.create_default_context(cafile=str(bundle))
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def problem() -> str | None:
         try:
             answer = httpx.get(url, timeout=5.0, verify=trust)
-            if answer.status_code == 200:
-                return
-            problem = f"HTTP {answer.status_code}"
         except httpx.HTTPError as exc:
-            problem = str(exc) or type(exc).__name__
-        if time.monotonic() > deadline:
-            raise StackError(f"{url} does not answer over HTTPS verified against {bundle}: {problem}")
-        time.sleep(0.25)
+            return str(exc) or type(exc).__name__
+        return None if answer.status_code == 200 else f"HTTP {answer.status_code}"
+
+    retrying = Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.25),
+                        retry=retry_if_result(lambda found: found is not None))
+    try:
+        retrying(problem)
+    except RetryError as error:
+        raise StackError(f"{url} does not answer over HTTPS verified against {bundle}: "
+                         f"{error.last_attempt.result()}") from None
 
 
 def _print_endpoints(console: Console, stack: Stack, kafka: LocalKafka | LocalKafkaCluster) -> None:

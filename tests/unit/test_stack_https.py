@@ -4,9 +4,15 @@ ACME directory and the trust bundle once the gateway serves certrail's own certi
 
 from __future__ import annotations
 
+import http.server
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -15,7 +21,7 @@ from rich.console import Console
 
 from services.cli import stack_cmd
 from services.cli.demo import gateway_tls_files, usable_gateway_tls
-from services.common.stack import Stack
+from services.common.stack import Stack, StackError
 from tests.unit.test_stack_endpoints import _Kafka
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -73,3 +79,44 @@ def test_the_https_acme_directory_and_the_bundle_are_printed_once_served(tmp_pat
     assert "ACME directory: https://127.0.0.1:9446/acme/directory" in printed
     assert f"ACME trust bundle: {files.trust_bundle}" in printed
     assert "HTTP API: http://127.0.0.1:8080/v1" in printed
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    codes: list[int] = []  # answered in turn; the last one thereafter
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        code = self.codes.pop(0) if len(self.codes) > 1 else self.codes[0]
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        pass
+
+
+@contextmanager
+def _https_server(tmp_path: Path, codes: list[int]) -> Iterator[tuple[str, Path]]:
+    """A loopback HTTPS server with the stand-in certificate, answering ``codes`` in turn; its URL and bundle."""
+    _deploy(tmp_path, NOW + timedelta(days=30))
+    files = gateway_tls_files(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert_file, files.key_file)
+    handler = type("Handler", (_Answers,), {"codes": list(codes)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}/acme/directory", files.trust_bundle
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_https_wait_returns_once_the_directory_answers_and_names_the_last_problem_at_its_deadline(
+        tmp_path: Path) -> None:
+    with _https_server(tmp_path / "up", [503, 503, 200]) as (url, bundle):
+        stack_cmd._wait_https(url, bundle, timeout_s=10)  # two refusals, then the directory
+    with _https_server(tmp_path / "down", [503]) as (url, bundle), pytest.raises(StackError) as refused:
+        stack_cmd._wait_https(url, bundle, timeout_s=0.5)
+    assert str(refused.value) == f"{url} does not answer over HTTPS verified against {bundle}: HTTP 503"
