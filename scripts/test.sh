@@ -30,4 +30,6 @@ bash scripts/lego.sh
 .venv/bin/certrail schemas check
 
 # the slowest tests are listed at the end: the suite's budget is about 30 minutes on the 2-CPU CI machine
-exec .venv/bin/python -m pytest --durations=40 "$@"
+# every test's duration stays in var/test-results.xml (JUnit XML) for finding where the suite's time goes
+mkdir -p var
+exec .venv/bin/python -m pytest --durations=40 --junitxml=var/test-results.xml "$@"
