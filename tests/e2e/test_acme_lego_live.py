@@ -110,6 +110,12 @@ def lego() -> Path:
     return binary
 
 
+def _account_args(directory: str, eab: dict[str, str], path: Path) -> list[str]:
+    """lego's options for the door, an EAB-bound account and NAME, its files under ``path`` (the challenge's apart)."""
+    return ["--server", directory, "--email", "ops@acme.certrail.test", "--accept-tos", "--eab",
+            f"--eab.kid={eab['key_id']}", f"--eab.hmac={eab['hmac_key']}", "--domains", NAME, "--path", str(path)]
+
+
 def _lego(binary: Path, args: list[str], action: str, ca: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([str(binary), *args, action], capture_output=True, text=True, timeout=240, check=False,
                           env={**os.environ, "LEGO_CA_CERTIFICATES": str(ca)})
@@ -151,9 +157,7 @@ def test_lego_obtains_renews_and_revokes_a_certificate(
     answering.__exit__()  # lego's own http-01 server answers on that port now
     created = eab_key(stack)
     path = tmp_path / "lego"
-    args = ["--server", directory, "--email", "ops@acme.certrail.test", "--accept-tos",
-            "--eab", f"--eab.kid={created['key_id']}", f"--eab.hmac={created['hmac_key']}", "--domains", NAME,
-            "--http", "--http.address", f"127.0.0.1:{port}", "--path", str(path)]
+    args = _account_args(directory, created, path) + ["--http", "--http.address", f"127.0.0.1:{port}"]
 
     _lego(lego, args, "run", ca)
     first = _certificate(path)
@@ -191,9 +195,7 @@ def test_lego_obtains_a_certificate_with_tls_alpn_01(
     before = {request for request, _ in _finalized(stack)}
     created = eab_key(stack)
     path = tmp_path / "lego-tls"
-    args = ["--server", directory, "--email", "ops@acme.certrail.test", "--accept-tos",
-            "--eab", f"--eab.kid={created['key_id']}", f"--eab.hmac={created['hmac_key']}", "--domains", NAME,
-            "--tls", "--tls.address", f"127.0.0.1:{alpn_port}", "--path", str(path)]
+    args = _account_args(directory, created, path) + ["--tls", "--tls.address", f"127.0.0.1:{alpn_port}"]
 
     _lego(lego, args, "run", ca)
 
