@@ -6,6 +6,7 @@ issuer and emCA simulator is tests/e2e/test_acme_live.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,12 +18,20 @@ from sqlalchemy import Engine
 from services.common.contracts.commands import IssueCertificate, RevokeCertificate
 from services.common.contracts.envelope import make_event
 from services.common.contracts.events import CertificateRevoked, RequestAccepted
-from services.common.db import write_session
+from services.common.db import make_engine, write_session
+from services.common.settings import DatabaseSettings
 from services.gateway.app import _fold_issuer_event
 from tests.integration.test_acme_orders_live import NAMES, Door, csr_for, door, http01  # noqa: F401 - door: a fixture
 from tests.unit.test_acme_finalize import issued_event
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine(db_settings: DatabaseSettings) -> Iterator[Engine]:
+    engine = make_engine(db_settings)
+    yield engine
+    engine.dispose()
 
 
 def test_a_real_acme_client_finalizes_downloads_and_revokes(door: Door, engine: Engine) -> None:  # noqa: F811

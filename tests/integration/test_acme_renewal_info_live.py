@@ -6,6 +6,7 @@ own fold; the window is compared with the renewal scheduler's own computation fr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
 
 from services.common.contracts.commands import IssueCertificate
-from services.common.db import read_session, write_session
+from services.common.db import make_engine, read_session, write_session
+from services.common.settings import DatabaseSettings
 from services.gateway.acme.renewal_info import cert_id_of
 from services.gateway.app import _fold_issuer_event
 from services.gateway.policy.profile import ProvisioningProfile
@@ -25,6 +27,13 @@ from tests.integration.test_acme_orders_live import NAMES, Door, csr_for, door, 
 from tests.unit.test_acme_renewal_info import issued_event
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine(db_settings: DatabaseSettings) -> Iterator[Engine]:
+    engine = make_engine(db_settings)
+    yield engine
+    engine.dispose()
 
 
 def test_a_real_acme_client_reads_the_schedulers_renewal_window(door: Door, engine: Engine) -> None:  # noqa: F811

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from services.common.contracts.commands import IssueCertificate
 from services.common.contracts.envelope import decode
 from services.common.contracts.events import CertificateExpiring, CertificateSuperseded, RenewalDue
 from services.common.contracts.topics import Topics
-from services.common.db import read_session, write_session
+from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import CertificateInventory, GatewayAcmeOrder, GatewayAdminOutbox, GatewayIssuedSerial
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
@@ -45,6 +46,13 @@ from tests.integration.test_gateway_api import Published
 from tests.unit.test_acme_renewal_info import issued_event
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine(db_settings: DatabaseSettings) -> Iterator[Engine]:
+    engine = make_engine(db_settings)
+    yield engine
+    engine.dispose()
 
 
 class NewOrderReplacing(messages.NewOrder):
