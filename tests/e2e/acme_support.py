@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from emca_sim.server import SimServer, start_in_thread
 from services.common.settings import KafkaSettings
-from tests.conftest import free_ports
+from tests.conftest import free_ports, wait_until
 from tests.e2e.process_stack import ProcessStack, check, process_stack
 
 CONNECTOR, PROFILE, REQUESTER = "emca-acme", "acme-web", "acme-team"
@@ -113,3 +114,39 @@ def on_crl(certificate: x509.Certificate) -> x509.RevokedCertificate | None:
     url = next(n.value for n in point.full_name or () if isinstance(n, x509.UniformResourceIdentifier))
     crl = x509.load_der_x509_crl(httpx.get(url, timeout=10).content)
     return crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+
+
+def openssl_verifies(leaf_pem: Path, intermediates_pem: Path, sim: SimServer, tmp_path: Path) -> None:
+    """`openssl verify` of the (first) certificate in ``leaf_pem`` against the emCA root (the self-signed certificate of
+    the simulator's published CA chain), with ``intermediates_pem`` as the untrusted intermediates."""
+    roots = [c for c in x509.load_pem_x509_certificates((sim.data_dir / "ca-chain.pem").read_bytes()) if c.issuer == c.subject]
+    root_file = tmp_path / "emca-roots.pem"
+    root_file.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots))
+    checked = subprocess.run(["openssl", "verify", "-CAfile", str(root_file), "-untrusted", str(intermediates_pem),
+                              str(leaf_pem)], capture_output=True, text=True, timeout=30, check=False)
+    assert checked.returncode == 0 and checked.stdout.strip().endswith(": OK"), checked.stdout + checked.stderr
+
+
+def audited_issuance(stack: ProcessStack, certificate_id: str) -> None:
+    """Wait until the certificate's CertificateIssued is in the audit store."""
+    wait_until(lambda: stack.rows("SELECT 1 FROM audit_records WHERE event_type = ? AND subject = ?",
+                                  "io.certrail.certificate.issued.v1", certificate_id),
+               f"CertificateIssued of {certificate_id} in the audit store", 60, interval_s=0.5)
+
+
+def finalized(stack: ProcessStack) -> list[tuple[str, str]]:
+    """The ACME finalize requests the gateway accepted (request id, requester), in request id order."""
+    rows: list[tuple[str, str]] = stack.rows(
+        "SELECT request_id, requester FROM gateway_requests WHERE request_id LIKE 'acme-finalize-%' ORDER BY request_id")
+    return rows
+
+
+def in_inventory(stack: ProcessStack, order_request_id: str, leaf: x509.Certificate) -> None:
+    """The order's certificate is in the auditor's inventory with the account's requester and the profile, and its
+    CertificateIssued is in the audit store."""
+    certificate_id = "acme-" + order_request_id.removeprefix("acme-finalize-")
+    inventory = wait_until(lambda: stack.rows("SELECT serial, requester, profile FROM certificate_inventory "
+                                              "WHERE certificate_id = ?", certificate_id),
+                           "the certificate in the auditor's inventory", 60, interval_s=0.5)
+    assert inventory == [(format(leaf.serial_number, "x"), REQUESTER, PROFILE)]
+    audited_issuance(stack, certificate_id)

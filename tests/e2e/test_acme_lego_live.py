@@ -9,9 +9,9 @@ What runs is lego's library behind tests/e2e/lego_driver (the lego CLI's flags a
 imports a module the Go module proxy here refuses, see scripts/lego.sh. lego talks to the gateway's own HTTPS
 listener (``CERTRAIL_GATEWAY_TLS__*``; lego refuses ACME over plain HTTP, RFC 8555 6.1), trusting the CA of its
 certificate through LEGO_CA_CERTIFICATES. Each certificate is checked with ``cryptography`` (the leaf signed by
-the issuer lego saved, the name), the requester of each finalize is the ACME account's (the EAB key's requester),
-the certificate is in the auditor's inventory, and the revoked serial is in the gateway's projection and on the
-CA's CRL.
+the issuer lego saved, the name) and with `openssl verify` against the emCA root, the requester of each finalize is
+the ACME account's (the EAB key's requester), the certificate is in the auditor's inventory and its CertificateIssued
+in the audit store, and the revoked serial is in the gateway's projection and on the CA's CRL.
 """
 
 from __future__ import annotations
@@ -35,7 +35,17 @@ from cryptography.x509.oid import NameOID
 from emca_sim.server import SimServer
 from services.common.settings import KafkaSettings
 from tests.conftest import free_ports, wait_until
-from tests.e2e.acme_support import NAME, PROFILE, REQUESTER, ChallengeServer, acme_stack, eab_key, on_crl
+from tests.e2e.acme_support import (
+    NAME,
+    REQUESTER,
+    ChallengeServer,
+    acme_stack,
+    eab_key,
+    finalized,
+    in_inventory,
+    on_crl,
+    openssl_verifies,
+)
 from tests.e2e.process_stack import ProcessStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -123,36 +133,25 @@ def _lego(binary: Path, args: list[str], action: str, ca: Path) -> subprocess.Co
     return done
 
 
-def _certificate(path: Path) -> x509.Certificate:
-    """The leaf lego saved, checked: signed by the issuer lego saved beside it, for NAME only."""
-    leaf, *chain = x509.load_pem_x509_certificates((path / "certificates" / f"{NAME}.crt").read_bytes())
-    [issuer, *_] = x509.load_pem_x509_certificates((path / "certificates" / f"{NAME}.issuer.crt").read_bytes())
+def _certificate(path: Path, sim: SimServer, tmp_path: Path) -> x509.Certificate:
+    """The leaf lego saved, checked: signed by the issuer lego saved beside it, `openssl verify` against the emCA
+    root with that issuer file as the intermediates, for NAME only."""
+    bundle, issuer_file = path / "certificates" / f"{NAME}.crt", path / "certificates" / f"{NAME}.issuer.crt"
+    leaf, *chain = x509.load_pem_x509_certificates(bundle.read_bytes())
+    [issuer, *_] = x509.load_pem_x509_certificates(issuer_file.read_bytes())
     assert chain and chain[0] == issuer, "the bundle carries the issuer after the leaf"
     leaf.verify_directly_issued_by(issuer)
+    openssl_verifies(bundle, issuer_file, sim, tmp_path)
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName) == [NAME]
     return leaf
-
-
-def _finalized(stack: ProcessStack) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = stack.rows(
-        "SELECT request_id, requester FROM gateway_requests WHERE request_id LIKE 'acme-finalize-%' ORDER BY request_id")
-    return rows
-
-
-def _in_inventory(stack: ProcessStack, order_request_id: str, leaf: x509.Certificate) -> None:
-    certificate_id = "acme-" + order_request_id.removeprefix("acme-finalize-")
-    inventory = wait_until(lambda: stack.rows("SELECT serial, requester, profile FROM certificate_inventory "
-                                              "WHERE certificate_id = ?", certificate_id),
-                           "the certificate in the auditor's inventory", 60, interval_s=0.5)
-    assert inventory == [(format(leaf.serial_number, "x"), REQUESTER, PROFILE)]
 
 
 @pytest.mark.timeout(600)
 def test_lego_obtains_renews_and_revokes_a_certificate(
         live_https: tuple[ProcessStack, ChallengeServer, SimServer, str, Path, int], lego: Path, tmp_path: Path,
 ) -> None:
-    stack, answering, _, directory, ca, _alpn = live_https
+    stack, answering, sim, directory, ca, _alpn = live_https
     port = answering.httpd.server_address[1]
     answering.__exit__()  # lego's own http-01 server answers on that port now
     created = eab_key(stack)
@@ -160,19 +159,19 @@ def test_lego_obtains_renews_and_revokes_a_certificate(
     args = _account_args(directory, created, path) + ["--http", "--http.address", f"127.0.0.1:{port}"]
 
     _lego(lego, args, "run", ca)
-    first = _certificate(path)
-    [(first_request, requester)] = _finalized(stack)
+    first = _certificate(path, sim, tmp_path)
+    [(first_request, requester)] = finalized(stack)
     assert requester == REQUESTER, "the finalize is the ACME account's request (the EAB key's requester)"
-    _in_inventory(stack, first_request, first)
+    in_inventory(stack, first_request, first)
 
     # renewal: a new order and a new certificate with a new serial, by the same account
     _lego(lego, args, "renew", ca)
-    second = _certificate(path)
+    second = _certificate(path, sim, tmp_path)
     assert second.serial_number != first.serial_number
-    finalized = _finalized(stack)
-    assert len(finalized) == 2 and {r for _, r in finalized} == {REQUESTER}
-    [(second_request, _)] = [row for row in finalized if row[0] != first_request]
-    _in_inventory(stack, second_request, second)
+    requests = finalized(stack)
+    assert len(requests) == 2 and {r for _, r in requests} == {REQUESTER}
+    [(second_request, _)] = [row for row in requests if row[0] != first_request]
+    in_inventory(stack, second_request, second)
 
     _lego(lego, args, "revoke", ca)
     serial = format(second.serial_number, "x")
@@ -191,18 +190,18 @@ def test_lego_obtains_a_certificate_with_tls_alpn_01(
     server (``--tls --tls.address``); its challenge certificate, built by lego, is the one the gateway's validator
     (services/gateway/acme/tls_alpn.py) must accept. A new account, so a new authorization: proven by tls-alpn-01,
     its http-01 challenge offered beside it and left pending."""
-    stack, _, _, directory, ca, alpn_port = live_https
-    before = {request for request, _ in _finalized(stack)}
+    stack, _, sim, directory, ca, alpn_port = live_https
+    before = {request for request, _ in finalized(stack)}
     created = eab_key(stack)
     path = tmp_path / "lego-tls"
     args = _account_args(directory, created, path) + ["--tls", "--tls.address", f"127.0.0.1:{alpn_port}"]
 
     _lego(lego, args, "run", ca)
 
-    leaf = _certificate(path)
-    [(request_id, requester)] = [row for row in _finalized(stack) if row[0] not in before]
+    leaf = _certificate(path, sim, tmp_path)
+    [(request_id, requester)] = [row for row in finalized(stack) if row[0] not in before]
     assert requester == REQUESTER, "the finalize is the ACME account's request (the EAB key's requester)"
-    _in_inventory(stack, request_id, leaf)
+    in_inventory(stack, request_id, leaf)
     [(authz,)] = stack.rows("SELECT authz_id FROM gateway_acme_challenges WHERE type = 'tls-alpn-01' AND status = 'valid'")
     challenges = stack.rows("SELECT type, status, error FROM gateway_acme_challenges WHERE authz_id = ? ORDER BY type",
                             authz)

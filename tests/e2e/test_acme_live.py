@@ -32,7 +32,20 @@ from cryptography.x509.oid import NameOID
 
 from emca_sim.server import SimServer
 from tests.conftest import wait_until
-from tests.e2e.acme_support import CONNECTOR, NAME, PROFILE, REQUESTER, ChallengeServer, eab_key, live, on_crl
+from tests.e2e.acme_support import (
+    CONNECTOR,
+    NAME,
+    PROFILE,
+    REQUESTER,
+    ChallengeServer,
+    audited_issuance,
+    eab_key,
+    finalized,
+    in_inventory,
+    live,
+    on_crl,
+    openssl_verifies,
+)
 from tests.e2e.process_stack import ProcessStack
 from tests.issuer_harness import metric
 
@@ -93,9 +106,7 @@ def test_a_real_acme_client_gets_a_certificate_from_emca_and_revokes_it(
     certificate_id = f"acme-{order_id}"
 
     # the audit trail: the request's requester is the account's; the order's steps are admin events
-    wait_until(lambda: stack.rows("SELECT 1 FROM audit_records WHERE event_type = ? AND subject = ?",
-                                  "io.certrail.certificate.issued.v1", certificate_id),
-               "CertificateIssued in the audit store", 60, interval_s=0.5)
+    audited_issuance(stack, certificate_id)
     [(requester,)] = stack.rows("SELECT requester FROM gateway_requests WHERE request_id = ?", f"acme-finalize-{order_id}")
     assert requester == REQUESTER
     inventory = wait_until(lambda: stack.rows("SELECT status, serial, requester, profile FROM certificate_inventory "
@@ -123,17 +134,6 @@ def _certbot(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=180, check=False)
 
 
-def _openssl_verifies(live_dir: Path, sim: SimServer, tmp_path: Path) -> None:
-    """`openssl verify` of certbot's cert.pem against the emCA root (the self-signed certificate of the simulator's
-    published CA chain), with certbot's chain.pem as the untrusted intermediates."""
-    roots = [c for c in x509.load_pem_x509_certificates((sim.data_dir / "ca-chain.pem").read_bytes()) if c.issuer == c.subject]
-    root_file = tmp_path / "emca-roots.pem"
-    root_file.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots))
-    checked = subprocess.run(["openssl", "verify", "-CAfile", str(root_file), "-untrusted", str(live_dir / "chain.pem"),
-                              str(live_dir / "cert.pem")], capture_output=True, text=True, timeout=30, check=False)
-    assert checked.returncode == 0 and checked.stdout.strip().endswith(": OK"), checked.stdout + checked.stderr
-
-
 @pytest.mark.timeout(420)
 def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
         live: tuple[ProcessStack, ChallengeServer, SimServer], tmp_path: Path) -> None:
@@ -149,9 +149,12 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     live_dir = tmp_path / "certbot" / "config" / "live" / NAME
     first = x509.load_pem_x509_certificates((live_dir / "fullchain.pem").read_bytes())
     first[0].verify_directly_issued_by(first[1])
-    _openssl_verifies(live_dir, sim, tmp_path)
+    openssl_verifies(live_dir / "cert.pem", live_dir / "chain.pem", sim, tmp_path)
     assert first[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName) == [NAME]
+    [(first_request, requester)] = finalized(stack)
+    assert requester == REQUESTER, "the finalize is the ACME account's request (the EAB key's requester)"
+    in_inventory(stack, first_request, first[0])
 
     # renewal: a new order (the authorization is reused), a new certificate with a new serial
     renewed = _certbot(tmp_path, "renew", "--force-renewal", "--no-random-sleep-on-renew", "--standalone",
@@ -159,7 +162,10 @@ def test_the_certbot_cli_obtains_renews_and_revokes_a_certificate(
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     second = x509.load_pem_x509_certificates((live_dir / "fullchain.pem").read_bytes())
     assert second[0].serial_number != first[0].serial_number
-    _openssl_verifies(live_dir, sim, tmp_path)
+    openssl_verifies(live_dir / "cert.pem", live_dir / "chain.pem", sim, tmp_path)
+    [(second_request, requester)] = [row for row in finalized(stack) if row[0] != first_request]
+    assert requester == REQUESTER
+    in_inventory(stack, second_request, second[0])
     # certbot sends no `replaces` (no ARI newOrder): the same names, account, profile and key type retire the first
     # certificate all the same (decision 0033, "replaces retires"): superseded for the scheduler and in the inventory
     # (the gateway's CertificateSuperseded, through its outbox relay), not revoked
