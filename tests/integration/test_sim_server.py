@@ -140,8 +140,12 @@ def test_crl_from_the_certificates_own_distribution_point(sim: SimServer, admin:
     fetch_crl()
     revoked = openssl("verify", "-crl_check", "-CAfile", str(chain), "-CRLfile", str(crl_pem), str(leaf))
     assert revoked.returncode != 0 and "certificate revoked" in revoked.stdout + revoked.stderr
+    entry = x509.load_pem_x509_crl(crl_pem.read_bytes()).get_revoked_certificate_by_serial_number(int(result.serial, 16))
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
+    # openssl prints the serial's magnitude: a serial whose first byte is 00 is printed without it.
     text = openssl("crl", "-in", str(crl_pem), "-noout", "-text").stdout
-    assert result.serial.upper() in text.replace(":", "").upper() and "Key Compromise" in text
+    assert format(int(result.serial, 16), "X") in text.replace(":", "").upper() and "Key Compromise" in text
     assert admin.post(f"/admin/certificates/{result.serial}/revoke", json={"reason": "superseded"}).status_code == 409
 
 
