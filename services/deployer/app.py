@@ -10,7 +10,7 @@
   trust (handlers/projection.py; docs/decisions/0011-deployer-trusts-nothing.md).
 
 Bot-held keys no longer needed are destroyed by a retention sweep on a timer (retirement.py; at once for
-a keyCompromise revocation), each with a BotKeyDestroyed through the outbox below (decision 0026).
+a keyCompromise revocation, whether certrail asked for it or a RevokedOutOfBand reports it), each with a BotKeyDestroyed through the outbox below (decision 0026).
 
 Its deployment targets and bindings change through one path (config/) that records an admin event in
 ``deployer_admin_outbox``; a relay publishes those to its events topic (config/outbox.py). ``/internal/v1``
@@ -39,6 +39,7 @@ from services.common.contracts.admin import (
 from services.common.contracts.commands import ProvisionCertificate
 from services.common.contracts.envelope import Envelope, Message
 from services.common.contracts.events import CertificateIssued, CertificateRevoked, RenewalDue, RequestAccepted
+from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.topics import Topics
 from services.common.internal_api import InternalApiSettings, configured_token, mount_internal
 from services.common.kafka_edge import send_all
@@ -53,7 +54,7 @@ from services.deployer.handlers.projection import on_connector_event, on_profile
 from services.deployer.internal_api import create_internal_app
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.metrics import DeployerMetrics
-from services.deployer.retirement import sweep_keys_forever
+from services.deployer.retirement import on_revoked_out_of_band, sweep_keys_forever
 from services.deployer.runner import RetryPolicy
 from services.deployer.settings import DeployerSettings
 
@@ -66,6 +67,7 @@ def handlers(ctx: DeployerContext) -> dict[type[Message], Handler]:
         ProvisionCertificate: on_provision,
         RenewalDue: on_renewal_due,
         CertificateRevoked: on_revoked,
+        RevokedOutOfBand: on_revoked_out_of_band,
         RequestAccepted: on_request_accepted,
         ConnectorCreated: on_connector_event,
         ConnectorUpdated: on_connector_event,

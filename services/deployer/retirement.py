@@ -3,7 +3,9 @@
 - ``retention_store.supersede_older``: a certificate deployed with a bot-held key supersedes the older keys
   of that certificate (in the deployment's write transaction, handlers/deploy.py).
 - `on_serial_revoked`: a revoked serial's key is superseded at the revocation time; keyCompromise
-  destroys it at once.
+  destroys it at once. The same for a serial revoked at the CA directly (`on_revoked_out_of_band`,
+  RevokedOutOfBand, decision 0030), at the CRL entry's revocation date; a certificateHold (or any name that
+  is not a revocation reason) changes nothing, since a hold may be lifted.
 - `retire_key`: the copies on the targets that had the serial deployed are removed where the target kind
   keeps per-serial versions (file, nginx, ssh; never the version the service serves now), then the
   encrypted key is deleted from ``deployer_bot_keys`` (the row stays as a tombstone) and BotKeyDestroyed
@@ -18,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from services.common.consumer import Outbound
 from services.common.contracts.envelope import Envelope, make_event
 from services.common.contracts.events import CertificateRevoked, TargetRef
-from services.common.contracts.fields import ErrorInfo
+from services.common.contracts.fields import ErrorInfo, RevocationReason
 from services.common.contracts.identity import message_id
 from services.common.contracts.keys import BotKeyDestroyed, KeyCopy, KeyCopyOutcome, KeyRetirementReason
+from services.common.contracts.revocation import RevokedOutOfBand
 from services.deployer import retention_store, store
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.deploy import target_place
@@ -43,12 +47,31 @@ async def on_serial_revoked(ctx: DeployerContext, envelope: Envelope) -> None:
     """Record the revocation on the serial's key (if this deployer made it); keyCompromise: destroy it now."""
     revoked = envelope.data
     assert isinstance(revoked, CertificateRevoked)
+    await _serial_revoked(ctx, envelope, revoked.certificate_id, revoked.serial, revoked.reason, revoked.revoked_at)
 
+
+async def on_revoked_out_of_band(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+    """A serial revoked at the CA directly: its key retired as for a revocation certrail made (a replacement, if the
+    profile asks for one, comes as the gateway's RenewalDue)."""
+    revoked = envelope.data
+    assert isinstance(revoked, RevokedOutOfBand)
+    try:
+        reason = RevocationReason(revoked.reason)
+    except ValueError:  # certificateHold (or removeFromCRL): a suspension that may be lifted, the key stays
+        log.info("%s serial %s is on hold at the CA (%s): its key is kept", revoked.certificate_id, revoked.serial,
+                 revoked.reason)
+        return []
+    await _serial_revoked(ctx, envelope, revoked.certificate_id, revoked.serial, reason, revoked.revoked_at_ca)
+    return []
+
+
+async def _serial_revoked(ctx: DeployerContext, envelope: Envelope, certificate_id: str, serial: str,
+                          reason: RevocationReason, revoked_at: datetime) -> None:
     def mark(session: Session) -> store.BotKey | None:
-        key = store.bot_key_by_serial(session, revoked.certificate_id, revoked.serial)
+        key = store.bot_key_by_serial(session, certificate_id, serial)
         if key is None:
             return None
-        change = revocation_retirement(retention_store.key_state(key), revoked.reason, revoked.revoked_at)
+        change = revocation_retirement(retention_store.key_state(key), reason, revoked_at)
         if change is not None:
             retention_store.mark_superseded(session, [key.cause_id], *change)
             key = store.bot_key_by_cause(session, key.cause_id)

@@ -5,7 +5,8 @@ Two certificates issued through certrail: a bot-held one of a profile with ``on_
 deployed to a file target, and a requester-held one of a profile that only notifies (the default). Both are revoked
 DIRECTLY at the CA with ``certrail emca-sim revoke`` (the simulator's admin API, as an emCA administrator would).
 Within one watch interval the issuer publishes RevokedOutOfBand for each (once), the auditor's inventory shows both
-revoked out of band, and the bot-held certificate is replaced by itself: RenewalDue -> the deployer's fresh key and
+revoked out of band, the deployer destroys the bot-held key at once (keyCompromise), and the bot-held certificate
+is replaced by itself: RenewalDue -> the deployer's fresh key and
 RenewRequested -> a new serial issued and deployed to the target. The notify profile's certificate gets no renewal.
 """
 
@@ -24,6 +25,7 @@ from cryptography import x509
 from emca_sim.server import start_in_thread
 from services.common.contracts.events import CertificateDeployed, CertificateIssued, RenewalDue
 from services.common.contracts.identity import renewal_due_id
+from services.common.contracts.keys import BotKeyDestroyed, KeyRetirementReason
 from services.common.contracts.requests import RenewRequested
 from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.settings import KafkaSettings
@@ -114,6 +116,13 @@ def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: P
         wait_until(lambda c=certificate_id, s=serial: _inventory(live, c, s) == ("revoked", "out_of_band", "keyCompromise"),
                    lambda c=certificate_id, s=serial: f"the inventory to show {c} revoked out of band: {_inventory(live, c, s)}",
                    30, interval_s=0.5)
+
+    # -- the bot-held key revoked for keyCompromise at the CA is destroyed at once by the deployer
+    destroyed = wait_until(lambda: [e for e in live.events(live.topics.deployer_events, BotKeyDestroyed.TYPE, bot_id)
+                                    if e.data.serial == bot.serial], f"the key of {bot_id} serial {bot.serial} destroyed",
+                           30, interval_s=0.5)
+    assert isinstance(destroyed, list) and len(destroyed) == 1
+    assert destroyed[0].data.reason is KeyRetirementReason.KEY_COMPROMISE
 
     # -- replace: a new key, a new serial, deployed; caused by the RenewalDue of the revoked serial
     def replaced() -> str | None:

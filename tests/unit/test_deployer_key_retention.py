@@ -30,6 +30,7 @@ from services.common.contracts.fields import KeyAlgorithm, KeyGeneration, Revoca
 from services.common.contracts.identity import issuance_id
 from services.common.contracts.keys import BotKeyDestroyed, KeyCopyOutcome, KeyRetirementReason
 from services.common.contracts.requests import RenewRequested
+from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine
 from services.common.db_schema import DeployerAdminOutbox, DeployerBotKeyRow
@@ -289,6 +290,50 @@ async def test_a_key_compromise_revocation_destroys_the_key_at_once_and_leaves_t
     assert len(_destroyed_events(bench)) == 1
     # the replacement's certificate arrives and is installed with its new key
     await _issue_and_deploy(bench, replacement.event.data.csr, 3)
+
+
+async def test_a_key_compromise_revoked_at_the_ca_destroys_the_key_at_once_and_a_hold_keeps_it(bench: Bench) -> None:
+    first, second, _ = await _renewed_once(bench)
+    s1, s2 = first.data.serial, second.data.serial
+    bench.clock.now = T0 + timedelta(hours=2)
+
+    def out_of_band(serial: str, reason: str) -> Envelope:
+        return _envelope(RevokedOutOfBand(
+            certificate_id="bot-1", serial=serial, connector="sim", reason=reason, revoked_at_ca=T0 + timedelta(minutes=90),
+            distribution_point="https://ca.example/crl/issuing.crl", detected_at=bench.clock.now))
+
+    # a hold may be lifted: the current key stays, nothing is superseded or destroyed
+    assert await retirement.on_revoked_out_of_band(bench.ctx, out_of_band(s2, "certificateHold")) == []
+    row = _rows(bench)[s2]
+    assert row.private_key is not None and row.superseded_at is None and _destroyed_events(bench) == []
+
+    envelope = out_of_band(s2, "keyCompromise")
+    assert await retirement.on_revoked_out_of_band(bench.ctx, envelope) == []
+    row = _rows(bench)[s2]
+    assert row.private_key is None and row.destroyed_at == bench.clock.now and row.retire_reason == "key_compromise"
+    assert row.superseded_at == T0 + timedelta(minutes=90)  # the CRL entry's revocation date
+    ((event, raw),) = _destroyed_events(bench)
+    assert (event.data.serial, event.data.reason) == (s2, COMPROMISED) and event.causationid == envelope.id
+    assert "PRIVATE KEY" not in raw
+    # redelivered: nothing more; the older key keeps its grace
+    await retirement.on_revoked_out_of_band(bench.ctx, envelope)
+    assert len(_destroyed_events(bench)) == 1 and _rows(bench)[s1].private_key is not None
+
+
+async def test_a_serial_revoked_at_the_ca_for_another_reason_is_superseded_and_destroyed_after_its_grace(bench: Bench) -> None:
+    _, second, _ = await _renewed_once(bench)
+    s2 = second.data.serial
+    revoked_at = T0 + timedelta(hours=2)
+    bench.clock.now = revoked_at + timedelta(minutes=5)
+    await retirement.on_revoked_out_of_band(bench.ctx, _envelope(RevokedOutOfBand(
+        certificate_id="bot-1", serial=s2, connector="sim", reason="cessationOfOperation", revoked_at_ca=revoked_at,
+        distribution_point="https://ca.example/crl/issuing.crl", detected_at=bench.clock.now)))
+    row = _rows(bench)[s2]
+    assert row.private_key is not None and row.superseded_at == revoked_at and row.retire_reason == "superseded"
+    bench.clock.now = revoked_at + WEEK
+    await retirement.sweep_once(bench.ctx)
+    assert _rows(bench)[s2].private_key is None
+    assert s2 in {e.data.serial for e, _ in _destroyed_events(bench)}
 
 
 async def test_two_instances_destroying_one_key_write_one_event(bench: Bench) -> None:
