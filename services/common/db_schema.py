@@ -918,6 +918,8 @@ class DeployerProfileKindRow(Base):
     key_generation: Mapped[str] = mapped_column(String(16))
     #: the profile's on_revocation (keep | remove; migration 0018, decision 0028); None: never said (keep)
     on_revocation: Mapped[str | None] = mapped_column(String(16))
+    #: the profile's on_external_revocation (notify | replace; migration 0026, decision 0030); None: never said (notify)
+    on_external_revocation: Mapped[str | None] = mapped_column(String(16))
     event_id: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

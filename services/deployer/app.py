@@ -47,14 +47,14 @@ from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
 from services.deployer.config.outbox import OutboxRelay
 from services.deployer.context import DeployerContext
-from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
+from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked, on_revoked_out_of_band
 from services.deployer.handlers.deploy import on_certificate_issued
 from services.deployer.handlers.parked import sweep_forever
 from services.deployer.handlers.projection import on_connector_event, on_profile_event, on_request_accepted
 from services.deployer.internal_api import create_internal_app
 from services.deployer.keys import deployer_box, request_signing_key
 from services.deployer.metrics import DeployerMetrics
-from services.deployer.retirement import on_revoked_out_of_band, sweep_keys_forever
+from services.deployer.retirement import sweep_keys_forever
 from services.deployer.runner import RetryPolicy
 from services.deployer.settings import DeployerSettings
 

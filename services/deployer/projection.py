@@ -4,7 +4,8 @@ it installs or provisions anything (docs/decisions/0011-deployer-trusts-nothing.
 - connector -> pinned issuing CA SHA-256 (ConnectorCreated: the pin taken at creation, never
   replaced by another ConnectorCreated; ConnectorUpdated carrying ``pinned_ca_sha256``: a
   deliberate re-pin; ConnectorDeleted: forgotten);
-- profile -> key generation and on_revocation (ProfileCreated / ProfileUpdated / ProfileDeleted);
+- profile -> key generation, on_revocation and on_external_revocation (ProfileCreated / ProfileUpdated /
+  ProfileDeleted);
 - certificate ids the gateway accepted an issue or renew request for (RequestAccepted), each with
   the key hash of the CSR its latest accepted request carried (None: no CSR, or a record from
   before RequestAccepted had the field).
@@ -84,13 +85,25 @@ def profile_on_revocation(session: Session, profile: str) -> str | None:
     return row.on_revocation if row is not None else None
 
 
-def set_on_revocation(session: Session, profile: str, on_revocation: str, event_id: str, now: datetime) -> bool:
-    """Record the profile's on_revocation (migration 0018); False when the profile is unknown here (its
-    ProfileCreated, which carries key_generation, has not been seen)."""
+def profile_on_external_revocation(session: Session, profile: str) -> str | None:
+    """The profile's on_external_revocation as last announced (None: never said, or the profile is unknown here)."""
+    row = session.get(DeployerProfileKindRow, profile)
+    return row.on_external_revocation if row is not None else None
+
+
+def set_revocation_policy(session: Session, profile: str, event_id: str, now: datetime, *,
+                          on_revocation: str | None = None, on_external_revocation: str | None = None) -> bool:
+    """Record what the profile says of revoked certificates (migrations 0018 and 0026; None: not said in this event,
+    the earlier value stands); False when the profile is unknown here (its ProfileCreated, which carries
+    key_generation, has not been seen)."""
     row = session.get(DeployerProfileKindRow, profile)
     if row is None:
         return False
-    row.on_revocation, row.event_id, row.updated_at = on_revocation, event_id, now
+    if on_revocation is not None:
+        row.on_revocation = on_revocation
+    if on_external_revocation is not None:
+        row.on_external_revocation = on_external_revocation
+    row.event_id, row.updated_at = event_id, now
     return True
 
 

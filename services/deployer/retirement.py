@@ -3,8 +3,8 @@
 - ``retention_store.supersede_older``: a certificate deployed with a bot-held key supersedes the older keys
   of that certificate (in the deployment's write transaction, handlers/deploy.py).
 - `on_serial_revoked`: a revoked serial's key is superseded at the revocation time; keyCompromise
-  destroys it at once. The same for a serial revoked at the CA directly (`on_revoked_out_of_band`,
-  RevokedOutOfBand, decision 0030), at the CRL entry's revocation date; a certificateHold (or any name that
+  destroys it at once. The same for a serial revoked at the CA directly (RevokedOutOfBand,
+  `on_serial_revoked_out_of_band`, decision 0030), at the CRL entry's revocation date; a certificateHold (or any name that
   is not a revocation reason) changes nothing, since a hold may be lifted.
 - `retire_key`: the copies on the targets that had the serial deployed are removed where the target kind
   keeps per-serial versions (file, nginx, ssh; never the version the service serves now), then the
@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from services.common.consumer import Outbound
 from services.common.contracts.envelope import Envelope, make_event
 from services.common.contracts.events import CertificateRevoked, TargetRef
 from services.common.contracts.fields import ErrorInfo, RevocationReason
@@ -50,7 +49,7 @@ async def on_serial_revoked(ctx: DeployerContext, envelope: Envelope) -> None:
     await _serial_revoked(ctx, envelope, revoked.certificate_id, revoked.serial, revoked.reason, revoked.revoked_at)
 
 
-async def on_revoked_out_of_band(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+async def on_serial_revoked_out_of_band(ctx: DeployerContext, envelope: Envelope) -> None:
     """A serial revoked at the CA directly: its key retired as for a revocation certrail made (a replacement, if the
     profile asks for one, comes as the gateway's RenewalDue)."""
     revoked = envelope.data
@@ -60,9 +59,8 @@ async def on_revoked_out_of_band(ctx: DeployerContext, envelope: Envelope) -> li
     except ValueError:  # certificateHold (or removeFromCRL): a suspension that may be lifted, the key stays
         log.info("%s serial %s is on hold at the CA (%s): its key is kept", revoked.certificate_id, revoked.serial,
                  revoked.reason)
-        return []
+        return
     await _serial_revoked(ctx, envelope, revoked.certificate_id, revoked.serial, reason, revoked.revoked_at_ca)
-    return []
 
 
 async def _serial_revoked(ctx: DeployerContext, envelope: Envelope, certificate_id: str, serial: str,

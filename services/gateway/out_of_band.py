@@ -25,10 +25,10 @@ from services.common.contracts.events import RenewalDue
 from services.common.contracts.identity import renewal_due_id
 from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.topics import Topics
+from services.common.contracts.undeploy import ExternalRevocation
 from services.common.db import write_session
 from services.common.db_schema import GatewayIssuedSerial, GatewayNotice
 from services.gateway import issued, store
-from services.gateway.policy.profile import ExternalRevocation
 from services.gateway.scheduler import store as notices
 from services.gateway.scheduler.plan import PlannedNotice
 from services.gateway.scheduler.policy import PENDING_PREFIX, RENEWAL_DUE

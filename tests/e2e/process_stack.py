@@ -82,9 +82,9 @@ class ProcessStack:
         check(self.admin.post(f"/v1/requesters/{DEPLOYER}/keys", json={
             "key_id": "deployer-1", "secret_base64": base64.b64encode(self.request_key.encode()).decode()}), 201)
 
-    def file_target(self, name: str, profile: str) -> Path:
-        """A file target under ``var/deploy`` bound to ``profile``; returns its directory."""
-        directory = self.var / "deploy"
+    def file_target(self, name: str, profile: str, subdir: str = "deploy") -> Path:
+        """A file target under ``var/<subdir>`` bound to ``profile``; returns its directory."""
+        directory = self.var / subdir
         check(self.admin.put(f"/v1/targets/{name}", json={"kind": "file", "config": {"dir": str(directory)}}), 201)
         check(self.admin.put(f"/v1/profiles/{profile}/targets/{name}"), 201)
         return directory

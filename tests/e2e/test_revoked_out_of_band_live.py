@@ -8,6 +8,7 @@ Within one watch interval the issuer publishes RevokedOutOfBand for each (once),
 revoked out of band, the deployer destroys the bot-held key at once (keyCompromise), and the bot-held certificate
 is replaced by itself: RenewalDue -> the deployer's fresh key and
 RenewRequested -> a new serial issued and deployed to the target. The notify profile's certificate gets no renewal.
+A third, bot-held, of a profile that notifies and says ``on_revocation: remove``, is taken off its file target.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.common.contracts.identity import renewal_due_id
 from services.common.contracts.keys import BotKeyDestroyed, KeyRetirementReason
 from services.common.contracts.requests import RenewRequested
 from services.common.contracts.revocation import RevokedOutOfBand
+from services.common.contracts.undeploy import CertificateUndeployed
 from services.common.settings import KafkaSettings
 from tests.conftest import wait_until
 from tests.e2e.process_stack import DEPLOYER, ProcessStack, process_stack
@@ -37,6 +39,7 @@ from tests.e2e.process_stack import csr as _csr
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONNECTOR, BOT_PROFILE, CSR_PROFILE, TARGET = "emca-oob", "oob-bot", "oob-csr", "oob-files"
+REMOVE_PROFILE, REMOVE_TARGET = "oob-remove", "oob-gone"  # on_revocation: remove, on_external_revocation: notify
 REQUESTER = "web-team"
 DOMAIN = "oob.certrail.test"
 WATCH_INTERVAL_S = 4
@@ -59,7 +62,11 @@ def live(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[ProcessStack
             "on_external_revocation": "replace"}), 201)
         _check(stack.admin.post("/v1/profiles", json={  # on_external_revocation: notify, the default
             **common, "name": CSR_PROFILE, "key_generation": "requester", "allowed_requesters": [REQUESTER]}), 201)
+        _check(stack.admin.post("/v1/profiles", json={
+            **common, "name": REMOVE_PROFILE, "key_generation": "bot", "bot_key_algorithm": "EC-P256",
+            "allowed_requesters": [REQUESTER, DEPLOYER], "deployment_target": REMOVE_TARGET, "on_revocation": "remove"}), 201)
         stack.file_target(TARGET, BOT_PROFILE)
+        stack.file_target(REMOVE_TARGET, REMOVE_PROFILE, "deploy-gone")
         yield stack
 
 
@@ -70,9 +77,9 @@ def _issued(live: ProcessStack, certificate_id: str) -> CertificateIssued:
     return found[0].data
 
 
-def _deployed(live: ProcessStack, certificate_id: str) -> set[str]:
+def _deployed(live: ProcessStack, certificate_id: str, target: str = TARGET) -> set[str]:
     return {s for (s,) in live.rows("SELECT serial FROM deployer_deployments WHERE certificate_id = ? AND target_name = ?"
-                                " AND status = 'deployed'", certificate_id, TARGET)}
+                                " AND status = 'deployed'", certificate_id, target)}
 
 
 def _revoke_at_ca(live: ProcessStack, serial: str) -> datetime:
@@ -97,10 +104,17 @@ def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: P
         "request_id": f"issue-{bot_id}", "profile": BOT_PROFILE, "certificate_id": bot_id, "sans": [f"dns:{bot_id}"]}), 202)
     _check(live.requester.post("/v1/certificates", json={
         "request_id": f"issue-{csr_id}", "profile": CSR_PROFILE, "certificate_id": csr_id, "csr": _csr(csr_id)}), 202)
-    bot, csr = _issued(live, bot_id), _issued(live, csr_id)
+    gone_id = f"gone.{DOMAIN}"
+    _check(live.requester.post("/v1/certificates", json={
+        "request_id": f"issue-{gone_id}", "profile": REMOVE_PROFILE, "certificate_id": gone_id,
+        "sans": [f"dns:{gone_id}"]}), 202)
+    bot, csr, gone = _issued(live, bot_id), _issued(live, csr_id), _issued(live, gone_id)
     wait_until(lambda: bot.serial in _deployed(live, bot_id), f"{bot_id} deployed", 60, interval_s=0.5)
+    wait_until(lambda: gone.serial in _deployed(live, gone_id, REMOVE_TARGET), f"{gone_id} deployed", 60, interval_s=0.5)
+    assert (live.var / "deploy-gone" / "current" / "cert.pem").exists()
 
     revoked_at = {bot_id: _revoke_at_ca(live, bot.serial), csr_id: _revoke_at_ca(live, csr.serial)}
+    _revoke_at_ca(live, gone.serial)
 
     # -- noticed within one watch interval (plus the watcher's idle round), once per serial
     for certificate_id, serial, request_id in ((bot_id, bot.serial, bot.request_id), (csr_id, csr.serial, csr.request_id)):
@@ -123,6 +137,15 @@ def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: P
                            30, interval_s=0.5)
     assert isinstance(destroyed, list) and len(destroyed) == 1
     assert destroyed[0].data.reason is KeyRetirementReason.KEY_COMPROMISE
+
+    # -- notify with on_revocation: remove: nothing replaces it, so the deployer takes it off its target
+    undeployed = wait_until(lambda: live.events(live.topics.deployer_events, CertificateUndeployed.TYPE, gone_id),
+                            f"{gone_id} taken off its target", WATCH_INTERVAL_S + WATCHER_IDLE_S + 30, interval_s=0.5)
+    assert isinstance(undeployed, list) and len(undeployed) == 1
+    assert (undeployed[0].data.serial, undeployed[0].data.request_id) == (gone.serial, None)
+    assert [(t.target.name, t.outcome.value) for t in undeployed[0].data.targets] == [(REMOVE_TARGET, "removed")]
+    assert not (live.var / "deploy-gone" / "current").exists() and gone.serial not in _deployed(live, gone_id, REMOVE_TARGET)
+    assert not live.events(live.topics.gateway_events, RenewalDue.TYPE, gone_id)
 
     # -- replace: a new key, a new serial, deployed; caused by the RenewalDue of the revoked serial
     def replaced() -> str | None:
@@ -148,4 +171,4 @@ def test_a_revocation_made_at_the_ca_is_noticed_and_replaced_per_profile(live: P
     # -- notify: nothing but the event and the inventory state
     assert not live.events(live.topics.gateway_events, RenewalDue.TYPE, csr_id)
     assert len(live.events(live.topics.issuer_events, RevokedOutOfBand.TYPE, bot_id)) == 1  # not again next interval
-    assert live.rows("SELECT COUNT(*) FROM issuer_watched_serials WHERE state = ?", "revoked_out_of_band") == [(2,)]
+    assert live.rows("SELECT COUNT(*) FROM issuer_watched_serials WHERE state = ?", "revoked_out_of_band") == [(3,)]

@@ -38,7 +38,7 @@ from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.deployer import projection, retirement, store
 from services.deployer.context import DeployerContext
-from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked
+from services.deployer.handlers.bot import on_provision, on_renewal_due, on_revoked, on_revoked_out_of_band
 from services.deployer.handlers.deploy import on_certificate_issued
 from services.deployer.metrics import DeployerMetrics
 from services.deployer.retention import KeyState, retire_due, revocation_retirement, superseded_by
@@ -303,12 +303,12 @@ async def test_a_key_compromise_revoked_at_the_ca_destroys_the_key_at_once_and_a
             distribution_point="https://ca.example/crl/issuing.crl", detected_at=bench.clock.now))
 
     # a hold may be lifted: the current key stays, nothing is superseded or destroyed
-    assert await retirement.on_revoked_out_of_band(bench.ctx, out_of_band(s2, "certificateHold")) == []
+    assert await on_revoked_out_of_band(bench.ctx, out_of_band(s2, "certificateHold")) == []
     row = _rows(bench)[s2]
     assert row.private_key is not None and row.superseded_at is None and _destroyed_events(bench) == []
 
     envelope = out_of_band(s2, "keyCompromise")
-    assert await retirement.on_revoked_out_of_band(bench.ctx, envelope) == []
+    assert await on_revoked_out_of_band(bench.ctx, envelope) == []
     row = _rows(bench)[s2]
     assert row.private_key is None and row.destroyed_at == bench.clock.now and row.retire_reason == "key_compromise"
     assert row.superseded_at == T0 + timedelta(minutes=90)  # the CRL entry's revocation date
@@ -316,7 +316,7 @@ async def test_a_key_compromise_revoked_at_the_ca_destroys_the_key_at_once_and_a
     assert (event.data.serial, event.data.reason) == (s2, COMPROMISED) and event.causationid == envelope.id
     assert "PRIVATE KEY" not in raw
     # redelivered: nothing more; the older key keeps its grace
-    await retirement.on_revoked_out_of_band(bench.ctx, envelope)
+    await on_revoked_out_of_band(bench.ctx, envelope)
     assert len(_destroyed_events(bench)) == 1 and _rows(bench)[s1].private_key is not None
 
 
@@ -325,7 +325,7 @@ async def test_a_serial_revoked_at_the_ca_for_another_reason_is_superseded_and_d
     s2 = second.data.serial
     revoked_at = T0 + timedelta(hours=2)
     bench.clock.now = revoked_at + timedelta(minutes=5)
-    await retirement.on_revoked_out_of_band(bench.ctx, _envelope(RevokedOutOfBand(
+    await on_revoked_out_of_band(bench.ctx, _envelope(RevokedOutOfBand(
         certificate_id="bot-1", serial=s2, connector="sim", reason="cessationOfOperation", revoked_at_ca=revoked_at,
         distribution_point="https://ca.example/crl/issuing.crl", detected_at=bench.clock.now)))
     row = _rows(bench)[s2]

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from services.common.consumer import InvalidMessage
 from services.common.contracts.admin import AdminOutcome, ProfileUpdated
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import Envelope, decode
@@ -21,10 +22,11 @@ from services.common.contracts.errors import ErrorCode
 from services.common.contracts.events import CertificateRevoked
 from services.common.contracts.fields import RevocationReason
 from services.common.contracts.requests import RenewRequested
+from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.undeploy import CertificateUndeployed, OnRevocation, UndeployOutcome
 from services.common.db_schema import DeployerAdminOutbox, DeployerDeploymentRow
 from services.deployer import projection
-from services.deployer.handlers.bot import on_revoked
+from services.deployer.handlers.bot import on_revoked, on_revoked_out_of_band
 from services.deployer.handlers.projection import on_profile_event
 from services.deployer.store import Deployment
 from services.deployer.targets.base import Bundle, TargetError
@@ -183,3 +185,50 @@ async def test_keep_and_replace_leave_the_served_certificate(bench: Bench) -> No
     (request,) = await on_revoked(bench.ctx, _revoked(second.data.serial, replace=True))
     assert isinstance(request.event.data, RenewRequested) and request.event.data.replaces_serial == second.data.serial
     assert _undeployed(bench) == [] and _served(bench) == second.data.serial and _status(bench, second.data.serial) == "deployed"
+
+
+# -- revoked at the CA directly (RevokedOutOfBand, decision 0030) --------------------------------------------------
+
+
+def _out_of_band(serial: str, reason: str = "keyCompromise") -> Envelope:
+    return _envelope(RevokedOutOfBand(certificate_id="bot-1", serial=serial, connector="sim", reason=reason,
+                                      revoked_at_ca=T0 + timedelta(hours=2), distribution_point="https://ca.example/crl.crl",
+                                      detected_at=T0 + timedelta(hours=2, minutes=1)))
+
+
+async def _say_external(bench: Bench, on_external_revocation: str) -> None:
+    await on_profile_event(bench.ctx, _envelope(ProfileUpdated(profile="web", actor="admin", outcome=AdminOutcome.SUCCEEDED,
+                                                                change={"on_external_revocation": on_external_revocation})))
+    with bench.ctx.read() as session:
+        assert projection.profile_on_external_revocation(session, "web") == on_external_revocation
+        assert projection.profile_on_revocation(session, "web") == "remove"  # an event that does not say keeps it
+
+
+async def test_a_serial_revoked_at_the_ca_is_taken_off_unless_a_replacement_comes_or_it_is_a_hold(bench: Bench) -> None:
+    _, second, _ = await _renewed_once(bench)
+    serial = second.data.serial
+    await _say(bench, "remove")
+
+    # a hold may be lifted; replace: the gateway's RenewalDue brings the replacement, which takes its place
+    assert await on_revoked_out_of_band(bench.ctx, _out_of_band(serial, "certificateHold")) == []
+    await _say_external(bench, "replace")
+    assert await on_revoked_out_of_band(bench.ctx, _out_of_band(serial)) == []
+    assert _undeployed(bench) == [] and _served(bench) == serial and _status(bench, serial) == "deployed"
+
+    # notify (the default): nothing replaces it, so on_revocation: remove takes it off, without a request id
+    await _say_external(bench, "notify")
+    revocation = _out_of_band(serial)
+    await on_revoked_out_of_band(bench.ctx, revocation)
+    ((event, raw),) = _undeployed(bench)
+    assert isinstance(event.data, CertificateUndeployed) and event.causationid == revocation.id
+    assert (event.data.serial, event.data.request_id, event.data.reason) == (serial, None, RevocationReason.KEY_COMPROMISE)
+    assert [(t.target.name, t.outcome) for t in event.data.targets] == [("files", UndeployOutcome.REMOVED)]
+    assert _served(bench) is None and _status(bench, serial) == "removed" and "PRIVATE KEY" not in raw
+    await on_revoked_out_of_band(bench.ctx, revocation)  # redelivered: nothing again
+    assert len(_undeployed(bench)) == 1
+
+
+async def test_an_unknown_on_external_revocation_is_refused(bench: Bench) -> None:
+    with pytest.raises(InvalidMessage, match="unknown on_external_revocation 'delete'"):
+        await on_profile_event(bench.ctx, _envelope(ProfileUpdated(
+            profile="web", actor="admin", outcome=AdminOutcome.SUCCEEDED, change={"on_external_revocation": "delete"})))

@@ -19,13 +19,14 @@ from services.common.contracts.events import RenewalDue
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration
 from services.common.contracts.identity import renewal_due_id
 from services.common.contracts.revocation import RevokedOutOfBand
+from services.common.contracts.undeploy import ExternalRevocation
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import GatewayIssuedSerial, GatewayNotice
 from services.common.migrate import upgrade
 from services.common.settings import DatabaseSettings
 from services.gateway import issued, store
 from services.gateway.out_of_band import on_revoked_out_of_band
-from services.gateway.policy.profile import ExternalRevocation, ProvisioningProfile
+from services.gateway.policy.profile import ProvisioningProfile
 from tests.gateway_fixtures import NOW, TOPICS, _profile
 from tests.unit.test_gateway_issued import _issued
 

@@ -2,7 +2,9 @@
 profile says ``on_revocation: remove`` and the revocation asked for no replacement, the deployer takes the
 revoked serial off every target that serves it and records the outcome per target as
 `CertificateUndeployed` on ``certrail.events.deployer``, keyed by the certificate id and caused by the
-CertificateRevoked. It names targets and outcomes only: never key material."""
+CertificateRevoked. The same for a serial revoked at the CA directly (RevokedOutOfBand, decision 0030) unless the
+profile's ``on_external_revocation`` asks for a replacement: then no ``request_id``. It names targets and outcomes
+only: never key material."""
 
 from __future__ import annotations
 
@@ -25,6 +27,14 @@ class OnRevocation(StrEnum):
     REMOVE = "remove"  # removed from every target that serves the revoked serial
 
 
+class ExternalRevocation(StrEnum):
+    """A provisioning profile's ``on_external_revocation``: what the gateway does when a certificate of the profile
+    is found revoked at the CA outside certrail (RevokedOutOfBand; docs/decisions/0030)."""
+
+    NOTIFY = "notify"  # nothing but the event and the inventory state: an operator decides
+    REPLACE = "replace"  # a RenewalDue at once, as the scheduler's: bot keys renewed by the deployer, else the requester's
+
+
 class UndeployOutcome(StrEnum):
     REMOVED = "removed"  # the target served the serial; its files (and key) are gone and the service was reloaded
     NOT_SERVING = "not_serving"  # the target serves another serial (a newer one) or nothing: left untouched
@@ -44,11 +54,12 @@ class CertificateUndeployed(Message):
     TYPE: ClassVar[str] = "io.certrail.certificate.undeployed.v1"
     CHANNEL: ClassVar[str] = "events.deployer"
     SUMMARY: ClassVar[str] = ("The deployer removed a revoked certificate from the targets serving it (profile "
-                              "on_revocation: remove, no replacement requested); one outcome per target.")
+                              "on_revocation: remove, no replacement requested; also for a revocation made at the CA "
+                              "directly, then without request_id); one outcome per target.")
 
     certificate_id: CertificateId
     serial: Serial  # the revoked serial
-    request_id: RequestId  # the revocation's request
+    request_id: RequestId | None = None  # the revocation's request; None: revoked at the CA directly (RevokedOutOfBand)
     profile: ProfileName
     reason: RevocationReason
     targets: Annotated[list[TargetUndeployment], Field(max_length=64)] = Field(default_factory=list)

@@ -11,7 +11,9 @@ the profile admin events) is dead-lettered with REQUESTER_NOT_AUTHORISED: no key
 
 A CertificateRevoked first supersedes the revoked serial's key; for keyCompromise it is destroyed at once
 (retirement.py, decision 0026). Without a replacement, a profile with ``on_revocation: remove`` has the serial
-taken off its targets (handlers/undeploy.py, decision 0028)."""
+taken off its targets (handlers/undeploy.py, decision 0028). A RevokedOutOfBand (revoked at the CA directly,
+decision 0030) the same, its replacement being the gateway's RenewalDue when the profile's on_external_revocation
+says replace."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from services.deployer import projection, store
 from services.deployer.botkeys import generate_key, make_csr, names_of, private_pem
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.undeploy import undeploy_revoked
-from services.deployer.retirement import on_serial_revoked
+from services.deployer.retirement import on_serial_revoked, on_serial_revoked_out_of_band
 from services.deployer.targets.base import public_key_sha256
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,13 @@ async def on_renewal_due(ctx: DeployerContext, envelope: Envelope) -> list[Outbo
             f"RenewalDue for bot-held certificate {due.certificate_id} serial {due.serial}: this deployer holds no key issued "
             "with that serial", code=ErrorCode.KEY_NOT_FOUND)
     return out
+
+
+async def on_revoked_out_of_band(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
+    """Off its targets first (profile on_revocation: remove, no replacement), then its key retired."""
+    await undeploy_revoked(ctx, envelope)
+    await on_serial_revoked_out_of_band(ctx, envelope)
+    return []
 
 
 async def on_revoked(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:

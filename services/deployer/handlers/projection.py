@@ -2,7 +2,8 @@
 (the certificate ids the gateway accepted, with the key of the CSR the latest one carried) and profile admin
 events; from certrail.events.issuer the connector admin events (the pinned issuing CA; the issuer owns the
 registry, decision 0034). The profile events say whether the deployer
-generates the profile's keys, and whether a revoked certificate is removed from its targets (on_revocation). They publish nothing of their own; an acceptance or a pin
+generates the profile's keys, whether a revoked certificate is removed from its targets (on_revocation), and whether
+a certificate revoked at the CA directly gets a replacement (on_external_revocation: then it is not removed). They publish nothing of their own; an acceptance or a pin
 releases the certificates parked waiting for it (parking.py) and returns what those lead to."""
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from services.common.contracts.admin import (
 from services.common.contracts.envelope import Envelope
 from services.common.contracts.events import RequestAccepted
 from services.common.contracts.fields import KeyGeneration, RequestKind
-from services.common.contracts.undeploy import OnRevocation
+from services.common.contracts.undeploy import ExternalRevocation, OnRevocation
 from services.deployer import parking, projection
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.parked import release as _release
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _KINDS = {k.value for k in KeyGeneration}
 _ON_REVOCATION = {o.value for o in OnRevocation}
+_ON_EXTERNAL_REVOCATION = {o.value for o in ExternalRevocation}
 
 
 async def on_request_accepted(ctx: DeployerContext, envelope: Envelope) -> list[Outbound]:
@@ -90,21 +92,25 @@ async def on_profile_event(ctx: DeployerContext, envelope: Envelope) -> list[Out
         return []
     kind = event.change.get("key_generation")
     on_revocation = event.change.get("on_revocation")
-    if kind is None and on_revocation is None:
-        return []  # an edit that kept both
+    on_external = event.change.get("on_external_revocation")
+    if kind is None and on_revocation is None and on_external is None:
+        return []  # an edit that kept all three
     if kind is not None and (not isinstance(kind, str) or kind not in _KINDS):
         raise InvalidMessage(f"{type(event).__name__} for profile {event.profile!r}: unknown key_generation {kind!r}")
     if on_revocation is not None and (not isinstance(on_revocation, str) or on_revocation not in _ON_REVOCATION):
         raise InvalidMessage(f"{type(event).__name__} for profile {event.profile!r}: unknown on_revocation {on_revocation!r}")
+    if on_external is not None and (not isinstance(on_external, str) or on_external not in _ON_EXTERNAL_REVOCATION):
+        raise InvalidMessage(f"{type(event).__name__} for profile {event.profile!r}: unknown on_external_revocation "
+                             f"{on_external!r}")
 
     def save(session: Session) -> None:
         now = ctx.clock()
         if kind is not None:
             projection.set_profile_kind(session, event.profile, kind, envelope.id, now)
-            session.flush()  # a new row is found by set_on_revocation below
-        if on_revocation is not None and not projection.set_on_revocation(session, event.profile, on_revocation,
-                                                                           envelope.id, now):
-            log.warning("ignored on_revocation of profile %s (%s): its creation was never seen here", event.profile,
+            session.flush()  # a new row is found by set_revocation_policy below
+        if (on_revocation is not None or on_external is not None) and not projection.set_revocation_policy(
+                session, event.profile, envelope.id, now, on_revocation=on_revocation, on_external_revocation=on_external):
+            log.warning("ignored the revocation policy of profile %s (%s): its creation was never seen here", event.profile,
                         envelope.id)
     await asyncio.to_thread(_write, ctx, save)
     return []

@@ -1,6 +1,7 @@
 """CertificateRevoked without a replacement, profile ``on_revocation: remove`` -> the revoked serial taken off every
 target serving it, one CertificateUndeployed with the outcome per target (issue 20, decision 0028; the
-decision is undeploy.py's).
+decision is undeploy.py's). A serial revoked at the CA directly (RevokedOutOfBand, decision 0030) the same, unless
+the profile's ``on_external_revocation: replace`` brings a replacement; a certificateHold removes nothing.
 
 file, nginx and ssh targets unlink ``current``, reload the service and delete the serial's versions (key file
 included; targets/files.py ``remove_served_in``); a webhook receiver cannot be told to give a certificate back
@@ -19,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from services.common.contracts.envelope import Envelope, encode, make_event
 from services.common.contracts.events import CertificateRevoked, TargetRef
-from services.common.contracts.fields import ErrorInfo
+from services.common.contracts.fields import ErrorInfo, RevocationReason
 from services.common.contracts.identity import message_id
-from services.common.contracts.undeploy import CertificateUndeployed, TargetUndeployment, UndeployOutcome
+from services.common.contracts.revocation import RevokedOutOfBand
+from services.common.contracts.undeploy import CertificateUndeployed, ExternalRevocation, TargetUndeployment, UndeployOutcome
 from services.common.db_schema import DeployerAcceptedCertificateRow, DeployerAdminOutbox, DeployerDeploymentRow
 from services.deployer import projection, store
 from services.deployer.context import DeployerContext
@@ -42,6 +44,30 @@ def _profile_of(session: Session, certificate_id: str, serial: str) -> str | Non
 
 
 @dataclass(frozen=True)
+class Revoked:
+    """A revoked serial, whoever revoked it. ``replace`` None: as the profile's on_external_revocation says."""
+
+    certificate_id: str
+    serial: str
+    reason: RevocationReason
+    request_id: str | None  # None: revoked at the CA directly
+    replace: bool | None
+
+    @classmethod
+    def of(cls, envelope: Envelope) -> Revoked | None:
+        """The revocation ``envelope`` carries; None for a RevokedOutOfBand that is a hold, not a revocation."""
+        data = envelope.data
+        if isinstance(data, CertificateRevoked):
+            return cls(data.certificate_id, data.serial, data.reason, data.request_id, data.replace)
+        assert isinstance(data, RevokedOutOfBand)
+        try:
+            reason = RevocationReason(data.reason)
+        except ValueError:  # certificateHold (or removeFromCRL): may be lifted
+            return None
+        return cls(data.certificate_id, data.serial, reason, None, None)
+
+
+@dataclass(frozen=True)
 class _Read:
     profile: str | None
     removal: Removal
@@ -49,11 +75,15 @@ class _Read:
     kinds: dict[str, str]  # target name -> kind, as deployed
 
 
-def _read(session: Session, ctx: DeployerContext, revoked: CertificateRevoked, event_id: str) -> _Read:
+def _read(session: Session, ctx: DeployerContext, revoked: Revoked, event_id: str) -> _Read:
     profile = _profile_of(session, revoked.certificate_id, revoked.serial)
     on_revocation = projection.profile_on_revocation(session, profile) if profile is not None else None
+    replace = revoked.replace
+    if replace is None:  # revoked at the CA directly: the gateway replaces it when the profile says so
+        replace = profile is not None and \
+            projection.profile_on_external_revocation(session, profile) == ExternalRevocation.REPLACE.value
     deployments = store.list_deployments(session, revoked.certificate_id)
-    removal = plan_removal(on_revocation, revoked.replace, deployments, revoked.serial)
+    removal = plan_removal(on_revocation, replace, deployments, revoked.serial)
     if not removal.remove or not removal.targets or _queued(session, event_id):
         return _Read(profile, Removal(False), {}, {})
     specs: dict[str, store.TargetSpec | None] = {}
@@ -69,7 +99,7 @@ def _queued(session: Session, event_id: str) -> bool:
     return session.scalar(select(DeployerAdminOutbox.seq).where(DeployerAdminOutbox.event_id == event_id)) is not None
 
 
-async def _remove_one(ctx: DeployerContext, revoked: CertificateRevoked, name: str, spec: store.TargetSpec | None,
+async def _remove_one(ctx: DeployerContext, revoked: Revoked, name: str, spec: store.TargetSpec | None,
                       serving: bool, kind: str) -> TargetUndeployment:
     ref = TargetRef(name=name, kind=spec.kind.value if spec is not None else kind)
     if not serving:
@@ -92,7 +122,7 @@ async def _remove_one(ctx: DeployerContext, revoked: CertificateRevoked, name: s
     return TargetUndeployment(target=ref, outcome=UndeployOutcome.REMOVED if removed else UndeployOutcome.NOT_SERVING)
 
 
-def _record(session: Session, revoked: CertificateRevoked, removed: list[str], event: Envelope) -> bool:
+def _record(session: Session, revoked: Revoked, removed: list[str], event: Envelope) -> bool:
     """The serial's rows on the targets it left become ``removed`` and the event is queued, once."""
     if _queued(session, event.id):
         return False
@@ -107,11 +137,10 @@ def _record(session: Session, revoked: CertificateRevoked, removed: list[str], e
 
 
 async def undeploy_revoked(ctx: DeployerContext, envelope: Envelope) -> None:
-    """Take a revoked serial off its targets when its profile says so (nothing for ``replace=true``)."""
-    revoked = envelope.data
-    assert isinstance(revoked, CertificateRevoked)
-    if revoked.replace:
-        return  # the replacement's deployment takes its place
+    """Take a revoked serial off its targets when its profile says so (nothing when a replacement comes)."""
+    revoked = Revoked.of(envelope)
+    if revoked is None or revoked.replace:
+        return  # a hold; or the replacement's deployment takes its place
     event_id = message_id(envelope.id, CertificateUndeployed.TYPE)
     read = await ctx.read_in(_read, ctx, revoked, event_id)
     removal = read.removal

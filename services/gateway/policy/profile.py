@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from services.common.contracts.commands import ValidityDays
 from services.common.contracts.fields import KeyAlgorithm, KeyGeneration, ShortText
 from services.common.contracts.identity import ConnectorName, Identity, ProfileName
-from services.common.contracts.undeploy import OnRevocation
+from services.common.contracts.undeploy import ExternalRevocation, OnRevocation
 from services.gateway.policy.names import NameSyntaxError, normalise_dns_name
 
 #: RSA keys shorter than this are never allowed, whatever a profile says
@@ -317,14 +317,6 @@ class RenewalPolicy(_Strict):
             return not_after - self.renew_before
         fraction = self.renew_at_fraction if self.renew_at_fraction is not None else DEFAULT_RENEW_AT_FRACTION
         return not_before + lifetime * fraction
-
-
-class ExternalRevocation(StrEnum):
-    """What the gateway does when a certificate of the profile is found revoked at the CA outside certrail
-    (RevokedOutOfBand; docs/decisions/0030)."""
-
-    NOTIFY = "notify"  # nothing but the event and the inventory state: an operator decides
-    REPLACE = "replace"  # a RenewalDue at once, as the scheduler's: bot keys renewed by the deployer, else the requester's
 
 
 class ProvisioningProfile(_Strict):
