@@ -25,6 +25,10 @@ from services.common.stack_db import stored_url
 from tests.conftest import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+#: a SIGKILLed consumer keeps its partitions until its group's session timeout lapses (30 s by default): the fault
+#: tests use 6 s, as the process-stack tests do, so that a kill costs seconds (docs/operations.md, "What happens on a
+#: service instance's loss")
+FAST_FAILOVER = {"CERTRAIL_KAFKA_SESSION_TIMEOUT_MS": "6000", "CERTRAIL_KAFKA_HEARTBEAT_INTERVAL_MS": "1000"}
 PORT_NAMES = ["KAFKA", "KAFKA_CONTROLLER", "GATEWAY", "ISSUER", "DEPLOYER", "AUDITOR", "SIM", "SIM_CRL", "SIM_ADMIN"]
 
 
@@ -38,11 +42,13 @@ class EmbeddedStack:
     var_dir: Path
     ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True)))
     up_output: str = ""
+    #: settings for every service of the stack (``certrail up`` passes its environment on)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
         env = {**os.environ, "CERTRAIL_UP_VAR_DIR": str(self.var_dir), "CERTRAIL_UP_CACHE_DIR": str(ROOT / ".cache"),
-               **{f"CERTRAIL_UP_{name}_PORT": str(port) for name, port in self.ports.items()}}
+               **{f"CERTRAIL_UP_{name}_PORT": str(port) for name, port in self.ports.items()}, **self.extra_env}
         env.pop("CERTRAIL_DB_URL", None)
         return env
 

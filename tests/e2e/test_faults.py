@@ -22,7 +22,7 @@ from services.common.contracts.identity import issuance_id
 from services.common.kafka_config import producer_kwargs
 from services.common.kafka_local import LocalKafka
 from tests.conftest import wait_until
-from tests.e2e.support import ROOT, EmbeddedStack, cli, wait_deployed
+from tests.e2e.support import FAST_FAILOVER, ROOT, EmbeddedStack, cli, wait_deployed
 from tests.issuer_harness import metric
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,7 +32,7 @@ DOMAIN = "demo.certrail.test"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    value = EmbeddedStack(tmp_path_factory.mktemp("faults") / "var")
+    value = EmbeddedStack(tmp_path_factory.mktemp("faults") / "var", extra_env=FAST_FAILOVER)
     value.up()
     try:
         yield value

@@ -49,7 +49,7 @@ from tests.e2e.prometheus_api import (
     shorter_for_copy,
     wait_for,
 )
-from tests.e2e.support import PORT_NAMES, ROOT, EmbeddedStack, cli, wait_deployed
+from tests.e2e.support import FAST_FAILOVER, PORT_NAMES, ROOT, EmbeddedStack, cli, wait_deployed
 from tests.emca_sim_helpers import SHORT_PROFILE, short_lived_config
 from tests.issuer_harness import metric
 
@@ -115,7 +115,9 @@ class StackWithPrometheus(EmbeddedStack):
                 "CERTRAIL_ISSUER_CRL_WATCH_INTERVAL_S": str(CRL_WATCH_S),
                 "CERTRAIL_ISSUER_REVOCATION_CONFIRM_TIMEOUT_S": str(CONFIRM_TIMEOUT_S),
                 "CERTRAIL_ISSUER_REVOCATION_CONFIRM_POLL_INITIAL_S": "1",
-                "CERTRAIL_ISSUER_REVOCATION_CONFIRM_POLL_MAX_S": "2"}
+                "CERTRAIL_ISSUER_REVOCATION_CONFIRM_POLL_MAX_S": "2",
+                # a killed and restarted service's group rebalances once the dead member's session lapses: 6 s (30 s)
+                **FAST_FAILOVER}
 
     def prometheus(self) -> Prometheus:
         return Prometheus(f"http://127.0.0.1:{self.ports['PROMETHEUS']}")
