@@ -454,7 +454,7 @@ def record(request: Request) -> bytes:
 
 
 class Db:
-    """Cheap reads of the stack's database (its own engine; SELECTs only), SQLite or PostgreSQL alike."""
+    """Cheap reads of the auditor's database of the stack (its own engine; SELECTs only), SQLite or PostgreSQL alike."""
 
     def __init__(self, url: str | URL) -> None:
         url = normalise_url(url)
@@ -806,7 +806,7 @@ def comparison(results: Sequence[dict[str, Any]]) -> str:
 async def measure(stack: ScaleStack, args: argparse.Namespace, layout: Layout, tmp: Path, naive_too: bool) -> dict[str, Any]:
     info = machine()
     hmac_key, connector = set_up(stack, args.concurrency)
-    db = Db(stack.db_url)
+    db = Db(stack.db_urls()["auditor"])  # what it reads is the auditor's (its own SQLite file, or the shared PostgreSQL)
     info |= {"database": db.engine.dialect.name, "database_version": db.version()}
     roots = roots_of(stack)
     postmaster = postmaster_pid(db)

@@ -8,7 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.common.service_app import ServiceSettings
+from services.common.service_app import ServiceSettings, own_database
+from services.common.settings import DatabaseSettings
 
 
 class AuditorSettings(ServiceSettings):
@@ -16,6 +17,7 @@ class AuditorSettings(ServiceSettings):
 
     http_port: int = Field(default=8083, ge=0, le=65535)
     group_id: str = Field(default="certrail-auditor", min_length=1, max_length=200)
+    db: DatabaseSettings = own_database("auditor")
     signing_key_file: Path = Field(
         default=Path("var/auditor/checkpoint-signing-key.pem"),
         description="Ed25519 key that signs the checkpoints (PKCS#8 PEM); generated with mode 0600 when missing, "

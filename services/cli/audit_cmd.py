@@ -1,7 +1,7 @@
 """`certrail audit ...`: the investigator's commands over the audit log.
 
-Settings come from the environment when a command runs: the database from
-``CERTRAIL_DB_*``, Kafka from ``CERTRAIL_KAFKA_*``, the auditor's group and
+Settings come from the environment when a command runs: the auditor's database
+(``CERTRAIL_AUDITOR_DB_URL``, else ``CERTRAIL_DB_URL``, else var/auditor.db), Kafka from ``CERTRAIL_KAFKA_*``, the auditor's group and
 signing key file from ``CERTRAIL_AUDITOR_*``. See docs/audit.md.
 
 Exit status: 0 when all is well; 1 when verify finds a problem, a replay

@@ -1,7 +1,8 @@
 """`certrail connectors ...`: the emCA connector registry from the command line.
 
-Settings come from the environment when a command runs: ``CERTRAIL_DB_*`` (the database,
-migrated with ``certrail db upgrade``), ``CERTRAIL_SECRETS_*`` (the keys that encrypt connector
+Settings come from the environment when a command runs: the issuer's database
+(``CERTRAIL_ISSUER_DB_URL``, else ``CERTRAIL_DB_URL``, else var/issuer.db; migrated with ``certrail db upgrade``)
+and, for a delete's checks, the gateway's (``CERTRAIL_GATEWAY_DB_URL``, ...), ``CERTRAIL_SECRETS_*`` (the keys that encrypt connector
 secrets) and, for ``create``, ``CERTRAIL_KAFKA_*`` (the connector's command topic is created).
 
 Secrets never come from arguments: each is read from an environment variable or prompted for
@@ -13,7 +14,7 @@ path for connectors (services/issuer/registry/changes.py; decisions 0019 and 003
 database, as ``certrail targets`` runs the deployer's: refused ones too, it is recorded as an admin event naming
 ``cli:<OS user>`` or ``--actor`` in the issuer's outbox, which the running issuer publishes (the CLI needs no
 Kafka for it, and no running service); the gateway learns the change from that event. A delete is refused
-while the gateway's profiles or live certificates use the connector (its checks, on its tables).
+while the gateway's profiles or live certificates use the connector (its checks, on its tables, in its database).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,18 +30,20 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import SecretBytes, SecretStr, ValidationError
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from services.common import migrate
 from services.common.admin_outbox import Actor
 from services.common.connectors.models import ConnectorEdit, ConnectorError, ConnectorSecrets, ConnectorSpec, EmcaVersion
 from services.common.connectors.secretbox import SecretBoxError, SecretsSettings, generate_key, load_secret_box
-from services.common.db import make_engine, safe_url
+from services.common.db import make_engine, read_session, safe_url
 from services.common.emca.client import connect
 from services.common.settings import DatabaseSettings, KafkaSettings
 from services.gateway.config.actor import cli_actor_name
 from services.issuer.registry import changes as config_connectors
-from services.issuer.registry.registry import ConnectorRegistry, KafkaTopicCreator, input_error
+from services.issuer.registry.registry import ConnectorRegistry, KafkaTopicCreator, UsageCheck, input_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
@@ -88,18 +91,39 @@ def _errors() -> Iterator[None]:
 
 @contextmanager
 def _registry(*, create_key: bool = False) -> Iterator[ConnectorRegistry]:
-    settings = DatabaseSettings()
+    settings = DatabaseSettings.for_service("issuer")
     if not migrate.check_at_head(settings):
         _fail("DATABASE_NOT_MIGRATED", f"{safe_url(settings.url)} is not at the newest schema: run `certrail db upgrade`")
     box = load_secret_box(SecretsSettings(), create=create_key)
+    gateway_settings = DatabaseSettings.for_service("gateway")
+    shared = migrate.same_database(gateway_settings.url, settings.url)
     engine = make_engine(settings)
+    gateway_engine = engine if shared else make_engine(gateway_settings)
     try:
         from services.gateway.api_connectors import usage_checks  # the gateway's profiles and certificates; lazily
 
+        checks = usage_checks() if shared else _in_database(usage_checks(), gateway_engine)
         yield ConnectorRegistry(engine, box, connect=connect, topics=KafkaTopicCreator(KafkaSettings()),
-                                usage_checks=usage_checks())
+                                usage_checks=checks)
     finally:
         engine.dispose()
+        gateway_engine.dispose()
+
+
+class _InDatabase:
+    """A usage check of the gateway run on the gateway's own database (not in the issuer's delete transaction)."""
+
+    def __init__(self, check: UsageCheck, engine: Engine) -> None:
+        self.name = check.name
+        self._check, self._engine = check, engine
+
+    def usages(self, session: Session, connector: str) -> list[str]:  # noqa: ARG002 - the issuer's, not the gateway's
+        with read_session(self._engine) as own:
+            return self._check.usages(own, connector)
+
+
+def _in_database(checks: Sequence[UsageCheck], engine: Engine) -> list[UsageCheck]:
+    return [_InDatabase(check, engine) for check in checks]
 
 
 def _actor(registry: ConnectorRegistry, given: str | None) -> Actor:

@@ -1,5 +1,5 @@
 """`certrail up` / `certrail down`: the embedded stack (local Kafka, topics,
-SQLite, the four services)."""
+SQLite (a file per service), the four services)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from services.cli.demo import DemoError, GatewayTls, issue_gateway_tls, run_demo, stack_env, usable_gateway_tls
 from services.common.contracts.topics import Topics
-from services.common.db import make_engine, safe_url
+from services.common.db import make_engine, read_session, safe_url
 from services.common.kafka_acls import (
     ADMIN,
     KafkaAclError,
@@ -35,10 +36,10 @@ from services.common.kafka_acls import (
 )
 from services.common.kafka_cluster import LAYOUT_FILE, LocalKafkaCluster, strided_ports
 from services.common.kafka_local import LocalKafka, LocalKafkaError
-from services.common.migrate import upgrade
+from services.common.migrate import upgrade_each
 from services.common.prometheus_local import DEFAULT_PORT as PROMETHEUS_PORT
 from services.common.prometheus_local import RULES_DIR, PrometheusMissing, PrometheusProcess, find_binary, prometheus_process
-from services.common.settings import DatabaseSettings, KafkaSettings
+from services.common.settings import DatabaseSettings, KafkaSettings, service_db_url_env
 from services.common.stack import (
     DEFAULT_PORTS,
     DEFAULT_SIM_PORTS,
@@ -48,7 +49,7 @@ from services.common.stack import (
     StackError,
     instance_ports,
 )
-from services.common.stack_db import DEFAULT_POSTGRES_URL, StackDatabaseError, drop_database, postgres_database, sqlite_url
+from services.common.stack_db import DEFAULT_POSTGRES_URL, StackDatabaseError, drop_database, postgres_database, sqlite_urls
 from services.common.topics_admin import TopicAdminError, ensure_topics
 
 _ENV = "CERTRAIL_UP_"
@@ -75,17 +76,36 @@ def _port_option(service: str) -> object:
                         help=f"The {service}'s health/metrics port (of its first instance with --instances).")
 
 
-def services_env(var_dir: Path, bootstrap_servers: str, topic_prefix: str, db_url: str) -> dict[str, str]:
+def services_env(var_dir: Path, bootstrap_servers: str, topic_prefix: str, db_url: str | None) -> dict[str, str]:
     """The settings every service of the stack gets (`Stack` adds the internal API's token file, var/internal-api.token,
-    and every instance's URL of the auditor and the deployer; each service its Kafka principal). docker-compose.yml gives
-    its containers the same settings (tests/unit/test_compose_matches_tested.py)."""
+    and every instance's URL of the auditor and the deployer; each service its Kafka principal). ``db_url``: the
+    database the services share (``--db postgresql``); None with a database per service (:func:`database_env`).
+    docker-compose.yml gives its containers the same settings (tests/unit/test_compose_matches_tested.py)."""
     return {
         "CERTRAIL_KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
         "CERTRAIL_KAFKA_TOPIC_PREFIX": topic_prefix,
-        "CERTRAIL_DB_URL": db_url,
+        **({} if db_url is None else {"CERTRAIL_DB_URL": db_url}),
         "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(var_dir / "auditor" / "checkpoint-signing-key.pem"),
         **stack_env(var_dir),
     }
+
+
+def database_env(databases: dict[str, DatabaseSettings]) -> dict[str, dict[str, str]]:
+    """Each service's own database, by service: ``CERTRAIL_<SERVICE>_DB_URL`` (``--db sqlite``: var/<service>.db)."""
+    return {service: {service_db_url_env(service): settings.url} for service, settings in databases.items()}
+
+
+#: the database the services shared before each had its own (decision 0017, "Storage")
+LEGACY_SQLITE = "certrail.db"
+
+
+def unsplit_database(var_dir: Path) -> Path | None:
+    """``var/certrail.db`` of an earlier `certrail up` when no service has its own file yet: `certrail db split`
+    first, or the stack would start on empty databases."""
+    legacy = var_dir / LEGACY_SQLITE
+    if legacy.is_file() and not any((var_dir / f"{service}.db").exists() for service in SERVICES):
+        return legacy
+    return None
 
 
 def _kafka(var_dir: Path, cache_dir: Path, kafka_port: int, controller_port: int,
@@ -152,8 +172,9 @@ def up(
         min=1, envvar=f"{_ENV}KAFKA_BROKERS", help="Kafka brokers: 1 (a single broker) or a local KRaft cluster of this "
         "many nodes on --kafka-port + 2i / --kafka-controller-port + 2i (default: what var/kafka holds, else 1).")] = None,
     db: Annotated[DbKind, typer.Option(
-        envvar=f"{_ENV}DB", help="sqlite: var/certrail.db; postgresql: a database of the stack's own "
-        "(certrail_<random>) created on the server of --postgres-url, remembered in var/database.json.")] = DbKind.sqlite,
+        envvar=f"{_ENV}DB", help="sqlite: a file per service, var/<service>.db; postgresql: one database of the stack's "
+        "own (certrail_<random>), shared by the services, created on the server of --postgres-url, remembered in "
+        "var/database.json.")] = DbKind.sqlite,
     postgres_url: Annotated[str, typer.Option(
         envvar=f"{_ENV}POSTGRES_URL", help="With --db postgresql: the server, as a URL whose role may CREATE DATABASE "
         "(default: scripts/postgres.sh's).", show_default=False)] = DEFAULT_POSTGRES_URL,
@@ -172,18 +193,31 @@ def up(
     ports = {"gateway": gateway_port, "issuer": issuer_port, "deployer": deployer_port, "auditor": auditor_port}
     try:
         kafka = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port, brokers)
-        db_url = sqlite_url(var_dir) if db is DbKind.sqlite else postgres_database(var_dir, postgres_url)
+        shared_url = None if db is DbKind.sqlite else postgres_database(var_dir, postgres_url)
     except (LocalKafkaError, StackDatabaseError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     topic_prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
-    db_settings = DatabaseSettings(url=db_url)
-    env = services_env(var_dir, kafka.bootstrap_servers, topic_prefix, db_settings.url)
+    # sqlite: each service its own file (decision 0017), passed to each as CERTRAIL_<SERVICE>_DB_URL; postgresql: one
+    # database for the stack, CERTRAIL_DB_URL
+    urls = sqlite_urls(var_dir) if shared_url is None else dict.fromkeys(SERVICES, shared_url)
+    databases = {service: DatabaseSettings(url=url) for service, url in urls.items()}
+    env = services_env(var_dir, kafka.bootstrap_servers, topic_prefix, shared_url)
     try:  # each service its own Kafka principal (passwords created once with var/kafka)
         service_env = {name: kafka.client_env(name) for name in SERVICES}
     except LocalKafkaError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    legacy = unsplit_database(var_dir) if shared_url is None else None
+    if legacy is not None:
+        split_env = " ".join(f"{service_db_url_env(s)}={url}" for s, url in urls.items())
+        console.print(f"[red]error:[/] {legacy} is the database the services shared before each had its own; copy it "
+                      f"into theirs first (it is left as it was):\n  {split_env} certrail db split --from sqlite:///{legacy}",
+                      soft_wrap=True)
+        raise typer.Exit(1)
+    if shared_url is None:
+        own = database_env(databases)
+        service_env = {name: {**service_env[name], **own[name]} for name in SERVICES}
     deployed_tls = usable_gateway_tls(var_dir, datetime.now(UTC)) if https else None
     if deployed_tls is not None:  # issued by an earlier `certrail up --https`: served from the start
         service_env["gateway"] = {**service_env["gateway"], **gateway_tls_env(deployed_tls)}
@@ -237,16 +271,18 @@ def up(
         with console.status("Applying ACLs and creating topics ...", spinner="dots"):
             summary = asyncio.run(_prepare_kafka(kafka, topic_prefix))
         console.print(f"[green]✓[/] ACLs for {', '.join(SERVICES)} and requester; topics: {summary}")
-        with console.status("Migrating the database ...", spinner="dots"):
-            upgrade(db_settings)
-        console.print(f"[green]✓[/] database {safe_url(db_settings.url)} at the latest schema")
+        with console.status("Migrating the databases ...", spinner="dots"):
+            migrated = upgrade_each(databases)
+        for database in migrated:
+            console.print(f"[green]✓[/] database {safe_url(database.settings.url)} ({', '.join(database.services)}) "
+                          "at the latest schema")
         with console.status("Starting the emCA simulator, gateway, issuer, deployer, auditor ...", spinner="dots"):
             stack.start(timeout_s=120 * instances)
         console.print("[green]✓[/] emCA simulator and services healthy" + (", Prometheus ready" if extras else ""))
         if demo:
-            _demo(console, stack, db_settings, var_dir)
+            _demo(console, stack, databases, var_dir)
         if https:
-            _https(console, stack, db_settings, var_dir)
+            _https(console, stack, databases, var_dir)
     except (LocalKafkaError, KafkaAclError, TopicAdminError, KafkaError, StackError, DemoError) as exc:
         stack.stop()
         kafka.stop()
@@ -313,24 +349,31 @@ def _steps(console: Console, stage: str, first: str) -> Iterator[Callable[[str],
         yield progress
 
 
-def _demo(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir: Path) -> None:
+@contextmanager
+def _engines(databases: dict[str, DatabaseSettings], *services: str) -> Iterator[list[Engine]]:
+    """An engine on each of ``services``' databases, disposed of at the end."""
+    engines = [make_engine(databases[service]) for service in services]
+    try:
+        yield engines
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def _demo(console: Console, stack: Stack, databases: dict[str, DatabaseSettings], var_dir: Path) -> None:
     gateway = next(s for s in stack.services if s.name == "gateway")
     sim = stack.sim
     assert sim is not None
-    engine = make_engine(db_settings)
-    try:
-        with _steps(console, "Demo", "issue -> deploy -> audit ...") as progress:
-            result = run_demo(engine=engine, gateway_url=gateway.base_url, var_dir=var_dir, sim_api_url=sim.base_url,
-                              progress=progress)
-    finally:
-        engine.dispose()
+    with _engines(databases, "gateway", "deployer") as (gateway_engine, deployer_engine), \
+            _steps(console, "Demo", "issue -> deploy -> audit ...") as progress:
+        result = run_demo(gateway_engine=gateway_engine, deployer_engine=deployer_engine, gateway_url=gateway.base_url,
+                          var_dir=var_dir, sim_api_url=sim.base_url, progress=progress)
     console.print(f"[green]✓[/] demo certificate {result.certificate_id} serial {result.serial} deployed to {result.deployed_dir}")
     for path in result.files:
         console.print(f"    {path}")
     from services.auditor.trail import trail as build_trail
-    from services.common.db import read_session
 
-    engine = make_engine(db_settings)
+    engine = make_engine(databases["auditor"])
     try:
         with read_session(engine) as session:
             timeline = build_trail(session, result.certificate_id)
@@ -351,7 +394,7 @@ def gateway_tls_env(files: GatewayTls) -> dict[str, str]:
     return {"CERTRAIL_GATEWAY_TLS__CERT_FILE": str(files.cert_file), "CERTRAIL_GATEWAY_TLS__KEY_FILE": str(files.key_file)}
 
 
-def _https(console: Console, stack: Stack, db_settings: DatabaseSettings, var_dir: Path) -> None:
+def _https(console: Console, stack: Stack, databases: dict[str, DatabaseSettings], var_dir: Path) -> None:
     """`certrail up --https`: unless the gateway serves HTTPS already (a certificate from an earlier run), certrail
     issues the gateway's certificate through its own pipeline and the gateway restarts serving it; then the ACME
     directory must answer over HTTPS, verified against the trust bundle."""
@@ -359,13 +402,11 @@ def _https(console: Console, stack: Stack, db_settings: DatabaseSettings, var_di
     if first.https_url is None:
         sim = stack.sim
         assert sim is not None
-        engine = make_engine(db_settings)
-        try:
-            with _steps(console, "HTTPS", "certrail issues the gateway's own certificate ...") as progress:
-                issued = issue_gateway_tls(engine=engine, gateway_url=first.base_url, var_dir=var_dir,
-                                           sim_api_url=sim.base_url, progress=progress)
-        finally:
-            engine.dispose()
+        with _engines(databases, "gateway", "deployer") as (gateway_engine, deployer_engine), \
+                _steps(console, "HTTPS", "certrail issues the gateway's own certificate ...") as progress:
+            issued = issue_gateway_tls(gateway_engine=gateway_engine, deployer_engine=deployer_engine,
+                                       gateway_url=first.base_url, var_dir=var_dir, sim_api_url=sim.base_url,
+                                       progress=progress)
         with console.status("HTTPS: restarting the gateway with its certificate ...", spinner="dots"):
             stack.restart("gateway", gateway_tls_env(issued))
     files = usable_gateway_tls(var_dir, datetime.now(UTC))

@@ -1,6 +1,7 @@
 """`certrail targets ...`: the deployer's deployment targets and which profiles deploy to them.
 
-Settings come from the environment: ``CERTRAIL_DB_*`` (the database) and
+Settings come from the environment: the deployer's database (``CERTRAIL_DEPLOYER_DB_URL``, else
+``CERTRAIL_DB_URL``, else var/deployer.db) and
 ``CERTRAIL_DEPLOYER_KEYS`` / ``CERTRAIL_DEPLOYER_KEYS_FILE`` (the deployer's key, which
 encrypts target secrets). Secrets are read from files or environment variables, never
 from the command line, and are never shown.
@@ -58,7 +59,7 @@ def _fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
 
 @contextmanager
 def _engine() -> Iterator[Engine]:
-    settings = DatabaseSettings()
+    settings = DatabaseSettings.for_service("deployer")
     if not migrate.check_at_head(settings):
         _fail("DATABASE_NOT_MIGRATED", f"{safe_url(settings.url)} is not at the newest schema: run `certrail db upgrade`")
     engine = make_engine(settings)

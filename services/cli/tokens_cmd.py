@@ -1,4 +1,5 @@
-"""`certrail tokens ...`: HTTP API tokens, in the gateway's database (``CERTRAIL_DB_*``).
+"""`certrail tokens ...`: HTTP API tokens, in the gateway's database (``CERTRAIL_GATEWAY_DB_URL``, else
+``CERTRAIL_DB_URL``, else var/gateway.db).
 
 This is how the first admin token exists; later ones can come from ``POST /v1/tokens``. The
 token is printed once and only its SHA-256 is stored. A change goes through the gateway's one
@@ -44,7 +45,7 @@ def _fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
 
 @contextmanager
 def _engine() -> Iterator[Engine]:
-    settings = DatabaseSettings()
+    settings = DatabaseSettings.for_service("gateway")
     try:
         if not migrate.check_at_head(settings):
             _fail("DATABASE_NOT_MIGRATED", f"{safe_url(settings.url)} is not at the newest schema: run `certrail db upgrade`")

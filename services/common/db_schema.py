@@ -54,6 +54,9 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "NAMING_CONVENTION",
+    "PREFIX_OWNERS",
+    "SHARED",
+    "TABLE_OWNERS",
     "AuditChainHead",
     "AuditRecord",
     "AuditVerifyRun",
@@ -65,8 +68,33 @@ __all__ = [
     "ServiceHeartbeat",
     "UTCDateTime",
     "list_heartbeats",
+    "owner_of",
     "record_heartbeat",
 ]
+
+#: the owner of ``service_heartbeats``: every service writes its own rows (into its own database)
+SHARED = "shared"
+
+#: tables whose name does not say their owner; every other table is owned by its prefix's service
+#: (decision 0017: each service owns its tables, in a database of its own; tests/unit/test_service_boundaries.py)
+TABLE_OWNERS: dict[str, str] = {
+    "certificate_inventory": "auditor",
+    "certificate_serials": "auditor",
+    "certificate_deployments": "auditor",
+    # the connector registry (services/issuer/registry/): the issuer holds the secrets and is its only writer and
+    # reader; the gateway keeps its own view (gateway_connectors) from the connector admin events (decision 0034)
+    "emca_connectors": "issuer",
+    # every service writes its own rows through record_heartbeat
+    "service_heartbeats": SHARED,
+}
+PREFIX_OWNERS: dict[str, str] = {"gateway_": "gateway", "issuer_": "issuer", "deployer_": "deployer", "audit_": "auditor"}
+
+
+def owner_of(table: str) -> str | None:
+    """The service that owns ``table`` (:data:`SHARED` for ``service_heartbeats``), None for a table of no one."""
+    if table in TABLE_OWNERS:
+        return TABLE_OWNERS[table]
+    return next((service for prefix, service in PREFIX_OWNERS.items() if table.startswith(prefix)), None)
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(column_0_label)s",

@@ -16,14 +16,20 @@ disposes of the engine afterwards.
   enforcement on would delete or reject referencing rows) and
   ``PRAGMA foreign_key_check`` must come back clean before the commit.
 
+Each service has a database of its own (decision 0017, "Storage"; or all share
+``CERTRAIL_DB_URL``). There is one chain of migrations: it is applied to each
+distinct database once (:func:`upgrade_each`), and a service uses only its own
+tables there; the others stay empty.
+
 To write a new migration, copy the newest file in ``migrations/versions`` or
 run ``alembic.command.revision(make_config(), message="...", rev_id="0002")``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -33,18 +39,22 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 
-from services.common.db import make_engine, read_session
+from services.common.db import make_engine, normalise_url, read_session
 from services.common.settings import DatabaseSettings
 
 __all__ = [
     "MIGRATIONS_PATH",
+    "Database",
     "MigrationError",
     "check_at_head",
     "current",
+    "distinct_databases",
     "downgrade",
     "head",
     "make_config",
+    "same_database",
     "upgrade",
+    "upgrade_each",
 ]
 
 MIGRATIONS_PATH = Path(__file__).resolve().with_name("migrations")
@@ -56,6 +66,46 @@ _PG_MIGRATION_LOCK_KEY = int.from_bytes(b"certrail", "big")
 
 class MigrationError(RuntimeError):
     """A migration left the database inconsistent; it was rolled back."""
+
+
+@dataclass(frozen=True)
+class Database:
+    """One distinct database and the services that use it."""
+
+    settings: DatabaseSettings
+    services: tuple[str, ...]
+
+
+def _identity(url: str) -> str:
+    """What makes two URLs the same database: the normalised URL, a SQLite file by its absolute path."""
+    parsed = normalise_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+        parsed = parsed.set(database=str(Path(database).expanduser().absolute()))
+    return parsed.render_as_string(hide_password=False)
+
+
+def same_database(first: str, second: str) -> bool:
+    """True when the two URLs name the same database."""
+    return _identity(first) == _identity(second)
+
+
+def distinct_databases(databases: Mapping[str, DatabaseSettings]) -> list[Database]:
+    """Each distinct database of ``databases`` (service -> its settings) once, with the services that use it."""
+    found: dict[str, Database] = {}
+    for service, settings in databases.items():
+        key = _identity(settings.url)
+        known = found.get(key)
+        found[key] = Database(settings, (service,)) if known is None else Database(known.settings, (*known.services, service))
+    return list(found.values())
+
+
+def upgrade_each(databases: Mapping[str, DatabaseSettings], revision: str = "head") -> list[Database]:
+    """Migrate each distinct database of ``databases`` (service -> its settings) once; returns them."""
+    distinct = distinct_databases(databases)
+    for database in distinct:
+        upgrade(database.settings, revision)
+    return distinct
 
 
 def make_config(connection: Connection | None = None) -> Config:

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
@@ -104,7 +105,15 @@ class ServiceSettings(BaseSettings):
     retry_max_s: float = Field(default=30.0, gt=0, description="The longest pause before a batch that failed transiently is retried.")
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)  # each service: own_database(<name>)
+
+
+def own_database(service: str) -> Any:
+    """The ``db`` field of a service's settings: its own database (``DatabaseSettings.for_service``:
+    ``CERTRAIL_<SERVICE>_DB_URL``, else ``CERTRAIL_DB_URL``, else ``var/<service>.db``)."""
+    return Field(default_factory=lambda: DatabaseSettings.for_service(service),
+                 description=f"The {service}'s database (CERTRAIL_{service.upper()}_DB_URL, else CERTRAIL_DB_URL, "
+                             f"else var/{service}.db).")
 
 
 @dataclass

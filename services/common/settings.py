@@ -5,14 +5,17 @@ in `main()` (or by a test, with explicit values). Each block has its own env
 prefix so that one `.env` can configure all four services:
 
 - ``CERTRAIL_KAFKA_*``  Kafka client settings (bootstrap, SASL/SSL, topic prefix)
-- ``CERTRAIL_DB_*``     the SQL database
+- ``CERTRAIL_DB_*``     the SQL database (``CERTRAIL_<SERVICE>_DB_URL``: one service's own, see
+  :meth:`DatabaseSettings.for_service`)
 - ``CERTRAIL_<SERVICE>_*`` one service's own settings (see each service's settings)
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,8 +65,38 @@ class KafkaSettings(BaseSettings):
         return ",".join(hosts)
 
 
+#: the services that keep state in a database of their own (decision 0017, "Storage")
+DATABASE_OWNERS: Final = ("gateway", "issuer", "deployer", "auditor")
+SHARED_DB_URL_ENV: Final = "CERTRAIL_DB_URL"
+
+
+def service_db_url_env(service: str) -> str:
+    """The variable naming one service's own database: ``CERTRAIL_GATEWAY_DB_URL`` and so on."""
+    if service not in DATABASE_OWNERS:
+        raise ValueError(f"no service {service!r}: one of {', '.join(DATABASE_OWNERS)}")
+    return f"CERTRAIL_{service.upper()}_DB_URL"
+
+
+def default_service_db_url(service: str, var_dir: Path | str = "var") -> str:
+    """The embedded default: the service's own SQLite file, ``<var>/<service>.db``."""
+    service_db_url_env(service)  # checks the name
+    return f"sqlite:///{Path(var_dir) / f'{service}.db'}"
+
+
+def service_database_url(service: str, environ: Mapping[str, str] | None = None) -> str:
+    """The URL of ``service``'s database: ``CERTRAIL_<SERVICE>_DB_URL`` if set, else ``CERTRAIL_DB_URL`` (one
+    database shared by every service, e.g. PostgreSQL), else the service's own SQLite file ``var/<service>.db``."""
+    env = os.environ if environ is None else environ
+    return env.get(service_db_url_env(service)) or env.get(SHARED_DB_URL_ENV) or default_service_db_url(service)
+
+
 class DatabaseSettings(BaseSettings):
-    """The one SQL database. SQLite file by default, PostgreSQL in production."""
+    """A SQL database: SQLite files by default (one per service), PostgreSQL in production.
+
+    A service opens ``DatabaseSettings.for_service(name)``; ``DatabaseSettings()`` alone is the shared
+    database of ``CERTRAIL_DB_URL`` (or the default file of none of the services, ``var/certrail.db``,
+    the shared database of installations from before decision 0017's step 4).
+    """
 
     model_config = SettingsConfigDict(env_prefix="CERTRAIL_DB_", extra="forbid")
 
@@ -75,6 +108,17 @@ class DatabaseSettings(BaseSettings):
     busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite only: wait this long for a lock.")
     pool_size: int = Field(default=5, ge=1, description="PostgreSQL only.")
     echo: bool = False
+
+    @classmethod
+    def for_service(cls, service: str, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
+        """``service``'s database (:func:`service_database_url`); the other fields (busy timeout, pool) are the
+        shared ``CERTRAIL_DB_*`` ones."""
+        return cls(url=service_database_url(service, environ))
+
+
+def service_databases(environ: Mapping[str, str] | None = None) -> dict[str, DatabaseSettings]:
+    """Every service's database (:meth:`DatabaseSettings.for_service`), by service name."""
+    return {service: DatabaseSettings.for_service(service, environ) for service in DATABASE_OWNERS}
 
 
 class HttpSettings(BaseSettings):

@@ -1,6 +1,7 @@
 """The embedded stack's database (`certrail up --db sqlite|postgresql`).
 
-SQLite: ``<var>/certrail.db``, as always. PostgreSQL: a database of the stack's own,
+SQLite: each service its own file, ``<var>/<service>.db`` (decision 0017, "Storage"). PostgreSQL: one
+database of the stack's own, shared by the services,
 ``certrail_<random>``, created once on the server of ``--postgres-url`` (its role may CREATE
 DATABASE) through the URL's own database, and remembered in ``<var>/database.json`` (0600: the
 URLs hold the password), so that the next `certrail up` with the same var dir finds it again.
@@ -20,6 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from services.common.db import normalise_url, safe_url
 from services.common.kafka_principals import write_private
+from services.common.settings import DATABASE_OWNERS, default_service_db_url
 
 #: the server scripts/postgres.sh provides
 DEFAULT_POSTGRES_URL: Final = "postgresql+psycopg://certrail:certrail@127.0.0.1:5432/certrail"
@@ -30,8 +32,16 @@ class StackDatabaseError(RuntimeError):
     """The stack's PostgreSQL database could not be made or dropped; the message says why (no password)."""
 
 
-def sqlite_url(var_dir: Path) -> str:
-    return f"sqlite:///{var_dir / 'certrail.db'}"
+def sqlite_urls(var_dir: Path) -> dict[str, str]:
+    """Each service's SQLite file under ``var_dir``, by service."""
+    return {service: default_service_db_url(service, var_dir) for service in DATABASE_OWNERS}
+
+
+def database_urls(var_dir: Path) -> dict[str, str]:
+    """The databases of the stack in ``var_dir`` by service: the PostgreSQL database it remembers (shared), else
+    each service's SQLite file."""
+    stored = stored_url(var_dir)
+    return sqlite_urls(var_dir) if stored is None else dict.fromkeys(DATABASE_OWNERS, stored)
 
 
 def _stored(var_dir: Path) -> dict[str, str] | None:

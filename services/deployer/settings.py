@@ -1,5 +1,5 @@
 """Settings of the deployer (env prefix ``CERTRAIL_DEPLOYER_``; Kafka and the database come
-from ``CERTRAIL_KAFKA_*`` and ``CERTRAIL_DB_*``)."""
+from ``CERTRAIL_KAFKA_*`` and ``CERTRAIL_DEPLOYER_DB_URL`` or ``CERTRAIL_DB_*``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.contracts.identity import IDENTITY_PATTERN
-from services.common.service_app import ServiceSettings
+from services.common.service_app import ServiceSettings, own_database
+from services.common.settings import DatabaseSettings
 
 
 class DeployerSettings(ServiceSettings):
@@ -17,6 +18,7 @@ class DeployerSettings(ServiceSettings):
 
     http_port: int = Field(default=8082, ge=0, le=65535)
     group_id: str = Field(default="certrail-deployer", min_length=1, max_length=200)
+    db: DatabaseSettings = own_database("deployer")
 
     keys: SecretStr | None = Field(
         default=None, description="Comma-separated Fernet keys (first encrypts) for bot-held keys and target secrets."

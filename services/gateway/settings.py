@@ -1,5 +1,5 @@
 """Settings of the gateway (env prefix ``CERTRAIL_GATEWAY_``; Kafka, database and secrets keys
-come from ``CERTRAIL_KAFKA_*``, ``CERTRAIL_DB_*``, ``CERTRAIL_SECRETS_*``)."""
+come from ``CERTRAIL_KAFKA_*``, ``CERTRAIL_GATEWAY_DB_URL`` or ``CERTRAIL_DB_*``, ``CERTRAIL_SECRETS_*``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.connectors.secretbox import SecretsSettings
 from services.common.internal_api import InternalApiSettings
-from services.common.service_app import ServiceSettings
+from services.common.service_app import ServiceSettings, own_database
+from services.common.settings import DatabaseSettings
 from services.common.tls_listener import TlsListenerSettings
 from services.gateway.acme.settings import AcmeSettings
 from services.gateway.scheduler import SchedulerSettings
@@ -22,6 +23,7 @@ class GatewaySettings(ServiceSettings):
 
     http_port: int = Field(default=8080, ge=0, le=65535)
     group_id: str = Field(default="certrail-gateway", min_length=1, max_length=200)
+    db: DatabaseSettings = own_database("gateway")
     secrets: SecretsSettings = Field(default_factory=SecretsSettings,
                                      description="The keys that encrypt connector secrets and requesters' HMAC keys.")
     deployer_identity: str = Field(default="certrail-deployer", min_length=1, max_length=128,

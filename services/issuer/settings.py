@@ -1,4 +1,5 @@
-"""Settings of the issuer (env prefix ``CERTRAIL_ISSUER_``; Kafka, database and secrets keys come from ``CERTRAIL_KAFKA_*``, ``CERTRAIL_DB_*``, ``CERTRAIL_SECRETS_*``)."""
+"""Settings of the issuer (env prefix ``CERTRAIL_ISSUER_``; Kafka, database and secrets keys come from
+``CERTRAIL_KAFKA_*``, ``CERTRAIL_ISSUER_DB_URL`` or ``CERTRAIL_DB_*``, ``CERTRAIL_SECRETS_*``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.connectors.secretbox import SecretsSettings
-from services.common.service_app import ServiceSettings
+from services.common.service_app import ServiceSettings, own_database
+from services.common.settings import DatabaseSettings
 from services.issuer.batching import DEFAULT_MAX_CALLS, DEFAULT_MAX_CSRS
 
 
@@ -15,6 +17,7 @@ class IssuerSettings(ServiceSettings):
 
     http_port: int = Field(default=8081, ge=0, le=65535)
     group_id: str = Field(default="certrail-issuer", min_length=1, max_length=200)
+    db: DatabaseSettings = own_database("issuer")
     secrets: SecretsSettings = Field(default_factory=SecretsSettings, description="The keys that decrypt connector secrets.")
 
     poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)

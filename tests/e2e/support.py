@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from services.common.db_schema import owner_of
 from services.common.kafka_cluster import LocalKafkaCluster
 from services.common.kafka_local import reap_exited_brokers
 from services.common.proc import port_free
-from services.common.settings import KafkaSettings
-from services.common.stack_db import stored_url
+from services.common.settings import DATABASE_OWNERS, SHARED_DB_URL_ENV, KafkaSettings, service_db_url_env
+from services.common.stack_db import database_urls, stored_url
 from tests.conftest import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,13 +50,24 @@ class EmbeddedStack:
     def env(self) -> dict[str, str]:
         env = {**os.environ, "CERTRAIL_UP_VAR_DIR": str(self.var_dir), "CERTRAIL_UP_CACHE_DIR": str(ROOT / ".cache"),
                **{f"CERTRAIL_UP_{name}_PORT": str(port) for name, port in self.ports.items()}, **self.extra_env}
-        env.pop("CERTRAIL_DB_URL", None)
+        for name in (SHARED_DB_URL_ENV, *map(service_db_url_env, DATABASE_OWNERS)):
+            env.pop(name, None)
         return env
+
+    def db_urls(self) -> dict[str, str]:
+        """Each service's database: its SQLite file var/<service>.db, or the stack's PostgreSQL database (shared)."""
+        return database_urls(self.var_dir)
+
+    def db_file(self, table: str) -> Path:
+        """The SQLite file that holds ``table``: its owner's (decision 0017)."""
+        owner = owner_of(table)
+        assert owner in DATABASE_OWNERS, f"{table} belongs to no one service"
+        return self.var_dir / f"{owner}.db"
 
     def tool_env(self, principal: str = "admin") -> dict[str, str]:
         """For `certrail audit ...` and friends against this stack, as a Kafka principal (the CLI tools'
         ``admin`` by default; ``requester`` for an upstream producer), from ``var/kafka/<principal>.env``."""
-        return {**self.env, "CERTRAIL_DB_URL": f"sqlite:///{self.var_dir / 'certrail.db'}",
+        return {**self.env, **{service_db_url_env(service): url for service, url in self.db_urls().items()},
                 **principal_env(self.var_dir, principal),
                 "CERTRAIL_AUDITOR_SIGNING_KEY_FILE": str(self.var_dir / "auditor" / "checkpoint-signing-key.pem")}
 
@@ -199,11 +211,10 @@ class ScaleStack(EmbeddedStack):
 
     @property
     def db_url(self) -> str:
-        """The stack's database: the PostgreSQL database `certrail up --db postgresql` made, else its SQLite file."""
-        return stored_url(self.var_dir) or f"sqlite:///{self.var_dir / 'certrail.db'}"
-
-    def tool_env(self, principal: str = "admin") -> dict[str, str]:
-        return {**super().tool_env(principal), "CERTRAIL_DB_URL": self.db_url}
+        """The stack's database: the PostgreSQL database `certrail up --db postgresql` made (shared by the services)."""
+        url = stored_url(self.var_dir)
+        assert url is not None, f"{self.var_dir} holds no PostgreSQL database of `certrail up --db postgresql`"
+        return url
 
     def cluster(self) -> LocalKafkaCluster:
         cluster = LocalKafkaCluster.load(self.var_dir / "kafka", ROOT / ".cache")

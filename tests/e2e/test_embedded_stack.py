@@ -31,9 +31,11 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
 from services.cli.demo import GATEWAY_CERTIFICATE
+from services.common.db_schema import owner_of
 from services.common.kafka_config import admin_kwargs, producer_kwargs
 from services.common.proc import port_free
-from services.common.settings import KafkaSettings
+from services.common.settings import DATABASE_OWNERS, SHARED_DB_URL_ENV, KafkaSettings, service_db_url_env
+from services.common.stack_db import sqlite_urls
 from tests.conftest import free_ports, wait_until
 from tests.e2e.support import principal_env
 
@@ -63,7 +65,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     env = {**os.environ, "CERTRAIL_UP_VAR_DIR": str(var_dir), "CERTRAIL_UP_CACHE_DIR": str(ROOT / ".cache"),
            **{f"CERTRAIL_UP_{name}_PORT": str(port) for name, port in ports.items()},
            "CERTRAIL_UP_HTTPS": "1"}  # the gateway over HTTPS with its own certificate from certrail
-    env.pop("CERTRAIL_DB_URL", None)
+    for name in (SHARED_DB_URL_ENV, *map(service_db_url_env, DATABASE_OWNERS)):
+        env.pop(name, None)
     up = _cli(env, "up", "--detach")
     try:
         assert up.returncode == 0, up.stdout + up.stderr + _logs(var_dir)
@@ -262,7 +265,7 @@ def test_audit_verifies_and_no_private_key_reached_kafka_or_the_audit_store(stac
     env = dict(stack["env"])  # type: ignore[call-overload]
     var_dir = stack["var"]
     assert isinstance(var_dir, Path)
-    env["CERTRAIL_DB_URL"] = f"sqlite:///{var_dir / 'certrail.db'}"
+    env.update({service_db_url_env(service): url for service, url in sqlite_urls(var_dir).items()})  # var/<service>.db
     env.update(principal_env(var_dir, "admin"))  # the broker authenticates: the CLI tools are its admin principal
     env["CERTRAIL_AUDITOR_SIGNING_KEY_FILE"] = str(var_dir / "auditor" / "checkpoint-signing-key.pem")
     runs: list[subprocess.CompletedProcess[str]] = []
@@ -281,14 +284,26 @@ def test_audit_verifies_and_no_private_key_reached_kafka_or_the_audit_store(stac
         key = serialization.load_pem_private_key(path.read_bytes(), None)
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         needles += [der, base64.b64encode(der)[:48], path.read_bytes().splitlines()[1]]
-    connection = sqlite3.connect(var_dir / "certrail.db")
-    try:
-        blobs = [bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode()
-                 for table in ("audit_records", "deployer_bot_keys", "gateway_requests", "issuer_operations")
-                 for row in connection.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed table names
-                 for value in row if value is not None]
-    finally:
-        connection.close()
+    blobs = []
+    for table in ("audit_records", "deployer_bot_keys", "gateway_requests", "issuer_operations"):
+        connection = sqlite3.connect(var_dir / f"{owner_of(table)}.db")  # each table in its owner's file
+        try:
+            blobs += [bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode()
+                      for row in connection.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed table names
+                      for value in row if value is not None]
+        finally:
+            connection.close()
     assert blobs
+    assert not (var_dir / "certrail.db").exists()  # each service its own file (decision 0017, "Storage")
+    for service in DATABASE_OWNERS:
+        connection = sqlite3.connect(var_dir / f"{service}.db")
+        try:
+            heartbeats = {row[0] for row in connection.execute("SELECT service FROM service_heartbeats")}
+            filled = {table for table in ("gateway_requests", "issuer_operations", "deployer_deployments", "audit_records")
+                      if connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]}  # noqa: S608 - fixed names
+        finally:
+            connection.close()
+        assert heartbeats == {service}, f"{service}.db holds the heartbeats of {heartbeats}"
+        assert {owner_of(table) for table in filled} == {service}, f"{service}.db holds rows of {filled}"
     for needle in needles:
         assert not any(needle in blob for blob in blobs), "a private key reached the database in clear"

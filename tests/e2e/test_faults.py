@@ -70,23 +70,25 @@ class Load:
                 wait_deployed(client, certificate_id, timeout_s=timeout_s)
         with self.stack.sim_admin() as admin:
             issued = admin.get("/admin/counters").json()["issued_by_application_id"]
-        db = sqlite3.connect(self.stack.var_dir / "certrail.db")
+        issuer, deployer, auditor = (sqlite3.connect(self.stack.db_file(table))
+                                     for table in ("issuer_operations", "deployer_deployments", "certificate_inventory"))
         try:
             for certificate_id in self.ids:
                 iid = issuance_id(certificate_id, 1)
                 times = issued.get(iid, 0)
                 assert times >= 1, f"{certificate_id}: the simulator never issued {iid}"
                 if times > 1:
-                    (flag,) = db.execute("SELECT possible_duplicate FROM issuer_operations WHERE op_key = ?", (iid,)).fetchone()
+                    (flag,) = issuer.execute("SELECT possible_duplicate FROM issuer_operations WHERE op_key = ?", (iid,)).fetchone()
                     assert flag, f"{certificate_id} was issued {times} times and not reported as a possible duplicate"
-                (deployments,) = db.execute(
+                (deployments,) = deployer.execute(
                     "SELECT COUNT(*) FROM deployer_deployments WHERE certificate_id = ? AND status = 'deployed'",
                     (certificate_id,)).fetchone()
                 assert deployments == 1, f"{certificate_id}: {deployments} deployments"
-            failed = db.execute("SELECT COUNT(*) FROM certificate_inventory WHERE status = 'failed'").fetchone()[0]
+            failed = auditor.execute("SELECT COUNT(*) FROM certificate_inventory WHERE status = 'failed'").fetchone()[0]
             assert failed == 0
         finally:
-            db.close()
+            for db in (issuer, deployer, auditor):
+                db.close()
         assert metric(self.stack.metrics("issuer"), "certrail_issuer_commands_total", {"outcome": "failed"}) == 0
 
 

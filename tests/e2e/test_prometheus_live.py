@@ -292,7 +292,7 @@ def _a_lease_held_elsewhere_and_a_job_without_targets(live: Live) -> None:
     assert live.prometheus.state("CertrailRenewalSchedulerNotRunning") == "inactive"
     assert live.prometheus.state("CertrailServiceAbsent") == "inactive"
     # a gateway Prometheus does not scrape (another deployment on the same database) takes the scheduler's lease
-    hold_scheduler_lease(live.stack.var_dir / "certrail.db", "gateway-prometheus-does-not-scrape")
+    hold_scheduler_lease(live.stack.db_file("gateway_leases"), "gateway-prometheus-does-not-scrape")
     try:
         # service discovery finds no auditor any more
         config.write_text(without_targets(original, "certrail-auditor"))
@@ -309,7 +309,7 @@ def _a_lease_held_elsewhere_and_a_job_without_targets(live: Live) -> None:
             config.write_text(original)
             live.prometheus.reload()
     finally:
-        hold_scheduler_lease(live.stack.var_dir / "certrail.db", None)  # that gateway lets it go
+        hold_scheduler_lease(live.stack.db_file("gateway_leases"), None)  # that gateway lets it go
     live.resolves("CertrailServiceAbsent", absent)
     live.resolves("CertrailRenewalSchedulerNotRunning", {})
     wait_for(lambda: "certrail-auditor" in live.prometheus.target_jobs(), "the auditor's target to be back", 30)
@@ -485,7 +485,7 @@ def test_no_verify_yet_fires_audit_verify_stale_and_a_clean_verify_resolves_it(l
 
 def test_a_tampered_audit_store_fires_audit_verify_failing_and_it_resolves_once_restored(live: Live) -> None:
     labels = {"job": "certrail-auditor"}
-    db = sqlite3.connect(live.stack.var_dir / "certrail.db", timeout=30, isolation_level=None)
+    db = sqlite3.connect(live.stack.db_file("audit_records"), timeout=30, isolation_level=None)
     try:
         row_id, value = db.execute("SELECT id, value FROM audit_records ORDER BY id LIMIT 1").fetchone()
         db.execute("UPDATE audit_records SET value = ? WHERE id = ?", (b"tampered", row_id))
@@ -567,7 +567,7 @@ def test_a_short_lived_certificate_and_an_unreadable_crl_fire_the_lifecycle_aler
 
 def test_a_locked_database_fires_consumer_not_progressing_and_stalled_and_they_resolve(live: Live) -> None:
     labels = {"service": "auditor", "consumer": "audit"}
-    lock = sqlite3.connect(live.stack.var_dir / "certrail.db", timeout=30, isolation_level=None)
+    lock = sqlite3.connect(live.stack.db_file("audit_records"), timeout=30, isolation_level=None)  # the auditor's
     try:
         lock.execute("BEGIN EXCLUSIVE")  # every writer waits, then fails (transient): the auditor cannot store
         _poison(live)  # a record every consumer of certrail.requests' audit must store
