@@ -28,12 +28,12 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from services.common.contracts.admin import AdminOutcome, event_error
-from services.common.contracts.envelope import Message, encode, make_event
+from services.common.contracts.envelope import Envelope, Message, encode, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.identity import root_message_id
 from services.common.db import read_session, write_session
@@ -121,6 +121,19 @@ class AdminOutbox:
         session.add(row)
         session.flush()
         return int(row.seq)
+
+    def queue_in(self, conn: Connection, *, event_id: str, event_type: str, channel: str, key: str | None, value: str,
+                 created_at: datetime) -> None:
+        """Add an event that is not an admin event (already encoded) to the outbox in ``conn``'s transaction, for the
+        relay to publish like the rest: the issuer's DuplicateResolved (services/issuer/duplicates/)."""
+        conn.execute(insert(self.table).values(event_id=event_id, event_type=event_type, channel=channel,
+                                               key=None if key is None else key[:300], value=value, created_at=created_at,
+                                               sent_at=None))
+
+    def queue_event_in(self, conn: Connection, event: Envelope, *, key: str | None) -> None:
+        """`queue_in` for an event built with ``make_event``: its channel is its message class's."""
+        self.queue_in(conn, event_id=event.id, event_type=event.type, channel=type(event.data).CHANNEL, key=key,
+                      value=encode(event).decode("utf-8"), created_at=event.time)
 
     def _rows(self, session: Session, query: Any) -> list[OutboxRow]:
         return [OutboxRow(r.seq, r.event_id, r.event_type, r.channel, r.key, r.value) for r in session.scalars(query)]

@@ -441,7 +441,8 @@ class EmcaConnectorRow(Base):
 class IssuerAdminOutbox(Base):
     """The issuer's admin events: the connector changes (ConnectorCreated, Updated, Activated, Deactivated,
     Deleted), written in the transaction of the change in ``emca_connectors`` (services/issuer/registry/;
-    decisions 0019 and 0034, migration 0025); the issuer's relay publishes unsent rows in ``seq`` order with
+    decisions 0019 and 0034, migration 0025), and the duplicates' DuplicateResolved, written with the resolution
+    (services/issuer/duplicates/, decision 0032); the issuer's relay publishes unsent rows in ``seq`` order with
     the stored bytes to its events topic. Never a secret: secrets as ``***``."""
 
     __tablename__ = "issuer_admin_outbox"

@@ -271,6 +271,7 @@ def create_app(settings: IssuerSettings, internal: InternalApiSettings | None = 
         on_shutdown=[runtime.stop],
     )
     relay = _start_outbox_relay(app, runtime, producer)
+    duplicates.queued = relay.wake  # a resolution's DuplicateResolved is in the outbox: publish it now
     token = configured_token(internal) if internal is not None else None  # decision 0020
     internal_app = create_internal_app(duplicates, token)
     install_connector_routes(internal_app, connector_router(connector_registry, engine, utc_now, changed=relay.wake))
@@ -278,8 +279,8 @@ def create_app(settings: IssuerSettings, internal: InternalApiSettings | None = 
 
 
 def _start_outbox_relay(app: AsgiFastStream, runtime: IssuerRuntime, producer: EventProducer) -> OutboxRelay:
-    """Publish the connector admin events of the issuer's outbox: all at start, then every few seconds or when the
-    internal API wakes it after a change (registry/outbox.py)."""
+    """Publish the issuer's outbox (its connector admin events and the duplicates' DuplicateResolved): all at start,
+    then every few seconds or when woken after a change or a resolution (registry/outbox.py)."""
 
     async def send(records: Sequence[tuple[str, str | None, bytes, str]]) -> None:
         await producer.publish([StoredRecord(topic, key, value, event_type) for topic, key, value, event_type in records])

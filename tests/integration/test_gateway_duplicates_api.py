@@ -19,13 +19,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 
 from emca_sim.server import SimServer, start_in_thread
 from services.common.contracts.catalog import CATALOG
 from services.common.contracts.duplicates import DuplicateResolutionRefused, DuplicateResolved
 from services.common.contracts.envelope import decode
 from services.common.contracts.errors import ErrorCode
-from services.common.db import write_session
+from services.common.db import read_session, write_session
+from services.common.db_schema import IssuerAdminOutbox
 from services.common.emca.client import connect
 from services.common.emca.types import EmcaVersion, IssuedCertificate
 from services.common.settings import KafkaSettings
@@ -71,7 +73,11 @@ class Rig:
     extra: IssuedCertificate
 
     def events(self, cls: type) -> list[object]:
-        return [e.data for e in (decode(r.value, CATALOG) for r in self.published) if isinstance(e.data, cls)]
+        """Published by the resolver (refusals) or queued in the issuer's outbox (DuplicateResolved, for its relay)."""
+        with read_session(self.gw.engine) as session:
+            queued = [v.encode() for v in session.scalars(select(IssuerAdminOutbox.value).order_by(IssuerAdminOutbox.seq))]
+        return [e.data for e in (decode(value, CATALOG) for value in [r.value for r in self.published] + queued)
+                if isinstance(e.data, cls)]
 
     async def call(self, method: str, path: str, token: str, **kwargs: object) -> httpx.Response:
         return await self.client.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)  # type: ignore[arg-type]

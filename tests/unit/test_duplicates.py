@@ -5,7 +5,6 @@ connection: tracking, the gauge, resolution, refusals (audited), idempotent repe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select, update
 
 from services.common.certificate_trust import spki_der
 from services.common.consumer import Outbound
@@ -29,7 +28,7 @@ from services.common.contracts.events import CertificateIssued
 from services.common.contracts.fields import RevocationReason
 from services.common.contracts.topics import Topics
 from services.common.db import read_session, write_session
-from services.common.db_schema import IssuerRevocationCheck
+from services.common.db_schema import IssuerAdminOutbox, IssuerDuplicate, IssuerRevocationCheck
 from services.common.emca.types import IssuedCertificate, RequestPermanentError, Revocation, TransientError
 from services.issuer import state
 from services.issuer.connectors import UnknownConnector
@@ -38,6 +37,7 @@ from services.issuer.duplicates.checks import Expected, NotTheExtra, check_extra
 from services.issuer.duplicates.resolver import DuplicateResolver, Refused, Resolution, Unavailable
 from services.issuer.duplicates.store import DuplicateState
 from services.issuer.metrics import IssuerMetrics
+from services.issuer.registry.outbox import OutboxRelay
 from services.issuer.state import NewOperation, StoredRecord
 from tests.unit.examples import examples
 from tests.unit.small_ca import T0, Ca
@@ -158,15 +158,24 @@ class Rig:
     connection: FakeConnection
     runtime: FakeRuntime
     registry: CollectorRegistry
-    published: list[StoredRecord]
+    published: list[StoredRecord]  # what the resolver published itself (refusals)
     woken: list[bool]
     broker_down: list[bool]  # [True]: publishing fails
+    relay: OutboxRelay  # the issuer's outbox relay, run by hand here
+    relayed: list[StoredRecord]  # what it published
+    queued: list[bool]  # the resolver woke the relay
 
     def gauge(self) -> float | None:
         return self.registry.get_sample_value("certrail_issuer_duplicates_unresolved", {"connector": CONNECTOR})
 
+    def outbox(self) -> list[str]:
+        """The values of the issuer's outbox rows, in order."""
+        with read_session(self.engine) as session:
+            return list(session.scalars(select(IssuerAdminOutbox.value).order_by(IssuerAdminOutbox.seq)))
+
     def events(self, cls: type) -> list[Any]:
-        found = [decode(r.value, CATALOG) for r in self.published]
+        """Events of ``cls`` the resolver published or queued in the outbox (with the resolution)."""
+        found = [decode(r.value, CATALOG) for r in self.published] + [decode(v.encode(), CATALOG) for v in self.outbox()]
         return [e for e in found if isinstance(e.data, cls)]
 
     def checks(self) -> list[Any]:
@@ -204,18 +213,28 @@ def rig(engine: Engine, ca: Ca, csr_key: ec.EllipticCurvePrivateKey) -> Rig:
     woken: list[bool] = []
     broker_down: list[bool] = []
 
+    relayed: list[StoredRecord] = []
+    queued: list[bool] = []
+
     async def publish(records: Sequence[StoredRecord]) -> None:
         if broker_down:
             raise OSError("broker down")
         published.extend(records)
 
+    async def send(records: Sequence[tuple[str, str | None, bytes, str]]) -> None:
+        if broker_down:
+            raise OSError("broker down")
+        relayed.extend(StoredRecord(topic, key, value, kind) for topic, key, value, kind in records)
+
     resolver = DuplicateResolver(engine=engine, pool=FakePool(runtime), publish=publish, topics=TOPICS,  # type: ignore[arg-type]
                                  gauge=metrics.duplicates_unresolved, clock=lambda: T0 + timedelta(hours=1),
                                  event_source="/certrail/issuer", on_check=lambda: woken.append(True))
+    resolver.queued = lambda: queued.append(True)
+    relay = OutboxRelay(engine, TOPICS, send, lambda: T0 + timedelta(hours=1))
     _detect(engine, "a", key_sha256(csr_key))
     connection.certificates.update({"a": ca.leaf(0xA, csr_key, cdp=None), "b1": ca.leaf(0xB1, csr_key, cdp=None),
                                     "c": ca.leaf(0xC, ec.generate_private_key(ec.SECP256R1()), cdp=None)})
-    return Rig(engine, resolver, connection, runtime, registry, published, woken, broker_down)
+    return Rig(engine, resolver, connection, runtime, registry, published, woken, broker_down, relay, relayed, queued)
 
 
 async def test_a_duplicate_is_tracked_and_gauged_until_its_extra_serial_is_revoked(rig: Rig) -> None:
@@ -299,41 +318,35 @@ async def test_several_unresolved_duplicates_of_one_certificate_need_the_issuanc
     assert [d.issuance_id for d in await rig.resolver.listed(DuplicateState.UNRESOLVED)] == [ISSUANCE]
 
 
-async def test_a_resolution_stored_but_not_published_is_published_by_the_next_round(rig: Rig) -> None:
-    rig.broker_down.append(True)  # the broker fails after the resolution was stored: resolved all the same
+async def test_a_resolution_is_queued_in_its_transaction_and_the_relay_publishes_it_once_the_broker_answers(
+        rig: Rig) -> None:
+    rig.broker_down.append(True)  # the broker is down: the resolution is stored all the same, its event queued with it
     done = await rig.resolver.resolve(CERT_ID, Resolution(no_extra=True, note="x"), "ops-anna")
-    assert done.state == "resolved"
-    assert [d.published_at for d in store.unpublished(rig.engine)] == [None] and rig.published == []
+    assert done.state == "resolved" and rig.queued == [True] and rig.published == []
+    [value] = rig.outbox()
+    with pytest.raises(OSError):
+        await rig.relay.relay_once()
     rig.broker_down.clear()
+    assert await rig.relay.relay_once() == 1
+    [record] = rig.relayed  # the stored bytes, on the issuer's events topic, keyed by the certificate
+    assert (record.topic, record.key, record.value) == (TOPICS.issuer_events, CERT_ID, value.encode())
+    assert isinstance(decode(record.value, CATALOG).data, DuplicateResolved)
+    assert await rig.relay.relay_once() == 0 and len(rig.relayed) == 1  # sent once
     await rig.resolver.run_once()
-    assert len(rig.events(DuplicateResolved)) == 1 and store.unpublished(rig.engine) == [] and rig.gauge() == 0
+    assert rig.queued == [True] and rig.gauge() == 0
 
 
-async def test_the_background_round_does_not_publish_again_a_resolution_whose_publish_is_in_flight(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    first_publish, unpublished = rig.resolver._publish, store.unpublished
-    entered, release, round_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    async def slow_publish(records: Sequence[StoredRecord]) -> None:
-        entered.set()
-        await release.wait()  # stored, not yet acknowledged by the broker
-        await first_publish(records)
-
-    def reading(engine: Engine, limit: int = 100) -> list[Any]:
-        found = unpublished(engine, limit)
-        loop.call_soon_threadsafe(round_read.set)
-        return found
-
-    rig.resolver._publish = slow_publish  # type: ignore[method-assign]
-    monkeypatch.setattr(store, "unpublished", reading)
-    resolving = asyncio.create_task(rig.resolver.resolve(CERT_ID, Resolution(no_extra=True, note="x"), "ops-anna"))
-    await asyncio.wait_for(entered.wait(), 5)
-    round_ = asyncio.create_task(rig.resolver.run_once())  # it would find the resolution stored and not published
-    # the round waits for the publish in flight (it does not read before it); without that wait it reads at once
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(round_read.wait(), 1)
-    assert not round_read.is_set()
-    release.set()
-    await asyncio.wait_for(asyncio.gather(resolving, round_), 5)
-    assert round_read.is_set() and len(rig.events(DuplicateResolved)) == 1 and store.unpublished(rig.engine) == []
+async def test_a_resolution_an_earlier_version_stored_unpublished_is_moved_into_the_outbox_once(rig: Rig) -> None:
+    await rig.resolver.resolve(CERT_ID, Resolution(no_extra=True, note="x"), "ops-anna")
+    [value] = rig.outbox()
+    # as the version before the outbox left it: the records in ``outcome``, not acknowledged, nothing queued
+    record = StoredRecord(TOPICS.issuer_events, CERT_ID, value.encode())
+    table = IssuerDuplicate.__table__
+    with write_session(rig.engine) as session:
+        session.execute(delete(IssuerAdminOutbox))
+        session.execute(update(table).values(outcome=state.encode_outcome([record]), published_at=None))
+    rig.queued.clear()
+    await rig.resolver.run_once()
+    await rig.resolver.run_once()  # a second round (or instance) finds nothing left
+    assert rig.outbox() == [value] and rig.queued == [True]
+    assert await rig.relay.relay_once() == 1 and [r.value for r in rig.relayed] == [value.encode()]

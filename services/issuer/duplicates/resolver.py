@@ -8,33 +8,36 @@ its serial; the issuer then:
 3. checks it is the extra one (checks.py: same public key as the CSR, another serial, signed by the pinned issuing
    CA) -> 409/422 CERTIFICATE_MISMATCH or 422 CERTIFICATE_UNTRUSTED, audited as DuplicateResolutionRefused;
 4. revokes it at emCA as superseded (already revoked counts as done); refused -> 422 REVOCATION_REJECTED (audited);
-5. stores the resolution with its DuplicateResolved and, in the same transaction, the revocation's check, which the
-   revocation confirmation (services/issuer/revocation/, decision 0025) polls until the CRL lists the serial
-   (RevocationConfirmed, caused by the DuplicateResolved);
-6. publishes DuplicateResolved.
+5. stores the resolution with, in the same transaction, its DuplicateResolved in the issuer's outbox
+   (``issuer_admin_outbox``) and the revocation's check, which the revocation confirmation
+   (services/issuer/revocation/, decision 0025) polls until the CRL lists the serial (RevocationConfirmed, caused by
+   the DuplicateResolved);
+6. wakes the issuer's outbox relay (`queued`; registry/outbox.py), which publishes DuplicateResolved: one publisher
+   per process, the stored bytes, retried until acknowledged.
 
 Or the operator states there is no extra certificate (``no_extra`` with a note): DuplicateResolved no_extra.
 emCA unreachable or the connector unusable -> `Unavailable` (503: try again; nothing is recorded). A resolution
 asked again with the same answer returns the stored one; with another answer it is 409 DUPLICATE_REQUEST_CONFLICT.
 
 A background loop (`run_forever`) keeps the gauge certrail_issuer_duplicates_unresolved{connector} (every known
-connector at 0 or more) and re-publishes resolutions stored but not acknowledged.
+connector at 0 or more) and moves a resolution stored by an earlier version, not yet acknowledged, into the outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from services.common.consumer import Outbound
 from services.common.contracts.duplicates import DuplicateResolution, DuplicateResolutionRefused, DuplicateResolved
-from services.common.contracts.envelope import Message, make_event
+from services.common.contracts.envelope import Envelope, Message, make_event
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.fields import ErrorInfo, RevocationReason
 from services.common.contracts.identity import message_id
@@ -44,6 +47,7 @@ from services.issuer.connectors import ConnectorPool, ConnectorRuntime, UnknownC
 from services.issuer.duplicates import store
 from services.issuer.duplicates.checks import Expected, NotTheExtra, check_extra, refuse_delivered, serial_of
 from services.issuer.duplicates.store import Duplicate, DuplicateState
+from services.issuer.registry.outbox import OUTBOX
 from services.issuer.revocation import store as revocation_store
 from services.issuer.state import StoredRecord
 
@@ -104,9 +108,8 @@ class DuplicateResolver:
         self._on_check = on_check  # wakes the revocation confirmation
         self._refresh_s = refresh_s
         self._gauged: set[str] = set()
-        # one publisher at a time in this process: the background round must not re-publish a resolution whose first
-        # publish is in flight (it would reach the topic twice; consumers dedupe by event id, the audit keeps both)
-        self._publishing = asyncio.Lock()
+        #: wakes the outbox relay after a resolution was stored (services/issuer/app.py sets it to the relay's wake)
+        self.queued: Callable[[], None] = lambda: None
 
     # -- reads -------------------------------------------------------------------------------------------------
 
@@ -205,7 +208,7 @@ class DuplicateResolver:
             issuance_id=duplicate.issuance_id, delivered_serial=duplicate.delivered_serial,
             resolution=DuplicateResolution.REVOKED, extra_serial=serial, reason=RevocationReason.SUPERSEDED,
             already_revoked=revocation.already_revoked, note=note, actor=actor, resolved_at=now)
-        records = [self._record(duplicate, data, now)]
+        event = self._event(duplicate, data, now)
         check = revocation_store.new_check(
             check_id=self._resolved_id(duplicate), certificate_id=duplicate.certificate_id, serial=serial,
             connector=duplicate.connector, reason=RevocationReason.SUPERSEDED.value, request_id=duplicate.request_id,
@@ -218,7 +221,7 @@ class DuplicateResolver:
 
         log.info("duplicate issuance %s of %s: extra serial %s revoked (superseded) at emCA by %s", duplicate.issuance_id,
                  duplicate.certificate_id, serial, actor)
-        return await self._stored(duplicate, records, now, DuplicateResolution.REVOKED, serial, note, actor, with_check)
+        return await self._stored(duplicate, event, now, DuplicateResolution.REVOKED, serial, note, actor, with_check)
 
     async def _no_extra(self, duplicate: Duplicate, note: str | None, actor: str) -> Duplicate:
         if not note or not note.strip():
@@ -230,26 +233,25 @@ class DuplicateResolver:
             resolution=DuplicateResolution.NO_EXTRA, note=note.strip(), actor=actor, resolved_at=now)
         log.info("duplicate issuance %s of %s resolved without an extra certificate by %s", duplicate.issuance_id,
                  duplicate.certificate_id, actor)
-        return await self._stored(duplicate, [self._record(duplicate, data, now)], now, DuplicateResolution.NO_EXTRA, None,
+        return await self._stored(duplicate, self._event(duplicate, data, now), now, DuplicateResolution.NO_EXTRA, None,
                                   note.strip(), actor, None)
 
-    async def _stored(self, duplicate: Duplicate, records: list[StoredRecord], now: datetime,
-                      resolution: DuplicateResolution, serial: str | None, note: str | None, actor: str,
+    async def _stored(self, duplicate: Duplicate, event: Envelope, now: datetime, resolution: DuplicateResolution,
+                      serial: str | None, note: str | None, actor: str,
                       also: Callable[[Connection], None] | None) -> Duplicate:
-        stored = await asyncio.to_thread(store.resolve, self._engine, duplicate.issuance_id, records, now,
-                                         resolution=resolution.value, extra_serial=serial, note=note, actor=actor, also=also)
+        def in_transaction(conn: Connection) -> None:
+            OUTBOX.queue_event_in(conn, event, key=duplicate.certificate_id)
+            if also is not None:
+                also(conn)
+
+        stored = await asyncio.to_thread(store.resolve, self._engine, duplicate.issuance_id, now,
+                                         resolution=resolution.value, extra_serial=serial, note=note, actor=actor,
+                                         also=in_transaction)
         current = await asyncio.to_thread(store.load, self._engine, duplicate.issuance_id)
         assert current is not None
         if not stored:  # resolved meanwhile by another call
             return self._same_or_conflict(current, serial)
-        async with self._publishing:
-            try:
-                await self._publish(records)
-            except Exception:  # noqa: BLE001 - stored: the background round publishes it (`run_once`)
-                log.warning("the resolution of duplicate %s is stored but not published yet; publishing it next round",
-                            duplicate.issuance_id, exc_info=True)
-            else:
-                await asyncio.to_thread(store.mark_published, self._engine, duplicate.issuance_id, self._clock())
+        self.queued()
         if also is not None and self._on_check is not None:
             self._on_check()
         await self.refresh_gauge()
@@ -273,11 +275,10 @@ class DuplicateResolver:
     def _resolved_id(self, duplicate: Duplicate) -> str:
         return message_id(duplicate.detected_event_id, DuplicateResolved.TYPE)
 
-    def _record(self, duplicate: Duplicate, data: Message, now: datetime) -> StoredRecord:
-        event = make_event(data, id=self._resolved_id(duplicate), source=self._source, time=now,
-                           subject=duplicate.certificate_id, correlationid=duplicate.correlation_id,
-                           causationid=duplicate.detected_event_id)
-        return StoredRecord.of(Outbound(self._topics.topic_of(type(data)), event, key=duplicate.certificate_id))
+    def _event(self, duplicate: Duplicate, data: Message, now: datetime) -> Envelope:
+        return make_event(data, id=self._resolved_id(duplicate), source=self._source, time=now,
+                          subject=duplicate.certificate_id, correlationid=duplicate.correlation_id,
+                          causationid=duplicate.detected_event_id)
 
     # -- the background loop ---------------------------------------------------------------------------------------
 
@@ -288,10 +289,8 @@ class DuplicateResolver:
             self._gauge.labels(connector).set(counts.get(connector, 0))
 
     async def run_once(self) -> None:
-        async with self._publishing:
-            for duplicate in await asyncio.to_thread(store.unpublished, self._engine):
-                await self._publish(duplicate.records())
-                await asyncio.to_thread(store.mark_published, self._engine, duplicate.issuance_id, self._clock())
+        if await asyncio.to_thread(store.queue_unpublished, self._engine, _queue_raw, self._clock()):
+            self.queued()
         await self.refresh_gauge()
 
     async def run_forever(self) -> None:
@@ -301,3 +300,11 @@ class DuplicateResolver:
             except Exception:  # noqa: BLE001 - database or Kafka trouble: the next round tries again
                 log.warning("refreshing possible duplicates failed; trying again", exc_info=True)
             await asyncio.sleep(self._refresh_s)
+
+
+def _queue_raw(conn: Connection, record: StoredRecord) -> None:
+    """A record stored by an earlier version (`store.queue_unpublished`) into the outbox, with its bytes and id."""
+    value = record.value.decode("utf-8")
+    envelope = json.loads(value)
+    OUTBOX.queue_in(conn, event_id=str(envelope["id"]), event_type=str(envelope["type"]), channel=DuplicateResolved.CHANNEL,
+                    key=record.key, value=value, created_at=datetime.now(UTC))

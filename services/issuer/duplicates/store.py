@@ -2,12 +2,14 @@
 
 A duplicate is written with the issuance's outcome (`record_issued_in`, the same transaction as
 `state.record_outcome_in`), so an issuance published as POSSIBLE_DUPLICATE is an issuance tracked, across restarts.
-Its resolution is stored with the exact records to publish (`resolve_in`; the revocation check of an extra serial in
-the same transaction), re-published until acknowledged (`unpublished`, `mark_published`)."""
+Its resolution is stored with its DuplicateResolved in the issuer's outbox (``issuer_admin_outbox``, published by the
+issuer's relay) and, for an extra serial, its revocation check, all in one transaction (`resolve`). A resolution
+stored by a version before the outbox, with its records in ``outcome`` and not yet acknowledged, is moved into the
+outbox once (`queue_unpublished`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -52,9 +54,6 @@ class Duplicate:
     resolved_at: datetime | None
     outcome: str | None
     published_at: datetime | None
-
-    def records(self) -> tuple[StoredRecord, ...]:
-        return state.decode_outcome(self.outcome)
 
     def view(self) -> dict[str, Any]:
         """What the internal API answers (no outcome records)."""
@@ -115,35 +114,48 @@ def load(engine: Engine, issuance_id: str) -> Duplicate | None:
     return None if row is None else _duplicate(row)
 
 
-def resolve(engine: Engine, issuance_id: str, records: Sequence[StoredRecord], now: datetime, *, resolution: str,
-            extra_serial: str | None, note: str | None, actor: str, also: Any = None) -> bool:
-    """Mark the duplicate resolved with the records to publish; ``also(conn)`` runs in the same transaction (the
-    extra serial's revocation check). False: it was resolved already (by another call)."""
+def resolve(engine: Engine, issuance_id: str, now: datetime, *, resolution: str, extra_serial: str | None,
+            note: str | None, actor: str, also: Callable[[Connection], None]) -> bool:
+    """Mark the duplicate resolved; ``also(conn)`` runs in the same transaction (its DuplicateResolved into the outbox,
+    the extra serial's revocation check). ``published_at`` says when its event was queued. False: it was resolved
+    already (by another call), and nothing was written."""
     with write_session(engine) as session:
         conn = session.connection()
         result = conn.execute(
             update(_TABLE).where(_TABLE.c.issuance_id == issuance_id, _TABLE.c.state == DuplicateState.UNRESOLVED.value)
             .values(state=DuplicateState.RESOLVED.value, resolution=resolution, extra_serial=extra_serial, note=note,
-                    resolved_by=actor, resolved_at=now, outcome=state.encode_outcome(records), published_at=None))
+                    resolved_by=actor, resolved_at=now, outcome=None, published_at=now))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        if also is not None:
-            also(conn)
+        also(conn)
         return True
 
 
-def unpublished(engine: Engine, limit: int = 100) -> list[Duplicate]:
-    """Resolved duplicates whose records were not acknowledged yet (a crash or a broker outage in between)."""
+#: queues one stored record (raw, as an older version stored it) in the outbox, in the caller's transaction
+QueueRaw = Callable[[Connection, StoredRecord], None]
+
+
+def queue_unpublished(engine: Engine, queue: QueueRaw, now: datetime, limit: int = 100) -> int:
+    """Resolutions stored before the outbox whose records were never acknowledged: each one's records queued in the
+    outbox and the row marked, in one transaction per resolution (of two instances, only the first conditional UPDATE
+    changes the row, so the records are queued once). How many were queued."""
     with read_session(engine) as session:
-        rows = session.connection().execute(
-            select(_TABLE).where(_TABLE.c.state == DuplicateState.RESOLVED.value, _TABLE.c.published_at.is_(None))
-            .order_by(_TABLE.c.resolved_at).limit(limit)).mappings().all()
-    return [_duplicate(r) for r in rows]
-
-
-def mark_published(engine: Engine, issuance_id: str, now: datetime) -> None:
-    with write_session(engine) as session:
-        session.execute(update(_TABLE).where(_TABLE.c.issuance_id == issuance_id).values(published_at=now))
+        pending = session.connection().execute(
+            select(_TABLE.c.issuance_id, _TABLE.c.outcome)
+            .where(_TABLE.c.state == DuplicateState.RESOLVED.value, _TABLE.c.published_at.is_(None))
+            .order_by(_TABLE.c.resolved_at).limit(limit)).all()
+    queued = 0
+    for issuance_id, outcome in pending:
+        with write_session(engine) as session:
+            conn = session.connection()
+            marked = conn.execute(update(_TABLE).where(_TABLE.c.issuance_id == issuance_id, _TABLE.c.published_at.is_(None))
+                                  .values(published_at=now))
+            if marked.rowcount != 1:  # type: ignore[attr-defined]
+                continue
+            for record in state.decode_outcome(outcome if isinstance(outcome, str) else None):
+                queue(conn, record)
+            queued += 1
+    return queued
 
 
 def unresolved_by_connector(engine: Engine) -> dict[str, int]:

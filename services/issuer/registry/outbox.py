@@ -1,5 +1,6 @@
 """The issuer's admin events through its outbox (decisions 0019 and 0034; services/common/admin_outbox.py): a row of
-``issuer_admin_outbox`` written in the transaction of the connector change it describes; the issuer's relay
+``issuer_admin_outbox`` written in the transaction of the connector change it describes (or of a duplicate's
+resolution: its DuplicateResolved, services/issuer/duplicates/); the issuer's relay
 (`OutboxRelay`, started by services/issuer/app.py, woken by the internal API after a change) publishes every unsent
 row in ``seq`` order, byte for byte (same event id), to the row's channel under the issuer's prefix, then marks it
 sent."""
