@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 from sqlalchemy import Engine
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from services.common.db import read_session
 from services.deployer import store as deployer_store
@@ -210,9 +210,10 @@ def _wait_deployed(client: httpx.Client, as_admin: dict[str, str], certificate_i
                    var_dir: Path, step: Any, *, new_serial_than: str | None = None) -> str:
     """Poll the certificate's view until its current serial is deployed (and differs from ``new_serial_than``);
     that serial. DemoError when it fails, is revoked or takes longer than ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
     seen: set[str] = set()
-    while True:
+
+    def deployed_serial() -> tuple[str | None, str | None]:
+        """(the serial deployed, or None while waiting; the status seen)."""
         shown = client.get(f"/v1/certificates/{certificate_id}", headers=as_admin)
         view = shown.json() if shown.status_code == 200 else {}
         status = view.get("status")
@@ -223,13 +224,21 @@ def _wait_deployed(client: httpx.Client, as_admin: dict[str, str], certificate_i
         serial = inventory.get("serial")
         deployed = [d for d in inventory.get("deployments", []) if d.get("status") == "deployed" and d.get("serial") == serial]
         if deployed and serial and serial != new_serial_than:
-            return str(serial)
+            return str(serial), status
         if status in ("failed", "revoked"):
             raise DemoError(f"{certificate_id} ended {status}: {json.dumps(view)[:800]}")
-        if time.monotonic() > deadline:
-            raise DemoError(f"{certificate_id} was not deployed within {timeout_s:.0f}s (last: {status or 'unknown'}); "
-                            f"see {var_dir / 'log'}/")
-        time.sleep(0.5)
+        return None, status
+
+    retrying = Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.5),
+                        retry=retry_if_result(lambda found: found[0] is None))
+    try:
+        serial, _ = retrying(deployed_serial)
+    except RetryError as error:
+        status = error.last_attempt.result()[1]
+        raise DemoError(f"{certificate_id} was not deployed within {timeout_s:.0f}s (last: {status or 'unknown'}); "
+                        f"see {var_dir / 'log'}/") from None
+    assert serial is not None
+    return serial
 
 
 def _ensure_connector_and_key(client: httpx.Client, as_admin: dict[str, str], var_dir: Path, sim_api_url: str,

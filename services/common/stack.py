@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from services.common.internal_api import ensure_token_file
 from services.common.proc import is_zombie, pid_exists, port_free
@@ -252,20 +253,26 @@ class Stack:
         self.wait_healthy(timeout_s)
 
     def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        """Poll every service's /health until each answers healthy; StackError at once when one exits, or after
+        ``timeout_s`` naming those still pending."""
         pending = list(self.services)
-        while pending:
+
+        def still_pending() -> list[ServiceProcess]:
             for svc in list(pending):
                 code = svc.exited()
                 if code is not None:
                     raise StackError(f"{svc.label} exited with status {code} while starting:\n{tail(svc.log_file)}")
                 if svc.healthy():
                     pending.remove(svc)
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(s.label for s in pending)
-                raise StackError(f"not healthy after {timeout_s:.0f}s: {names}\n{tail(pending[0].log_file)}")
-            if pending:
-                time.sleep(0.25)
+            return pending
+
+        retrying = Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.25),
+                            retry=retry_if_result(bool), reraise=True)
+        try:
+            retrying(still_pending)
+        except RetryError:
+            names = ", ".join(s.label for s in pending)
+            raise StackError(f"not healthy after {timeout_s:.0f}s: {names}\n{tail(pending[0].log_file)}") from None
 
     def supervise_once(self, max_restarts: int = 5) -> list[str]:
         """Restart services that died; returns what was restarted."""
