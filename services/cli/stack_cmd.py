@@ -173,7 +173,7 @@ def up(
         "many nodes on --kafka-port + 2i / --kafka-controller-port + 2i (default: what var/kafka holds, else 1).")] = None,
     db: Annotated[DbKind, typer.Option(
         envvar=f"{_ENV}DB", help="sqlite: a file per service, var/<service>.db; postgresql: one database of the stack's "
-        "own (certrail_<random>), shared by the services, created on the server of --postgres-url, remembered in "
+        "own (certrail_<random>) with a schema per service, created on the server of --postgres-url, remembered in "
         "var/database.json.")] = DbKind.sqlite,
     postgres_url: Annotated[str, typer.Option(
         envvar=f"{_ENV}POSTGRES_URL", help="With --db postgresql: the server, as a URL whose role may CREATE DATABASE "
@@ -193,14 +193,15 @@ def up(
     ports = {"gateway": gateway_port, "issuer": issuer_port, "deployer": deployer_port, "auditor": auditor_port}
     try:
         kafka = _kafka(var_dir, cache_dir, kafka_port, kafka_controller_port, brokers)
-        shared_url = None if db is DbKind.sqlite else postgres_database(var_dir, postgres_url)
+        urls = sqlite_urls(var_dir) if db is DbKind.sqlite else postgres_database(var_dir, postgres_url)
     except (LocalKafkaError, StackDatabaseError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     topic_prefix = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers).topic_prefix
-    # sqlite: each service its own file (decision 0017), passed to each as CERTRAIL_<SERVICE>_DB_URL; postgresql: one
-    # database for the stack, CERTRAIL_DB_URL
-    urls = sqlite_urls(var_dir) if shared_url is None else dict.fromkeys(SERVICES, shared_url)
+    # sqlite: each service its own file (decision 0017); postgresql: one database for the stack, each service its own
+    # schema in it; both passed to each service as CERTRAIL_<SERVICE>_DB_URL. A PostgreSQL database made before the
+    # schemas stays shared by the services: CERTRAIL_DB_URL
+    shared_url = next(iter(urls.values())) if len(set(urls.values())) == 1 else None
     databases = {service: DatabaseSettings(url=url) for service, url in urls.items()}
     env = services_env(var_dir, kafka.bootstrap_servers, topic_prefix, shared_url)
     try:  # each service its own Kafka principal (passwords created once with var/kafka)
@@ -208,7 +209,7 @@ def up(
     except LocalKafkaError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    legacy = unsplit_database(var_dir) if shared_url is None else None
+    legacy = unsplit_database(var_dir) if db is DbKind.sqlite else None
     if legacy is not None:
         split_env = " ".join(f"{service_db_url_env(s)}={url}" for s, url in urls.items())
         console.print(f"[red]error:[/] {legacy} is the database the services shared before each had its own; copy it "

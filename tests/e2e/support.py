@@ -209,12 +209,12 @@ class ScaleStack(EmbeddedStack):
     def env(self) -> dict[str, str]:
         return {**super().env, **self.extra_env}
 
-    @property
-    def db_url(self) -> str:
-        """The stack's database: the PostgreSQL database `certrail up --db postgresql` made (shared by the services)."""
-        url = stored_url(self.var_dir)
-        assert url is not None, f"{self.var_dir} holds no PostgreSQL database of `certrail up --db postgresql`"
-        return url
+    def db_url(self, table: str) -> str:
+        """The URL of ``table``'s owner's schema in the PostgreSQL database `certrail up --db postgresql` made."""
+        assert stored_url(self.var_dir) is not None, f"{self.var_dir} holds no database of `certrail up --db postgresql`"
+        owner = owner_of(table)
+        assert owner in DATABASE_OWNERS, f"{table} belongs to no one service"
+        return self.db_urls()[owner]
 
     def cluster(self) -> LocalKafkaCluster:
         cluster = LocalKafkaCluster.load(self.var_dir / "kafka", ROOT / ".cache")

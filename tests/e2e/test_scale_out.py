@@ -211,8 +211,9 @@ class Load:
 # --- reading the outcome ------------------------------------------------------------------------------------------
 
 
-def db(stack: ScaleStack) -> Engine:
-    return create_engine(stack.db_url, poolclass=NullPool)
+def db(stack: ScaleStack, table: str) -> Engine:
+    """An engine on ``table``'s owner's schema (each service its own in the stack's database)."""
+    return create_engine(stack.db_url(table), poolclass=NullPool)
 
 
 def deployed_ids(engine: Engine) -> dict[str, int]:
@@ -380,13 +381,13 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
     began = time.monotonic()
     timings = Timings()
     hmac_key = set_up(stack)
-    engine = db(stack)
+    deployer, issuer, auditor = (db(stack, t) for t in ("deployer_deployments", "issuer_operations", "audit_records"))
     load = Load(stack, hmac_key)
     rejoined: FullIsr | None = None
     try:
         # the instances share the work: each group has two members, exactly one gateway schedules renewals
         load.burst(10)
-        wait_until(lambda: len(deployed_ids(engine)) >= 10, "the warm-up requests to be deployed", 120, interval_s=0.5)
+        wait_until(lambda: len(deployed_ids(deployer)) >= 10, "the warm-up requests to be deployed", 120, interval_s=0.5)
         repeated = sorted(load.keys)  # the gateway's dedupe across instances: each again, on another partition
         load.again(repeated)
         wait_until(lambda: len(scheduler_leaders(stack)) == 1, lambda: f"one scheduler leader, not {scheduler_leaders(stack)}",
@@ -463,19 +464,20 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
     assert not load.errors, load.errors[:5]
     assert load.acked == set(load.keys), f"{len(load.keys) - len(load.acked)} sends not acknowledged"
     settle = time.monotonic()
-    wait_until(lambda: len(deployed_ids(engine)) >= len(load.keys),
-               lambda: f"all {len(load.keys)} deployed (now {len(deployed_ids(engine))})", 240, interval_s=1)
+    wait_until(lambda: len(deployed_ids(deployer)) >= len(load.keys),
+               lambda: f"all {len(load.keys)} deployed (now {len(deployed_ids(deployer))})", 240, interval_s=1)
     timings["settle"] = time.monotonic() - settle
-    deployments = deployed_ids(engine)
+    deployments = deployed_ids(deployer)
     assert set(deployments) == set(load.keys)
     assert {c: n for c, n in deployments.items() if n != 1} == {}, "deployed more than once"
     with stack.sim_admin() as admin:
         issued = admin.get("/admin/counters").json()["issued_by_public_key_sha256"]
     counts = {certificate_id: issued.get(key, 0) for certificate_id, key in load.keys.items()}
     assert {c: n for c, n in counts.items() if n != 1} == {}, "not issued exactly once by the simulator"
-    with engine.connect() as connection:
-        failed = int(connection.execute(text("SELECT COUNT(*) FROM certificate_inventory WHERE status = 'failed'")).scalar_one())
+    with issuer.connect() as connection:
         flagged = int(connection.execute(text("SELECT COUNT(*) FROM issuer_operations WHERE possible_duplicate")).scalar_one())
+    with auditor.connect() as connection:
+        failed = int(connection.execute(text("SELECT COUNT(*) FROM certificate_inventory WHERE status = 'failed'")).scalar_one())
         answers = connection.execute(text(
             "SELECT correlation_id, COUNT(DISTINCT event_id) FROM audit_records WHERE event_type = :type "
             "AND correlation_id IN :ids GROUP BY correlation_id").bindparams(bindparam("ids", expanding=True)),
@@ -492,7 +494,7 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
     def settled() -> bool:
         nonlocal gaps, lags
         lags = group_lag(stack)
-        gaps = audit_gaps(stack, engine)
+        gaps = audit_gaps(stack, auditor)
         return not gaps and not any(lags.values())
 
     wait_until(settled, lambda: f"no audit gap and no lag: gaps {gaps[:5]}, lag {lags}", 120, interval_s=2)
@@ -508,6 +510,7 @@ def test_two_instances_of_everything_on_three_brokers_survive_faults_under_load(
         return runs[-1].returncode == 0
 
     wait_until(verified, lambda: f"`audit verify` to pass:\n{runs[-1].stdout}{runs[-1].stderr}", 90, interval_s=3)
-    engine.dispose()
+    for engine in (deployer, issuer, auditor):
+        engine.dispose()
     print(f"\nscale-out: {len(load.keys)} requests, slowest send {load.slowest_send_s:.1f} s; "
           + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {time.monotonic() - began:.0f} s")

@@ -3,9 +3,11 @@ own SQLite file; and what `certrail db` and `certrail up` make of that."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from services.auditor.settings import AuditorSettings
 from services.common.migrate import distinct_databases, same_database
@@ -15,7 +17,7 @@ from services.common.settings import (
     service_database_url,
     service_databases,
 )
-from services.common.stack_db import sqlite_urls
+from services.common.stack_db import database_urls, postgres_urls, sqlite_urls, stored_url
 from services.gateway.settings import GatewaySettings
 
 SHARED = "postgresql+psycopg://u:pw@db/certrail"
@@ -98,3 +100,17 @@ def test_certrail_up_asks_for_a_split_of_the_shared_file_of_an_earlier_run(tmp_p
     assert unsplit_database(tmp_path) == tmp_path / "certrail.db"
     (tmp_path / "gateway.db").write_bytes(b"")  # split (the source stays): the services' own files are used
     assert unsplit_database(tmp_path) is None
+
+
+def test_the_stacks_postgresql_database_gives_each_service_its_schema_or_stays_shared_if_made_before(
+        tmp_path: Path) -> None:
+    url = "postgresql+psycopg://certrail:pw@127.0.0.1:5432/certrail_0123456789ab"
+    assert postgres_urls(tmp_path) is None and database_urls(tmp_path) == sqlite_urls(tmp_path)
+    (tmp_path / "database.json").write_text(json.dumps({"url": url, "server": url, "schemas": True}))
+    urls = postgres_urls(tmp_path)
+    assert urls == {s: f"{url}?options=-csearch_path%3D{s}" for s in DATABASE_OWNERS} == database_urls(tmp_path)
+    assert len(distinct_databases({s: DatabaseSettings(url=u) for s, u in urls.items()})) == 4  # each migrated
+    assert make_url(urls["issuer"]).query["options"] == "-csearch_path=issuer" and stored_url(tmp_path) == url
+    # a database `certrail up` made before the schemas: the services keep sharing it
+    (tmp_path / "database.json").write_text(json.dumps({"url": url, "server": url}))
+    assert postgres_urls(tmp_path) == dict.fromkeys(DATABASE_OWNERS, url)
