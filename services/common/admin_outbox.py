@@ -122,18 +122,21 @@ class AdminOutbox:
         session.flush()
         return int(row.seq)
 
-    def queue_in(self, conn: Connection, *, event_id: str, event_type: str, channel: str, key: str | None, value: str,
-                 created_at: datetime) -> None:
+    def queue_in(self, conn: Connection | Session, *, event_id: str, event_type: str, channel: str, key: str | None,
+                 value: str, created_at: datetime) -> None:
         """Add an event that is not an admin event (already encoded) to the outbox in ``conn``'s transaction, for the
-        relay to publish like the rest: the issuer's DuplicateResolved (services/issuer/duplicates/)."""
+        relay to publish like the rest: the issuer's DuplicateResolved (services/issuer/duplicates/), the deployer's
+        CertificateUndeployed and BotKeyDestroyed."""
         conn.execute(insert(self.table).values(event_id=event_id, event_type=event_type, channel=channel,
                                                key=None if key is None else key[:300], value=value, created_at=created_at,
                                                sent_at=None))
 
-    def queue_event_in(self, conn: Connection, event: Envelope, *, key: str | None) -> None:
-        """`queue_in` for an event built with ``make_event``: its channel is its message class's."""
+    def queue_event_in(self, conn: Connection | Session, event: Envelope, *, key: str | None,
+                       created_at: datetime | None = None) -> None:
+        """`queue_in` for an event built with ``make_event``: its channel is its message class's; ``created_at`` None:
+        the event's time."""
         self.queue_in(conn, event_id=event.id, event_type=event.type, channel=type(event.data).CHANNEL, key=key,
-                      value=encode(event).decode("utf-8"), created_at=event.time)
+                      value=encode(event).decode("utf-8"), created_at=event.time if created_at is None else created_at)
 
     def _rows(self, session: Session, query: Any) -> list[OutboxRow]:
         return [OutboxRow(r.seq, r.event_id, r.event_type, r.channel, r.key, r.value) for r in session.scalars(query)]

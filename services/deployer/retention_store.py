@@ -11,9 +11,10 @@ from datetime import datetime
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from services.common.contracts.envelope import Envelope, encode
+from services.common.contracts.envelope import Envelope
 from services.common.contracts.keys import KeyRetirementReason
-from services.common.db_schema import DeployerAdminOutbox, DeployerBotKeyRow, DeployerDeploymentRow
+from services.common.db_schema import DeployerBotKeyRow, DeployerDeploymentRow
+from services.deployer.config.outbox import OUTBOX
 from services.deployer.retention import KeyState, state_of, superseded_by
 from services.deployer.store import BotKey, _bot_key
 
@@ -80,7 +81,5 @@ def destroy(session: Session, cause_id: str, now: datetime, event: Envelope) -> 
                              .values(private_key=None, destroyed_at=now))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    data = event.data
-    session.add(DeployerAdminOutbox(event_id=event.id, event_type=data.TYPE, channel=data.CHANNEL,
-                                    key=event.subject, value=encode(event).decode("utf-8"), created_at=now, sent_at=None))
+    OUTBOX.queue_event_in(session, event, key=event.subject, created_at=now)
     return True

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from services.common.contracts.envelope import Envelope, encode, make_event
+from services.common.contracts.envelope import Envelope, make_event
 from services.common.contracts.events import CertificateRevoked, TargetRef
 from services.common.contracts.fields import ErrorInfo, RevocationReason
 from services.common.contracts.identity import message_id
@@ -26,6 +26,7 @@ from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.undeploy import CertificateUndeployed, ExternalRevocation, TargetUndeployment, UndeployOutcome
 from services.common.db_schema import DeployerAcceptedCertificateRow, DeployerAdminOutbox, DeployerDeploymentRow
 from services.deployer import projection, store
+from services.deployer.config.outbox import OUTBOX
 from services.deployer.context import DeployerContext
 from services.deployer.handlers.deploy import target_place
 from services.deployer.targets.base import ServedRemoving, TargetError
@@ -130,9 +131,7 @@ def _record(session: Session, revoked: Revoked, removed: list[str], event: Envel
     if removed:
         session.execute(update(rows).where(rows.certificate_id == revoked.certificate_id, rows.serial == revoked.serial,
                                            rows.target_name.in_(removed), rows.status == DEPLOYED).values(status=REMOVED))
-    data = event.data
-    session.add(DeployerAdminOutbox(event_id=event.id, event_type=data.TYPE, channel=data.CHANNEL, key=event.subject,
-                                    value=encode(event).decode("utf-8"), created_at=event.time, sent_at=None))
+    OUTBOX.queue_event_in(session, event, key=event.subject)
     return True
 
 

@@ -30,13 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.common.contracts.envelope import Envelope, encode, make_event
+from services.common.contracts.envelope import Envelope, make_event
 from services.common.contracts.events import CertificateIssued, CertificateSuperseded, SupersededBy
 from services.common.contracts.identity import message_id
-from services.common.db_schema import GatewayAcmeCertificate, GatewayAcmeOrder, GatewayAdminOutbox, GatewayIssuedSerial
+from services.common.db_schema import GatewayAcmeCertificate, GatewayAcmeOrder, GatewayIssuedSerial
 from services.gateway import issued
 from services.gateway.acme import orders_store as db
 from services.gateway.acme import renewal_info
+from services.gateway.config.outbox import OUTBOX
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,7 @@ def retire_renewed(session: Session, order: db.Order, issued_event: Envelope) ->
         event = make_event(superseded, id=message_id(issued_event.id, CertificateSuperseded.TYPE, old.certificate_id),
                            source=SOURCE, time=issued_event.time, correlationid=issued_event.correlationid,
                            causationid=issued_event.id)
-        session.add(GatewayAdminOutbox(event_id=event.id, event_type=CertificateSuperseded.TYPE,
-                                       channel=CertificateSuperseded.CHANNEL, key=old.certificate_id,
-                                       value=encode(event).decode("utf-8"), created_at=issued_event.time, sent_at=None))
+        OUTBOX.queue_event_in(session, event, key=old.certificate_id)  # created at the event's time
         log.info("ACME order %s: certificate %s (serial %s) retired (%s), superseded by %s", order.order_id,
                  old.certificate_id, old.serial, old.reason.value, data.certificate_id)
         done.append(old)
