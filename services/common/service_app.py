@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
@@ -108,9 +107,10 @@ class ServiceSettings(BaseSettings):
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)  # each service: own_database(<name>)
 
 
-def own_database(service: str) -> Any:
+def own_database(service: str) -> DatabaseSettings:
     """The ``db`` field of a service's settings: its own database (``DatabaseSettings.for_service``:
     ``CERTRAIL_<SERVICE>_DB_URL``, else ``CERTRAIL_DB_URL``, else ``var/<service>.db``)."""
+    # a FieldInfo at run time; pydantic types Field(default_factory=f) as f's result, for use as a field default
     return Field(default_factory=lambda: DatabaseSettings.for_service(service),
                  description=f"The {service}'s database (CERTRAIL_{service.upper()}_DB_URL, else CERTRAIL_DB_URL, "
                              f"else var/{service}.db).")

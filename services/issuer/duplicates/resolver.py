@@ -26,11 +26,12 @@ connector at 0 or more) and moves a resolution stored by an earlier version, not
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -289,7 +290,8 @@ class DuplicateResolver:
             self._gauge.labels(connector).set(counts.get(connector, 0))
 
     async def run_once(self) -> None:
-        if await asyncio.to_thread(store.queue_unpublished, self._engine, _queue_raw, self._clock()):
+        now = self._clock()
+        if await asyncio.to_thread(store.queue_unpublished, self._engine, functools.partial(_queue_raw, now=now), now):
             self.queued()
         await self.refresh_gauge()
 
@@ -302,9 +304,10 @@ class DuplicateResolver:
             await asyncio.sleep(self._refresh_s)
 
 
-def _queue_raw(conn: Connection, record: StoredRecord) -> None:
-    """A record stored by an earlier version (`store.queue_unpublished`) into the outbox, with its bytes and id."""
+def _queue_raw(conn: Connection, record: StoredRecord, *, now: datetime) -> None:
+    """A record stored by an earlier version (`store.queue_unpublished`) into the outbox, with its bytes and id, queued
+    ``now`` (the resolver's clock)."""
     value = record.value.decode("utf-8")
     envelope = json.loads(value)
     OUTBOX.queue_in(conn, event_id=str(envelope["id"]), event_type=str(envelope["type"]), channel=DuplicateResolved.CHANNEL,
-                    key=record.key, value=value, created_at=datetime.now(UTC))
+                    key=record.key, value=value, created_at=now)
