@@ -79,6 +79,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
+from services.common.runtime.prepared import PreparedConnection
 from services.common.settings import DatabaseSettings
 
 __all__ = [
@@ -342,16 +343,18 @@ def transaction_memo(session: Session, key: str) -> dict[Any, Any]:
     return held[1]
 
 
-def core(session: Session) -> Connection:
-    """The session's connection, for prebuilt Core statements on a hot path: about half the cost of
-    ``Session.execute`` (no ORM execution layer). Pending ORM changes are flushed first (a no-op on a
-    clean session), so the statement sees them as ``Session.execute``'s autoflush would."""
+def core(session: Session) -> PreparedConnection:
+    """The session's connection, for prebuilt Core statements on a hot path: they run on its DBAPI cursor
+    with the plan SQLAlchemy compiled once (services/common/runtime/prepared.py; a tenth of ``Session.execute``'s
+    cost, a fifth of ``Connection.execute``'s), anything else through the connection. Pending ORM changes are
+    flushed first (a no-op on a clean session), so the statement sees them as ``Session.execute``'s autoflush
+    would."""
     session.flush()
     transaction = session.get_transaction()
     held = session.info.get(_CORE_CONNECTION)
     if held is not None and held[0] is transaction and transaction is not None:
         return held[1]  # type: ignore[no-any-return]
-    connection = session.connection()
+    connection = PreparedConnection(session.connection())
     session.info[_CORE_CONNECTION] = (session.get_transaction(), connection)
     return connection
 

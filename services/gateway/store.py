@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, Row, bindparam, delete, func, select, union
+from sqlalchemy import Engine, bindparam, delete, func, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,7 @@ from services.common.db_schema import (
     GatewayRequestStatus,
     GatewayToken,
 )
+from services.common.runtime.prepared import PreparedRow
 from services.gateway.policy.profile import ProvisioningProfile
 from services.gateway.policy.request_auth import RequesterKey
 from services.gateway.policy.tokens import Role, StoredToken, TokenClaims
@@ -260,7 +261,7 @@ _CERTIFICATES = GatewayCertificate.__table__
 _GET_CERTIFICATE = select(_CERTIFICATES).where(_CERTIFICATES.c.certificate_id == bindparam("certificate_id"))
 
 
-def get_certificate(session: Session, certificate_id: str) -> Row[Any] | None:
+def get_certificate(session: Session, certificate_id: str) -> PreparedRow | None:
     """The managed certificate's row (its columns as attributes: profile, connector, requester, sans, ...)."""
     return core(session).execute(_GET_CERTIFICATE, {"certificate_id": certificate_id}).first()
 
