@@ -87,6 +87,7 @@ __all__ = [
     "is_sqlite",
     "make_engine",
     "normalise_url",
+    "read_only",
     "read_session",
     "safe_url",
     "write_in_batches",
@@ -158,14 +159,20 @@ def read_session(engine: Engine) -> Iterator[Session]:
     SQLite: deferred ``BEGIN`` plus ``PRAGMA query_only``; PostgreSQL: ``READ ONLY``.
     Writing through it raises an error on both.
     """
-    options: dict[str, Any] = {READ_ONLY_OPTION: True}
-    if engine.dialect.name == "postgresql":
-        options["postgresql_readonly"] = True
-    with Session(engine.execution_options(**options)) as session:
+    with Session(read_only(engine)) as session:
         try:
             yield session
         finally:
             session.rollback()
+
+
+def read_only(engine: Engine) -> Engine:
+    """``engine`` whose transactions are read-only (`read_session`'s): on SQLite a deferred ``BEGIN`` that takes no
+    write turn, on PostgreSQL ``READ ONLY``. Make it once: it shares the engine's pool."""
+    options: dict[str, Any] = {READ_ONLY_OPTION: True}
+    if engine.dialect.name == "postgresql":
+        options["postgresql_readonly"] = True
+    return engine.execution_options(**options)
 
 
 def write_in_batches(

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from services.common.connectors.secretbox import SecretBox
 from services.common.contracts.fields import RequestKind
-from services.common.db import core
+from services.common.db import core, read_only
 from services.common.db_schema import (
     GatewayCertificate,
     GatewayIssuedSerial,
@@ -28,7 +28,7 @@ from services.common.db_schema import (
     GatewayRequestStatus,
     GatewayToken,
 )
-from services.common.runtime.prepared import PreparedRow
+from services.common.runtime.prepared import PreparedRow, prepared
 from services.gateway.policy.profile import ProvisioningProfile
 from services.gateway.policy.request_auth import RequesterKey
 from services.gateway.policy.tokens import Role, StoredToken, TokenClaims
@@ -187,18 +187,19 @@ _REQUESTER_KEY = (select(GatewayRequesterKey.secret, GatewayRequesterKey.public_
 class SqlRequesterKeys:
     """`RequesterKeys` over ``gateway_requester_keys`` (revoked keys are unknown).
 
-    Every lookup reads the row (a key revoked a moment ago is unknown at once); what is built from it
-    (the secret decrypted, the public key parsed) is kept for the same stored value only, so a
-    replaced or rotated key is never served from memory."""
+    Every lookup reads the row (a key revoked a moment ago is unknown at once), in a read-only transaction of its
+    own (on SQLite it takes no write turn from the gateway's writers); what is built from it (the secret decrypted,
+    the public key parsed) is kept for the same stored value only, so a replaced or rotated key is never served
+    from memory."""
 
     def __init__(self, engine: Engine, box: SecretBox, *, built: int = 1024) -> None:
-        self._engine = engine
+        self._engine = read_only(engine)
         self._box = box
         self._build = functools.lru_cache(maxsize=built)(self._build_key)
 
     def get(self, requester: str, key_id: str) -> RequesterKey | None:
-        with self._engine.connect() as connection:
-            row = connection.execute(_REQUESTER_KEY, {"requester": requester, "key_id": key_id}).first()
+        with self._engine.connect() as connection, connection.begin():
+            row = prepared(connection).execute(_REQUESTER_KEY, {"requester": requester, "key_id": key_id}).first()
         if row is None or row.revoked_at is not None:
             return None
         return self._build(requester, key_id, row.secret, row.public_key_pem)

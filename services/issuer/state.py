@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from services.common.consumer import Outbound
 from services.common.db import read_session, write_session
 from services.common.db_schema import IssuerOperation
+from services.common.runtime.prepared import prepared
 
 
 class OpState(StrEnum):
@@ -205,7 +206,7 @@ def begin_attempt_in(conn: Connection, new: NewOperation, now: datetime) -> tupl
     """Record the intent (the row, attempts + 1, uncertain). Returns the operation and whether an
     earlier attempt had been left uncertain. A settled or pending row is returned unchanged."""
     values = _new_row(new, now)
-    if conn.execute(_INSERT_NEW[conn.dialect.name], values).first() is not None:  # the first attempt: one statement
+    if prepared(conn).execute(_INSERT_NEW[conn.dialect.name], values).first() is not None:  # the first attempt: one statement
         return _operation(values), False
     row = _row(conn, new.op_key, for_update=True)  # it exists: the insert did nothing
     assert row is not None
@@ -240,7 +241,7 @@ def record_outcome_in(
     IssuancePending, then its final event). An earlier serial and emCA request id stay unless given; a possible
     duplicate stays reported."""
     if not append:  # one statement, nothing read back: the caller publishes the records it gave
-        updated = conn.execute(_OUTCOME, {
+        updated = prepared(conn).execute(_OUTCOME, {
             "k_op_key": op_key, "k_state": state.value, "k_outcome": _encode_outcome(records), "k_serial": serial,
             "k_error_code": error_code, "k_possible_duplicate": possible_duplicate, "k_ca_request_id": ca_request_id,
             "k_next_poll_at": next_poll_at, "k_now": now,

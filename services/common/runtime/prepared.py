@@ -32,7 +32,7 @@ from sqlalchemy import Connection, CursorResult, Delete, Insert, Select, Update
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["PLAN_CACHE_SIZE", "PreparedConnection", "PreparedResult", "PreparedRow"]
+__all__ = ["PLAN_CACHE_SIZE", "PreparedConnection", "PreparedResult", "PreparedRow", "prepared"]
 
 #: plans kept per process; beyond it the cache starts again (prebuilt statements are a few dozen per service)
 PLAN_CACHE_SIZE = 1024
@@ -178,15 +178,17 @@ class PreparedConnection:
     """`execute` for prebuilt statements on ``connection``'s DBAPI connection (module docstring); anything else through
     ``connection.execute``. ``connection`` is the session's connection inside a transaction."""
 
-    __slots__ = ("connection", "_dialect")
+    __slots__ = ("connection", "_dialect", "_watched")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._dialect = connection.dialect
+        self._watched = self._instrumented()  # once: `db.core` makes one per transaction
 
     def _instrumented(self) -> bool:
         """Whether someone watches the statements (SQL echo, a listener of the execute events: tests that count
-        statements, tracing): then every statement goes through SQLAlchemy, which tells them."""
+        statements, tracing): then every statement goes through SQLAlchemy, which tells them. Asked when the
+        transaction's first prepared statement runs: a listener added later sees the next transaction's."""
         connection = self.connection
         dispatch = connection.dispatch
         return bool(connection._echo or dispatch.before_execute or dispatch.after_execute
@@ -197,7 +199,7 @@ class PreparedConnection:
         if parameters is not None and not isinstance(parameters, Mapping):
             return _fetched(self.connection.execute(statement, parameters))  # executemany
         values = parameters or {}
-        plan = None if self._instrumented() else _plan(statement, tuple(sorted(values)), self._dialect)
+        plan = None if self._watched else _plan(statement, tuple(sorted(values)), self._dialect)
         if plan is None:
             return _fetched(self.connection.execute(statement, values))
         constructed = plan.compiled.construct_params(values, escape_names=False)
@@ -231,3 +233,18 @@ def _fetched(result: CursorResult[Any]) -> PreparedResult:
         return PreparedResult([], result.rowcount)
     make = _row_class(tuple(result.keys()))
     return PreparedResult([make(row) for row in result], result.rowcount)
+
+
+_ON_CONNECTION = "certrail.prepared"
+
+
+def prepared(connection: Connection) -> PreparedConnection:
+    """A `PreparedConnection` over a Core ``connection`` inside a transaction, one per transaction (the
+    ``Connection`` counterpart of ``db.core`` for services that hold a connection, not a session)."""
+    transaction = connection.get_transaction()
+    held = connection.info.get(_ON_CONNECTION)
+    if held is not None and held[0] is transaction and transaction is not None:
+        return held[1]  # type: ignore[no-any-return]
+    wrapper = PreparedConnection(connection)
+    connection.info[_ON_CONNECTION] = (transaction, wrapper)
+    return wrapper
