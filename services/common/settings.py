@@ -54,7 +54,11 @@ class KafkaSettings(BaseSettings):
                                 description="A producer's batch per partition, in bytes.")
     fetch_min_bytes: int = Field(default=1, ge=1, le=8_388_608,
                                  description="A fetch returns once this many bytes are there, or after fetch_max_wait_ms.")
-    fetch_max_wait_ms: int = Field(default=500, ge=0, le=10_000)
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=0, le=10_000,
+        description="How long a fetch waits for fetch_min_bytes. It bounds the wait of a record on a partition whose "
+                    "fetched records were just handled: aiokafka sends one fetch per broker at a time, so that "
+                    "partition waits for the fetch in flight (docs/operations.md, 'Kafka client tuning').")
 
     @field_validator("bootstrap_servers")
     @classmethod
