@@ -17,7 +17,12 @@ A statement whose execution needs more than that goes through ``Connection.execu
 parameter sets (executemany), a column default computed in Python (``insert_prefetch`` / ``update_prefetch``),
 expanding or literal-execute parameters (``IN``), a schema translate map, escaped bind names, anything that is not
 a Core SELECT, INSERT, UPDATE or DELETE, and every statement while someone watches them (SQL echo, a listener of
-SQLAlchemy's execute events: the tests that count statements, tracing). The plans are cached by the statement object (prebuilt statements are
+SQLAlchemy's execute events: the tests that count statements, tracing).
+
+The plan reads attributes of SQLAlchemy's compiled statement that are not public API (``_bind_processors``,
+``_result_columns``, ``positiontup``), as SQLAlchemy 2.0 and 2.1 name them (pyproject.toml pins ``<2.2``):
+tests/integration/test_prepared_statements.py compares every kind of statement with ``Connection.execute``'s answer
+on SQLite and PostgreSQL, so an upgrade that changes them fails there, not in production. The plans are cached by the statement object (prebuilt statements are
 module constants or built once per dialect) and the cache is bounded.
 """
 
