@@ -57,7 +57,7 @@ memory). The naive loop stays on SQLite (the baseline: what a minimal script doe
 (raw collapsed stacks, 50 Hz, ``--idle``: wall time, and ``--gil``: CPU); py-spy is no dependency, and a run with it
 is for finding where the time goes, not for its numbers.
 
-Each stack is always stopped (``certrail down``) at its end, on failure too. ``--quick`` shortens the warm-up and the
+Each stack is always stopped (``certrail down``) at its end, on failure and on SIGTERM too. ``--quick`` shortens the warm-up and the
 paced phase for a smoke run. One JSON line with every number of every layout goes to stdout after the markdown tables
 (``--json FILE`` writes it to a file too).
 """
@@ -68,6 +68,7 @@ import argparse
 import asyncio
 import base64
 import bisect
+import contextlib
 import json
 import math
 import os
@@ -81,7 +82,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -889,6 +890,21 @@ def run(args: argparse.Namespace, layout: Layout, naive_too: bool) -> dict[str, 
     return results
 
 
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """A SIGTERM (``kill``, a CI timeout) raises SystemExit in the main thread, so `run`'s ``finally`` stops the
+    stack: a killed run must not leave its services polling a stopped broker beside the next run."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--requests", type=int, required=True, help="requests in the burst and in the direct measurement (N)")
@@ -923,7 +939,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.warm, args.paced_seconds, args.idle_seconds = min(args.warm, 10), min(args.paced_seconds, 10.0), 3.0
     if args.db == "sqlite" and any(layout.instances > 1 for layout in args.layouts):
         parser.error("several instances of each service share one database: give --db postgresql")
-    results = [run(args, layout, naive_too=index == 0) for index, layout in enumerate(args.layouts)]
+    with sigterm_as_exit():
+        results = [run(args, layout, naive_too=index == 0) for index, layout in enumerate(args.layouts)]
     if len(results) > 1:
         print(comparison(results))
     shown = {k: safe_url(v) if k == "postgres_url" else [x.name for x in v] if k == "layouts" else str(v)

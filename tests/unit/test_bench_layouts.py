@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from bench import pipeline
 from bench.pipeline import Layout, trees_of
 from tests.e2e.support import ScaleStack
 
@@ -45,3 +48,26 @@ def test_a_role_is_every_instance_and_every_kafka_node(tmp_path: Path) -> None:
 def test_the_trees_of_several_instances_count_each_process_once() -> None:
     children = {1: [2, 3], 3: [4], 5: [6]}
     assert sorted(trees_of([1, 5, 3], children)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_terminated_run_stops_its_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A SIGTERM during a run (here: while the stack starts) still runs `certrail down`, and the handler is put
+    back afterwards."""
+    stopped: list[object] = []
+
+    class Terminated:
+        var_dir = tmp_path / "var"
+
+        def up(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "run"))  # noqa: ARG005
+    monkeypatch.setattr(pipeline, "make_stack", lambda var_dir, layout, args: Terminated())  # noqa: ARG005
+    monkeypatch.setattr(pipeline, "stop_stack", lambda stack, args: stopped.append(stack))  # noqa: ARG005
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited, pipeline.sigterm_as_exit():
+        pipeline.run(argparse.Namespace(keep=False, db="sqlite"), Layout(1, 1), naive_too=False)
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert len(stopped) == 1 and isinstance(stopped[0], Terminated)
+    assert signal.getsignal(signal.SIGTERM) is before
