@@ -26,8 +26,6 @@ connector at 0 or more) and moves a resolution stored by an earlier version, not
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -291,7 +289,7 @@ class DuplicateResolver:
 
     async def run_once(self) -> None:
         now = self._clock()
-        if await asyncio.to_thread(store.queue_unpublished, self._engine, functools.partial(_queue_raw, now=now), now):
+        if await asyncio.to_thread(store.queue_unpublished, self._engine, now):
             self.queued()
         await self.refresh_gauge()
 
@@ -303,11 +301,3 @@ class DuplicateResolver:
                 log.warning("refreshing possible duplicates failed; trying again", exc_info=True)
             await asyncio.sleep(self._refresh_s)
 
-
-def _queue_raw(conn: Connection, record: StoredRecord, *, now: datetime) -> None:
-    """A record stored by an earlier version (`store.queue_unpublished`) into the outbox, with its bytes and id, queued
-    ``now`` (the resolver's clock)."""
-    value = record.value.decode("utf-8")
-    envelope = json.loads(value)
-    OUTBOX.queue_in(conn, event_id=str(envelope["id"]), event_type=str(envelope["type"]), channel=DuplicateResolved.CHANNEL,
-                    key=record.key, value=value, created_at=now)

@@ -9,6 +9,7 @@ outbox once (`queue_unpublished`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -17,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, insert, select, update
 
+from services.common.contracts.duplicates import DuplicateResolved
 from services.common.db import read_session, write_session
 from services.common.db_schema import IssuerDuplicate, IssuerOperation, IssuerRevocationCheck
 from services.issuer import state
+from services.issuer.registry.outbox import OUTBOX
 from services.issuer.revocation.store import Check
 from services.issuer.state import OpState, StoredRecord
 
@@ -131,14 +134,11 @@ def resolve(engine: Engine, issuance_id: str, now: datetime, *, resolution: str,
         return True
 
 
-#: queues one stored record (raw, as an older version stored it) in the outbox, in the caller's transaction
-QueueRaw = Callable[[Connection, StoredRecord], None]
-
-
-def queue_unpublished(engine: Engine, queue: QueueRaw, now: datetime, limit: int = 100) -> int:
+def queue_unpublished(engine: Engine, now: datetime, limit: int = 100) -> int:
     """Resolutions stored before the outbox whose records were never acknowledged: each one's records queued in the
-    outbox and the row marked, in one transaction per resolution (of two instances, only the first conditional UPDATE
-    changes the row, so the records are queued once). How many were queued."""
+    outbox as they were stored (bytes and event id), created ``now``, and the row marked, in one transaction per
+    resolution (of two instances, only the first conditional UPDATE changes the row, so the records are queued
+    once). How many were queued."""
     with read_session(engine) as session:
         pending = session.connection().execute(
             select(_TABLE.c.issuance_id, _TABLE.c.outcome)
@@ -153,7 +153,10 @@ def queue_unpublished(engine: Engine, queue: QueueRaw, now: datetime, limit: int
             if marked.rowcount != 1:  # type: ignore[attr-defined]
                 continue
             for record in state.decode_outcome(outcome if isinstance(outcome, str) else None):
-                queue(conn, record)
+                value = record.value.decode("utf-8")
+                envelope = json.loads(value)
+                OUTBOX.queue_in(conn, event_id=str(envelope["id"]), event_type=str(envelope["type"]),
+                                channel=DuplicateResolved.CHANNEL, key=record.key, value=value, created_at=now)
             queued += 1
     return queued
 
