@@ -35,8 +35,7 @@ from enum import StrEnum
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from sqlalchemy import Boolean, String, Table, TextualSelect, cast, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Boolean, Table, TextualSelect, text
 from sqlalchemy.orm import Session
 
 from services.auditor.sql import BoundTime, executemany, sqlite_text, sqlite_utc, time_binder, utc_or_none
@@ -58,6 +57,7 @@ from services.common.contracts.events import (
 )
 from services.common.contracts.fields import ErrorInfo, RequestKind
 from services.common.contracts.revocation import RevocationConfirmed, RevocationUnconfirmed, RevokedOutOfBand
+from services.common.db import core
 from services.common.db_schema import CertificateDeployment, CertificateInventory, CertificateSerial, UTCDateTime
 from services.common.inventory_read import CertificateStatus
 
@@ -470,22 +470,24 @@ def _apply(state: _State, event: InventoryEvent) -> None:
 
 
 @functools.cache
-def _sqlite_load_query(table: Table) -> TextualSelect:
-    """``table``'s rows for a JSON array of certificate ids: one cached statement whatever
-    the batch (an IN list of bound parameters is rendered anew for every batch)."""
-    columns = ", ".join(f'"{c.name}"' for c in table.columns)
-    query = text(f'SELECT {columns} FROM "{table.name}" WHERE certificate_id IN (SELECT value FROM json_each(:ids))')
+def _load_query(table: Table, dialect: str) -> TextualSelect:
+    """``table``'s rows for the wanted certificate ids: one cached statement whatever the batch (an IN list of
+    bound parameters is rendered anew for every batch). SQLite: the ids as a JSON array, each looked up in the
+    key's index; PostgreSQL: joined from an array (index lookups whatever the statistics say; see
+    store._first_occurrences)."""
+    columns = ", ".join(f't."{c.name}"' for c in table.columns)
+    if dialect == "postgresql":
+        query = text(f'SELECT {columns} FROM "{table.name}" AS t '
+                     "JOIN unnest(CAST(:ids AS VARCHAR[])) AS wanted(id) ON t.certificate_id = wanted.id")
+    else:
+        query = text(f'SELECT {columns} FROM "{table.name}" AS t WHERE t.certificate_id IN (SELECT value FROM json_each(:ids))')
     return query.columns(*table.columns)
 
 
 def _load(session: Session, table: Table, certificate_ids: Sequence[str]) -> list[dict[str, Any]]:
-    if session.get_bind().dialect.name == "postgresql":
-        # join the wanted ids (index lookups whatever the statistics say; see store._first_occurrences)
-        wanted = func.unnest(cast(list(certificate_ids), ARRAY(String()))).table_valued("id").render_derived(name="wanted")
-        query = select(table).join(wanted, table.c.certificate_id == wanted.c.id)
-        return [dict(r._mapping) for r in session.execute(query)]
-    rows = session.execute(_sqlite_load_query(table), {"ids": json.dumps(list(certificate_ids))})
-    return [dict(r._mapping) for r in rows]
+    dialect = session.get_bind().dialect.name
+    ids: Any = list(certificate_ids) if dialect == "postgresql" else json.dumps(list(certificate_ids))
+    return [r._mapping for r in core(session).execute(_load_query(table, dialect), {"ids": ids})]
 
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -134,6 +135,27 @@ def test_upsert_returning_is_prepared_and_returns_the_row(db: Engine) -> None:
         again = core(session).execute(statement, values).one()
     assert (first.n, first.at, again.n) == (2, NOW, 4)
     assert _planned(db, statement, tuple(sorted(values)))
+
+
+_TEXT_TYPED = text("SELECT id, n, at FROM prepared_things WHERE n >= :floor ORDER BY id").columns(
+    _THINGS.c.id, _THINGS.c.n, _THINGS.c.at)
+_TEXT_RAW = text("SELECT id AS name, n FROM prepared_things WHERE note = :note ORDER BY id")
+_TEXT_WRITE = text("UPDATE prepared_things SET n = n * 10 WHERE note = :note")
+
+
+def test_textual_statements_are_prepared_and_answer_as_sqlalchemy_does(db: Engine) -> None:
+    _fill(db)
+    mine, theirs = _both(db, _TEXT_TYPED, {"floor": 5})  # columns by position, their result processors applied
+    assert [tuple(r) for r in mine[0]] == theirs[0] == [("b", 5, NOW), ("c", 9, None)]
+    mine, theirs = _both(db, _TEXT_RAW, {"note": "kept"})  # no columns: the driver's values, named by the cursor
+    assert [tuple(r) for r in mine[0]] == theirs[0] == [("a", 1), ("b", 5)]
+    mine, theirs = _both(db, _TEXT_WRITE, {"note": "kept"})
+    assert mine[1] == theirs[1] == 2
+    with write_session(db) as session:
+        row = core(session).execute(_TEXT_RAW, {"note": "kept"}).first()
+        assert row is not None and (row.name, row._mapping["n"]) == ("a", 1)
+        assert core(session).execute(_TEXT_TYPED, {"floor": 9}).one().at is None
+    assert all(_planned(db, s, k) for s, k in ((_TEXT_TYPED, ("floor",)), (_TEXT_RAW, ("note",)), (_TEXT_WRITE, ("note",))))
 
 
 def test_what_it_cannot_prepare_goes_through_sqlalchemy(db: Engine) -> None:

@@ -16,8 +16,10 @@ per statement on this machine where the DBAPI call itself costs 5-10 µs, and it
 A statement whose execution needs more than that goes through ``Connection.execute`` unchanged: a list of
 parameter sets (executemany), a column default computed in Python (``insert_prefetch`` / ``update_prefetch``),
 expanding or literal-execute parameters (``IN``), a schema translate map, escaped bind names, anything that is not
-a Core SELECT, INSERT, UPDATE or DELETE, and every statement while someone watches them (SQL echo, a listener of
-SQLAlchemy's execute events: the tests that count statements, tracing).
+a Core SELECT, INSERT, UPDATE or DELETE or a textual statement (``text()``, and ``text().columns(...)`` whose
+columns are matched by position), and every statement while someone watches them (SQL echo, a listener of
+SQLAlchemy's execute events: the tests that count statements, tracing). A ``text()`` without columns returns its
+rows as the driver gives them, named by the cursor's description, as ``Connection.execute`` does.
 
 The plan reads attributes of SQLAlchemy's compiled statement that are not public API (``_bind_processors``,
 ``_result_columns``, ``positiontup``), as SQLAlchemy 2.0 and 2.1 name them (pyproject.toml pins ``<2.2``):
@@ -33,9 +35,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, CursorResult, Delete, Insert, Select, Update
+from sqlalchemy import Connection, CursorResult, Delete, Insert, Select, TextClause, Update
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.selectable import TextualSelect
 
 __all__ = ["PLAN_CACHE_SIZE", "PreparedConnection", "PreparedResult", "PreparedRow", "prepared"]
 
@@ -117,9 +120,16 @@ class _Plan:
     sql: str
     positions: tuple[str, ...] | None  # the parameters' order for a positional paramstyle, None for a named one
     binds: Mapping[str, Processor]
-    row: type[PreparedRow] | None  # None: the statement returns no rows
+    row: type[PreparedRow] | None  # None: the statement returns no rows (or a text(): see `untyped`)
     types: tuple[Any, ...]  # the returned columns' SQLAlchemy types
+    untyped: bool = False  # a text() without columns: rows as the driver gives them, named by the cursor
     results: tuple[Processor | None, ...] | None = None  # their result processors, from the first cursor's description
+    untyped_row: type[PreparedRow] | None = None  # a text()'s row class, from the first cursor's description
+
+    def untyped_row_class(self, description: Sequence[Sequence[Any]]) -> type[PreparedRow]:
+        if self.untyped_row is None:
+            self.untyped_row = _row_class(tuple(column[0] for column in description))
+        return self.untyped_row
 
     def processors(self, description: Sequence[Sequence[Any]] | None) -> tuple[Processor | None, ...]:
         """The result processors, as SQLAlchemy picks them: by type and the driver's type code of each column."""
@@ -132,7 +142,7 @@ class _Plan:
         return self.results
 
 
-_STATEMENTS = (Select, Insert, Update, Delete)
+_STATEMENTS = (Select, Insert, Update, Delete, TextClause, TextualSelect)
 _PLANS: dict[tuple[int, tuple[str, ...], tuple[Any, ...]], tuple[Any, _Plan | None]] = {}
 
 
@@ -160,13 +170,17 @@ def _make_plan(statement: Any, keys: tuple[str, ...], dialect: Dialect) -> _Plan
         return None
     if (compiled.insert_prefetch or compiled.update_prefetch or compiled.literal_execute_params
             or compiled.post_compile_params or compiled.schema_translate_map or compiled.escaped_bind_names
-            or compiled._ad_hoc_textual or compiled._textual_ordered_columns):
+            or compiled._ad_hoc_textual):
         return None
+    # text().columns(...) matches its columns by position (_textual_ordered_columns), as the plan reads them
     positions = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup is not None else None
     if compiled.positional and positions is None:
         return None
     columns = compiled._result_columns
-    returns_rows = isinstance(statement, Select) or bool(compiled.effective_returning)
+    untyped = isinstance(statement, TextClause)
+    if untyped and columns:
+        return None
+    returns_rows = isinstance(statement, Select | TextualSelect) or bool(compiled.effective_returning)
     if returns_rows and not columns:
         return None
     binds: dict[str, Processor] = {}
@@ -176,7 +190,7 @@ def _make_plan(statement: Any, keys: tuple[str, ...], dialect: Dialect) -> _Plan
         binds[name] = processor
     row = _row_class(tuple(column.keyname for column in columns)) if returns_rows else None
     return _Plan(compiled, compiled.string, positions, binds, row,
-                 tuple(column.type for column in columns))
+                 tuple(column.type for column in columns), untyped)
 
 
 class PreparedConnection:
@@ -227,6 +241,9 @@ class PreparedConnection:
                 for raw in cursor.fetchall():
                     rows.append(make(value if processor is None else processor(value)
                                      for processor, value in zip(results, raw, strict=True)))
+            elif plan.untyped and cursor.description is not None:
+                make = plan.untyped_row_class(cursor.description)
+                rows = [make(raw) for raw in cursor.fetchall()]
             return PreparedResult(rows, cursor.rowcount)
         finally:
             cursor.close()
