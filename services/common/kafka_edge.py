@@ -5,7 +5,11 @@ consumer plumbing. Handlers and the Dispatcher never import a broker library.
   mode, ``content-type: application/cloudevents+json`` and ``ce_type``, keyed by
   certificate id) through the broker's idempotent producer (acks=all): every
   message is sent first and the acknowledgements awaited together (inside a
-  batch, at the end of the batch: `PENDING_ACKS`).
+  batch, at the end of the batch: `PENDING_ACKS`). `send_all` hands each record
+  straight to the broker's aiokafka producer (`raw_producer`), past FastStream's
+  per-publish machinery (its middlewares: no ``certrail_faststream_published_*``
+  series), and falls back to ``broker.publish`` when there is no connected one
+  (FastStream's TestKafkaBroker).
 - `subscribe` registers one FastStream *batch* subscriber: each fetched batch
   (up to ``max_records``) becomes `InboundRecord`s handed to
   `Dispatcher.dispatch_batch`. Offsets are committed once per batch, after
@@ -31,10 +35,13 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream import AckPolicy
+from faststream._internal.parser import DefaultCodec
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
+from faststream.kafka.publisher.state import RealProducer
 from prometheus_client import CollectorRegistry
 
 from services.common.consumer import PENDING_ACKS, Dispatcher, InboundRecord, Outbound, TransientFailure
@@ -74,20 +81,48 @@ class FastStreamPublisher:
 
 async def send_all(broker: KafkaBroker, records: Sequence[tuple[str, str | None, bytes, dict[str, str]]]) -> None:
     """Sends (topic, key, value, headers) records in order without waiting for each; then awaits their
-    acknowledgements together, or, inside `Dispatcher.dispatch_batch`, leaves them to the batch."""
+    acknowledgements together, or, inside `Dispatcher.dispatch_batch`, leaves them to the batch.
+
+    With a connected broker each record goes to its aiokafka producer directly (`raw_producer`): the
+    same key, value and headers as ``broker.publish`` sends, less FastStream's random ``correlation_id``
+    header (nothing reads it; the issuer's own producer never sent one either)."""
     acks: list[Awaitable[object]] = []
+    producer = raw_producer(broker)
     for topic, key, value, headers in records:
-        ack = await broker.publish(
-            value, topic=topic, key=key.encode("utf-8") if key is not None else None, headers=headers, no_confirm=True
-        )
+        key_bytes = key.encode("utf-8") if key is not None else None
+        if producer is not None:
+            # FastStream's header order: content-type first ("" when not given), then the others
+            wire = {"content-type": "", **headers}
+            acks.append(await producer.send(topic, value, key=key_bytes, headers=[(k, v.encode()) for k, v in wire.items()]))
+            continue
+        ack = await broker.publish(value, topic=topic, key=key_bytes, headers=headers, no_confirm=True)
         if isinstance(ack, asyncio.Future):  # FastStream's test broker delivers at once and returns None
             acks.append(ack)
     pending = PENDING_ACKS.get()
     if pending is not None:
-        for ack in acks:
-            pending.add(ack)
+        for sent in acks:
+            pending.add(sent)
     elif acks:
         await asyncio.gather(*acks)
+
+
+def raw_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
+    """The started aiokafka producer behind ``broker``, or None: not connected (yet, or any more),
+    consumer-only, FastStream's TestKafkaBroker (its fake producer delivers in memory), or a broker
+    with a codec of its own (FastStream's DefaultCodec sends bytes as they are; another might not).
+
+    Reads FastStream internals, written for faststream 0.7.8 (pyproject pins ``>=0.7.8,<0.8``): the
+    broker's ``_producer`` property (``config.producer``, an ``AioKafkaFastProducerImpl``), that
+    object's ``codec`` and ``_producer`` (a ``RealProducer`` while connected, else an
+    ``EmptyProducerState``) and ``RealProducer.producer``. An attribute gone or renamed gives None
+    (`send_all` then publishes through ``broker.publish`` as before); a class moved fails this module's
+    import, loudly. Records sent this way skip the broker's middlewares (make_broker's only one is the
+    Prometheus middleware)."""
+    fast = getattr(broker, "_producer", None)
+    if not isinstance(fast, AioKafkaFastProducerImpl) or not isinstance(getattr(fast, "codec", None), DefaultCodec):
+        return None
+    state = getattr(fast, "_producer", None)
+    return state.producer if isinstance(state, RealProducer) else None
 
 
 def inbound_from(record: ConsumerRecord[Any, Any]) -> InboundRecord:
