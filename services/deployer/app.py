@@ -42,7 +42,6 @@ from services.common.contracts.events import CertificateIssued, CertificateRevok
 from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.topics import Topics
 from services.common.internal_api import InternalApiSettings, configured_token, mount_internal
-from services.common.kafka_edge import send_all
 from services.common.runner import run_service
 from services.common.service_app import ServiceRuntime, Subscription, build_service
 from services.deployer.config.outbox import OutboxRelay
@@ -129,7 +128,7 @@ def _start_outbox_relay(app: AsgiFastStream, runtime: ServiceRuntime) -> OutboxR
     from the outbox: all at start, then every few seconds or when woken (config/outbox.py)."""
 
     async def send(records: Any) -> None:
-        await send_all(runtime.broker, records)
+        await runtime.publisher.send_records(records)
 
     relay = OutboxRelay(runtime.engine, runtime.topics, send, utc_now)
     start_relay(app, relay, "deployer-admin-outbox")

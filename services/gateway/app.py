@@ -38,7 +38,6 @@ from services.common.contracts.events import (
 from services.common.contracts.requests import IssueRequested, RenewRequested, RevokeRequested
 from services.common.contracts.revocation import RevokedOutOfBand
 from services.common.contracts.topics import Topics
-from services.common.kafka_edge import send_all
 from services.common.runner import run_service
 from services.common.runtime.writer import SessionWriter
 from services.common.service_app import ServiceRuntime, Subscription, build_service
@@ -151,7 +150,7 @@ def create_app(settings: GatewaySettings) -> tuple[Any, GatewayRuntime]:
 
     async def publish(outbound: Sequence[Outbound | dict[str, Any]]) -> None:
         # sent in order, acknowledged together (inside a consumed batch: before the batch is committed)
-        await send_all(service.broker, outgoing_records(outbound))
+        await service.publisher.send_records(outgoing_records(outbound))
 
     holder["intake"], holder["publish"] = intake, publish
     runtime = GatewayRuntime(service, settings, intake, box, publish)

@@ -67,3 +67,8 @@ async def test_signed_request_becomes_a_command_and_tampered_one_is_rejected(tmp
     assert sample("certrail_gateway_requests_total", {"door": "kafka", "kind": "issue", "status": "accepted", "code": ""}) == 1
     assert sample("certrail_gateway_requests_total",
                   {"door": "kafka", "kind": "issue", "status": "rejected", "code": "REQUEST_SIGNATURE_INVALID"}) == 1
+    # what the gateway publishes itself is counted per record, by type (docs/operations.md)
+    published = {"service": "gateway"}
+    assert sample("certrail_messages_published_total", published | {"type": RequestAccepted.TYPE}) == 1
+    assert sample("certrail_messages_published_total", published | {"type": RequestRejected.TYPE}) == 1
+    assert sample("certrail_messages_published_total", published | {"type": IssueCertificate.TYPE}) == 1
