@@ -205,28 +205,27 @@ def test_the_stored_record_holds_no_private_key(bench: Bench) -> None:  # noqa: 
     assert "PRIVATE KEY" not in row.record and issued.data.certificate.strip().splitlines()[1] in row.record
 
 
-async def test_an_acceptance_written_between_the_read_and_the_park_is_not_missed(
-        bench: Bench, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+async def test_an_acceptance_written_between_the_read_and_the_park_is_not_missed(bench: Bench, clock: Clock) -> None:  # noqa: F811
     """The acceptance's handler committed after the certificate's read found nothing, but before the
-    certificate was parked: the park's own transaction sees it, and the certificate is installed.
-    (The read is the handler's first write transaction, which holds SQLite's write lock: the
-    acceptance lands once it has committed, in a transaction of its own.)"""
+    certificate was parked: the park's own transaction sees it, and the certificate is installed."""
     issued = _unaccepted(bench)
-    write_in = bench.ctx.write_in
+    original = projection.expectation
     calls = {"n": 0}
 
-    async def write_then_accept(fn, *args):  # type: ignore[no-untyped-def]
-        result = await write_in(fn, *args)
+    def expectation_then_accept(session, certificate_id, connector):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 1:  # the read found nothing: now the gateway's acceptance lands
+        seen = original(session, certificate_id, connector)
+        if calls["n"] == 1:  # the read: now the gateway's acceptance lands, in a transaction of its own
             with bench.ctx.write() as other:
                 projection.record_accepted(other, certificate_id="web-1", request_id="req-1", profile="web",
                                            connector="sim", now=NOW)
-        return result
+        return seen
 
-    monkeypatch.setattr(bench.ctx, "write_in", write_then_accept)
-    out = await on_certificate_issued(bench.ctx, issued)
-    assert bench.ctx.park_attempts == 1  # the read refused it: the park's own look found the acceptance
+    projection.expectation = expectation_then_accept  # type: ignore[assignment]
+    try:
+        out = await on_certificate_issued(bench.ctx, issued)
+    finally:
+        projection.expectation = original  # type: ignore[assignment]
     assert sorted(type(o.event.data).__name__ for o in out) == ["CertificateDeployed", "CertificateDeployed"]
     assert _parked(bench.ctx) == [] and _metric(bench, "certrail_deployer_parked_total",
                                                 {"code": "CERTIFICATE_NOT_REQUESTED"}) == 0

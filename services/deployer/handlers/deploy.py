@@ -11,17 +11,13 @@ itself knows (trust.py: an accepted request, the connector's pinned issuing CA,
 the expected key); a refused certificate touches no target and ends in one
 DeploymentFailed per bound target (CERTIFICATE_NOT_REQUESTED, _UNTRUSTED or
 _MISMATCH), counted in certrail_deployer_refusals_total. A refusal that a gateway event not yet
-seen could cure parks the certificate instead, until that event or a deadline (parking.py).
-
-What is known and what is begun take one grouped write transaction (`_read_and_start`): the read,
-the bot-held key marked issued, and the first attempt of every target not yet done recorded
-in_progress, committed before any target is touched. Retries, the outcome and parking write on their own."""
+seen could cure parks the certificate instead, until that event or a deadline (parking.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -73,22 +69,12 @@ class _Read:
     parked: bool
     plan: _Plan | None  # when it may be installed (or is a replay)
     bot_key_cause: str | None  # the bot-held key's cause id, to mark it issued
-    started: frozenset[str] = frozenset()  # targets whose attempt 1 `_read_and_start` recorded
-
-
-def _start_attempt(session: Session, ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec) -> None:
-    """One more attempt of ``spec`` recorded in_progress (before the target is touched)."""
-    issued = envelope.data
-    assert isinstance(issued, CertificateIssued)
-    store.start_attempt(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
-                        target_kind=spec.kind.value, cause_id=envelope.id, certificate_pem=issued.certificate,
-                        chain_pem=tuple(issued.chain), public_key_sha256=issued.public_key_sha256, now=ctx.clock())
 
 
 def _read(session: Session, ctx: DeployerContext, envelope: Envelope) -> _Read:
     """The bound targets, whether this is a redelivery (another certificate announced with the same
     serial is not one), why it must not be installed and whether it is parked (not for a replay: a
-    redelivery only re-publishes what was decided), and the plan: all in one transaction. Writes nothing."""
+    redelivery only re-publishes what was decided), and the plan: all in one read transaction."""
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
     cid = issued.certificate_id
@@ -130,27 +116,6 @@ def _read(session: Session, ctx: DeployerContext, envelope: Envelope) -> _Read:
     plan = _Plan(specs, key_pem, bool(bot_hashes) and key_pem is None, done, previous,
                  key.cause_id if key is not None else None)
     return _Read(specs, replay, None, parked, plan, key.cause_id if key is not None else None)
-
-
-def _read_and_start(session: Session, ctx: DeployerContext, envelope: Envelope) -> _Read:
-    """`_read`, and when the certificate may be installed (not refused), in the same write transaction:
-    its bot-held key marked issued and attempt 1 recorded for every target not already done, so the
-    in_progress rows are committed before any target is touched. A refusal (parked or not) writes
-    nothing here; a replay (every target done) starts nothing, and marking its key issued again
-    changes nothing (`store.mark_issued` keeps the serial it has)."""
-    read = _read(session, ctx, envelope)
-    if read.refused is not None or read.plan is None:
-        return read
-    issued = envelope.data
-    assert isinstance(issued, CertificateIssued)
-    if read.bot_key_cause is not None:
-        store.mark_issued(session, read.bot_key_cause, issued.serial, issued.certificate, ctx.clock())
-    started = []
-    for spec in read.plan.specs:
-        if spec.name not in read.plan.done:
-            _start_attempt(session, ctx, envelope, spec)
-            started.append(spec.name)
-    return replace(read, started=frozenset(started))
 
 
 async def _park(ctx: DeployerContext, envelope: Envelope, refused: Refused) -> str:
@@ -206,6 +171,10 @@ def _refuse(ctx: DeployerContext, envelope: Envelope, specs: list[store.TargetSp
     return out
 
 
+async def _mark_issued(ctx: DeployerContext, cause_id: str, issued: CertificateIssued) -> None:
+    await ctx.write_in(store.mark_issued, cause_id, issued.serial, issued.certificate, ctx.clock())
+
+
 def target_place(spec: store.TargetSpec, certificate_id: str) -> tuple[str, ...]:
     """What one deployment touches, for the lock that keeps two deployments out of the same place:
     the certificate's own directory when the target has one per certificate (file, nginx, ssh with
@@ -215,9 +184,7 @@ def target_place(spec: store.TargetSpec, certificate_id: str) -> tuple[str, ...]
     return (spec.name,)
 
 
-async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec, bundle: Bundle, plan: _Plan,
-               started: bool) -> Outbound:
-    """``started``: attempt 1 is already recorded (`_read_and_start`); the retries record theirs here."""
+async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec, bundle: Bundle, plan: _Plan) -> Outbound:
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
     ref = TargetRef(name=spec.name, kind=spec.kind.value)
@@ -227,9 +194,11 @@ async def _one(ctx: DeployerContext, envelope: Envelope, spec: store.TargetSpec,
         return Outbound(topic=ctx.topics.topic_of(type(event.data)), event=event, key=issued.certificate_id)
 
     async def on_attempt(attempt: int) -> None:
-        if attempt == 1 and started:
-            return
-        await ctx.write_in(_start_attempt, ctx, envelope, spec)
+        def record(session: Session) -> None:
+            store.start_attempt(session, certificate_id=issued.certificate_id, serial=issued.serial, target_name=spec.name,
+                                target_kind=spec.kind.value, cause_id=envelope.id, certificate_pem=issued.certificate,
+                                chain_pem=tuple(issued.chain), public_key_sha256=issued.public_key_sha256, now=ctx.clock())
+        await ctx.write_in(record)
 
     if plan.key_missing:
         await on_attempt(1)
@@ -276,7 +245,7 @@ async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope, *, fin
     ``cured``: the second look after what it waited for was found while parking it)."""
     issued = envelope.data
     assert isinstance(issued, CertificateIssued)
-    read = await ctx.write_in(_read_and_start, ctx, envelope)
+    read = await ctx.read_in(_read, ctx, envelope)
     if not read.specs:
         log.info("certificate %s (profile %s) has no bound deployment target", issued.certificate_id, issued.profile)
         return []
@@ -294,8 +263,10 @@ async def on_certificate_issued(ctx: DeployerContext, envelope: Envelope, *, fin
         return out
     plan = read.plan
     assert plan is not None
+    if read.bot_key_cause is not None:
+        await _mark_issued(ctx, read.bot_key_cause, issued)
     bundle = Bundle(issued.certificate_id, issued.serial, issued.certificate, tuple(issued.chain), plan.key_pem)
-    out = list(await asyncio.gather(*(_one(ctx, envelope, spec, bundle, plan, spec.name in read.started) for spec in plan.specs)))
+    out = list(await asyncio.gather(*(_one(ctx, envelope, spec, bundle, plan) for spec in plan.specs)))
     if read.parked or (read.replay and final):
         await _unpark(ctx, envelope.id)
     return out
