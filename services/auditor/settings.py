@@ -11,6 +11,10 @@ from pydantic_settings import SettingsConfigDict
 from services.common.service_app import ServiceSettings, own_database
 from services.common.settings import DatabaseSettings
 
+#: CPUs from which the auditor prepares batches in a worker process by default (docs/benchmarks.md, "Pipeline":
+#: on 2 CPUs the pickling to the worker and back made the auditor cost 2.3 ms per certificate instead of 1.7)
+PREPARE_WORKER_MIN_CPUS = 4
+
 
 class AuditorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CERTRAIL_AUDITOR_", extra="forbid")
@@ -35,10 +39,12 @@ class AuditorSettings(ServiceSettings):
     prepare_processes: int | None = Field(
         default=None, ge=0, le=16,
         description="Worker processes that decode, validate and hash the next batch while one is written; "
-        "0 prepares in the writer thread; default: 1 on a machine with 2 or more CPUs, else 0 (docs/benchmarks.md).",
+        "0 prepares in the writer thread; default: 1 on a machine with 4 or more CPUs, else 0 (on 2 CPUs that the "
+        "whole stack shares, shipping the batches to a worker and back costs more CPU than it moves off the auditor: "
+        "docs/benchmarks.md).",
     )
 
     def effective_prepare_processes(self) -> int:
         if self.prepare_processes is not None:
             return self.prepare_processes
-        return 1 if (os.cpu_count() or 1) >= 2 else 0
+        return 1 if (os.cpu_count() or 1) >= PREPARE_WORKER_MIN_CPUS else 0

@@ -71,3 +71,16 @@ def test_a_terminated_run_stops_its_stack(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert exited.value.code == 128 + signal.SIGTERM
     assert len(stopped) == 1 and isinstance(stopped[0], Terminated)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_threads_name_and_cpu_ticks_come_from_its_stat_line() -> None:
+    # a JVM's C2 compiler thread (the name in parentheses, with a space); utime 1200 and stime 34 ticks
+    stat = "4242 (C2 CompilerThre) S 1 4200 4200 0 -1 1077936192 90 0 0 0 1200 34 0 0 20 0 70 0 1234 0 0"
+    assert pipeline.thread_ticks(stat) == ("C2 CompilerThre", 1234)
+    assert pipeline.thread_ticks("7 (a) b) (c) R 1 2 3 4 5 6 7 8 9 10 5 6 0 0") == ("a) b) (c", 11)
+    assert "C2 CompilerThre".startswith(pipeline.JIT_THREADS) and not "data-plane-kafk".startswith(pipeline.JIT_THREADS)
+
+
+def test_the_jit_cpu_of_processes_without_jit_threads_is_zero() -> None:
+    # this test's own Python process has no JVM compiler threads; a pid that is gone counts nothing
+    assert pipeline.jit_cpu_seconds([os.getpid(), 2**22 + 12345]) == 0.0
