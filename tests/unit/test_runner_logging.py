@@ -39,3 +39,26 @@ def test_requests_sent_are_logged_at_debug(caplog: pytest.LogCaptureFixture, htt
         configure_logging("debug")
         _send_one()
     assert any(r.name == "httpx" and "HTTP Request: GET https://emca.example/" in r.getMessage() for r in caplog.records)
+
+
+def test_what_was_built_before_serving_is_frozen_out_of_the_collector() -> None:
+    import gc
+
+    from services.common.runner import freeze_startup_objects
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    kept = Cycle()  # a long-lived object: frozen, never traversed again
+    garbage = Cycle()  # garbage already: collected first, not frozen
+    del garbage
+    gc.unfreeze()
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() > 0
+        assert not any(type(o) is Cycle and o is not kept for o in gc.get_objects())
+        assert all(o is not kept for o in gc.get_objects())  # the permanent generation is not tracked any more
+    finally:
+        gc.unfreeze()
+    assert any(o is kept for o in gc.get_objects())
