@@ -143,11 +143,19 @@ def log(message: str) -> None:
 
 
 def _stat(pid: int) -> list[str] | None:
+    """The fields of a process's /proc stat line from field 3 (state) on: ppid is [1], utime [11] ... cstime [14];
+    None when it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on: ppid is [1], utime [11] ... cstime [14]
+    return _parse_stat(text)[1]
+
+
+def _parse_stat(text: str) -> tuple[str, list[str]]:
+    """A /proc stat line's name (in parentheses, which may hold spaces and parentheses itself) and its fields from
+    field 3 on."""
+    return text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
 
 
 def _children() -> dict[int, list[int]]:
@@ -230,10 +238,9 @@ def jit_cpu_seconds(pids: Iterable[int]) -> float:
 
 
 def thread_ticks(stat: str) -> tuple[str, int]:
-    """A thread's name and its utime+stime in clock ticks, from its /proc/<pid>/task/<tid>/stat line (the name is
-    in parentheses and may hold spaces and parentheses itself)."""
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return stat[stat.index("(") + 1 : stat.rindex(")")], int(fields[11]) + int(fields[12])
+    """A thread's name and its utime+stime in clock ticks, from its /proc/<pid>/task/<tid>/stat line."""
+    name, fields = _parse_stat(stat)
+    return name, int(fields[11]) + int(fields[12])
 
 
 class Sampler:

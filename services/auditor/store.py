@@ -279,13 +279,12 @@ def write_batch(session: Session, entries: Sequence[AuditEntry], *, now: datetim
         assert prev_offset is not None
         result.heads[key] = Head(key[0], key[1], prev_offset, prev_hash)
         head_updates.append(
-            {"b_topic": key[0], "b_partition": key[1], "offset": prev_offset, "row_hash": prev_hash, "added": len(group)}
+            {"b_topic": key[0], "b_partition": key[1], "offset": prev_offset, "row_hash": prev_hash, "added": len(group),
+             "updated_at": now}
         )
 
     if rows:
         executemany(session, AuditRecord.__table__, INSERT_COLUMNS, rows, bound=True)
-        for update_ in head_updates:
-            update_["updated_at"] = now
         session.execute(_MOVE_HEADS, head_updates)
         result.stored = len(rows)
     if inventory:

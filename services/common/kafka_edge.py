@@ -71,14 +71,7 @@ class FastStreamPublisher:
         self._metrics = metrics
 
     async def publish(self, messages: Sequence[Outbound]) -> None:
-        await send_all(
-            self._broker,
-            [(message.topic, message.key, message.value(), message.headers()) for message in messages],
-        )
-        if self._metrics is not None:
-            for message in messages:
-                self._metrics.published_one(message.event.type)
-
+        await self.send_records([(message.topic, message.key, message.value(), message.headers()) for message in messages])
 
     async def send_records(self, records: Sequence[tuple[str, str | None, bytes, dict[str, str]]]) -> None:
         """(topic, key, value, headers) records already encoded (a stored outcome re-published byte for byte, an

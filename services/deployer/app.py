@@ -127,10 +127,7 @@ def _start_outbox_relay(app: AsgiFastStream, runtime: ServiceRuntime) -> OutboxR
     """Publish the admin events of target and binding changes (written by the CLI or the internal API)
     from the outbox: all at start, then every few seconds or when woken (config/outbox.py)."""
 
-    async def send(records: Any) -> None:
-        await runtime.publisher.send_records(records)
-
-    relay = OutboxRelay(runtime.engine, runtime.topics, send, utc_now)
+    relay = OutboxRelay(runtime.engine, runtime.topics, runtime.publisher.send_records, utc_now)
     start_relay(app, relay, "deployer-admin-outbox")
     return relay
 
