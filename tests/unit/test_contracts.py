@@ -66,6 +66,33 @@ def test_types_are_versioned_and_unique() -> None:
         assert cls.schema_uri().endswith(cls.TYPE)
 
 
+def _standard_library_bytes(raw: bytes, message: Message) -> bytes:
+    """The event as ``json.dumps`` writes it from the model's JSON-mode dump: what `encode` wrote before it used
+    pydantic-core's serializer, and what it must keep writing (stored outcomes are compared and re-published)."""
+    body = json.loads(raw)
+    body["data"] = message.model_dump(mode="json", exclude_none=True)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=TYPE_IDS)
+def test_encoding_is_byte_for_byte_the_standard_librarys(cls: type[Message]) -> None:
+    raw = _event_bytes(EXAMPLES[cls])
+    assert raw == _standard_library_bytes(raw, EXAMPLES[cls])
+
+
+def test_hostile_text_is_escaped_as_the_standard_library_escapes_it() -> None:
+    from services.common.contracts.events import DeploymentFailed
+    from services.common.contracts.fields import ErrorInfo
+
+    text = 'quote " backslash \\ tab \t newline \n nul \x00 esc \x1b del \x7f \u2028 é 証明書 \U0001f512 </script>'
+    base = EXAMPLES[DeploymentFailed]
+    assert isinstance(base, DeploymentFailed)
+    message = base.model_copy(update={"error": ErrorInfo(code=ErrorCode.INSTALL_FAILED, message=text)})
+    raw = _event_bytes(message)
+    assert raw == _standard_library_bytes(raw, message)
+    assert decode(raw, CATALOG).data == message
+
+
 @pytest.mark.parametrize("cls", ALL_TYPES, ids=TYPE_IDS)
 def test_valid_example_round_trips(cls: type[Message]) -> None:
     raw = _event_bytes(EXAMPLES[cls])
