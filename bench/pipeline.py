@@ -184,12 +184,18 @@ def trees_of(pids: Iterable[int], children: dict[int, list[int]]) -> list[int]:
 
 def tree_cpu_seconds(pids: Iterable[int]) -> float:
     """utime+stime of each live process, plus cutime+cstime (children it reaped): each CPU second counted once."""
-    total = 0
+    return sum(tree_cpu_split(pids)) / CLOCK_TICKS
+
+
+def tree_cpu_split(pids: Iterable[int]) -> tuple[int, int]:
+    """(user, system) clock ticks of each live process, reaped children's included: utime+cutime, stime+cstime."""
+    user = system = 0
     for pid in pids:
         fields = _stat(pid)
         if fields is not None:
-            total += sum(int(value) for value in fields[11:15])
-    return total / CLOCK_TICKS
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+    return user, system
 
 
 def vm_kib(pid: int, key: str) -> int | None:
@@ -209,6 +215,16 @@ def process_name(pid: int) -> str:
         return "?"
     text = " ".join(part.decode(errors="replace") for part in argv if part)
     return "multiprocessing worker" if "multiprocessing" in text else Path(argv[0].decode(errors="replace")).name
+
+
+#: suffix of a role's system (kernel) CPU, sampled beside its total ("deployer" and "deployer-kernel"; a part of
+#: the role's, reported beside it and never added to a sum)
+KERNEL = "-kernel"
+
+
+def is_part(key: str) -> bool:
+    """A figure that is a part of another one (the broker's JIT, a role's kernel time), not a process of its own."""
+    return key == KAFKA_JIT or key.endswith(KERNEL)
 
 
 #: the JVM's just-in-time compiler threads, as /proc shows their names (15 characters)
@@ -256,7 +272,11 @@ class Sampler:
 
     def sample(self) -> None:
         children = _children()
-        values = {role: tree_cpu_seconds(trees_of(pids, children)) for role, pids in self.roots.items()}
+        values: dict[str, float] = {}
+        for role, pids in self.roots.items():
+            user, system = tree_cpu_split(trees_of(pids, children))
+            values[role] = (user + system) / CLOCK_TICKS
+            values[role + KERNEL] = system / CLOCK_TICKS
         if "kafka" in self.roots:
             values[KAFKA_JIT] = jit_cpu_seconds(trees_of(self.roots["kafka"], children))
         values["bench"] = time.process_time()
@@ -291,7 +311,7 @@ class Sampler:
     def between(self, start: float, end: float) -> dict[str, float]:
         first, last = self.at(start), self.at(end)
         spent = {name: last[name] - first[name] for name in first}
-        spent["other"] = max(0.0, spent["machine"] - sum(v for k, v in spent.items() if k not in ("machine", KAFKA_JIT)))
+        spent["other"] = max(0.0, spent["machine"] - sum(v for k, v in spent.items() if k != "machine" and not is_part(k)))
         del spent["machine"]
         return spent
 
@@ -824,6 +844,10 @@ def report(info: dict[str, Any], args: argparse.Namespace, layout: Layout, phase
                             for name, _pid, mib in rss.get(role, [])) or "–"
         label = "of it, Kafka's JIT compiler" if role == KAFKA_JIT else role
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {idle.get(role, 0.0):.2f} | {memory} |")
+    kernel = [role for role in roles if role + KERNEL in burst.cpu_s]
+    if kernel:
+        lines += ["", f"of it, the kernel's (system time) in the {burst.name}, ms per certificate: " +
+                  ", ".join(f"{role} {burst.ms_per_cert(role + KERNEL):.2f}" for role in kernel)]
     total = sum(burst.ms_per_cert(role) for role in roles)
     lines += ["", f"{burst.name}: all our processes {total:.2f} CPU ms per certificate; "
               f"largest: {max((*SERVICES, 'kafka', *roles[len(ROLES):]), key=burst.ms_per_cert)}",
@@ -918,7 +942,7 @@ async def measure(stack: ScaleStack, args: argparse.Namespace, layout: Layout, t
 
 
 def run(args: argparse.Namespace, layout: Layout, naive_too: bool) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix=f"certrail-pipeline-{layout.name}-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"certrail-pipeline-{layout.name}-", dir=args.work_dir))
     stack = make_stack(tmp / "var", layout, args)
     log(f"certrail up --detach --instances {layout.instances} --brokers {layout.brokers} --db {args.db} in {stack.var_dir}")
     results: dict[str, Any] | None = None
@@ -979,6 +1003,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default=POSTGRES_URL,
                         help="with --db postgresql: the server, as a URL whose role may CREATE DATABASE "
                              "(default: $CERTRAIL_TEST_POSTGRES_URL, else scripts/postgres.sh's)")
+    parser.add_argument("--work-dir", type=Path,
+                        help="where the stack's temporary var dir goes (its databases, Kafka's log, the file target's "
+                             "directory); default: the system's temporary directory. /dev/shm (tmpfs) takes the disk's "
+                             "file-system cost out of the services' kernel time (docs/benchmarks.md)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary var dirs (logs, database) and the PostgreSQL databases")
     parser.add_argument("--json", type=Path, help="write every number here too")
     args = parser.parse_args(argv)

@@ -62,12 +62,12 @@ def test_a_terminated_run_stops_its_stack(monkeypatch: pytest.MonkeyPatch, tmp_p
             os.kill(os.getpid(), signal.SIGTERM)
 
     (tmp_path / "run").mkdir()
-    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "run"))  # noqa: ARG005
+    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", lambda prefix, dir=None: str(tmp_path / "run"))  # noqa: ARG005
     monkeypatch.setattr(pipeline, "make_stack", lambda var_dir, layout, args: Terminated())  # noqa: ARG005
     monkeypatch.setattr(pipeline, "stop_stack", lambda stack, args: stopped.append(stack))  # noqa: ARG005
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exited, pipeline.sigterm_as_exit():
-        pipeline.run(argparse.Namespace(keep=False, db="sqlite"), Layout(1, 1), naive_too=False)
+        pipeline.run(argparse.Namespace(keep=False, db="sqlite", work_dir=None), Layout(1, 1), naive_too=False)
     assert exited.value.code == 128 + signal.SIGTERM
     assert len(stopped) == 1 and isinstance(stopped[0], Terminated)
     assert signal.getsignal(signal.SIGTERM) is before
@@ -84,3 +84,25 @@ def test_a_threads_name_and_cpu_ticks_come_from_its_stat_line() -> None:
 def test_the_jit_cpu_of_processes_without_jit_threads_is_zero() -> None:
     # this test's own Python process has no JVM compiler threads; a pid that is gone counts nothing
     assert pipeline.jit_cpu_seconds([os.getpid(), 2**22 + 12345]) == 0.0
+
+
+def test_a_processes_user_and_system_ticks_include_its_reaped_childrens(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fields from 3 on: utime 1200, stime 34, cutime 7, cstime 5 (fields [11] to [14])
+    lines = {101: "S 1 1 1 0 -1 0 0 0 0 0 1200 34 7 5 20 0".split(), 102: "S 1 1 1 0 -1 0 0 0 0 0 10 20 0 1 20 0".split()}
+    monkeypatch.setattr(pipeline, "_stat", lines.get)
+    assert pipeline.tree_cpu_split([101, 102, 103]) == (1200 + 7 + 10, 34 + 5 + 20 + 1)  # 103 is gone: nothing
+    assert pipeline.tree_cpu_seconds([101]) == (1200 + 34 + 7 + 5) / pipeline.CLOCK_TICKS
+
+
+def test_kernel_time_and_the_jit_are_parts_never_counted_as_other_processes() -> None:
+    sampler = pipeline.Sampler({})
+    sampler.times = [0.0, 10.0]
+    sampler.samples = [
+        {"deployer": 0.0, "deployer-kernel": 0.0, "kafka": 0.0, "kafka-jit": 0.0, "bench": 0.0, "machine": 0.0},
+        {"deployer": 4.0, "deployer-kernel": 1.5, "kafka": 2.0, "kafka-jit": 1.0, "bench": 0.5, "machine": 7.0},
+    ]
+    spent = sampler.between(0.0, 10.0)
+    # the machine's 7 s less the processes' own 4 + 2 + 0.5: the kernel's 1.5 and the JIT's 1.0 are inside those
+    assert spent["other"] == pytest.approx(0.5)
+    assert spent["deployer-kernel"] == pytest.approx(1.5)
+    assert pipeline.is_part("deployer-kernel") and pipeline.is_part(pipeline.KAFKA_JIT) and not pipeline.is_part("deployer")
