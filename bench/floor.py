@@ -439,6 +439,22 @@ def crypto_figures(ca_pub: ec.EllipticCurvePublicKey, csrs: Sequence[bytes], cer
 # --- report -----------------------------------------------------------------------------------------------
 
 
+async def thread_hop_us(hops: int) -> float:
+    """CPU per ``asyncio.to_thread`` of a call that does nothing: what handing blocking work (a SQLite transaction, a
+    file write) to a worker thread costs the process, both threads together (a futex wake-up each way; not in the
+    sum: how many hops a certificate takes is the code's choice, not the design's)."""
+    for _ in range(min(200, hops)):  # the executor's threads started
+        await asyncio.to_thread(_nothing)
+    started = time.process_time()
+    for _ in range(hops):
+        await asyncio.to_thread(_nothing)
+    return (time.process_time() - started) / hops * 1e6
+
+
+def _nothing() -> None:
+    return None
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -469,6 +485,7 @@ def report(result: Mapping[str, Any], floor: Floor, counts: Counts, budgets: tup
         f"| CSR load + is_signature_valid | CSR | {c['crypto_units']} | {fmt(c['csr_check_us'])} | |",
         f"| certificate load + CA verify (P-256) | certificate | {c['crypto_units']} | "
         f"{fmt(c['certificate_check_us'])} | |",
+        f"| thread hop (asyncio.to_thread of a no-op; not in the sum) | hop | {c['hops']} | {fmt(c['thread_hop_us'])} | |",
         "",
         "| floor per certificate | count | µs each | ms per certificate |",
         "|---|---|---|---|",
@@ -571,6 +588,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], Floor]:
         sqlite_us = sqlite_rows_us(Path(db_dir) / "raw.db", rows, args.rows_per_tx)
         sqlalchemy_us = sqlalchemy_rows_us(Path(db_dir) / "core.db", rows, args.rows_per_tx)
     csr_us, cert_us = crypto_figures(ca_pub, csrs, certs)
+    hops = min(len(records), 5_000)
+    hop_us = await thread_hop_us(hops)
 
     n = len(records)
     figures = Figures(
@@ -610,6 +629,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], Floor]:
             "crypto_units": len(csrs),
             "csr_check_us": csr_us,
             "certificate_check_us": cert_us,
+            "hops": hops,
+            "thread_hop_us": hop_us,
         },
         "counts": counts.as_dict(),
         "floor": {

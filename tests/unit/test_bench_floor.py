@@ -4,6 +4,7 @@ non-Kafka measurements at a tiny size (they run, and they do the work they claim
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from bench.floor import (
     report,
     sqlalchemy_rows_us,
     sqlite_rows_us,
+    thread_hop_us,
 )
 
 
@@ -172,10 +174,16 @@ def test_report_states_the_counts_and_the_totals_beside_the_budgets() -> None:
             "per_type": 2, "decode_us": figures.decode_us, "encode_us": figures.encode_us, "rows": 10,
             "rows_per_tx": 100, "sqlite_row_us": figures.row_us, "sqlalchemy_row_us": 25.0, "crypto_units": 10,
             "csr_check_us": figures.csr_check_us, "certificate_check_us": figures.certificate_check_us,
+            "hops": 10, "thread_hop_us": 130.0,
         },
     }
     text = report(result, floor, counts, (3.0, 0.5))
-    assert "**1.895** (budget 3.0 ms)" in text
+    assert "**1.895** (budget 3.0 ms)" in text  # the thread hop (130 µs) is reported, not summed
+    assert "| thread hop (asyncio.to_thread of a no-op; not in the sum) | hop | 10 | 130.0 | |" in text
     assert "**0.150** (budget 0.5 ms)" in text
     assert "consumed 10 (gateway: " in text and "row writes 23 (17 inserts + 6 updates" in text
     assert "| decode " + CERTIFICATE_ISSUED + " | 3 | 40.0 | 0.120 |" in text
+
+
+def test_a_thread_hop_costs_some_cpu_and_returns() -> None:
+    assert asyncio.run(thread_hop_us(20)) > 0
