@@ -328,6 +328,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 port=port,
                 controller_port=controller,
                 heap_max="1g",
+                authentication=False,  # a plaintext listener: the bench's clients bring no SASL credentials
             )
             kafka_local.start(wait_timeout=120)
             stack.callback(kafka_local.stop)
