@@ -31,7 +31,8 @@ import socket
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -201,6 +202,34 @@ def lifecycle_records(topics: Topics, certificates: int) -> list[tuple[str, byte
     return out
 
 
+@contextmanager
+def kafka_broker(tmp: Path, broker_pid: int | None = None) -> Iterator[tuple[str, int | None]]:
+    """The bootstrap servers and the broker's pid: ``KAFKA_BOOTSTRAP_SERVERS`` (with ``broker_pid``, whose CPU the
+    caller may read) when set, else a LocalKafka on free ports under ``tmp`` (without SASL: the benches' clients
+    bring no credentials), stopped at the end."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        yield external, broker_pid
+        return
+    port, controller = _free_ports(2)
+    broker = LocalKafka(
+        version=DEFAULT_KAFKA_VERSION,
+        cache_dir=REPO / ".cache",
+        data_dir=tmp / "kafka",
+        port=port,
+        controller_port=controller,
+        heap_max="1g",
+        authentication=False,
+    )
+    if not broker.is_fetched():
+        broker.fetch()
+    status = broker.start(wait_timeout=120)
+    try:
+        yield broker.bootstrap_servers, status.pid
+    finally:
+        broker.stop()
+
+
 async def produce(settings: KafkaSettings, records: list[tuple[str, bytes, bytes]]) -> float:
     producer = AIOKafkaProducer(**{**producer_kwargs(settings), "linger_ms": 5, "max_batch_size": 512 * 1024})
     await producer.start()
@@ -318,21 +347,7 @@ def _db_settings(choice: str, tmp: Path, sqlite_dir: Path | None, stack: ExitSta
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="certrail-bench-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-        if not bootstrap:
-            port, controller = _free_ports(2)
-            kafka_local = LocalKafka(
-                version=DEFAULT_KAFKA_VERSION,
-                cache_dir=REPO / ".cache",
-                data_dir=tmp / "kafka",
-                port=port,
-                controller_port=controller,
-                heap_max="1g",
-                authentication=False,  # a plaintext listener: the bench's clients bring no SASL credentials
-            )
-            kafka_local.start(wait_timeout=120)
-            stack.callback(kafka_local.stop)
-            bootstrap = kafka_local.bootstrap_servers
+        bootstrap, _pid = stack.enter_context(kafka_broker(tmp))
         kafka = KafkaSettings(
             bootstrap_servers=bootstrap,
             topic_prefix=f"bench{uuid.uuid4().hex[:6]}.certrail",

@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import shlex
 import sqlite3
 import sys
@@ -61,7 +60,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, create_engine, event, insert
 
-from bench.auditor_ingest import REPO, _free_ports, lifecycle_records
+from bench.auditor_ingest import kafka_broker, lifecycle_records
 from bench.emca_sim_issuance import process_cpu_seconds
 from bench.pipeline import machine
 from services.common.contracts import commands, events, requests
@@ -69,7 +68,6 @@ from services.common.contracts.catalog import CATALOG
 from services.common.contracts.envelope import Envelope, declared_type, decode, encode, record_headers
 from services.common.contracts.topics import Topics
 from services.common.kafka_config import consumer_kwargs, producer_kwargs
-from services.common.kafka_local import DEFAULT_KAFKA_VERSION, LocalKafka
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import DEFAULT_PARTITIONS, delete_topics, ensure_topics
 
@@ -508,31 +506,6 @@ def report(result: Mapping[str, Any], floor: Floor, counts: Counts, budgets: tup
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def kafka_broker(tmp: Path, broker_pid: int | None) -> Iterator[tuple[str, int | None]]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if external:
-        yield external, broker_pid
-        return
-    port, controller = _free_ports(2)
-    broker = LocalKafka(
-        version=DEFAULT_KAFKA_VERSION,
-        cache_dir=REPO / ".cache",
-        data_dir=tmp / "kafka",
-        port=port,
-        controller_port=controller,
-        heap_max="1g",
-        authentication=False,
-    )
-    if not broker.is_fetched():
-        broker.fetch()
-    status = broker.start(wait_timeout=120)
-    try:
-        yield broker.bootstrap_servers, status.pid
-    finally:
-        broker.stop()
 
 
 def _broker_us(phase: Phase, idle_cores: float, units: int) -> float | None:
