@@ -71,6 +71,12 @@ class SftpFileSystem:
         for name, data, mode in files:
             await self.write_file(posixpath.join(directory, name), data, mode)
 
+    async def install_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]],
+                            links: Sequence[tuple[str, str]]) -> None:
+        await self.write_files(directory, dir_mode, files)
+        for path, target in links:
+            await self.replace_symlink(path, target)
+
     async def write_file(self, path: str, data: bytes, mode: int) -> None:
         temporary = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
 
