@@ -403,6 +403,9 @@ def main() -> None:
         help="worker processes preparing batches (0: in the writer thread; default: as the service)",
     )
     args = parser.parse_args()
+    if args.records <= 2 * args.batch:  # the steady window runs from the first stored batch to the last
+        parser.error(f"--records must be more than twice --batch ({args.batch}): a run of one or two batches has no "
+                     "steady state to measure")
     args.db = args.db or ["sqlite"]
     asyncio.run(main_async(args))
 
