@@ -83,8 +83,8 @@ async def test_a_shared_file_directory_keeps_another_certificates_version_of_the
         result = await deploy_with_rollback(target, bundle, RetryPolicy(1), sleep=_no_sleep)
         assert result.ok, result.error
     # the last install pruned all but current (78) and previous (theirs, 77): put mine back beside them
-    await target.directory(mine).fs.write_files(str(shared / "versions" / "77-mine0000"), 0o755, [
-        ("cert.pem", mine.certificate_pem.encode(), 0o644), ("privkey.pem", mine.private_key_pem or b"", 0o600)])
+    await target.directory(mine).fs.install_files(str(shared / "versions" / "77-mine0000"), 0o755, [
+        ("cert.pem", mine.certificate_pem.encode(), 0o644), ("privkey.pem", mine.private_key_pem or b"", 0o600)], [])
     assert await target.retire_key("web-a", "77", mine_hash) is True
     assert not (shared / "versions" / "77-mine0000").exists()
     assert _versions(shared) == ["77", "78"]  # theirs (previous) and the served one stay

@@ -66,9 +66,6 @@ class LocalFileSystem:
         _fsync_dir(directory)
         _fsync_dir(os.path.dirname(directory.rstrip("/")) or ".")
 
-    async def write_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]]) -> None:
-        await asyncio.to_thread(self._write_files, directory, dir_mode, files)
-
     def _install_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]],
                        links: Sequence[tuple[str, str]]) -> None:
         self._write_files(directory, dir_mode, files)

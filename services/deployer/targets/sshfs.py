@@ -66,14 +66,11 @@ class SftpFileSystem:
         await self._call(path, self._sftp.makedirs(path, asyncssh.SFTPAttrs(permissions=mode), exist_ok=True))
         await self._call(path, self._sftp.chmod(path, mode))  # the remote umask filters the mode at creation
 
-    async def write_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]]) -> None:
+    async def install_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]],
+                            links: Sequence[tuple[str, str]]) -> None:
         await self.makedirs(directory, dir_mode)
         for name, data, mode in files:
             await self.write_file(posixpath.join(directory, name), data, mode)
-
-    async def install_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]],
-                            links: Sequence[tuple[str, str]]) -> None:
-        await self.write_files(directory, dir_mode, files)
         for path, target in links:
             await self.replace_symlink(path, target)
 

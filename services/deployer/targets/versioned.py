@@ -48,15 +48,11 @@ class FileSystem(Protocol):
         """Atomically: the file is either absent/old or complete with ``mode``."""
         ...
 
-    async def write_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]]) -> None:
-        """Create ``directory`` (``dir_mode``) and write each (name, data, mode) into it, all durable
-        (fsynced) when it returns; one call, so a local disk does it in one worker-thread hop."""
-        ...
-
     async def install_files(self, directory: str, dir_mode: int, files: Sequence[tuple[str, bytes, int]],
                             links: Sequence[tuple[str, str]]) -> None:
-        """`write_files`, then each (path, target) of ``links`` in order as `replace_symlink` makes it: a new
-        version and its swap in one call (a local disk does it in one worker-thread hop instead of two or three)."""
+        """Create ``directory`` (``dir_mode``) and write each (name, data, mode) into it, all durable (fsynced);
+        then make each (path, target) of ``links``, in order, as `replace_symlink` does: a new version and its swap
+        in one call (a local disk does it in one worker-thread hop)."""
         ...
 
     async def read_file(self, path: str) -> bytes: ...
