@@ -1,39 +1,40 @@
-"""The auditor's own Kafka consumer loop (not FastStream's per-message ack).
+"""The auditor's consumer: the service runtime's partition-batch loop (services/common/runtime/
+partition_batches.py, decision 0017) over every certrail topic.
 
-One consumer in the auditor's group subscribes to every certrail topic by
-pattern (connector command topics created later are picked up within
-``topic_refresh_interval_ms``). Auto-commit is off. Each fetched batch is:
+One consumer in the auditor's group subscribes to every certrail topic by pattern (connector
+command topics created later are picked up within ``topic_refresh_interval_ms``). Auto-commit is
+off. What one fetch brought of one partition is a batch; the batches in flight on all partitions
+are stored together:
 
-    getmany -> prepare -> chain + insert in ONE database transaction -> commit the batch's offsets
+    getmany -> per partition: prepare -> chain + insert, with every batch ready meanwhile, in ONE
+    database transaction (group commit: `_StoreGroups`) -> the loop commits each partition's
+    lowest unfinished offset
 
-so a burst never becomes one commit per record, and an offset is committed
-only once its record is in the database.
+so a burst never becomes one commit per record, and an offset is committed only once its record
+is in the database. A partition's batches are stored strictly in offset order (the next waits for
+the one before); other partitions' batches go on meanwhile.
 
-Preparing a batch (decoding and validating each record, redacting private
-keys, hashing the content: services/auditor/records.py) needs no database, so
-it runs ahead: while batch N is written, batch N+1 is prepared -- in a worker
-process when ``prepare_processes`` gives one (the only way Python uses a
-second core), else in the writer thread with the write. Batches are written
-strictly in fetch order.
+Preparing a batch (decoding and validating each record, redacting private keys, hashing the
+content: services/auditor/records.py) needs no database: in a worker process when
+``prepare_processes`` gives one (the only way Python uses a second core), else in the writer
+thread with the write.
 
-The write and the offset commit run under a lock that the rebalance listener
-takes too: when partitions are revoked, the batch being written finishes
-(stored and committed) before they move, and batches fetched but not yet
-written are dropped (the partitions' positions restart from the committed
-offsets, so they are fetched again by whoever owns them). If the offset
-commit still fails (the group rebalanced meanwhile), the rows are stored and
-the partitions' next owner skips them (store.py reads the chain head in its
-transaction). If the database transaction fails, nothing was stored: every
-batch in flight is dropped, the partitions are sought back to their first
-unstored offsets, and the work is retried with capped backoff. The auditor
-never skips a record and never dead-letters one: undecodable records are
-stored raw with their error code (preparing never raises: records.prepare_guarded).
+A batch enters its critical section when it is handed to the writer: when its partition is
+revoked before that, it stops (its records are fetched again by the partition's next owner);
+after that, it is stored with its group and the rebalance waits for it (the runtime's grace)
+before the partition's offsets are committed. If the offset commit still fails (the group
+rebalanced meanwhile), the rows are stored and the partition's next owner skips them (store.py
+reads the chain head in its transaction). If the database transaction fails, nothing of the group
+was stored: each batch in it is retried, in place, with capped backoff, and nothing behind it on
+its partition is committed. The auditor never skips a record and never dead-letters one:
+undecodable records are stored raw with their error code (preparing never raises:
+records.prepare_guarded). At most twice ``max_batch_records`` records are in flight on all
+partitions together: beyond that every partition is paused until the writer catches up.
 
-Progress (services/common/progress.py, consumer ``audit``): a batch that fails to be
-stored reports each of its partitions' first offsets, a loop restart reports itself,
-so the same offsets failing again and again (or the loop restarting in a loop) turn
-``certrail_consumer_stalled`` to 1 and /health to 503; ``certrail_consumer_lag_records``
-is kept per partition from the stored position.
+Progress (services/common/progress.py, consumer ``audit``): a batch that fails to be stored
+reports its first offset, a loop restart reports itself, so the same offset failing again and
+again (or the loop restarting in a loop) turns ``certrail_consumer_stalled`` to 1 and /health to
+503; ``certrail_consumer_lag_records`` is kept per partition from the first record not stored.
 """
 
 from __future__ import annotations
@@ -47,25 +48,26 @@ from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy import Engine
 
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.metrics import AuditMetrics
-from services.auditor.records import AuditEntry, RawRecord, prepare_batch, raw_record
+from services.auditor.records import AuditEntry, RawRecord, prepare_batch
 from services.auditor.store import BatchResult, store_entries
+from services.common.consumer import InboundRecord
 from services.common.contracts.topics import Topics
-from services.common.failures import is_transient
-from services.common.kafka_config import consumer_kwargs
-from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe
+from services.common.progress import ProgressTracker
+from services.common.runtime import keyed_loop
+from services.common.runtime.keyed_loop import Work
+from services.common.runtime.partition_batches import PartitionBatchLoop
+from services.common.runtime.writer import ThreadGroups, _Step
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-PIPELINE_DEPTH = 2  # batches in flight: one being written, one fetched and being prepared
 #: the auditor's consumer, as the progress tracker and /health name it
 CONSUMER = "audit"
 
@@ -79,35 +81,63 @@ class LoopSettings:
     retry_backoff_initial_s: float = 0.5
     retry_backoff_max_s: float = 30.0
 
-
-@dataclass
-class _Batch:
-    generation: int  # the rebalance generation it was fetched in
-    first: dict[TopicPartition, int]  # first offset per partition
-    last: dict[TopicPartition, int]  # last offset per partition
-    records: list[RawRecord]
-    prepared: asyncio.Future[list[AuditEntry]] | None  # None: prepared in the writer thread
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, loop: AuditConsumer) -> None:
-        self._loop = loop
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Wait for the batch being written: it is stored and its offsets committed
-        # before the partitions move. Batches fetched but not written are stale now.
-        async with self._loop.lock:
-            self._loop.generation += 1
-            for tp in revoked:
-                self._loop.next_offsets.pop(tp, None)
-        log.info("partitions revoked: %d", len(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._loop.metrics.assigned.set(len(assigned))
-        log.info("partitions assigned: %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(assigned)) or "none")
+    def runtime(self) -> keyed_loop.LoopSettings:
+        """The runtime loop's settings: a fetch of ``max_batch_records``, at most two fetches' worth in flight."""
+        return keyed_loop.LoopSettings(
+            group_id=self.group_id,
+            poll_timeout_ms=self.poll_timeout_ms,
+            max_poll_records=self.max_batch_records,
+            topic_refresh_interval_ms=self.topic_refresh_interval_ms,
+            max_in_flight_per_partition=2 * self.max_batch_records,
+            max_in_flight=2 * self.max_batch_records,
+            retry_backoff_initial_s=self.retry_backoff_initial_s,
+            retry_backoff_max_s=self.retry_backoff_max_s,
+        )
 
 
-class AuditConsumer:
+def raw_of(record: InboundRecord) -> RawRecord:
+    return RawRecord(record.topic, record.partition, record.offset, record.timestamp_ms, record.timestamp_type,
+                     record.key, record.value, record.headers)
+
+
+_Batch = tuple[list[RawRecord], list[AuditEntry] | None]
+
+
+class _StoreGroups(ThreadGroups):
+    """The batches handed over meanwhile, stored in one transaction (`AuditConsumer._store`) in one thread
+    hop: all of them or, when it fails, none (each caller retries its own)."""
+
+    def __init__(self, consumer: AuditConsumer) -> None:
+        super().__init__(name="auditor-store")
+        self._consumer = consumer
+
+    async def store(self, records: list[RawRecord], entries: list[AuditEntry] | None) -> None:
+        await self._enqueue(lambda: (records, entries))
+
+    def _run_group(self, group: list[_Step]) -> list[tuple[bool, Any]]:
+        batches: list[_Batch] = [step.call() for step in group]
+        records = [record for batch, _ in batches for record in batch]
+        entries: list[AuditEntry] | None = None
+        if any(prepared is not None for _, prepared in batches):
+            entries = [entry for batch, prepared in batches
+                       for entry in (prepared if prepared is not None else self._consumer.prepare(batch))]
+        started = time.perf_counter()
+        try:
+            result = self._consumer._store(records, entries)
+        except Exception as exc:  # noqa: BLE001 - every batch of the group is retried by its own task
+            log.exception("storing a group of %d records failed; it will be retried", len(records))
+            return [(False, exc)] * len(group)
+        return [(True, (result, len(records), time.perf_counter() - started))] * len(group)
+
+    def _after_group(self, group: list[_Step], results: list[tuple[bool, Any]]) -> None:
+        ok, value = results[0]
+        if ok:
+            self._consumer.stored(*value)
+        else:
+            self._consumer.metrics.batch_failures.inc()
+
+
+class AuditConsumer(PartitionBatchLoop):
     """Runs until `stop` is called; never exits on an error (it logs, backs off and retries)."""
 
     def __init__(
@@ -123,226 +153,82 @@ class AuditConsumer:
         prepare_pool: Callable[[], Executor] | None = None,
         progress: ProgressTracker | None = None,
     ) -> None:
-        self._kafka = kafka
-        self._settings = settings
+        super().__init__(kafka=kafka, settings=settings.runtime(), consumer_name=CONSUMER, pattern=topics.all_pattern,
+                         clock=clock, progress=progress)
         self._topics = topics
         self._engine = engine
         self.metrics = metrics
         self._checkpointer = checkpointer
-        self._clock = clock
-        self.progress = progress
-        if progress is not None:  # lag, oldest unstored record's age, no progress: per partition, shared
-            progress.register(CONSUMER, assignment=lambda: self.assigned)
         self._pool_factory = prepare_pool
         self._pool: Executor | None = None
         # on SQLite the worker also formats the times as SQLite stores them (off this process's GIL)
-        self._prepare = functools.partial(prepare_batch, sqlite_times=engine.dialect.name == "sqlite")
-        self.lock = asyncio.Lock()
-        self.generation = 0
-        self.next_offsets: dict[TopicPartition, int] = {}
-        self._stopping = asyncio.Event()
-        self._failures = 0
-        self._lag_updated = 0.0
+        self.prepare = functools.partial(prepare_batch, sqlite_times=engine.dialect.name == "sqlite")
+        self._writer = _StoreGroups(self)
         self.batches_stored = 0
         self.records_stored = 0
-        self.assigned: frozenset[TopicPartition] = frozenset()
-
-    def stop(self) -> None:
-        self._stopping.set()
 
     async def run(self) -> None:
         try:
-            while not self._stopping.is_set():
-                consumer = AIOKafkaConsumer(
-                    **consumer_kwargs(self._kafka, self._settings.group_id),
-                    metadata_max_age_ms=self._settings.topic_refresh_interval_ms,
-                    max_poll_records=self._settings.max_batch_records,
-                )
-                consumer.subscribe(pattern=self._topics.all_pattern, listener=_Rebalance(self))
-                try:
-                    await consumer.start()
-                    self._failures = 0
-                    await self._consume(consumer)
-                except KafkaError as exc:
-                    log.warning("Kafka consumer failed (%s: %s); reconnecting", type(exc).__name__, exc)
-                    self._restarted(exc)
-                    await self._backoff()
-                except Exception as exc:  # noqa: BLE001 - the auditor must keep running: log, back off, start a new consumer
-                    log.exception("the audit consumer loop failed; restarting it")
-                    self._restarted(exc)
-                    await self._backoff()
-                finally:
-                    await consumer.stop()
+            await super().run()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
 
-    def _restarted(self, exc: BaseException) -> None:
-        if self.progress is not None:
-            self.progress.restarted(CONSUMER, describe(exc))
+    # -- the runtime's hooks ---------------------------------------------------------------------------------
 
-    async def _backoff(self) -> None:
-        delay = min(self._settings.retry_backoff_max_s, self._settings.retry_backoff_initial_s * 2**self._failures)
-        self._failures += 1
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        except TimeoutError:
-            pass
+    async def handle_batch(self, records: list[InboundRecord], work: Work) -> None:
+        raw = [raw_of(record) for record in records]
+        entries = await self._prepared(raw)
+        async with work.critical_section():  # handed to the writer: stored with its group, whatever happens
+            await self._writer.store(raw, entries)
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        """A fetcher task keeps batches coming (and being prepared) while this one writes them, in order."""
-        queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=PIPELINE_DEPTH - 1)
-        fetcher = asyncio.create_task(self._fetch(consumer, queue), name="auditor-fetch")
-        try:
-            while not self._stopping.is_set():
-                if fetcher.done():
-                    fetcher.result()  # re-raises what stopped it
-                    return
-                try:
-                    batch = await asyncio.wait_for(queue.get(), timeout=self._settings.poll_timeout_ms / 1000)
-                except TimeoutError:
-                    batch = None
-                if batch is not None:
-                    await self._write(consumer, batch)
-                self.assigned = frozenset(consumer.assignment())
-                self._update_lag(consumer)
-        finally:
-            fetcher.cancel()
-            await asyncio.gather(fetcher, return_exceptions=True)
-            while not queue.empty():  # fetched but not written: not committed, so fetched again later
-                leftover = queue.get_nowait()
-                if leftover.prepared is not None:
-                    leftover.prepared.cancel()
+    def on_assigned(self, consumer: AIOKafkaConsumer) -> None:
+        self.metrics.assigned.set(len(consumer.assignment()))
 
-    async def _fetch(self, consumer: AIOKafkaConsumer, queue: asyncio.Queue[_Batch]) -> None:
-        while not self._stopping.is_set():
-            fetched = await consumer.getmany(
-                timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch_records
-            )
-            if self.progress is not None:
-                self.progress.polled(CONSUMER)
-            if fetched:
-                await queue.put(self._start(fetched))
+    def on_committed(self, seconds: float) -> None:
+        self.metrics.offset_commit_duration.observe(seconds)
 
-    def _start(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> _Batch:
-        batch = _Batch(self.generation, {}, {}, [], None)
-        for tp, records in fetched.items():
-            if records:
-                batch.first[tp], batch.last[tp] = records[0].offset, records[-1].offset
-                if self.progress is not None:
-                    self.progress.fetched(CONSUMER, tp.topic, tp.partition, records[0].offset, records[0].timestamp)
-                batch.records.extend(raw_record(r) for r in records)
-        if self._pool_factory is not None:
-            if self._pool is None:
-                self._pool = self._pool_factory()
-            batch.prepared = asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, batch.records)
-        return batch
+    # -- preparing and storing ---------------------------------------------------------------------------------
 
-    async def _entries(self, batch: _Batch) -> list[AuditEntry] | None:
-        """The prepared entries (None: prepare them in the writer thread)."""
-        if batch.prepared is None:
+    async def _prepared(self, records: list[RawRecord]) -> list[AuditEntry] | None:
+        """The prepared entries from the worker process (None: none, prepared in the writer thread)."""
+        if self._pool_factory is None:
             return None
+        if self._pool is None:
+            self._pool = self._pool_factory()
         try:
-            return await batch.prepared
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.prepare, records)
         except BrokenProcessPool:
-            log.error("the prepare worker process died; starting a new one and preparing this batch here")
+            log.error("the prepare worker process died; starting a new one and preparing this batch in the writer")
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
             return None
 
-    async def _write(self, consumer: AIOKafkaConsumer, batch: _Batch) -> None:
-        entries = await self._entries(batch)
-        async with self.lock:
-            assigned = consumer.assignment()
-            if batch.generation != self.generation:
-                return  # fetched before a rebalance or a failed write: those partitions were rewound
-            keep = {tp for tp in batch.first if tp in assigned}
-            records = batch.records
-            if len(keep) < len(batch.first):  # some partitions moved away meanwhile: drop their records
-                records = [r for r in records if TopicPartition(r.topic, r.partition) in keep]
-                if entries is not None:
-                    entries = [e for e in entries if TopicPartition(e.topic, e.partition) in keep]
-            if not records:
-                return
-            started = time.perf_counter()
-            try:
-                result: BatchResult = await asyncio.to_thread(self._store, records, entries)
-            except Exception as exc:  # noqa: BLE001 - never skip a record: log, seek back, retry with backoff
-                self.metrics.batch_failures.inc()
-                log.exception("storing a batch of %d records failed; it will be retried", len(records))
-                if self.progress is not None:
-                    kind = TRANSIENT if is_transient(exc) else FAILED
-                    for tp in sorted(keep, key=lambda tp: (tp.topic, tp.partition)):
-                        self.progress.failed(CONSUMER, tp.topic, tp.partition, batch.first[tp], kind, describe(exc))
-                for tp in keep:  # the position the lag counts from: the first record not stored
-                    self.next_offsets[tp] = batch.first[tp]
-                await self._seek_back(consumer, batch, assigned)
-                await self._backoff()
-                return
-            self._failures = 0
-            self.metrics.batch_stored(result, len(records), time.perf_counter() - started)
-            for gap in result.gaps:
-                log.warning(
-                    "Kafka delivered no record for %s/%d offsets %d..%d (transaction markers or compaction?); "
-                    "`certrail audit verify` checks them against Kafka",
-                    gap.topic,
-                    gap.partition,
-                    gap.first_missing,
-                    gap.last_missing,
-                )
-            for (topic, message_type), count in result.misrouted.items():
-                log.warning("%d %s record(s) on %s, a topic their producer does not own: stored, not folded into "
-                            "the inventory (PRODUCER_NOT_ALLOWED)", count, message_type, topic)
-            if self._checkpointer is not None:
-                self._checkpointer.advanced(result.heads.values())
-            offsets = {tp: batch.last[tp] + 1 for tp in keep}
-            committed_at = time.perf_counter()
-            try:
-                await consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                log.warning("offsets not committed (%s); the rows are stored and the partitions' next owner skips them", exc)
-            self.metrics.offset_commit_duration.observe(time.perf_counter() - committed_at)
-            self.next_offsets.update(offsets)
-            if self.progress is not None:
-                for tp, offset in offsets.items():
-                    self.progress.progressed(CONSUMER, tp.topic, tp.partition, offset)
-            self.batches_stored += 1
-            self.records_stored += result.stored
-
     def _store(self, records: list[RawRecord], entries: list[AuditEntry] | None) -> BatchResult:
+        """In the writer thread: the group's records in one transaction."""
         now = self._clock()
         if entries is None:  # prepared here: prepare_batch never raises (a record it cannot prepare is stored raw)
-            entries = self._prepare(records)
+            entries = self.prepare(records)
         return store_entries(self._engine, entries, inventory_topics=self._topics, now=now)
 
-    async def _seek_back(self, consumer: AIOKafkaConsumer, failed: _Batch, assigned: set[TopicPartition]) -> None:
-        """Rewind every assigned partition to its first record not stored: the failed batch's to its
-        first offsets, the others to where storing stopped (or, where this instance stored nothing
-        yet, to the group's committed offset). Batches fetched after the failed one are stale (a new
-        generation) whatever partitions they hold, and aiokafka drops records it buffered from before
-        the seek; rewinding only the failed batch's partitions skipped the records of the others
-        that a stale batch held (found by certrail_consumer_no_progress_seconds, issue 23)."""
-        self.generation += 1
-        for tp in assigned:
-            offset = failed.first.get(tp, self.next_offsets.get(tp))
-            if offset is None:
-                offset = await consumer.committed(tp)
-            if offset is not None:
-                consumer.seek(tp, offset)
-            else:  # nothing committed by the group either: from the beginning (auto_offset_reset=earliest)
-                await consumer.seek_to_beginning(tp)
-
-    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
-        now = time.monotonic()
-        if now - self._lag_updated < 1.0:
-            return
-        self._lag_updated = now
-        if self.progress is None:
-            return
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            position = self.next_offsets.get(tp)
-            if highwater is not None and position is not None:
-                self.progress.set_lag(CONSUMER, tp.topic, tp.partition, highwater - position)
+    def stored(self, result: BatchResult, records: int, seconds: float) -> None:
+        """On the event loop: a group was stored."""
+        self.metrics.batch_stored(result, records, seconds)
+        for gap in result.gaps:
+            log.warning(
+                "Kafka delivered no record for %s/%d offsets %d..%d (transaction markers or compaction?); "
+                "`certrail audit verify` checks them against Kafka",
+                gap.topic,
+                gap.partition,
+                gap.first_missing,
+                gap.last_missing,
+            )
+        for (topic, message_type), count in result.misrouted.items():
+            log.warning("%d %s record(s) on %s, a topic their producer does not own: stored, not folded into "
+                        "the inventory (PRODUCER_NOT_ALLOWED)", count, message_type, topic)
+        if self._checkpointer is not None:
+            self._checkpointer.advanced(result.heads.values())
+        self.batches_stored += 1
+        self.records_stored += result.stored

@@ -91,6 +91,7 @@ class InboundRecord:
     key: bytes | None = None
     timestamp_ms: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_type: int | None = None  # 0 CreateTime, 1 LogAppendTime (the auditor stores it)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Is every consumer making progress? One small tracker per service, fed by the FastStream edge
-(gateway, deployer) and by the issuer's and the auditor's own loops, read by ``GET /health``.
+(gateway, deployer) and by the runtime's keyed loop (issuer, auditor), read by ``GET /health``.
 
 A consumer is *stalled* when the same record (topic, partition, offset) has failed
 ``stall_after`` times in a row, or when its loop has restarted ``stall_after`` times without

@@ -29,6 +29,7 @@ run while the consumer runs) and `on_error`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -48,6 +49,15 @@ from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describ
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+
+def inbound_record(record: ConsumerRecord) -> InboundRecord:
+    """An aiokafka record as the runtime hands it over."""
+    return InboundRecord(
+        topic=record.topic, partition=record.partition, offset=record.offset, value=record.value, key=record.key,
+        timestamp_ms=record.timestamp, timestamp_type=record.timestamp_type,
+        headers=tuple((k, bytes(v or b"")) for k, v in (record.headers or ())),
+    )
 
 
 class Revoked(Exception):
@@ -88,8 +98,10 @@ class LoopSettings:
     max_poll_records: int = 500
     topic_refresh_interval_ms: int = 10_000
     max_in_flight_per_partition: int = 200
+    max_in_flight: int | None = None  # records in flight on all partitions together (None: no bound but theirs)
     revoke_grace_s: float = 20.0
     poison_attempts: int = 5
+    retry_backoff_initial_s: float = 0.2
     retry_backoff_max_s: float = 30.0
     pending_poll_interval_s: float = 2.0  # the issuer's approval polling (a side task of its loop)
     commit_interval_s: float = 0.2
@@ -119,6 +131,13 @@ class Partition:
     def finish(self, offset: int) -> None:
         self.done.add(offset)
         self.in_flight.pop(offset, None)
+
+    def position(self) -> int | None:
+        """The first offset not finished as far as the lag counts: the committed offset, or, before the first
+        commit, the first offset fetched (None: nothing fetched or committed yet)."""
+        if self.committed is not None:
+            return self.committed
+        return self.order[self.head] if self.head < len(self.order) else None
 
     def commit_point(self) -> int | None:
         """The lowest unfinished offset (or one past the last finished), if it advanced."""
@@ -173,8 +192,9 @@ class KeyedLoop:
         if progress is not None:
             progress.register(consumer_name, assignment=lambda: self.assigned)
         self.partitions: dict[TopicPartition, Partition] = {}
-        self._tails: dict[tuple[str, bytes], asyncio.Task[None]] = {}
+        self._tails: dict[tuple[str, bytes | int], asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        self._finished_one = asyncio.Event()  # set when a record (or batch) finishes
         self._failures = 0
         self._last_commit = 0.0
         self._last_metrics = 0.0
@@ -198,8 +218,15 @@ class KeyedLoop:
     def on_error(self) -> None:
         """A handler raised (counted by the service)."""
 
+    def failure(self, exc: BaseException, records: list[InboundRecord]) -> tuple[InboundRecord, bool, BaseException]:
+        """What a handler's exception says: the record that failed, whether the trouble is transient, its cause."""
+        return records[0], is_transient(exc), exc
+
     def on_assigned(self, consumer: AIOKafkaConsumer) -> None:
         """Partitions were assigned (the service's metrics)."""
+
+    def on_committed(self, seconds: float) -> None:
+        """Offsets were committed, taking ``seconds`` (the service's metrics)."""
 
     def observe(self, consumer: AIOKafkaConsumer) -> None:
         """Once a second: the service's own metrics of the partitions (`partitions`, `assigned`)."""
@@ -209,6 +236,9 @@ class KeyedLoop:
         return {}
 
     # -- lifecycle -------------------------------------------------------------------------------------
+
+    #: how pausing and resuming partitions is logged (a loop paused by back-pressure at every batch logs it at DEBUG)
+    _pause_log_level = logging.INFO
 
     def stop(self) -> None:
         self._stopping.set()
@@ -262,72 +292,102 @@ class KeyedLoop:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
-            fetched = await consumer.getmany(timeout_ms=self._settings.poll_timeout_ms,
-                                             max_records=self._settings.max_poll_records)
+            assigned = consumer.assignment()
+            if assigned and consumer.paused() >= assigned:
+                # every partition waits (back-pressure, a connector down): a fetch would return nothing for
+                # poll_timeout_ms, so wait for a record to finish instead (the group's heartbeat runs apart)
+                self._finished_one.clear()
+                try:
+                    await asyncio.wait_for(self._finished_one.wait(), self._settings.poll_timeout_ms / 1000)
+                except TimeoutError:
+                    pass
+                fetched = {}
+            else:
+                fetched = await consumer.getmany(timeout_ms=self._settings.poll_timeout_ms,
+                                                 max_records=self._settings.max_poll_records)
             if self.progress is not None:
                 self.progress.polled(self.consumer_name)
-            for tp, records in fetched.items():
-                partition = self.partitions.setdefault(tp, Partition())
-                for record in records:
-                    self._start(tp, partition, record)
+            self._start_fetched_all(fetched)
             self._apply_pauses(consumer)
             await self._commit(consumer)
             self._observe(consumer)
 
     # -- running records ---------------------------------------------------------------------------------
 
-    def _start(self, tp: TopicPartition, partition: Partition, record: ConsumerRecord) -> None:
-        inbound = InboundRecord(
-            topic=record.topic, partition=record.partition, offset=record.offset, value=record.value, key=record.key,
-            timestamp_ms=record.timestamp,
-            headers=tuple((k, bytes(v or b"")) for k, v in (record.headers or ())),
-        )
-        work = Work()
-        key = (record.topic, record.key or b"")
+    def _start_fetched_all(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Start what a fetch asks for, partition by partition (`_start_fetched`)."""
+        for tp, records in fetched.items():
+            self._start_fetched(tp, self.partitions.setdefault(tp, Partition()), records)
+
+    def _start_fetched(self, tp: TopicPartition, partition: Partition, records: list[ConsumerRecord]) -> None:  # noqa: ARG002
+        """Start what ``records`` (fetched on ``tp``, in offset order) ask for: a task per record, chained per key."""
+        for record in records:
+            inbound = inbound_record(record)
+            work = Work()
+            self._chain((record.topic, record.key or b""), [(partition, [inbound])], work,
+                        functools.partial(self.handle, inbound, work), poison=True)
+
+    def _chain(self, key: tuple[str, bytes | int], parts: list[tuple[Partition, list[InboundRecord]]], work: Work,
+               call: Callable[[], Coroutine[Any, Any, None]], *, poison: bool) -> None:
+        """One task for the records of ``parts`` (``call()`` handles them; each part: a partition and its
+        records in offset order), after the task last chained under ``key``."""
+        first = parts[0][1][0]
         previous = self._tails.get(key)
-        task = asyncio.create_task(self._run(partition, inbound, work, previous),
-                                   name=f"{self.consumer_name}-{tp.topic}-{record.offset}")
+        task = asyncio.create_task(self._run(parts, work, previous, call, poison=poison),
+                                   name=f"{self.consumer_name}-{first.topic}-{first.offset}")
         self._tails[key] = task
         task.add_done_callback(lambda done: self._forget_tail(key, done))
-        partition.add(record.offset, InFlight(work, task, record.timestamp))
-        if self.progress is not None:
-            self.progress.fetched(self.consumer_name, record.topic, record.partition, record.offset, record.timestamp)
+        for partition, records in parts:
+            for record in records:
+                partition.add(record.offset, InFlight(work, task, record.timestamp_ms or 0))
+            if self.progress is not None:
+                head = records[0]
+                self.progress.fetched(self.consumer_name, head.topic, head.partition, head.offset, head.timestamp_ms)
 
-    def _forget_tail(self, key: tuple[str, bytes], done: asyncio.Task[None]) -> None:
+    def _forget_tail(self, key: tuple[str, bytes | int], done: asyncio.Task[None]) -> None:
         if self._tails.get(key) is done:
             del self._tails[key]
 
-    async def _run(self, partition: Partition, record: InboundRecord, work: Work,
-                   previous: asyncio.Task[None] | None) -> None:
+    async def _run(self, parts: list[tuple[Partition, list[InboundRecord]]], work: Work,
+                   previous: asyncio.Task[None] | None, call: Callable[[], Coroutine[Any, Any, None]], *,
+                   poison: bool) -> None:
+        """Runs ``call`` until it succeeds; ``poison``: dead-letter the first record after ``poison_attempts``
+        failures that are not transient (else it is retried for as long as it fails, reported stalled)."""
         if previous is not None and not previous.done():
             await asyncio.wait([previous])  # per-key order; its failure is its own
-        failures = poison = 0
+        records = [record for _, part in parts for record in part]
+        failures = poisoned = 0
         while True:
             try:
                 work.check()
-                await self.handle(record, work)
+                await call()
                 break
             except Revoked:
                 return
             except Exception as exc:  # noqa: BLE001 - a bug or a poison record must not stop the partition
                 self.on_error()
                 failures += 1
-                if is_transient(exc):  # database, Kafka, network: retried for as long as it lasts, never dead-lettered
+                record, transient, cause = self.failure(exc, records)
+                if transient:  # database, Kafka, network: retried for as long as it lasts, never dead-lettered
                     log.warning("%s %s/%d@%d: %s; retrying", self.consumer_name, record.topic, record.partition,
-                                record.offset, describe(exc))
-                    self._failed(record, TRANSIENT, exc)
+                                record.offset, describe(cause))
+                    self._failed(record, TRANSIENT, cause)
                 else:
-                    poison += 1
+                    poisoned += 1
                     log.exception("%s %s/%d@%d failed unexpectedly (%d/%d)", self.consumer_name, record.topic,
-                                  record.partition, record.offset, poison, self._settings.poison_attempts)
-                    self._failed(record, FAILED, exc)
-                    if poison >= self._settings.poison_attempts and await self._poison(record, exc):
+                                  record.partition, record.offset, poisoned, self._settings.poison_attempts)
+                    self._failed(record, FAILED, cause)
+                    if poison and poisoned >= self._settings.poison_attempts and await self._poison(record, exc):
                         break
-            await asyncio.sleep(min(self._settings.retry_backoff_max_s, 0.2 * 2**min(failures, 10)))
+            await asyncio.sleep(min(self._settings.retry_backoff_max_s,
+                                    self._settings.retry_backoff_initial_s * 2**min(failures, 10)))
             if work.revoked:
                 return
-        partition.finish(record.offset)
-        self.finished += 1
+        for partition, part in parts:
+            for done in part:
+                partition.finish(done.offset)
+        self.finished += len(records)
+        self._finished_one.set()
 
     def _failed(self, record: InboundRecord, kind: str, exc: BaseException) -> None:
         if self.progress is not None:
@@ -347,20 +407,22 @@ class KeyedLoop:
         assigned = consumer.assignment()
         paused = consumer.paused()
         to_pause, to_resume = [], []
+        bound = self._settings.max_in_flight
+        full = bound is not None and sum(len(p.in_flight) for p in self.partitions.values()) >= bound
         for tp in assigned:
             partition = self.partitions.get(tp)
             busy = partition is not None and len(partition.in_flight) >= self._settings.max_in_flight_per_partition
-            wait = busy or self.must_wait(tp)
+            wait = full or busy or self.must_wait(tp)
             if wait and tp not in paused:
                 to_pause.append(tp)
             elif not wait and tp in paused:
                 to_resume.append(tp)
         if to_pause:
             consumer.pause(*to_pause)
-            log.info("paused %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in to_pause))
+            log.log(self._pause_log_level, "paused %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in to_pause))
         if to_resume:
             consumer.resume(*to_resume)
-            log.info("resumed %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in to_resume))
+            log.log(self._pause_log_level, "resumed %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in to_resume))
 
     async def _commit(self, consumer: AIOKafkaConsumer, *, force: bool = False,
                       only: set[TopicPartition] | None = None) -> None:
@@ -377,8 +439,10 @@ class KeyedLoop:
                 offsets[tp] = point
         if not offsets:
             return
+        started = time.perf_counter()
         try:
             await consumer.commit(offsets)
+            self.on_committed(time.perf_counter() - started)
         except (CommitFailedError, IllegalStateError) as exc:
             # the group moved on: the next owner redoes these records, and the recorded outcomes make that a replay
             log.warning("offsets not committed (%s)", exc)
@@ -425,9 +489,9 @@ class KeyedLoop:
             for tp in self.assigned:
                 partition = self.partitions.get(tp)
                 highwater = consumer.highwater(tp)
-                if partition is not None and highwater is not None and partition.committed is not None:
-                    # the committed offset is the first unfinished one
-                    self.progress.set_lag(self.consumer_name, tp.topic, tp.partition, highwater - partition.committed)
+                position = partition.position() if partition is not None else None
+                if highwater is not None and position is not None:
+                    self.progress.set_lag(self.consumer_name, tp.topic, tp.partition, highwater - position)
                 if self.must_wait(tp):  # held on purpose (the issuer: its connector is down): not a stall
                     self.progress.held(self.consumer_name, tp.topic, tp.partition)
         self.observe(consumer)
