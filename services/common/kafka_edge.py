@@ -10,22 +10,9 @@ consumer plumbing. Handlers and the Dispatcher never import a broker library.
   per-publish machinery (its middlewares: no ``certrail_faststream_published_*``
   series), and falls back to ``broker.publish`` when there is no connected one
   (FastStream's TestKafkaBroker).
-- `subscribe` registers one FastStream *batch* subscriber: each fetched batch
-  (up to ``max_records``) becomes `InboundRecord`s handed to
-  `Dispatcher.dispatch_batch`. Offsets are committed once per batch, after
-  every record was handled, ignored or dead-lettered and everything published
-  was acknowledged (AckPolicy.NACK_ON_ERROR with auto-commit off: the ack
-  commits the consumer's position, which is the end of the batch); an
-  unexpected exception leaves the batch uncommitted and FastStream seeks each
-  partition back to the batch's first record (NACK), so it is retried, never lost.
-  Such a failure is transient by construction (the Dispatcher dead-letters poison records
-  itself): before the batch is handed back the edge waits a capped, doubling backoff, and
-  tells the progress tracker which record failed, so /health and
-  ``certrail_consumer_stalled`` show a consumer that keeps failing on the same offset;
-  ``certrail_consumer_lag_records`` is set from each batch (when it starts, and when it ends, success
-  or not), and the batch's first record per partition is what
-  ``certrail_consumer_oldest_unprocessed_age_seconds`` and ``certrail_consumer_no_progress_seconds``
-  measure until the batch is handled (services/common/consumer_positions.py).
+- Consuming is not FastStream's: every service consumes with the runtime's keyed loop
+  (services/common/runtime/, decision 0017); FastStream keeps the application lifecycle, the
+  producer and the in-memory broker of the component tests.
 """
 
 from __future__ import annotations
@@ -33,22 +20,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
-from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
-from faststream import AckPolicy
+from aiokafka import AIOKafkaProducer
 from faststream._internal.parser import DefaultCodec
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
 from faststream.kafka.publisher.state import RealProducer
 from prometheus_client import CollectorRegistry
 
-from services.common.consumer import PENDING_ACKS, Dispatcher, InboundRecord, Outbound, TransientFailure
+from services.common.consumer import PENDING_ACKS, Outbound
 from services.common.contracts.envelope import TYPE_HEADER
-from services.common.kafka_config import faststream_broker_kwargs, fetch_tuning
+from services.common.kafka_config import faststream_broker_kwargs
 from services.common.metrics import PublisherMetrics
-from services.common.progress import FAILED, TRANSIENT, ProgressTracker, describe, retry_delay
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -126,134 +110,3 @@ def raw_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
         return None
     state = getattr(fast, "_producer", None)
     return state.producer if isinstance(state, RealProducer) else None
-
-
-def inbound_from(record: ConsumerRecord[Any, Any]) -> InboundRecord:
-    return InboundRecord(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        value=record.value,
-        key=record.key,
-        timestamp_ms=record.timestamp,
-        headers=tuple((k, bytes(v or b"")) for k, v in (record.headers or ())),
-    )
-
-
-async def _raw_body(message: Any) -> Any:
-    """FastStream decoder that leaves the bodies alone: the Dispatcher decodes."""
-    return message.body
-
-
-def subscribe(
-    broker: KafkaBroker,
-    dispatcher: Dispatcher,
-    *,
-    group_id: str,
-    settings: KafkaSettings,
-    topics: Sequence[str] = (),
-    pattern: str | None = None,
-    max_records: int = 500,
-    batch_timeout_ms: int = 50,
-    progress: ProgressTracker | None = None,
-    consumer_name: str | None = None,
-    retry_max_s: float = 30.0,
-) -> None:
-    """Route ``topics`` (or every topic matching ``pattern``) to ``dispatcher``, a fetched batch
-    of up to ``max_records`` at a time (``batch_timeout_ms``: how long one fetch waits); failures
-    and lag are reported to ``progress`` under ``consumer_name`` (default: the topics or pattern)."""
-    if bool(topics) == bool(pattern):
-        raise ValueError("give either topics or a pattern")
-
-    subscriber = broker.subscriber(
-        *topics,
-        pattern=pattern,
-        group_id=group_id,
-        auto_offset_reset="earliest",
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_body,
-        batch=True,
-        max_records=max_records,
-        batch_timeout_ms=batch_timeout_ms,
-        **fetch_tuning(settings),
-        title=f"{group_id}:{pattern or ','.join(topics)}",
-    )
-
-    name = consumer_name or pattern or ",".join(topics)
-    if progress is not None:
-        progress.register(name, assignment=lambda: _assignment(subscriber))
-
-    @subscriber
-    async def on_batch(body: Any, msg: KafkaMessage) -> None:  # noqa: ARG001 - the bodies are decoded by the dispatcher
-        records = [inbound_from(record) for record in _records_of(msg.raw_message)]
-        if progress is not None:
-            _started(progress, name, subscriber, records)
-        try:
-            await dispatcher.dispatch_batch(records)
-        except Exception as exc:
-            if progress is not None and records:
-                await _failed(progress, name, records, exc, retry_max_s)
-                _report_lag(progress, name, subscriber, records, done=False)
-            raise  # NACK: the batch is fetched again
-        if progress is not None:
-            for (topic, partition), (_, last) in _spans(records).items():
-                progress.progressed(name, topic, partition, last + 1)
-            _report_lag(progress, name, subscriber, records, done=True)
-
-
-async def _failed(progress: ProgressTracker, name: str, records: list[InboundRecord], exc: Exception, retry_max_s: float) -> None:
-    failed = exc.record if isinstance(exc, TransientFailure) and exc.record is not None else records[0]
-    cause = exc.cause if isinstance(exc, TransientFailure) else exc
-    kind = TRANSIENT if isinstance(exc, TransientFailure) else FAILED
-    count = progress.failed(name, failed.topic, failed.partition, failed.offset, kind, describe(cause))
-    delay = retry_delay(count, max_s=retry_max_s)
-    log.warning("%s: %s/%d@%d failed (%s), %d times in a row; the batch is retried in %.1fs", name, failed.topic,
-                failed.partition, failed.offset, describe(cause), count, delay)
-    await asyncio.sleep(delay)
-
-
-def _started(progress: ProgressTracker, name: str, subscriber: Any, records: list[InboundRecord]) -> None:
-    """A batch is about to be handled: its first record per partition waits (age, no progress) until it is."""
-    seen: set[tuple[str, int]] = set()
-    for record in records:
-        if (record.topic, record.partition) not in seen:
-            seen.add((record.topic, record.partition))
-            progress.fetched(name, record.topic, record.partition, record.offset, record.timestamp_ms)
-    _report_lag(progress, name, subscriber, records, done=False)
-
-
-def _assignment(subscriber: Any) -> Any:
-    """The partitions the subscriber's consumer holds now (None before it runs, or on the test broker)."""
-    consumer = getattr(subscriber, "consumer", None)
-    assignment = getattr(consumer, "assignment", None)
-    return assignment() if callable(assignment) else None
-
-
-def _spans(records: Sequence[InboundRecord]) -> dict[tuple[str, int], tuple[int, int]]:
-    """(first, last) offset of each partition in a batch."""
-    spans: dict[tuple[str, int], tuple[int, int]] = {}
-    for record in records:
-        first, last = spans.get((record.topic, record.partition), (record.offset, record.offset))
-        spans[(record.topic, record.partition)] = (min(first, record.offset), max(last, record.offset))
-    return spans
-
-
-def _report_lag(progress: ProgressTracker, name: str, subscriber: Any, records: list[InboundRecord], *, done: bool) -> None:
-    """Records behind each partition's end: from the batch's end when it was handled, from its start when not."""
-    consumer = getattr(subscriber, "consumer", None)
-    highwater = getattr(consumer, "highwater", None)
-    if highwater is None:  # FastStream's test broker has no real consumer
-        return
-    for (topic, partition), (first, last) in _spans(records).items():
-        end = highwater(TopicPartition(topic, partition))
-        if end is not None:
-            progress.set_lag(name, topic, partition, end - (last + 1 if done else first))
-
-
-def _records_of(raw: Any) -> list[ConsumerRecord[Any, Any]]:
-    """The records of a batch message (FastStream's test broker nests a published record in a list)."""
-    if isinstance(raw, (tuple, list)):
-        return [record for item in raw for record in _records_of(item)]
-    return [raw]

@@ -1,7 +1,9 @@
 """One bootstrap shape for the four services.
 
-`build_service` wires a FastStream Kafka broker, the shared Dispatcher, the
-service's handlers, a Prometheus registry and the SQL engine into an
+`build_service` wires a FastStream Kafka broker (its idempotent producer and the
+application's lifecycle), the shared Dispatcher with the service's handlers, one
+runtime consumer loop per subscription (`DispatchLoop`, services/common/runtime/
+fetch_batches.py, decision 0017), a Prometheus registry and the SQL engine into an
 `AsgiFastStream` app served by uvicorn, with:
 
 - ``GET /health``: 200 when the broker answers, the database accepts a
@@ -9,8 +11,7 @@ service's handlers, a Prometheus registry and the SQL engine into an
   otherwise, with a JSON body naming each check (a stalled consumer adds
   ``consumer:<name>``, saying which topic/partition/offset keeps failing;
   ``consumers`` lists every consumer's verdict);
-- ``GET /metrics``: the service's Prometheus registry (certrail_* and
-  FastStream's certrail_faststream_* metrics).
+- ``GET /metrics``: the service's Prometheus registry.
 
 Nothing happens at import time: `create_app(settings)` in each service calls
 this; `main()` reads the settings from the environment and runs uvicorn.
@@ -22,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -42,12 +44,20 @@ from services.common.contracts.envelope import Message
 from services.common.contracts.topics import Topics
 from services.common.db import make_engine, read_session, write_session
 from services.common.db_schema import record_heartbeat
-from services.common.kafka_edge import FastStreamPublisher, make_broker, subscribe
+from services.common.kafka_edge import FastStreamPublisher, make_broker
 from services.common.metrics import ConsumerMetrics, PublisherMetrics, channel_of, service_info
 from services.common.progress import ProgressTracker
+from services.common.runtime.fetch_batches import DispatchLoop
+from services.common.runtime.keyed_loop import LoopSettings
 from services.common.settings import DatabaseSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
+
+#: records per fetch of a service's consumer, and how long one fetch waits for them
+FETCH_MAX_RECORDS = 500
+FETCH_TIMEOUT_MS = 50
+#: how long stopping a service waits for its consumers to finish what they fetched (past the revoke grace)
+STOP_TIMEOUT_S = 30.0
 
 
 def certrail_version() -> str:
@@ -102,6 +112,9 @@ class ServiceSettings(BaseSettings):
     stall_after_failures: int = Field(default=3, ge=1, description=(
         "Failures in a row of the same record (or loop restarts) after which the consumer counts as stalled."))
     retry_max_s: float = Field(default=30.0, gt=0, description="The longest pause before a batch that failed transiently is retried.")
+    rebalance_grace_s: float = Field(default=20.0, ge=0, description=(
+        "How long partitions being revoked wait for the batches holding their records, so that their offsets are "
+        "committed before the partitions move."))
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)  # each service: own_database(<name>)
@@ -137,7 +150,43 @@ class ServiceRuntime:
     dispatcher: Dispatcher
     engine: Engine
     progress: ProgressTracker
+    loops: list[DispatchLoop] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    delivered: dict[str, int] = field(default_factory=dict)  # `deliver`'s next offset per topic
+    consuming: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start_consumers(self) -> None:
+        """Start the consumer loops (the app does it once the broker's producer is up)."""
+        self.consuming.extend(asyncio.create_task(loop.run(), name=f"{self.name}-{loop.consumer_name}")
+                              for loop in self.loops)
+
+    async def stop_consumers(self) -> None:
+        """Stop the consumer loops while the producer still runs: what they fetched is finished (within the
+        revoke grace) and committed; what is still running after ``STOP_TIMEOUT_S`` is cancelled."""
+        for loop in self.loops:
+            loop.stop()
+        if self.consuming:
+            _, late = await asyncio.wait(self.consuming, timeout=STOP_TIMEOUT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self.consuming, return_exceptions=True)
+            self.consuming.clear()
+
+    async def deliver(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+        """Hand one record to the consumer of ``topic`` as a fetch of its own, the next offset of partition 0:
+        the in-memory record source of the component tests (what they publish goes to FastStream's test broker)."""
+        offset = self.delivered.get(topic, 0)
+        self.delivered[topic] = offset + 1
+        record = InboundRecord(topic=topic, partition=0, offset=offset, value=value, key=key,
+                               timestamp_ms=int(datetime.now(UTC).timestamp() * 1000))
+        await self.loop_for(topic).handle_fetch([record])
+
+    def loop_for(self, topic: str) -> DispatchLoop:
+        """The consumer loop subscribed to ``topic`` (tests hand it records with `DispatchLoop.handle_fetch`)."""
+        for loop in self.loops:
+            if topic in loop.subscribed_topics or (loop.pattern is not None and re.fullmatch(loop.pattern, topic)):
+                return loop
+        raise KeyError(f"no consumer of {self.name} reads {topic}")
 
 
 def consumer_name(subscription: Subscription, topics: Topics) -> str:
@@ -176,20 +225,22 @@ def build_service(
         handler_attempts=settings.handler_attempts,
         on_failure=on_failure,
     )
-    for sub in subscriptions:
-        subscribe(
-            broker,
-            dispatcher,
-            group_id=settings.group_id,
-            settings=settings.kafka,
-            topics=sub.topics,
-            pattern=sub.pattern,
-            progress=progress,
-            consumer_name=consumer_name(sub, topics),
-            retry_max_s=settings.retry_max_s,
-        )
+    loop_settings = LoopSettings(
+        group_id=settings.group_id,
+        poll_timeout_ms=FETCH_TIMEOUT_MS,
+        max_poll_records=FETCH_MAX_RECORDS,
+        max_in_flight_per_partition=2 * FETCH_MAX_RECORDS,
+        max_in_flight=2 * FETCH_MAX_RECORDS,
+        revoke_grace_s=settings.rebalance_grace_s,
+        retry_backoff_max_s=settings.retry_max_s,
+    )
+    loops = [
+        DispatchLoop(dispatcher, kafka=settings.kafka, settings=loop_settings, consumer_name=consumer_name(sub, topics),
+                     topics=sub.topics, pattern=sub.pattern, clock=lambda: datetime.now(UTC), progress=progress)
+        for sub in subscriptions
+    ]
     engine = make_engine(settings.db)
-    runtime = ServiceRuntime(name, instance_id, topics, registry, broker, publisher, dispatcher, engine, progress)
+    runtime = ServiceRuntime(name, instance_id, topics, registry, broker, publisher, dispatcher, engine, progress, loops)
     started_at = datetime.now(UTC)
 
     @get(include_in_schema=False)
@@ -210,8 +261,10 @@ def build_service(
     async def _start_background() -> None:
         runtime.tasks.append(asyncio.create_task(
             heartbeat_forever(engine, name, instance_id, started_at, settings.heartbeat_interval_s), name=f"{name}-heartbeat"))
+        runtime.start_consumers()
 
     async def _stop_background() -> None:
+        await runtime.stop_consumers()  # first, while the producer still runs
         for task in runtime.tasks:
             task.cancel()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)

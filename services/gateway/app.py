@@ -88,6 +88,10 @@ class GatewayRuntime:
     def registry(self) -> Any:
         return self.service.registry
 
+    async def deliver(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+        """`ServiceRuntime.deliver`: one record to the gateway's consumer of ``topic`` (component tests)."""
+        await self.service.deliver(topic, value, key)
+
 
 class PrefixRouter:
     """Sends ``/v1``, the OpenAPI document and the docs to the HTTP API; everything else

@@ -52,9 +52,9 @@ async def test_signed_request_becomes_a_command_and_tampered_one_is_rejected(tmp
     tampered["data"]["sans"] = ["dns:www.example.com", "dns:api.example.com"]
     tampered["id"] = "up-2"
     tampered["data"]["request_id"] = "req-k2"
-    async with TestKafkaBroker(runtime.broker) as broker:
-        await broker.publish(encode(event), topic="certrail.requests", key=b"cert-k1")
-        await broker.publish(json.dumps(tampered).encode(), topic="certrail.requests", key=b"cert-k1")
+    async with TestKafkaBroker(runtime.broker):  # what the service publishes
+        await runtime.deliver("certrail.requests", encode(event), b"cert-k1")
+        await runtime.deliver("certrail.requests", json.dumps(tampered).encode(), b"cert-k1")
 
     (command,) = [decode(raw, CATALOG).data for raw in commands]
     assert isinstance(command, IssueCertificate) and command.certificate_id == "cert-k1"

@@ -52,11 +52,11 @@ async def test_poison_is_dead_lettered_and_consumer_goes_on(
     async def capture(body: bytes) -> None:
         dead.append(body)
 
-    async with TestKafkaBroker(runtime.broker) as broker:
-        await broker.publish(b"{not json", topic=topic, key=b"k1")
+    async with TestKafkaBroker(runtime.broker):  # what the service publishes
+        await runtime.deliver(topic, b"{not json", b"k1")
         valid = encode(make_event(examples()[CertificateDeployed], id="e-1", source="/t", time=NOW, subject=CERT_ID))
-        await broker.publish(valid, topic=topic, key=CERT_ID.encode())
-        await broker.publish(b"[]", topic=topic, key=b"k2")
+        await runtime.deliver(topic, valid, CERT_ID.encode())
+        await runtime.deliver(topic, b"[]", b"k2")
 
     letters = [decode(raw if isinstance(raw, bytes) else json.dumps(raw).encode(), CATALOG).data for raw in dead]
     assert all(isinstance(letter, DeadLetter) for letter in letters)

@@ -1,5 +1,5 @@
 """Handler failures on the real broker, through the shared service bootstrap (build_service: the
-FastStream edge, the Dispatcher, /health and /metrics): a record whose handler fails every time is
+runtime's consumer loop, the Dispatcher, /health and /metrics): a record whose handler fails every time is
 dead-lettered with HANDLER_FAILED after N attempts and the records behind it are handled; a
 transient failure is retried, never dead-lettered, and while it lasts the consumer is reported
 stalled (/health 503 naming the partition and offset, certrail_consumer_stalled 1, the lag true),
@@ -108,6 +108,7 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
     producer = KafkaBroker(**faststream_broker_kwargs(kafka_settings))
     await producer.start()
     await runtime.broker.start()
+    runtime.start_consumers()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service")  # type: ignore[arg-type]
     try:
         # 1. a record whose handler fails every time: dead-lettered after 3 attempts; the next one is handled
@@ -172,6 +173,7 @@ async def test_poison_handler_is_dead_lettered_and_a_transient_failure_stalls_th
         assert failed == 3
     finally:
         await client.aclose()
+        await runtime.stop_consumers()
         await runtime.broker.stop()
         await producer.stop()
         runtime.engine.dispose()

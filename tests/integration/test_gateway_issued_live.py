@@ -94,6 +94,7 @@ async def test_a_revoke_by_serial_finds_the_certificate_issued_on_events_issuer(
     producer = AIOKafkaProducer(**producer_kwargs(kafka))
     await producer.start()
     await runtime.broker.start()
+    runtime.service.start_consumers()
     try:
         issue = signed(IssueRequested(request_id="req-1", requester="ci-pipeline", profile="web", certificate_id="www",
                                       csr=_csr(), sans=["dns:www.example.com"]), "k1", HMAC_KEY)
@@ -134,6 +135,7 @@ async def test_a_revoke_by_serial_finds_the_certificate_issued_on_events_issuer(
         assert isinstance(revocation, RevokeCertificate)
         assert (revocation.certificate_id, revocation.serial, revocation.connector) == ("www", "1a2b", "emca")
     finally:
+        await runtime.service.stop_consumers()
         await runtime.broker.stop()
         await producer.stop()
         engine.dispose()

@@ -61,6 +61,7 @@ async def test_the_status_of_a_request_comes_from_the_gateways_own_fold(kafka_se
     producer = AIOKafkaProducer(**producer_kwargs(kafka))
     await producer.start()
     await runtime.broker.start()
+    runtime.service.start_consumers()
 
     async def status() -> dict[str, Any]:
         answer = await client.get("/v1/requests/req-1")
@@ -109,6 +110,7 @@ async def test_the_status_of_a_request_comes_from_the_gateways_own_fold(kafka_se
         assert (after["state"], after["result"]) == ("issued", result)
         assert folds("folded") == 2
     finally:
+        await runtime.service.stop_consumers()
         await runtime.broker.stop()
         await producer.stop()
         await client.aclose()

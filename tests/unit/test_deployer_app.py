@@ -75,15 +75,15 @@ async def test_create_app_deploys_and_provisions(tmp_path: Path) -> None:
                            change={"pinned_ca_sha256": ca.issuing.fingerprint(hashes.SHA256()).hex()})
     accepted = RequestAccepted(request_id="req-app", requester="ci", kind=RequestKind.ISSUE, certificate_id="app-1",
                                profile="web", connector="sim")
-    async with TestKafkaBroker(runtime.broker) as broker:
+    async with TestKafkaBroker(runtime.broker):  # what the service publishes
         # the pin from the issuer's connector event (decision 0034), the acceptance from the gateway's
         for fact, key, topic in ((pin, b"sim", "certrail.events.issuer"), (accepted, b"app-1", "certrail.events.gateway")):
-            await broker.publish(encode(make_event(fact, id=str(uuid.uuid4()), source="/t", time=NOW)),
-                                 topic=topic, key=key)
-        await broker.publish(encode(make_event(issued, id=str(uuid.uuid4()), source="/t", time=NOW, subject="app-1")),
-                             topic="certrail.events.issuer", key=b"app-1")
-        await broker.publish(encode(make_event(provision, id=str(uuid.uuid4()), source="/t", time=NOW, subject="bot-app")),
-                             topic="certrail.provisioning", key=b"bot-app")
+            await runtime.deliver(topic, encode(make_event(fact, id=str(uuid.uuid4()), source="/t", time=NOW)), key)
+        await runtime.deliver("certrail.events.issuer",
+                              encode(make_event(issued, id=str(uuid.uuid4()), source="/t", time=NOW, subject="app-1")), b"app-1")
+        await runtime.deliver("certrail.provisioning",
+                              encode(make_event(provision, id=str(uuid.uuid4()), source="/t", time=NOW, subject="bot-app")),
+                              b"bot-app")
 
     deployed = [decode(raw, CATALOG).data for raw in events]
     deployed = [d for d in deployed if isinstance(d, CertificateDeployed)]

@@ -184,8 +184,8 @@ class KeyedLoop:
         self._kafka = kafka
         self._settings = settings
         self.consumer_name = consumer_name
-        self._subscribe_topics = tuple(topics)
-        self._pattern = pattern
+        self.subscribed_topics = tuple(topics)
+        self.pattern = pattern
         self._clock = clock
         self.progress = progress
         self.assigned: frozenset[TopicPartition] = frozenset()
@@ -195,6 +195,7 @@ class KeyedLoop:
         self._tails: dict[tuple[str, bytes | int], asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._finished_one = asyncio.Event()  # set when a record (or batch) finishes
+        self._consumer: AIOKafkaConsumer | None = None  # while one runs
         self._failures = 0
         self._last_commit = 0.0
         self._last_metrics = 0.0
@@ -250,13 +251,14 @@ class KeyedLoop:
                 metadata_max_age_ms=self._settings.topic_refresh_interval_ms,
                 max_poll_records=self._settings.max_poll_records,
             )
-            if self._pattern is not None:
-                consumer.subscribe(pattern=self._pattern, listener=_Rebalance(self, consumer))
+            if self.pattern is not None:
+                consumer.subscribe(pattern=self.pattern, listener=_Rebalance(self, consumer))
             else:
-                consumer.subscribe(topics=list(self._subscribe_topics), listener=_Rebalance(self, consumer))
+                consumer.subscribe(topics=list(self.subscribed_topics), listener=_Rebalance(self, consumer))
             sides = [asyncio.create_task(make(), name=name) for name, make in self.side_tasks().items()]
             try:
                 await consumer.start()
+                self._consumer = consumer
                 self.running = True
                 self._failures = 0
                 await self._consume(consumer)
@@ -270,6 +272,7 @@ class KeyedLoop:
                 await self._backoff()
             finally:
                 self.running = False
+                self._consumer = None
                 for side in sides:
                     side.cancel()
                 await asyncio.gather(*sides, return_exceptions=True)
@@ -294,14 +297,15 @@ class KeyedLoop:
         while not self._stopping.is_set():
             assigned = consumer.assignment()
             if assigned and consumer.paused() >= assigned:
-                # every partition waits (back-pressure, a connector down): a fetch would return nothing for
-                # poll_timeout_ms, so wait for a record to finish instead (the group's heartbeat runs apart)
+                # every partition waits (back-pressure, a connector down): a fetch would wait poll_timeout_ms for
+                # nothing, so wait for a record to finish instead; then poll without waiting, which returns at once
+                # and keeps the consumer's poll interval (max_poll_interval_ms) fresh however long the wait lasts
                 self._finished_one.clear()
                 try:
                     await asyncio.wait_for(self._finished_one.wait(), self._settings.poll_timeout_ms / 1000)
                 except TimeoutError:
                     pass
-                fetched = {}
+                fetched = await consumer.getmany(timeout_ms=0, max_records=self._settings.max_poll_records)
             else:
                 fetched = await consumer.getmany(timeout_ms=self._settings.poll_timeout_ms,
                                                  max_records=self._settings.max_poll_records)
@@ -392,6 +396,8 @@ class KeyedLoop:
     def _failed(self, record: InboundRecord, kind: str, exc: BaseException) -> None:
         if self.progress is not None:
             self.progress.failed(self.consumer_name, record.topic, record.partition, record.offset, kind, describe(exc))
+            if self._consumer is not None:  # the lag behind a stuck record, now rather than at the next refresh
+                self._report_lag(self._consumer, TopicPartition(record.topic, record.partition))
 
     async def _poison(self, record: InboundRecord, exc: Exception) -> bool:
         reason = f"failed on this record {self._settings.poison_attempts} times: {describe(exc)}"
@@ -452,6 +458,7 @@ class KeyedLoop:
                 self.partitions[tp].committed = offset
             if self.progress is not None:  # everything before the commit point is finished
                 self.progress.progressed(self.consumer_name, tp.topic, tp.partition, offset)
+                self._report_lag(consumer, tp)
 
     async def release(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
         """Partitions are leaving: stop what has not reached a critical section, let critical
@@ -479,6 +486,14 @@ class KeyedLoop:
 
     # -- metrics ---------------------------------------------------------------------------------------------
 
+    def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """``tp``'s lag: records between the first unfinished one and the partition's end."""
+        partition = self.partitions.get(tp)
+        highwater = consumer.highwater(tp)
+        position = partition.position() if partition is not None else None
+        if self.progress is not None and highwater is not None and position is not None:
+            self.progress.set_lag(self.consumer_name, tp.topic, tp.partition, highwater - position)
+
     def _observe(self, consumer: AIOKafkaConsumer) -> None:
         now = time.monotonic()
         if now - self._last_metrics < 1.0:
@@ -487,11 +502,7 @@ class KeyedLoop:
         self.assigned = frozenset(consumer.assignment())
         if self.progress is not None:
             for tp in self.assigned:
-                partition = self.partitions.get(tp)
-                highwater = consumer.highwater(tp)
-                position = partition.position() if partition is not None else None
-                if highwater is not None and position is not None:
-                    self.progress.set_lag(self.consumer_name, tp.topic, tp.partition, highwater - position)
+                self._report_lag(consumer, tp)
                 if self.must_wait(tp):  # held on purpose (the issuer: its connector is down): not a stall
                     self.progress.held(self.consumer_name, tp.topic, tp.partition)
         self.observe(consumer)

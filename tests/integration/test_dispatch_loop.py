@@ -1,7 +1,8 @@
-"""The FastStream edge's batch subscriber against the real broker: every record handled once per
-certificate in offset order, the resulting events published, a poison record dead-lettered, the
-group's offsets committed to the end only after everything was published, and a batch whose
-handling fails redelivered (at-least-once) instead of committed."""
+"""The runtime's dispatch loop (the gateway's and the deployer's consumer, decision 0017) against the real
+broker: every record handled once per certificate in offset order, the resulting events published, a poison
+record dead-lettered, the group's offsets committed to the end only after everything was published, a handler
+failing once retried in place by the Dispatcher, and a fetch failing on transient trouble retried by the loop
+(at-least-once) instead of committed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from faststream.kafka import KafkaBroker
+from sqlalchemy.exc import OperationalError
 
 from services.auditor.kafka_reader import committed_offsets
 from services.common.consumer import Dispatcher, Outbound
@@ -21,7 +24,9 @@ from services.common.contracts.envelope import Envelope, decode, encode, make_ev
 from services.common.contracts.events import CertificateDeployed, CertificateIssued
 from services.common.contracts.topics import Topics
 from services.common.kafka_config import consumer_kwargs, faststream_broker_kwargs
-from services.common.kafka_edge import FastStreamPublisher, subscribe
+from services.common.kafka_edge import FastStreamPublisher
+from services.common.runtime.fetch_batches import DispatchLoop
+from services.common.runtime.keyed_loop import LoopSettings
 from services.common.settings import KafkaSettings
 from services.common.topics_admin import delete_topics, ensure_topics
 from tests.conftest import poll_until
@@ -80,7 +85,9 @@ async def _run_consumer(kafka_settings: KafkaSettings, topics: Topics, group: st
     async def on_issued(envelope: Envelope) -> list[Outbound]:
         if envelope.id in fail_once:
             fail_once.discard(envelope.id)
-            raise RuntimeError("transient trouble")  # the batch is not committed and comes again
+            if envelope.id.endswith("-2"):
+                raise OperationalError("INSERT", {}, Exception("database is locked"))  # the loop retries the fetch
+            raise RuntimeError("a bug, once")  # the Dispatcher retries the record
         handled.append(envelope.id)
         key = envelope.subject or ""
         out = make_event(EXAMPLES[CertificateDeployed], id=f"out-{envelope.id}", source="/t", time=NOW, subject=key)
@@ -94,16 +101,24 @@ async def _run_consumer(kafka_settings: KafkaSettings, topics: Topics, group: st
         handlers={CertificateIssued: on_issued},
         clock=lambda: NOW,
     )
-    subscribe(broker, dispatcher, group_id=group, settings=kafka_settings, topics=[topics.issuer_events], max_records=20)
+    loop = DispatchLoop(dispatcher, kafka=kafka_settings, consumer_name="batch-test", topics=[topics.issuer_events],
+                        settings=LoopSettings(group_id=group, max_poll_records=20, poll_timeout_ms=50, max_in_flight=40),
+                        clock=lambda: NOW)
     await broker.start()
+    task = asyncio.create_task(loop.run())
     try:
         expected_end = PER_KEY * len(KEYS) + 1
 
         async def all_committed() -> bool:
-            return sum((await committed_offsets(kafka_settings, group)).values()) >= expected_end
+            try:
+                return sum((await committed_offsets(kafka_settings, group)).values()) >= expected_end
+            except GroupCoordinatorNotAvailableError:  # the loop's consumer has not joined the group yet
+                return False
 
         await poll_until(all_committed, f"the group to commit up to {expected_end}", 90, interval_s=0.2)
     finally:
+        loop.stop()
+        await asyncio.wait_for(task, 30)
         await broker.stop()
 
 
