@@ -11,10 +11,9 @@ signed the way the services publish them: IssueRequested (certrail.requests,
 with a CSR), RequestAccepted, IssueCertificate (the connector's command
 topic), CertificateIssued (a leaf and its chain), CertificateDeployed; about
 1.0 KiB on average. They are produced first (not timed), then one
-auditor consumer (AuditConsumer, the service's loop: the batches fetched
-meanwhile stored in one transaction, offsets committed after it, chains,
-duplicate links, inventory) reads them all ("batches" in the result: the
-transactions). Reported: wall time from the first stored batch to
+auditor consumer (AuditConsumer, the service's loop: one transaction per
+batch, what was fetched while the last one was stored, offsets committed after
+it, chains, duplicate links, inventory) reads them all. Reported: wall time from the first stored batch to
 the last (steady state) and from the consumer's start (including the group
 join), records/s, and the process's CPU time per record.
 """

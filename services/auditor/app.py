@@ -2,10 +2,9 @@
 audit log, keeps the certificate inventory, and publishes signed checkpoints.
 
 Unlike the gateway and the deployer it does not consume through FastStream and the
-shared Dispatcher: it runs on the service runtime's partition-batch loop (consumer_loop.py,
-services/common/runtime/partition_batches.py, decision 0017), stores the batches fetched
-meanwhile in one transaction and commits each partition's offsets only after its records
-are stored, and it stores undecodable records raw instead of dead-lettering them (the other
+shared Dispatcher: it runs on the service runtime's loop in its fetch-batch mode (consumer_loop.py,
+services/common/runtime/fetch_batches.py, decision 0017), stores each batch in one
+transaction and commits each partition's offsets only after its records are stored, and it stores undecodable records raw instead of dead-lettering them (the other
 consumers of those topics dead-letter them). FastStream serves the HTTP side (``/health``,
 ``/metrics``) and its idempotent producer publishes the checkpoints; ``/internal/v1`` on the same port
 serves the inventory and timelines to the gateway (internal_api.py, decision 0020).

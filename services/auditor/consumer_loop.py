@@ -1,38 +1,35 @@
-"""The auditor's consumer: the service runtime's partition-batch loop (services/common/runtime/
-partition_batches.py, decision 0017) over every certrail topic.
+"""The auditor's consumer: the service runtime's loop in its fetch-batch mode (services/common/runtime/
+fetch_batches.py, decision 0017) over every certrail topic.
 
 One consumer in the auditor's group subscribes to every certrail topic by pattern (connector
 command topics created later are picked up within ``topic_refresh_interval_ms``). Auto-commit is
-off. What one fetch brought of one partition is a batch; the batches in flight on all partitions
-are stored together:
+off. Each batch is:
 
-    getmany -> per partition: prepare -> chain + insert, with every batch ready meanwhile, in ONE
-    database transaction (group commit: `_StoreGroups`) -> the loop commits each partition's
-    lowest unfinished offset
+    fetched records -> prepare -> chain + insert in ONE database transaction -> the loop commits
+    each partition's lowest unfinished offset
 
 so a burst never becomes one commit per record, and an offset is committed only once its record
-is in the database. A partition's batches are stored strictly in offset order (the next waits for
-the one before); other partitions' batches go on meanwhile.
+is in the database. Batches are stored strictly in fetch order; while one is stored, the loop keeps
+fetching, and what it fetches meanwhile becomes the next batch (at most twice
+``max_batch_records`` records in flight: beyond that every partition is paused).
 
 Preparing a batch (decoding and validating each record, redacting private keys, hashing the
 content: services/auditor/records.py) needs no database: in a worker process when
 ``prepare_processes`` gives one (the only way Python uses a second core), else in the writer
 thread with the write.
 
-A batch enters its critical section when it is handed to the writer: when its partition is
-revoked before that, it stops (its records are fetched again by the partition's next owner);
-after that, it is stored with its group and the rebalance waits for it (the runtime's grace)
-before the partition's offsets are committed. If the offset commit still fails (the group
-rebalanced meanwhile), the rows are stored and the partition's next owner skips them (store.py
-reads the chain head in its transaction). If the database transaction fails, nothing of the group
-was stored: each batch in it is retried, in place, with capped backoff, and nothing behind it on
-its partition is committed. The auditor never skips a record and never dead-letters one:
+When partitions are revoked, the batch holding their records gets the runtime's grace to be
+stored, so that their offsets are committed before the partitions move; a batch is never
+cancelled for a rebalance (it holds other partitions' records too). If it outlasts the grace, or
+the offset commit fails (the group rebalanced meanwhile), the rows are stored and the partitions'
+next owner skips them (store.py reads the chain head in its transaction, locked). If the database
+transaction fails, nothing of the batch was stored: it is retried, in place, with capped backoff,
+and nothing behind it is committed. The auditor never skips a record and never dead-letters one:
 undecodable records are stored raw with their error code (preparing never raises:
-records.prepare_guarded). At most twice ``max_batch_records`` records are in flight on all
-partitions together: beyond that every partition is paused until the writer catches up.
+records.prepare_guarded).
 
 Progress (services/common/progress.py, consumer ``audit``): a batch that fails to be stored
-reports its first offset, a loop restart reports itself, so the same offset failing again and
+reports its first record, a loop restart reports itself, so the same offset failing again and
 again (or the loop restarting in a loop) turns ``certrail_consumer_stalled`` to 1 and /health to
 503; ``certrail_consumer_lag_records`` is kept per partition from the first record not stored.
 """
@@ -48,7 +45,6 @@ from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import Engine
@@ -61,9 +57,7 @@ from services.common.consumer import InboundRecord
 from services.common.contracts.topics import Topics
 from services.common.progress import ProgressTracker
 from services.common.runtime import keyed_loop
-from services.common.runtime.keyed_loop import Work
-from services.common.runtime.partition_batches import PartitionBatchLoop
-from services.common.runtime.writer import ThreadGroups, _Step
+from services.common.runtime.fetch_batches import FetchBatchLoop
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -100,44 +94,7 @@ def raw_of(record: InboundRecord) -> RawRecord:
                      record.key, record.value, record.headers)
 
 
-_Batch = tuple[list[RawRecord], list[AuditEntry] | None]
-
-
-class _StoreGroups(ThreadGroups):
-    """The batches handed over meanwhile, stored in one transaction (`AuditConsumer._store`) in one thread
-    hop: all of them or, when it fails, none (each caller retries its own)."""
-
-    def __init__(self, consumer: AuditConsumer) -> None:
-        super().__init__(name="auditor-store")
-        self._consumer = consumer
-
-    async def store(self, records: list[RawRecord], entries: list[AuditEntry] | None) -> None:
-        await self._enqueue(lambda: (records, entries))
-
-    def _run_group(self, group: list[_Step]) -> list[tuple[bool, Any]]:
-        batches: list[_Batch] = [step.call() for step in group]
-        records = [record for batch, _ in batches for record in batch]
-        entries: list[AuditEntry] | None = None
-        if any(prepared is not None for _, prepared in batches):
-            entries = [entry for batch, prepared in batches
-                       for entry in (prepared if prepared is not None else self._consumer.prepare(batch))]
-        started = time.perf_counter()
-        try:
-            result = self._consumer._store(records, entries)
-        except Exception as exc:  # noqa: BLE001 - every batch of the group is retried by its own task
-            log.exception("storing a group of %d records failed; it will be retried", len(records))
-            return [(False, exc)] * len(group)
-        return [(True, (result, len(records), time.perf_counter() - started))] * len(group)
-
-    def _after_group(self, group: list[_Step], results: list[tuple[bool, Any]]) -> None:
-        ok, value = results[0]
-        if ok:
-            self._consumer.stored(*value)
-        else:
-            self._consumer.metrics.batch_failures.inc()
-
-
-class AuditConsumer(PartitionBatchLoop):
+class AuditConsumer(FetchBatchLoop):
     """Runs until `stop` is called; never exits on an error (it logs, backs off and retries)."""
 
     def __init__(
@@ -163,7 +120,6 @@ class AuditConsumer(PartitionBatchLoop):
         self._pool: Executor | None = None
         # on SQLite the worker also formats the times as SQLite stores them (off this process's GIL)
         self.prepare = functools.partial(prepare_batch, sqlite_times=engine.dialect.name == "sqlite")
-        self._writer = _StoreGroups(self)
         self.batches_stored = 0
         self.records_stored = 0
 
@@ -177,11 +133,16 @@ class AuditConsumer(PartitionBatchLoop):
 
     # -- the runtime's hooks ---------------------------------------------------------------------------------
 
-    async def handle_batch(self, records: list[InboundRecord], work: Work) -> None:
+    async def handle_fetch(self, records: list[InboundRecord]) -> None:
         raw = [raw_of(record) for record in records]
         entries = await self._prepared(raw)
-        async with work.critical_section():  # handed to the writer: stored with its group, whatever happens
-            await self._writer.store(raw, entries)
+        started = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(self._store, raw, entries)
+        except Exception:
+            self.metrics.batch_failures.inc()  # the loop retries the batch, in place, with backoff
+            raise
+        self.stored(result, len(raw), time.perf_counter() - started)
 
     def on_assigned(self, consumer: AIOKafkaConsumer) -> None:
         self.metrics.assigned.set(len(consumer.assignment()))
@@ -207,14 +168,14 @@ class AuditConsumer(PartitionBatchLoop):
             return None
 
     def _store(self, records: list[RawRecord], entries: list[AuditEntry] | None) -> BatchResult:
-        """In the writer thread: the group's records in one transaction."""
+        """In a worker thread: the batch's records in one transaction."""
         now = self._clock()
         if entries is None:  # prepared here: prepare_batch never raises (a record it cannot prepare is stored raw)
             entries = self.prepare(records)
         return store_entries(self._engine, entries, inventory_topics=self._topics, now=now)
 
     def stored(self, result: BatchResult, records: int, seconds: float) -> None:
-        """On the event loop: a group was stored."""
+        """On the event loop: a batch was stored."""
         self.metrics.batch_stored(result, records, seconds)
         for gap in result.gaps:
             log.warning(

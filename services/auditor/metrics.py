@@ -70,7 +70,7 @@ class AuditMetrics:
         )
         self.batch_failures = Counter(
             "certrail_audit_batch_failures_total",
-            "Transactions that failed (rolled back; each of their batches retried in place).",
+            "Transactions that failed (rolled back; the batch is retried in place).",
             registry=registry,
         )
         self.inventory = Gauge(

@@ -230,7 +230,7 @@ def build_service(
         poll_timeout_ms=FETCH_TIMEOUT_MS,
         max_poll_records=FETCH_MAX_RECORDS,
         max_in_flight_per_partition=2 * FETCH_MAX_RECORDS,
-        max_in_flight=2 * FETCH_MAX_RECORDS,
+        max_in_flight=2 * FETCH_MAX_RECORDS,  # the batch being handled and the next (docs/benchmarks.md)
         revoke_grace_s=settings.rebalance_grace_s,
         retry_backoff_max_s=settings.retry_max_s,
     )

@@ -2,8 +2,10 @@
 deployer's consumers, whose `Dispatcher.dispatch_batch` orders a certificate's records across the topics and
 partitions of a subscription (services/common/consumer.key_chains) and so needs them in one call.
 
-- the fetches run one after the other, in fetch order; the loop keeps fetching meanwhile, up to
-  ``LoopSettings.max_in_flight`` records in flight (beyond it every partition is paused);
+- the batches run one after the other, in fetch order; the loop keeps fetching meanwhile, up to
+  ``LoopSettings.max_in_flight`` records in flight (beyond it every partition is paused), and what it
+  fetches while a batch is handled joins the next batch (which starts when that one ends), so a batch is
+  as large as the load makes it: one fetch when idle, everything that waited under load;
 - a fetch's offsets finish together once `handle_fetch` returns, and each partition commits its lowest
   unfinished offset, so an offset is committed only after its record was handled, ignored or dead-lettered
   and what it published was acknowledged;
@@ -20,21 +22,35 @@ partitions of a subscription (services/common/consumer.key_chains) and so needs 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.common.consumer import Dispatcher, InboundRecord, TransientFailure
-from services.common.runtime.keyed_loop import KeyedLoop, Partition, Work, inbound_record
+from services.common.runtime.keyed_loop import InFlight, KeyedLoop, Partition, Work, inbound_record
 
 log = logging.getLogger(__name__)
 
 _FETCHES = ("", -1)  # the key every fetch is chained under: one after the other
 
 
+@dataclass
+class _Waiting:
+    """The next batch while it waits for the one before: what is fetched meanwhile joins it."""
+
+    parts: list[tuple[Partition, list[InboundRecord]]]
+    work: Work
+    started: bool = False
+    task: asyncio.Task[None] | None = None
+
+
 class FetchBatchLoop(KeyedLoop):
     """A `KeyedLoop` whose service provides `handle_fetch` (and no `handle` or `dead_letter`)."""
+
+    _waiting: _Waiting | None = None
 
     async def handle_fetch(self, records: list[InboundRecord]) -> None:
         """Handle one fetch's records (each partition's in offset order)."""
@@ -53,8 +69,26 @@ class FetchBatchLoop(KeyedLoop):
                  for tp, records in fetched.items() if records]
         if not parts:
             return
-        batch = [record for _, part in parts for record in part]
-        self._chain(_FETCHES, parts, Work(), lambda: self.handle_fetch(batch), poison=False)
+        waiting = self._waiting
+        if waiting is not None and not waiting.started and waiting.task is not None and not waiting.task.done():
+            # the batch before is still being handled: what came meanwhile joins the next one, so that the
+            # batches stay as large as the load makes them instead of one small batch per fetch
+            for partition, records in parts:
+                waiting.parts.append((partition, records))
+                for record in records:
+                    partition.add(record.offset, InFlight(waiting.work, waiting.task, record.timestamp_ms or 0))
+                if self.progress is not None:
+                    head = records[0]
+                    self.progress.fetched(self.consumer_name, head.topic, head.partition, head.offset, head.timestamp_ms)
+            return
+        waiting = _Waiting(parts, Work())
+        self._waiting = waiting
+        waiting.task = self._chain(_FETCHES, waiting.parts, waiting.work, functools.partial(self._handle_waiting, waiting),
+                                   poison=False)
+
+    async def _handle_waiting(self, waiting: _Waiting) -> None:
+        waiting.started = True  # nothing joins it from now on
+        await self.handle_fetch([record for _, part in waiting.parts for record in part])
 
     async def release(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
         tasks = {entry.task for tp in revoked if tp in self.partitions

@@ -332,7 +332,7 @@ class KeyedLoop:
                         functools.partial(self.handle, inbound, work), poison=True)
 
     def _chain(self, key: tuple[str, bytes | int], parts: list[tuple[Partition, list[InboundRecord]]], work: Work,
-               call: Callable[[], Coroutine[Any, Any, None]], *, poison: bool) -> None:
+               call: Callable[[], Coroutine[Any, Any, None]], *, poison: bool) -> asyncio.Task[None]:
         """One task for the records of ``parts`` (``call()`` handles them; each part: a partition and its
         records in offset order), after the task last chained under ``key``."""
         first = parts[0][1][0]
@@ -347,6 +347,7 @@ class KeyedLoop:
             if self.progress is not None:
                 head = records[0]
                 self.progress.fetched(self.consumer_name, head.topic, head.partition, head.offset, head.timestamp_ms)
+        return task
 
     def _forget_tail(self, key: tuple[str, bytes | int], done: asyncio.Task[None]) -> None:
         if self._tails.get(key) is done:

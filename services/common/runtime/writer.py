@@ -77,7 +77,6 @@ class ThreadGroups:
                     raise
                 self.groups += 1
                 self.steps += len(group)
-                self._after_group(group, results)
                 for step, (ok, value) in zip(group, results, strict=True):
                     if step.future.done():  # its caller was cancelled
                         continue
@@ -91,9 +90,6 @@ class ThreadGroups:
             raise
         finally:
             self._flusher = None
-
-    def _after_group(self, group: list[_Step], results: list[tuple[bool, Any]]) -> None:
-        """On the event loop, once a group ran, before its callers resume (a subclass's bookkeeping)."""
 
     def _run_group(self, group: list[_Step]) -> list[tuple[bool, Any]]:
         """In the worker thread: each call on its own; an exception is its caller's."""

@@ -1,9 +1,9 @@
-"""The runtime's batch modes and its back-pressure (decision 0017), without a broker. Partition batches (the
-auditor): a partition's batches run one after the other, a failing batch is retried in place and never
-dead-lettered, its offsets finish together. Fetch batches (the gateway, the deployer): a fetch is one call across
-partitions, retried in place on transient trouble and reported under the record that failed, and a rebalance waits
-for it without cancelling it. All partitions are paused once ``max_in_flight`` records are in flight; the lag counts
-from the first record fetched before anything is committed. The real broker's side: tests/integration/
+"""The runtime's fetch-batch mode (the gateway, the deployer, the auditor: decision 0017) and its back-pressure,
+without a broker: a fetch is one call across partitions, what is fetched while a batch is handled joins the next
+batch, a failing batch is retried in place (never dead-lettered; on transient trouble reported under the record
+that failed), its offsets finish together, and a rebalance waits for it without cancelling it. All partitions are
+paused once ``max_in_flight`` records are in flight, and the loop then polls without waiting; the lag counts from
+the first record fetched before anything is committed. The real broker's side: tests/integration/
 test_audit_kafka.py, test_audit_loop_progress.py and test_dispatch_loop.py."""
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from services.common.consumer import InboundRecord, TransientFailure
 from services.common.progress import ProgressTracker
 from services.common.runtime.fetch_batches import FetchBatchLoop
 from services.common.runtime.keyed_loop import InFlight, LoopSettings, Partition, Work
-from services.common.runtime.partition_batches import PartitionBatchLoop
 from services.common.settings import KafkaSettings
 from tests.conftest import poll_until
 
@@ -46,56 +45,51 @@ def records(tp: TopicPartition, *offsets: int) -> list[FakeRecord]:
     return [FakeRecord(tp.topic, tp.partition, offset) for offset in offsets]
 
 
-class Batches(PartitionBatchLoop):
+class Batches(FetchBatchLoop):
+    """A fetch-batch loop whose batches fail (a bug, not transient trouble) while ``failing`` is set."""
+
     def __init__(self, failing: bool = False, **settings: object) -> None:
         super().__init__(kafka=KafkaSettings(), settings=LoopSettings(group_id="g", retry_backoff_initial_s=0.001,
                                                                       retry_backoff_max_s=0.01, **settings),  # type: ignore[arg-type]
                          consumer_name="batches", topics=["t"], clock=lambda: datetime.now(UTC))
-        self.failing = failing  # the batches of partition 0 fail while it is set
-        self.calls: list[tuple[int, list[int]]] = []
-        self.gate: dict[int, asyncio.Event] = {}
+        self.failing = failing
+        self.calls: list[list[tuple[int, int]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
 
-    async def handle_batch(self, records: list[InboundRecord], work: Work) -> None:  # noqa: ARG002
-        offsets = [record.offset for record in records]
-        self.calls.append((records[0].partition, offsets))
-        gate = self.gate.get(offsets[0])
-        if gate is not None:
-            await gate.wait()
-        if self.failing and records[0].partition == 0:
+    async def handle_fetch(self, records: list[InboundRecord]) -> None:
+        self.calls.append([(record.partition, record.offset) for record in records])
+        await self.gate.wait()
+        if self.failing:
             raise RuntimeError("a bug, not transient trouble")
 
 
-async def test_a_partitions_batches_run_in_order_and_finish_together() -> None:
+async def test_what_is_fetched_while_a_batch_is_handled_joins_the_next_batch() -> None:
     loop = Batches()
-    partition = loop.partitions.setdefault(TP0, Partition())
-    loop.gate[0] = asyncio.Event()
-    loop._start_fetched(TP0, partition, records(TP0, 0, 1, 2))  # type: ignore[arg-type]
-    loop._start_fetched(TP0, partition, records(TP0, 3, 4))  # type: ignore[arg-type]
-    await poll_until(lambda: loop.calls == [(0, [0, 1, 2])], "the first batch to start", 5)
+    loop.gate.clear()
+    loop._start_fetched_all({TP0: records(TP0, 0, 1)})  # type: ignore[dict-item]
+    await poll_until(lambda: loop.calls, "the first batch to start", 5)
+    loop._start_fetched_all({TP0: records(TP0, 2)})  # type: ignore[dict-item]
+    loop._start_fetched_all({TP1: records(TP1, 0), TP0: records(TP0, 3)})  # type: ignore[dict-item]
     await asyncio.sleep(0.05)
-    assert loop.calls == [(0, [0, 1, 2])]  # the second waits for the first
-    assert partition.commit_point() is None and len(partition.in_flight) == 5
-    loop.gate[0].set()
+    assert loop.calls == [[(0, 0), (0, 1)]]  # the next batch waits for the first
+    assert len(loop.partitions[TP0].in_flight) == 4 and loop.partitions[TP0].commit_point() is None
+    loop.gate.set()
     await poll_until(lambda: loop.finished == 5, "both batches to finish", 5)
-    assert loop.calls == [(0, [0, 1, 2]), (0, [3, 4])]
-    assert partition.commit_point() == 5 and partition.in_flight == {}
+    assert loop.calls == [[(0, 0), (0, 1)], [(0, 2), (1, 0), (0, 3)]]  # two fetches, one batch; TP0 in offset order
+    assert loop.partitions[TP0].commit_point() == 4 and loop.partitions[TP1].commit_point() == 1
 
 
-async def test_a_failing_batch_is_retried_in_place_never_dead_lettered_and_holds_its_partition_only() -> None:
+async def test_a_failing_batch_is_retried_in_place_never_dead_lettered() -> None:
     loop = Batches(failing=True, poison_attempts=1)
-    p0 = loop.partitions.setdefault(TP0, Partition())
-    p1 = loop.partitions.setdefault(TP1, Partition())
-    loop._start_fetched(TP0, p0, records(TP0, 7, 8))  # type: ignore[arg-type]
+    loop._start_fetched_all({TP0: records(TP0, 7, 8)})  # type: ignore[dict-item]
     await poll_until(lambda: len(loop.calls) >= 3, "retries", 5)  # past poison_attempts: still not dead-lettered
-    loop._start_fetched(TP1, p1, records(TP1, 0))  # type: ignore[arg-type]
-    await poll_until(lambda: loop.finished == 1, "the other partition's batch", 5)
-    assert p1.commit_point() == 1
-    assert p0.commit_point() is None  # nothing of the failing batch is committed meanwhile
-    tried = len([call for call in loop.calls if call[0] == 0])
+    assert loop.partitions[TP0].commit_point() is None  # nothing of the failing batch is committed meanwhile
+    tried = len(loop.calls)
     loop.failing = False
-    await poll_until(lambda: loop.finished == 3, "the failing batch to be stored at last", 5)
-    assert [call for call in loop.calls if call[0] == 0] == [(0, [7, 8])] * (tried + 1)  # the same batch each time
-    assert p0.commit_point() == 9
+    await poll_until(lambda: loop.finished == 2, "the failing batch to be handled at last", 5)
+    assert loop.calls == [[(0, 7), (0, 8)]] * (tried + 1)  # the same batch each time
+    assert loop.partitions[TP0].commit_point() == 9
 
 
 class FakeConsumer:
@@ -208,7 +202,7 @@ async def test_a_fetch_is_one_call_across_partitions_and_its_offsets_finish_toge
     loop._start_fetched_all({TP0: records(TP0, 0, 1), TP1: records(TP1, 5)})  # type: ignore[dict-item]
     loop._start_fetched_all({TP1: records(TP1, 6)})  # type: ignore[dict-item]
     await poll_until(lambda: loop.finished == 4, "both fetches", 5)
-    assert loop.calls == [[(0, 0), (0, 1), (1, 5)], [(1, 6)]]  # one call per fetch, in fetch order
+    assert loop.calls == [[(0, 0), (0, 1), (1, 5), (1, 6)]]  # one call; the second fetch came before it started
     assert loop.partitions[TP0].commit_point() == 2 and loop.partitions[TP1].commit_point() == 7
 
 
