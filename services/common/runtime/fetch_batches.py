@@ -1,6 +1,7 @@
-"""The runtime's keyed loop with a whole fetch as its unit of work (decision 0017): the gateway's and the
-deployer's consumers, whose `Dispatcher.dispatch_batch` orders a certificate's records across the topics and
-partitions of a subscription (services/common/consumer.key_chains) and so needs them in one call.
+"""The runtime's keyed loop with a batch of fetched records as its unit of work (decision 0017): the consumers
+of the gateway and the deployer, whose `Dispatcher.dispatch_batch` orders a certificate's records across the
+topics and partitions of a subscription (services/common/consumer.key_chains) and so needs them in one call, and
+the auditor's, which stores a batch in one transaction.
 
 - the batches run one after the other, in fetch order; the loop keeps fetching meanwhile, up to
   ``LoopSettings.max_in_flight`` records in flight (beyond it every partition is paused), and what it
