@@ -51,7 +51,7 @@ from sqlalchemy import Engine
 
 from services.auditor.checkpoints import Checkpointer
 from services.auditor.metrics import AuditMetrics
-from services.auditor.records import AuditEntry, RawRecord, prepare_batch
+from services.auditor.records import AuditEntry, RawRecord, prepare_batch, raw_record_of
 from services.auditor.store import BatchResult, store_entries
 from services.common.consumer import InboundRecord
 from services.common.contracts.topics import Topics
@@ -87,11 +87,6 @@ class LoopSettings:
             retry_backoff_initial_s=self.retry_backoff_initial_s,
             retry_backoff_max_s=self.retry_backoff_max_s,
         )
-
-
-def raw_of(record: InboundRecord) -> RawRecord:
-    return RawRecord(record.topic, record.partition, record.offset, record.timestamp_ms, record.timestamp_type,
-                     record.key, record.value, record.headers)
 
 
 class AuditConsumer(FetchBatchLoop):
@@ -134,7 +129,7 @@ class AuditConsumer(FetchBatchLoop):
     # -- the runtime's hooks ---------------------------------------------------------------------------------
 
     async def handle_fetch(self, records: list[InboundRecord]) -> None:
-        raw = [raw_of(record) for record in records]
+        raw = [raw_record_of(record) for record in records]
         entries = await self._prepared(raw)
         started = time.perf_counter()
         try:

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from services.auditor.chain import ChainContent, content_hash
 from services.auditor.inventory import InventoryEvent, inventory_event
@@ -37,6 +37,9 @@ from services.common.contracts.envelope import (
 )
 from services.common.contracts.errors import ErrorCode
 from services.common.contracts.redaction import contains_private_key, redact_private_keys
+
+if TYPE_CHECKING:  # not imported at run time: the prepare worker process needs none of the consumer plumbing
+    from services.common.consumer import InboundRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,14 @@ class RawRecord(NamedTuple):
     headers: tuple[tuple[str, bytes], ...]
 
 
+def raw_record_of(record: InboundRecord) -> RawRecord:
+    """A `RawRecord` from a record as the service runtime hands it over (the live consumer)."""
+    return RawRecord(record.topic, record.partition, record.offset, record.timestamp_ms, record.timestamp_type,
+                     record.key, record.value, record.headers)
+
+
 def raw_record(record: Any) -> RawRecord:
-    """A `RawRecord` from an aiokafka ``ConsumerRecord``."""
+    """A `RawRecord` from an aiokafka ``ConsumerRecord`` (replay and verify read Kafka themselves)."""
     return RawRecord(
         record.topic,
         record.partition,

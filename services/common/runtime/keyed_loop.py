@@ -321,10 +321,10 @@ class KeyedLoop:
     def _start_fetched_all(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Start what a fetch asks for, partition by partition (`_start_fetched`)."""
         for tp, records in fetched.items():
-            self._start_fetched(tp, self.partitions.setdefault(tp, Partition()), records)
+            self._start_fetched(self.partitions.setdefault(tp, Partition()), records)
 
-    def _start_fetched(self, tp: TopicPartition, partition: Partition, records: list[ConsumerRecord]) -> None:  # noqa: ARG002
-        """Start what ``records`` (fetched on ``tp``, in offset order) ask for: a task per record, chained per key."""
+    def _start_fetched(self, partition: Partition, records: list[ConsumerRecord]) -> None:
+        """Start what ``records`` (fetched on one partition, in offset order) ask for: a task per record, chained per key."""
         for record in records:
             inbound = inbound_record(record)
             work = Work()
