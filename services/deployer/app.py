@@ -56,6 +56,8 @@ from services.deployer.metrics import DeployerMetrics
 from services.deployer.retirement import sweep_keys_forever
 from services.deployer.runner import RetryPolicy
 from services.deployer.settings import DeployerSettings
+from services.deployer.targets.factory import build_target
+from services.deployer.targets.localfs import LocalFileSystem
 
 SERVICE = "deployer"
 
@@ -89,6 +91,7 @@ def create_app(settings: DeployerSettings, internal: InternalApiSettings | None 
         requester=settings.requester, request_key_id=settings.request_key_id, request_key=request_signing_key(settings),
         retry=RetryPolicy(settings.attempts, settings.backoff_initial_s, settings.backoff_max_s),
         park_s=settings.park_seconds, key_retention_s=settings.key_retention_s,
+        build_target=partial(build_target, fs=LocalFileSystem(settings.file_sync)),  # one disk: a batch's installs grouped
     )
     runtime.dispatcher.handlers = handlers(ctx)
     if ctx.park_s > 0:

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.contracts.identity import IDENTITY_PATTERN
 from services.common.service_app import ServiceSettings, own_database
 from services.common.settings import DatabaseSettings
+from services.deployer.targets.localfs import FileSync
 
 
 class DeployerSettings(ServiceSettings):
@@ -45,3 +46,8 @@ class DeployerSettings(ServiceSettings):
         "'Key retention')."))
     key_sweep_interval_s: float = Field(default=60.0, gt=0, le=86400,
                                         description="How often the retention sweep looks for keys to destroy.")
+    file_sync: FileSync = Field(default=FileSync.SYNCFS, description=(
+        "How the file and nginx targets make a new version durable before its links are swapped: `syncfs` writes the "
+        "versions of a batch, then flushes each filesystem they are on once (syncfs(2)), swaps the links and flushes "
+        "once more; `fsync` fsyncs every file and directory on its own (for targets on a filesystem shared with heavy "
+        "unrelated writes, which syncfs would flush too). Not Linux: `fsync` (docs/deployer.md, 'Durability')."))
