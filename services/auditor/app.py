@@ -193,6 +193,7 @@ def create_app(settings: AuditorSettings, internal: InternalApiSettings | None =
             poll_timeout_ms=settings.poll_timeout_ms,
             topic_refresh_interval_ms=settings.topic_refresh_interval_ms,
             retry_backoff_max_s=settings.retry_backoff_max_s,
+            batch_linger_s=settings.batch_linger_ms / 1000,
         ),
         topics=topics,
         engine=engine,

@@ -74,6 +74,7 @@ class LoopSettings:
     topic_refresh_interval_ms: int = 30_000
     retry_backoff_initial_s: float = 0.5
     retry_backoff_max_s: float = 30.0
+    batch_linger_s: float = 0.0
 
     def runtime(self) -> keyed_loop.LoopSettings:
         """The runtime loop's settings: a fetch of ``max_batch_records``, at most two fetches' worth in flight."""
@@ -86,6 +87,7 @@ class LoopSettings:
             max_in_flight=2 * self.max_batch_records,
             retry_backoff_initial_s=self.retry_backoff_initial_s,
             retry_backoff_max_s=self.retry_backoff_max_s,
+            batch_linger_s=self.batch_linger_s,
         )
 
 

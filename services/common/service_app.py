@@ -115,6 +115,10 @@ class ServiceSettings(BaseSettings):
     rebalance_grace_s: float = Field(default=20.0, ge=0, description=(
         "How long partitions being revoked wait for the batches holding their records, so that their offsets are "
         "committed before the partitions move."))
+    batch_linger_ms: int = Field(default=0, ge=0, le=1_000, description=(
+        "How long a batch of fewer than 100 records waits before it is handled, so that what arrives meanwhile joins "
+        "it (the gateway, the deployer and the auditor; not the issuer, which handles each command on its own): "
+        "fewer, larger batches at a moderate rate, for that much latency more per service (docs/benchmarks.md)."))
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)  # each service: own_database(<name>)
@@ -233,6 +237,7 @@ def build_service(
         max_in_flight=2 * FETCH_MAX_RECORDS,  # the batch being handled and the next (docs/benchmarks.md)
         revoke_grace_s=settings.rebalance_grace_s,
         retry_backoff_max_s=settings.retry_max_s,
+        batch_linger_s=settings.batch_linger_ms / 1000,
     )
     loops = [
         DispatchLoop(dispatcher, kafka=settings.kafka, settings=loop_settings, consumer_name=consumer_name(sub, topics),

@@ -80,6 +80,19 @@ async def test_what_is_fetched_while_a_batch_is_handled_joins_the_next_batch() -
     assert loop.partitions[TP0].commit_point() == 4 and loop.partitions[TP1].commit_point() == 1
 
 
+async def test_a_small_batch_lingers_so_that_what_arrives_meanwhile_joins_it_and_a_large_one_does_not() -> None:
+    loop = Batches(batch_linger_s=0.3, linger_below=3)
+    loop._start_fetched_all({TP0: records(TP0, 0)})  # type: ignore[dict-item]
+    await asyncio.sleep(0.05)
+    assert loop.calls == []  # one record: it waits for company
+    loop._start_fetched_all({TP1: records(TP1, 0)})  # type: ignore[dict-item]
+    await poll_until(lambda: loop.finished == 2, "the lingering batch to be handled", 5)
+    assert loop.calls == [[(0, 0), (1, 0)]]  # one batch of both fetches
+    loop._start_fetched_all({TP0: records(TP0, 1, 2, 3)})  # type: ignore[dict-item]
+    await poll_until(lambda: len(loop.calls) == 2, "a batch of linger_below records to start", 0.2)  # well before 0.3 s
+    assert loop.calls[1] == [(0, 1), (0, 2), (0, 3)]
+
+
 async def test_a_failing_batch_is_retried_in_place_never_dead_lettered() -> None:
     loop = Batches(failing=True, poison_attempts=1)
     loop._start_fetched_all({TP0: records(TP0, 7, 8)})  # type: ignore[dict-item]

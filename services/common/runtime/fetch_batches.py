@@ -6,7 +6,9 @@ the auditor's, which stores a batch in one transaction.
 - the batches run one after the other, in fetch order; the loop keeps fetching meanwhile, up to
   ``LoopSettings.max_in_flight`` records in flight (beyond it every partition is paused), and what it
   fetches while a batch is handled joins the next batch (which starts when that one ends), so a batch is
-  as large as the load makes it: one fetch when idle, everything that waited under load;
+  as large as the load makes it: one fetch when idle, everything that waited under load; a batch of fewer
+  than ``LoopSettings.linger_below`` records first waits ``batch_linger_s`` (0: not at all), so that at a
+  moderate rate the batches are not all of one or two records;
 - a fetch's offsets finish together once `handle_fetch` returns, and each partition commits its lowest
   unfinished offset, so an offset is committed only after its record was handled, ignored or dead-lettered
   and what it published was acknowledged;
@@ -88,6 +90,9 @@ class FetchBatchLoop(KeyedLoop):
                                    poison=False)
 
     async def _handle_waiting(self, waiting: _Waiting) -> None:
+        linger = self._settings.batch_linger_s
+        if linger > 0 and sum(len(part) for _, part in waiting.parts) < self._settings.linger_below:
+            await asyncio.sleep(linger)  # a small batch: what is fetched meanwhile joins it
         waiting.started = True  # nothing joins it from now on
         await self.handle_fetch([record for _, part in waiting.parts for record in part])
 

@@ -105,6 +105,10 @@ class LoopSettings:
     retry_backoff_max_s: float = 30.0
     pending_poll_interval_s: float = 2.0  # the issuer's approval polling (a side task of its loop)
     commit_interval_s: float = 0.2
+    #: fetch-batch mode: a batch of fewer than ``linger_below`` records waits this long before it starts, and what
+    #: is fetched meanwhile joins it (fewer, larger batches at moderate load, for that much latency more per stage)
+    batch_linger_s: float = 0.0
+    linger_below: int = 100
 
 
 @dataclass
@@ -360,7 +364,6 @@ class KeyedLoop:
         failures that are not transient (else it is retried for as long as it fails, reported stalled)."""
         if previous is not None and not previous.done():
             await asyncio.wait([previous])  # per-key order; its failure is its own
-        records = [record for _, part in parts for record in part]
         failures = poisoned = 0
         while True:
             try:
@@ -372,7 +375,8 @@ class KeyedLoop:
             except Exception as exc:  # noqa: BLE001 - a bug or a poison record must not stop the partition
                 self.on_error()
                 failures += 1
-                record, transient, cause = self.failure(exc, records)
+                # read now: a fetch-batch may have grown while it waited (fetch_batches.py)
+                record, transient, cause = self.failure(exc, [record for _, part in parts for record in part])
                 if transient:  # database, Kafka, network: retried for as long as it lasts, never dead-lettered
                     log.warning("%s %s/%d@%d: %s; retrying", self.consumer_name, record.topic, record.partition,
                                 record.offset, describe(cause))
@@ -391,7 +395,7 @@ class KeyedLoop:
         for partition, part in parts:
             for done in part:
                 partition.finish(done.offset)
-        self.finished += len(records)
+            self.finished += len(part)
         self._finished_one.set()
 
     def _failed(self, record: InboundRecord, kind: str, exc: BaseException) -> None:
