@@ -201,9 +201,6 @@ class LocalFileSystem:
         self.sync = sync if syncfs_available() else FileSync.FSYNC
         self._installs = _InstallGroups()
 
-    def _makedirs(self, path: str, mode: int) -> None:
-        _makedirs(path, mode)
-
     def _write_file(self, path: str, data: bytes, mode: int) -> None:
         directory = os.path.dirname(path)
         temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
@@ -250,7 +247,7 @@ class LocalFileSystem:
         return stat.S_IMODE(os.stat(path).st_mode)
 
     async def makedirs(self, path: str, mode: int) -> None:
-        await asyncio.to_thread(self._makedirs, path, mode)
+        await asyncio.to_thread(_makedirs, path, mode)
 
     async def write_file(self, path: str, data: bytes, mode: int) -> None:
         await asyncio.to_thread(self._write_file, path, data, mode)
